@@ -1,0 +1,28 @@
+//! Compiles `proto/` with protox (pure Rust), so no system `protoc` is needed.
+//! Also writes the encoded file descriptor set that the sidecar's gRPC
+//! reflection service serves.
+
+use protox::prost::Message as _;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/switchyard/v1/envelope.proto",
+        "proto/switchyard/v1/gateway.proto",
+        "proto/switchyard/v1/admin.proto",
+        "proto/switchyard/v1/peer.proto",
+    ];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["proto"])?;
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("switchyard_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+    tonic_prost_build::configure()
+        .bytes(".switchyard.v1.Envelope.payload")
+        .bytes(".switchyard.v1.PeerBatch.envelopes")
+        .compile_fds(descriptors)?;
+    Ok(())
+}

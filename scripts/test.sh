@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs and starts the services
+# the integration tests talk to (Redis, Redis Cluster, NATS JetStream, a
+# Kafka-protocol broker), then runs fmt, clippy and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+shopt -s nullglob
+
+for service in scripts/services/*.sh; do
+  bash "$service" start
+done
+trap 'for s in scripts/services/*.sh; do bash "$s" stop || true; done' EXIT
+
+# promtool checks the Prometheus config and a /metrics scrape
+# (tests/sidecar_deploy.rs, tests/sidecar_fleet.rs); the package installs in
+# well under a minute.
+if ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq prometheus >/dev/null
+fi
+
+# The non-Rust client the suite runs (tests/sidecar_python.rs).
+python3 -m pip install --quiet -r examples/python/requirements.txt
+
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+# Benches are built by clippy above and measured by `cargo bench`, not run here.
+cargo test --no-fail-fast -- --test-threads 4

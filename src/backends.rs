@@ -1,0 +1,117 @@
+//! Every backend a router uses, built once at start-up from [`Settings`].
+//! Routers in one process (the demo fleet, a sidecar serving several
+//! gateways) share one `Backends`.
+
+use std::sync::Arc;
+
+use crate::blocks::{cache::CachedBlocks, memory::MemoryBlocks, redis::RedisBlocks, BlockList};
+use crate::config::{Settings, StoreConfig};
+use crate::error::BuildError;
+use crate::groups::{memory::MemoryGroups, redis::RedisGroups, Directory, GroupStore};
+use crate::offline::{memory::MemoryOffline, redis::RedisOffline, OfflineStore};
+use crate::policy::hot_pairs::HotPairs;
+use crate::presence::cache::CachedPresence;
+use crate::presence::{memory::MemoryPresence, redis::RedisPresence, PresenceStore};
+use crate::redis_conn::RedisHandle;
+use crate::registry::{
+    cache::CachedRegistry, memory::MemoryRegistry, redis::RedisRegistry, Registry,
+};
+use crate::transport::{grpc::GrpcTransport, Transports};
+
+/// The state stores and transports of a router node.
+#[derive(Clone)]
+pub struct Backends {
+    /// Sessions, behind the local cache.
+    pub presence: Arc<CachedPresence>,
+    /// Presence and groups kept in step.
+    pub directory: Directory,
+    /// Block lists, behind the local cache.
+    pub blocks: Arc<dyn BlockList>,
+    /// Offline queues.
+    pub offline: Arc<dyn OfflineStore>,
+    /// Live gateways, behind a short local cache of look-ups.
+    pub registry: Arc<dyn Registry>,
+    /// Enabled transports.
+    pub transports: Transports,
+    /// The `grpc` transport when enabled; the sidecar's Peer API feeds its
+    /// receiving half.
+    pub peer_links: Option<Arc<GrpcTransport>>,
+    /// Hot-pair detection, shared by every router of the process.
+    pub hot_pairs: Arc<HotPairs>,
+}
+
+/// The state stores one `[store]` backend provides.
+struct Stores {
+    presence: Arc<dyn PresenceStore>,
+    groups: Arc<dyn GroupStore>,
+    blocks: Arc<dyn BlockList>,
+    offline: Arc<dyn OfflineStore>,
+    registry: Arc<dyn Registry>,
+}
+
+impl Backends {
+    /// Builds the backends `settings` select. Must run inside a Tokio runtime.
+    pub async fn from_settings(settings: &Settings) -> Result<Self, BuildError> {
+        settings.validate()?;
+        // A shared registry expires gateways; someone must clean up after them.
+        let mut reaper = None;
+        let stores = match &settings.store {
+            StoreConfig::Memory => Stores {
+                presence: Arc::new(MemoryPresence::new(settings.presence.session_ttl)),
+                groups: Arc::new(MemoryGroups::default()),
+                blocks: Arc::new(MemoryBlocks::default()),
+                offline: Arc::new(MemoryOffline::new(settings.offline.clone())),
+                registry: Arc::new(MemoryRegistry::default()),
+            },
+            StoreConfig::Redis(config) => {
+                let redis = RedisHandle::connect(config)
+                    .await
+                    .map_err(|e| e.for_store("redis"))?;
+                let registry = Arc::new(RedisRegistry::new(redis.clone(), config.gateway_ttl));
+                reaper = Some((registry.clone(), config.gateway_ttl / 2));
+                let ttl = settings.presence.session_ttl;
+                Stores {
+                    presence: Arc::new(RedisPresence::new(redis.clone(), ttl).await?),
+                    groups: Arc::new(RedisGroups::new(redis.clone())),
+                    blocks: Arc::new(RedisBlocks::new(redis.clone()).await?),
+                    offline: Arc::new(RedisOffline::new(redis, settings.offline.clone())),
+                    registry,
+                }
+            }
+        };
+        let Stores {
+            presence,
+            groups,
+            blocks,
+            offline,
+            registry,
+        } = stores;
+        let presence = Arc::new(CachedPresence::new(presence, &settings.presence));
+        let blocks = Arc::new(CachedBlocks::new(blocks, &settings.blocks));
+        let registry: Arc<dyn Registry> = Arc::new(CachedRegistry::new(registry));
+        let mut transports = Transports::from_config(&settings.transports).await?;
+        let peer_links = settings.transports.grpc.as_ref().map(|config| {
+            let grpc = Arc::new(GrpcTransport::new(config, registry.clone()));
+            transports.insert(grpc.clone());
+            grpc
+        });
+        let hot_pairs = Arc::new(HotPairs::new(
+            settings.routing.hot_pairs.clone(),
+            peer_links.is_some(),
+        ));
+        let directory = Directory::new(presence.clone(), groups);
+        if let Some((registry, every)) = reaper {
+            registry.watch(directory.clone(), every);
+        }
+        Ok(Self {
+            directory,
+            presence,
+            blocks,
+            offline,
+            registry,
+            transports,
+            peer_links,
+            hot_pairs,
+        })
+    }
+}

@@ -1,0 +1,170 @@
+//! The measurement loop every switchyard path shares (library routers or
+//! gateways over sidecars): warm up, send on the [`Schedule`], count what
+//! the receivers see, wait for stragglers. The paths differ only in how
+//! they send a batch ([`Sender`]) and what their receivers yield.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use indicatif::ProgressBar;
+
+use super::schedule::{Schedule, Stop};
+use super::{new_histogram, BenchError, BenchOptions, Measured};
+use crate::envelope::now_micros;
+use crate::transport::TransportKind;
+
+/// How long receivers wait for stragglers after the last send.
+pub(crate) const SETTLE: Duration = Duration::from_secs(10);
+
+/// The messages of a batch a path did not accept.
+#[derive(Debug, Default)]
+pub(crate) struct Refused {
+    /// How many.
+    pub(crate) count: u64,
+    /// Why the first one was refused.
+    pub(crate) first: Option<String>,
+}
+
+impl Refused {
+    /// Counts one refusal.
+    pub(crate) fn add(&mut self, reason: impl FnOnce() -> String) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(reason());
+        }
+    }
+}
+
+/// The sending gateway of a path.
+#[async_trait::async_trait]
+pub(crate) trait Sender: Send {
+    /// Sends one message per timestamp (its `created_at`).
+    async fn send(&mut self, stamps: Vec<i64>) -> Refused;
+}
+
+/// A path ready to measure: its sender, and per receiving gateway the
+/// latency of each delivery. The sender owns whatever must outlive the run
+/// (receiving routers, sidecars, gateway streams).
+pub(crate) struct Ends {
+    pub(crate) sender: Box<dyn Sender>,
+    pub(crate) receivers: Vec<BoxStream<'static, Duration>>,
+}
+
+/// Latency of a delivery of an envelope created at `created_at_micros`,
+/// measured now.
+pub(crate) fn since(created_at_micros: i64) -> Duration {
+    Duration::from_micros(now_micros().saturating_sub(created_at_micros).max(0) as u64)
+}
+
+/// Sends on the schedule for the configured duration and collects what
+/// arrives at every receiver.
+pub(crate) async fn measure(
+    ends: Ends,
+    kind: TransportKind,
+    options: &BenchOptions,
+    bar: &ProgressBar,
+) -> Result<Measured, BenchError> {
+    let Ends {
+        mut sender,
+        mut receivers,
+    } = ends;
+    // Warm-up: every receiver's subscription (a Kafka consumer joining its
+    // group, a direct link opening) is live before the clock starts.
+    let timeout_err = |what: &str| BenchError::Transport {
+        transport: kind,
+        reason: format!("{what} did not arrive within {SETTLE:?}"),
+    };
+    if let Some(reason) = sender.send(vec![now_micros()]).await.first {
+        return Err(BenchError::Transport {
+            transport: kind,
+            reason: format!("the warm-up message was refused: {reason}"),
+        });
+    }
+    for receiver in &mut receivers {
+        tokio::time::timeout(SETTLE, receiver.next())
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| timeout_err("the warm-up message"))?;
+    }
+
+    let delivered = Arc::new(AtomicU64::new(0));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut readers = Vec::new();
+    for mut receiver in receivers {
+        let delivered = delivered.clone();
+        let mut stopped = stopped.clone();
+        readers.push(tokio::spawn(async move {
+            let mut latency = new_histogram();
+            let mut last = Instant::now();
+            loop {
+                tokio::select! {
+                    d = receiver.next() => {
+                        let Some(d) = d else { break };
+                        latency.saturating_record(d.as_micros() as u64);
+                        last = Instant::now();
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ = stopped.changed() => break,
+                }
+            }
+            (latency, last)
+        }));
+    }
+    let fanout = readers.len() as u64;
+    // RSS once a second while sending: growth under a steady load is a leak.
+    let (sent_all, mut sending_done) = tokio::sync::oneshot::channel::<()>();
+    let sampler = tokio::spawn(async move {
+        let mut samples = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => samples.push(super::process::rss() as f64 / (1024.0 * 1024.0)),
+                _ = &mut sending_done => return samples,
+            }
+        }
+    });
+    let mut schedule = Schedule::new(options.rate, options.batch, Stop::After(options.duration));
+    let start = Instant::now();
+    let mut failed = Refused::default();
+    while let Some(stamps) = schedule.next_batch().await {
+        let refused = sender.send(stamps).await;
+        failed.count += refused.count;
+        failed.first = failed.first.or(refused.first);
+        bar.set_position(schedule.elapsed().as_millis() as u64);
+        bar.set_message(format!(
+            "sent {}  delivered {}",
+            schedule.sent(),
+            delivered.load(Ordering::Relaxed)
+        ));
+    }
+    if let Some(first) = failed.first {
+        tracing::warn!(transport = %kind, failed = failed.count, %first, "sends failed during the bench");
+    }
+    let _ = sent_all.send(());
+    let rss_mib = sampler.await.unwrap_or_default();
+    // Wait for the expected deliveries (or the settle time).
+    let expected = schedule.sent() * fanout;
+    let waited = Instant::now();
+    while delivered.load(Ordering::Relaxed) < expected && waited.elapsed() < SETTLE {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Stragglers past the settle time count as lost.
+    let _ = stop.send(true);
+    let mut latency = new_histogram();
+    let mut last = start;
+    for reader in readers {
+        if let Ok((histogram, at)) = reader.await {
+            // Same bounds on both sides, so adding cannot fail.
+            let _ = latency.add(&histogram);
+            last = last.max(at);
+        }
+    }
+    drop(sender);
+    let mut measured = Measured::new(schedule.sent(), latency, last - start);
+    measured.rss_mib = rss_mib;
+    Ok(measured)
+}

@@ -1,0 +1,111 @@
+//! The library path: every gateway of the [`Layout`] is a [`Router`] in this
+//! process, as an application embedding switchyard runs them. Over `grpc`
+//! the receiving gateways are registered at the address of a sidecar on
+//! loopback whose Peer API is the receiving end of the direct link, so the
+//! sending router opens a real link to it, as it would to another process.
+
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+use super::drive::{Ends, Refused, Sender};
+use super::layout::Layout;
+use super::BenchError;
+use crate::backends::Backends;
+use crate::config::Settings;
+use crate::inbox::Inbox;
+use crate::router::{KeepAlive, Router};
+use crate::sidecar::Sidecar;
+use crate::topology::GatewayInfo;
+use crate::transport::TransportKind;
+
+/// The sending router, and what must live as long as it sends.
+struct Library {
+    router: Router,
+    layout: Layout,
+    /// The sender's own inbox, open as a gateway's would be.
+    _inbox: Inbox,
+    /// The receiving routers: their inboxes end when they are dropped.
+    _receivers: Vec<Router>,
+    /// Heartbeats of every gateway: a run may outlast the session TTL.
+    _alive: Vec<KeepAlive>,
+    /// The Peer API the direct links of `grpc` reach.
+    _peer: Option<Sidecar>,
+}
+
+#[async_trait::async_trait]
+impl Sender for Library {
+    async fn send(&mut self, stamps: Vec<i64>) -> Refused {
+        let batch = stamps.into_iter().map(|s| self.layout.message(s)).collect();
+        let mut refused = Refused::default();
+        for result in self.router.send_batch(batch).await {
+            if let Err(err) = result {
+                refused.add(|| err.to_string());
+            }
+        }
+        refused
+    }
+}
+
+/// Latencies of an inbox's deliveries, as measured by the inbox.
+fn latencies(inbox: Inbox) -> BoxStream<'static, Duration> {
+    futures::stream::unfold(inbox, |mut inbox| async move {
+        inbox.recv().await.map(|d| (d.latency, inbox))
+    })
+    .boxed()
+}
+
+/// Builds the routers of `layout` over `settings` (already routed over
+/// `kind` alone).
+pub(crate) async fn ends(
+    settings: &Settings,
+    kind: TransportKind,
+    layout: Layout,
+) -> Result<Ends, BenchError> {
+    let backends = Backends::from_settings(settings).await?;
+    let peer = match kind {
+        TransportKind::Grpc => Some(super::sidecar::start(settings, backends.clone()).await?),
+        _ => None,
+    };
+    let address = peer
+        .as_ref()
+        .map(|p| p.grpc_addr().to_string())
+        .unwrap_or_default();
+    let build = |id, region: &str| {
+        let mut info = GatewayInfo::new(id, region);
+        info.address = address.clone();
+        Router::builder(info)
+            .settings(settings.clone())
+            .backends(backends.clone())
+            .build()
+    };
+    let (router, inbox) = build(layout.sender().clone(), "eu").await?;
+    let mut receivers = Vec::new();
+    let mut inboxes = Vec::new();
+    for (gateway, user) in layout.receivers() {
+        let (receiver, inbox) = build(gateway.into(), layout.to_region).await?;
+        receiver.connect(user.as_str(), "d0").await?;
+        if let Some(group) = layout.group() {
+            receiver.join(group.clone(), user.as_str()).await?;
+        }
+        receivers.push(receiver);
+        inboxes.push(latencies(inbox));
+    }
+    let every = settings.heartbeat_interval();
+    let alive = std::iter::once(&router)
+        .chain(&receivers)
+        .map(|r| r.keep_alive(every))
+        .collect();
+    Ok(Ends {
+        sender: Box::new(Library {
+            router,
+            layout,
+            _inbox: inbox,
+            _receivers: receivers,
+            _alive: alive,
+            _peer: peer,
+        }),
+        receivers: inboxes,
+    })
+}

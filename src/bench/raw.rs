@@ -1,0 +1,380 @@
+//! The raw-client baselines: the same messages on the same timeline with the
+//! broker's client (or, for direct links, tonic) alone, no router. Each switchyard figure is printed as a
+//! ratio to these, taken in the same run.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{pull, AckPolicy};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
+use bytes::Bytes;
+use futures::StreamExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Endpoint, Server};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::schedule::{Schedule, Stop};
+use super::{new_histogram, BenchError, Load, Measured};
+use crate::envelope::now_micros;
+use crate::proto::peer_client::PeerClient;
+use crate::proto::peer_server::{Peer, PeerServer};
+use crate::proto::{PeerAck, PeerBatch};
+use crate::transport::grpc::GrpcConfig;
+use crate::transport::kafka::KafkaConfig;
+use crate::transport::nats::{NatsConfig, Storage};
+
+/// How long a raw reader waits for the next message before it gives up.
+const IDLE: Duration = Duration::from_secs(10);
+
+fn failed(client: &'static str) -> impl Fn(String) -> BenchError {
+    move |reason| BenchError::Raw { client, reason }
+}
+
+/// A payload of `size` bytes (at least 8) starting with `stamp`.
+fn stamped(size: usize, stamp: i64) -> Vec<u8> {
+    let mut payload = vec![7u8; size.max(8)];
+    payload[..8].copy_from_slice(&stamp.to_be_bytes());
+    payload
+}
+
+fn latency_of(payload: &[u8]) -> u64 {
+    let sent = payload
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(i64::from_be_bytes)
+        .unwrap_or(0);
+    now_micros().saturating_sub(sent).max(0) as u64
+}
+
+/// Reads stamped payloads until `n` arrived or none came for [`IDLE`];
+/// returns the latencies and the time of the last arrival.
+async fn read(
+    n: u64,
+    payloads: impl futures::Stream<Item = impl AsRef<[u8]>>,
+) -> (hdrhistogram::Histogram<u64>, Instant) {
+    let mut payloads = std::pin::pin!(payloads);
+    let mut latency = new_histogram();
+    let mut last = Instant::now();
+    while latency.len() < n {
+        match tokio::time::timeout(IDLE, payloads.next()).await {
+            Ok(Some(payload)) => {
+                latency.saturating_record(latency_of(payload.as_ref()));
+                last = Instant::now();
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    (latency, last)
+}
+
+/// redis-rs alone: pipelined PUBLISH of each batch, one SUBSCRIBE reader.
+pub async fn redis(url: &str, load: Load) -> Result<Measured, BenchError> {
+    let err = failed("redis");
+    let client = redis::Client::open(url).map_err(|e| err(e.to_string()))?;
+    let channel = format!("sy-bench-raw-{}", ulid::Ulid::new());
+    let mut pubsub = client
+        .get_async_pubsub()
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    pubsub
+        .subscribe(&channel)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let mut publisher = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let n = load.count;
+    let reader = tokio::spawn(async move {
+        let payloads = pubsub
+            .into_on_message()
+            .map(|m| m.get_payload_bytes().to_vec());
+        read(n, payloads).await
+    });
+    let mut schedule = Schedule::new(load.rate, load.batch, Stop::Count(n));
+    let start = Instant::now();
+    while let Some(stamps) = schedule.next_batch().await {
+        let mut pipe = redis::pipe();
+        for stamp in stamps {
+            pipe.publish(&channel, stamped(load.size, stamp)).ignore();
+        }
+        pipe.query_async::<()>(&mut publisher)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+    }
+    let (latency, last) = reader.await.map_err(|e| err(e.to_string()))?;
+    Ok(Measured::new(schedule.sent(), latency, last - start))
+}
+
+/// rdkafka alone, with the producer and consumer settings the transport uses.
+pub async fn kafka(config: &KafkaConfig, load: Load) -> Result<Measured, BenchError> {
+    let err = failed("rdkafka");
+    let topic = format!("sy-bench-raw.{}", ulid::Ulid::new());
+    let mut common = ClientConfig::new();
+    common.set("bootstrap.servers", &config.brokers);
+    let admin: AdminClient<DefaultClientContext> =
+        common.create().map_err(|e| err(e.to_string()))?;
+    admin
+        .create_topics(
+            [&NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let producer: FutureProducer = common
+        .clone()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", config.linger.as_millis().to_string())
+        .create()
+        .map_err(|e| err(e.to_string()))?;
+    let consumer: StreamConsumer = common
+        .clone()
+        .set("group.id", format!("sy-bench-{topic}"))
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "fetch.wait.max.ms",
+            config.fetch_wait_max.as_millis().to_string(),
+        )
+        .create()
+        .map_err(|e| err(e.to_string()))?;
+    consumer
+        .subscribe(&[&topic])
+        .map_err(|e| err(e.to_string()))?;
+    // Warm-up: the consumer has joined its group before the clock starts.
+    let warm = stamped(load.size, now_micros());
+    producer
+        .send(
+            FutureRecord::to(&topic).key("bench").payload(&warm),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| err(e.to_string()))?;
+    consumer.recv().await.map_err(|e| err(e.to_string()))?;
+    let n = load.count;
+    let reader = tokio::spawn(async move {
+        // A consumer error (e.g. a rebalance notice) is not a message.
+        let payloads = consumer.stream().filter_map(|record| {
+            std::future::ready(
+                record
+                    .ok()
+                    .map(|r| r.payload().unwrap_or_default().to_vec()),
+            )
+        });
+        read(n, payloads).await
+    });
+    let mut schedule = Schedule::new(load.rate, load.batch, Stop::Count(n));
+    let start = Instant::now();
+    while let Some(stamps) = schedule.next_batch().await {
+        let mut acks = Vec::with_capacity(stamps.len());
+        for stamp in stamps {
+            let payload = stamped(load.size, stamp);
+            let record = FutureRecord::to(&topic).key("bench").payload(&payload);
+            acks.push(
+                producer
+                    .send_result(record)
+                    .map_err(|(e, _)| err(e.to_string()))?,
+            );
+        }
+        for ack in acks {
+            ack.await
+                .map_err(|e| err(e.to_string()))?
+                .map_err(|(e, _)| err(e.to_string()))?;
+        }
+    }
+    let (latency, last) = reader.await.map_err(|e| err(e.to_string()))?;
+    Ok(Measured::new(schedule.sent(), latency, last - start))
+}
+
+/// async-nats JetStream alone: publish with a message id (as the transport
+/// does, for dedupe), pull, ack; the stream's storage as configured.
+pub async fn nats(config: &NatsConfig, load: Load) -> Result<Measured, BenchError> {
+    let err = failed("async-nats");
+    let client = async_nats::connect(config.url.as_str())
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let jetstream = async_nats::jetstream::new(client);
+    let stream = jetstream
+        .get_or_create_stream(StreamConfig {
+            name: "SY_BENCH_RAW".into(),
+            subjects: vec!["sybenchraw.>".into()],
+            storage: match config.storage {
+                Storage::File => StorageType::File,
+                Storage::Memory => StorageType::Memory,
+            },
+            max_age: Duration::from_secs(600),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let run = ulid::Ulid::new();
+    let subject = format!("sybenchraw.{run}");
+    let durable = format!("sybenchraw-{run}");
+    let messages = stream
+        .get_or_create_consumer::<pull::Config>(
+            &durable,
+            pull::Config {
+                durable_name: Some(durable.clone()),
+                filter_subject: subject.clone(),
+                ack_policy: AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .stream()
+        .max_messages_per_batch(256)
+        .messages()
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let n = load.count;
+    let reader = tokio::spawn(async move {
+        let payloads = messages.filter_map(|message| async move {
+            let message = message.ok()?;
+            // A lost ack only means a redelivery after ack_wait.
+            let _ = message.ack().await;
+            Some(message.payload.to_vec())
+        });
+        read(n, payloads).await
+    });
+    let mut schedule = Schedule::new(load.rate, load.batch, Stop::Count(n));
+    let start = Instant::now();
+    while let Some(stamps) = schedule.next_batch().await {
+        let mut acks = Vec::with_capacity(stamps.len());
+        for stamp in stamps {
+            let publish = PublishMessage::build()
+                .payload(Bytes::from(stamped(load.size, stamp)))
+                .message_id(ulid::Ulid::new().to_string());
+            acks.push(
+                jetstream
+                    .send_publish(subject.clone(), publish)
+                    .await
+                    .map_err(|e| err(e.to_string()))?,
+            );
+        }
+        for ack in acks {
+            ack.await.map_err(|e| err(e.to_string()))?;
+        }
+    }
+    let (latency, last) = reader.await.map_err(|e| err(e.to_string()))?;
+    // Best effort: the raw stream's consumer is not needed after the run.
+    let _ = stream.delete_consumer(&durable).await;
+    Ok(Measured::new(schedule.sent(), latency, last - start))
+}
+
+/// The receiving end of the raw gRPC baseline: the Peer service with no
+/// router behind it, handing every payload to the reader.
+struct Forward {
+    payloads: mpsc::Sender<Bytes>,
+}
+
+#[tonic::async_trait]
+impl Peer for Forward {
+    type LinkStream = ReceiverStream<Result<PeerAck, Status>>;
+
+    async fn link(
+        &self,
+        request: Request<Streaming<PeerBatch>>,
+    ) -> Result<Response<Self::LinkStream>, Status> {
+        let mut batches = request.into_inner();
+        let payloads = self.payloads.clone();
+        let (acks, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Some(Ok(batch)) = batches.next().await {
+                let mut error = String::new();
+                for payload in batch.envelopes {
+                    if payloads.send(payload).await.is_err() {
+                        error = "the reader is gone".into();
+                        break;
+                    }
+                }
+                if acks
+                    .send(Ok(PeerAck {
+                        seq: batch.seq,
+                        error,
+                    }))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// tonic alone: the Peer API's `Link` stream (what the `grpc` transport
+/// sends on) between a client and a minimal server on loopback that hands
+/// each batch to a channel and acks it. The client awaits each batch's ack
+/// before the next, as a confirmed publish on the transport does. No
+/// router, registry, envelope codec or inbox.
+pub async fn grpc(load: Load) -> Result<Measured, BenchError> {
+    let err = failed("tonic");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| err(format!("bind 127.0.0.1:0: {e}")))?;
+    let address = listener.local_addr().map_err(|e| err(e.to_string()))?;
+    // The transport's per-gateway queue, so backpressure starts as early.
+    let (payloads, arrived) = mpsc::channel(GrpcConfig::default().queue);
+    // The server drains and stops when `_stop` drops, at the end of the run.
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(
+        Server::builder()
+            .add_service(PeerServer::new(Forward { payloads }))
+            // Nagle off, as the sidecar's server sets it.
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    let channel = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| err(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| err(format!("connect to {address}: {e}")))?;
+    let (batches, outgoing) = mpsc::channel(1);
+    let mut acks = PeerClient::new(channel)
+        .link(ReceiverStream::new(outgoing))
+        .await
+        .map_err(|s| err(format!("Link: {}", s.message())))?
+        .into_inner();
+    let n = load.count;
+    let reader = tokio::spawn(read(n, ReceiverStream::new(arrived)));
+    let mut schedule = Schedule::new(load.rate, load.batch, Stop::Count(n));
+    let start = Instant::now();
+    while let Some(stamps) = schedule.next_batch().await {
+        let batch = PeerBatch {
+            seq: schedule.sent(),
+            to_gateway: String::new(),
+            envelopes: stamps
+                .into_iter()
+                .map(|stamp| Bytes::from(stamped(load.size, stamp)))
+                .collect(),
+        };
+        batches
+            .send(batch)
+            .await
+            .map_err(|_| err("the link closed".into()))?;
+        let ack = acks
+            .message()
+            .await
+            .map_err(|s| err(format!("link broke: {}", s.message())))?
+            .ok_or_else(|| err("the server closed the link".into()))?;
+        if !ack.error.is_empty() {
+            return Err(err(ack.error));
+        }
+    }
+    let (latency, last) = reader.await.map_err(|e| err(e.to_string()))?;
+    Ok(Measured::new(schedule.sent(), latency, last - start))
+}

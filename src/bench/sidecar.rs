@@ -1,0 +1,227 @@
+//! The sidecar path: the same [`Layout`] as the library path, but every
+//! gateway is a tonic client of a sidecar in this process, as a gateway
+//! written in another language runs. The sender calls `SendBatch` on
+//! sidecar A; A's router publishes over the transport; sidecar B's router
+//! receives and streams each delivery down the receiving gateway's `Attach`
+//! stream, where its latency is measured from the envelope timestamp. Both
+//! sidecars share one set of backends (one process: the memory transport
+//! needs it), each listens on its own loopback port.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Streaming;
+
+use super::drive::{since, Ends, Refused, Sender};
+use super::layout::Layout;
+use super::BenchError;
+use crate::backends::Backends;
+use crate::config::Settings;
+use crate::proto::{self, gateway_client::GatewayClient, send_outcome::Result as Outcome};
+use crate::router::KeepAlive;
+use crate::sidecar::Sidecar;
+
+/// Starts a sidecar on `settings` (whose listen addresses are loopback
+/// port 0) over shared `backends`.
+pub(crate) async fn start(settings: &Settings, backends: Backends) -> Result<Sidecar, BenchError> {
+    Ok(Sidecar::start_with_backends(settings.clone(), None, backends).await?)
+}
+
+/// One gateway's client of a sidecar.
+struct Gateway {
+    id: String,
+    client: GatewayClient<Channel>,
+}
+
+impl Gateway {
+    /// Calls Heartbeat every `every` until the guard is dropped, as a
+    /// gateway process does.
+    fn keep_alive(&self, every: Duration) -> KeepAlive {
+        let (id, client) = (self.id.clone(), self.client.clone());
+        KeepAlive::spawn(every, move || {
+            let (id, mut client) = (id.clone(), client.clone());
+            async move {
+                let beat = proto::HeartbeatRequest {
+                    gateway_id: id.clone(),
+                };
+                if let Err(status) = client.heartbeat(beat).await {
+                    tracing::warn!(gateway = %id, error = status.message(), "heartbeat failed");
+                }
+            }
+        })
+    }
+
+    async fn connect(id: String, sidecar: SocketAddr) -> Result<Self, BenchError> {
+        let channel = Endpoint::from_shared(format!("http://{sidecar}"))
+            .map_err(|e| failed(&id, "connect", e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| failed(&id, "connect", format!("to {sidecar}: {e}")))?;
+        Ok(Self {
+            id,
+            client: GatewayClient::new(channel),
+        })
+    }
+
+    /// Attaches in `region` (the sidecar registers its own address for
+    /// direct links) and brings `user` online; returns the delivery stream.
+    async fn attach(
+        &mut self,
+        region: &str,
+        user: &str,
+    ) -> Result<Streaming<proto::Delivery>, BenchError> {
+        let stream = self
+            .client
+            .attach(proto::AttachRequest {
+                gateway_id: self.id.clone(),
+                region: region.into(),
+                address: String::new(),
+            })
+            .await
+            .map_err(|s| failed(&self.id, "Attach", s.message().into()))?
+            .into_inner();
+        self.client
+            .online(proto::OnlineRequest {
+                gateway_id: self.id.clone(),
+                user: user.into(),
+                device: "d0".into(),
+            })
+            .await
+            .map_err(|s| failed(&self.id, "Online", s.message().into()))?;
+        Ok(stream)
+    }
+
+    async fn join(&mut self, user: &str, group: &str) -> Result<(), BenchError> {
+        self.client
+            .join(proto::GroupRequest {
+                gateway_id: self.id.clone(),
+                user: user.into(),
+                group: group.into(),
+            })
+            .await
+            .map_err(|s| failed(&self.id, "Join", s.message().into()))?;
+        Ok(())
+    }
+}
+
+fn failed(gateway: &str, call: &'static str, reason: String) -> BenchError {
+    BenchError::Gateway {
+        gateway: gateway.into(),
+        call,
+        reason,
+    }
+}
+
+/// The sending gateway, and what must live as long as it sends.
+struct ViaSidecar {
+    gateway: Gateway,
+    layout: Layout,
+    /// The sender's own Attach stream, open as a gateway's would be.
+    _attached: Streaming<proto::Delivery>,
+    /// The receiving gateways' connections, which carry their streams.
+    _receivers: Vec<Gateway>,
+    /// Heartbeats of every gateway: a run may outlast the session TTL.
+    _alive: Vec<KeepAlive>,
+    _sidecars: [Sidecar; 2],
+}
+
+/// Why the sidecar did not route a message.
+fn refusal(outcome: Option<Outcome>) -> String {
+    match outcome {
+        Some(Outcome::Blocked(_)) => "blocked".into(),
+        Some(Outcome::Rejected(r)) => format!("rejected: {}", r.reason),
+        Some(Outcome::Failed(f)) => format!("failed: {}", f.reason),
+        Some(Outcome::Routed(_)) | None => "no outcome".into(),
+    }
+}
+
+#[async_trait::async_trait]
+impl Sender for ViaSidecar {
+    async fn send(&mut self, stamps: Vec<i64>) -> Refused {
+        let n = stamps.len() as u64;
+        let request = proto::SendBatchRequest {
+            gateway_id: self.gateway.id.clone(),
+            envelopes: stamps
+                .into_iter()
+                .map(|s| self.layout.message(s).to_wire())
+                .collect(),
+        };
+        let mut refused = Refused::default();
+        let mut routed = 0;
+        match self.gateway.client.send_batch(request).await {
+            Ok(response) => {
+                for outcome in response.into_inner().outcomes {
+                    match outcome.result {
+                        Some(Outcome::Routed(_)) => routed += 1,
+                        other => refused.add(|| refusal(other)),
+                    }
+                }
+            }
+            Err(status) => refused.add(|| format!("SendBatch: {}", status.message())),
+        }
+        // Messages the sidecar gave no outcome for were not routed either.
+        refused.count = n.saturating_sub(routed);
+        refused
+    }
+}
+
+/// Latencies of the deliveries on an Attach stream, measured on arrival.
+fn latencies(stream: Streaming<proto::Delivery>) -> BoxStream<'static, Duration> {
+    futures::stream::unfold(stream, |mut stream| async move {
+        loop {
+            match stream.message().await {
+                Ok(Some(delivery)) => {
+                    if let Some(envelope) = delivery.envelope {
+                        return Some((since(envelope.created_at_unix_micros), stream));
+                    }
+                }
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    })
+    .boxed()
+}
+
+/// Starts two sidecars on `settings` (already routed over one transport)
+/// and attaches the gateways of `layout`: the sender to the first, every
+/// receiver to the second.
+pub(crate) async fn ends(settings: &Settings, layout: Layout) -> Result<Ends, BenchError> {
+    let backends = Backends::from_settings(settings).await?;
+    let sidecars = [
+        start(settings, backends.clone()).await?,
+        start(settings, backends).await?,
+    ];
+    let mut gateway =
+        Gateway::connect(layout.sender().to_string(), sidecars[0].grpc_addr()).await?;
+    let attached = gateway.attach("eu", layout.sender_user().as_str()).await?;
+    let mut receivers = Vec::new();
+    let mut clients = Vec::new();
+    for (id, user) in layout.receivers() {
+        let mut receiver = Gateway::connect(id, sidecars[1].grpc_addr()).await?;
+        let stream = receiver.attach(layout.to_region, &user).await?;
+        if let Some(group) = layout.group() {
+            receiver.join(&user, group.as_str()).await?;
+        }
+        receivers.push(latencies(stream));
+        clients.push(receiver);
+    }
+    let every = settings.heartbeat_interval();
+    let alive = std::iter::once(&gateway)
+        .chain(&clients)
+        .map(|g| g.keep_alive(every))
+        .collect();
+    Ok(Ends {
+        sender: Box::new(ViaSidecar {
+            gateway,
+            layout,
+            _attached: attached,
+            _receivers: clients,
+            _alive: alive,
+            _sidecars: sidecars,
+        }),
+        receivers,
+    })
+}

@@ -1,0 +1,77 @@
+//! Block lists cached per recipient in front of any [`BlockList`]. Most
+//! users block nobody, so a hit is usually an empty list.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use super::{BlockList, BlocksConfig};
+use crate::changes::FollowingCache;
+use crate::error::StoreError;
+use crate::telemetry;
+use crate::topology::UserId;
+
+/// Wraps a store; changes go straight through and drop the cached list.
+pub struct CachedBlocks {
+    store: Arc<dyn BlockList>,
+    cache: Option<FollowingCache<UserId, Arc<[UserId]>>>,
+}
+
+impl CachedBlocks {
+    /// Wraps `store`, following its change events.
+    pub fn new(store: Arc<dyn BlockList>, config: &BlocksConfig) -> Self {
+        let cache = FollowingCache::new(
+            config.cache_capacity,
+            config.cache_ttl,
+            Some(store.changes()),
+        );
+        Self { store, cache }
+    }
+
+    fn invalidate(&self, user: &UserId) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(user);
+        }
+    }
+}
+
+#[async_trait]
+impl BlockList for CachedBlocks {
+    async fn block(&self, user: &UserId, blocked: &UserId) -> Result<(), StoreError> {
+        self.store.block(user, blocked).await?;
+        self.invalidate(user);
+        Ok(())
+    }
+
+    async fn unblock(&self, user: &UserId, blocked: &UserId) -> Result<(), StoreError> {
+        self.store.unblock(user, blocked).await?;
+        self.invalidate(user);
+        Ok(())
+    }
+
+    async fn is_blocked(&self, recipient: &UserId, sender: &UserId) -> Result<bool, StoreError> {
+        let Some(cache) = &self.cache else {
+            return self.store.is_blocked(recipient, sender).await;
+        };
+        // Sorted once per load: a user who blocked thousands costs a binary
+        // search per message, not a scan.
+        let load = async {
+            let mut blocked = self.store.blocked_by(recipient).await?;
+            blocked.sort_unstable();
+            Ok::<_, StoreError>(Arc::from(blocked))
+        };
+        let (blocked, hit) = cache.get_or_load(recipient, load).await?;
+        let result = if hit { "hit" } else { "miss" };
+        metrics::counter!(telemetry::BLOCK_LOOKUPS, "result" => result).increment(1);
+        Ok(blocked.binary_search(sender).is_ok())
+    }
+
+    async fn blocked_by(&self, user: &UserId) -> Result<Vec<UserId>, StoreError> {
+        self.store.blocked_by(user).await
+    }
+
+    fn changes(&self) -> broadcast::Receiver<UserId> {
+        self.store.changes()
+    }
+}

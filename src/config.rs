@@ -1,0 +1,334 @@
+//! Typed settings: defaults, then an optional TOML file, then environment
+//! overrides (`SWITCHYARD__ROUTING__CROSS_REGION=kafka`). Validation reports
+//! every problem at once, each with its key and reason.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::blocks::BlocksConfig;
+use crate::offline::OfflineConfig;
+use crate::policy::canary::CanaryConfig;
+use crate::policy::hot_pairs::HotPairsConfig;
+use crate::policy::Policy;
+use crate::presence::PresenceConfig;
+use crate::redis_conn::RedisConfig;
+use crate::sidecar::SidecarConfig;
+use crate::telemetry::TelemetryConfig;
+use crate::transport::TransportsConfig;
+
+/// Everything a router node is configured with.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Size limits and inbox bounds.
+    pub limits: LimitsConfig,
+    /// Where presence, groups, block lists, the registry and offline
+    /// messages are kept.
+    pub store: StoreConfig,
+    /// Presence TTL and cache.
+    pub presence: PresenceConfig,
+    /// The block-list cache.
+    pub blocks: BlocksConfig,
+    /// Offline store bounds.
+    pub offline: OfflineConfig,
+    /// Enabled transports and their settings.
+    pub transports: TransportsConfig,
+    /// Which transport each route uses.
+    pub routing: RoutingConfig,
+    /// Acknowledgement, retries and timeouts.
+    pub delivery: DeliveryConfig,
+    /// A canary moving traffic between two transports, if any.
+    pub canary: Option<CanaryConfig>,
+    /// The gRPC sidecar (`switchyard serve`): listen address and auth.
+    pub sidecar: SidecarConfig,
+    /// The metrics and health endpoint.
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest payload accepted, in bytes.
+    pub max_payload_bytes: usize,
+    /// Message ids remembered per inbox to drop duplicates (retries, dual-write canaries).
+    pub dedupe_window: usize,
+    /// Deliveries buffered per gateway before the inbox stops reading
+    /// (backpressure reaches the transports, nothing is dropped).
+    pub inbox_queue: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 1024 * 1024,
+            dedupe_window: 100_000,
+            inbox_queue: 10_000,
+        }
+    }
+}
+
+/// `[store]`: the backend of every state store, chosen once at start-up.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// In-process maps: the embedded default and single-node deployments.
+    #[default]
+    Memory,
+    /// Redis or Redis Cluster, shared by every router node of a deployment.
+    Redis(RedisConfig),
+}
+
+impl StoreConfig {
+    /// The name used in logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreConfig::Memory => "memory",
+            StoreConfig::Redis(_) => "redis",
+        }
+    }
+}
+
+/// `[routing]`: the transport of each route, and what to try when it fails.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Between gateways of one region.
+    pub same_region: String,
+    /// Between regions.
+    pub cross_region: String,
+    /// Tried in order after the route's own transport fails.
+    pub fallbacks: Vec<String>,
+    /// `[routing.hot_pairs]`: when a gateway pair gets a direct link.
+    pub hot_pairs: HotPairsConfig,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            same_region: "memory".into(),
+            cross_region: "memory".into(),
+            fallbacks: Vec::new(),
+            hot_pairs: HotPairsConfig::default(),
+        }
+    }
+}
+
+/// `[delivery]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Extra attempts per transport for high-priority messages.
+    pub retries: u32,
+    /// First retry delay; doubles per attempt.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// How long one publish may wait for its acknowledgement.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            retries: 3,
+            retry_backoff: Duration::from_millis(20),
+            publish_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One thing wrong with the settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key, e.g. `routing.cross_region`.
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+/// Settings that could not be loaded or are invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be read or parsed.
+    #[error("cannot load config: {0}")]
+    Load(#[from] config::ConfigError),
+    /// Parsed, but invalid; every problem is listed.
+    #[error("invalid config:\n  {}", .0.iter().map(Problem::to_string).collect::<Vec<_>>().join("\n  "))]
+    Invalid(Vec<Problem>),
+}
+
+impl Settings {
+    /// Loads defaults, then `file` if given, then `SWITCHYARD__*` environment
+    /// overrides, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        let settings: Settings = builder
+            .add_source(
+                config::Environment::with_prefix("SWITCHYARD")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("routing.fallbacks")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Parses TOML text (no environment), and validates it.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// How often a gateway should heartbeat: a third of the shortest TTL
+    /// that a silent gateway loses (its sessions, and on a shared store its
+    /// registration), so two missed beats still leave it alive.
+    pub fn heartbeat_interval(&self) -> std::time::Duration {
+        let mut ttl = self.presence.session_ttl;
+        if let StoreConfig::Redis(redis) = &self.store {
+            ttl = ttl.min(redis.gateway_ttl);
+        }
+        ttl / 3
+    }
+
+    /// Every problem with these settings, or `Ok`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if let Err(policy) = Policy::from_settings(self) {
+            problems.extend(policy);
+        }
+        let mut problem = |key: &str, reason: &str| {
+            problems.push(Problem {
+                key: key.to_owned(),
+                reason: reason.to_owned(),
+            })
+        };
+        if self.limits.max_payload_bytes == 0 {
+            problem("limits.max_payload_bytes", "must be at least 1");
+        }
+        if self.limits.dedupe_window == 0 {
+            problem(
+                "limits.dedupe_window",
+                "must be at least 1 (duplicates would reach gateways)",
+            );
+        }
+        if self.limits.inbox_queue == 0 {
+            problem("limits.inbox_queue", "must be at least 1");
+        }
+        if self.presence.session_ttl.is_zero() {
+            problem("presence.session_ttl", "must be longer than zero");
+        }
+        for (section, capacity, ttl) in [
+            (
+                "presence",
+                self.presence.cache_capacity,
+                self.presence.cache_ttl,
+            ),
+            ("blocks", self.blocks.cache_capacity, self.blocks.cache_ttl),
+        ] {
+            if capacity > 0 && ttl.is_zero() {
+                problem(
+                    &format!("{section}.cache_ttl"),
+                    &format!("must be longer than zero (set {section}.cache_capacity = 0 to turn the cache off)"),
+                );
+            }
+        }
+        if self.offline.max_per_user == 0 {
+            problem("offline.max_per_user", "must be at least 1");
+        }
+        if self.delivery.publish_timeout.is_zero() {
+            problem("delivery.publish_timeout", "must be longer than zero");
+        }
+        if let StoreConfig::Redis(redis) = &self.store {
+            for (key, problem_text) in redis.problems() {
+                problem(&format!("store.{key}"), &problem_text);
+            }
+        }
+        if let Some(redis) = &self.transports.redis {
+            for (key, problem_text) in redis.connection.problems() {
+                problem(&format!("transports.redis.connection.{key}"), &problem_text);
+            }
+        }
+        problems.extend(self.routing.hot_pairs.problems());
+        problems.extend(self.sidecar.problems());
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(toml: &str) -> Vec<String> {
+        match Settings::from_toml(toml) {
+            Err(ConfigError::Invalid(p)) => p.iter().map(Problem::to_string).collect(),
+            other => panic!("expected invalid config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_shipped_default_is_the_built_in_default() {
+        let shipped = Settings::from_toml(include_str!("../config/switchyard.toml")).unwrap();
+        assert_eq!(format!("{shipped:?}"), format!("{:?}", Settings::default()));
+    }
+
+    #[test]
+    fn a_misspelt_transport_names_the_key_and_the_known_ones() {
+        assert_eq!(
+            problems("[routing]\ncross_region = \"kafak\""),
+            ["routing.cross_region: unknown transport \"kafak\" (known: memory, redis, kafka, nats, grpc)"]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let found = problems(
+            "[routing]\nsame_region = \"kafka\"\nfallbacks = [\"memory\", \"carrier-pigeon\"]\n\
+             [limits]\nmax_payload_bytes = 0\n",
+        );
+        assert_eq!(
+            found,
+            [
+                "routing.same_region: transport \"kafka\" is not enabled (add a [transports.kafka] section)",
+                "routing.fallbacks[1]: unknown transport \"carrier-pigeon\" (known: memory, redis, kafka, nats, grpc)",
+                "limits.max_payload_bytes: must be at least 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let err = Settings::from_toml("[routing]\ncross_regoin = \"memory\"").unwrap_err();
+        assert!(err.to_string().contains("cross_regoin"), "{err}");
+    }
+
+    #[test]
+    fn durations_read_as_humans_write_them() {
+        let s = Settings::from_toml("[delivery]\nretry_backoff = \"150ms\"\n").unwrap();
+        assert_eq!(s.delivery.retry_backoff, Duration::from_millis(150));
+    }
+}

@@ -1,0 +1,74 @@
+//! A bounded window of recently seen message ids. Retries and dual-write
+//! canaries deliver some messages twice; the inbox drops the second copy.
+
+use std::collections::{HashSet, VecDeque};
+
+use foldhash::fast::RandomState;
+
+use crate::envelope::MessageId;
+
+/// Remembers the last `capacity` ids, forgetting the oldest first.
+#[derive(Debug)]
+pub struct DedupeWindow {
+    capacity: usize,
+    order: VecDeque<MessageId>,
+    /// Every delivery is hashed here once: foldhash, not SipHash (ids come
+    /// from our own senders; the seed is still random per process).
+    seen: HashSet<MessageId, RandomState>,
+}
+
+impl DedupeWindow {
+    /// A window of `capacity` ids (at least one).
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        Self {
+            capacity,
+            order: VecDeque::with_capacity(capacity),
+            seen: HashSet::with_capacity_and_hasher(capacity, RandomState::default()),
+        }
+    }
+
+    /// Records `id`; true if it was not in the window (deliver it), false
+    /// for a duplicate (drop it).
+    pub fn insert(&mut self, id: MessageId) -> bool {
+        if !self.seen.insert(id) {
+            return false;
+        }
+        if self.order.len() == self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.seen.remove(&oldest);
+            }
+        }
+        self.order.push_back(id);
+        true
+    }
+
+    /// Ids currently remembered.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_repeats_within_the_window_and_forgets_the_oldest() {
+        let mut window = DedupeWindow::new(3);
+        let ids: Vec<MessageId> = (0..4).map(|_| MessageId::new()).collect();
+        assert!(window.insert(ids[0]));
+        assert!(!window.insert(ids[0]), "second copy is a duplicate");
+        assert!(window.insert(ids[1]));
+        assert!(window.insert(ids[2]));
+        assert!(window.insert(ids[3]), "pushes ids[0] out");
+        assert_eq!(window.len(), 3);
+        assert!(window.insert(ids[0]), "forgotten, so accepted again");
+        assert!(!window.insert(ids[3]));
+    }
+}

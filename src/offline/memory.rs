@@ -1,0 +1,199 @@
+//! In-process offline queues.
+
+use std::collections::{HashMap, VecDeque};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use super::{OfflineConfig, OfflineStore};
+use crate::envelope::{now_micros, Envelope, MessageId};
+use crate::error::StoreError;
+use crate::telemetry;
+use crate::topology::UserId;
+
+/// One deque per user.
+pub struct MemoryOffline {
+    config: OfflineConfig,
+    queues: Mutex<HashMap<UserId, VecDeque<Envelope>>>,
+    dead: Mutex<DeadLetters>,
+}
+
+/// Failure counts of stored messages, and what was given up on.
+#[derive(Default)]
+struct DeadLetters {
+    failures: HashMap<(UserId, MessageId), u32>,
+    queues: HashMap<UserId, VecDeque<(Envelope, String)>>,
+}
+
+impl MemoryOffline {
+    /// Empty queues with the given bounds.
+    pub fn new(config: OfflineConfig) -> Self {
+        Self {
+            config,
+            queues: Mutex::default(),
+            dead: Mutex::default(),
+        }
+    }
+
+    fn trim(&self, queue: &mut VecDeque<Envelope>) -> usize {
+        let oldest = now_micros() - self.config.max_age.as_micros() as i64;
+        let before = queue.len();
+        while queue
+            .front()
+            .is_some_and(|e| e.created_at_micros < oldest || queue.len() > self.config.max_per_user)
+        {
+            queue.pop_front();
+        }
+        let trimmed = before - queue.len();
+        metrics::gauge!(telemetry::OFFLINE_MESSAGES).decrement(trimmed as f64);
+        trimmed
+    }
+}
+
+#[async_trait]
+impl OfflineStore for MemoryOffline {
+    async fn append(&self, user: &UserId, envelope: &Envelope) -> Result<(), StoreError> {
+        let mut queues = self.queues.lock();
+        let queue = queues.entry(user.clone()).or_default();
+        queue.push_back(envelope.clone());
+        metrics::gauge!(telemetry::OFFLINE_MESSAGES).increment(1.0);
+        let trimmed = self.trim(queue);
+        if trimmed > 0 {
+            // Counted, not logged at warn: a user far behind trims on every
+            // message, and a log line each would flood the log.
+            tracing::debug!(%user, trimmed, "offline queue full or expired: oldest messages dropped");
+            metrics::counter!(telemetry::OFFLINE_TRIMMED).increment(trimmed as u64);
+        }
+        Ok(())
+    }
+
+    async fn read(&self, user: &UserId, limit: usize) -> Result<Vec<Envelope>, StoreError> {
+        let mut queues = self.queues.lock();
+        let Some(queue) = queues.get_mut(user) else {
+            return Ok(Vec::new());
+        };
+        self.trim(queue);
+        Ok(queue.iter().take(limit).cloned().collect())
+    }
+
+    async fn ack(&self, user: &UserId, ids: &[MessageId]) -> Result<usize, StoreError> {
+        let mut queues = self.queues.lock();
+        let Some(queue) = queues.get_mut(user) else {
+            return Ok(0);
+        };
+        let before = queue.len();
+        queue.retain(|e| !ids.contains(&e.id));
+        let removed = before - queue.len();
+        metrics::gauge!(telemetry::OFFLINE_MESSAGES).decrement(removed as f64);
+        if queue.is_empty() {
+            queues.remove(user);
+        }
+        let mut dead = self.dead.lock();
+        for id in ids {
+            dead.failures.remove(&(user.clone(), *id));
+        }
+        Ok(removed)
+    }
+
+    async fn depth(&self, user: &UserId) -> Result<usize, StoreError> {
+        Ok(self.queues.lock().get(user).map_or(0, VecDeque::len))
+    }
+
+    async fn delivery_failed(
+        &self,
+        user: &UserId,
+        id: MessageId,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let mut queues = self.queues.lock();
+        let mut dead = self.dead.lock();
+        let key = (user.clone(), id);
+        let failures = dead.failures.entry(key.clone()).or_default();
+        *failures += 1;
+        if *failures < self.config.max_deliveries {
+            return Ok(false);
+        }
+        dead.failures.remove(&key);
+        let Some(queue) = queues.get_mut(user) else {
+            return Ok(false);
+        };
+        let Some(pos) = queue.iter().position(|e| e.id == id) else {
+            return Ok(false);
+        };
+        let Some(envelope) = queue.remove(pos) else {
+            return Ok(false);
+        };
+        let letters = dead.queues.entry(user.clone()).or_default();
+        letters.push_back((envelope, reason.to_owned()));
+        // The dead-letter queue has the same bound as the queue itself.
+        while letters.len() > self.config.max_per_user {
+            letters.pop_front();
+        }
+        metrics::counter!(telemetry::OFFLINE_DEAD_LETTERED).increment(1);
+        Ok(true)
+    }
+
+    async fn dead_letters(
+        &self,
+        user: &UserId,
+        limit: usize,
+    ) -> Result<Vec<(Envelope, String)>, StoreError> {
+        let dead = self.dead.lock();
+        Ok(dead
+            .queues
+            .get(user)
+            .map(|q| q.iter().take(limit).cloned().collect())
+            .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Destination;
+
+    #[tokio::test]
+    async fn keeps_the_newest_messages_in_order_and_acks_remove_them() {
+        let store = MemoryOffline::new(OfflineConfig {
+            max_per_user: 3,
+            ..OfflineConfig::default()
+        });
+        let bob = UserId::from("bob");
+        let sent: Vec<Envelope> = (0..5)
+            .map(|i| {
+                Envelope::new(
+                    "alice",
+                    "gw",
+                    Destination::User(bob.clone()),
+                    format!("m{i}"),
+                )
+            })
+            .collect();
+        for env in &sent {
+            store.append(&bob, env).await.unwrap();
+        }
+        let kept = store.read(&bob, 10).await.unwrap();
+        assert_eq!(kept, sent[2..].to_vec());
+        assert_eq!(store.ack(&bob, &[sent[2].id, sent[3].id]).await.unwrap(), 2);
+        assert_eq!(store.read(&bob, 10).await.unwrap(), vec![sent[4].clone()]);
+    }
+
+    #[tokio::test]
+    async fn a_message_that_keeps_failing_is_dead_lettered_with_its_reason() {
+        let store = MemoryOffline::new(OfflineConfig {
+            max_deliveries: 2,
+            ..OfflineConfig::default()
+        });
+        let bob = UserId::from("bob");
+        let env = Envelope::new("alice", "gw", Destination::User(bob.clone()), "m");
+        store.append(&bob, &env).await.unwrap();
+        let why = "device rejected";
+        assert!(!store.delivery_failed(&bob, env.id, why).await.unwrap());
+        assert!(store.delivery_failed(&bob, env.id, why).await.unwrap());
+        assert_eq!(store.depth(&bob).await.unwrap(), 0);
+        assert_eq!(
+            store.dead_letters(&bob, 10).await.unwrap(),
+            vec![(env, why.to_owned())]
+        );
+    }
+}

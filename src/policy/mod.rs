@@ -1,0 +1,397 @@
+//! The route decision: given the sending gateway and a target gateway, which
+//! route applies and which transports to try, in order, after the canary.
+//! [`hot_pairs`] puts the direct link first for pairs with heavy traffic;
+//! [`live::LivePolicy`] holds the policy a process runs with;
+//! [`handover::Handover`] keeps per-pair order when a gateway's transport changes.
+
+pub mod canary;
+pub mod handover;
+pub mod hot_pairs;
+pub mod live;
+
+use std::fmt;
+use std::time::Duration;
+
+use smallvec::SmallVec;
+
+use crate::config::{Problem, RoutingConfig, Settings};
+use crate::topology::{GatewayId, GatewayInfo, Region, UserId};
+use crate::transport::TransportKind;
+use canary::{Canary, CanaryConfig, CanaryMode, RollbackConfig};
+
+/// How far a message travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Route {
+    /// The target is the sending gateway itself: no transport.
+    Local,
+    /// Another gateway in the sender's region.
+    SameRegion,
+    /// A gateway in another region.
+    CrossRegion,
+}
+
+impl Route {
+    /// The name used in metrics, logs and config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Local => "local",
+            Route::SameRegion => "same_region",
+            Route::CrossRegion => "cross_region",
+        }
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Transports to try, in order; inline up to four, so deciding does not allocate.
+pub type TransportList = SmallVec<[TransportKind; 4]>;
+
+/// The route for one target gateway and the transports to try.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The route.
+    pub route: Route,
+    /// Primary first, then fallbacks; empty for [`Route::Local`].
+    pub transports: TransportList,
+    /// A dual-mode canary also publishes on this transport; the receiver
+    /// dedupes, so the message arrives once whichever path is faster.
+    pub mirror: Option<TransportKind>,
+    /// Why this order, for `switchyard explain` and logs.
+    pub reason: &'static str,
+}
+
+/// Parses a transport name that must be enabled, or records why not.
+fn parse_enabled(
+    problems: &mut Vec<Problem>,
+    enabled: &[TransportKind],
+    key: String,
+    name: &str,
+) -> Option<TransportKind> {
+    let reason = match TransportKind::parse(name) {
+        Some(kind) if enabled.contains(&kind) => return Some(kind),
+        Some(_) => format!("transport {name:?} is not enabled (add a [transports.{name}] section)"),
+        None => format!(
+            "unknown transport {name:?} (known: {})",
+            TransportKind::known()
+        ),
+    };
+    problems.push(Problem { key, reason });
+    None
+}
+
+/// Routing rules and the canary, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    same_region: TransportKind,
+    cross_region: TransportKind,
+    fallbacks: TransportList,
+    /// The canary in force, if one is configured (share may be 0).
+    pub canary: Option<Canary>,
+    /// Its automatic rollback limits.
+    pub rollback: Option<RollbackConfig>,
+    /// Quiet time before a target gateway's transport changes ([`handover`]).
+    pub handover: Duration,
+}
+
+impl Policy {
+    /// Builds the policy from `[routing]` and `[canary]`, or lists every
+    /// problem: unknown or disabled transports, a bad canary.
+    pub fn from_settings(settings: &Settings) -> Result<Self, Vec<Problem>> {
+        let enabled = settings.transports.enabled();
+        Self::new(&settings.routing, settings.canary.as_ref(), &enabled)
+    }
+
+    /// Builds the policy when only the `enabled` transports may be named.
+    pub fn new(
+        routing: &RoutingConfig,
+        canary: Option<&CanaryConfig>,
+        enabled: &[TransportKind],
+    ) -> Result<Self, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut parse =
+            |key: &str, name: &str| parse_enabled(&mut problems, enabled, key.into(), name);
+        let same_region = parse("routing.same_region", &routing.same_region);
+        let cross_region = parse("routing.cross_region", &routing.cross_region);
+        let fallbacks: TransportList = routing
+            .fallbacks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, name)| parse(&format!("routing.fallbacks[{i}]"), name))
+            .collect();
+        let canary_config = canary;
+        let canary = canary.and_then(|c| {
+            let from = parse_enabled(&mut problems, enabled, "canary.from".into(), &c.from);
+            let to = parse_enabled(&mut problems, enabled, "canary.to".into(), &c.to);
+            let mut problem = |key: &str, reason: String| {
+                problems.push(Problem {
+                    key: key.into(),
+                    reason,
+                })
+            };
+            if c.share > 100 {
+                problem(
+                    "canary.share",
+                    format!("{} is not a percentage (0-100)", c.share),
+                );
+            }
+            if !(0.0..=1.0).contains(&c.rollback.max_error_rate) {
+                problem(
+                    "canary.rollback.max_error_rate",
+                    format!("{} is not a fraction (0-1)", c.rollback.max_error_rate),
+                );
+            }
+            match (from, to) {
+                (Some(from), Some(to)) if from == to => {
+                    problem(
+                        "canary.to",
+                        format!("is the same transport as canary.from ({from})"),
+                    );
+                    None
+                }
+                (Some(from), Some(to)) => Some(Canary {
+                    from,
+                    to,
+                    share: c.share.min(100),
+                    unit: c.unit,
+                    mode: c.mode,
+                }),
+                _ => None,
+            }
+        });
+        match (same_region, cross_region) {
+            (Some(same_region), Some(cross_region)) if problems.is_empty() => Ok(Self {
+                same_region,
+                cross_region,
+                fallbacks,
+                rollback: canary
+                    .as_ref()
+                    .and(canary_config)
+                    .map(|c| c.rollback.clone()),
+                handover: canary_config.map_or(canary::DEFAULT_HANDOVER, |c| c.handover),
+                canary,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// The route from `from` to a gateway in `to_region`.
+    pub fn route(from: &GatewayInfo, to: &GatewayId, to_region: &Region) -> Route {
+        if &from.id == to {
+            Route::Local
+        } else if &from.region == to_region {
+            Route::SameRegion
+        } else {
+            Route::CrossRegion
+        }
+    }
+
+    /// Decides the route and transport order for one target gateway.
+    /// `recipient` is the user for 1:1 messages (canary by user).
+    /// `is_up` tells which transports can currently reach their backend:
+    /// those that cannot are moved to the end rather than removed, so a
+    /// message still has somewhere to go if health is wrong.
+    pub fn decide(
+        &self,
+        from: &GatewayInfo,
+        to: &GatewayId,
+        to_region: &Region,
+        recipient: Option<&UserId>,
+        is_up: impl Fn(TransportKind) -> bool,
+    ) -> Decision {
+        let route = Self::route(from, to, to_region);
+        let primary = match route {
+            Route::Local => {
+                return Decision {
+                    route,
+                    transports: TransportList::new(),
+                    mirror: None,
+                    reason: "target is this gateway: handed straight to its inbox",
+                }
+            }
+            Route::SameRegion => self.same_region,
+            Route::CrossRegion => self.cross_region,
+        };
+        let mut transports = TransportList::new();
+        let mut mirror = None;
+        let mut reason = "route's transport first, then fallbacks";
+        match &self.canary {
+            Some(c)
+                if c.from == primary && c.selects(to.as_str(), recipient.map(UserId::as_str)) =>
+            {
+                match c.mode {
+                    CanaryMode::Dual => {
+                        transports.push(primary);
+                        mirror = Some(c.to);
+                        reason = "canary cohort (dual): route's transport, mirrored on the canary transport";
+                    }
+                    CanaryMode::Switch => {
+                        // The old transport stays next in line: a failing
+                        // canary falls back instead of losing the message.
+                        transports.extend([c.to, primary]);
+                        reason = "canary cohort (switch): canary transport first, the old one as fallback";
+                    }
+                }
+            }
+            _ => transports.push(primary),
+        }
+        for kind in &self.fallbacks {
+            if !transports.contains(kind) {
+                transports.push(*kind);
+            }
+        }
+        if transports.iter().any(|k| !is_up(*k)) {
+            // Stable: keeps the configured order among the healthy ones.
+            transports.sort_by_key(|k| !is_up(*k));
+            reason = "unhealthy transports moved last";
+        }
+        Decision {
+            route,
+            transports,
+            mirror,
+            reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TransportKind::*;
+
+    fn policy(fallbacks: &[&str]) -> Policy {
+        let fallbacks = format!("{fallbacks:?}");
+        from_toml(&format!(
+            "[routing]\nsame_region = \"redis\"\ncross_region = \"kafka\"\nfallbacks = {fallbacks}\n"
+        ))
+        .unwrap()
+    }
+
+    /// A policy from TOML with every transport enabled, so policy alone is tested.
+    fn from_toml(toml: &str) -> Result<Policy, Vec<Problem>> {
+        let s: Settings = config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        Policy::new(&s.routing, s.canary.as_ref(), &TransportKind::ALL)
+    }
+
+    #[test]
+    fn decisions_follow_the_routing_table() {
+        let me = GatewayInfo::new("gw-1", "eu");
+        let all_up = |_| true;
+        let redis_down = |k| k != Redis;
+        // (fallbacks, target gateway, its region, health, route, transports)
+        type Case<'a> = (
+            &'a [&'a str],
+            &'a str,
+            &'a str,
+            &'a dyn Fn(TransportKind) -> bool,
+            Route,
+            &'a [TransportKind],
+        );
+        let cases: &[Case] = &[
+            (&[], "gw-1", "eu", &all_up, Route::Local, &[]),
+            (&[], "gw-2", "eu", &all_up, Route::SameRegion, &[Redis]),
+            (&[], "gw-9", "us", &all_up, Route::CrossRegion, &[Kafka]),
+            (
+                &["nats"],
+                "gw-2",
+                "eu",
+                &all_up,
+                Route::SameRegion,
+                &[Redis, Nats],
+            ),
+            (
+                &["kafka", "nats"],
+                "gw-9",
+                "us",
+                &all_up,
+                Route::CrossRegion,
+                &[Kafka, Nats],
+            ),
+            (
+                &["nats"],
+                "gw-2",
+                "eu",
+                &redis_down,
+                Route::SameRegion,
+                &[Nats, Redis],
+            ),
+            (&[], "gw-2", "eu", &redis_down, Route::SameRegion, &[Redis]),
+        ];
+        for (fallbacks, to, region, is_up, route, transports) in cases {
+            let d = policy(fallbacks).decide(&me, &(*to).into(), &(*region).into(), None, is_up);
+            assert_eq!(d.route, *route, "{fallbacks:?} -> {to}");
+            assert_eq!(
+                d.transports.as_slice(),
+                *transports,
+                "{fallbacks:?} -> {to}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_canary_moves_only_its_buckets_and_keeps_the_old_transport() {
+        let me = GatewayInfo::new("gw-1", "eu");
+        let base = "[routing]\nsame_region = \"redis\"\ncross_region = \"kafka\"\n";
+        let gateways: Vec<GatewayId> = (0..400)
+            .map(|i| GatewayId::new(format!("target-{i}")))
+            .collect();
+        for (mode, expect) in [
+            ("dual", (vec![Redis], Some(Kafka))),
+            ("switch", (vec![Kafka, Redis], None)),
+        ] {
+            let p = from_toml(&format!(
+                "{base}[canary]\nfrom = \"redis\"\nto = \"kafka\"\nshare = 30\nmode = \"{mode}\"\n"
+            ))
+            .unwrap();
+            let mut moved = 0;
+            for gw in &gateways {
+                let d = p.decide(&me, gw, &"eu".into(), None, |_| true);
+                if canary::bucket(gw.as_str()) < 30 {
+                    assert_eq!(
+                        (d.transports.to_vec(), d.mirror),
+                        expect.clone(),
+                        "{mode} {gw}"
+                    );
+                    moved += 1;
+                } else {
+                    assert_eq!((d.transports.to_vec(), d.mirror), (vec![Redis], None));
+                }
+                // Cross-region traffic is on kafka already: the canary leaves it alone.
+                let d = p.decide(&me, gw, &"us".into(), None, |_| true);
+                assert_eq!((d.transports.to_vec(), d.mirror), (vec![Kafka], None));
+            }
+            assert!((90..150).contains(&moved), "about 30% of 400: {moved}");
+        }
+    }
+
+    #[test]
+    fn a_bad_canary_is_named_key_by_key() {
+        let problems =
+            from_toml("[canary]\nfrom = \"redis\"\nto = \"redis\"\nshare = 130\n").unwrap_err();
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "canary.share: 130 is not a percentage (0-100)",
+                "canary.to: is the same transport as canary.from (redis)",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_transports_are_named() {
+        let err = from_toml("[routing]\ncross_region = \"kafak\"\n").unwrap_err();
+        assert_eq!(
+            err[0].to_string(),
+            "routing.cross_region: unknown transport \"kafak\" (known: memory, redis, kafka, nats, grpc)"
+        );
+    }
+}

@@ -1,0 +1,90 @@
+//! A bounded, TTL'd in-process cache in front of any [`PresenceStore`],
+//! invalidated by the store's change events. Lookups are the hot path of
+//! every send; the cache keeps them off the network.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use super::{PresenceConfig, PresenceStore, Session};
+use crate::changes::FollowingCache;
+use crate::error::StoreError;
+use crate::telemetry;
+use crate::topology::{DeviceId, GatewayId, UserId};
+
+/// Wraps a store; every call but `locate` goes straight through.
+pub struct CachedPresence {
+    store: Arc<dyn PresenceStore>,
+    cache: Option<FollowingCache<UserId, Arc<[Session]>>>,
+}
+
+impl CachedPresence {
+    /// Wraps `store`, following its change events.
+    pub fn new(store: Arc<dyn PresenceStore>, config: &PresenceConfig) -> Self {
+        let cache = FollowingCache::new(
+            config.cache_capacity,
+            config.cache_ttl,
+            Some(store.changes()),
+        );
+        Self { store, cache }
+    }
+
+    fn invalidate(&self, user: &UserId) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(user);
+        }
+    }
+
+    /// Sessions of a user, shared; avoids a copy on a cache hit.
+    pub async fn locate_shared(&self, user: &UserId) -> Result<Arc<[Session]>, StoreError> {
+        let Some(cache) = &self.cache else {
+            return Ok(self.store.locate(user).await?.into());
+        };
+        let load = async { self.store.locate(user).await.map(Arc::from) };
+        let (sessions, hit) = cache.get_or_load(user, load).await?;
+        let result = if hit { "hit" } else { "miss" };
+        metrics::counter!(telemetry::PRESENCE_LOOKUPS, "result" => result).increment(1);
+        Ok(sessions)
+    }
+}
+
+#[async_trait]
+impl PresenceStore for CachedPresence {
+    async fn online(&self, session: Session) -> Result<bool, StoreError> {
+        let user = session.user.clone();
+        let first = self.store.online(session).await?;
+        self.invalidate(&user);
+        Ok(first)
+    }
+
+    async fn offline(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+    ) -> Result<Option<(Session, bool)>, StoreError> {
+        let removed = self.store.offline(user, device).await?;
+        self.invalidate(user);
+        Ok(removed)
+    }
+
+    async fn locate(&self, user: &UserId) -> Result<Vec<Session>, StoreError> {
+        Ok(self.locate_shared(user).await?.to_vec())
+    }
+
+    async fn refresh(&self, gateway: &GatewayId) -> Result<(), StoreError> {
+        self.store.refresh(gateway).await
+    }
+
+    async fn remove_gateway(&self, gateway: &GatewayId) -> Result<Vec<Session>, StoreError> {
+        let removed = self.store.remove_gateway(gateway).await?;
+        for session in &removed {
+            self.invalidate(&session.user);
+        }
+        Ok(removed)
+    }
+
+    fn changes(&self) -> broadcast::Receiver<UserId> {
+        self.store.changes()
+    }
+}

@@ -1,0 +1,87 @@
+//! Who is online where. A user may be online on several devices, each on some
+//! gateway; [`PresenceStore`] holds those sessions with a TTL that the
+//! gateway's heartbeat refreshes. [`cache::CachedPresence`] wraps any store
+//! with a bounded in-process cache invalidated by change events.
+
+pub mod cache;
+pub mod memory;
+pub mod redis;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::error::StoreError;
+use crate::topology::{DeviceId, GatewayId, Region, UserId};
+
+/// One device of a user, connected to one gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Session {
+    /// The user.
+    pub user: UserId,
+    /// The device (connection) id, unique per user.
+    pub device: DeviceId,
+    /// The gateway holding the connection.
+    pub gateway: GatewayId,
+    /// The gateway's region.
+    pub region: Region,
+    /// When the session came online, microseconds since the Unix epoch.
+    pub since_micros: i64,
+}
+
+/// The sessions of users, shared by every router node.
+#[async_trait]
+pub trait PresenceStore: Send + Sync + 'static {
+    /// Marks a session online (or refreshes it). Returns true when this is the
+    /// user's first live session on that gateway.
+    async fn online(&self, session: Session) -> Result<bool, StoreError>;
+
+    /// Marks a device offline. Returns the removed session and whether it was
+    /// the user's last session on its gateway; `None` if it was not online.
+    async fn offline(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+    ) -> Result<Option<(Session, bool)>, StoreError>;
+
+    /// Every live session of a user.
+    async fn locate(&self, user: &UserId) -> Result<Vec<Session>, StoreError>;
+
+    /// Extends the TTL of every session on a gateway (its heartbeat).
+    async fn refresh(&self, gateway: &GatewayId) -> Result<(), StoreError>;
+
+    /// Removes every session on a gateway that died; returns them.
+    async fn remove_gateway(&self, gateway: &GatewayId) -> Result<Vec<Session>, StoreError>;
+
+    /// Users whose sessions changed, as seen by any node; used to invalidate
+    /// local caches.
+    fn changes(&self) -> broadcast::Receiver<UserId>;
+}
+
+/// `[presence]` settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// A session not refreshed by a heartbeat for this long is gone.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Users kept in the in-process cache (0 turns the cache off).
+    pub cache_capacity: u64,
+    /// How long a cached lookup may be served without asking the store.
+    /// Change events invalidate entries earlier; this bounds staleness when
+    /// an event is missed.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            session_ttl: Duration::from_secs(60),
+            cache_capacity: 1_000_000,
+            cache_ttl: Duration::from_secs(5),
+        }
+    }
+}

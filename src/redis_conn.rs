@@ -1,0 +1,514 @@
+//! The one place that connects to Redis, standalone or cluster, for every
+//! Redis store and the Redis transport: [`RedisConfig`] (the `[store]` and
+//! `[transports.redis.connection]` settings), [`RedisHandle`] (a small pool
+//! of multiplexed connections), [`Conn`] (one connection, either kind, usable
+//! with any `redis::cmd`, pipeline or script), [`RedisHandle::subscribe`]
+//! (a channel subscription that survives connection drops) and
+//! [`RedisChanges`] (the change events of a Redis store, between nodes).
+//!
+//! On a cluster, keys carry hash tags (`sy:presence:{alice}`) so one user's,
+//! group's or gateway's keys share a slot, and pub/sub is sharded
+//! (SPUBLISH/SSUBSCRIBE): a message only travels to the shard that owns its
+//! channel instead of being broadcast to every node.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, PushKind, RedisFuture,
+    RedisResult, Value,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::error::StoreError;
+use crate::telemetry;
+use crate::topology::UserId;
+
+/// How to reach Redis: `[store] kind = "redis"` and
+/// `[transports.redis.connection]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port` or, for TLS, `rediss://host:port`. On a cluster,
+    /// any node (a seed); the others are discovered.
+    pub url: String,
+    /// Talk to a Redis Cluster (slot routing, sharded pub/sub).
+    pub cluster: bool,
+    /// More cluster seed nodes, tried when `url` is down at start-up.
+    pub cluster_seeds: Vec<String>,
+    /// Environment variable holding the ACL user name (unset: none or the URL's).
+    pub username_env: Option<String>,
+    /// Environment variable holding the password (unset: none or the URL's).
+    pub password_env: Option<String>,
+    /// Multiplexed connections per process; commands are spread over them.
+    pub connections: usize,
+    /// How long one connection attempt may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long one command may wait for its reply.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// Prefix of every key and channel, so several deployments can share a
+    /// Redis (and tests can run in parallel).
+    pub key_prefix: String,
+    /// A gateway whose registration is not refreshed by its heartbeat for
+    /// this long is dead: its sessions are removed and the ring recomputed.
+    #[serde(with = "humantime_serde")]
+    pub gateway_ttl: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            cluster: false,
+            cluster_seeds: Vec::new(),
+            username_env: None,
+            password_env: None,
+            connections: 2,
+            connect_timeout: Duration::from_secs(3),
+            response_timeout: Duration::from_secs(3),
+            key_prefix: "sy".into(),
+            gateway_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RedisConfig {
+    /// Every seed address, `url` first.
+    fn seeds(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.url).chain(&self.cluster_seeds)
+    }
+
+    /// What is wrong with these settings, as (key, reason).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        for url in self.seeds() {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                problems.push(("url", format!("{url:?} is not a redis:// or rediss:// URL")));
+            }
+        }
+        if self.connections == 0 {
+            problems.push(("connections", "must be at least 1".into()));
+        }
+        if self.gateway_ttl.is_zero() {
+            problems.push(("gateway_ttl", "must be longer than zero".into()));
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}']) {
+            problems.push((
+                "key_prefix",
+                "must be non-empty, without braces (hash tags)".into(),
+            ));
+        }
+        problems
+    }
+
+    /// The addresses, for error messages.
+    pub fn address(&self) -> String {
+        self.seeds().cloned().collect::<Vec<_>>().join(",")
+    }
+}
+
+/// Redis could not be reached or refused us.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("cannot connect to Redis at {address}: {reason}")]
+pub struct ConnectError {
+    /// The URL(s) tried.
+    pub address: String,
+    /// Why it failed.
+    pub reason: String,
+}
+
+impl ConnectError {
+    /// As the error of the store that needed the connection.
+    pub fn for_store(self, store: &'static str) -> crate::error::StoreError {
+        crate::error::StoreError::Unavailable {
+            store,
+            address: self.address,
+            reason: self.reason,
+        }
+    }
+}
+
+/// One multiplexed connection to a standalone Redis or a cluster. Implements
+/// [`ConnectionLike`], so commands, pipelines and scripts do not care which.
+#[derive(Clone)]
+pub enum Conn {
+    /// A standalone server; reconnects by itself.
+    Single(ConnectionManager),
+    /// A cluster; follows slot moves and failovers by itself.
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    /// `PUBLISH` on a standalone server, `SPUBLISH` (sharded) on a cluster.
+    pub fn publish_command(&self) -> &'static str {
+        match self {
+            Conn::Single(_) => "PUBLISH",
+            Conn::Cluster(_) => "SPUBLISH",
+        }
+    }
+
+    /// Subscribes to `channel` (sharded on a cluster); messages arrive on the
+    /// connection's push sender.
+    async fn subscribe(&mut self, channel: &str) -> RedisResult<()> {
+        match self {
+            Conn::Single(c) => c.subscribe(channel).await,
+            Conn::Cluster(c) => c.ssubscribe(channel).await,
+        }
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// What a [`RedisHandle::subscribe`] stream yields.
+#[derive(Debug)]
+pub enum Pushed {
+    /// A message published to the channel.
+    Message(Bytes),
+    /// Messages are being missed (the connection dropped, or this process
+    /// fell behind).
+    Dropped,
+    /// Messages flow again; some published during the last `gap` were missed.
+    Resumed {
+        /// From the first missed message (or the drop) to now.
+        gap: Duration,
+    },
+}
+
+/// Connections to one Redis deployment, shared by every store of a node.
+#[derive(Clone)]
+pub struct RedisHandle {
+    config: Arc<RedisConfig>,
+    conns: Arc<[Conn]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl RedisHandle {
+    /// Connects (and pings) `config.connections` connections. Fails with the
+    /// URL when Redis is not there.
+    pub async fn connect(config: &RedisConfig) -> Result<Self, ConnectError> {
+        let config = Arc::new(config.clone());
+        let mut conns = Vec::with_capacity(config.connections.max(1));
+        for _ in 0..config.connections.max(1) {
+            let mut conn = open(&config, None).await?;
+            let _: String = redis::cmd("PING")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| connect_error(&config, e))?;
+            conns.push(conn);
+        }
+        Ok(Self {
+            config,
+            conns: conns.into(),
+            next: Arc::default(),
+        })
+    }
+
+    /// The settings this handle was built from.
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    /// A key or channel name: the prefix, then `parts` joined by `:`.
+    pub fn key(&self, parts: &[&str]) -> String {
+        let mut key = self.config.key_prefix.clone();
+        for part in parts {
+            key.push(':');
+            key.push_str(part);
+        }
+        key
+    }
+
+    /// A connection, round robin (cheap: a clone of a multiplexed handle).
+    pub fn conn(&self) -> Conn {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        self.conns[i].clone()
+    }
+
+    /// Subscribes to `channel` on a dedicated connection. The stream yields
+    /// its messages and reports every gap: after a dropped connection it
+    /// resubscribes (retrying with backoff until Redis answers); when this
+    /// process falls more than `queue` messages behind, the messages that do
+    /// not fit are dropped here (not left to grow without bound) and the gap
+    /// reported. Drops and gaps are counted in metrics under `what`. Ends,
+    /// closing the connection, when the receiver is dropped.
+    pub async fn subscribe(
+        &self,
+        channel: String,
+        what: &'static str,
+        queue: usize,
+    ) -> Result<mpsc::Receiver<Pushed>, ConnectError> {
+        let (push_tx, mut push_rx) = mpsc::channel::<PushInfo>(queue.max(1));
+        // When this process first fell behind since the last report.
+        let lagging: Arc<parking_lot::Mutex<Option<Instant>>> = Arc::default();
+        let overflow = lagging.clone();
+        let sender = move |push: PushInfo| match push_tx.try_send(push) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                overflow.lock().get_or_insert_with(Instant::now);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(redis::aio::SendError),
+        };
+        let mut conn = open(&self.config, Some(Box::new(sender))).await?;
+        conn.subscribe(&channel)
+            .await
+            .map_err(|e| connect_error(&self.config, e))?;
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        tokio::spawn(async move {
+            let mut backoff = Backoff::default();
+            // Ends (closing the connection, so PUBLISH stops counting this
+            // subscriber) as soon as the reader is gone, not at the next push.
+            while let Some(push) = tokio::select! {
+                push = push_rx.recv() => push,
+                () = tx.closed() => None,
+            } {
+                let fell_behind = lagging.lock().take();
+                if let Some(since) = fell_behind {
+                    metrics::counter!(telemetry::REDIS_SUBSCRIBER_DROPS, "what" => what, "reason" => "lagging")
+                        .increment(1);
+                    tracing::warn!(%channel, queue, "subscriber fell behind: messages dropped locally");
+                    let gap = since.elapsed();
+                    if tx.send(Pushed::Dropped).await.is_err()
+                        || tx.send(Pushed::Resumed { gap }).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                match push.kind {
+                    PushKind::Message | PushKind::SMessage => {
+                        // [channel, payload]
+                        let Some(Value::BulkString(payload)) = push.data.into_iter().nth(1) else {
+                            continue;
+                        };
+                        if tx.send(Pushed::Message(payload.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    // The library reports a closed socket as `Disconnection`
+                    // (a lagging subscriber cut off by the server's
+                    // `client-output-buffer-limit pubsub` looks the same);
+                    // a cluster node that loses the slot sends `sunsubscribe`.
+                    PushKind::Disconnection | PushKind::SUnsubscribe | PushKind::Unsubscribe => {
+                        let dropped = Instant::now();
+                        metrics::counter!(telemetry::REDIS_SUBSCRIBER_DROPS, "what" => what, "reason" => "disconnected")
+                            .increment(1);
+                        tracing::warn!(%channel, kind = %push.kind, "Redis subscription lost, resubscribing");
+                        if tx.send(Pushed::Dropped).await.is_err() {
+                            return;
+                        }
+                        // The library resubscribes too; subscribing again is
+                        // idempotent and tells us when it is back.
+                        while let Err(err) = conn.subscribe(&channel).await {
+                            if tx.is_closed() {
+                                return;
+                            }
+                            tracing::debug!(%channel, %err, "resubscribe failed, retrying");
+                            tokio::time::sleep(backoff.next()).await;
+                        }
+                        backoff = Backoff::default();
+                        let gap = dropped.elapsed();
+                        metrics::histogram!(telemetry::REDIS_SUBSCRIBE_GAP, "what" => what)
+                            .record(gap.as_secs_f64());
+                        if tx.send(Pushed::Resumed { gap }).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// Exponential delay between resubscribe attempts: 50 ms doubling to 2 s.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(50))
+    }
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let now = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(2));
+        now
+    }
+}
+
+fn connect_error(config: &RedisConfig, err: impl std::fmt::Display) -> ConnectError {
+    ConnectError {
+        address: config.address(),
+        reason: err.to_string(),
+    }
+}
+
+/// Reads a credential from the environment variable `name`, if configured.
+fn env_secret(name: &Option<String>) -> Result<Option<String>, String> {
+    match name {
+        None => Ok(None),
+        Some(var) => std::env::var(var)
+            .map(Some)
+            .map_err(|_| format!("environment variable {var} is not set")),
+    }
+}
+
+/// Where a subscription connection hands its pushes.
+type PushSender = Box<dyn Fn(PushInfo) -> Result<(), redis::aio::SendError> + Send + Sync>;
+
+/// Opens one connection; with `push`, in RESP3 with pushes (pub/sub
+/// messages, disconnections) sent there and subscriptions restored on
+/// reconnect.
+async fn open(config: &RedisConfig, push: Option<PushSender>) -> Result<Conn, ConnectError> {
+    let err = |e: &dyn std::fmt::Display| connect_error(config, e);
+    let username = env_secret(&config.username_env).map_err(|e| err(&e))?;
+    let password = env_secret(&config.password_env).map_err(|e| err(&e))?;
+    if config.seeds().any(|url| url.starts_with("rediss://")) {
+        // rustls needs one process-wide crypto provider; if another crate
+        // enables a second one it cannot pick by itself. Already installed
+        // (by us or the application) is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let mut infos = Vec::new();
+    for url in config.seeds() {
+        let info = url.as_str().into_connection_info().map_err(|e| err(&e))?;
+        let mut redis = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        if let Some(user) = &username {
+            redis = redis.set_username(user);
+        }
+        if let Some(password) = &password {
+            redis = redis.set_password(password);
+        }
+        infos.push(info.set_redis_settings(redis));
+    }
+    if config.cluster {
+        let mut builder = ClusterClientBuilder::new(infos)
+            .use_protocol(ProtocolVersion::RESP3)
+            .connection_timeout(config.connect_timeout)
+            .response_timeout(config.response_timeout);
+        if let Some(push) = push {
+            builder = builder.push_sender(push);
+        }
+        let client = builder.build().map_err(|e| err(&e))?;
+        let conn = tokio::time::timeout(config.connect_timeout * 2, client.get_async_connection())
+            .await
+            .map_err(|_| err(&"timed out"))?
+            .map_err(|e| err(&e))?;
+        Ok(Conn::Cluster(conn))
+    } else {
+        let client = redis::Client::open(infos.remove(0)).map_err(|e| err(&e))?;
+        let mut manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.response_timeout))
+            .set_number_of_retries(2);
+        if let Some(push) = push {
+            manager = manager.set_push_sender(push).set_automatic_resubscription();
+        }
+        let conn = ConnectionManager::new_with_config(client, manager)
+            .await
+            .map_err(|e| err(&e))?;
+        Ok(Conn::Single(conn))
+    }
+}
+
+/// A store's change events on a Redis channel, re-broadcast in process.
+pub struct RedisChanges {
+    redis: RedisHandle,
+    channel: String,
+    store: &'static str,
+    local: broadcast::Sender<UserId>,
+}
+
+impl RedisChanges {
+    /// Subscribes to `{prefix}:{name}` for `store` (named in errors and
+    /// metrics).
+    pub async fn connect(
+        redis: RedisHandle,
+        name: &str,
+        store: &'static str,
+    ) -> Result<Self, StoreError> {
+        let channel = redis.key(&[name]);
+        let mut pushed = redis
+            .subscribe(channel.clone(), store, crate::changes::BUFFER)
+            .await
+            .map_err(|e| e.for_store(store))?;
+        let local = crate::changes::local();
+        let sender = local.clone();
+        tokio::spawn(async move {
+            while let Some(event) = pushed.recv().await {
+                // Events missed during a gap are bounded by the cache TTL.
+                if let Pushed::Message(user) = event {
+                    if let Ok(user) = std::str::from_utf8(&user) {
+                        let _ = sender.send(UserId::from(user));
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            redis,
+            channel,
+            store,
+            local,
+        })
+    }
+
+    /// Tells every node (this one included) that `user`'s state changed.
+    pub async fn publish(&self, user: &UserId) -> Result<(), StoreError> {
+        let mut conn = self.redis.conn();
+        redis::cmd(conn.publish_command())
+            .arg(&self.channel)
+            .arg(user.as_str())
+            .query_async::<i64>(&mut conn)
+            .await
+            .map_err(|e| StoreError::Backend {
+                store: self.store,
+                operation: format!("publish change of {user}"),
+                reason: e.to_string(),
+            })?;
+        Ok(())
+    }
+
+    /// Users whose state changed, as seen by any node.
+    pub fn subscribe(&self) -> broadcast::Receiver<UserId> {
+        self.local.subscribe()
+    }
+}

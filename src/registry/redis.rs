@@ -1,0 +1,186 @@
+//! The gateway registry on Redis.
+//!
+//! Keys:
+//!
+//! - `sy:gateway:{id}`: `region \x1f address`, with a TTL (`gateway_ttl`)
+//!   that every heartbeat (`register`) renews.
+//! - `sy:gateways`: set of registered ids. An id whose key has expired is a
+//!   dead gateway: [`RedisRegistry::watch`] polls for them (keyspace
+//!   notifications are off by default and lost while a node is down, a poll
+//!   is not), and the node that removes the id from the set (SREM returns 1)
+//!   cleans up its presence and group counts, so exactly one node does.
+//!   The ring is built from the live set, so it changes with it.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{stream, StreamExt, TryStreamExt};
+use redis::AsyncCommands;
+use tokio::task::JoinHandle;
+
+use super::Registry;
+use crate::error::StoreError;
+use crate::groups::Directory;
+use crate::redis_conn::RedisHandle;
+use crate::topology::{GatewayId, GatewayInfo};
+
+const STORE: &str = "registry";
+
+/// Registrations with a TTL in Redis.
+pub struct RedisRegistry {
+    redis: RedisHandle,
+    ttl: Duration,
+}
+
+impl RedisRegistry {
+    /// A gateway not refreshed for `ttl` is dead.
+    pub fn new(redis: RedisHandle, ttl: Duration) -> Self {
+        Self { redis, ttl }
+    }
+
+    fn key(&self, gateway: &GatewayId) -> String {
+        self.redis.key(&["gateway", &format!("{{{gateway}}}")])
+    }
+
+    fn set_key(&self) -> String {
+        self.redis.key(&["gateways"])
+    }
+
+    async fn ids(&self) -> Result<Vec<String>, StoreError> {
+        self.redis
+            .conn()
+            .smembers(self.set_key())
+            .await
+            .map_err(backend("list gateway ids".into()))
+    }
+
+    /// Finds gateways whose registration expired and claims them; returns
+    /// the ones this node claimed (another node may claim the rest).
+    pub async fn reap(&self) -> Result<Vec<GatewayId>, StoreError> {
+        let mut dead = Vec::new();
+        for id in self.ids().await? {
+            let gateway = GatewayId::from(id.as_str());
+            let mut conn = self.redis.conn();
+            let alive: bool = conn
+                .exists(self.key(&gateway))
+                .await
+                .map_err(backend(format!("check gateway {gateway}")))?;
+            if alive {
+                continue;
+            }
+            let claimed: i64 = conn
+                .srem(self.set_key(), &id)
+                .await
+                .map_err(backend(format!("claim dead gateway {gateway}")))?;
+            if claimed == 1 {
+                dead.push(gateway);
+            }
+        }
+        Ok(dead)
+    }
+
+    /// Every `every`, reaps dead gateways and removes their sessions and
+    /// group counts through `directory`. Stops when the registry is dropped.
+    pub fn watch(self: &Arc<Self>, directory: Directory, every: Duration) -> JoinHandle<()> {
+        let registry: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(registry) = registry.upgrade() else {
+                    return;
+                };
+                let dead = match registry.reap().await {
+                    Ok(dead) => dead,
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot look for dead gateways");
+                        continue;
+                    }
+                };
+                for gateway in dead {
+                    match directory.remove_gateway(&gateway).await {
+                        Ok(sessions) => {
+                            tracing::warn!(%gateway, sessions, "gateway expired: sessions removed")
+                        }
+                        Err(err) => tracing::error!(%gateway, %err, "cannot clean up dead gateway"),
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn backend(operation: String) -> impl FnOnce(redis::RedisError) -> StoreError {
+    move |e| StoreError::Backend {
+        store: STORE,
+        operation,
+        reason: e.to_string(),
+    }
+}
+
+fn decode(id: &GatewayId, value: &str) -> Result<GatewayInfo, StoreError> {
+    let (region, address) = value
+        .split_once('\x1f')
+        .ok_or_else(|| StoreError::Backend {
+            store: STORE,
+            operation: format!("read gateway {id}"),
+            reason: format!("malformed value {value:?}"),
+        })?;
+    Ok(GatewayInfo {
+        id: id.clone(),
+        region: region.into(),
+        address: address.into(),
+    })
+}
+
+#[async_trait]
+impl Registry for RedisRegistry {
+    async fn register(&self, gateway: &GatewayInfo) -> Result<(), StoreError> {
+        let mut conn = self.redis.conn();
+        let value = format!("{}\x1f{}", gateway.region, gateway.address);
+        let _: () = conn
+            .pset_ex(self.key(&gateway.id), value, self.ttl.as_millis() as u64)
+            .await
+            .map_err(backend(format!("register gateway {}", gateway.id)))?;
+        let _: i64 = conn
+            .sadd(self.set_key(), gateway.id.as_str())
+            .await
+            .map_err(backend(format!("list gateway {}", gateway.id)))?;
+        Ok(())
+    }
+
+    async fn deregister(&self, gateway: &GatewayId) -> Result<(), StoreError> {
+        let mut conn = self.redis.conn();
+        let _: i64 = conn
+            .del(self.key(gateway))
+            .await
+            .map_err(backend(format!("deregister gateway {gateway}")))?;
+        let _: i64 = conn
+            .srem(self.set_key(), gateway.as_str())
+            .await
+            .map_err(backend(format!("unlist gateway {gateway}")))?;
+        Ok(())
+    }
+
+    async fn get(&self, gateway: &GatewayId) -> Result<Option<GatewayInfo>, StoreError> {
+        let value: Option<String> = self
+            .redis
+            .conn()
+            .get(self.key(gateway))
+            .await
+            .map_err(backend(format!("get gateway {gateway}")))?;
+        value.map(|v| decode(gateway, &v)).transpose()
+    }
+
+    async fn list(&self) -> Result<Vec<GatewayInfo>, StoreError> {
+        let ids = self.ids().await?;
+        let mut live: Vec<GatewayInfo> = stream::iter(ids)
+            .map(|id| async move { self.get(&GatewayId::from(id)).await })
+            .buffer_unordered(64)
+            .try_filter_map(|g| async move { Ok(g) })
+            .try_collect()
+            .await?;
+        live.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(live)
+    }
+}

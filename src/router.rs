@@ -1,0 +1,909 @@
+//! The send path: validate -> block check -> locate -> decide -> publish
+//! (batched per target gateway) -> offline store for whatever could not go.
+//! A [`Router`] is one gateway's handle on switchyard.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
+use futures::future::join_all;
+use tokio::sync::mpsc;
+
+use crate::backends::Backends;
+use crate::config::{DeliveryConfig, LimitsConfig, Settings};
+use crate::envelope::{now_micros, Destination, Envelope, MessageId, Priority};
+use crate::error::{BuildError, SendError, StoreError};
+use crate::inbox::{self, Inbox, Via};
+use crate::offline::OfflineReason;
+use crate::policy::handover::Handover;
+use crate::policy::live::LivePolicy;
+use crate::policy::{Decision, Policy, Route, TransportList};
+use crate::presence::{PresenceStore, Session};
+use crate::telemetry;
+use crate::topology::{DeviceId, GatewayId, GatewayInfo, GroupId, Region, UserId};
+use crate::transport::{Ack, Health, TransportError, TransportKind};
+
+/// Offline messages replayed per read on attach.
+const REPLAY_CHUNK: usize = 256;
+
+/// One gateway's handle: sends messages, manages its users' presence and
+/// groups, and feeds its [`Inbox`]. Cheap to clone.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    me: GatewayInfo,
+    backends: Backends,
+    policy: Arc<LivePolicy>,
+    limits: LimitsConfig,
+    delivery: DeliveryConfig,
+    /// The inbox's in-process input: local and offline deliveries.
+    local: mpsc::Sender<(Via, Envelope)>,
+    /// Last transport per target gateway, for order across a change.
+    handover: Handover,
+}
+
+/// Heartbeats a gateway until dropped: see [`Router::keep_alive`].
+#[must_use = "the heartbeats stop when this is dropped"]
+pub struct KeepAlive(tokio::task::JoinHandle<()>);
+
+impl KeepAlive {
+    /// Runs `beat` now and then every `every` until dropped.
+    pub(crate) fn spawn<F, Fut>(every: std::time::Duration, mut beat: F) -> Self
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        Self(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                beat().await;
+            }
+        }))
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Builds a [`Router`] and its [`Inbox`].
+pub struct RouterBuilder {
+    gateway: GatewayInfo,
+    settings: Settings,
+    backends: Option<Backends>,
+    policy: Option<Arc<LivePolicy>>,
+}
+
+impl RouterBuilder {
+    /// Uses these settings instead of the embedded default.
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Shares already-built backends (several gateways in one process).
+    pub fn backends(mut self, backends: Backends) -> Self {
+        self.backends = Some(backends);
+        self
+    }
+
+    /// Shares a live policy (several gateways in one process follow one
+    /// canary). Without it the router builds its own from the settings.
+    pub fn policy(mut self, policy: Arc<LivePolicy>) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// Connects the backends, subscribes to this gateway's address on every
+    /// enabled transport and registers the gateway.
+    pub async fn build(self) -> Result<(Router, Inbox), BuildError> {
+        let settings = self.settings;
+        settings.validate()?;
+        let policy = match self.policy {
+            Some(policy) => policy,
+            None => LivePolicy::from_settings(&settings)?,
+        };
+        let backends = match self.backends {
+            Some(backends) => backends,
+            None => Backends::from_settings(&settings).await?,
+        };
+        let mut subscriptions = Vec::new();
+        for transport in backends.transports.iter() {
+            subscriptions.push((
+                transport.kind(),
+                transport.subscribe(&self.gateway.id).await?,
+            ));
+        }
+        let (local, local_rx) = mpsc::channel(settings.limits.inbox_queue);
+        let inbox = inbox::spawn(
+            policy.clone(),
+            subscriptions,
+            local_rx,
+            settings.limits.dedupe_window,
+            settings.limits.inbox_queue,
+        );
+        backends.registry.register(&self.gateway).await?;
+        let router = Router {
+            inner: Arc::new(Inner {
+                me: self.gateway,
+                backends,
+                policy,
+                limits: settings.limits,
+                delivery: settings.delivery,
+                local,
+                handover: Handover::default(),
+            }),
+        };
+        Ok((router, inbox))
+    }
+}
+
+/// What happened to one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendReport {
+    /// The message.
+    pub id: MessageId,
+    /// Its fate.
+    pub outcome: Outcome,
+}
+
+/// The fate of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The recipient has blocked the sender; nothing was sent.
+    Blocked,
+    /// Published to each target gateway (one per gateway, however many
+    /// devices or members it hosts). `stored_offline` says whether (and why)
+    /// the message also went to the offline store: the recipient had no
+    /// session, or every transport to one of its gateways failed. A group
+    /// message with no online member has no targets and is not stored.
+    Routed {
+        /// One entry per target gateway.
+        targets: Vec<TargetReport>,
+        /// Set when the message was written to the offline store.
+        stored_offline: Option<OfflineReason>,
+    },
+}
+
+/// The fate of one message at one target gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetReport {
+    /// The target gateway.
+    pub gateway: GatewayId,
+    /// The route taken.
+    pub route: Route,
+    /// How it went, or every transport's error.
+    pub result: Result<Via, String>,
+    /// The canary transport it was also published on (dual mode), when that
+    /// publish was confirmed.
+    pub mirrored: Option<TransportKind>,
+}
+
+/// Where a message would go and why: `switchyard explain`.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    /// The sending gateway.
+    pub from: GatewayInfo,
+    /// The recipient.
+    pub destination: Destination,
+    /// Whether the recipient blocked the sender.
+    pub blocked: bool,
+    /// Sessions found for a user recipient.
+    pub sessions: Vec<Session>,
+    /// Gateways hosting online members of a group recipient, with counts.
+    pub distribution: Vec<(GatewayId, u64)>,
+    /// The decision per target gateway, with each transport's health.
+    pub targets: Vec<(GatewayId, Region, Decision, Vec<Health>)>,
+}
+
+/// A message ready to publish.
+struct Planned {
+    envelope: Envelope,
+    bytes: Bytes,
+    targets: Vec<(GatewayId, Region, Decision)>,
+    blocked: bool,
+    found: Found,
+}
+
+enum Found {
+    Sessions(Arc<[Session]>),
+    Distribution(Vec<(GatewayId, u64)>),
+}
+
+impl Router {
+    /// A builder for the gateway `gateway`, on the embedded default settings.
+    pub fn builder(gateway: GatewayInfo) -> RouterBuilder {
+        RouterBuilder {
+            gateway,
+            settings: Settings::default(),
+            backends: None,
+            policy: None,
+        }
+    }
+
+    /// This gateway.
+    pub fn gateway(&self) -> &GatewayInfo {
+        &self.inner.me
+    }
+
+    /// The backends this router uses.
+    pub fn backends(&self) -> &Backends {
+        &self.inner.backends
+    }
+
+    /// The live policy: routing rules and canary, changed at run time.
+    /// Messages already being published keep the rules they started with.
+    pub fn policy(&self) -> &Arc<LivePolicy> {
+        &self.inner.policy
+    }
+
+    /// A user's device connected to this gateway: marks it online and
+    /// replays the user's offline messages into the inbox (oldest first),
+    /// removing each chunk once the inbox has accepted it. Returns how many
+    /// were replayed.
+    pub async fn connect(
+        &self,
+        user: impl Into<UserId>,
+        device: impl Into<DeviceId>,
+    ) -> Result<usize, StoreError> {
+        let session = Session {
+            user: user.into(),
+            device: device.into(),
+            gateway: self.inner.me.id.clone(),
+            region: self.inner.me.region.clone(),
+            since_micros: now_micros(),
+        };
+        let user = session.user.clone();
+        self.inner.backends.directory.online(session).await?;
+        let offline = &self.inner.backends.offline;
+        let mut replayed = 0;
+        loop {
+            let chunk = offline.read(&user, REPLAY_CHUNK).await?;
+            if chunk.is_empty() {
+                return Ok(replayed);
+            }
+            let ids: Vec<MessageId> = chunk.iter().map(|e| e.id).collect();
+            for envelope in chunk {
+                if self
+                    .inner
+                    .local
+                    .send((Via::Offline, envelope))
+                    .await
+                    .is_err()
+                {
+                    // The inbox is gone; what was not acked stays stored.
+                    return Ok(replayed);
+                }
+            }
+            replayed += offline.ack(&user, &ids).await?;
+        }
+    }
+
+    /// A user's device disconnected from this gateway.
+    pub async fn disconnect(
+        &self,
+        user: impl Into<UserId>,
+        device: impl Into<DeviceId>,
+    ) -> Result<(), StoreError> {
+        let directory = &self.inner.backends.directory;
+        directory
+            .offline(&user.into(), &device.into())
+            .await
+            .map(drop)
+    }
+
+    /// The gateway is alive: refreshes its registration and its sessions' TTL.
+    pub async fn heartbeat(&self) -> Result<(), StoreError> {
+        let backends = &self.inner.backends;
+        backends.registry.register(&self.inner.me).await?;
+        backends.presence.refresh(&self.inner.me.id).await
+    }
+
+    /// Heartbeats every `every` (see [`Settings::heartbeat_interval`]) until
+    /// the returned guard is dropped, so the gateway's registration and its
+    /// users' sessions outlive their TTLs. A failed heartbeat is logged and
+    /// tried again at the next tick.
+    pub fn keep_alive(&self, every: std::time::Duration) -> KeepAlive {
+        let router = self.clone();
+        KeepAlive::spawn(every, move || {
+            let router = router.clone();
+            async move {
+                if let Err(err) = router.heartbeat().await {
+                    tracing::warn!(gateway = %router.gateway().id, %err, "heartbeat failed");
+                }
+            }
+        })
+    }
+
+    /// Adds a user to a group (creating the group).
+    pub async fn join(
+        &self,
+        group: impl Into<GroupId>,
+        user: impl Into<UserId>,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .backends
+            .directory
+            .join(&group.into(), &user.into())
+            .await
+    }
+
+    /// Removes a user from a group.
+    pub async fn leave(
+        &self,
+        group: impl Into<GroupId>,
+        user: impl Into<UserId>,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .backends
+            .directory
+            .leave(&group.into(), &user.into())
+            .await
+    }
+
+    /// `user` stops receiving messages from `blocked`.
+    pub async fn block(
+        &self,
+        user: impl Into<UserId>,
+        blocked: impl Into<UserId>,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .backends
+            .blocks
+            .block(&user.into(), &blocked.into())
+            .await
+    }
+
+    /// Undoes [`Router::block`].
+    pub async fn unblock(
+        &self,
+        user: impl Into<UserId>,
+        blocked: impl Into<UserId>,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .backends
+            .blocks
+            .unblock(&user.into(), &blocked.into())
+            .await
+    }
+
+    /// Routes one message. Messages from one sender to one recipient arrive
+    /// in order when each send is awaited before the next.
+    pub async fn send(&self, envelope: Envelope) -> Result<SendReport, SendError> {
+        let mut reports = self.send_batch(vec![envelope]).await;
+        reports
+            .pop()
+            .expect("send_batch returns one report per envelope")
+    }
+
+    /// Routes several messages, publishing once per (target gateway,
+    /// transport) batch. Returns one result per envelope, in input order.
+    pub async fn send_batch(&self, envelopes: Vec<Envelope>) -> Vec<Result<SendReport, SendError>> {
+        let mut results: Vec<Option<Result<SendReport, SendError>>> =
+            Vec::with_capacity(envelopes.len());
+        let mut planned: Vec<Option<Planned>> = Vec::with_capacity(envelopes.len());
+        // Lookups of different messages are independent: with a remote store
+        // they overlap instead of paying one round trip after another.
+        let plans = join_all(envelopes.into_iter().map(|e| self.plan(e))).await;
+        for plan in plans {
+            match plan {
+                Ok(plan) => {
+                    results.push(None);
+                    planned.push(Some(plan));
+                }
+                Err(err) => {
+                    results.push(Some(Err(err)));
+                    planned.push(None);
+                }
+            }
+        }
+
+        // One batch per target gateway, in input order. Gateways are
+        // published to concurrently; within one, runs of the same priority
+        // and transports go one after another, so per-pair order holds.
+        let mut batches: HashMap<GatewayId, (Route, Vec<(usize, usize)>)> = HashMap::new();
+        for (i, plan) in planned.iter().enumerate() {
+            let Some(plan) = plan.as_ref().filter(|p| !p.blocked) else {
+                continue;
+            };
+            for (t, (gateway, _, decision)) in plan.targets.iter().enumerate() {
+                batches
+                    .entry(gateway.clone())
+                    .or_insert_with(|| (decision.route, Vec::new()))
+                    .1
+                    .push((i, t));
+            }
+        }
+        let published = join_all(batches.into_iter().map(|(gateway, (route, members))| {
+            let planned = &planned;
+            async move {
+                let mut runs = Vec::new();
+                for run in members.chunk_by(|&(a, ta), &(b, tb)| {
+                    let (Some(a), Some(b)) = (&planned[a], &planned[b]) else {
+                        return false;
+                    };
+                    let (da, db) = (&a.targets[ta].2, &b.targets[tb].2);
+                    a.envelope.priority == b.envelope.priority
+                        && da.transports == db.transports
+                        && da.mirror == db.mirror
+                }) {
+                    let plans: Vec<&Planned> = run
+                        .iter()
+                        .filter_map(|&(i, _)| planned[i].as_ref())
+                        .collect();
+                    let (result, mirrored) = match plans.first() {
+                        None => continue,
+                        Some(_) if route == Route::Local => {
+                            (self.deliver_locally(&plans).await, None)
+                        }
+                        Some(first) => {
+                            let batch: Vec<Bytes> = plans.iter().map(|p| p.bytes.clone()).collect();
+                            let decision = &first.targets[run[0].1].2;
+                            self.publish(&gateway, decision, &batch, first.envelope.priority)
+                                .await
+                        }
+                    };
+                    telemetry::messages(
+                        route.as_str(),
+                        result.as_ref().map_or("none", |via| via.as_str()),
+                        if result.is_ok() { "sent" } else { "failed" },
+                        run.len() as u64,
+                    );
+                    let members: Vec<usize> = run.iter().map(|&(i, _)| i).collect();
+                    runs.push((members, result, mirrored));
+                }
+                (gateway, route, runs)
+            }
+        }))
+        .await;
+
+        let mut targets: Vec<Vec<TargetReport>> = vec![Vec::new(); planned.len()];
+        for (gateway, route, runs) in published {
+            for (members, result, mirrored) in runs {
+                for i in members {
+                    targets[i].push(TargetReport {
+                        gateway: gateway.clone(),
+                        route,
+                        result: result.clone(),
+                        mirrored,
+                    });
+                }
+            }
+        }
+        for (i, plan) in planned.into_iter().enumerate() {
+            if let Some(plan) = plan {
+                results[i] = Some(self.conclude(plan, std::mem::take(&mut targets[i])).await);
+            }
+        }
+        results.into_iter().flatten().collect()
+    }
+
+    /// What `send` would do with this message, without sending it.
+    pub async fn explain(&self, envelope: Envelope) -> Result<Explanation, SendError> {
+        let policy = self.inner.policy.load();
+        explain(
+            &self.inner.me,
+            &self.inner.backends,
+            &policy,
+            self.inner.limits.max_payload_bytes,
+            envelope,
+        )
+        .await
+    }
+
+    async fn plan(&self, envelope: Envelope) -> Result<Planned, SendError> {
+        let policy = self.inner.policy.load();
+        plan(
+            &self.inner.me,
+            &self.inner.backends,
+            &policy,
+            self.inner.limits.max_payload_bytes,
+            envelope,
+        )
+        .await
+    }
+
+    async fn deliver_locally(&self, plans: &[&Planned]) -> Result<Via, String> {
+        for plan in plans {
+            self.inner
+                .local
+                .send((Via::Local, plan.envelope.clone()))
+                .await
+                .map_err(|_| "this gateway's inbox is closed".to_string())?;
+        }
+        Ok(Via::Local)
+    }
+
+    /// Tries the decision's transports in order (and its canary mirror
+    /// alongside); the message is out once either path confirmed it. After a
+    /// change of primary it first waits out the handover (per-pair order).
+    async fn publish(
+        &self,
+        to: &GatewayId,
+        decision: &Decision,
+        batch: &[Bytes],
+        priority: Priority,
+    ) -> (Result<Via, String>, Option<TransportKind>) {
+        if let Some(&primary) = decision.transports.first() {
+            let quiet = self.inner.policy.load().handover;
+            let wait = self
+                .inner
+                .handover
+                .steer(to, primary, quiet, std::time::Instant::now());
+            if !wait.is_zero() {
+                tracing::debug!(gateway = %to, transport = %primary, ?wait, "transport changed: waiting for the old one to go quiet");
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let chain = self.publish_chain(to, &decision.transports, batch, priority);
+        let Some(mirror) = decision.mirror else {
+            return (chain.await, None);
+        };
+        let (primary, mirrored) =
+            futures::join!(chain, self.publish_on(mirror, to, batch, priority));
+        let route = decision.route.as_str();
+        let outcome = if mirrored.is_ok() {
+            "mirrored"
+        } else {
+            "failed"
+        };
+        telemetry::messages(route, mirror.as_str(), outcome, batch.len() as u64);
+        let confirmed = mirrored.is_ok().then_some(mirror);
+        let result = match (primary, mirrored) {
+            (Ok(via), _) => Ok(via),
+            (Err(_), Ok(())) => Ok(Via::Transport(mirror)),
+            (Err(primary), Err(mirrored)) => Err(format!("{primary}; {mirrored}")),
+        };
+        (result, confirmed)
+    }
+
+    /// Tries each transport in order until one confirms.
+    async fn publish_chain(
+        &self,
+        to: &GatewayId,
+        transports: &TransportList,
+        batch: &[Bytes],
+        priority: Priority,
+    ) -> Result<Via, String> {
+        let mut errors = Vec::new();
+        for &kind in transports {
+            match self.publish_on(kind, to, batch, priority).await {
+                Ok(()) => return Ok(Via::Transport(kind)),
+                Err(err) => {
+                    tracing::warn!(transport = %kind, gateway = %to, %err, "publish failed, trying the next transport");
+                    errors.push(err);
+                }
+            }
+        }
+        if errors.is_empty() {
+            errors.push("no transport configured for this route".into());
+        }
+        Err(errors.join("; "))
+    }
+
+    /// One transport: high priority retries with backoff; low priority does
+    /// not wait for the broker's ack. Outcomes feed the canary watchdog.
+    async fn publish_on(
+        &self,
+        kind: TransportKind,
+        to: &GatewayId,
+        batch: &[Bytes],
+        priority: Priority,
+    ) -> Result<(), String> {
+        let delivery = &self.inner.delivery;
+        let transport = self
+            .inner
+            .backends
+            .transports
+            .get(kind)
+            .map_err(|e| e.to_string())?;
+        let ack = if priority == Priority::Low {
+            Ack::None
+        } else {
+            Ack::Confirmed
+        };
+        let retries = if priority == Priority::High {
+            delivery.retries as usize
+        } else {
+            0
+        };
+        let attempt = || async {
+            tokio::time::timeout(delivery.publish_timeout, transport.publish(to, batch, ack))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(TransportError::Timeout {
+                        transport: kind,
+                        gateway: to.clone(),
+                        after: delivery.publish_timeout,
+                    })
+                })
+        };
+        let result = attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(delivery.retry_backoff)
+                    .with_max_times(retries),
+            )
+            .notify(|err, delay| {
+                tracing::debug!(transport = %kind, gateway = %to, %err, ?delay, "publish failed, retrying");
+                metrics::counter!(telemetry::PUBLISH_RETRIES, "transport" => kind.as_str()).increment(1);
+            })
+            .await;
+        self.inner
+            .policy
+            .record_publish(kind, result.is_ok(), batch.len() as u64);
+        result.map_err(|e| e.to_string())
+    }
+
+    /// Stores offline whatever could not be published, and builds the report.
+    async fn conclude(
+        &self,
+        plan: Planned,
+        targets: Vec<TargetReport>,
+    ) -> Result<SendReport, SendError> {
+        let id = plan.envelope.id;
+        if plan.blocked {
+            telemetry::messages("none", "none", "blocked", 1);
+            return Ok(SendReport {
+                id,
+                outcome: Outcome::Blocked,
+            });
+        }
+        let failed: Vec<&TargetReport> = targets.iter().filter(|t| t.result.is_err()).collect();
+        let reason = match (&plan.envelope.destination, targets.is_empty()) {
+            (Destination::User(_), true) => Some(OfflineReason::NoSession),
+            _ if !failed.is_empty() => Some(OfflineReason::TransportsFailed),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            let failed_gateways: BTreeSet<&GatewayId> = failed.iter().map(|t| &t.gateway).collect();
+            self.store_offline(&plan.envelope, &failed_gateways, reason)
+                .await
+                .map_err(|offline| SendError::Undeliverable {
+                    id,
+                    offline,
+                    transports: failed
+                        .iter()
+                        .filter_map(|t| t.result.as_ref().err().map(String::as_str))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                })?;
+        }
+        Ok(SendReport {
+            id,
+            outcome: Outcome::Routed {
+                targets,
+                stored_offline: reason,
+            },
+        })
+    }
+
+    /// A user message is stored for its recipient; a group message for each
+    /// member hosted on a gateway every transport failed to reach.
+    async fn store_offline(
+        &self,
+        envelope: &Envelope,
+        failed: &BTreeSet<&GatewayId>,
+        reason: OfflineReason,
+    ) -> Result<(), StoreError> {
+        let backends = &self.inner.backends;
+        let recipients = match &envelope.destination {
+            Destination::User(user) => vec![user.clone()],
+            Destination::Group(group) => {
+                let mut stranded = Vec::new();
+                for member in backends.directory.groups().members(group).await? {
+                    let sessions = backends.presence.locate_shared(&member).await?;
+                    if sessions.iter().any(|s| failed.contains(&s.gateway)) {
+                        stranded.push(member);
+                    }
+                }
+                stranded
+            }
+        };
+        for user in &recipients {
+            backends.offline.append(user, envelope).await?;
+            metrics::counter!(telemetry::OFFLINE_STORED, "reason" => reason.as_str()).increment(1);
+        }
+        Ok(())
+    }
+}
+
+/// What sending `envelope` from gateway `from` would do, without sending it
+/// or attaching to any transport (`switchyard explain`).
+pub async fn explain(
+    from: &GatewayInfo,
+    backends: &Backends,
+    policy: &Policy,
+    max_payload: usize,
+    envelope: Envelope,
+) -> Result<Explanation, SendError> {
+    let plan = plan(from, backends, policy, max_payload, envelope).await?;
+    let transports = &backends.transports;
+    let (sessions, distribution) = match plan.found {
+        Found::Sessions(s) => (s.to_vec(), Vec::new()),
+        Found::Distribution(d) => (Vec::new(), d),
+    };
+    Ok(Explanation {
+        from: from.clone(),
+        destination: plan.envelope.destination,
+        blocked: plan.blocked,
+        sessions,
+        distribution,
+        targets: plan
+            .targets
+            .into_iter()
+            .map(|(gateway, region, decision)| {
+                let health = decision
+                    .transports
+                    .iter()
+                    .map(|k| {
+                        transports
+                            .get(*k)
+                            .map_or_else(|e| Health::Down(e.to_string()), |t| t.health())
+                    })
+                    .collect();
+                (gateway, region, decision, health)
+            })
+            .collect(),
+    })
+}
+
+/// Validate, block check, locate, decide.
+async fn plan(
+    me: &GatewayInfo,
+    backends: &Backends,
+    policy: &Policy,
+    max_payload: usize,
+    mut envelope: Envelope,
+) -> Result<Planned, SendError> {
+    let now = now_micros();
+    if envelope.created_at_micros == 0 {
+        envelope.created_at_micros = now;
+    }
+    envelope.validate(max_payload, now)?;
+    let id = envelope.id;
+    let store_err = |source| SendError::Store { id, source };
+    let (blocked, found, gateways): (bool, Found, Vec<(GatewayId, Region)>) =
+        match &envelope.destination {
+            Destination::User(user) => {
+                if backends
+                    .blocks
+                    .is_blocked(user, &envelope.sender)
+                    .await
+                    .map_err(store_err)?
+                {
+                    (true, Found::Sessions(Arc::from([])), Vec::new())
+                } else {
+                    let sessions = backends
+                        .presence
+                        .locate_shared(user)
+                        .await
+                        .map_err(store_err)?;
+                    let gateways: BTreeSet<(GatewayId, Region)> = sessions
+                        .iter()
+                        .map(|s| (s.gateway.clone(), s.region.clone()))
+                        .collect();
+                    (
+                        false,
+                        Found::Sessions(sessions),
+                        gateways.into_iter().collect(),
+                    )
+                }
+            }
+            Destination::Group(group) => {
+                let distribution = backends
+                    .directory
+                    .groups()
+                    .distribution(group)
+                    .await
+                    .map_err(store_err)?;
+                let mut gateways = Vec::with_capacity(distribution.len());
+                for (gateway, _) in &distribution {
+                    let region = match backends.registry.get(gateway).await.map_err(store_err)? {
+                        Some(info) => info.region,
+                        // Not registered (dying?): any other region takes the durable route.
+                        None => Region::new(""),
+                    };
+                    gateways.push((gateway.clone(), region));
+                }
+                (false, Found::Distribution(distribution), gateways)
+            }
+        };
+    let recipient = match &envelope.destination {
+        Destination::User(user) => Some(user),
+        Destination::Group(_) => None,
+    };
+    let transports = &backends.transports;
+    let is_up = |kind| transports.get(kind).is_ok_and(|t| t.health() == Health::Up);
+    let targets = gateways
+        .into_iter()
+        .map(|(gateway, region)| {
+            let decision = backends
+                .hot_pairs
+                .decide(policy, me, &gateway, &region, recipient, is_up);
+            (gateway, region, decision)
+        })
+        .collect();
+    Ok(Planned {
+        bytes: envelope.encode(),
+        envelope,
+        targets,
+        blocked,
+        found,
+    })
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "from gateway {} (region {})",
+            self.from.id, self.from.region
+        )?;
+        writeln!(f, "to {}", self.destination)?;
+        if self.blocked {
+            return writeln!(
+                f,
+                "blocked: the recipient has blocked the sender; nothing is sent"
+            );
+        }
+        match &self.destination {
+            Destination::User(_) if self.sessions.is_empty() => {
+                return writeln!(
+                    f,
+                    "presence: no live session -> stored offline, replayed on connect"
+                );
+            }
+            Destination::User(_) => {
+                writeln!(f, "presence: {} session(s)", self.sessions.len())?;
+                for s in &self.sessions {
+                    writeln!(
+                        f,
+                        "  device {} on gateway {} (region {})",
+                        s.device, s.gateway, s.region
+                    )?;
+                }
+            }
+            Destination::Group(_) if self.distribution.is_empty() => {
+                return writeln!(f, "group: no online member -> nothing to publish");
+            }
+            Destination::Group(_) => {
+                writeln!(
+                    f,
+                    "group: online members on {} gateway(s), one publish each",
+                    self.distribution.len()
+                )?;
+                for (gateway, count) in &self.distribution {
+                    writeln!(f, "  gateway {gateway}: {count} member(s)")?;
+                }
+            }
+        }
+        for (gateway, region, decision, health) in &self.targets {
+            let order: Vec<String> = decision
+                .transports
+                .iter()
+                .zip(health)
+                .map(|(k, h)| match h {
+                    Health::Up => k.to_string(),
+                    Health::Down(why) => format!("{k} (down: {why})"),
+                })
+                .collect();
+            writeln!(
+                f,
+                "-> gateway {gateway} (region {region}): route {}, transports [{}]: {}",
+                decision.route,
+                order.join(", "),
+                decision.reason
+            )?;
+        }
+        writeln!(f, "if every transport fails: stored offline")
+    }
+}

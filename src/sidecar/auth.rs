@@ -1,0 +1,235 @@
+//! Bearer tokens: one per gateway, one for the Admin API, one for peer
+//! sidecars. Read from environment variables or files named in config,
+//! compared in constant time, and never logged.
+//!
+//! A call with a gateway token acts as that gateway only: the services check
+//! that the gateway named in each request is the token's ([`authorize`]).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tonic::{Request, Status};
+
+use super::{SecretSource, Shared, SidecarConfig, SidecarError};
+use crate::topology::GatewayId;
+
+/// The resolved secrets.
+#[derive(Default)]
+pub struct Tokens {
+    gateways: Vec<(GatewayId, String)>,
+    admin: Option<String>,
+    /// Presented to and expected from peer sidecars.
+    pub(crate) peer: Option<String>,
+}
+
+impl Tokens {
+    /// Reads every secret the config names.
+    pub fn resolve(config: &SidecarConfig) -> Result<Self, SidecarError> {
+        let mut gateways = Vec::new();
+        for (gateway, source) in &config.tokens {
+            gateways.push((
+                GatewayId::from(gateway.as_str()),
+                read(&format!("sidecar.tokens.{gateway}"), source)?,
+            ));
+        }
+        let admin = config
+            .admin_token
+            .as_ref()
+            .map(|s| read("sidecar.admin_token", s))
+            .transpose()?;
+        let peer = config
+            .peer_token
+            .as_ref()
+            .map(|s| read("sidecar.peer_token", s))
+            .transpose()?;
+        Ok(Self {
+            gateways,
+            admin,
+            peer,
+        })
+    }
+}
+
+fn read(key: &str, source: &SecretSource) -> Result<String, SidecarError> {
+    let fail = |from: String, reason: String| SidecarError::Secret {
+        key: key.to_owned(),
+        from,
+        reason,
+    };
+    let secret = match (&source.env, &source.file) {
+        (Some(name), _) => {
+            std::env::var(name).map_err(|e| fail(format!("env {name}"), e.to_string()))?
+        }
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| fail(format!("file {}", path.display()), e.to_string()))?,
+        (None, None) => return Err(fail("nowhere".into(), "set `env` or `file`".into())),
+    };
+    let secret = secret.trim().to_owned();
+    if secret.is_empty() {
+        let from = source
+            .env
+            .as_ref()
+            .map(|n| format!("env {n}"))
+            .or_else(|| {
+                source
+                    .file
+                    .as_ref()
+                    .map(|p| format!("file {}", p.display()))
+            })
+            .unwrap_or_default();
+        return Err(fail(from, "the secret is empty".into()));
+    }
+    Ok(secret)
+}
+
+/// The tokens in force; swapped by a config reload (secret rotation).
+pub struct Auth {
+    tokens: ArcSwap<Tokens>,
+}
+
+/// The gateway a call's token belongs to, set by the gateway interceptor.
+#[derive(Debug, Clone)]
+pub struct Caller(pub GatewayId);
+
+impl Auth {
+    /// Starts with `tokens`.
+    pub fn new(tokens: Tokens) -> Self {
+        Self {
+            tokens: ArcSwap::from_pointee(tokens),
+        }
+    }
+
+    /// Replaces the tokens.
+    pub fn replace(&self, tokens: Tokens) {
+        self.tokens.store(Arc::new(tokens));
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a
+/// guessed token was right.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn bearer<T>(request: &Request<T>) -> Result<&str, Status> {
+    let value = request.metadata().get("authorization").ok_or_else(|| {
+        Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
+    })?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| Status::unauthenticated("`authorization` metadata must be `Bearer <token>`"))
+}
+
+/// Gateway API: with tokens configured, a call must carry a gateway's token;
+/// the gateway is recorded as the [`Caller`].
+pub(crate) fn gateway_interceptor(
+    shared: Arc<Shared>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut request: Request<()>| {
+        let tokens = shared.auth.tokens.load();
+        if tokens.gateways.is_empty() {
+            return Ok(request);
+        }
+        let presented = bearer(&request)?;
+        let gateway = tokens
+            .gateways
+            .iter()
+            .fold(None, |found, (gateway, token)| {
+                // Every token is compared, matching or not (constant time).
+                if same(presented, token) {
+                    Some(gateway.clone())
+                } else {
+                    found
+                }
+            })
+            .ok_or_else(|| Status::unauthenticated("unknown gateway token"))?;
+        request.extensions_mut().insert(Caller(gateway));
+        Ok(request)
+    }
+}
+
+/// Admin API: the admin token when configured.
+pub(crate) fn admin_interceptor(
+    shared: Arc<Shared>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |request: Request<()>| {
+        check_secret(
+            &request,
+            shared.auth.tokens.load().admin.as_deref(),
+            "admin",
+        )?;
+        Ok(request)
+    }
+}
+
+/// Peer API: the peer token when configured.
+pub(crate) fn peer_interceptor(
+    shared: Arc<Shared>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |request: Request<()>| {
+        check_secret(&request, shared.auth.tokens.load().peer.as_deref(), "peer")?;
+        Ok(request)
+    }
+}
+
+fn check_secret<T>(request: &Request<T>, expected: Option<&str>, what: &str) -> Result<(), Status> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    if same(bearer(request)?, expected) {
+        Ok(())
+    } else {
+        Err(Status::unauthenticated(format!("wrong {what} token")))
+    }
+}
+
+/// Checks that the call may act as `gateway`: its token is that gateway's
+/// (or no tokens are configured).
+pub fn authorize<T>(request: &Request<T>, gateway: &str) -> Result<GatewayId, Status> {
+    if gateway.is_empty() {
+        return Err(Status::invalid_argument("gateway_id is empty"));
+    }
+    match request.extensions().get::<Caller>() {
+        Some(Caller(caller)) if caller.as_str() != gateway => Err(Status::permission_denied(
+            format!("the token of gateway {caller:?} cannot act as gateway {gateway:?}"),
+        )),
+        _ => Ok(GatewayId::from(gateway)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_compare_is_still_a_compare() {
+        assert!(same("abc", "abc"));
+        assert!(!same("abc", "abd"));
+        assert!(!same("abc", "abcd"));
+    }
+
+    #[test]
+    fn a_missing_secret_names_the_key_and_source_not_a_value() {
+        let config = SidecarConfig {
+            admin_token: Some(SecretSource {
+                env: Some("SWITCHYARD_TEST_SURELY_UNSET_VAR".into()),
+                file: None,
+            }),
+            ..SidecarConfig::default()
+        };
+        let err = Tokens::resolve(&config)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("sidecar.admin_token: cannot read the secret from env SWITCHYARD_TEST_SURELY_UNSET_VAR"),
+            "{err}"
+        );
+    }
+}

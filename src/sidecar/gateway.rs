@@ -1,0 +1,534 @@
+//! The Gateway API: one [`Router`] per attached gateway, its [`Inbox`]
+//! streamed to the gateway, and every other call checked to act only as that
+//! gateway and only for users it hosts.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::{Future, FutureExt, Stream};
+use parking_lot::Mutex;
+use tonic::{Request, Response, Status};
+
+use super::auth::authorize;
+use super::Shared;
+use crate::envelope::{Envelope, MessageId};
+use crate::error::SendError;
+use crate::inbox::Inbox;
+use crate::offline::OfflineReason;
+use crate::policy::Route;
+use crate::proto::{self, gateway_server::Gateway};
+use crate::router::{Outcome, Router, SendReport};
+use crate::telemetry;
+use crate::topology::{GatewayId, GatewayInfo, UserId};
+
+/// Offline messages returned by FetchOffline when the request sets no limit.
+const DEFAULT_FETCH_LIMIT: usize = 100;
+
+/// A gateway attached to this sidecar.
+pub(crate) struct Attached {
+    pub(crate) router: Router,
+    /// The inbox, while no Attach stream holds it.
+    inbox: Arc<Mutex<Option<Inbox>>>,
+}
+
+impl Attached {
+    /// Whether an Attach stream holds the inbox now.
+    pub(crate) fn streaming(&self) -> bool {
+        self.inbox.lock().is_none()
+    }
+}
+
+/// The Gateway service.
+pub struct GatewayService {
+    shared: Arc<Shared>,
+}
+
+impl GatewayService {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    async fn router(&self, gateway: &GatewayId) -> Result<Router, Status> {
+        self.shared
+            .gateways
+            .lock()
+            .await
+            .get(gateway)
+            .map(|a| a.router.clone())
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "gateway {gateway:?} is not attached: call Attach first"
+                ))
+            })
+    }
+
+    /// The router of an attached gateway the call may act as.
+    async fn caller<T>(&self, request: &Request<T>, gateway: &str) -> Result<Router, Status> {
+        let gateway = authorize(request, gateway)?;
+        self.router(&gateway).await
+    }
+
+    /// Join and Leave: the same checks, then one router call.
+    async fn change_membership(
+        &self,
+        request: Request<proto::GroupRequest>,
+        change: Membership,
+    ) -> Result<Response<proto::GroupResponse>, Status> {
+        let router = self.caller(&request, &request.get_ref().gateway_id).await?;
+        let req = request.into_inner();
+        let user = UserId::from(non_empty("user", &req.user)?);
+        let group = non_empty("group", &req.group)?;
+        hosted(&router, &user).await?;
+        match change {
+            Membership::Join => router.join(group, user).await,
+            Membership::Leave => router.leave(group, user).await,
+        }
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(proto::GroupResponse {}))
+    }
+}
+
+/// Which way a group membership changes.
+enum Membership {
+    Join,
+    Leave,
+}
+
+/// Refuses unless `user` has a session on the router's gateway.
+async fn hosted(router: &Router, user: &UserId) -> Result<(), Status> {
+    let me = &router.gateway().id;
+    let sessions = router
+        .backends()
+        .presence
+        .locate_shared(user)
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    if sessions.iter().any(|s| &s.gateway == me) {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "user {user:?} has no session on gateway {me:?}: a gateway acts only for the users it hosts"
+        )))
+    }
+}
+
+fn non_empty<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+    if value.is_empty() {
+        Err(Status::invalid_argument(format!("{field} is empty")))
+    } else {
+        Ok(value)
+    }
+}
+
+/// Fills the defaults a gateway may leave out, then checks that the sender
+/// is this gateway. An envelope that cannot be parsed is returned as the
+/// reason for a `Rejected` outcome.
+fn prepare(
+    gateway: &GatewayId,
+    mut wire: proto::Envelope,
+) -> Result<Result<Envelope, (Vec<u8>, String)>, Status> {
+    if wire.id.is_empty() {
+        wire.id = MessageId::new().to_bytes().to_vec();
+    }
+    if wire.sender_gateway.is_empty() {
+        wire.sender_gateway = gateway.to_string();
+    } else if wire.sender_gateway != gateway.as_str() {
+        return Err(Status::permission_denied(format!(
+            "gateway {gateway:?} cannot send as gateway {:?}",
+            wire.sender_gateway
+        )));
+    }
+    let id = wire.id.clone();
+    Ok(Envelope::from_wire(wire).map_err(|e| (id, e.to_string())))
+}
+
+fn route(route: Route) -> proto::Route {
+    match route {
+        Route::Local => proto::Route::Local,
+        Route::SameRegion => proto::Route::SameRegion,
+        Route::CrossRegion => proto::Route::CrossRegion,
+    }
+}
+
+fn outcome(id: MessageId, result: Result<SendReport, SendError>) -> proto::SendOutcome {
+    use proto::send_outcome::Result as R;
+    let result = match result {
+        Ok(SendReport {
+            outcome: Outcome::Blocked,
+            ..
+        }) => R::Blocked(proto::Blocked {}),
+        Ok(SendReport {
+            outcome:
+                Outcome::Routed {
+                    targets,
+                    stored_offline,
+                },
+            ..
+        }) => {
+            let targets = targets
+                .into_iter()
+                .map(|t| {
+                    let (delivered, via, error) = match t.result {
+                        Ok(via) => (true, via.to_string(), String::new()),
+                        Err(error) => (false, String::new(), error),
+                    };
+                    proto::TargetOutcome {
+                        gateway: t.gateway.to_string(),
+                        route: route(t.route) as i32,
+                        delivered,
+                        via,
+                        error,
+                        mirrored: t.mirrored.map(|k| k.to_string()).unwrap_or_default(),
+                    }
+                })
+                .collect();
+            let stored_offline = match stored_offline {
+                None => proto::OfflineReason::Unspecified,
+                Some(OfflineReason::NoSession) => proto::OfflineReason::NoSession,
+                Some(OfflineReason::TransportsFailed) => proto::OfflineReason::TransportsFailed,
+            };
+            let routed = proto::Routed {
+                targets,
+                stored_offline: stored_offline as i32,
+            };
+            R::Routed(routed)
+        }
+        Err(SendError::Invalid(err)) => R::Rejected(proto::Rejected {
+            reason: err.to_string(),
+        }),
+        Err(err @ (SendError::Store { .. } | SendError::Undeliverable { .. })) => {
+            R::Failed(proto::Failed {
+                reason: err.to_string(),
+            })
+        }
+    };
+    proto::SendOutcome {
+        id: id.to_bytes().to_vec(),
+        result: Some(result),
+    }
+}
+
+fn rejected(id: Vec<u8>, reason: String) -> proto::SendOutcome {
+    proto::SendOutcome {
+        id,
+        result: Some(proto::send_outcome::Result::Rejected(proto::Rejected {
+            reason,
+        })),
+    }
+}
+
+/// Routes a batch: every sender is checked first (one foreign sender refuses
+/// the whole batch, so nothing is half-sent), unparsable envelopes are
+/// rejected one by one, the rest go out in one `send_batch`.
+async fn send_all(
+    router: &Router,
+    wires: Vec<proto::Envelope>,
+) -> Result<Vec<proto::SendOutcome>, Status> {
+    let me = router.gateway().id.clone();
+    let mut prepared = Vec::with_capacity(wires.len());
+    for wire in wires {
+        let envelope = prepare(&me, wire)?;
+        if let Ok(envelope) = &envelope {
+            hosted(router, &envelope.sender).await?;
+        }
+        prepared.push(envelope);
+    }
+    let valid: Vec<Envelope> = prepared
+        .iter()
+        .filter_map(|p| p.as_ref().ok().cloned())
+        .collect();
+    let mut sent = router.send_batch(valid).await.into_iter();
+    Ok(prepared
+        .into_iter()
+        .map(|p| match p {
+            Ok(envelope) => match sent.next() {
+                Some(result) => outcome(envelope.id, result),
+                None => rejected(
+                    envelope.id.to_bytes().to_vec(),
+                    "internal: the router returned no outcome".into(),
+                ),
+            },
+            Err((id, reason)) => rejected(id, reason),
+        })
+        .collect())
+}
+
+/// The Attach stream: the gateway's inbox, ended when the sidecar drains,
+/// and handed back on drop so the gateway can attach again.
+pub struct AttachStream {
+    inbox: Option<Inbox>,
+    slot: Arc<Mutex<Option<Inbox>>>,
+    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Stream for AttachStream {
+    type Item = Result<proto::Delivery, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.stopping.poll_unpin(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        let Some(inbox) = self.inbox.as_mut() else {
+            return Poll::Ready(None);
+        };
+        inbox.poll_recv(cx).map(|delivery| {
+            delivery.map(|d| {
+                Ok(proto::Delivery {
+                    envelope: Some(d.envelope.to_wire()),
+                    via: d.via.to_string(),
+                    latency_micros: d.latency.as_micros().min(u128::from(u64::MAX)) as u64,
+                })
+            })
+        })
+    }
+}
+
+impl Drop for AttachStream {
+    fn drop(&mut self) {
+        *self.slot.lock() = self.inbox.take();
+        metrics::gauge!(telemetry::ATTACHED_GATEWAYS).decrement(1.0);
+    }
+}
+
+#[tonic::async_trait]
+impl Gateway for GatewayService {
+    type AttachStream = AttachStream;
+
+    async fn attach(
+        &self,
+        request: Request<proto::AttachRequest>,
+    ) -> Result<Response<AttachStream>, Status> {
+        let gateway = authorize(&request, &request.get_ref().gateway_id)?;
+        let req = request.into_inner();
+        let region = non_empty("region", &req.region)?;
+        let info = GatewayInfo {
+            id: gateway.clone(),
+            region: region.into(),
+            address: if req.address.is_empty() {
+                self.shared.advertise.clone()
+            } else {
+                req.address
+            },
+        };
+        if *self.shared.stopping.borrow() {
+            return Err(Status::unavailable("the sidecar is shutting down"));
+        }
+        let mut gateways = self.shared.gateways.lock().await;
+        let reuse = gateways
+            .get(&gateway)
+            .filter(|a| a.router.gateway() == &info);
+        let slot = match reuse {
+            Some(attached) => attached.inbox.clone(),
+            None => {
+                if gateways.get(&gateway).is_some_and(Attached::streaming) {
+                    return Err(Status::already_exists(format!(
+                        "gateway {gateway:?} already has an open Attach stream"
+                    )));
+                }
+                // First attach, or the gateway moved (region or address):
+                // a new router re-registers it and takes over its address.
+                let settings = (**self.shared.settings.load()).clone();
+                let (router, inbox) = Router::builder(info)
+                    .settings(settings)
+                    .backends(self.shared.backends.clone())
+                    .policy(self.shared.policy.clone())
+                    .build()
+                    .await
+                    .map_err(|e| {
+                        Status::unavailable(format!("cannot attach gateway {gateway:?}: {e}"))
+                    })?;
+                let slot = Arc::new(Mutex::new(Some(inbox)));
+                gateways.insert(
+                    gateway.clone(),
+                    Attached {
+                        router,
+                        inbox: slot.clone(),
+                    },
+                );
+                slot
+            }
+        };
+        let inbox = slot.lock().take().ok_or_else(|| {
+            Status::already_exists(format!(
+                "gateway {gateway:?} already has an open Attach stream"
+            ))
+        })?;
+        drop(gateways);
+        metrics::gauge!(telemetry::ATTACHED_GATEWAYS).increment(1.0);
+        tracing::info!(%gateway, "gateway attached");
+        let mut stopping = self.shared.stopping.clone();
+        Ok(Response::new(AttachStream {
+            inbox: Some(inbox),
+            slot,
+            stopping: Box::pin(async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            }),
+        }))
+    }
+
+    async fn send(
+        &self,
+        request: Request<proto::SendRequest>,
+    ) -> Result<Response<proto::SendResponse>, Status> {
+        let router = self.caller(&request, &request.get_ref().gateway_id).await?;
+        let envelope = request
+            .into_inner()
+            .envelope
+            .ok_or_else(|| Status::invalid_argument("envelope is missing"))?;
+        let mut outcomes = send_all(&router, vec![envelope]).await?;
+        Ok(Response::new(proto::SendResponse {
+            outcome: outcomes.pop(),
+        }))
+    }
+
+    async fn send_batch(
+        &self,
+        request: Request<proto::SendBatchRequest>,
+    ) -> Result<Response<proto::SendBatchResponse>, Status> {
+        let router = self.caller(&request, &request.get_ref().gateway_id).await?;
+        let outcomes = send_all(&router, request.into_inner().envelopes).await?;
+        Ok(Response::new(proto::SendBatchResponse { outcomes }))
+    }
+
+    async fn online(
+        &self,
+        request: Request<proto::OnlineRequest>,
+    ) -> Result<Response<proto::OnlineResponse>, Status> {
+        let router = self.caller(&request, &request.get_ref().gateway_id).await?;
+        let req = request.into_inner();
+        let user = non_empty("user", &req.user)?;
+        let device = non_empty("device", &req.device)?;
+        let replayed = router
+            .connect(user, device)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(proto::OnlineResponse {
+            replayed: replayed as u64,
+        }))
+    }
+
+    async fn offline(
+        &self,
+        request: Request<proto::OfflineRequest>,
+    ) -> Result<Response<proto::OfflineResponse>, Status> {
+        let router = self.caller(&request, &request.get_ref().gateway_id).await?;
+        let req = request.into_inner();
+        let user = UserId::from(non_empty("user", &req.user)?);
+        let device = non_empty("device", &req.device)?;
+        let me = &router.gateway().id;
+        let sessions = router
+            .backends()
+            .presence
+            .locate_shared(&user)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        if sessions
+            .iter()
+            .any(|s| s.device.as_str() == device && &s.gateway != me)
+        {
+            return Err(Status::permission_denied(format!(
+                "device {device:?} of user {user:?} is connected to another gateway"
+            )));
+        }
+        router
+            .disconnect(user, device)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(proto::OfflineResponse {}))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<proto::HeartbeatRequest>,
+    ) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        let router = self.caller(&request, &request.get_ref().gateway_id).await?;
+        router
+            .heartbeat()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(proto::HeartbeatResponse {}))
+    }
+
+    async fn join(
+        &self,
+        request: Request<proto::GroupRequest>,
+    ) -> Result<Response<proto::GroupResponse>, Status> {
+        self.change_membership(request, Membership::Join).await
+    }
+
+    async fn leave(
+        &self,
+        request: Request<proto::GroupRequest>,
+    ) -> Result<Response<proto::GroupResponse>, Status> {
+        self.change_membership(request, Membership::Leave).await
+    }
+
+    async fn fetch_offline(
+        &self,
+        request: Request<proto::FetchOfflineRequest>,
+    ) -> Result<Response<proto::FetchOfflineResponse>, Status> {
+        let router = self.caller(&request, &request.get_ref().gateway_id).await?;
+        let req = request.into_inner();
+        let user = UserId::from(non_empty("user", &req.user)?);
+        hosted(&router, &user).await?;
+        let limit = if req.limit == 0 {
+            DEFAULT_FETCH_LIMIT
+        } else {
+            req.limit as usize
+        };
+        let envelopes = router
+            .backends()
+            .offline
+            .read(&user, limit)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(proto::FetchOfflineResponse {
+            envelopes: envelopes.iter().map(Envelope::to_wire).collect(),
+        }))
+    }
+
+    async fn ack_offline(
+        &self,
+        request: Request<proto::AckOfflineRequest>,
+    ) -> Result<Response<proto::AckOfflineResponse>, Status> {
+        let router = self.caller(&request, &request.get_ref().gateway_id).await?;
+        let req = request.into_inner();
+        let user = UserId::from(non_empty("user", &req.user)?);
+        hosted(&router, &user).await?;
+        let ids = req
+            .ids
+            .iter()
+            .map(|id| MessageId::from_slice(id))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::invalid_argument(format!("ids: {e}")))?;
+        let removed = router
+            .backends()
+            .offline
+            .ack(&user, &ids)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(proto::AckOfflineResponse {
+            removed: removed as u64,
+        }))
+    }
+}
+
+/// The gateways attached here, for the Admin API.
+pub(crate) async fn attached(shared: &Shared) -> Vec<proto::AttachedGateway> {
+    let gateways = shared.gateways.lock().await;
+    let mut list: Vec<proto::AttachedGateway> = gateways
+        .values()
+        .map(|a| {
+            let info = a.router.gateway();
+            proto::AttachedGateway {
+                gateway_id: info.id.to_string(),
+                region: info.region.to_string(),
+                address: info.address.clone(),
+                streaming: a.streaming(),
+            }
+        })
+        .collect();
+    list.sort_by(|a, b| a.gateway_id.cmp(&b.gateway_id));
+    list
+}

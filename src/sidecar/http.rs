@@ -1,0 +1,60 @@
+//! The telemetry endpoint: `/metrics` (Prometheus text format), `/healthz`
+//! (the process is up) and `/readyz` (it accepts new work; 503 while
+//! starting or draining).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::Shared;
+
+#[derive(Clone)]
+struct Endpoint {
+    metrics: PrometheusHandle,
+    shared: Arc<Shared>,
+}
+
+/// Serves until `stop` turns true.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    metrics: PrometheusHandle,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let app = axum::Router::new()
+        .route("/metrics", get(render))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(Endpoint { metrics, shared });
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
+        .await;
+    if let Err(err) = result {
+        tracing::error!(%err, "telemetry endpoint failed");
+    }
+}
+
+async fn render(State(endpoint): State<Endpoint>) -> ([(&'static str, &'static str); 1], String) {
+    // Histograms are rolled up on scrape; no background upkeep task needed.
+    endpoint.metrics.run_upkeep();
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        endpoint.metrics.render(),
+    )
+}
+
+async fn ready(State(endpoint): State<Endpoint>) -> (StatusCode, &'static str) {
+    if endpoint.shared.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}

@@ -1,0 +1,456 @@
+//! The sidecar (`switchyard serve`): gateways in any language use switchyard
+//! over gRPC. One process serves any number of attached gateways, one
+//! [`Router`](crate::Router) each, all sharing one [`Backends`].
+//!
+//! - [`gateway`]: the Gateway API (attach, send, presence, groups, offline).
+//! - [`admin`]: the Admin API (state, reload, canary status/share/rollback).
+//! - [`peer`]: the Peer API, the receiving half of the `grpc` transport.
+//! - [`auth`]: bearer tokens per gateway, for admin and for peers.
+//! - [`canary_ctl`]: the CLI's client for the canary admin RPCs.
+//! - [`reload`]: live config (admin RPC, file watch, SIGHUP).
+//! - [`tls`]: TLS and mutual TLS for the server and for direct links.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//!
+//! Beside them the server runs the standard gRPC health service and server
+//! reflection.
+
+pub mod admin;
+pub mod auth;
+pub mod canary_ctl;
+pub mod gateway;
+pub mod http;
+pub mod peer;
+pub mod reload;
+pub mod tls;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+
+use crate::backends::Backends;
+use crate::config::{Problem, Settings};
+use crate::error::BuildError;
+use crate::policy::live::LivePolicy;
+use crate::proto::{
+    admin_server::AdminServer, gateway_server::GatewayServer, peer_server::PeerServer,
+};
+use crate::telemetry::{self, RecorderError};
+use crate::topology::GatewayId;
+
+/// `[sidecar]` settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SidecarConfig {
+    /// Where the gRPC server listens.
+    pub listen: SocketAddr,
+    /// The `host:port` other sidecars use to reach this one (direct links),
+    /// registered for gateways that attach without an address. Empty: the
+    /// bound listen address (right on loopback, wrong behind NAT or in a pod
+    /// listening on 0.0.0.0).
+    pub advertise: String,
+    /// `[sidecar.tokens]`: the token of each gateway allowed to attach, by
+    /// gateway id. When empty, any gateway may attach (the embedded default).
+    pub tokens: BTreeMap<String, SecretSource>,
+    /// Token for the Admin API. Required when gateway tokens are set.
+    pub admin_token: Option<SecretSource>,
+    /// Token sidecars present to each other on direct links.
+    pub peer_token: Option<SecretSource>,
+    /// On SIGTERM, how long in-flight calls may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// `[sidecar.tls]`: TLS (mutual by default) for gateways and peers.
+    /// Absent: plaintext.
+    pub tls: Option<tls::TlsConfig>,
+}
+
+impl Default for SidecarConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            advertise: String::new(),
+            tokens: BTreeMap::new(),
+            admin_token: None,
+            peer_token: None,
+            drain_timeout: Duration::from_secs(10),
+            tls: None,
+        }
+    }
+}
+
+impl SidecarConfig {
+    /// Every problem with these settings, keyed under `sidecar`.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let sources = self
+            .tokens
+            .iter()
+            .map(|(gateway, source)| (format!("sidecar.tokens.{gateway}"), source))
+            .chain(
+                self.admin_token
+                    .iter()
+                    .map(|s| ("sidecar.admin_token".to_owned(), s)),
+            )
+            .chain(
+                self.peer_token
+                    .iter()
+                    .map(|s| ("sidecar.peer_token".to_owned(), s)),
+            );
+        for (key, source) in sources {
+            if source.env.is_some() == source.file.is_some() {
+                problems.push(Problem {
+                    key,
+                    reason: "set exactly one of `env` (a variable name) or `file` (a path)".into(),
+                });
+            }
+        }
+        if !self.tokens.is_empty() && self.admin_token.is_none() {
+            problems.push(Problem {
+                key: "sidecar.admin_token".into(),
+                reason: "required when sidecar.tokens is set (the Admin API would be open)".into(),
+            });
+        }
+        if self.drain_timeout.is_zero() {
+            problems.push(Problem {
+                key: "sidecar.drain_timeout".into(),
+                reason: "must be longer than zero".into(),
+            });
+        }
+        problems
+    }
+}
+
+/// Where a secret is read from; the value itself never appears in config
+/// files or logs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    /// Name of an environment variable holding the secret.
+    pub env: Option<String>,
+    /// Path of a file holding the secret (surrounding whitespace is ignored).
+    pub file: Option<PathBuf>,
+}
+
+/// What went wrong starting or running the sidecar.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    /// The backends could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {key} = {address}: {source}")]
+    Bind {
+        /// The config key.
+        key: &'static str,
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A secret could not be read (its value is never shown).
+    #[error("{key}: cannot read the secret from {from}: {reason}")]
+    Secret {
+        /// The config key.
+        key: String,
+        /// `env NAME` or `file PATH`.
+        from: String,
+        /// Why.
+        reason: String,
+    },
+    /// A TLS file could not be read or used.
+    #[error("{key} = {path}: {reason}")]
+    Tls {
+        /// The config key.
+        key: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The metrics recorder could not be installed.
+    #[error(transparent)]
+    Recorder(#[from] RecorderError),
+    /// The reflection service could not read the proto descriptors.
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
+    /// The gRPC server failed.
+    #[error("gRPC server on {address}: {reason}")]
+    Server {
+        /// The listen address.
+        address: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// Watching the config file failed.
+    #[error("cannot watch config file {path}: {reason}")]
+    Watch {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// State shared by the sidecar's services.
+pub(crate) struct Shared {
+    pub(crate) backends: Backends,
+    /// Routing and canary, shared by every attached gateway's router.
+    pub(crate) policy: Arc<LivePolicy>,
+    /// The config in force (restart-only sections stay as started).
+    pub(crate) settings: ArcSwap<Settings>,
+    pub(crate) config_path: Option<PathBuf>,
+    pub(crate) auth: auth::Auth,
+    pub(crate) gateways: tokio::sync::Mutex<HashMap<GatewayId, gateway::Attached>>,
+    /// Registered for gateways that attach without an address.
+    pub(crate) advertise: String,
+    /// Flips to true when the sidecar starts draining.
+    pub(crate) stopping: watch::Receiver<bool>,
+    pub(crate) ready: AtomicBool,
+}
+
+/// A running sidecar: a gRPC server and a telemetry endpoint.
+pub struct Sidecar {
+    shared: Arc<Shared>,
+    grpc_addr: SocketAddr,
+    telemetry_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    /// Stops the telemetry endpoint, after the drain (so `/readyz` answers
+    /// 503 while draining).
+    http_stop: watch::Sender<bool>,
+    grpc: JoinHandle<Result<(), SidecarError>>,
+    http: JoinHandle<()>,
+    /// Keeps the config file watch alive.
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl Sidecar {
+    /// Builds the backends from `settings` and starts serving.
+    pub async fn start(
+        settings: Settings,
+        config_path: Option<PathBuf>,
+    ) -> Result<Self, SidecarError> {
+        let backends = Backends::from_settings(&settings).await?;
+        Self::start_with_backends(settings, config_path, backends).await
+    }
+
+    /// Starts serving on backends shared with other sidecars or routers in
+    /// this process (single-node fleets, tests).
+    pub async fn start_with_backends(
+        settings: Settings,
+        config_path: Option<PathBuf>,
+        backends: Backends,
+    ) -> Result<Self, SidecarError> {
+        settings.validate().map_err(BuildError::from)?;
+        let metrics = telemetry::prometheus()?;
+        let tokens = auth::Tokens::resolve(&settings.sidecar)?;
+        let tls = settings
+            .sidecar
+            .tls
+            .as_ref()
+            .map(tls::Tls::load)
+            .transpose()?;
+        if let Some(links) = &backends.peer_links {
+            links.set_peer_token(tokens.peer.clone());
+            links.set_tls(tls.as_ref().map(|t| t.client.clone()));
+        }
+        let bind = |key, address| async move {
+            TcpListener::bind(address)
+                .await
+                .map_err(|source| SidecarError::Bind {
+                    key,
+                    address,
+                    source,
+                })
+        };
+        let grpc_listener = bind("sidecar.listen", settings.sidecar.listen).await?;
+        let http_listener = bind("telemetry.listen", settings.telemetry.listen).await?;
+        let local = |l: &TcpListener, key, address| {
+            l.local_addr().map_err(|source| SidecarError::Bind {
+                key,
+                address,
+                source,
+            })
+        };
+        let grpc_addr = local(&grpc_listener, "sidecar.listen", settings.sidecar.listen)?;
+        let telemetry_addr = local(
+            &http_listener,
+            "telemetry.listen",
+            settings.telemetry.listen,
+        )?;
+        let advertise = if settings.sidecar.advertise.is_empty() {
+            grpc_addr.to_string()
+        } else {
+            settings.sidecar.advertise.clone()
+        };
+
+        let policy = LivePolicy::from_settings(&settings).map_err(BuildError::Config)?;
+        let (stop, stopping) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            backends,
+            policy,
+            settings: ArcSwap::from_pointee(settings),
+            config_path,
+            auth: auth::Auth::new(tokens),
+            gateways: tokio::sync::Mutex::new(HashMap::new()),
+            advertise,
+            stopping,
+            ready: AtomicBool::new(false),
+        });
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<GatewayServer<gateway::GatewayService>>()
+            .await;
+        health
+            .set_serving::<AdminServer<admin::AdminService>>()
+            .await;
+        health.set_serving::<PeerServer<peer::PeerService>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| SidecarError::Reflection(e.to_string()))?;
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server
+                .tls_config(tls.server)
+                .map_err(|e| SidecarError::Tls {
+                    key: "sidecar.tls".into(),
+                    path: PathBuf::new(),
+                    reason: e.to_string(),
+                })?;
+        }
+        let router = server
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(InterceptedService::new(
+                GatewayServer::new(gateway::GatewayService::new(shared.clone())),
+                auth::gateway_interceptor(shared.clone()),
+            ))
+            .add_service(InterceptedService::new(
+                AdminServer::new(admin::AdminService::new(shared.clone())),
+                auth::admin_interceptor(shared.clone()),
+            ))
+            .add_service(InterceptedService::new(
+                PeerServer::new(peer::PeerService::new(shared.clone())),
+                auth::peer_interceptor(shared.clone()),
+            ));
+        let mut grpc_stop = stop.subscribe();
+        let grpc = tokio::spawn(async move {
+            let signal = async move {
+                // Err: the sender is gone, which also means stop.
+                let _ = grpc_stop.wait_for(|stop| *stop).await;
+                health
+                    .set_not_serving::<GatewayServer<gateway::GatewayService>>()
+                    .await;
+            };
+            // `TcpIncoming::from` leaves Nagle on (tonic's `tcp_nodelay`
+            // only applies to `serve(addr)`): small replies and stream
+            // messages then wait for the client's delayed ACK, ~40 ms each.
+            let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+            router
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await
+                .map_err(|e| SidecarError::Server {
+                    address: grpc_addr,
+                    reason: e.to_string(),
+                })
+        });
+        let (http_stop, http_stopping) = watch::channel(false);
+        let http = tokio::spawn(http::serve(
+            http_listener,
+            metrics,
+            shared.clone(),
+            http_stopping,
+        ));
+        let watcher = match &shared.config_path {
+            Some(path) => Some(reload::watch_file(shared.clone(), path.clone())?),
+            None => None,
+        };
+        shared.ready.store(true, Ordering::Release);
+        tracing::info!(grpc = %grpc_addr, telemetry = %telemetry_addr, "sidecar serving");
+        Ok(Self {
+            shared,
+            grpc_addr,
+            telemetry_addr,
+            stop,
+            http_stop,
+            grpc,
+            http,
+            _watcher: watcher,
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The bound telemetry address.
+    pub fn telemetry_addr(&self) -> SocketAddr {
+        self.telemetry_addr
+    }
+
+    /// Reloads the config file, as the Admin API and SIGHUP do.
+    pub async fn reload(&self) -> reload::ReloadReport {
+        reload::reload(&self.shared).await
+    }
+
+    /// Graceful stop: refuses new calls, ends every Attach stream, lets
+    /// in-flight calls finish within `sidecar.drain_timeout`, and removes its
+    /// gateways from the registry so peers stop linking here.
+    pub async fn shutdown(self) -> Result<(), SidecarError> {
+        let drain = self.shared.settings.load().sidecar.drain_timeout;
+        self.shared.ready.store(false, Ordering::Release);
+        tracing::info!(?drain, "sidecar draining");
+        self.stop.send_replace(true);
+        let result = match tokio::time::timeout(drain, self.grpc).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(SidecarError::Server {
+                address: self.grpc_addr,
+                reason: join.to_string(),
+            }),
+            Err(_) => {
+                tracing::warn!(?drain, "drain timeout: calls still in flight were cut");
+                Ok(())
+            }
+        };
+        let gateways: Vec<GatewayId> = self.shared.gateways.lock().await.keys().cloned().collect();
+        for gateway in gateways {
+            if let Err(err) = self.shared.backends.registry.deregister(&gateway).await {
+                tracing::warn!(%gateway, %err, "could not deregister gateway");
+            }
+        }
+        self.http_stop.send_replace(true);
+        let _ = self.http.await;
+        tracing::info!("sidecar stopped");
+        result
+    }
+}
+
+/// Runs the sidecar until `shutdown` completes, then drains. Reloads config
+/// on SIGHUP and on changes to `config_path`.
+pub async fn serve(
+    settings: Settings,
+    config_path: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SidecarError> {
+    let sidecar = Sidecar::start(settings, config_path).await?;
+    let hangups = reload::on_sighup(sidecar.shared.clone());
+    shutdown.await;
+    if let Some(hangups) = hangups {
+        hangups.abort();
+    }
+    sidecar.shutdown().await
+}

@@ -1,0 +1,228 @@
+//! Metric names and the helpers that record them. Every metric switchyard
+//! emits is named here, so dashboards and docs have one place to look.
+//! [`prometheus`] installs the process-wide Prometheus recorder.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::Unit;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::{Deserialize, Serialize};
+
+use crate::topology::GatewayId;
+use crate::transport::TransportKind;
+
+/// Messages by route, transport (`via`) and outcome.
+pub const MESSAGES: &str = "switchyard_messages_total";
+/// End-to-end delivery latency measured at the receiver, by transport.
+pub const DELIVERY_LATENCY: &str = "switchyard_delivery_latency_seconds";
+/// 1 when a transport can reach its backend, 0 when not.
+pub const TRANSPORT_UP: &str = "switchyard_transport_up";
+/// Publish attempts that failed and were retried, by transport.
+pub const PUBLISH_RETRIES: &str = "switchyard_publish_retries_total";
+/// Presence lookups by cache result (`hit` or `miss`).
+pub const PRESENCE_LOOKUPS: &str = "switchyard_presence_lookups_total";
+/// Block-list lookups by cache result (`hit` or `miss`).
+pub const BLOCK_LOOKUPS: &str = "switchyard_block_lookups_total";
+/// Messages the inbox refused, by reason.
+pub const INBOX_REJECTED: &str = "switchyard_inbox_rejected_total";
+/// Duplicate messages the inbox dropped, by transport.
+pub const INBOX_DUPLICATES: &str = "switchyard_inbox_duplicates_total";
+/// Messages written to the offline store, by reason.
+pub const OFFLINE_STORED: &str = "switchyard_offline_stored_total";
+/// Offline messages dropped because a user's store was full or too old.
+pub const OFFLINE_TRIMMED: &str = "switchyard_offline_trimmed_total";
+/// Offline messages moved to a dead-letter queue after repeated failures.
+pub const OFFLINE_DEAD_LETTERED: &str = "switchyard_offline_dead_lettered_total";
+/// Redis subscription gaps, by `what` (`transport`, `presence`) and `reason`:
+/// `disconnected` (connection dropped, failover, or cut off by the server's
+/// `client-output-buffer-limit pubsub`) or `lagging` (this process fell more
+/// than the subscription queue behind and dropped messages itself).
+pub const REDIS_SUBSCRIBER_DROPS: &str = "switchyard_redis_subscriber_drops_total";
+/// Seconds from a lost Redis subscription to its resubscription, by `what`.
+pub const REDIS_SUBSCRIBE_GAP: &str = "switchyard_redis_subscribe_gap_seconds";
+/// Messages re-read from a gateway's Redis replay stream after a gap.
+pub const REDIS_REPLAYED: &str = "switchyard_redis_replayed_total";
+
+/// Messages waiting in the offline store (its depth), over all users.
+pub const OFFLINE_MESSAGES: &str = "switchyard_offline_messages";
+/// Sender/receiver gateway pairs currently promoted to a direct link.
+pub const HOT_PAIRS: &str = "switchyard_hot_pairs";
+/// Hot-pair promotions and demotions, by `change`.
+pub const HOT_PAIR_CHANGES: &str = "switchyard_hot_pair_changes_total";
+/// Direct links that failed (the publish fell back to the route's transport).
+pub const PEER_LINK_FAILURES: &str = "switchyard_peer_link_failures_total";
+/// Records a gateway's Kafka consumer has yet to read, over its partitions.
+pub const KAFKA_CONSUMER_LAG: &str = "switchyard_kafka_consumer_lag_messages";
+/// Gateways attached to this sidecar with an open delivery stream.
+pub const ATTACHED_GATEWAYS: &str = "switchyard_sidecar_attached_gateways";
+/// Config reloads, by `result` (`applied`, `rejected`).
+pub const CONFIG_RELOADS: &str = "switchyard_config_reloads_total";
+
+/// Upper bounds of the latency histogram buckets, in seconds: 100 µs (an
+/// in-process hop) to 10 s (a broker backlog).
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// `[telemetry]` settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub listen: SocketAddr,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+/// How often histogram samples are folded into buckets when nobody scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The Prometheus recorder could not be installed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot install the Prometheus metrics recorder: {0}")]
+pub struct RecorderError(String);
+
+/// Installs the Prometheus recorder (once per process; later calls return
+/// the same handle) with histogram buckets for every `_seconds` metric, and
+/// describes every metric so the output carries `# HELP` lines.
+pub fn prometheus() -> Result<PrometheusHandle, RecorderError> {
+    static HANDLE: OnceLock<Result<PrometheusHandle, RecorderError>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+                .and_then(PrometheusBuilder::install_recorder)
+                .map_err(|e| RecorderError(e.to_string()))?;
+            describe();
+            // Histogram samples wait in the recorder until a render or an
+            // upkeep folds them into buckets: without this, a process nobody
+            // scrapes grew by every delivery's latency sample (about 1.6
+            // MiB/s at 100k msg/s, docs/BENCHMARKS.md). A thread, not a
+            // task: this may be called outside a runtime.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                })
+                .map_err(|e| RecorderError(format!("upkeep thread: {e}")))?;
+            Ok(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        MESSAGES,
+        Unit::Count,
+        "Messages by route, transport (via) and outcome."
+    );
+    describe_histogram!(
+        DELIVERY_LATENCY,
+        Unit::Seconds,
+        "End-to-end delivery latency measured at the receiver, by transport (via)."
+    );
+    describe_gauge!(
+        TRANSPORT_UP,
+        "1 when a transport can reach its backend, 0 when not."
+    );
+    describe_counter!(
+        PUBLISH_RETRIES,
+        Unit::Count,
+        "Publish attempts retried, by transport."
+    );
+    describe_counter!(
+        PRESENCE_LOOKUPS,
+        Unit::Count,
+        "Presence lookups by cache result (hit, miss); hit ratio = hit / (hit + miss)."
+    );
+    describe_counter!(
+        BLOCK_LOOKUPS,
+        Unit::Count,
+        "Block-list lookups by cache result (hit, miss)."
+    );
+    describe_counter!(
+        INBOX_REJECTED,
+        Unit::Count,
+        "Messages the inbox refused, by reason."
+    );
+    describe_counter!(
+        INBOX_DUPLICATES,
+        Unit::Count,
+        "Duplicate messages the inbox dropped."
+    );
+    describe_counter!(
+        OFFLINE_STORED,
+        Unit::Count,
+        "Messages written to the offline store, by reason."
+    );
+    describe_counter!(
+        OFFLINE_TRIMMED,
+        Unit::Count,
+        "Offline messages dropped (queue full or too old)."
+    );
+    describe_gauge!(
+        OFFLINE_MESSAGES,
+        "Messages waiting in the offline store, over all users."
+    );
+    describe_gauge!(
+        HOT_PAIRS,
+        "Gateway pairs currently promoted to a direct link."
+    );
+    describe_counter!(
+        HOT_PAIR_CHANGES,
+        Unit::Count,
+        "Hot-pair promotions and demotions."
+    );
+    describe_counter!(
+        PEER_LINK_FAILURES,
+        Unit::Count,
+        "Direct links that failed; their publishes fell back to the route's transport."
+    );
+    describe_gauge!(
+        KAFKA_CONSUMER_LAG,
+        "Kafka records not yet consumed by a gateway's consumer group, by gateway."
+    );
+    describe_gauge!(
+        ATTACHED_GATEWAYS,
+        "Gateways with an open delivery stream on this sidecar."
+    );
+    describe_counter!(CONFIG_RELOADS, Unit::Count, "Config reloads by result.");
+}
+
+/// Records a transport going up or down.
+pub fn transport_up(kind: TransportKind, up: bool) {
+    metrics::gauge!(TRANSPORT_UP, "transport" => kind.as_str()).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Counts `n` messages with one outcome.
+pub fn messages(route: &'static str, via: &'static str, outcome: &'static str, n: u64) {
+    metrics::counter!(MESSAGES, "route" => route, "via" => via, "outcome" => outcome).increment(n);
+}
+
+/// Records the Kafka consumer lag of `gateway`'s subscription.
+pub fn kafka_consumer_lag(gateway: &GatewayId, records: i64) {
+    // Lag is far below 2^53, so the f64 gauge is exact.
+    metrics::gauge!(KAFKA_CONSUMER_LAG, "gateway" => gateway.to_string()).set(records as f64);
+}
+
+/// Records one delivery's end-to-end latency.
+pub fn delivery_latency(via: &'static str, latency: Duration) {
+    metrics::histogram!(DELIVERY_LATENCY, "via" => via).record(latency.as_secs_f64());
+}
+
+/// Percent of buckets in the canary cohort, by from/to transport.
+pub const CANARY_SHARE: &str = "switchyard_canary_share_percent";
+/// Automatic canary rollbacks, by from/to transport.
+pub const CANARY_ROLLBACKS: &str = "switchyard_canary_rollbacks_total";

@@ -1,0 +1,512 @@
+//! Kafka transport (rdkafka, bundled librdkafka): the durable, replayable
+//! route between regions.
+//!
+//! Layout: one topic per gateway (`{topic_prefix}{gateway_id}`, one
+//! partition by default, records keyed by the gateway id) and one consumer
+//! group per gateway (`{group_prefix}{gateway_id}`), so a gateway reads only
+//! its own traffic and a restarted gateway resumes at its committed offset.
+//! Why this layout and not a topic per region: `docs/KAFKA.md`.
+//!
+//! Delivery: the producer is idempotent; [`Ack::Confirmed`] enqueues the
+//! whole batch and then awaits every delivery report, [`Ack::None`] only
+//! enqueues into librdkafka's bounded queue (full queue -> error, so the
+//! router falls back). Offsets are stored only when the inbox acknowledges
+//! a message (`enable.auto.offset.store=false`) and committed periodically,
+//! so nothing the inbox has not accepted is ever committed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use serde::{Deserialize, Serialize};
+
+use super::pipeline::{enqueue_then_confirm, spawn_subscription};
+use super::{
+    Ack, Acknowledge, Capabilities, Health, HealthCell, Incoming, Subscription, Transport,
+    TransportError, TransportKind,
+};
+use crate::telemetry;
+use crate::topology::GatewayId;
+
+const KIND: TransportKind = TransportKind::Kafka;
+
+/// Producer compression codec (`compression.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// No compression: chat messages are small and latency matters most.
+    #[default]
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4.
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Compression {
+    fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// `[transports.kafka.topics]`: whether switchyard creates gateway topics.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaTopicsConfig {
+    /// Create a gateway's topic on first use (publish or subscribe). When
+    /// false, topics must exist already (created by operators).
+    pub create: bool,
+    /// Partitions of a created topic. One keeps per-gateway order without
+    /// relying on keys; more only helps if a gateway's consumer is scaled out.
+    pub partitions: i32,
+    /// Replication factor of a created topic.
+    pub replication: i32,
+}
+
+impl Default for KafkaTopicsConfig {
+    fn default() -> Self {
+        Self {
+            create: true,
+            partitions: 1,
+            replication: 1,
+        }
+    }
+}
+
+/// `[transports.kafka]` settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// `client.id` reported to the brokers.
+    pub client_id: String,
+    /// A gateway's topic is this prefix followed by its id.
+    pub topic_prefix: String,
+    /// A gateway's consumer group is this prefix followed by its id.
+    pub group_prefix: String,
+    /// How long the producer waits to fill a batch (`linger.ms`).
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Largest producer batch in bytes (`batch.size`).
+    pub batch_size: usize,
+    /// Producer compression.
+    pub compression: Compression,
+    /// Messages librdkafka may hold unsent (`queue.buffering.max.messages`):
+    /// the bound of fire-and-forget publishing; past it a publish fails.
+    pub max_in_flight: usize,
+    /// Largest record in bytes (`message.max.bytes`, and the created topics'
+    /// `max.message.bytes`); must exceed `limits.max_payload_bytes` plus the
+    /// envelope's own fields.
+    pub max_message_bytes: usize,
+    /// How long librdkafka keeps retrying one delivery (`message.timeout.ms`).
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// Longest time the broker may hold a fetch waiting for data
+    /// (`fetch.wait.max.ms`). Low for latency: some brokers hold every
+    /// fetch this long even when data is waiting.
+    #[serde(with = "humantime_serde")]
+    pub fetch_wait_max: Duration,
+    /// How often stored offsets are committed (`auto.commit.interval.ms`).
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// How often clients refresh topic metadata (`topic.metadata.refresh.interval.ms`),
+    /// which bounds how long a consumer takes to see its topic come back.
+    #[serde(with = "humantime_serde")]
+    pub metadata_refresh: Duration,
+    /// How long start-up waits for the brokers to answer before failing.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Received messages buffered per subscription before reading pauses.
+    pub queue: usize,
+    /// Topic creation.
+    pub topics: KafkaTopicsConfig,
+    /// Extra librdkafka properties applied last to every client, e.g.
+    /// `"security.protocol" = "SASL_SSL"`, `"sasl.mechanisms" = "PLAIN"`.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            client_id: "switchyard".into(),
+            topic_prefix: "sy.gw.".into(),
+            group_prefix: "switchyard.".into(),
+            linger: Duration::from_millis(1),
+            batch_size: 1_000_000,
+            compression: Compression::None,
+            max_in_flight: 100_000,
+            max_message_bytes: 2 * 1024 * 1024,
+            delivery_timeout: Duration::from_secs(10),
+            fetch_wait_max: Duration::from_millis(5),
+            commit_interval: Duration::from_millis(200),
+            metadata_refresh: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            queue: 1024,
+            topics: KafkaTopicsConfig::default(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// librdkafka callbacks, turned into the transport's health and, for a
+/// gateway's consumer (the second field), its consumer lag gauge.
+#[derive(Clone)]
+struct HealthContext(Arc<HealthCell>, Option<GatewayId>);
+
+impl ClientContext for HealthContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        // Debug only: while a broker is away librdkafka warns on every
+        // reconnect attempt; the health cell and its gauge carry that signal.
+        use RDKafkaLogLevel::*;
+        if matches!(level, Emerg | Alert | Critical | Error | Warning) {
+            tracing::debug!(transport = %KIND, fac, message, "librdkafka");
+        }
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        // Statistics arrive every second: the only signal that a broker is
+        // back when no message has flowed since it went away.
+        if statistics.brokers.values().any(|b| b.state == "UP") {
+            self.0.up();
+        }
+        if let Some(gateway) = &self.1 {
+            // -1: not known yet (no committed offset or high watermark).
+            let lag = statistics
+                .topics
+                .values()
+                .flat_map(|t| t.partitions.values())
+                .map(|p| p.consumer_lag)
+                .filter(|lag| *lag >= 0)
+                .reduce(|a, b| a + b);
+            if let Some(lag) = lag {
+                telemetry::kafka_consumer_lag(gateway, lag);
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown) => self.0.down(reason),
+            _ => tracing::debug!(transport = %KIND, %error, reason, "librdkafka error"),
+        }
+    }
+}
+
+impl ConsumerContext for HealthContext {}
+
+/// Kafka, one topic and one consumer group per gateway.
+pub struct KafkaTransport {
+    config: KafkaConfig,
+    producer: FutureProducer<HealthContext>,
+    admin: AdminClient<HealthContext>,
+    health: Arc<HealthCell>,
+    /// Topics known to exist, so each is created at most once per process.
+    ensured: Mutex<HashSet<String>>,
+}
+
+impl KafkaTransport {
+    /// Connects to the brokers; fails with [`TransportError::Connect`]
+    /// naming them if none answers within `connect_timeout`.
+    pub async fn connect(config: &KafkaConfig) -> Result<Self, TransportError> {
+        let connect_err = |reason: String| TransportError::Connect {
+            transport: KIND,
+            address: config.brokers.clone(),
+            reason,
+        };
+        let health = Arc::new(HealthCell::new(KIND));
+        let context = HealthContext(health.clone(), None);
+        let producer: FutureProducer<HealthContext> = client_config(config)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", millis(config.linger))
+            .set("batch.size", config.batch_size.to_string())
+            .set("compression.type", config.compression.as_str())
+            .set(
+                "queue.buffering.max.messages",
+                config.max_in_flight.to_string(),
+            )
+            .set("message.max.bytes", config.max_message_bytes.to_string())
+            .set("message.timeout.ms", millis(config.delivery_timeout))
+            .with_overrides(config)
+            .create_with_context(context.clone())
+            .map_err(|e| connect_err(format!("bad producer settings: {e}")))?;
+        let admin: AdminClient<HealthContext> = client_config(config)
+            .with_overrides(config)
+            .create_with_context(context)
+            .map_err(|e| connect_err(format!("bad admin settings: {e}")))?;
+        // librdkafka connects lazily and retries forever: ask for metadata
+        // so a broker that is down at start-up is a clear error, not a hang.
+        let probe = producer.clone();
+        let timeout = config.connect_timeout;
+        tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, timeout).map(drop))
+            .await
+            .map_err(|e| connect_err(format!("metadata probe panicked: {e}")))?
+            .map_err(|e| connect_err(format!("no broker answered within {timeout:?}: {e}")))?;
+        health.up();
+        Ok(Self {
+            config: config.clone(),
+            producer,
+            admin,
+            health,
+            ensured: Mutex::default(),
+        })
+    }
+
+    /// The topic of a gateway, or an error naming the id if Kafka cannot
+    /// name a topic after it.
+    fn topic(&self, gateway: &GatewayId) -> Result<String, String> {
+        let topic = format!("{}{}", self.config.topic_prefix, gateway);
+        let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if topic.len() > 249 || !topic.chars().all(legal) {
+            return Err(format!(
+                "topic {topic:?} for gateway {gateway:?} is not a legal Kafka topic name \
+                 (at most 249 of [a-zA-Z0-9._-])"
+            ));
+        }
+        Ok(topic)
+    }
+
+    /// Creates `topic` unless it is known to exist or creation is off.
+    async fn ensure_topic(&self, topic: &str) -> Result<(), String> {
+        let topics = &self.config.topics;
+        if !topics.create || self.ensured.lock().contains(topic) {
+            return Ok(());
+        }
+        let max_bytes = self.config.max_message_bytes.to_string();
+        let new = NewTopic::new(
+            topic,
+            topics.partitions,
+            TopicReplication::Fixed(topics.replication),
+        )
+        .set("max.message.bytes", &max_bytes);
+        let options = AdminOptions::new().operation_timeout(Some(self.config.connect_timeout));
+        let results = self
+            .admin
+            .create_topics([&new], &options)
+            .await
+            .map_err(|e| format!("create topic {topic}: {e}"))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => return Err(format!("create topic {name}: {code}")),
+            }
+        }
+        self.ensured.lock().insert(topic.to_owned());
+        Ok(())
+    }
+
+    fn consumer(
+        &self,
+        me: &GatewayId,
+        group: &str,
+    ) -> Result<StreamConsumer<HealthContext>, KafkaError> {
+        client_config(&self.config)
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set(
+                "auto.commit.interval.ms",
+                millis(self.config.commit_interval),
+            )
+            // Offsets are stored by the inbox's ack, never on receipt.
+            .set("enable.auto.offset.store", "false")
+            // A gateway's first subscription reads what was sent before it.
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", millis(self.config.fetch_wait_max))
+            .set("enable.partition.eof", "false")
+            .with_overrides(&self.config)
+            .create_with_context(HealthContext(self.health.clone(), Some(me.clone())))
+    }
+}
+
+/// Settings every client shares.
+fn client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("client.id", &config.client_id)
+        .set("statistics.interval.ms", "1000")
+        .set(
+            "topic.metadata.refresh.interval.ms",
+            millis(config.metadata_refresh),
+        );
+    c
+}
+
+/// Applies the pass-through properties last, so they win.
+trait WithOverrides {
+    fn with_overrides(&mut self, config: &KafkaConfig) -> &mut Self;
+}
+
+impl WithOverrides for ClientConfig {
+    fn with_overrides(&mut self, config: &KafkaConfig) -> &mut Self {
+        for (key, value) in &config.properties {
+            self.set(key, value);
+        }
+        self
+    }
+}
+
+fn millis(d: Duration) -> String {
+    d.as_millis().to_string()
+}
+
+/// Stores the offset of one received record when the inbox accepted it.
+struct OffsetAck {
+    consumer: Arc<StreamConsumer<HealthContext>>,
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+#[async_trait]
+impl Acknowledge for OffsetAck {
+    async fn ack(self: Box<Self>) -> Result<(), TransportError> {
+        // librdkafka stores offset + 1 (the next record to read); the
+        // periodic auto commit sends it to the broker.
+        self.consumer
+            .store_offset(&self.topic, self.partition, self.offset)
+            .map_err(|e| TransportError::Ack {
+                transport: KIND,
+                reason: format!(
+                    "store offset {} of {}[{}]: {e}",
+                    self.offset, self.topic, self.partition
+                ),
+            })
+    }
+}
+
+#[async_trait]
+impl Transport for KafkaTransport {
+    fn kind(&self) -> TransportKind {
+        KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            durable: true,
+            ordered: true,
+            redelivers: true,
+        }
+    }
+
+    async fn publish(
+        &self,
+        to: &GatewayId,
+        batch: &[Bytes],
+        ack: Ack,
+    ) -> Result<(), TransportError> {
+        let publish_err = |reason: String| TransportError::Publish {
+            transport: KIND,
+            gateway: to.clone(),
+            reason,
+        };
+        let topic = self.topic(to).map_err(publish_err)?;
+        self.ensure_topic(&topic).await.map_err(publish_err)?;
+        let key = to.as_str();
+        let topic = topic.as_str();
+        enqueue_then_confirm(batch, ack, |bytes| {
+            let record = FutureRecord::to(topic).key(key).payload(bytes.as_ref());
+            // Never block on a full queue: the error lets the router fall back.
+            let enqueued = self
+                .producer
+                .send_result(record)
+                .map_err(|(e, _)| publish_err(format!("enqueue to {topic}: {e}")))
+                .map(|delivery| async move {
+                    match delivery.await {
+                        Ok(Ok(_)) => {
+                            self.health.up();
+                            Ok(())
+                        }
+                        Ok(Err((e, _))) => {
+                            // The topic may be gone (deleted, or lost by a broker
+                            // that restarted empty): check it again next time.
+                            self.ensured.lock().remove(topic);
+                            Err(publish_err(format!("delivery to {topic}: {e}")))
+                        }
+                        Err(_) => Err(publish_err(format!(
+                            "delivery to {topic}: producer shut down"
+                        ))),
+                    }
+                });
+            std::future::ready(enqueued)
+        })
+        .await
+    }
+
+    async fn subscribe(&self, me: &GatewayId) -> Result<Subscription, TransportError> {
+        let subscribe_err = |reason: String| TransportError::Subscribe {
+            transport: KIND,
+            gateway: me.clone(),
+            reason,
+        };
+        let topic = self.topic(me).map_err(subscribe_err)?;
+        self.ensure_topic(&topic).await.map_err(subscribe_err)?;
+        let group = format!("{}{}", self.config.group_prefix, me);
+        let consumer = self
+            .consumer(me, &group)
+            .map_err(|e| subscribe_err(format!("consumer for group {group}: {e}")))?;
+        consumer
+            .subscribe(&[&topic])
+            .map_err(|e| subscribe_err(format!("subscribe {group} to {topic}: {e}")))?;
+        let consumer = Arc::new(consumer);
+        let health = self.health.clone();
+        Ok(spawn_subscription(
+            self.config.queue,
+            move |tx| async move {
+                loop {
+                    let incoming = tokio::select! {
+                        _ = tx.closed() => break,
+                        received = consumer.recv() => match received {
+                            Ok(record) => Incoming {
+                                bytes: Bytes::copy_from_slice(record.payload().unwrap_or_default()),
+                                ack: Some(Box::new(OffsetAck {
+                                    consumer: consumer.clone(),
+                                    topic: record.topic().to_owned(),
+                                    partition: record.partition(),
+                                    offset: record.offset(),
+                                })),
+                            },
+                            Err(e) => {
+                                tracing::debug!(transport = %KIND, %group, %e, "consume error");
+                                // Errors repeat while the broker is away: don't spin.
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                continue;
+                            }
+                        },
+                    };
+                    health.up();
+                    if tx.send(incoming).await.is_err() {
+                        break;
+                    }
+                }
+                // Closing leaves the group and commits stored offsets; it blocks.
+                tokio::task::spawn_blocking(move || drop(consumer));
+            },
+        ))
+    }
+
+    fn health(&self) -> Health {
+        self.health.get()
+    }
+}

@@ -1,0 +1,118 @@
+//! In-process transport: one bounded queue per gateway address. The embedded
+//! default and the transport of single-node deployments.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{
+    Ack, Capabilities, Health, Incoming, Subscription, Transport, TransportError, TransportKind,
+};
+use crate::topology::GatewayId;
+
+/// `[transports.memory]` settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Messages queued per gateway before publishers wait (or, for
+    /// fire-and-forget, fail over to the next transport).
+    pub queue: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self { queue: 65_536 }
+    }
+}
+
+/// Queues shared by every router in the process.
+pub struct MemoryTransport {
+    queue: usize,
+    inboxes: Arc<Mutex<HashMap<GatewayId, mpsc::Sender<Incoming>>>>,
+}
+
+impl MemoryTransport {
+    /// An empty hub.
+    pub fn new(config: &MemoryConfig) -> Self {
+        Self {
+            queue: config.queue.max(1),
+            inboxes: Arc::default(),
+        }
+    }
+
+    fn no_subscriber(to: &GatewayId) -> TransportError {
+        TransportError::NoSubscriber {
+            transport: TransportKind::Memory,
+            gateway: to.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for MemoryTransport {
+    fn kind(&self) -> TransportKind {
+        TransportKind::Memory
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            durable: false,
+            ordered: true,
+            redelivers: false,
+        }
+    }
+
+    async fn publish(
+        &self,
+        to: &GatewayId,
+        batch: &[Bytes],
+        ack: Ack,
+    ) -> Result<(), TransportError> {
+        let sender = self
+            .inboxes
+            .lock()
+            .get(to)
+            .cloned()
+            .ok_or_else(|| Self::no_subscriber(to))?;
+        for bytes in batch {
+            let incoming = Incoming {
+                bytes: bytes.clone(),
+                ack: None,
+            };
+            match ack {
+                // Waiting applies backpressure to the sender instead of dropping.
+                Ack::Confirmed => sender
+                    .send(incoming)
+                    .await
+                    .map_err(|_| Self::no_subscriber(to))?,
+                Ack::None => sender.try_send(incoming).map_err(|e| match e {
+                    mpsc::error::TrySendError::Closed(_) => Self::no_subscriber(to),
+                    mpsc::error::TrySendError::Full(_) => TransportError::Publish {
+                        transport: TransportKind::Memory,
+                        gateway: to.clone(),
+                        reason: format!("queue full ({} messages)", self.queue),
+                    },
+                })?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, me: &GatewayId) -> Result<Subscription, TransportError> {
+        let (tx, rx) = mpsc::channel(self.queue);
+        // A gateway that subscribes again (restart) takes over its address.
+        self.inboxes.lock().insert(me.clone(), tx);
+        Ok(ReceiverStream::new(rx).boxed())
+    }
+
+    fn health(&self) -> Health {
+        Health::Up
+    }
+}

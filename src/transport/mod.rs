@@ -1,0 +1,378 @@
+//! How envelope bytes travel between gateways: the [`Transport`] trait, the
+//! set of enabled transports, and the factory that builds them from config.
+//!
+//! Each transport owns one logical address per gateway and maps it its own
+//! way (a channel, a topic, a subject). Nothing outside this module names a
+//! backend: the router only sees [`TransportKind`] values chosen by policy.
+
+pub mod grpc;
+pub mod kafka;
+pub mod memory;
+pub mod nats;
+mod pipeline;
+pub mod redis;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::telemetry;
+use crate::topology::GatewayId;
+
+/// Every transport switchyard knows, whether or not it is enabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportKind {
+    /// In-process channels: single-node deployments and the embedded default.
+    Memory,
+    /// Redis Pub/Sub (sharded on a cluster).
+    Redis,
+    /// Kafka topics.
+    Kafka,
+    /// NATS JetStream.
+    Nats,
+    /// Direct gRPC links between sidecars (hot pairs).
+    Grpc,
+}
+
+impl TransportKind {
+    /// All kinds, in the order they are listed in errors.
+    pub const ALL: [TransportKind; 5] = [
+        TransportKind::Memory,
+        TransportKind::Redis,
+        TransportKind::Kafka,
+        TransportKind::Nats,
+        TransportKind::Grpc,
+    ];
+
+    /// The name used in config, metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Memory => "memory",
+            TransportKind::Redis => "redis",
+            TransportKind::Kafka => "kafka",
+            TransportKind::Nats => "nats",
+            TransportKind::Grpc => "grpc",
+        }
+    }
+
+    /// Parses a config name; `None` for an unknown one.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// The known names, comma separated, for error messages.
+    pub fn known() -> String {
+        Self::ALL.map(Self::as_str).join(", ")
+    }
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a publish waits for the transport to confirm it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// Return once the bytes are handed to the client library.
+    None,
+    /// Return once the broker (or the receiving queue) confirmed every message,
+    /// and fail if the transport knows nobody will read them.
+    Confirmed,
+}
+
+/// What went wrong on a transport, and where.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum TransportError {
+    /// The transport cannot reach its backend.
+    #[error("{transport}: cannot connect to {address}: {reason}")]
+    Connect {
+        /// The transport.
+        transport: TransportKind,
+        /// The address it tried.
+        address: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The message was accepted but nobody is subscribed to read it, and the
+    /// transport keeps nothing (a publish that would be lost).
+    #[error("{transport}: nobody is subscribed to the address of gateway {gateway}")]
+    NoSubscriber {
+        /// The transport.
+        transport: TransportKind,
+        /// The target gateway.
+        gateway: GatewayId,
+    },
+    /// A publish failed.
+    #[error("{transport}: publish to gateway {gateway} failed: {reason}")]
+    Publish {
+        /// The transport.
+        transport: TransportKind,
+        /// The target gateway.
+        gateway: GatewayId,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The transport did not confirm a publish in time.
+    #[error("{transport}: publish to gateway {gateway} not confirmed within {after:?}")]
+    Timeout {
+        /// The transport.
+        transport: TransportKind,
+        /// The target gateway.
+        gateway: GatewayId,
+        /// The configured `delivery.publish_timeout`.
+        after: std::time::Duration,
+    },
+    /// Subscribing to a gateway's address failed.
+    #[error("{transport}: subscribe for gateway {gateway} failed: {reason}")]
+    Subscribe {
+        /// The transport.
+        transport: TransportKind,
+        /// The subscribing gateway.
+        gateway: GatewayId,
+        /// Why it failed.
+        reason: String,
+    },
+    /// Acknowledging a received message failed (it will be redelivered).
+    #[error("{transport}: ack failed: {reason}")]
+    Ack {
+        /// The transport.
+        transport: TransportKind,
+        /// Why it failed.
+        reason: String,
+    },
+    /// Policy named a transport that is not enabled in config.
+    #[error("transport {0} is not enabled in config (add a [transports.{0}] section)")]
+    NotEnabled(TransportKind),
+}
+
+/// Confirms to a durable transport that the inbox accepted a message, so it
+/// is not redelivered. Transports without redelivery send no ack.
+#[async_trait]
+pub trait Acknowledge: Send {
+    /// Marks the message as consumed.
+    async fn ack(self: Box<Self>) -> Result<(), TransportError>;
+}
+
+/// One message as it arrived on a subscription.
+pub struct Incoming {
+    /// The envelope bytes, exactly as published.
+    pub bytes: Bytes,
+    /// Present when the transport redelivers unacknowledged messages.
+    pub ack: Option<Box<dyn Acknowledge>>,
+}
+
+impl fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Incoming")
+            .field("len", &self.bytes.len())
+            .field("ack", &self.ack.is_some())
+            .finish()
+    }
+}
+
+/// The stream of messages published to one gateway's address. Transports
+/// reconnect and resubscribe inside it; it ends only when the transport closes.
+pub type Subscription = BoxStream<'static, Incoming>;
+
+/// What a transport promises, so tests and policy know what to expect of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Messages published while nobody subscribes are kept until someone does.
+    pub durable: bool,
+    /// Messages to one address arrive in publish order.
+    pub ordered: bool,
+    /// Unacknowledged messages are delivered again.
+    pub redelivers: bool,
+}
+
+/// One way of moving envelopes between gateways.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Which transport this is.
+    fn kind(&self) -> TransportKind;
+
+    /// What this transport promises.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Publishes encoded envelopes, in order, to one gateway's address.
+    async fn publish(
+        &self,
+        to: &GatewayId,
+        batch: &[Bytes],
+        ack: Ack,
+    ) -> Result<(), TransportError>;
+
+    /// Subscribes to this gateway's own address.
+    async fn subscribe(&self, me: &GatewayId) -> Result<Subscription, TransportError>;
+
+    /// Whether the transport can currently reach its backend.
+    fn health(&self) -> Health;
+}
+
+/// Up or down, with the reason it went down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Reachable.
+    Up,
+    /// Not reachable; the reason is the last error seen.
+    Down(String),
+}
+
+/// Shared up/down state a transport updates as it sees its backend, exported
+/// as the `switchyard_transport_up` gauge.
+#[derive(Debug)]
+pub struct HealthCell {
+    kind: TransportKind,
+    up: AtomicBool,
+    reason: Mutex<String>,
+}
+
+impl HealthCell {
+    /// Starts up.
+    pub fn new(kind: TransportKind) -> Self {
+        telemetry::transport_up(kind, true);
+        Self {
+            kind,
+            up: AtomicBool::new(true),
+            reason: Mutex::new(String::new()),
+        }
+    }
+
+    /// Records a success.
+    pub fn up(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            tracing::info!(transport = %self.kind, "transport is up again");
+            telemetry::transport_up(self.kind, true);
+        }
+    }
+
+    /// Records a failure to reach the backend.
+    pub fn down(&self, reason: impl fmt::Display) {
+        *self.reason.lock() = reason.to_string();
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(transport = %self.kind, %reason, "transport is down");
+            telemetry::transport_up(self.kind, false);
+        }
+    }
+
+    /// The current state.
+    pub fn get(&self) -> Health {
+        if self.up.load(Ordering::Relaxed) {
+            Health::Up
+        } else {
+            Health::Down(self.reason.lock().clone())
+        }
+    }
+}
+
+/// Per-transport settings; a transport is enabled by having a section.
+/// With no `[transports]` section at all, only memory is enabled.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportsConfig {
+    /// `[transports.memory]`: in-process channels.
+    pub memory: Option<memory::MemoryConfig>,
+    /// `[transports.redis]`: Redis Pub/Sub (sharded on a cluster).
+    pub redis: Option<redis::RedisTransportConfig>,
+    /// `[transports.kafka]`: Kafka topics.
+    pub kafka: Option<kafka::KafkaConfig>,
+    /// `[transports.nats]`: NATS JetStream.
+    pub nats: Option<nats::NatsConfig>,
+    /// `[transports.grpc]`: direct links between sidecars (hot pairs).
+    pub grpc: Option<grpc::GrpcConfig>,
+}
+
+impl Default for TransportsConfig {
+    fn default() -> Self {
+        Self {
+            memory: Some(memory::MemoryConfig::default()),
+            redis: None,
+            kafka: None,
+            nats: None,
+            grpc: None,
+        }
+    }
+}
+
+impl TransportsConfig {
+    /// The kinds with a config section.
+    pub fn enabled(&self) -> Vec<TransportKind> {
+        let mut kinds = Vec::new();
+        if self.memory.is_some() {
+            kinds.push(TransportKind::Memory);
+        }
+        if self.redis.is_some() {
+            kinds.push(TransportKind::Redis);
+        }
+        if self.kafka.is_some() {
+            kinds.push(TransportKind::Kafka);
+        }
+        if self.nats.is_some() {
+            kinds.push(TransportKind::Nats);
+        }
+        if self.grpc.is_some() {
+            kinds.push(TransportKind::Grpc);
+        }
+        kinds
+    }
+}
+
+/// The transports enabled in config, built once at start-up.
+#[derive(Clone, Default)]
+pub struct Transports {
+    by_kind: BTreeMap<TransportKind, Arc<dyn Transport>>,
+}
+
+impl fmt::Debug for Transports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.by_kind.keys()).finish()
+    }
+}
+
+impl Transports {
+    /// Builds every transport that has a config section, except `grpc`,
+    /// which needs the registry and is added by [`crate::Backends`].
+    pub async fn from_config(config: &TransportsConfig) -> Result<Self, TransportError> {
+        let mut set = Self::default();
+        if let Some(memory) = &config.memory {
+            set.insert(Arc::new(memory::MemoryTransport::new(memory)));
+        }
+        if let Some(config) = &config.redis {
+            set.insert(Arc::new(redis::RedisTransport::new(config).await?));
+        }
+        if let Some(kafka) = &config.kafka {
+            set.insert(Arc::new(kafka::KafkaTransport::connect(kafka).await?));
+        }
+        if let Some(nats) = &config.nats {
+            set.insert(Arc::new(nats::NatsTransport::connect(nats).await?));
+        }
+        Ok(set)
+    }
+
+    /// Adds (or replaces) a transport.
+    pub fn insert(&mut self, transport: Arc<dyn Transport>) {
+        self.by_kind.insert(transport.kind(), transport);
+    }
+
+    /// The transport of this kind, if enabled.
+    pub fn get(&self, kind: TransportKind) -> Result<&Arc<dyn Transport>, TransportError> {
+        self.by_kind
+            .get(&kind)
+            .ok_or(TransportError::NotEnabled(kind))
+    }
+
+    /// Every enabled transport.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Transport>> {
+        self.by_kind.values()
+    }
+}

@@ -1,0 +1,384 @@
+//! NATS JetStream transport (async-nats): light to operate, persistent, and
+//! deduplicating retried publishes on the server.
+//!
+//! Layout: one stream for switchyard (`stream`, subjects
+//! `{subject_prefix}.>`), one subject per gateway
+//! (`{subject_prefix}.{gateway_id}`) and one durable pull consumer per
+//! gateway (`{consumer_prefix}{gateway_id}`, filtered to its subject).
+//! Every publish carries `Nats-Msg-Id` = the envelope's message id, so the
+//! server drops a retry it already stored (within `duplicate_window`).
+//! Messages are acked only after the inbox accepted them; an unacked message
+//! is delivered again after `ack_wait`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::context::Context;
+use async_nats::jetstream::message::{Acker, PublishMessage};
+use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
+use async_nats::{ConnectOptions, Event};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::pipeline::{enqueue_then_confirm, spawn_subscription};
+use super::{
+    Ack, Acknowledge, Capabilities, Health, HealthCell, Incoming, Subscription, Transport,
+    TransportError, TransportKind,
+};
+use crate::envelope::Envelope;
+use crate::topology::GatewayId;
+
+const KIND: TransportKind = TransportKind::Nats;
+
+/// Where the stream keeps messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// On disk: survives a server restart.
+    #[default]
+    File,
+    /// In memory: faster, lost when the server restarts.
+    Memory,
+}
+
+/// `[transports.nats]` settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URL(s), comma separated (`nats://host:4222`, `tls://...`).
+    pub url: String,
+    /// A NATS credentials file (JWT + nkey) for authenticated servers.
+    pub credentials_file: Option<String>,
+    /// The JetStream stream holding every gateway's subject.
+    pub stream: String,
+    /// A gateway's subject is `{subject_prefix}.{gateway_id}`.
+    pub subject_prefix: String,
+    /// A gateway's durable consumer is this prefix followed by its id.
+    pub consumer_prefix: String,
+    /// Messages older than this are dropped by the server.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Bytes the stream may hold; -1 for no limit.
+    pub max_bytes: i64,
+    /// Stream replicas (1, or 3/5 on a cluster).
+    pub replicas: usize,
+    /// Stream storage.
+    pub storage: Storage,
+    /// How long the server remembers message ids to drop retried publishes.
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// How long a delivered message may stay unacked before redelivery.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// Unacked messages a gateway's consumer may have outstanding.
+    pub max_ack_pending: i64,
+    /// Publishes awaiting the server's ack before a publish fails (the bound
+    /// of fire-and-forget publishing).
+    pub max_in_flight: usize,
+    /// Messages asked for per pull request.
+    pub pull_batch: usize,
+    /// How long to wait for the server to answer a request or a publish.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How long start-up waits for the server before failing.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Received messages buffered per subscription before reading pauses.
+    pub queue: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            credentials_file: None,
+            stream: "SWITCHYARD".into(),
+            subject_prefix: "sy.gw".into(),
+            consumer_prefix: "sy-gw-".into(),
+            max_age: Duration::from_secs(24 * 3600),
+            max_bytes: -1,
+            replicas: 1,
+            storage: Storage::File,
+            duplicate_window: Duration::from_secs(120),
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 10_000,
+            max_in_flight: 10_000,
+            pull_batch: 256,
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            queue: 1024,
+        }
+    }
+}
+
+/// NATS JetStream, one subject and one durable consumer per gateway.
+pub struct NatsTransport {
+    config: NatsConfig,
+    jetstream: Context,
+    health: Arc<HealthCell>,
+}
+
+impl NatsTransport {
+    /// Connects and creates the stream if missing; fails with
+    /// [`TransportError::Connect`] naming the URL if the server does not
+    /// answer or has no JetStream.
+    pub async fn connect(config: &NatsConfig) -> Result<Self, TransportError> {
+        let connect_err = |reason: String| TransportError::Connect {
+            transport: KIND,
+            address: config.url.clone(),
+            reason,
+        };
+        let health = Arc::new(HealthCell::new(KIND));
+        let events = health.clone();
+        let url = config.url.clone();
+        let mut options = ConnectOptions::new()
+            .connection_timeout(config.connect_timeout)
+            .request_timeout(Some(config.request_timeout))
+            .event_callback(move |event| {
+                match &event {
+                    Event::Connected => events.up(),
+                    Event::Disconnected => events.down(format!("disconnected from {url}")),
+                    _ => tracing::debug!(transport = %KIND, %event, "nats event"),
+                }
+                std::future::ready(())
+            });
+        if let Some(file) = &config.credentials_file {
+            options = options
+                .credentials_file(file)
+                .await
+                .map_err(|e| connect_err(format!("credentials file {file}: {e}")))?;
+        }
+        let client = options
+            .connect(config.url.as_str())
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        let jetstream = async_nats::jetstream::ContextBuilder::new()
+            .timeout(config.request_timeout)
+            .max_ack_inflight(config.max_in_flight)
+            // Fail a publish past the bound instead of waiting (the client's
+            // default): the router then falls back rather than stalling.
+            .backpressure_on_inflight(false)
+            .build(client);
+        let transport = Self {
+            config: config.clone(),
+            jetstream,
+            health,
+        };
+        transport.ensure_stream().await.map_err(connect_err)?;
+        Ok(transport)
+    }
+
+    fn stream_config(&self) -> StreamConfig {
+        let c = &self.config;
+        StreamConfig {
+            name: c.stream.clone(),
+            subjects: vec![format!("{}.>", c.subject_prefix)],
+            max_age: c.max_age,
+            max_bytes: c.max_bytes,
+            num_replicas: c.replicas,
+            storage: match c.storage {
+                Storage::File => StorageType::File,
+                Storage::Memory => StorageType::Memory,
+            },
+            duplicate_window: c.duplicate_window,
+            ..Default::default()
+        }
+    }
+
+    async fn ensure_stream(&self) -> Result<async_nats::jetstream::stream::Stream, String> {
+        self.jetstream
+            .get_or_create_stream(self.stream_config())
+            .await
+            .map_err(|e| format!("stream {}: {e}", self.config.stream))
+    }
+
+    /// The subject and consumer name of a gateway, or an error naming the
+    /// id if NATS cannot use it as a subject token.
+    fn names(&self, gateway: &GatewayId) -> Result<(String, String), String> {
+        let id = gateway.as_str();
+        let legal = |c: char| c.is_ascii_graphic() && !matches!(c, '.' | '*' | '>' | '/' | '\\');
+        if id.is_empty() || !id.chars().all(legal) {
+            return Err(format!(
+                "gateway id {id:?} cannot be a NATS subject token or consumer name \
+                 (printable ASCII without . * > / \\)"
+            ));
+        }
+        Ok((
+            format!("{}.{id}", self.config.subject_prefix),
+            format!("{}{id}", self.config.consumer_prefix),
+        ))
+    }
+
+    fn consumer_config(&self, subject: &str, durable: &str) -> pull::Config {
+        pull::Config {
+            durable_name: Some(durable.to_owned()),
+            filter_subject: subject.to_owned(),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.config.ack_wait,
+            max_ack_pending: self.config.max_ack_pending,
+            ..Default::default()
+        }
+    }
+}
+
+/// Acks one message once the inbox accepted it.
+struct MessageAck(Acker);
+
+#[async_trait]
+impl Acknowledge for MessageAck {
+    async fn ack(self: Box<Self>) -> Result<(), TransportError> {
+        self.0.ack().await.map_err(|e| TransportError::Ack {
+            transport: KIND,
+            reason: e.to_string(),
+        })
+    }
+}
+
+#[async_trait]
+impl Transport for NatsTransport {
+    fn kind(&self) -> TransportKind {
+        KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            durable: true,
+            ordered: true,
+            redelivers: true,
+        }
+    }
+
+    async fn publish(
+        &self,
+        to: &GatewayId,
+        batch: &[Bytes],
+        ack: Ack,
+    ) -> Result<(), TransportError> {
+        let publish_err = |reason: String| TransportError::Publish {
+            transport: KIND,
+            gateway: to.clone(),
+            reason,
+        };
+        let (subject, _) = self.names(to).map_err(publish_err)?;
+        enqueue_then_confirm(batch, ack, |bytes| {
+            let subject = subject.clone();
+            let bytes = bytes.clone();
+            async move {
+                // The id makes a retried publish a no-op on the server.
+                let id = Envelope::peek_id(&bytes)
+                    .map_err(|e| publish_err(format!("no message id for Nats-Msg-Id: {e}")))?;
+                let publish = PublishMessage::build()
+                    .payload(bytes)
+                    .message_id(id.to_string());
+                let confirmation = self
+                    .jetstream
+                    .send_publish(subject.clone(), publish)
+                    .await
+                    .map_err(|e| publish_err(format!("publish to {subject}: {e}")))?;
+                Ok(async move {
+                    confirmation
+                        .await
+                        .map(drop)
+                        .map_err(|e| publish_err(format!("ack from {subject}: {e}")))
+                })
+            }
+        })
+        .await
+    }
+
+    async fn subscribe(&self, me: &GatewayId) -> Result<Subscription, TransportError> {
+        let subscribe_err = |reason: String| TransportError::Subscribe {
+            transport: KIND,
+            gateway: me.clone(),
+            reason,
+        };
+        let (subject, durable) = self.names(me).map_err(subscribe_err)?;
+        let consumer_config = self.consumer_config(&subject, &durable);
+        // Fail now, not in the background, if the consumer cannot be made.
+        let stream = self.ensure_stream().await.map_err(subscribe_err)?;
+        let consumer: pull::Stream = stream
+            .get_or_create_consumer::<pull::Config>(&durable, consumer_config.clone())
+            .await
+            .map_err(|e| subscribe_err(format!("consumer {durable}: {e}")))?
+            .stream()
+            .max_messages_per_batch(self.config.pull_batch)
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await
+            .map_err(|e| subscribe_err(format!("pull from {durable}: {e}")))?;
+        let jetstream = self.jetstream.clone();
+        let stream_config = self.stream_config();
+        let pull_batch = self.config.pull_batch;
+        Ok(spawn_subscription(
+            self.config.queue,
+            move |tx| async move {
+                let mut messages = Some(consumer);
+                loop {
+                    let Some(pulling) = messages.as_mut() else {
+                        // The server restarted or deleted the consumer: make
+                        // stream and consumer again (idempotent) and pull on.
+                        tokio::select! {
+                            _ = tx.closed() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                        let repull: Result<pull::Stream, async_nats::Error> = async {
+                            let stream = jetstream
+                                .get_or_create_stream(stream_config.clone())
+                                .await?;
+                            let consumer = stream
+                                .get_or_create_consumer::<pull::Config>(
+                                    &durable,
+                                    consumer_config.clone(),
+                                )
+                                .await?;
+                            let pulling = consumer
+                                .stream()
+                                .max_messages_per_batch(pull_batch)
+                                .heartbeat(Duration::from_secs(5))
+                                .messages()
+                                .await?;
+                            Ok(pulling)
+                        }
+                        .await;
+                        messages = repull
+                        .inspect_err(|e| tracing::debug!(transport = %KIND, %durable, %e, "re-pull failed"))
+                        .ok();
+                        continue;
+                    };
+                    let next = tokio::select! {
+                        _ = tx.closed() => return,
+                        next = pulling.next() => next,
+                    };
+                    let message = match next {
+                        Some(Ok(message)) => message,
+                        Some(Err(e)) => {
+                            tracing::debug!(transport = %KIND, %durable, %e, "pull error; pulling again");
+                            messages = None;
+                            continue;
+                        }
+                        None => {
+                            messages = None;
+                            continue;
+                        }
+                    };
+                    let (message, acker) = message.split();
+                    let incoming = Incoming {
+                        bytes: message.payload,
+                        ack: Some(Box::new(MessageAck(acker))),
+                    };
+                    if tx.send(incoming).await.is_err() {
+                        return;
+                    }
+                }
+            },
+        ))
+    }
+
+    fn health(&self) -> Health {
+        self.health.get()
+    }
+}

@@ -1,0 +1,264 @@
+//! One conformance suite, run against every transport over real servers.
+//!
+//! Adding a transport is one line at the bottom: a `conformance!` call with
+//! a function that connects it, and one that starts a private broker for
+//! the restart case (or `factories::no_private_broker`).
+//!
+//! Needs the servers of `scripts/services/*.sh start` (NATS JetStream on
+//! 127.0.0.1:4222, a Kafka-protocol broker on 127.0.0.1:9092); the restart
+//! cases start their own `nats-server` on a free port, and librdkafka's
+//! mock cluster for Kafka (why: `factories::kafka_private`).
+
+#[path = "conformance/cases.rs"]
+mod cases;
+#[path = "redis_support/mod.rs"]
+mod redis_support;
+#[path = "support/mod.rs"]
+mod support;
+
+/// Connects transports under test, and private brokers for the restart case.
+mod factories {
+    use std::sync::{Arc, OnceLock};
+
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
+    use switchyard::error::StoreError;
+    use switchyard::registry::Registry;
+    use switchyard::sidecar::Sidecar;
+    use switchyard::topology::{GatewayId, GatewayInfo};
+    use switchyard::transport::grpc::{GrpcConfig, GrpcTransport};
+    use switchyard::transport::kafka::KafkaTransport;
+    use switchyard::transport::memory::{MemoryConfig, MemoryTransport};
+    use switchyard::transport::nats::{NatsTransport, Storage};
+    use switchyard::transport::Transport;
+    use switchyard::{Backends, Settings};
+
+    use crate::cases::Restartable;
+    use crate::redis_support::{redis_config, Deployment};
+    use crate::support::{self, PrivateBroker};
+    use switchyard::transport::redis::{RedisTransport, RedisTransportConfig};
+
+    pub async fn memory() -> Arc<dyn Transport> {
+        Arc::new(MemoryTransport::new(&MemoryConfig::default()))
+    }
+
+    pub use support::{kafka, nats};
+
+    async fn redis_on(deployment: Deployment) -> Arc<dyn Transport> {
+        let config = RedisTransportConfig {
+            connection: redis_config(deployment),
+            ..RedisTransportConfig::default()
+        };
+        let transport = RedisTransport::new(&config)
+            .await
+            .expect("connect to Redis");
+        Arc::new(transport)
+    }
+
+    /// Redis Pub/Sub on the standalone Redis (127.0.0.1:6379).
+    pub async fn redis() -> Arc<dyn Transport> {
+        redis_on(Deployment::Standalone).await
+    }
+
+    /// Sharded Pub/Sub on the Redis Cluster (127.0.0.1:7000-7005).
+    pub async fn redis_cluster() -> Arc<dyn Transport> {
+        redis_on(Deployment::Cluster).await
+    }
+
+    /// Knows every gateway to be at one sidecar address, set once it is bound.
+    struct AllAt(Arc<OnceLock<String>>);
+
+    #[async_trait::async_trait]
+    impl Registry for AllAt {
+        async fn register(&self, _: &GatewayInfo) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        async fn deregister(&self, _: &GatewayId) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        async fn get(&self, gateway: &GatewayId) -> Result<Option<GatewayInfo>, StoreError> {
+            let mut info = GatewayInfo::new(gateway.clone(), "test");
+            info.address = self.0.get().cloned().unwrap_or_default();
+            Ok(Some(info))
+        }
+
+        async fn list(&self) -> Result<Vec<GatewayInfo>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Direct links: a sidecar on 127.0.0.1:0 whose Peer API feeds a `grpc`
+    /// transport that links to that same sidecar for every gateway, so one
+    /// transport is both the sending and the receiving half. The sidecar is
+    /// leaked: it serves until the test process ends.
+    pub async fn grpc() -> Arc<dyn Transport> {
+        let mut settings = Settings::default();
+        settings.sidecar.listen = "127.0.0.1:0".parse().expect("an address");
+        settings.telemetry.listen = "127.0.0.1:0".parse().expect("an address");
+        let config = GrpcConfig::default();
+        settings.transports.grpc = Some(config.clone());
+        let mut backends = Backends::from_settings(&settings)
+            .await
+            .expect("memory backends");
+        // The address is known once bound: the registry reads it then.
+        let address = Arc::new(OnceLock::new());
+        let transport = Arc::new(GrpcTransport::new(
+            &config,
+            Arc::new(AllAt(address.clone())),
+        ));
+        backends.peer_links = Some(transport.clone());
+        let sidecar = Sidecar::start_with_backends(settings, None, backends)
+            .await
+            .expect("a sidecar on 127.0.0.1:0");
+        address
+            .set(sidecar.grpc_addr().to_string())
+            .expect("set once");
+        Box::leak(Box::new(sidecar));
+        transport
+    }
+
+    /// For transports with no broker to restart (memory).
+    pub async fn no_private_broker() -> Option<Box<dyn Restartable>> {
+        None
+    }
+
+    struct Private {
+        broker: PrivateBroker,
+        transport: Arc<dyn Transport>,
+    }
+
+    #[async_trait::async_trait(?Send)]
+    impl Restartable for Private {
+        fn transport(&self) -> Arc<dyn Transport> {
+            self.transport.clone()
+        }
+
+        fn stop(&mut self) {
+            self.broker.kill();
+        }
+
+        async fn start(&mut self) {
+            if let Err(e) = self.broker.run().await {
+                panic!("restarting the private broker failed: {e}");
+            }
+        }
+    }
+
+    /// A private `nats-server -js` with file storage, so the stream and the
+    /// consumer survive the restart as they would in production.
+    pub async fn nats_private() -> Option<Box<dyn Restartable>> {
+        let broker = PrivateBroker::start().await?;
+        let mut config = support::nats_config(&broker.address());
+        config.storage = Storage::File;
+        let transport = NatsTransport::connect(&config)
+            .await
+            .expect("connect to the private NATS");
+        Some(Box::new(Private {
+            broker,
+            transport: Arc::new(transport),
+        }))
+    }
+
+    /// A librdkafka mock cluster, not tansu: tansu's memory storage
+    /// restarts empty (topics, committed offsets and idempotent producer ids
+    /// gone), which no real Kafka does; against it this case failed (publishes
+    /// timed out after the restart, or the consumer missed records at offsets
+    /// it had already passed). The mock takes its broker down and up again
+    /// with its log intact, as a restarted Kafka broker would.
+    pub async fn kafka_private() -> Option<Box<dyn Restartable>> {
+        let mock = match MockCluster::new(1) {
+            // Leaked: clients still closing in the background (consumer
+            // close, producer flush) would hang if their cluster vanished.
+            Ok(mock) => &*Box::leak(Box::new(mock)),
+            Err(e) => {
+                eprintln!("SKIP: cannot start librdkafka's mock cluster: {e}");
+                return None;
+            }
+        };
+        let config = support::mock_kafka_config(&mock.bootstrap_servers());
+        let transport = KafkaTransport::connect(&config)
+            .await
+            .expect("connect to the mock cluster");
+        Some(Box::new(MockBroker {
+            mock,
+            transport: Arc::new(transport),
+        }))
+    }
+
+    struct MockBroker {
+        mock: &'static MockCluster<'static, DefaultProducerContext>,
+        transport: Arc<dyn Transport>,
+    }
+
+    #[async_trait::async_trait(?Send)]
+    impl Restartable for MockBroker {
+        fn transport(&self) -> Arc<dyn Transport> {
+            self.transport.clone()
+        }
+
+        fn stop(&mut self) {
+            self.mock.broker_down(-1).expect("mock broker down");
+        }
+
+        async fn start(&mut self) {
+            self.mock.broker_up(-1).expect("mock broker up");
+        }
+    }
+}
+
+/// Generates one test per case for a transport.
+macro_rules! conformance {
+    ($name:ident, connect = $connect:path, private_broker = $private:path) => {
+        mod $name {
+            conformance!(@cases $connect;
+                integrity, concurrent, order, isolation, resubscribe, redelivery,
+                large_payloads, close_under_load, retried_publish_dedupe);
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn broker_restart() {
+                crate::cases::broker_restart($private().await).await
+            }
+        }
+    };
+    (@cases $connect:path; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                crate::cases::$case($connect().await).await
+            }
+        )*
+    };
+}
+
+conformance!(
+    memory,
+    connect = crate::factories::memory,
+    private_broker = crate::factories::no_private_broker
+);
+conformance!(
+    kafka,
+    connect = crate::factories::kafka,
+    private_broker = crate::factories::kafka_private
+);
+conformance!(
+    nats,
+    connect = crate::factories::nats,
+    private_broker = crate::factories::nats_private
+);
+conformance!(
+    redis,
+    connect = crate::factories::redis,
+    private_broker = crate::factories::no_private_broker
+);
+conformance!(
+    grpc,
+    connect = crate::factories::grpc,
+    private_broker = crate::factories::no_private_broker
+);
+conformance!(
+    redis_cluster,
+    connect = crate::factories::redis_cluster,
+    private_broker = crate::factories::no_private_broker
+);

@@ -1,0 +1,589 @@
+//! The cases every transport must pass, modelled on Watermill's universal
+//! pub/sub tests. Each takes a connected transport and asserts exact counts;
+//! a case that needs a capability the transport does not claim prints why
+//! it is skipped and returns.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use rand::{Rng, RngCore};
+use switchyard::dedupe::DedupeWindow;
+use switchyard::transport::{Ack, Health, Subscription, Transport, Transports};
+use switchyard::{
+    Backends, Destination, Envelope, GatewayId, GatewayInfo, MessageId, Priority, Router, Settings,
+};
+
+/// How long any wait for messages may take before the case fails.
+const PATIENCE: Duration = Duration::from_secs(20);
+/// Longer than the test ack_wait (2 s), to see that nothing else arrives.
+const QUIET: Duration = Duration::from_millis(2500);
+
+/// A gateway id no other test uses, so cases run in parallel on one broker.
+pub fn gateway() -> GatewayId {
+    GatewayId::new(format!("t{}", ulid::Ulid::new()))
+}
+
+/// A real envelope with headers and a random payload of `size` bytes.
+pub fn envelope(seq: usize, size: usize) -> Envelope {
+    let mut payload = vec![0u8; size];
+    rand::rng().fill_bytes(&mut payload);
+    let destination = if seq.is_multiple_of(2) {
+        Destination::User(format!("user-{seq}").into())
+    } else {
+        Destination::Group(format!("group-{seq}").into())
+    };
+    let mut env = Envelope::new("sender", "gw-sender", destination, payload)
+        .with_priority(if seq.is_multiple_of(3) {
+            Priority::High
+        } else {
+            Priority::Normal
+        })
+        .with_ttl(Duration::from_secs(600));
+    env.headers.insert("seq".into(), seq.to_string());
+    env.headers
+        .insert("trace-id".into(), format!("trace-{seq}-ü"));
+    env
+}
+
+fn encode(envelopes: &[Envelope]) -> Vec<Bytes> {
+    envelopes.iter().map(Envelope::encode).collect()
+}
+
+/// Publishes in batches of `batch`, every batch confirmed.
+async fn publish(t: &dyn Transport, to: &GatewayId, envelopes: &[Envelope], batch: usize) {
+    for chunk in encode(envelopes).chunks(batch) {
+        t.publish(to, chunk, Ack::Confirmed)
+            .await
+            .unwrap_or_else(|e| panic!("{}: publish failed: {e}", t.kind()));
+    }
+}
+
+/// Reads until `want` distinct ids arrived or [`PATIENCE`] ran out; acks
+/// each arrival when `ack`. Returns every arrival, duplicates included.
+async fn receive(sub: &mut Subscription, want: usize, ack: bool) -> Vec<Envelope> {
+    let mut arrivals = Vec::new();
+    let mut seen = HashSet::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while seen.len() < want {
+        let Ok(Some(incoming)) = tokio::time::timeout_at(deadline, sub.next()).await else {
+            break;
+        };
+        let env =
+            Envelope::decode(incoming.bytes).expect("transport delivered the bytes it was given");
+        if ack {
+            if let Some(acker) = incoming.ack {
+                acker.ack().await.expect("ack");
+            }
+        }
+        seen.insert(env.id);
+        arrivals.push(env);
+    }
+    arrivals
+}
+
+/// Reads until every id of `want` arrived or [`PATIENCE`] ran out, acking
+/// each arrival. Returns every arrival, duplicates and strangers included.
+async fn receive_all(sub: &mut Subscription, want: &HashSet<MessageId>) -> Vec<Envelope> {
+    let mut arrivals = Vec::new();
+    let mut missing = want.clone();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !missing.is_empty() {
+        let Ok(Some(incoming)) = tokio::time::timeout_at(deadline, sub.next()).await else {
+            break;
+        };
+        if let Some(acker) = incoming.ack {
+            acker.ack().await.expect("ack");
+        }
+        let env =
+            Envelope::decode(incoming.bytes).expect("transport delivered the bytes it was given");
+        missing.remove(&env.id);
+        arrivals.push(env);
+    }
+    arrivals
+}
+
+/// Whatever arrives within `quiet` (acked).
+async fn extra(sub: &mut Subscription, quiet: Duration) -> Vec<Envelope> {
+    let mut arrivals = Vec::new();
+    while let Ok(Some(incoming)) = tokio::time::timeout(quiet, sub.next()).await {
+        if let Some(acker) = incoming.ack {
+            let _ = acker.ack().await;
+        }
+        arrivals.extend(Envelope::decode(incoming.bytes).ok());
+    }
+    arrivals
+}
+
+fn ids(envelopes: &[Envelope]) -> Vec<MessageId> {
+    envelopes.iter().map(|e| e.id).collect()
+}
+
+/// Distinct arrivals after the inbox's dedupe window, and how many copies it dropped.
+fn dedupe(arrivals: &[Envelope]) -> (Vec<MessageId>, usize) {
+    let mut window = DedupeWindow::new(100_000);
+    let mut delivered = Vec::new();
+    let mut dropped = 0;
+    for env in arrivals {
+        if window.insert(env.id) {
+            delivered.push(env.id);
+        } else {
+            dropped += 1;
+        }
+    }
+    (delivered, dropped)
+}
+
+fn skip(t: &dyn Transport, case: &str, why: &str) {
+    eprintln!("SKIP {} {case}: {why}", t.kind());
+}
+
+/// Payload, headers and every envelope field arrive intact, exactly once.
+pub async fn integrity(t: Arc<dyn Transport>) {
+    let gw = gateway();
+    let mut sub = t.subscribe(&gw).await.expect("subscribe");
+    let sent: Vec<Envelope> = (0..20).map(|i| envelope(i, i * 97)).collect();
+    publish(&*t, &gw, &sent, 5).await;
+    let got = receive(&mut sub, sent.len(), true).await;
+    assert_eq!(got.len(), sent.len(), "{}: delivered != sent", t.kind());
+    let by_id: BTreeMap<MessageId, &Envelope> = got.iter().map(|e| (e.id, e)).collect();
+    for env in &sent {
+        assert_eq!(
+            by_id.get(&env.id),
+            Some(&env),
+            "{}: envelope changed in transit",
+            t.kind()
+        );
+    }
+    assert!(
+        extra(&mut sub, QUIET).await.is_empty(),
+        "{}: acked messages came again",
+        t.kind()
+    );
+}
+
+/// Several publishers to several subscribers at once: each gateway gets
+/// exactly its messages, once each, and (if ordered) each publisher's in order.
+pub async fn concurrent(t: Arc<dyn Transport>) {
+    const PUBLISHERS: usize = 4;
+    const PER_PUBLISHER: usize = 50;
+    let gateways: Vec<GatewayId> = (0..3).map(|_| gateway()).collect();
+    let mut subs = Vec::new();
+    for gw in &gateways {
+        subs.push(t.subscribe(gw).await.expect("subscribe"));
+    }
+    let readers: Vec<_> = subs
+        .into_iter()
+        .map(|mut sub| {
+            tokio::spawn(async move { receive(&mut sub, PUBLISHERS * PER_PUBLISHER, true).await })
+        })
+        .collect();
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let t = t.clone();
+            let gateways = gateways.clone();
+            tokio::spawn(async move {
+                for gw in &gateways {
+                    let mut sent: Vec<Envelope> =
+                        (0..PER_PUBLISHER).map(|i| envelope(i, 64)).collect();
+                    for env in &mut sent {
+                        env.headers.insert("publisher".into(), p.to_string());
+                    }
+                    publish(&*t, gw, &sent, 10).await;
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.expect("publisher");
+    }
+    for reader in readers {
+        let got = reader.await.expect("reader");
+        let (delivered, duplicates) = dedupe(&got);
+        assert_eq!(
+            delivered.len(),
+            PUBLISHERS * PER_PUBLISHER,
+            "{}: delivered != sent",
+            t.kind()
+        );
+        assert_eq!(
+            duplicates,
+            0,
+            "{}: duplicates without any failure",
+            t.kind()
+        );
+        if t.capabilities().ordered {
+            for p in 0..PUBLISHERS {
+                let seqs: Vec<usize> = got
+                    .iter()
+                    .filter(|e| e.headers["publisher"] == p.to_string())
+                    .map(|e| e.headers["seq"].parse().expect("seq"))
+                    .collect();
+                assert_eq!(
+                    seqs,
+                    (0..PER_PUBLISHER).collect::<Vec<_>>(),
+                    "{}: publisher {p} out of order",
+                    t.kind()
+                );
+            }
+        }
+    }
+}
+
+/// One publisher's messages to one address arrive in publish order, across
+/// batches of varying size and both ack modes.
+pub async fn order(t: Arc<dyn Transport>) {
+    if !t.capabilities().ordered {
+        return skip(&*t, "order", "transport does not claim order");
+    }
+    let gw = gateway();
+    let mut sub = t.subscribe(&gw).await.expect("subscribe");
+    let sent: Vec<Envelope> = (0..300).map(|i| envelope(i, 32)).collect();
+    let bytes = encode(&sent);
+    let mut rng = rand::rng();
+    let mut at = 0;
+    while at < bytes.len() {
+        let n = rng.random_range(1..=7).min(bytes.len() - at);
+        let ack = if rng.random_bool(0.5) {
+            Ack::Confirmed
+        } else {
+            Ack::None
+        };
+        t.publish(&gw, &bytes[at..at + n], ack)
+            .await
+            .expect("publish");
+        at += n;
+    }
+    let got = receive(&mut sub, sent.len(), true).await;
+    assert_eq!(
+        ids(&got),
+        ids(&sent),
+        "{}: order or count differs",
+        t.kind()
+    );
+}
+
+/// Messages for one gateway never reach another.
+pub async fn isolation(t: Arc<dyn Transport>) {
+    let (a, b) = (gateway(), gateway());
+    let mut sub_a = t.subscribe(&a).await.expect("subscribe a");
+    let mut sub_b = t.subscribe(&b).await.expect("subscribe b");
+    let to_a: Vec<Envelope> = (0..10).map(|i| envelope(i, 16)).collect();
+    let to_b: Vec<Envelope> = (0..10).map(|i| envelope(i, 16)).collect();
+    publish(&*t, &a, &to_a, 3).await;
+    publish(&*t, &b, &to_b, 3).await;
+    for (sub, want, name) in [(&mut sub_a, &to_a, "a"), (&mut sub_b, &to_b, "b")] {
+        let mut got = receive(sub, want.len(), true).await;
+        got.extend(extra(sub, Duration::from_millis(500)).await);
+        let got: HashSet<MessageId> = ids(&got).into_iter().collect();
+        let want: HashSet<MessageId> = ids(want).into_iter().collect();
+        assert_eq!(
+            got,
+            want,
+            "{}: gateway {name} got another gateway's messages or lost its own",
+            t.kind()
+        );
+    }
+}
+
+/// A durable transport loses nothing when its subscriber goes away and
+/// comes back: messages sent meanwhile, and those received but not acked.
+pub async fn resubscribe(t: Arc<dyn Transport>) {
+    if !t.capabilities().durable {
+        return skip(&*t, "resubscribe", "transport is not durable");
+    }
+    let gw = gateway();
+    let first: Vec<Envelope> = (0..20).map(|i| envelope(i, 128)).collect();
+    let second: Vec<Envelope> = (20..40).map(|i| envelope(i, 128)).collect();
+    let mut sub = t.subscribe(&gw).await.expect("subscribe");
+    publish(&*t, &gw, &first, 5).await;
+    let mut arrivals = receive(&mut sub, 10, true).await;
+    drop(sub);
+    publish(&*t, &gw, &second, 5).await;
+    let mut sub = t.subscribe(&gw).await.expect("subscribe again");
+    let mut all = first.clone();
+    all.extend(second);
+    let want: HashSet<MessageId> = ids(&all).into_iter().collect();
+    let seen: HashSet<MessageId> = ids(&arrivals).into_iter().collect();
+    arrivals.extend(receive_all(&mut sub, &want.difference(&seen).copied().collect()).await);
+    arrivals.extend(extra(&mut sub, QUIET).await);
+    let (delivered, duplicates) = dedupe(&arrivals);
+    eprintln!(
+        "{}: resubscribe redelivered {duplicates} message(s), dropped by dedupe",
+        t.kind()
+    );
+    assert_eq!(
+        delivered.len(),
+        all.len(),
+        "{}: delivered != sent after re-subscribe",
+        t.kind()
+    );
+    assert_eq!(
+        delivered.into_iter().collect::<HashSet<_>>(),
+        want,
+        "{}: wrong messages",
+        t.kind()
+    );
+}
+
+/// Unacked messages come again to the next subscriber; acked ones do not.
+pub async fn redelivery(t: Arc<dyn Transport>) {
+    if !t.capabilities().redelivers {
+        return skip(&*t, "redelivery", "transport does not redeliver");
+    }
+    let gw = gateway();
+    let sent: Vec<Envelope> = (0..5).map(|i| envelope(i, 64)).collect();
+    let mut sub = t.subscribe(&gw).await.expect("subscribe");
+    publish(&*t, &gw, &sent, 5).await;
+    let unacked = receive(&mut sub, sent.len(), false).await;
+    assert_eq!(unacked.len(), sent.len(), "{}: first delivery", t.kind());
+    drop(sub);
+    let mut sub = t.subscribe(&gw).await.expect("subscribe again");
+    let again = receive(&mut sub, sent.len(), true).await;
+    let (delivered, _) = dedupe(&again);
+    assert_eq!(
+        delivered.len(),
+        sent.len(),
+        "{}: unacked messages were not redelivered",
+        t.kind()
+    );
+    // Give the acks time to be committed before the next subscriber starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(sub);
+    let mut sub = t.subscribe(&gw).await.expect("subscribe a third time");
+    let after = extra(&mut sub, QUIET).await;
+    assert!(
+        after.is_empty(),
+        "{}: {} acked message(s) delivered again",
+        t.kind(),
+        after.len()
+    );
+}
+
+/// Payloads near the 1 MiB limit arrive intact.
+pub async fn large_payloads(t: Arc<dyn Transport>) {
+    let gw = gateway();
+    let mut sub = t.subscribe(&gw).await.expect("subscribe");
+    // NATS's default max_payload is 1 MiB for payload and headers together,
+    // so stay just under it: the envelope's own fields take a few bytes.
+    let sent: Vec<Envelope> = (0..3).map(|i| envelope(i, 1_000_000)).collect();
+    publish(&*t, &gw, &sent, 1).await;
+    let got = receive(&mut sub, sent.len(), true).await;
+    assert_eq!(got, sent, "{}: large payloads changed or lost", t.kind());
+}
+
+/// Dropping a subscription while publishers are busy neither hangs nor
+/// panics; a durable transport then delivers every confirmed message to
+/// the next subscriber.
+pub async fn close_under_load(t: Arc<dyn Transport>) {
+    let gw = gateway();
+    let mut sub = t.subscribe(&gw).await.expect("subscribe");
+    let publishers: Vec<_> = (0..2)
+        .map(|p| {
+            let (t, gw) = (t.clone(), gw.clone());
+            tokio::spawn(async move {
+                let mut confirmed = Vec::new();
+                for chunk in 0..30 {
+                    let batch: Vec<Envelope> = (0..10)
+                        .map(|i| envelope(p * 1000 + chunk * 10 + i, 256))
+                        .collect();
+                    if t.publish(&gw, &encode(&batch), Ack::Confirmed)
+                        .await
+                        .is_ok()
+                    {
+                        confirmed.extend(ids(&batch));
+                    }
+                }
+                confirmed
+            })
+        })
+        .collect();
+    let mut arrivals = receive(&mut sub, 100, true).await;
+    drop(sub);
+    let mut confirmed = HashSet::new();
+    for p in publishers {
+        let done = tokio::time::timeout(PATIENCE, p)
+            .await
+            .expect("publisher hung after the close");
+        confirmed.extend(done.expect("publisher panicked"));
+    }
+    if t.capabilities().durable {
+        assert_eq!(
+            confirmed.len(),
+            600,
+            "{}: a durable transport refused publishes",
+            t.kind()
+        );
+        let mut sub = t.subscribe(&gw).await.expect("subscribe again");
+        let seen: HashSet<MessageId> = ids(&arrivals).into_iter().collect();
+        arrivals
+            .extend(receive_all(&mut sub, &confirmed.difference(&seen).copied().collect()).await);
+        let (delivered, _) = dedupe(&arrivals);
+        assert_eq!(
+            delivered.into_iter().collect::<HashSet<_>>(),
+            confirmed,
+            "{}: lost after close",
+            t.kind()
+        );
+    } else {
+        let (delivered, duplicates) = dedupe(&arrivals);
+        assert_eq!(duplicates, 0);
+        assert!(
+            delivered.iter().all(|id| confirmed.contains(id)),
+            "{}: unconfirmed message arrived",
+            t.kind()
+        );
+    }
+}
+
+/// A publish retried after an unknown outcome reaches the gateway once:
+/// through the real inbox (and, on NATS, the server's own dedupe).
+pub async fn retried_publish_dedupe(t: Arc<dyn Transport>) {
+    let me = GatewayInfo::new(gateway(), "test");
+    let mut backends = Backends::from_settings(&Settings::default())
+        .await
+        .expect("backends");
+    let mut transports = Transports::default();
+    transports.insert(t.clone());
+    backends.transports = transports;
+    let (_router, mut inbox) = Router::builder(me.clone())
+        .backends(backends)
+        .build()
+        .await
+        .expect("router");
+    let sent: Vec<Envelope> = (0..10).map(|i| envelope(i, 64)).collect();
+    let bytes = encode(&sent);
+    // The first attempt "timed out", so the router publishes the batch again,
+    // and a dual-write canary sends part of it a third time.
+    t.publish(&me.id, &bytes, Ack::Confirmed)
+        .await
+        .expect("publish");
+    t.publish(&me.id, &bytes, Ack::Confirmed)
+        .await
+        .expect("retry");
+    t.publish(&me.id, &bytes[..3], Ack::None)
+        .await
+        .expect("third copy");
+    let mut delivered = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while delivered.len() < sent.len() {
+        match tokio::time::timeout_at(deadline, inbox.recv()).await {
+            Ok(Some(d)) => delivered.push(d.envelope),
+            _ => break,
+        }
+    }
+    while let Ok(Some(d)) = tokio::time::timeout(QUIET, inbox.recv()).await {
+        delivered.push(d.envelope);
+    }
+    assert_eq!(
+        delivered.len(),
+        sent.len(),
+        "{}: inbox delivered != sent (duplicates passed?)",
+        t.kind()
+    );
+    assert_eq!(
+        ids(&delivered).into_iter().collect::<HashSet<_>>(),
+        ids(&sent).into_iter().collect::<HashSet<_>>(),
+        "{}: wrong messages",
+        t.kind()
+    );
+}
+
+/// A broker a test can stop and start again, with a transport connected to it.
+#[async_trait::async_trait(?Send)]
+pub trait Restartable {
+    /// The transport under test.
+    fn transport(&self) -> Arc<dyn Transport>;
+    /// Kills the broker.
+    fn stop(&mut self);
+    /// Starts it again on the same address.
+    async fn start(&mut self);
+}
+
+/// The broker dies mid-stream: publishes fail (so the router falls back),
+/// health goes down, and after the restart the same transport and the same
+/// subscription carry messages again, none lost once confirmed.
+pub async fn broker_restart(broker: Option<Box<dyn Restartable>>) {
+    let Some(mut broker) = broker else {
+        return eprintln!(
+            "SKIP broker_restart: this suite cannot start a private broker for the transport"
+        );
+    };
+    let t = broker.transport();
+    let gw = gateway();
+    let mut sub = t.subscribe(&gw).await.expect("subscribe");
+    let before: Vec<Envelope> = (0..10).map(|i| envelope(i, 64)).collect();
+    publish(&*t, &gw, &before, 5).await;
+    assert_eq!(
+        receive(&mut sub, before.len(), true).await.len(),
+        before.len(),
+        "{}: before restart",
+        t.kind()
+    );
+
+    broker.stop();
+    let outage = encode(&[envelope(99, 64)]);
+    let result = tokio::time::timeout(
+        Duration::from_secs(15),
+        t.publish(&gw, &outage, Ack::Confirmed),
+    )
+    .await;
+    assert!(
+        !matches!(result, Ok(Ok(()))),
+        "{}: publish confirmed while the broker was down",
+        t.kind()
+    );
+    let mut went_down = false;
+    for _ in 0..100 {
+        if matches!(t.health(), Health::Down(_)) {
+            went_down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        went_down,
+        "{}: health stayed up with the broker gone",
+        t.kind()
+    );
+
+    broker.start().await;
+    let after: Vec<Envelope> = (100..110).map(|i| envelope(i, 64)).collect();
+    let bytes = encode(&after);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            t.publish(&gw, &bytes, Ack::Confirmed),
+        )
+        .await
+        {
+            Ok(Ok(())) => break,
+            other => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{}: never recovered: {other:?}",
+                    t.kind()
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    let got = receive_all(&mut sub, &ids(&after).into_iter().collect()).await;
+    let got: HashSet<MessageId> = ids(&got).into_iter().collect();
+    for id in ids(&after) {
+        assert!(
+            got.contains(&id),
+            "{}: message confirmed after the restart was lost",
+            t.kind()
+        );
+    }
+    assert_eq!(
+        t.health(),
+        Health::Up,
+        "{}: health did not come back",
+        t.kind()
+    );
+}

@@ -1,0 +1,224 @@
+//! Faults during a steady high-priority send; each asserts that no message
+//! is lost (sent == delivered + stored offline).
+//!
+//! - Every subscriber connection is killed (`CLIENT KILL TYPE pubsub`,
+//!   standalone and every cluster node): the transport reconnects,
+//!   resubscribes and re-reads the gap.
+//! - The cluster master that owns the receiving gateway's channel is shut
+//!   down: its replica is promoted and sends continue. The node is restarted
+//!   afterwards (it rejoins as a replica) so later tests and runs find a
+//!   whole cluster; this needs the cluster started by
+//!   `scripts/services/redis-cluster.sh`, which also restores it.
+//!
+//! The faults hit every client of the deployment, so these tests run one at
+//! a time and in their own binary.
+
+mod redis_support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use redis::Value;
+use redis_support::{account, raw, redis_config, router, settings, steady_send, Deployment};
+use switchyard::redis_conn::RedisConfig;
+use tokio::sync::Mutex;
+
+/// Held by each test: one fault at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+on_both!(a_killed_subscriber_resubscribes_and_no_high_priority_message_is_lost);
+
+/// Kills every pub/sub connection of the deployment (every node of a
+/// cluster); returns how many were killed.
+async fn kill_subscribers(redis: &RedisConfig) -> usize {
+    let nodes: Vec<String> = if redis.cluster {
+        (7000..=7005)
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    } else {
+        vec![redis.url.clone()]
+    };
+    let mut killed = 0;
+    for url in nodes {
+        let node = RedisConfig {
+            url,
+            cluster: false,
+            connections: 1,
+            ..redis.clone()
+        };
+        let mut conn = raw(&node).await.conn();
+        killed += redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async::<usize>(&mut conn)
+            .await
+            .unwrap_or(0);
+    }
+    killed
+}
+
+/// The port of the master serving `key`'s slot.
+async fn master_of(redis: &RedisConfig, key: &str) -> u16 {
+    let mut conn = raw(redis).await.conn();
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let slots: Vec<Value> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for range in slots {
+        let Value::Array(range) = range else { continue };
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+            (range.first(), range.get(1), range.get(2))
+        else {
+            continue;
+        };
+        if (*start..=*end).contains(&slot) {
+            if let Some(Value::Int(port)) = master.get(1) {
+                return *port as u16;
+            }
+        }
+    }
+    panic!("no master serves slot {slot}");
+}
+
+/// The settings a node needs to come back as itself: its working directory
+/// and cluster config file (whichever checkout's script started it).
+fn node_config(port: u16) -> Vec<(String, String)> {
+    [
+        "dir",
+        "cluster-config-file",
+        "cluster-node-timeout",
+        "logfile",
+    ]
+    .into_iter()
+    .map(|key| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "CONFIG", "GET", key])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let value = text.lines().nth(1).unwrap_or_default().to_owned();
+        (key.to_owned(), value)
+    })
+    .collect()
+}
+
+/// Restarts the stopped node with its own state (so it rejoins as a
+/// replica of the promoted one) and waits until every master has a replica.
+fn restore_cluster(port: u16, config: &[(String, String)]) {
+    let mut args = vec![
+        "--daemonize".to_owned(),
+        "yes".to_owned(),
+        "--port".to_owned(),
+        port.to_string(),
+        "--bind".to_owned(),
+        "127.0.0.1".to_owned(),
+        "--cluster-enabled".to_owned(),
+        "yes".to_owned(),
+        "--save".to_owned(),
+        String::new(),
+        "--appendonly".to_owned(),
+        "no".to_owned(),
+    ];
+    for (key, value) in config {
+        args.push(format!("--{key}"));
+        args.push(value.clone());
+    }
+    let status = Command::new("redis-server").args(&args).status().unwrap();
+    assert!(status.success(), "could not restart node {port}");
+    let healthy = || {
+        let nodes = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "CLUSTER", "NODES"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        nodes.lines().filter(|l| l.contains("slave")).count() == 3 && !nodes.contains("fail")
+    };
+    for _ in 0..300 {
+        if healthy() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("node {port} did not rejoin the cluster as a replica");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_dies_during_a_steady_send_and_no_high_priority_message_is_lost() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut redis = redis_config(Deployment::Cluster);
+    redis.response_timeout = Duration::from_millis(500);
+    redis.connect_timeout = Duration::from_millis(500);
+    let mut settings = settings(&redis);
+    settings.delivery.publish_timeout = Duration::from_secs(1);
+    let (a, _) = router(&settings, "gw-a").await;
+    let (b, mut inbox) = router(&settings, "gw-b").await;
+    b.connect("bob", "phone").await.unwrap();
+    let victim = master_of(&redis, &format!("{}:gw:{{gw-b}}", redis.key_prefix)).await;
+    let victim_config = node_config(victim);
+
+    let started = Instant::now();
+    let sent = steady_send(&a, 600, 100, async {
+        println!("stopping master 127.0.0.1:{victim}");
+        let status = Command::new("redis-cli")
+            .args(["-p", &victim.to_string(), "SHUTDOWN", "NOSAVE"])
+            .status()
+            .unwrap();
+        // redis-cli reports the closed connection; the node is gone either way.
+        println!("SHUTDOWN NOSAVE: {status}");
+    })
+    .await;
+    let (delivered, offline, missing) =
+        account(&b, &mut inbox, &sent, Duration::from_secs(20)).await;
+    println!(
+        "failover: sent {} delivered {delivered} stored offline {offline} missing {} in {:?}",
+        sent.len(),
+        missing.len(),
+        started.elapsed()
+    );
+    restore_cluster(victim, &victim_config);
+    assert!(
+        missing.is_empty(),
+        "{} high-priority messages lost: {missing:?}",
+        missing.len()
+    );
+}
+
+async fn a_killed_subscriber_resubscribes_and_no_high_priority_message_is_lost(
+    deployment: Deployment,
+) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let redis = redis_config(deployment);
+    let settings = settings(&redis);
+    let (a, _) = router(&settings, "gw-a").await;
+    let (b, mut inbox) = router(&settings, "gw-b").await;
+    b.connect("bob", "phone").await.unwrap();
+    let sent = steady_send(&a, 400, 150, async {
+        let killed = kill_subscribers(&redis).await;
+        assert!(killed >= 1, "no subscriber connection was killed");
+    })
+    .await;
+    let (delivered, offline, missing) =
+        account(&b, &mut inbox, &sent, Duration::from_secs(20)).await;
+    println!(
+        "{deployment:?}: sent {} delivered {delivered} stored offline {offline}",
+        sent.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} high-priority messages lost: {missing:?}",
+        missing.len()
+    );
+    // Resubscribed: the tail of the run was delivered live, not stored.
+    assert!(
+        delivered > 300,
+        "only {delivered} of 400 delivered live after the kill"
+    );
+}

@@ -1,0 +1,145 @@
+//! The Redis Pub/Sub transport between router nodes of one region, against
+//! a real Redis, standalone and cluster (sharded pub/sub). Faults are in
+//! `redis_faults.rs`.
+
+mod redis_support;
+
+use std::time::Duration;
+
+use redis_support::{redis_config, router, settings, to_bob, Deployment};
+use switchyard::transport::TransportKind;
+use switchyard::{Outcome, Priority, Via};
+
+on_both!(
+    two_routers_in_one_region_talk_over_redis,
+    a_publish_nobody_reads_goes_offline,
+);
+
+async fn two_routers_in_one_region_talk_over_redis(deployment: Deployment) {
+    let settings = settings(&redis_config(deployment));
+    let (a, _) = router(&settings, "gw-a").await;
+    let (b, mut inbox) = router(&settings, "gw-b").await;
+    b.connect("bob", "phone").await.unwrap();
+    let priorities = [Priority::High, Priority::Normal, Priority::Low];
+    for i in 0..300 {
+        let report = a.send(to_bob(i, priorities[i % 3])).await.unwrap();
+        let Outcome::Routed {
+            targets,
+            stored_offline: None,
+        } = report.outcome
+        else {
+            panic!("message {i} not routed: {:?}", report.outcome);
+        };
+        assert_eq!(targets[0].result, Ok(Via::Transport(TransportKind::Redis)));
+    }
+    for i in 0..300 {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+            .await
+            .expect("delivery within 5 s")
+            .expect("inbox open");
+        assert_eq!(delivery.envelope.payload, format!("m{i}"), "in order");
+        assert_eq!(delivery.via, Via::Transport(TransportKind::Redis));
+    }
+}
+
+async fn a_publish_nobody_reads_goes_offline(deployment: Deployment) {
+    let settings = settings(&redis_config(deployment));
+    let (a, _) = router(&settings, "gw-a").await;
+    // Presence says bob is on gw-ghost, but no gateway subscribes there.
+    let ghost = switchyard::presence::Session {
+        user: "bob".into(),
+        device: "phone".into(),
+        gateway: "gw-ghost".into(),
+        region: "eu".into(),
+        since_micros: 0,
+    };
+    a.backends().directory.online(ghost).await.unwrap();
+    let report = a.send(to_bob(0, Priority::High)).await.unwrap();
+    let Outcome::Routed {
+        targets,
+        stored_offline,
+    } = report.outcome
+    else {
+        panic!("not routed")
+    };
+    assert!(
+        targets[0]
+            .result
+            .as_ref()
+            .is_err_and(|e| e.contains("nobody is subscribed")),
+        "{targets:?}"
+    );
+    assert!(stored_offline.is_some());
+    let stored = a.backends().offline.read(&"bob".into(), 10).await.unwrap();
+    assert_eq!(stored.len(), 1);
+}
+
+on_both!(a_gateway_that_goes_away_stops_counting_as_a_subscriber);
+
+async fn a_gateway_that_goes_away_stops_counting_as_a_subscriber(deployment: Deployment) {
+    let settings = settings(&redis_config(deployment));
+    let (a, _) = router(&settings, "gw-a").await;
+    let (b, inbox) = router(&settings, "gw-b").await;
+    b.connect("bob", "phone").await.unwrap();
+    drop((b, inbox));
+    // bob's session is still there (no disconnect), but nobody reads gw-b.
+    let stored = redis_support::eventually(Duration::from_secs(5), || async {
+        let report = a.send(to_bob(0, Priority::Normal)).await.unwrap();
+        matches!(
+            report.outcome,
+            Outcome::Routed {
+                stored_offline: Some(_),
+                ..
+            }
+        )
+    })
+    .await;
+    assert!(
+        stored,
+        "publishes to a gone gateway still counted a subscriber"
+    );
+}
+
+on_both!(a_gateway_that_falls_behind_loses_no_confirmed_message);
+
+/// A gateway that does not read its inbox while 3 000 messages arrive: the
+/// subscription queue (64) overflows, the excess is dropped locally and
+/// re-read from the replay stream once the gateway reads again.
+async fn a_gateway_that_falls_behind_loses_no_confirmed_message(deployment: Deployment) {
+    let mut settings = settings(&redis_config(deployment));
+    if let Some(redis) = settings.transports.redis.as_mut() {
+        redis.queue = 64;
+    }
+    settings.limits.inbox_queue = 64;
+    let (a, _) = router(&settings, "gw-a").await;
+    let (b, mut inbox) = router(&settings, "gw-b").await;
+    b.connect("bob", "phone").await.unwrap();
+    let mut sent = std::collections::BTreeSet::new();
+    for chunk in 0..30 {
+        let batch: Vec<_> = (0..100)
+            .map(|i| to_bob(chunk * 100 + i, Priority::Normal))
+            .collect();
+        sent.extend(batch.iter().map(|e| e.id));
+        for report in a.send_batch(batch).await {
+            let report = report.unwrap();
+            assert!(matches!(
+                report.outcome,
+                Outcome::Routed {
+                    stored_offline: None,
+                    ..
+                }
+            ));
+        }
+    }
+    let mut delivered = std::collections::BTreeSet::new();
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(3), inbox.recv()).await {
+        delivered.insert(d.envelope.id);
+    }
+    let missing = sent.difference(&delivered).count();
+    println!(
+        "{deployment:?}: sent {} delivered {} missing {missing}",
+        sent.len(),
+        delivered.len()
+    );
+    assert_eq!(missing, 0);
+}

@@ -1,0 +1,75 @@
+//! The metrics scrape after traffic. Alone in its test binary: the
+//! Prometheus recorder is process-wide, so counts here are exact.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test]
+async fn metrics_health_and_readiness_after_traffic() {
+    let settings = with_direct_links(1.0, 0.5, Duration::from_secs(1));
+    let (_, sidecars) = fleet(&settings, 2).await;
+    let mut a = gateway(sidecars[0].grpc_addr()).await;
+    let mut b = gateway(sidecars[1].grpc_addr()).await;
+    let _a_stream = attach(&mut a, "gw-a", "eu").await;
+    let mut b_stream = attach(&mut b, "gw-b", "eu").await;
+    online(&mut a, "gw-a", "alice").await;
+    online(&mut b, "gw-b", "bob").await;
+    send_counting(&mut a, 3).await;
+    send(&mut a, "gw-a", message("alice", "nobody", "stored")).await;
+    for _ in 0..3 {
+        next(&mut b_stream).await;
+    }
+
+    let telemetry = sidecars[0].telemetry_addr();
+    assert_eq!(http_get(telemetry, "/healthz").await.0, 200);
+    assert_eq!(http_get(telemetry, "/readyz").await.0, 200);
+    let (status, body) = http_get(telemetry, "/metrics").await;
+    assert_eq!(status, 200);
+    for series in [
+        "# TYPE switchyard_delivery_latency_seconds histogram",
+        "switchyard_delivery_latency_seconds_bucket{via=\"grpc\",le=\"0.001\"}",
+        "switchyard_messages_total{route=\"same_region\",via=\"grpc\",outcome=\"sent\"}",
+        "switchyard_offline_stored_total{reason=\"no_session\"} 1",
+        "switchyard_offline_messages 1",
+        "switchyard_presence_lookups_total{result=",
+        "switchyard_hot_pairs 1",
+        "switchyard_hot_pair_changes_total{change=\"promoted\"} 1",
+        "switchyard_sidecar_attached_gateways 2",
+    ] {
+        assert!(body.contains(series), "{series} missing from:\n{body}");
+    }
+    promtool_check(&body);
+}
+
+/// Runs `promtool check metrics` when Prometheus is installed (Debian
+/// package `prometheus`); says so when it is not.
+fn promtool_check(body: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool not installed (apt-get install prometheus): metrics lint skipped");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
