@@ -14,7 +14,7 @@
 //! a message (`enable.auto.offset.store=false`) and committed periodically,
 //! so nothing the inbox has not accepted is ever committed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,6 +135,12 @@ pub struct KafkaConfig {
     /// which bounds how long a consumer takes to see its topic come back.
     #[serde(with = "humantime_serde")]
     pub metadata_refresh: Duration,
+    /// How long the group coordinator waits for a silent consumer before
+    /// it gives the consumer's partitions away (`session.timeout.ms`): how
+    /// long a restarted gateway may wait for the partition its crashed
+    /// predecessor held.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
     /// How long start-up waits for the brokers to answer before failing.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -163,6 +169,7 @@ impl Default for KafkaConfig {
             fetch_wait_max: Duration::from_millis(5),
             commit_interval: Duration::from_millis(200),
             metadata_refresh: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             queue: 1024,
             topics: KafkaTopicsConfig::default(),
@@ -225,6 +232,12 @@ pub struct KafkaTransport {
     health: Arc<HealthCell>,
     /// Topics known to exist, so each is created at most once per process.
     ensured: Mutex<HashSet<String>>,
+    /// One slot per consumer group, held by the subscription whose consumer
+    /// is in the group until that consumer has committed and left. The next
+    /// subscription of the same gateway in this process waits for it, so it
+    /// starts at the committed offset instead of joining beside a member
+    /// that is leaving and waiting out the rebalance.
+    members: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl KafkaTransport {
@@ -271,6 +284,7 @@ impl KafkaTransport {
             admin,
             health,
             ensured: Mutex::default(),
+            members: Mutex::default(),
         })
     }
 
@@ -334,6 +348,7 @@ impl KafkaTransport {
             // A gateway's first subscription reads what was sent before it.
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", millis(self.config.fetch_wait_max))
+            .set("session.timeout.ms", millis(self.config.session_timeout))
             .set("enable.partition.eof", "false")
             .with_overrides(&self.config)
             .create_with_context(HealthContext(self.health.clone(), Some(me.clone())))
@@ -463,6 +478,24 @@ impl Transport for KafkaTransport {
         let topic = self.topic(me).map_err(subscribe_err)?;
         self.ensure_topic(&topic).await.map_err(subscribe_err)?;
         let group = format!("{}{}", self.config.group_prefix, me);
+        let slot = self
+            .members
+            .lock()
+            .entry(group.clone())
+            .or_default()
+            .clone();
+        let membership =
+            match tokio::time::timeout(self.config.session_timeout, slot.lock_owned()).await {
+                Ok(guard) => Some(guard),
+                Err(_) => {
+                    tracing::warn!(
+                        transport = %KIND, %group,
+                        "another subscription of this gateway is still open in this process; \
+                         joining the group beside it"
+                    );
+                    None
+                }
+            };
         let consumer = self
             .consumer(me, &group)
             .map_err(|e| subscribe_err(format!("consumer for group {group}: {e}")))?;
@@ -500,8 +533,12 @@ impl Transport for KafkaTransport {
                         break;
                     }
                 }
-                // Closing leaves the group and commits stored offsets; it blocks.
-                tokio::task::spawn_blocking(move || drop(consumer));
+                // Closing commits stored offsets and leaves the group; it
+                // blocks. The next subscription of this gateway waits for it.
+                tokio::task::spawn_blocking(move || {
+                    drop(consumer);
+                    drop(membership);
+                });
             },
         ))
     }
