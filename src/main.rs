@@ -13,6 +13,12 @@ use switchyard::policy::Policy;
 use switchyard::transport::TransportKind;
 use switchyard::{router, Destination, Envelope, GatewayInfo, Settings};
 
+// The router allocates a few small buffers per message on several threads;
+// glibc's allocator took about a fifth of the CPU of a Redis route
+// (docs/BENCHMARKS.md). The library leaves the choice to the gateway.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A message router for chat and IM back ends.
 #[derive(Parser)]
 #[command(version, about)]

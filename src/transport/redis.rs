@@ -258,7 +258,7 @@ impl Transport for RedisTransport {
     }
 
     async fn subscribe(&self, me: &GatewayId) -> Result<Subscription, TransportError> {
-        let mut pushed = self
+        let pushed = self
             .redis
             .subscribe(self.channel(me), "transport", self.config.queue)
             .await
@@ -267,42 +267,41 @@ impl Transport for RedisTransport {
                 gateway: me.clone(),
                 reason: e.to_string(),
             })?;
-        let (tx, rx) = mpsc::channel(self.config.queue.max(1));
+        // Live messages pass straight through (no task or channel of their
+        // own: one hand-off less per message); gap replays run beside them
+        // on a channel of their own.
+        let (replays, replayed) = mpsc::channel(self.config.queue.max(1));
         let redis = self.redis.clone();
         let replay_key = self.replay_key(me);
         let window = self.config.replay_window;
         let health = self.health.clone();
         let gateway = me.clone();
-        tokio::spawn(async move {
-            while let Some(event) = tokio::select! {
-                event = pushed.recv() => event,
-                () = tx.closed() => None,
-            } {
-                match event {
-                    Pushed::Message(bytes) => {
-                        if tx.send(Incoming { bytes, ack: None }).await.is_err() {
-                            return;
-                        }
-                    }
-                    Pushed::Dropped => health.down(format!("subscription of {gateway} lost")),
-                    Pushed::Resumed { gap } => {
-                        health.up();
-                        if !window.is_zero() {
-                            // Off the live path: new messages keep flowing meanwhile.
-                            tokio::spawn(replay_after_gap(
-                                redis.clone(),
-                                replay_key.clone(),
-                                Instant::now() - gap,
-                                window,
-                                tx.clone(),
-                                gateway.clone(),
-                            ));
-                        }
-                    }
+        let live = ReceiverStream::new(pushed).filter_map(move |event| {
+            let incoming = match event {
+                Pushed::Message(bytes) => Some(Incoming { bytes, ack: None }),
+                Pushed::Dropped => {
+                    health.down(format!("subscription of {gateway} lost"));
+                    None
                 }
-            }
+                Pushed::Resumed { gap } => {
+                    health.up();
+                    if !window.is_zero() {
+                        // Off the live path: new messages keep flowing meanwhile.
+                        tokio::spawn(replay_after_gap(
+                            redis.clone(),
+                            replay_key.clone(),
+                            Instant::now() - gap,
+                            window,
+                            replays.clone(),
+                            gateway.clone(),
+                        ));
+                    }
+                    None
+                }
+            };
+            std::future::ready(incoming)
         });
-        Ok(ReceiverStream::new(rx).boxed())
+        Ok(futures::stream::select(live, ReceiverStream::new(replayed)).boxed())
     }
 
     fn health(&self) -> Health {
