@@ -107,6 +107,7 @@ pub(crate) fn spawn(
     let mut merged = stream::select_all(wire.chain(std::iter::once(local)));
     tokio::spawn(async move {
         let mut window = DedupeWindow::new(dedupe_window);
+        let mut latencies = telemetry::DeliveryLatency::default();
         while let Some(arrival) = merged.next().await {
             let (via, decoded, ack) = match arrival {
                 Arrival::Wire(kind, incoming) => (
@@ -117,7 +118,9 @@ pub(crate) fn spawn(
                 Arrival::Decoded(via, env) => (via, Ok(env), None),
             };
             let accepted = match decoded {
-                Ok(envelope) => accept(&mut window, &policy, via, envelope, &tx).await,
+                Ok(envelope) => {
+                    accept(&mut window, &mut latencies, &policy, via, envelope, &tx).await
+                }
                 Err(err) => {
                     reject(via, &err);
                     Ok(())
@@ -150,6 +153,7 @@ fn reject(via: Via, err: &EnvelopeError) {
 
 async fn accept(
     window: &mut DedupeWindow,
+    latencies: &mut telemetry::DeliveryLatency,
     policy: &LivePolicy,
     via: Via,
     envelope: Envelope,
@@ -168,7 +172,7 @@ async fn accept(
     }
     let latency =
         Duration::from_micros(now.saturating_sub(envelope.created_at_micros).max(0) as u64);
-    telemetry::delivery_latency(via.as_str(), latency);
+    latencies.record(via.as_str(), latency);
     if let Via::Transport(kind) = via {
         policy.record_delivery(kind, latency);
     }

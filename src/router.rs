@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
-use futures::future::join_all;
+use futures::future::{join_all, FutureExt};
 use tokio::sync::mpsc;
 
 use crate::backends::Backends;
@@ -390,10 +390,27 @@ impl Router {
         let mut results: Vec<Option<Result<SendReport, SendError>>> =
             Vec::with_capacity(envelopes.len());
         let mut planned: Vec<Option<Planned>> = Vec::with_capacity(envelopes.len());
-        // Lookups of different messages are independent: with a remote store
-        // they overlap instead of paying one round trip after another.
-        let plans = join_all(envelopes.into_iter().map(|e| self.plan(e))).await;
-        for plan in plans {
+        // Most plans finish on their first poll (presence and block lists
+        // cached in process): those are taken at once, and only plans that
+        // wait on a store are joined, overlapping their round trips. A
+        // `join_all` of every plan cost a task slot and a wake per message.
+        let mut plans = Vec::with_capacity(envelopes.len());
+        let mut waiting = Vec::new();
+        for envelope in envelopes {
+            let mut plan = Box::pin(self.plan(envelope));
+            match plan.as_mut().now_or_never() {
+                Some(done) => plans.push(Some(done)),
+                None => {
+                    waiting.push((plans.len(), plan));
+                    plans.push(None);
+                }
+            }
+        }
+        let (slots, waiting): (Vec<usize>, Vec<_>) = waiting.into_iter().unzip();
+        for (slot, done) in slots.into_iter().zip(join_all(waiting).await) {
+            plans[slot] = Some(done);
+        }
+        for plan in plans.into_iter().flatten() {
             match plan {
                 Ok(plan) => {
                     results.push(None);

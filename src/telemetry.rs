@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::Unit;
+use metrics::{Counter, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 
@@ -217,9 +217,54 @@ pub fn kafka_consumer_lag(gateway: &GatewayId, records: i64) {
     metrics::gauge!(KAFKA_CONSUMER_LAG, "gateway" => gateway.to_string()).set(records as f64);
 }
 
-/// Records one delivery's end-to-end latency.
-pub fn delivery_latency(via: &'static str, latency: Duration) {
-    metrics::histogram!(DELIVERY_LATENCY, "via" => via).record(latency.as_secs_f64());
+/// Hit and miss counters of one cache, resolved on first use instead of
+/// per lookup: a labelled `counter!` is a registry lookup, and caches are
+/// asked once per message (about 4 % of the router's CPU,
+/// docs/BENCHMARKS.md). On first use, not at construction, so a recorder
+/// installed after the cache was built (the sidecar builds its backends
+/// first) is the one counted in.
+pub(crate) struct LookupCounters {
+    name: &'static str,
+    handles: OnceLock<[Counter; 2]>,
+}
+
+impl LookupCounters {
+    pub(crate) const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            handles: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn record(&self, hit: bool) {
+        let [hits, misses] = self.handles.get_or_init(|| {
+            [
+                metrics::counter!(self.name, "result" => "hit"),
+                metrics::counter!(self.name, "result" => "miss"),
+            ]
+        });
+        if hit { hits } else { misses }.increment(1);
+    }
+}
+
+/// One inbox's end-to-end delivery latency histograms, by how messages
+/// arrived; each resolved on its first delivery (see [`LookupCounters`]).
+#[derive(Default)]
+pub(crate) struct DeliveryLatency(Vec<(&'static str, Histogram)>);
+
+impl DeliveryLatency {
+    /// Records one delivery's latency.
+    pub(crate) fn record(&mut self, via: &'static str, latency: Duration) {
+        let i = match self.0.iter().position(|(v, _)| *v == via) {
+            Some(i) => i,
+            None => {
+                let histogram = metrics::histogram!(DELIVERY_LATENCY, "via" => via);
+                self.0.push((via, histogram));
+                self.0.len() - 1
+            }
+        };
+        self.0[i].1.record(latency.as_secs_f64());
+    }
 }
 
 /// Percent of buckets in the canary cohort, by from/to transport.

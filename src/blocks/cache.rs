@@ -16,6 +16,7 @@ use crate::topology::UserId;
 pub struct CachedBlocks {
     store: Arc<dyn BlockList>,
     cache: Option<FollowingCache<UserId, Arc<[UserId]>>>,
+    lookups: telemetry::LookupCounters,
 }
 
 impl CachedBlocks {
@@ -26,7 +27,11 @@ impl CachedBlocks {
             config.cache_ttl,
             Some(store.changes()),
         );
-        Self { store, cache }
+        Self {
+            store,
+            cache,
+            lookups: telemetry::LookupCounters::new(telemetry::BLOCK_LOOKUPS),
+        }
     }
 
     fn invalidate(&self, user: &UserId) {
@@ -62,8 +67,7 @@ impl BlockList for CachedBlocks {
             Ok::<_, StoreError>(Arc::from(blocked))
         };
         let (blocked, hit) = cache.get_or_load(recipient, load).await?;
-        let result = if hit { "hit" } else { "miss" };
-        metrics::counter!(telemetry::BLOCK_LOOKUPS, "result" => result).increment(1);
+        self.lookups.record(hit);
         Ok(blocked.binary_search(sender).is_ok())
     }
 

@@ -17,6 +17,7 @@ use crate::topology::{DeviceId, GatewayId, UserId};
 pub struct CachedPresence {
     store: Arc<dyn PresenceStore>,
     cache: Option<FollowingCache<UserId, Arc<[Session]>>>,
+    lookups: telemetry::LookupCounters,
 }
 
 impl CachedPresence {
@@ -27,7 +28,11 @@ impl CachedPresence {
             config.cache_ttl,
             Some(store.changes()),
         );
-        Self { store, cache }
+        Self {
+            store,
+            cache,
+            lookups: telemetry::LookupCounters::new(telemetry::PRESENCE_LOOKUPS),
+        }
     }
 
     fn invalidate(&self, user: &UserId) {
@@ -43,8 +48,7 @@ impl CachedPresence {
         };
         let load = async { self.store.locate(user).await.map(Arc::from) };
         let (sessions, hit) = cache.get_or_load(user, load).await?;
-        let result = if hit { "hit" } else { "miss" };
-        metrics::counter!(telemetry::PRESENCE_LOOKUPS, "result" => result).increment(1);
+        self.lookups.record(hit);
         Ok(sessions)
     }
 }
