@@ -4,6 +4,9 @@
 //! - Every subscriber connection is killed (`CLIENT KILL TYPE pubsub`,
 //!   standalone and every cluster node): the transport reconnects,
 //!   resubscribes and re-reads the gap.
+//! - A standalone Redis (a private `redis-server` with an append-only
+//!   file) is killed and restarted: publishers reconnect, the subscriber
+//!   resubscribes and re-reads its gap.
 //! - The cluster master that owns the receiving gateway's channel is shut
 //!   down: its replica is promoted and sends continue. The node is restarted
 //!   afterwards (it rejoins as a replica) so later tests and runs find a
@@ -14,6 +17,7 @@
 //! a time and in their own binary.
 
 mod redis_support;
+mod support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -220,5 +224,49 @@ async fn a_killed_subscriber_resubscribes_and_no_high_priority_message_is_lost(
     assert!(
         delivered > 300,
         "only {delivered} of 400 delivered live after the kill"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_redis_is_reconnected_and_no_high_priority_message_is_lost() {
+    // A private server: killing the shared one would fail every other test.
+    let mut server = support::PrivateBroker::redis().await;
+    let mut redis = redis_config(Deployment::Standalone);
+    redis.url = server.address();
+    redis.response_timeout = Duration::from_millis(500);
+    redis.connect_timeout = Duration::from_millis(500);
+    let mut settings = settings(&redis);
+    settings.delivery.publish_timeout = Duration::from_secs(1);
+    let (a, _) = router(&settings, "gw-a").await;
+    let (b, mut inbox) = router(&settings, "gw-b").await;
+    b.connect("bob", "phone").await.unwrap();
+
+    // The outage overlaps the sends (about 6 ms each): they fail, are
+    // retried, and resume once the server is back.
+    let outage = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        server.kill();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        server.run().await.expect("redis-server restarts");
+        Instant::now()
+    };
+    let (sent, back) = tokio::join!(steady_send(&a, 400, usize::MAX, async {}), outage);
+    let ended = Instant::now();
+    assert!(back < ended, "the restart did not happen during the sends");
+    let (delivered, offline, missing) =
+        account(&b, &mut inbox, &sent, Duration::from_secs(20)).await;
+    println!(
+        "restart: sent {} delivered {delivered} stored offline {offline}",
+        sent.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} high-priority messages lost: {missing:?}",
+        missing.len()
+    );
+    // Resubscribed: the messages after the restart were delivered live.
+    assert!(
+        delivered > 300,
+        "only {delivered} of 400 delivered live after the restart"
     );
 }

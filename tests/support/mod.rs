@@ -1,6 +1,6 @@
 //! Shared by the broker tests: settings pointing at the servers that
-//! `scripts/services/*.sh start` runs, and a private NATS server a test
-//! starts, kills and restarts itself (on a free loopback port).
+//! `scripts/services/*.sh start` runs, and private NATS and Redis servers a
+//! test starts, kills and restarts itself (on a free loopback port).
 
 #![allow(dead_code)] // each test crate uses a different part of this module
 
@@ -96,58 +96,109 @@ pub async fn wait_listening(port: u16, within: Duration) -> bool {
     false
 }
 
-/// A `nats-server -js` owned by one test, with file storage in a temp dir
-/// (so stream and consumers survive its restart); killed on drop.
+/// The servers a test can own.
+#[derive(Debug, Clone, Copy)]
+enum Server {
+    Nats,
+    Redis,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Nats => "nats-server",
+            Server::Redis => "redis-server",
+        }
+    }
+
+    /// The command line, keeping its data in `dir` so a restart finds it.
+    fn command(self, port: u16, dir: &std::path::Path) -> Result<Command, String> {
+        let binary = ["/usr/sbin", "/usr/bin", "/usr/local/bin"]
+            .into_iter()
+            .map(|d| PathBuf::from(d).join(self.name()))
+            .find(|p| p.exists())
+            .ok_or(format!(
+                "no {} binary installed (scripts/services/*.sh start installs it)",
+                self.name()
+            ))?;
+        let mut command = Command::new(binary);
+        let port = port.to_string();
+        match self {
+            Server::Nats => command
+                .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+                .arg(dir),
+            // Every write is in the append-only file before it is answered,
+            // as a Redis holding presence and offline messages should run:
+            // a kill loses nothing that was acknowledged.
+            Server::Redis => command
+                .args(["--bind", "127.0.0.1", "--port", &port, "--save", ""])
+                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .arg(dir),
+        };
+        Ok(command)
+    }
+}
+
+/// A `nats-server -js` or `redis-server` owned by one test, with its data
+/// in a temp dir (so streams, consumers and keys survive its restart);
+/// killed on drop.
 pub struct PrivateBroker {
     /// The port it listens on, kept across restarts.
     pub port: u16,
+    server: Server,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
 impl PrivateBroker {
-    /// Starts one, or `None` (with the reason printed) if it cannot run.
-    pub async fn start() -> Option<Self> {
-        let mut broker = Self {
-            port: free_port(),
-            dir: tempfile::tempdir().ok()?,
-            child: None,
-        };
-        if let Err(reason) = broker.run().await {
-            eprintln!("SKIP: cannot start a private nats-server: {reason}");
-            return None;
+    /// Starts a NATS server with JetStream, or `None` (with the reason
+    /// printed) if it cannot run.
+    pub async fn nats() -> Option<Self> {
+        match Self::start(Server::Nats).await {
+            Ok(broker) => Some(broker),
+            Err(reason) => {
+                eprintln!("SKIP: cannot start a private nats-server: {reason}");
+                None
+            }
         }
-        Some(broker)
     }
 
-    /// `nats://127.0.0.1:{port}`.
+    /// Starts a Redis server, or panics with the reason.
+    pub async fn redis() -> Self {
+        Self::start(Server::Redis)
+            .await
+            .unwrap_or_else(|reason| panic!("cannot start a private redis-server: {reason}"))
+    }
+
+    async fn start(server: Server) -> Result<Self, String> {
+        let mut broker = Self {
+            port: free_port(),
+            server,
+            dir: tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?,
+            child: None,
+        };
+        broker.run().await?;
+        Ok(broker)
+    }
+
+    /// `nats://127.0.0.1:{port}` or `redis://127.0.0.1:{port}`.
     pub fn address(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = match self.server {
+            Server::Nats => "nats",
+            Server::Redis => "redis",
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// (Re)starts the process on the same port and waits until it listens.
     pub async fn run(&mut self) -> Result<(), String> {
-        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .ok_or(
-                "no nats-server binary installed (scripts/services/nats.sh start installs it)",
-            )?;
-        let child = Command::new(binary)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.dir.path())
+        let child = self
+            .server
+            .command(self.port, self.dir.path())?
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("spawn: {e}"))?;
+            .map_err(|e| format!("spawn {}: {e}", self.server.name()))?;
         self.child = Some(child);
         if wait_listening(self.port, Duration::from_secs(20)).await {
             Ok(())
