@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use redis::Value;
 use redis_support::{account, raw, redis_config, router, settings, steady_send, Deployment};
 use switchyard::redis_conn::RedisConfig;
+use switchyard::{Inbox, MessageId, Router};
 use tokio::sync::Mutex;
 
 /// Held by each test: one fault at a time.
@@ -154,17 +155,24 @@ fn restore_cluster(port: u16, config: &[(String, String)]) {
     panic!("node {port} did not rejoin the cluster as a replica");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_master_dies_during_a_steady_send_and_no_high_priority_message_is_lost() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let mut redis = redis_config(Deployment::Cluster);
+/// Gateways `gw-a` and `gw-b` over `redis`, with timeouts short enough for
+/// a fault to be noticed within the test, and bob online on `gw-b`.
+async fn gateways_for_faults(mut redis: RedisConfig) -> (Router, Router, Inbox) {
     redis.response_timeout = Duration::from_millis(500);
     redis.connect_timeout = Duration::from_millis(500);
     let mut settings = settings(&redis);
     settings.delivery.publish_timeout = Duration::from_secs(1);
     let (a, _) = router(&settings, "gw-a").await;
-    let (b, mut inbox) = router(&settings, "gw-b").await;
+    let (b, inbox) = router(&settings, "gw-b").await;
     b.connect("bob", "phone").await.unwrap();
+    (a, b, inbox)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_dies_during_a_steady_send_and_no_high_priority_message_is_lost() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let redis = redis_config(Deployment::Cluster);
+    let (a, b, mut inbox) = gateways_for_faults(redis.clone()).await;
     let victim = master_of(&redis, &format!("{}:gw:{{gw-b}}", redis.key_prefix)).await;
     let victim_config = node_config(victim);
 
@@ -209,10 +217,20 @@ async fn a_killed_subscriber_resubscribes_and_no_high_priority_message_is_lost(
         assert!(killed >= 1, "no subscriber connection was killed");
     })
     .await;
-    let (delivered, offline, missing) =
-        account(&b, &mut inbox, &sent, Duration::from_secs(20)).await;
+    nothing_lost_and_resubscribed(&format!("{deployment:?}"), &b, &mut inbox, &sent).await;
+}
+
+/// Every message of `sent` reached bob's inbox or the offline store, and
+/// more than 300 of the 400 arrived live: the subscription came back.
+async fn nothing_lost_and_resubscribed(
+    what: &str,
+    b: &Router,
+    inbox: &mut Inbox,
+    sent: &[MessageId],
+) {
+    let (delivered, offline, missing) = account(b, inbox, sent, Duration::from_secs(20)).await;
     println!(
-        "{deployment:?}: sent {} delivered {delivered} stored offline {offline}",
+        "{what}: sent {} delivered {delivered} stored offline {offline}",
         sent.len()
     );
     assert!(
@@ -220,10 +238,10 @@ async fn a_killed_subscriber_resubscribes_and_no_high_priority_message_is_lost(
         "{} high-priority messages lost: {missing:?}",
         missing.len()
     );
-    // Resubscribed: the tail of the run was delivered live, not stored.
     assert!(
         delivered > 300,
-        "only {delivered} of 400 delivered live after the kill"
+        "only {delivered} of {} delivered live after the fault",
+        sent.len()
     );
 }
 
@@ -231,15 +249,11 @@ async fn a_killed_subscriber_resubscribes_and_no_high_priority_message_is_lost(
 async fn a_restarted_redis_is_reconnected_and_no_high_priority_message_is_lost() {
     // A private server: killing the shared one would fail every other test.
     let mut server = support::PrivateBroker::redis().await;
-    let mut redis = redis_config(Deployment::Standalone);
-    redis.url = server.address();
-    redis.response_timeout = Duration::from_millis(500);
-    redis.connect_timeout = Duration::from_millis(500);
-    let mut settings = settings(&redis);
-    settings.delivery.publish_timeout = Duration::from_secs(1);
-    let (a, _) = router(&settings, "gw-a").await;
-    let (b, mut inbox) = router(&settings, "gw-b").await;
-    b.connect("bob", "phone").await.unwrap();
+    let redis = RedisConfig {
+        url: server.address(),
+        ..redis_config(Deployment::Standalone)
+    };
+    let (a, b, mut inbox) = gateways_for_faults(redis).await;
 
     // The outage overlaps the sends (about 6 ms each): they fail, are
     // retried, and resume once the server is back.
@@ -250,23 +264,14 @@ async fn a_restarted_redis_is_reconnected_and_no_high_priority_message_is_lost()
         server.run().await.expect("redis-server restarts");
         Instant::now()
     };
-    let (sent, back) = tokio::join!(steady_send(&a, 400, usize::MAX, async {}), outage);
-    let ended = Instant::now();
-    assert!(back < ended, "the restart did not happen during the sends");
-    let (delivered, offline, missing) =
-        account(&b, &mut inbox, &sent, Duration::from_secs(20)).await;
-    println!(
-        "restart: sent {} delivered {delivered} stored offline {offline}",
-        sent.len()
-    );
+    let sending = async {
+        let sent = steady_send(&a, 400, usize::MAX, async {}).await;
+        (sent, Instant::now())
+    };
+    let ((sent, sends_ended), back) = tokio::join!(sending, outage);
     assert!(
-        missing.is_empty(),
-        "{} high-priority messages lost: {missing:?}",
-        missing.len()
+        back < sends_ended,
+        "the restart did not happen during the sends"
     );
-    // Resubscribed: the messages after the restart were delivered live.
-    assert!(
-        delivered > 300,
-        "only {delivered} of 400 delivered live after the restart"
-    );
+    nothing_lost_and_resubscribed("restart", &b, &mut inbox, &sent).await;
 }
