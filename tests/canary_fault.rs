@@ -4,10 +4,16 @@
 //! that other suites use is never touched; Redis is the real one of
 //! `scripts/services/redis.sh`.
 //!
-//! The auto-rollback (window 3 s, at least 20 samples, error rate above 1%)
+//! The auto-rollback (window 3 s, at least 8 samples, error rate above 1%)
 //! fires within the window plus one failed delivery (delivery timeout 1 s)
 //! and one watchdog tick (1 s), and no message is lost: every send is
 //! delivered to each gateway it reported, exactly once, or stored offline.
+//!
+//! Why only 8 samples: with the broker down every mirror publish waits out
+//! the delivery timeout (librdkafka reports it up to a second late), so each
+//! sender yields one failure per 1-2 s, and one sidecar's 8 senders put 8-24
+//! in a 3 s window. With 20, a loaded run once saw 8 of 8 failed and no
+//! rollback for 15 s (docs/OPERATIONS.md, "a canary broker that is down").
 //!
 //!   scripts/services/redis.sh start
 //!   cargo test --test canary_fault
@@ -46,7 +52,7 @@ async fn kafka_down_at_30_percent_rolls_back_and_loses_nothing() {
         "delivery_timeout = \"1s\"\n\
          [transports.kafka.topics]\ncreate = false\n\
          [transports.kafka.properties]\n\"allow.auto.create.topics\" = \"true\"",
-        "enabled = true\nwindow = \"3s\"\nmin_samples = 20\nmax_error_rate = 0.01\nmax_p99 = \"5s\"",
+        "enabled = true\nwindow = \"3s\"\nmin_samples = 8\nmax_error_rate = 0.01\nmax_p99 = \"5s\"",
     );
     let mut sidecars = Vec::new();
     for _ in 0..2 {
