@@ -30,6 +30,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use serde::{Deserialize, Serialize};
+use tokio::sync::OwnedMutexGuard;
 
 use super::pipeline::{enqueue_then_confirm, spawn_subscription};
 use super::{
@@ -138,7 +139,8 @@ pub struct KafkaConfig {
     /// How long the group coordinator waits for a silent consumer before
     /// it gives the consumer's partitions away (`session.timeout.ms`): how
     /// long a restarted gateway may wait for the partition its crashed
-    /// predecessor held.
+    /// predecessor held. Also the longest a new subscription waits for the
+    /// previous one of the same gateway in this process to leave.
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
     /// How long start-up waits for the brokers to answer before failing.
@@ -331,6 +333,30 @@ impl KafkaTransport {
         Ok(())
     }
 
+    /// Waits until the previous subscription of this consumer group in this
+    /// process has committed and left, and returns the membership to hold
+    /// until this one has. A predecessor still open after `session_timeout`
+    /// is a second live subscription: this one joins beside it.
+    async fn wait_for_predecessor(&self, group: &str) -> Option<OwnedMutexGuard<()>> {
+        let slot = self
+            .members
+            .lock()
+            .entry(group.to_owned())
+            .or_default()
+            .clone();
+        match tokio::time::timeout(self.config.session_timeout, slot.lock_owned()).await {
+            Ok(membership) => Some(membership),
+            Err(_) => {
+                tracing::warn!(
+                    transport = %KIND, %group,
+                    "another subscription of this gateway is still open in this process; \
+                     joining the group beside it"
+                );
+                None
+            }
+        }
+    }
+
     fn consumer(
         &self,
         me: &GatewayId,
@@ -478,24 +504,7 @@ impl Transport for KafkaTransport {
         let topic = self.topic(me).map_err(subscribe_err)?;
         self.ensure_topic(&topic).await.map_err(subscribe_err)?;
         let group = format!("{}{}", self.config.group_prefix, me);
-        let slot = self
-            .members
-            .lock()
-            .entry(group.clone())
-            .or_default()
-            .clone();
-        let membership =
-            match tokio::time::timeout(self.config.session_timeout, slot.lock_owned()).await {
-                Ok(guard) => Some(guard),
-                Err(_) => {
-                    tracing::warn!(
-                        transport = %KIND, %group,
-                        "another subscription of this gateway is still open in this process; \
-                         joining the group beside it"
-                    );
-                    None
-                }
-            };
+        let membership = self.wait_for_predecessor(&group).await;
         let consumer = self
             .consumer(me, &group)
             .map_err(|e| subscribe_err(format!("consumer for group {group}: {e}")))?;
@@ -534,11 +543,9 @@ impl Transport for KafkaTransport {
                     }
                 }
                 // Closing commits stored offsets and leaves the group; it
-                // blocks. The next subscription of this gateway waits for it.
-                tokio::task::spawn_blocking(move || {
-                    drop(consumer);
-                    drop(membership);
-                });
+                // blocks. The membership is held until it is done.
+                let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+                drop(membership);
             },
         ))
     }
