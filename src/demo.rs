@@ -605,6 +605,7 @@ async fn receive(
     received: Arc<AtomicU64>,
 ) {
     while let Some(delivery) = inbox.recv().await {
+        inbox.ack(delivery.seq);
         let envelope = &delivery.envelope;
         let from = region_of
             .get(&envelope.sender_gateway)

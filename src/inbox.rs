@@ -1,23 +1,35 @@
 //! The receive path: subscribe to this gateway's address on every enabled
-//! transport, merge the streams, drop malformed bytes and duplicates, and
+//! transport, merge the streams, drop malformed bytes and duplicates,
 //! deliver to the gateway in arrival order (which keeps each transport's
-//! per-pair order).
+//! per-pair order), and ack the transport only once the gateway acked.
+//!
+//! Every delivery carries a sequence number, increasing by one per delivery
+//! of this inbox. The gateway acks cumulatively ([`Inbox::ack`]): acking
+//! `seq` acks it and everything handed out before it. Until then the inbox
+//! keeps the delivery, and the transport is not acked for it (no Kafka
+//! offset committed past it, no JetStream ack, the Redis resume position
+//! left before it, the offline entry kept). At most `limits.inbox_queue`
+//! deliveries are held; past that the inbox stops reading its
+//! subscriptions, so backpressure reaches the transports, not memory.
+//! [`Inbox::redeliver`] hands every unacked delivery out again, oldest
+//! first, before anything new: what a gateway that re-attaches needs.
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
+use foldhash::fast::RandomState;
 use futures::stream::{self, StreamExt};
-use tokio::sync::mpsc;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 
-use std::sync::Arc;
-
 use crate::dedupe::DedupeWindow;
-use crate::envelope::{now_micros, Envelope, EnvelopeError};
+use crate::envelope::{now_micros, Envelope, EnvelopeError, MessageId};
 use crate::policy::live::LivePolicy;
 use crate::telemetry;
-use crate::transport::{Incoming, Subscription, TransportKind};
+use crate::transport::{Acknowledge, Incoming, Subscription, TransportKind};
 
 /// How a delivered message reached this gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -56,89 +68,302 @@ pub struct Delivery {
     pub via: Via,
     /// From the envelope's creation to acceptance by this inbox.
     pub latency: Duration,
+    /// Its place in this inbox, for [`Inbox::ack`]. A redelivered message
+    /// keeps its sequence number.
+    pub seq: u64,
 }
 
-/// The gateway's side of the receive path.
+/// Something the router hands to the inbox directly: a local delivery, or
+/// an offline message with the ack that removes it from the store.
+pub(crate) struct Handed {
+    pub(crate) via: Via,
+    pub(crate) envelope: Envelope,
+    pub(crate) ack: Option<Box<dyn Acknowledge>>,
+}
+
+/// A delivery the gateway has not acked yet, with the transport acks that
+/// wait for it (its own, and those of duplicates that arrived meanwhile).
+struct Pending {
+    delivery: Delivery,
+    acks: Vec<Box<dyn Acknowledge>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Unacked deliveries, oldest first; `pending[i].seq == first + i`.
+    pending: VecDeque<Pending>,
+    /// The sequence number of `pending[0]` (or of the next delivery).
+    first: u64,
+    /// Index in `pending` of the next delivery to hand out.
+    next: usize,
+    /// Sequence numbers of pending deliveries, by message id, so a
+    /// duplicate's transport ack waits for the original's.
+    ids: HashMap<MessageId, u64, RandomState>,
+    /// The feeding task ended (every subscription and the router are gone).
+    closed: bool,
+    /// The gateway dropped its [`Inbox`]: stop reading, ack nothing more.
+    gone: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Something to hand out (new, redelivered) or the inbox closed.
+    readable: Notify,
+    /// The gateway acked (room in the window) or dropped the inbox.
+    writable: Notify,
+    /// Transport acks to send, in ack order.
+    acks: mpsc::UnboundedSender<Box<dyn Acknowledge>>,
+    capacity: usize,
+}
+
+/// The gateway's side of the receive path: take deliveries, ack them.
 pub struct Inbox {
-    deliveries: mpsc::Receiver<Delivery>,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.shared.state.lock();
+        f.debug_struct("Inbox")
+            .field("unacked", &state.next)
+            .field("queued", &(state.pending.len() - state.next))
+            .finish()
+    }
 }
 
 impl Inbox {
-    /// The next delivery; `None` once the router is gone.
+    /// The next delivery; `None` once the router and every subscription are
+    /// gone and everything was handed out.
     pub async fn recv(&mut self) -> Option<Delivery> {
-        self.deliveries.recv().await
+        loop {
+            let readable = self.shared.readable.notified();
+            {
+                let mut state = self.shared.state.lock();
+                if let Some(pending) = state.pending.get(state.next) {
+                    let delivery = pending.delivery.clone();
+                    state.next += 1;
+                    return Some(delivery);
+                }
+                if state.closed {
+                    return None;
+                }
+            }
+            readable.await;
+        }
     }
 
-    /// Polls for the next delivery, for callers that wrap the inbox in a
-    /// stream of their own and want it back afterwards (the sidecar does).
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
-        self.deliveries.poll_recv(cx)
+    /// Acks `seq` and every delivery handed out before it: the inbox forgets
+    /// them and acks their transports. Sequence numbers not handed out yet,
+    /// or acked already, are ignored, so a late or repeated ack is harmless.
+    pub fn ack(&self, seq: u64) {
+        let mut state = self.shared.state.lock();
+        let Some(upto) = seq.checked_sub(state.first).map(|i| i + 1) else {
+            return;
+        };
+        let count = (upto.min(state.next as u64)) as usize;
+        if count == 0 {
+            return;
+        }
+        for pending in state.pending.drain(..count).collect::<Vec<_>>() {
+            state.ids.remove(&pending.delivery.envelope.id);
+            for ack in pending.acks {
+                // Err: the acking task is gone with the subscriptions.
+                let _ = self.shared.acks.send(ack);
+            }
+        }
+        state.first += count as u64;
+        state.next -= count;
+        drop(state);
+        metrics::counter!(telemetry::INBOX_ACKED).increment(count as u64);
+        self.shared.writable.notify_one();
     }
 
-    /// The deliveries as a stream.
-    pub fn into_stream(self) -> ReceiverStream<Delivery> {
-        ReceiverStream::new(self.deliveries)
+    /// Hands out every unacked delivery again, oldest first, before any new
+    /// one: for a gateway that lost what it had taken (its stream dropped,
+    /// its process restarted). Returns how many will be redelivered.
+    pub fn redeliver(&self) -> usize {
+        let mut state = self.shared.state.lock();
+        let again = state.next;
+        state.next = 0;
+        drop(state);
+        if again > 0 {
+            metrics::counter!(telemetry::INBOX_REDELIVERED).increment(again as u64);
+        }
+        self.shared.readable.notify_one();
+        again
+    }
+
+    /// Deliveries handed out and not acked yet.
+    pub fn unacked(&self) -> usize {
+        self.shared.state.lock().next
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        // Unacked deliveries are dropped unacked: a durable transport
+        // redelivers them to the next subscriber.
+        self.shared.state.lock().gone = true;
+        self.shared.writable.notify_one();
     }
 }
 
 /// Something that arrived for this gateway.
 enum Arrival {
     Wire(TransportKind, Incoming),
-    Decoded(Via, Envelope),
+    Handed(Handed),
 }
 
-/// Starts the inbox task over `subscriptions` and the router's in-process
+/// Starts the inbox over `subscriptions` and the router's in-process
 /// channel (`local`, for local and offline deliveries).
 pub(crate) fn spawn(
     policy: Arc<LivePolicy>,
     subscriptions: Vec<(TransportKind, Subscription)>,
-    local: mpsc::Receiver<(Via, Envelope)>,
+    local: mpsc::Receiver<Handed>,
     dedupe_window: usize,
-    queue: usize,
+    capacity: usize,
 ) -> Inbox {
-    let (tx, deliveries) = mpsc::channel(queue);
+    let (acks, ack_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            first: 1,
+            ..State::default()
+        }),
+        readable: Notify::new(),
+        writable: Notify::new(),
+        acks,
+        capacity: capacity.max(1),
+    });
     let wire = subscriptions.into_iter().map(|(kind, sub)| {
         sub.map(move |incoming| Arrival::Wire(kind, incoming))
             .boxed()
     });
-    let local = ReceiverStream::new(local)
-        .map(|(via, env)| Arrival::Decoded(via, env))
-        .boxed();
-    let mut merged = stream::select_all(wire.chain(std::iter::once(local)));
-    tokio::spawn(async move {
-        let mut window = DedupeWindow::new(dedupe_window);
-        let mut latencies = telemetry::DeliveryLatency::default();
-        while let Some(arrival) = merged.next().await {
-            let (via, decoded, ack) = match arrival {
-                Arrival::Wire(kind, incoming) => (
-                    Via::Transport(kind),
-                    Envelope::decode(incoming.bytes),
-                    incoming.ack,
-                ),
-                Arrival::Decoded(via, env) => (via, Ok(env), None),
-            };
-            let accepted = match decoded {
-                Ok(envelope) => {
-                    accept(&mut window, &mut latencies, &policy, via, envelope, &tx).await
-                }
-                Err(err) => {
-                    reject(via, &err);
-                    Ok(())
-                }
-            };
-            if accepted.is_err() {
-                // The gateway dropped its inbox: leave the message unacked so
-                // a durable transport redelivers it to the next subscriber.
-                break;
-            }
-            if let Some(ack) = ack {
-                if let Err(err) = ack.ack().await {
-                    tracing::warn!(%via, %err, "ack failed; the message may be redelivered (and deduped)");
-                }
-            }
+    let local = ReceiverStream::new(local).map(Arrival::Handed).boxed();
+    let merged = stream::select_all(wire.chain(std::iter::once(local)));
+    tokio::spawn(send_acks(ack_rx));
+    tokio::spawn(feed(shared.clone(), policy, merged, dedupe_window));
+    Inbox { shared }
+}
+
+/// Sends transport acks one after another, in the order the gateway acked.
+async fn send_acks(mut acks: mpsc::UnboundedReceiver<Box<dyn Acknowledge>>) {
+    while let Some(ack) = acks.recv().await {
+        if let Err(err) = ack.ack().await {
+            tracing::warn!(%err, "transport ack failed; the message may be redelivered (and deduped)");
         }
-    });
-    Inbox { deliveries }
+    }
+}
+
+/// Takes arrivals while the window has room: decode, dedupe, validate, hold.
+async fn feed(
+    shared: Arc<Shared>,
+    policy: Arc<LivePolicy>,
+    mut merged: stream::SelectAll<futures::stream::BoxStream<'static, Arrival>>,
+    dedupe_window: usize,
+) {
+    let mut window = DedupeWindow::new(dedupe_window);
+    let mut latencies = telemetry::DeliveryLatency::default();
+    loop {
+        // Wait for room before reading on: unread messages stay with the
+        // transports (and their brokers), not in this process.
+        let writable = loop {
+            let writable = shared.writable.notified();
+            let (gone, room) = {
+                let state = shared.state.lock();
+                (state.gone, state.pending.len() < shared.capacity)
+            };
+            if gone {
+                return;
+            }
+            if room {
+                break writable;
+            }
+            writable.await;
+        };
+        let arrival = tokio::select! {
+            arrival = merged.next() => arrival,
+            // Only a dropped inbox wakes this while there is room.
+            () = writable => continue,
+        };
+        let Some(arrival) = arrival else {
+            break;
+        };
+        let (via, decoded, ack) = match arrival {
+            Arrival::Wire(kind, incoming) => (
+                Via::Transport(kind),
+                Envelope::decode(incoming.bytes),
+                incoming.ack,
+            ),
+            Arrival::Handed(handed) => (handed.via, Ok(handed.envelope), handed.ack),
+        };
+        let envelope = match decoded {
+            Ok(envelope) => envelope,
+            Err(err) => {
+                // Unreadable now is unreadable on redelivery too: ack it away.
+                reject(via, &err);
+                fire(&shared, ack);
+                continue;
+            }
+        };
+        if !window.insert(envelope.id) {
+            metrics::counter!(telemetry::INBOX_DUPLICATES, "via" => via.as_str()).increment(1);
+            duplicate(&shared, envelope.id, ack);
+            continue;
+        }
+        let now = now_micros();
+        // Bytes from the wire were never validated by this process: a message
+        // past its ttl, or without a sender, is refused here, counted and logged.
+        if let Err(err) = envelope.validate(usize::MAX, now) {
+            reject(via, &err);
+            fire(&shared, ack);
+            continue;
+        }
+        let latency =
+            Duration::from_micros(now.saturating_sub(envelope.created_at_micros).max(0) as u64);
+        latencies.record(via.as_str(), latency);
+        if let Via::Transport(kind) = via {
+            policy.record_delivery(kind, latency);
+        }
+        let mut state = shared.state.lock();
+        let seq = state.first + state.pending.len() as u64;
+        state.ids.insert(envelope.id, seq);
+        state.pending.push_back(Pending {
+            delivery: Delivery {
+                envelope,
+                via,
+                latency,
+                seq,
+            },
+            acks: ack.into_iter().collect(),
+        });
+        drop(state);
+        shared.readable.notify_one();
+    }
+    shared.state.lock().closed = true;
+    shared.readable.notify_one();
+}
+
+/// A duplicate's transport ack waits for the original while the gateway has
+/// not acked that yet (acking it now could commit past the only copy);
+/// otherwise it goes at once.
+fn duplicate(shared: &Shared, id: MessageId, ack: Option<Box<dyn Acknowledge>>) {
+    let Some(ack) = ack else { return };
+    let mut state = shared.state.lock();
+    if let Some(seq) = state.ids.get(&id).copied() {
+        let index = (seq - state.first) as usize;
+        if let Some(original) = state.pending.get_mut(index) {
+            original.acks.push(ack);
+            return;
+        }
+    }
+    drop(state);
+    fire(shared, Some(ack));
+}
+
+fn fire(shared: &Shared, ack: Option<Box<dyn Acknowledge>>) {
+    if let Some(ack) = ack {
+        let _ = shared.acks.send(ack);
+    }
 }
 
 fn reject(via: Via, err: &EnvelopeError) {
@@ -149,38 +374,4 @@ fn reject(via: Via, err: &EnvelopeError) {
     tracing::warn!(%via, %err, "inbox rejected a message");
     metrics::counter!(telemetry::INBOX_REJECTED, "via" => via.as_str(), "reason" => reason)
         .increment(1);
-}
-
-async fn accept(
-    window: &mut DedupeWindow,
-    latencies: &mut telemetry::DeliveryLatency,
-    policy: &LivePolicy,
-    via: Via,
-    envelope: Envelope,
-    tx: &mpsc::Sender<Delivery>,
-) -> Result<(), ()> {
-    if !window.insert(envelope.id) {
-        metrics::counter!(telemetry::INBOX_DUPLICATES, "via" => via.as_str()).increment(1);
-        return Ok(());
-    }
-    let now = now_micros();
-    // Bytes from the wire were never validated by this process: a message
-    // past its ttl, or without a sender, is refused here, counted and logged.
-    if let Err(err) = envelope.validate(usize::MAX, now) {
-        reject(via, &err);
-        return Ok(());
-    }
-    let latency =
-        Duration::from_micros(now.saturating_sub(envelope.created_at_micros).max(0) as u64);
-    latencies.record(via.as_str(), latency);
-    if let Via::Transport(kind) = via {
-        policy.record_delivery(kind, latency);
-    }
-    tx.send(Delivery {
-        envelope,
-        via,
-        latency,
-    })
-    .await
-    .map_err(|_| ())
 }

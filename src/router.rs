@@ -15,8 +15,8 @@ use crate::backends::Backends;
 use crate::config::{DeliveryConfig, LimitsConfig, Settings};
 use crate::envelope::{now_micros, Destination, Envelope, MessageId, Priority};
 use crate::error::{BuildError, SendError, StoreError};
-use crate::inbox::{self, Inbox, Via};
-use crate::offline::OfflineReason;
+use crate::inbox::{self, Handed, Inbox, Via};
+use crate::offline::{OfflineAck, OfflineReason};
 use crate::policy::handover::Handover;
 use crate::policy::live::LivePolicy;
 use crate::policy::{Decision, Policy, Route, TransportList};
@@ -24,9 +24,6 @@ use crate::presence::{PresenceStore, Session};
 use crate::telemetry;
 use crate::topology::{DeviceId, GatewayId, GatewayInfo, GroupId, Region, UserId};
 use crate::transport::{Ack, Health, TransportError, TransportKind};
-
-/// Offline messages replayed per read on attach.
-const REPLAY_CHUNK: usize = 256;
 
 /// One gateway's handle: sends messages, manages its users' presence and
 /// groups, and feeds its [`Inbox`]. Cheap to clone.
@@ -41,8 +38,10 @@ struct Inner {
     policy: Arc<LivePolicy>,
     limits: LimitsConfig,
     delivery: DeliveryConfig,
+    /// Offline messages replayed per connect: the store keeps no more.
+    replay_limit: usize,
     /// The inbox's in-process input: local and offline deliveries.
-    local: mpsc::Sender<(Via, Envelope)>,
+    local: mpsc::Sender<Handed>,
     /// Last transport per target gateway, for order across a change.
     handover: Handover,
 }
@@ -138,6 +137,7 @@ impl RouterBuilder {
                 policy,
                 limits: settings.limits,
                 delivery: settings.delivery,
+                replay_limit: settings.offline.max_per_user,
                 local,
                 handover: Handover::default(),
             }),
@@ -246,8 +246,9 @@ impl Router {
     }
 
     /// A user's device connected to this gateway: marks it online and
-    /// replays the user's offline messages into the inbox (oldest first),
-    /// removing each chunk once the inbox has accepted it. Returns how many
+    /// replays the user's offline messages into the inbox (oldest first).
+    /// Each stays stored until the gateway acks its delivery, so a crash
+    /// before then replays it again on the next connect. Returns how many
     /// were replayed.
     pub async fn connect(
         &self,
@@ -264,27 +265,22 @@ impl Router {
         let user = session.user.clone();
         self.inner.backends.directory.online(session).await?;
         let offline = &self.inner.backends.offline;
+        let stored = offline.read(&user, self.inner.replay_limit).await?;
         let mut replayed = 0;
-        loop {
-            let chunk = offline.read(&user, REPLAY_CHUNK).await?;
-            if chunk.is_empty() {
-                return Ok(replayed);
+        for envelope in stored {
+            let ack = OfflineAck::new(offline.clone(), user.clone(), envelope.id);
+            let handed = Handed {
+                via: Via::Offline,
+                envelope,
+                ack: Some(Box::new(ack)),
+            };
+            if self.inner.local.send(handed).await.is_err() {
+                // The inbox is gone; the rest stays stored.
+                break;
             }
-            let ids: Vec<MessageId> = chunk.iter().map(|e| e.id).collect();
-            for envelope in chunk {
-                if self
-                    .inner
-                    .local
-                    .send((Via::Offline, envelope))
-                    .await
-                    .is_err()
-                {
-                    // The inbox is gone; what was not acked stays stored.
-                    return Ok(replayed);
-                }
-            }
-            replayed += offline.ack(&user, &ids).await?;
+            replayed += 1;
         }
+        Ok(replayed)
     }
 
     /// A user's device disconnected from this gateway.
@@ -298,6 +294,27 @@ impl Router {
             .offline(&user.into(), &device.into())
             .await
             .map(drop)
+    }
+
+    /// The same gateway at a new region or address (it re-attached from
+    /// elsewhere): re-registers it and returns its router there. Transport
+    /// addresses depend only on the gateway id, so the inbox, and every
+    /// delivery it holds, stays with the new router.
+    pub async fn moved(&self, to: GatewayInfo) -> Result<Router, StoreError> {
+        let inner = &self.inner;
+        inner.backends.registry.register(&to).await?;
+        Ok(Router {
+            inner: Arc::new(Inner {
+                me: to,
+                backends: inner.backends.clone(),
+                policy: inner.policy.clone(),
+                limits: inner.limits.clone(),
+                delivery: inner.delivery.clone(),
+                replay_limit: inner.replay_limit,
+                local: inner.local.clone(),
+                handover: Handover::default(),
+            }),
+        })
     }
 
     /// The gateway is alive: refreshes its registration and its sessions' TTL.
@@ -530,9 +547,14 @@ impl Router {
 
     async fn deliver_locally(&self, plans: &[&Planned]) -> Result<Via, String> {
         for plan in plans {
+            let handed = Handed {
+                via: Via::Local,
+                envelope: plan.envelope.clone(),
+                ack: None,
+            };
             self.inner
                 .local
-                .send((Via::Local, plan.envelope.clone()))
+                .send(handed)
                 .await
                 .map_err(|_| "this gateway's inbox is closed".to_string())?;
         }

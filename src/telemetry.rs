@@ -29,6 +29,10 @@ pub const BLOCK_LOOKUPS: &str = "switchyard_block_lookups_total";
 pub const INBOX_REJECTED: &str = "switchyard_inbox_rejected_total";
 /// Duplicate messages the inbox dropped, by transport.
 pub const INBOX_DUPLICATES: &str = "switchyard_inbox_duplicates_total";
+/// Deliveries the gateway acked.
+pub const INBOX_ACKED: &str = "switchyard_inbox_acked_total";
+/// Unacked deliveries handed out again (a gateway re-attached).
+pub const INBOX_REDELIVERED: &str = "switchyard_inbox_redelivered_total";
 /// Messages written to the offline store, by reason.
 pub const OFFLINE_STORED: &str = "switchyard_offline_stored_total";
 /// Offline messages dropped because a user's store was full or too old.
@@ -44,6 +48,9 @@ pub const REDIS_SUBSCRIBER_DROPS: &str = "switchyard_redis_subscriber_drops_tota
 pub const REDIS_SUBSCRIBE_GAP: &str = "switchyard_redis_subscribe_gap_seconds";
 /// Messages re-read from a gateway's Redis replay stream after a gap.
 pub const REDIS_REPLAYED: &str = "switchyard_redis_replayed_total";
+/// Times a Redis subscription could not resume where its predecessor left
+/// off: the replay stream no longer held it (messages were lost).
+pub const REDIS_RESUME_GAPS: &str = "switchyard_redis_resume_gaps_total";
 
 /// Messages waiting in the offline store (its depth), over all users.
 pub const OFFLINE_MESSAGES: &str = "switchyard_offline_messages";
@@ -161,6 +168,17 @@ fn describe() {
         INBOX_DUPLICATES,
         Unit::Count,
         "Duplicate messages the inbox dropped."
+    );
+    describe_counter!(INBOX_ACKED, Unit::Count, "Deliveries the gateway acked.");
+    describe_counter!(
+        INBOX_REDELIVERED,
+        Unit::Count,
+        "Unacked deliveries handed out again because the gateway re-attached."
+    );
+    describe_counter!(
+        REDIS_RESUME_GAPS,
+        Unit::Count,
+        "Redis subscriptions that could not resume where their predecessor left off (messages lost)."
     );
     describe_counter!(
         OFFLINE_STORED,

@@ -117,6 +117,7 @@ async fn drain(to: &mut Gateway, ids: &HashSet<MessageId>) -> (usize, HashSet<Vi
                 to.router.gateway().id
             );
         };
+        to.inbox.ack(d.seq);
         assert!(
             missing.remove(&d.envelope.id),
             "unexpected or duplicate delivery {}",

@@ -37,6 +37,7 @@ async fn two_routers_in_one_region_talk_over_redis(deployment: Deployment) {
             .await
             .expect("delivery within 5 s")
             .expect("inbox open");
+        inbox.ack(delivery.seq);
         assert_eq!(delivery.envelope.payload, format!("m{i}"), "in order");
         assert_eq!(delivery.via, Via::Transport(TransportKind::Redis));
     }
@@ -133,6 +134,7 @@ async fn a_gateway_that_falls_behind_loses_no_confirmed_message(deployment: Depl
     }
     let mut delivered = std::collections::BTreeSet::new();
     while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(3), inbox.recv()).await {
+        inbox.ack(d.seq);
         delivered.insert(d.envelope.id);
     }
     let missing = sent.difference(&delivered).count();

@@ -11,6 +11,7 @@ mod common;
 use std::time::Duration;
 
 use switchyard::proto;
+use switchyard::sidecar::client::Attachment;
 use switchyard::sidecar::Sidecar;
 use switchyard::Settings;
 
@@ -55,12 +56,14 @@ fn settings(run: &str) -> Settings {
 
 /// The next delivery, failing after 20 s: Kafka's first record waits for
 /// the consumer group to settle.
-async fn next(stream: &mut tonic::Streaming<proto::Delivery>) -> proto::Delivery {
-    tokio::time::timeout(Duration::from_secs(20), stream.message())
+async fn next(stream: &mut Attachment) -> proto::Delivery {
+    let delivery = tokio::time::timeout(Duration::from_secs(20), stream.next())
         .await
         .expect("a delivery within 20 s")
         .expect("stream ok")
-        .expect("stream open")
+        .expect("stream open");
+    stream.ack(delivery.seq);
+    delivery
 }
 
 /// Three sidecars, each on its own backends: A and B in `eu`, C in `us`.

@@ -44,21 +44,24 @@ async fn auth_refuses_missing_and_wrong_tokens_and_impersonation() {
         address: String::new(),
     };
 
-    let status = client.attach(attach("gw-a")).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unauthenticated, "no token: {status:?}");
-    let status = client
-        .attach(bearer(attach("gw-a"), "token-x"))
+    let status = Attachment::open(&mut client, attach("gw-a"))
         .await
-        .unwrap_err();
+        .err()
+        .expect("refused");
+    assert_eq!(status.code(), Code::Unauthenticated, "no token: {status:?}");
+    let status = Attachment::open(&mut client, bearer(attach("gw-a"), "token-x"))
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(
         status.code(),
         Code::Unauthenticated,
         "wrong token: {status:?}"
     );
-    let status = client
-        .attach(bearer(attach("gw-b"), "token-a"))
+    let status = Attachment::open(&mut client, bearer(attach("gw-b"), "token-a"))
         .await
-        .unwrap_err();
+        .err()
+        .expect("refused");
     assert_eq!(
         status.code(),
         Code::PermissionDenied,
@@ -68,8 +71,7 @@ async fn auth_refuses_missing_and_wrong_tokens_and_impersonation() {
         !status.message().contains("token-a"),
         "a token leaked: {status:?}"
     );
-    let _stream = client
-        .attach(bearer(attach("gw-a"), "token-a"))
+    let _stream = Attachment::open(&mut client, bearer(attach("gw-a"), "token-a"))
         .await
         .unwrap();
     client

@@ -8,8 +8,10 @@ example never drifts from the API. Usage:
     python3 examples/python/client.py 127.0.0.1:50051
 
 It attaches two gateways, brings a user online on each, sends a message and
-a batch from one to the other, reads the deliveries from the Attach stream,
-and exits 0 when every outcome and delivery is as expected.
+a batch from one to the other, reads the deliveries from the Attach stream
+and acks them (cumulatively, by `seq`), shows that a delivery left unacked
+comes again on the next Attach, and exits 0 when every outcome and delivery
+is as expected.
 """
 
 import os
@@ -44,22 +46,48 @@ def main(address):
     channel = grpc.insecure_channel(address)
     gateway = gateway_pb2_grpc.GatewayStub(channel)
 
-    # Attach both gateways; read gw-py-b's deliveries on a thread. The
-    # response headers arrive once the sidecar has attached the gateway.
-    stream_a = gateway.Attach(gateway_pb2.AttachRequest(gateway_id="gw-py-a", region="eu"))
-    stream_b = gateway.Attach(gateway_pb2.AttachRequest(gateway_id="gw-py-b", region="us"))
-    stream_a.initial_metadata()
-    stream_b.initial_metadata()
-    deliveries = queue.Queue()
+    def attach(gateway_id, region):
+        """Opens an Attach stream: the first message attaches, later ones ack.
+        Returns (deliveries, ack, close, stream); `ack(seq)` acks every
+        delivery up to seq, `close()` ends the gateway's side after its acks. A real gateway acks once it handed a delivery to its user's
+        connection, in batches: one ack covers everything before it."""
+        outgoing = queue.Queue()
+        outgoing.put(gateway_pb2.AttachMessage(
+            attach=gateway_pb2.AttachRequest(gateway_id=gateway_id, region=region)))
 
-    def read():
-        try:
-            for delivery in stream_b:
-                deliveries.put(delivery)
-        except grpc.RpcError:
-            pass  # cancelled at exit
+        def requests():
+            while True:
+                message = outgoing.get()
+                if message is None:
+                    return
+                yield message
 
-    threading.Thread(target=read, daemon=True).start()
+        stream = gateway.Attach(requests())
+        # The response headers arrive once the sidecar has attached the gateway.
+        stream.initial_metadata()
+        deliveries = queue.Queue()
+
+        def read():
+            try:
+                for delivery in stream:
+                    deliveries.put(delivery)
+            except grpc.RpcError:
+                pass  # cancelled
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+
+        def ack(seq):
+            outgoing.put(gateway_pb2.AttachMessage(ack=gateway_pb2.Ack(seq=seq)))
+
+        def close():
+            outgoing.put(None)
+            reader.join(timeout=5)  # the sidecar ends its side once ours ended
+
+        return deliveries, ack, close, stream
+
+    _, _, _, stream_a = attach("gw-py-a", "eu")
+    deliveries, ack, close, stream_b = attach("gw-py-b", "us")
 
     gateway.Online(gateway_pb2.OnlineRequest(gateway_id="gw-py-a", user="ada", device="laptop"))
     gateway.Online(gateway_pb2.OnlineRequest(gateway_id="gw-py-b", user="grace", device="phone"))
@@ -81,8 +109,17 @@ def main(address):
     assert kinds == ["routed", "routed", "routed"], kinds
     assert batch[2].routed.stored_offline == gateway_pb2.OFFLINE_REASON_NO_SESSION, batch[2]
 
-    received = [deliveries.get(timeout=5).envelope.payload for _ in range(3)]
-    assert received == [b"hello", b"one", b"two"], received
+    received = [deliveries.get(timeout=5) for _ in range(3)]
+    assert [d.envelope.payload for d in received] == [b"hello", b"one", b"two"], received
+    # Ack the first two only, then end the stream (a crashing gateway's would
+    # just break): the third comes again, same id and seq, on the next Attach.
+    ack(received[1].seq)
+    close()
+    deliveries, ack, close, stream_b = attach("gw-py-b", "us")
+    again = deliveries.get(timeout=5)
+    assert again.envelope.id == received[2].envelope.id, again
+    assert again.seq == received[2].seq, again
+    ack(again.seq)
 
     # Acting for a user this gateway does not host is refused.
     try:
@@ -99,7 +136,8 @@ def main(address):
 
     stream_a.cancel()
     stream_b.cancel()
-    print("python client: 4 messages routed, 3 delivered, 1 stored offline, 1 refused")
+    print("python client: 4 messages routed, 3 delivered and acked, 1 redelivered "
+          "after a dropped stream, 1 stored offline, 1 refused")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,9 @@ impl Sender for Library {
 /// Latencies of an inbox's deliveries, as measured by the inbox.
 fn latencies(inbox: Inbox) -> BoxStream<'static, Duration> {
     futures::stream::unfold(inbox, |mut inbox| async move {
-        inbox.recv().await.map(|d| (d.latency, inbox))
+        let delivery = inbox.recv().await?;
+        inbox.ack(delivery.seq);
+        Some((delivery.latency, inbox))
     })
     .boxed()
 }

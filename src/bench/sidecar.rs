@@ -13,7 +13,6 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use tonic::transport::{Channel, Endpoint};
-use tonic::Streaming;
 
 use super::drive::{since, Ends, Refused, Sender};
 use super::layout::Layout;
@@ -22,6 +21,7 @@ use crate::backends::Backends;
 use crate::config::Settings;
 use crate::proto::{self, gateway_client::GatewayClient, send_outcome::Result as Outcome};
 use crate::router::KeepAlive;
+use crate::sidecar::client::Attachment;
 use crate::sidecar::Sidecar;
 
 /// Starts a sidecar on `settings` (whose listen addresses are loopback
@@ -68,21 +68,15 @@ impl Gateway {
 
     /// Attaches in `region` (the sidecar registers its own address for
     /// direct links) and brings `user` online; returns the delivery stream.
-    async fn attach(
-        &mut self,
-        region: &str,
-        user: &str,
-    ) -> Result<Streaming<proto::Delivery>, BenchError> {
-        let stream = self
-            .client
-            .attach(proto::AttachRequest {
-                gateway_id: self.id.clone(),
-                region: region.into(),
-                address: String::new(),
-            })
+    async fn attach(&mut self, region: &str, user: &str) -> Result<Attachment, BenchError> {
+        let request = proto::AttachRequest {
+            gateway_id: self.id.clone(),
+            region: region.into(),
+            address: String::new(),
+        };
+        let stream = Attachment::open(&mut self.client, request)
             .await
-            .map_err(|s| failed(&self.id, "Attach", s.message().into()))?
-            .into_inner();
+            .map_err(|s| failed(&self.id, "Attach", s.message().into()))?;
         self.client
             .online(proto::OnlineRequest {
                 gateway_id: self.id.clone(),
@@ -120,7 +114,7 @@ struct ViaSidecar {
     gateway: Gateway,
     layout: Layout,
     /// The sender's own Attach stream, open as a gateway's would be.
-    _attached: Streaming<proto::Delivery>,
+    _attached: Attachment,
     /// The receiving gateways' connections, which carry their streams.
     _receivers: Vec<Gateway>,
     /// Heartbeats of every gateway: a run may outlast the session TTL.
@@ -168,12 +162,19 @@ impl Sender for ViaSidecar {
     }
 }
 
-/// Latencies of the deliveries on an Attach stream, measured on arrival.
-fn latencies(stream: Streaming<proto::Delivery>) -> BoxStream<'static, Duration> {
+/// Deliveries a bench gateway takes before it acks them (with one ack).
+const ACK_EVERY: u64 = 32;
+
+/// Latencies of the deliveries on an Attach stream, measured on arrival;
+/// acked in batches, as a gateway would.
+fn latencies(stream: Attachment) -> BoxStream<'static, Duration> {
     futures::stream::unfold(stream, |mut stream| async move {
         loop {
-            match stream.message().await {
+            match stream.next().await {
                 Ok(Some(delivery)) => {
+                    if delivery.seq % ACK_EVERY == 0 {
+                        stream.ack(delivery.seq);
+                    }
                     if let Some(envelope) = delivery.envelope {
                         return Some((since(envelope.created_at_unix_micros), stream));
                     }

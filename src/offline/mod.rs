@@ -5,6 +5,7 @@
 pub mod memory;
 pub mod redis;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::envelope::{Envelope, MessageId};
 use crate::error::StoreError;
 use crate::topology::UserId;
+use crate::transport::{Acknowledge, TransportError};
 
 /// Why a message went to the offline store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,6 +61,35 @@ pub trait OfflineStore: Send + Sync + 'static {
         user: &UserId,
         limit: usize,
     ) -> Result<Vec<(Envelope, String)>, StoreError>;
+}
+
+/// Removes one replayed message from its user's queue once the gateway
+/// acked its delivery (the inbox's transport ack for offline deliveries).
+pub struct OfflineAck {
+    store: Arc<dyn OfflineStore>,
+    user: UserId,
+    id: MessageId,
+}
+
+impl OfflineAck {
+    /// The ack of message `id` replayed to `user`.
+    pub fn new(store: Arc<dyn OfflineStore>, user: UserId, id: MessageId) -> Self {
+        Self { store, user, id }
+    }
+}
+
+#[async_trait]
+impl Acknowledge for OfflineAck {
+    async fn ack(self: Box<Self>) -> Result<(), TransportError> {
+        self.store
+            .ack(&self.user, &[self.id])
+            .await
+            .map(drop)
+            .map_err(|e| TransportError::OfflineAck {
+                user: self.user.clone(),
+                reason: format!("remove message {}: {e}", self.id),
+            })
+    }
 }
 
 /// `[offline]` settings.

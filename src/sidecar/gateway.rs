@@ -2,13 +2,13 @@
 //! streamed to the gateway, and every other call checked to act only as that
 //! gateway and only for users it hosts.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::time::Duration;
 
-use futures::{Future, FutureExt, Stream};
 use parking_lot::Mutex;
-use tonic::{Request, Response, Status};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::authorize;
 use super::Shared;
@@ -254,53 +254,121 @@ async fn send_all(
         .collect())
 }
 
-/// The Attach stream: the gateway's inbox, ended when the sidecar drains,
-/// and handed back on drop so the gateway can attach again.
-pub struct AttachStream {
-    inbox: Option<Inbox>,
+/// Deliveries queued for the gRPC stream; the inbox's window is the real
+/// bound, this only smooths the hand-off to HTTP/2.
+const STREAM_QUEUE: usize = 256;
+
+/// Streams the inbox to one Attach call and applies the gateway's acks.
+/// When the call ends (the gateway went away, its stream broke, the sidecar
+/// drains), whatever the gateway did not ack is handed out again to the
+/// next Attach, and the inbox goes back to its slot.
+async fn pump(
+    inbox: Inbox,
     slot: Arc<Mutex<Option<Inbox>>>,
-    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
-}
-
-impl Stream for AttachStream {
-    type Item = Result<proto::Delivery, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.stopping.poll_unpin(cx).is_ready() {
-            return Poll::Ready(None);
+    mut acks: Streaming<proto::AttachMessage>,
+    out: mpsc::Sender<Result<proto::Delivery, Status>>,
+    mut stopping: watch::Receiver<bool>,
+    grace: Duration,
+    gateway: GatewayId,
+) {
+    let mut inbox = inbox;
+    let end = loop {
+        tokio::select! {
+            biased;
+            _ = async { drop(stopping.wait_for(|stop| *stop).await) } => {
+                drain(&inbox, &mut acks, grace).await;
+                break Some(Status::unavailable("the sidecar is shutting down: attach to another one"));
+            }
+            message = acks.message() => match message {
+                Ok(Some(proto::AttachMessage { kind: Some(proto::attach_message::Kind::Ack(ack)) })) => {
+                    inbox.ack(ack.seq);
+                }
+                Ok(Some(_)) => {
+                    break Some(Status::invalid_argument(
+                        "after the AttachRequest, an Attach stream carries only acks",
+                    ));
+                }
+                // Half-closed or broken: the gateway is gone.
+                Ok(None) => break None,
+                Err(status) => {
+                    tracing::debug!(%gateway, %status, "attach stream broke");
+                    break None;
+                }
+            },
+            next = next_delivery(&mut inbox, &out) => match next {
+                Some((permit, delivery)) => permit.send(Ok(delivery)),
+                None => break None,
+            },
         }
-        let Some(inbox) = self.inbox.as_mut() else {
-            return Poll::Ready(None);
-        };
-        inbox.poll_recv(cx).map(|delivery| {
-            delivery.map(|d| {
-                Ok(proto::Delivery {
-                    envelope: Some(d.envelope.to_wire()),
-                    via: d.via.to_string(),
-                    latency_micros: d.latency.as_micros().min(u128::from(u64::MAX)) as u64,
-                })
-            })
-        })
+    };
+    if let Some(status) = end {
+        let _ = out.send(Err(status)).await;
+    }
+    let redelivered = inbox.redeliver();
+    tracing::info!(%gateway, redelivered, "gateway detached");
+    *slot.lock() = Some(inbox);
+    metrics::gauge!(telemetry::ATTACHED_GATEWAYS).decrement(1.0);
+}
+
+/// Shutting down: hand out nothing more, and take the gateway's acks for
+/// what it has until it acked everything or `grace` ran out. What stays
+/// unacked is left unacked on its transport, for the next sidecar.
+async fn drain(inbox: &Inbox, acks: &mut Streaming<proto::AttachMessage>, grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    while inbox.unacked() > 0 {
+        let message = tokio::time::timeout_at(deadline, acks.message()).await;
+        match message {
+            Ok(Ok(Some(proto::AttachMessage {
+                kind: Some(proto::attach_message::Kind::Ack(ack)),
+            }))) => inbox.ack(ack.seq),
+            _ => return,
+        }
     }
 }
 
-impl Drop for AttachStream {
-    fn drop(&mut self) {
-        *self.slot.lock() = self.inbox.take();
-        metrics::gauge!(telemetry::ATTACHED_GATEWAYS).decrement(1.0);
-    }
+/// Waits for room on the stream, then for a delivery; `None` when the
+/// gateway is gone or the inbox closed. Both waits are cancel-safe.
+async fn next_delivery<'a>(
+    inbox: &mut Inbox,
+    out: &'a mpsc::Sender<Result<proto::Delivery, Status>>,
+) -> Option<(
+    mpsc::Permit<'a, Result<proto::Delivery, Status>>,
+    proto::Delivery,
+)> {
+    let permit = out.reserve().await.ok()?;
+    let d = inbox.recv().await?;
+    let delivery = proto::Delivery {
+        envelope: Some(d.envelope.to_wire()),
+        via: d.via.to_string(),
+        latency_micros: d.latency.as_micros().min(u128::from(u64::MAX)) as u64,
+        seq: d.seq,
+    };
+    Some((permit, delivery))
 }
 
 #[tonic::async_trait]
 impl Gateway for GatewayService {
-    type AttachStream = AttachStream;
+    type AttachStream = ReceiverStream<Result<proto::Delivery, Status>>;
 
     async fn attach(
         &self,
-        request: Request<proto::AttachRequest>,
-    ) -> Result<Response<AttachStream>, Status> {
-        let gateway = authorize(&request, &request.get_ref().gateway_id)?;
-        let req = request.into_inner();
+        request: Request<Streaming<proto::AttachMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let (metadata, extensions, mut messages) = request.into_parts();
+        let req = match messages.message().await? {
+            Some(proto::AttachMessage {
+                kind: Some(proto::attach_message::Kind::Attach(req)),
+            }) => req,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of an Attach stream must be an AttachRequest",
+                ))
+            }
+        };
+        let gateway = authorize(
+            &Request::from_parts(metadata, extensions, ()),
+            &req.gateway_id,
+        )?;
         let region = non_empty("region", &req.region)?;
         let info = GatewayInfo {
             id: gateway.clone(),
@@ -315,19 +383,19 @@ impl Gateway for GatewayService {
             return Err(Status::unavailable("the sidecar is shutting down"));
         }
         let mut gateways = self.shared.gateways.lock().await;
-        let reuse = gateways
-            .get(&gateway)
-            .filter(|a| a.router.gateway() == &info);
-        let slot = match reuse {
-            Some(attached) => attached.inbox.clone(),
-            None => {
-                if gateways.get(&gateway).is_some_and(Attached::streaming) {
-                    return Err(Status::already_exists(format!(
-                        "gateway {gateway:?} already has an open Attach stream"
-                    )));
+        let slot = match gateways.get_mut(&gateway) {
+            Some(attached) => {
+                if attached.router.gateway() != &info {
+                    // The gateway moved (region or address): same addresses
+                    // on every transport, so the inbox and what it holds
+                    // stay; only the router's view of the gateway changes.
+                    attached.router = attached.router.moved(info).await.map_err(|e| {
+                        Status::unavailable(format!("cannot re-register gateway {gateway:?}: {e}"))
+                    })?;
                 }
-                // First attach, or the gateway moved (region or address):
-                // a new router re-registers it and takes over its address.
+                attached.inbox.clone()
+            }
+            None => {
                 let settings = (**self.shared.settings.load()).clone();
                 let (router, inbox) = Router::builder(info)
                     .settings(settings)
@@ -357,14 +425,17 @@ impl Gateway for GatewayService {
         drop(gateways);
         metrics::gauge!(telemetry::ATTACHED_GATEWAYS).increment(1.0);
         tracing::info!(%gateway, "gateway attached");
-        let mut stopping = self.shared.stopping.clone();
-        Ok(Response::new(AttachStream {
-            inbox: Some(inbox),
+        let (out, deliveries) = mpsc::channel(STREAM_QUEUE);
+        tokio::spawn(pump(
+            inbox,
             slot,
-            stopping: Box::pin(async move {
-                let _ = stopping.wait_for(|stop| *stop).await;
-            }),
-        }))
+            messages,
+            out,
+            self.shared.stopping.clone(),
+            self.shared.settings.load().sidecar.drain_timeout / 2,
+            gateway,
+        ));
+        Ok(Response::new(ReceiverStream::new(deliveries)))
     }
 
     async fn send(

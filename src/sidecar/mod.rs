@@ -7,6 +7,7 @@
 //! - [`peer`]: the Peer API, the receiving half of the `grpc` transport.
 //! - [`auth`]: bearer tokens per gateway, for admin and for peers.
 //! - [`canary_ctl`]: the CLI's client for the canary admin RPCs.
+//! - [`client`]: the gateway's half of an Attach stream, for Rust callers.
 //! - [`reload`]: live config (admin RPC, file watch, SIGHUP).
 //! - [`tls`]: TLS and mutual TLS for the server and for direct links.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
@@ -17,6 +18,7 @@
 pub mod admin;
 pub mod auth;
 pub mod canary_ctl;
+pub mod client;
 pub mod gateway;
 pub mod http;
 pub mod peer;

@@ -1,9 +1,11 @@
 //! The Peer API: the receiving end of direct links. Each batch is handed to
-//! the target gateway's queue in the `grpc` transport and acked once
-//! accepted, in order.
+//! the target gateway's queue in the `grpc` transport and acked once the
+//! gateway acked every message of it, in batch order. Batches behind one
+//! that waits for its gateway keep flowing (up to `IN_FLIGHT`).
 
 use std::sync::Arc;
 
+use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -15,6 +17,9 @@ use crate::topology::GatewayId;
 
 /// Acks buffered per link before the receiver stops reading batches.
 const ACK_QUEUE: usize = 256;
+/// Batches per link waiting for their gateway's acks before the receiver
+/// stops reading more.
+const IN_FLIGHT: usize = 1024;
 
 /// The Peer service.
 pub struct PeerService {
@@ -42,34 +47,41 @@ impl Peer for PeerService {
         let mut stopping = self.shared.stopping.clone();
         let (acks, rx) = mpsc::channel(ACK_QUEUE);
         tokio::spawn(async move {
-            loop {
-                let batch = tokio::select! {
-                    batch = batches.next() => batch,
-                    // Draining: stop taking batches; the sender falls back.
-                    _ = stopping.wait_for(|stop| *stop) => None,
-                };
-                let batch = match batch {
-                    Some(Ok(batch)) => batch,
-                    Some(Err(status)) => {
-                        tracing::debug!(%status, "peer link ended with an error");
-                        break;
+            let mut waiting = FuturesOrdered::new();
+            let mut reading = true;
+            while reading || !waiting.is_empty() {
+                tokio::select! {
+                    batch = batches.next(), if reading && waiting.len() < IN_FLIGHT => {
+                        let batch = match batch {
+                            Some(Ok(batch)) => batch,
+                            Some(Err(status)) => {
+                                tracing::debug!(%status, "peer link ended with an error");
+                                break;
+                            }
+                            None => {
+                                reading = false;
+                                continue;
+                            }
+                        };
+                        let to = GatewayId::from(batch.to_gateway);
+                        let seq = batch.seq;
+                        let acked = links.accept(&to, batch.envelopes).await;
+                        waiting.push_back(async move {
+                            let result = match acked {
+                                Ok(acked) => acked.await,
+                                Err(err) => Err(err),
+                            };
+                            (seq, result)
+                        });
                     }
-                    None => break,
-                };
-                let to = GatewayId::from(batch.to_gateway);
-                let error = match links.accept(&to, batch.envelopes).await {
-                    Ok(()) => String::new(),
-                    Err(err) => err.to_string(),
-                };
-                if acks
-                    .send(Ok(proto::PeerAck {
-                        seq: batch.seq,
-                        error,
-                    }))
-                    .await
-                    .is_err()
-                {
-                    break;
+                    // Draining: stop taking batches; the sender falls back.
+                    _ = async { drop(stopping.wait_for(|stop| *stop).await) }, if reading => reading = false,
+                    Some((seq, result)) = waiting.next() => {
+                        let error = result.err().map(|e| e.to_string()).unwrap_or_default();
+                        if acks.send(Ok(proto::PeerAck { seq, error })).await.is_err() {
+                            break;
+                        }
+                    }
                 }
             }
         });

@@ -27,7 +27,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use super::{
-    Ack, Capabilities, Health, Incoming, Subscription, Transport, TransportError, TransportKind,
+    Ack, Acknowledge, Capabilities, Health, Incoming, Subscription, Transport, TransportError,
+    TransportKind,
 };
 use crate::proto::{peer_client::PeerClient, PeerBatch};
 use crate::registry::Registry;
@@ -135,11 +136,14 @@ impl GrpcTransport {
 
     /// Receiving half: hands envelopes a peer sent to a local gateway's queue,
     /// waiting while it is full (backpressure reaches the sending sidecar).
+    /// Returns what completes once the gateway acked every one of them: the
+    /// sending sidecar may report them delivered only then, since nothing
+    /// here survives this process.
     pub async fn accept(
         &self,
         to: &GatewayId,
         envelopes: Vec<Bytes>,
-    ) -> Result<(), TransportError> {
+    ) -> Result<impl std::future::Future<Output = Result<(), TransportError>>, TransportError> {
         let no_subscriber = || TransportError::NoSubscriber {
             transport: TransportKind::Grpc,
             gateway: to.clone(),
@@ -150,13 +154,30 @@ impl GrpcTransport {
             .get(to)
             .cloned()
             .ok_or_else(no_subscriber)?;
+        let mut acked = Vec::with_capacity(envelopes.len());
         for bytes in envelopes {
+            let (ack, done) = oneshot::channel();
             queue
-                .send(Incoming { bytes, ack: None })
+                .send(Incoming {
+                    bytes,
+                    ack: Some(Box::new(GatewayAck(ack))),
+                })
                 .await
                 .map_err(|_| no_subscriber())?;
+            acked.push(done);
         }
-        Ok(())
+        let gateway = to.clone();
+        Ok(async move {
+            for done in acked {
+                // Err: the inbox dropped it unacked (the gateway went away).
+                done.await.map_err(|_| TransportError::Publish {
+                    transport: TransportKind::Grpc,
+                    gateway: gateway.clone(),
+                    reason: "the gateway went away before acking".into(),
+                })?;
+            }
+            Ok(())
+        })
     }
 
     fn publish_error(to: &GatewayId, reason: impl Into<String>) -> TransportError {
@@ -369,6 +390,18 @@ impl Transport for GrpcTransport {
             }
             _ => Health::Up,
         }
+    }
+}
+
+/// Tells the peer link that the gateway acked one message.
+struct GatewayAck(oneshot::Sender<()>);
+
+#[async_trait]
+impl Acknowledge for GatewayAck {
+    async fn ack(self: Box<Self>) -> Result<(), TransportError> {
+        // Err: the link is gone; the sender already fell back.
+        let _ = self.0.send(());
+        Ok(())
     }
 }
 

@@ -11,6 +11,7 @@ pub mod memory;
 pub mod nats;
 mod pipeline;
 pub mod redis;
+mod redis_resume;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -150,12 +151,21 @@ pub enum TransportError {
         /// Why it failed.
         reason: String,
     },
+    /// Removing an offline message the gateway acked failed (it will be
+    /// replayed again on the user's next connect).
+    #[error("offline store: removing an acked message of user {user} failed: {reason}")]
+    OfflineAck {
+        /// The user whose queue it is.
+        user: crate::topology::UserId,
+        /// Why it failed.
+        reason: String,
+    },
     /// Policy named a transport that is not enabled in config.
     #[error("transport {0} is not enabled in config (add a [transports.{0}] section)")]
     NotEnabled(TransportKind),
 }
 
-/// Confirms to a durable transport that the inbox accepted a message, so it
+/// Confirms to a durable transport that the gateway acked a message, so it
 /// is not redelivered. Transports without redelivery send no ack.
 #[async_trait]
 pub trait Acknowledge: Send {

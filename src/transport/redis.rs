@@ -18,18 +18,25 @@
 //!   re-reads the same way. The inbox drops the duplicates. This covers messages a subscriber was counted for but never
 //!   read. Fire-and-forget (low priority) messages are not covered.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
+use parking_lot::Mutex;
+use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::redis_resume::{
+    entry_id, keep_written, unframe, Place, PlaceAck, SharedProgress, PUBLISH_SCRIPT,
+};
 use super::{
-    Ack, Capabilities, Health, HealthCell, Incoming, Subscription, Transport, TransportError,
-    TransportKind,
+    Ack, Acknowledge, Capabilities, Health, HealthCell, Incoming, Subscription, Transport,
+    TransportError, TransportKind,
 };
 use crate::redis_conn::{Pushed, RedisConfig, RedisHandle};
 use crate::telemetry;
@@ -39,8 +46,13 @@ const KIND: TransportKind = TransportKind::Redis;
 /// Margin before a drop from which the replay stream is re-read, for
 /// messages published just before it that were still in flight.
 const REPLAY_MARGIN: Duration = Duration::from_secs(1);
+/// Longest a subscription waits for its predecessor in this process to
+/// write where it left off.
+const PREDECESSOR_WAIT: Duration = Duration::from_secs(2);
 /// Replay entries read per XRANGE.
 const REPLAY_CHUNK: usize = 1000;
+/// Messages per publish script: Lua unpacks at most ~8000 values at once.
+const SCRIPT_CHUNK: usize = 1000;
 
 /// `[transports.redis]` settings.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -77,6 +89,11 @@ pub struct RedisTransport {
     redis: RedisHandle,
     config: RedisTransportConfig,
     health: std::sync::Arc<HealthCell>,
+    publish_script: redis::Script,
+    /// One slot per gateway, held by a subscription until it wrote its
+    /// resume position a last time: a successor in this process waits for
+    /// it, then reads where it left off.
+    members: Mutex<HashMap<GatewayId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl RedisTransport {
@@ -93,6 +110,8 @@ impl RedisTransport {
             redis,
             config: config.clone(),
             health: std::sync::Arc::new(HealthCell::new(KIND)),
+            publish_script: redis::Script::new(PUBLISH_SCRIPT),
+            members: Mutex::default(),
         })
     }
 
@@ -104,29 +123,72 @@ impl RedisTransport {
         self.redis.key(&["gw", &format!("{{{gateway}}}"), "replay"])
     }
 
+    fn resume_key(&self, gateway: &GatewayId) -> String {
+        self.redis.key(&["gw", &format!("{{{gateway}}}"), "resume"])
+    }
+
     fn replays(&self) -> bool {
         !self.config.replay_window.is_zero()
     }
 }
 
-/// Re-reads a gateway's replay stream from just before `dropped` into
-/// `out`; returns how many were re-sent, or why reading failed.
+/// Flattens the publish replies (one integer per plain publish, one array
+/// of integers per script) into one receiver count per message.
+fn receiver_counts(replies: &[redis::Value]) -> redis::RedisResult<Vec<i64>> {
+    let mut counts = Vec::with_capacity(replies.len());
+    for reply in replies {
+        match reply {
+            redis::Value::Array(inner) => {
+                for value in inner {
+                    counts.push(redis::from_redis_value(value.clone())?);
+                }
+            }
+            value => counts.push(redis::from_redis_value(value.clone())?),
+        }
+    }
+    Ok(counts)
+}
+
+/// Where a re-read of the replay stream starts.
+enum From {
+    /// An XRANGE start (`ms-seq` inclusive, `(ms-seq` exclusive).
+    Place(String),
+    /// Just before a drop at this instant (nothing was received before it).
+    Drop(Instant),
+}
+
+/// Re-reads a gateway's replay stream from `from` into `out`, recording
+/// each message's place in `progress`; returns how many were re-sent, and
+/// whether the stream no longer held the first entry asked for (trimmed or
+/// expired: messages were lost).
 async fn replay(
     redis: &RedisHandle,
     key: &str,
-    dropped: Instant,
+    from: &From,
     window: Duration,
+    progress: &SharedProgress,
     out: &mpsc::Sender<Incoming>,
-) -> Result<usize, redis::RedisError> {
+) -> Result<(usize, bool), redis::RedisError> {
     let mut conn = redis.conn();
-    // The server's clock: stream ids are its milliseconds.
-    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
-    let now_ms = secs * 1000 + micros / 1000;
-    let back = (dropped.elapsed() + REPLAY_MARGIN).min(window).as_millis() as u64;
-    let mut start = format!("{}", now_ms.saturating_sub(back));
+    let mut start = match from {
+        From::Place(place) => place.clone(),
+        From::Drop(dropped) => {
+            // The server's clock: stream ids are its milliseconds.
+            let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
+            let now_ms = secs * 1000 + micros / 1000;
+            let back = (dropped.elapsed() + REPLAY_MARGIN).min(window).as_millis() as u64;
+            format!("{}", now_ms.saturating_sub(back))
+        }
+    };
+    // An inclusive place names an entry that must still be there.
+    let mut expected = match from {
+        From::Place(place) if !place.starts_with('(') => Some(place.clone()),
+        _ => None,
+    };
+    let mut missing = false;
     let mut sent = 0;
     loop {
-        let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+        let entries: Vec<(String, Vec<Bytes>)> = redis::cmd("XRANGE")
             .arg(key)
             .arg(&start)
             .arg("+")
@@ -134,19 +196,29 @@ async fn replay(
             .arg(REPLAY_CHUNK)
             .query_async(&mut conn)
             .await?;
+        if let Some(expected) = expected.take() {
+            missing = entries.first().is_none_or(|(id, _)| *id != expected);
+        }
         let Some((last, _)) = entries.last() else {
-            return Ok(sent);
+            return Ok((sent, missing));
         };
         start = format!("({last}");
-        for (_, fields) in entries {
+        for (id, fields) in entries {
+            let entry = entry_id(&id);
             // Fields are [e, bytes] per message of the batch, in order.
-            for bytes in fields.into_iter().skip(1).step_by(2) {
-                let incoming = Incoming {
-                    bytes: bytes.into(),
-                    ack: None,
-                };
-                if out.send(incoming).await.is_err() {
-                    return Ok(sent);
+            let count = (fields.len() / 2) as u32;
+            for (index, bytes) in fields.into_iter().skip(1).step_by(2).enumerate() {
+                let ack = entry.map(|entry| {
+                    progress
+                        .lock()
+                        .received(Place::new(entry, index as u32, count));
+                    Box::new(PlaceAck {
+                        progress: progress.clone(),
+                        entry,
+                    }) as Box<dyn Acknowledge>
+                });
+                if out.send(Incoming { bytes, ack }).await.is_err() {
+                    return Ok((sent, missing));
                 }
                 sent += 1;
             }
@@ -154,25 +226,31 @@ async fn replay(
     }
 }
 
-/// Replays the gap that started at `dropped`, retrying while Redis may
-/// still be failing over and the stream still holds the gap.
-async fn replay_after_gap(
+/// Re-reads the replay stream from `from`, retrying while Redis may still
+/// be failing over and the stream still holds what is asked for.
+async fn replay_until_done(
     redis: RedisHandle,
     key: String,
-    dropped: Instant,
+    from: From,
     window: Duration,
+    progress: SharedProgress,
     out: mpsc::Sender<Incoming>,
     gateway: GatewayId,
 ) {
+    let began = Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
-        match replay(&redis, &key, dropped, window, &out).await {
-            Ok(n) => {
-                tracing::info!(%gateway, gap = ?dropped.elapsed(), replayed = n, "replay stream re-read after a gap");
+        match replay(&redis, &key, &from, window, &progress, &out).await {
+            Ok((n, missing)) => {
+                if missing {
+                    tracing::error!(%gateway, "the replay stream no longer holds where this gateway left off (past replay_window or replay_max): unacked messages were lost");
+                    metrics::counter!(telemetry::REDIS_RESUME_GAPS).increment(1);
+                }
+                tracing::info!(%gateway, replayed = n, "replay stream re-read");
                 metrics::counter!(telemetry::REDIS_REPLAYED).increment(n as u64);
                 return;
             }
-            Err(err) if dropped.elapsed() + delay < window => {
+            Err(err) if began.elapsed() + delay < window => {
                 tracing::warn!(%gateway, %err, "cannot re-read the replay stream yet, retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
@@ -195,7 +273,9 @@ impl Transport for RedisTransport {
         Capabilities {
             durable: false,
             ordered: true,
-            redelivers: false,
+            // Within the replay window a successor subscription re-reads
+            // what its predecessor's gateway had not acked.
+            redelivers: self.replays(),
         }
     }
 
@@ -208,33 +288,47 @@ impl Transport for RedisTransport {
         let mut conn = self.redis.conn();
         let channel = self.channel(to);
         let mut pipe = redis::pipe();
-        for bytes in batch {
-            pipe.cmd(conn.publish_command())
-                .arg(&channel)
-                .arg(bytes.as_ref());
-        }
-        // Same hash tag as the channel: one slot, one pipeline on a cluster.
-        let replay_key = self.replay_key(to);
-        if ack == Ack::Confirmed && self.replays() && !batch.is_empty() {
-            // One entry per batch (fields e, bytes, e, bytes, ...): one XADD
-            // instead of one per message halved Redis's work per publish
-            // (docs/BENCHMARKS.md). MAXLEN counts entries, so it is scaled
-            // by this batch's size to keep about `replay_max` messages.
-            let xadd = pipe
-                .cmd("XADD")
-                .arg(&replay_key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg((self.config.replay_max / batch.len()).max(1))
-                .arg("*");
-            for bytes in batch {
-                xadd.arg("e").arg(bytes.as_ref());
+        if ack == Ack::Confirmed && self.replays() {
+            // One script per chunk: XADD the chunk as one entry, then publish
+            // each message framed with its place in the stream, so a
+            // successor can resume exactly (see `redis_resume`).
+            let replay_key = self.replay_key(to);
+            for chunk in batch.chunks(SCRIPT_CHUNK) {
+                let maxlen = (self.config.replay_max / chunk.len()).max(1);
+                let invocation = pipe
+                    .cmd("EVALSHA")
+                    .arg(self.publish_script.get_hash())
+                    .arg(1)
+                    .arg(&replay_key)
+                    .arg(&channel)
+                    .arg(maxlen)
+                    .arg(self.config.replay_window.as_millis() as u64)
+                    .arg(conn.publish_command());
+                for bytes in chunk {
+                    invocation.arg(bytes.as_ref());
+                }
             }
-            xadd.ignore();
-            pipe.pexpire(&replay_key, self.config.replay_window.as_millis() as i64)
-                .ignore();
+        } else {
+            for bytes in batch {
+                pipe.cmd(conn.publish_command())
+                    .arg(&channel)
+                    .arg(bytes.as_ref());
+            }
         }
-        let receivers: Vec<i64> = match pipe.query_async(&mut conn).await {
+        let mut result: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(&mut conn).await;
+        if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        {
+            // First use on this server (or it restarted): load, then retry once.
+            result = async {
+                self.publish_script
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await?;
+                pipe.query_async(&mut conn).await
+            }
+            .await;
+        }
+        let receivers: Vec<i64> = match result.and_then(|replies| receiver_counts(&replies)) {
             Ok(receivers) => receivers,
             Err(err) => {
                 if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
@@ -258,27 +352,83 @@ impl Transport for RedisTransport {
     }
 
     async fn subscribe(&self, me: &GatewayId) -> Result<Subscription, TransportError> {
+        let subscribe_err = |reason: String| TransportError::Subscribe {
+            transport: KIND,
+            gateway: me.clone(),
+            reason,
+        };
         let pushed = self
             .redis
             .subscribe(self.channel(me), "transport", self.config.queue)
             .await
-            .map_err(|e| TransportError::Subscribe {
-                transport: KIND,
-                gateway: me.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| subscribe_err(e.to_string()))?;
+        let progress = SharedProgress::default();
+        let window = self.config.replay_window;
+        let replay_key = self.replay_key(me);
+        // Where a predecessor of this gateway left off, read only once the
+        // live subscription is in place so nothing falls between the two.
+        let (resumed, resuming) = mpsc::channel(REPLAY_CHUNK);
+        let (closed, on_close) = tokio::sync::oneshot::channel();
+        if self.replays() {
+            let slot = self.members.lock().entry(me.clone()).or_default().clone();
+            let membership = match tokio::time::timeout(PREDECESSOR_WAIT, slot.lock_owned()).await {
+                Ok(membership) => Some(membership),
+                Err(_) => {
+                    tracing::warn!(gateway = %me, "another Redis subscription of this gateway is still open in this process; subscribing beside it");
+                    None
+                }
+            };
+            let resume_key = self.resume_key(me);
+            let left_off: Option<String> = self
+                .redis
+                .conn()
+                .get(&resume_key)
+                .await
+                .map_err(|e| subscribe_err(format!("read {resume_key}: {e}")))?;
+            if let Some(place) = left_off {
+                tokio::spawn(replay_until_done(
+                    self.redis.clone(),
+                    replay_key.clone(),
+                    From::Place(place),
+                    window,
+                    progress.clone(),
+                    resumed,
+                    me.clone(),
+                ));
+            }
+            tokio::spawn(keep_written(
+                self.redis.clone(),
+                resume_key,
+                window,
+                progress.clone(),
+                on_close,
+                membership,
+                me.clone(),
+            ));
+        }
         // Live messages pass straight through (no task or channel of their
         // own: one hand-off less per message); gap replays run beside them
         // on a channel of their own.
         let (replays, replayed) = mpsc::channel(self.config.queue.max(1));
         let redis = self.redis.clone();
-        let replay_key = self.replay_key(me);
-        let window = self.config.replay_window;
         let health = self.health.clone();
         let gateway = me.clone();
+        let live_progress = progress.clone();
         let live = ReceiverStream::new(pushed).filter_map(move |event| {
             let incoming = match event {
-                Pushed::Message(bytes) => Some(Incoming { bytes, ack: None }),
+                Pushed::Message(bytes) => Some(match unframe(&bytes) {
+                    Some((place, bytes)) => {
+                        live_progress.lock().received(place);
+                        Incoming {
+                            bytes,
+                            ack: Some(Box::new(PlaceAck {
+                                progress: live_progress.clone(),
+                                entry: place.entry(),
+                            })),
+                        }
+                    }
+                    None => Incoming { bytes, ack: None },
+                }),
                 Pushed::Dropped => {
                     health.down(format!("subscription of {gateway} lost"));
                     None
@@ -286,12 +436,19 @@ impl Transport for RedisTransport {
                 Pushed::Resumed { gap } => {
                     health.up();
                     if !window.is_zero() {
+                        // After the last message received, or (none yet)
+                        // from just before the drop.
+                        let from = match live_progress.lock().received_up_to() {
+                            Some(place) => From::Place(place),
+                            None => From::Drop(Instant::now() - gap),
+                        };
                         // Off the live path: new messages keep flowing meanwhile.
-                        tokio::spawn(replay_after_gap(
+                        tokio::spawn(replay_until_done(
                             redis.clone(),
                             replay_key.clone(),
-                            Instant::now() - gap,
+                            from,
                             window,
+                            live_progress.clone(),
                             replays.clone(),
                             gateway.clone(),
                         ));
@@ -301,7 +458,16 @@ impl Transport for RedisTransport {
             };
             std::future::ready(incoming)
         });
-        Ok(futures::stream::select(live, ReceiverStream::new(replayed)).boxed())
+        // The predecessor's unacked messages come first, then live traffic.
+        let stream = ReceiverStream::new(resuming)
+            .chain(futures::stream::select(live, ReceiverStream::new(replayed)))
+            .map(move |incoming| {
+                // Dropping the subscription drops this, which writes the
+                // resume position a last time.
+                let _ = &closed;
+                incoming
+            });
+        Ok(stream.boxed())
     }
 
     fn health(&self) -> Health {

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use switchyard::proto::gateway_client::GatewayClient;
 use switchyard::proto::{self, admin_client::AdminClient};
+pub use switchyard::sidecar::client::Attachment;
 use switchyard::sidecar::Sidecar;
 use switchyard::{Backends, Settings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
-use tonic::Streaming;
 
 /// The embedded default, listening on free loopback ports.
 pub fn settings() -> Settings {
@@ -65,11 +65,7 @@ pub async fn admin(addr: SocketAddr) -> AdminClient<Channel> {
 }
 
 /// Attaches `id` in `region` and returns its delivery stream.
-pub async fn attach(
-    client: &mut GatewayClient<Channel>,
-    id: &str,
-    region: &str,
-) -> Streaming<proto::Delivery> {
+pub async fn attach(client: &mut GatewayClient<Channel>, id: &str, region: &str) -> Attachment {
     attach_at(client, id, region, "").await
 }
 
@@ -78,16 +74,13 @@ pub async fn attach_at(
     id: &str,
     region: &str,
     address: &str,
-) -> Streaming<proto::Delivery> {
-    client
-        .attach(proto::AttachRequest {
-            gateway_id: id.into(),
-            region: region.into(),
-            address: address.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
+) -> Attachment {
+    let request = proto::AttachRequest {
+        gateway_id: id.into(),
+        region: region.into(),
+        address: address.into(),
+    };
+    Attachment::open(client, request).await.unwrap()
 }
 
 pub async fn online(client: &mut GatewayClient<Channel>, gateway: &str, user: &str) -> u64 {
@@ -138,13 +131,16 @@ pub fn routed(outcome: &proto::SendOutcome) -> &proto::Routed {
     }
 }
 
-/// The next delivery, failing the test after 5 s.
-pub async fn next(stream: &mut Streaming<proto::Delivery>) -> proto::Delivery {
-    tokio::time::timeout(Duration::from_secs(5), stream.message())
+/// The next delivery, acked (the gateway took it over); fails the test
+/// after 5 s.
+pub async fn next(stream: &mut Attachment) -> proto::Delivery {
+    let delivery = tokio::time::timeout(Duration::from_secs(5), stream.next())
         .await
         .expect("a delivery within 5 s")
         .expect("stream ok")
-        .expect("stream open")
+        .expect("stream open");
+    stream.ack(delivery.seq);
+    delivery
 }
 
 /// `GET path` over HTTP/1.0; returns (status code, body).

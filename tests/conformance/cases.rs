@@ -473,11 +473,15 @@ pub async fn retried_publish_dedupe(t: Arc<dyn Transport>) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while delivered.len() < sent.len() {
         match tokio::time::timeout_at(deadline, inbox.recv()).await {
-            Ok(Some(d)) => delivered.push(d.envelope),
+            Ok(Some(d)) => {
+                inbox.ack(d.seq);
+                delivered.push(d.envelope);
+            }
             _ => break,
         }
     }
     while let Ok(Some(d)) = tokio::time::timeout(QUIET, inbox.recv()).await {
+        inbox.ack(d.seq);
         delivered.push(d.envelope);
     }
     assert_eq!(

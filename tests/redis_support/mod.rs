@@ -177,6 +177,7 @@ pub async fn account(
     loop {
         while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(200), inbox.recv()).await
         {
+            inbox.ack(d.seq);
             delivered.insert(d.envelope.id);
         }
         let offline: BTreeSet<MessageId> = b

@@ -1,0 +1,271 @@
+//! Where a gateway's Redis subscription resumes after its process dies.
+//!
+//! Confirmed publishes append each batch to the gateway's replay stream and
+//! publish every message framed with its place there: the stream entry id,
+//! its index in the entry and the entry's size (one Lua script, so the
+//! stream and the channel see batches in the same order). The receiving
+//! side tracks which places the gateway has acked and keeps the resume
+//! position (`sy:gw:{gateway}:resume`) at the oldest entry still unacked, or
+//! just past the last complete entry. A successor subscription (a sidecar
+//! restarted after SIGKILL, a gateway process restarted) re-reads the stream
+//! from there: nothing confirmed and unacked is lost while the stream still
+//! holds it (`replay_window`, `replay_max`); duplicates after such a restart
+//! are bounded by one batch plus what was unacked, and carry the same ids.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, OwnedMutexGuard};
+
+use super::{Acknowledge, TransportError};
+use crate::redis_conn::RedisHandle;
+use crate::topology::GatewayId;
+
+/// How often a moved resume position is written to Redis. A crash loses at
+/// most this much progress: more duplicates on restart, never a loss.
+const WRITE_EVERY: Duration = Duration::from_millis(100);
+
+/// The Lua script of a confirmed publish: one XADD for the batch, then one
+/// (S)PUBLISH per message framed as `\0{entry id}:{index}:{count}\0{bytes}`.
+/// Returns the receiver count of each publish.
+pub(crate) const PUBLISH_SCRIPT: &str = r"
+local n = #ARGV - 4
+local fields = {}
+for i = 1, n do
+  fields[2 * i - 1] = 'e'
+  fields[2 * i] = ARGV[4 + i]
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local receivers = {}
+for i = 1, n do
+  local frame = '\0' .. id .. ':' .. (i - 1) .. ':' .. n .. '\0' .. ARGV[4 + i]
+  receivers[i] = redis.call(ARGV[4], ARGV[1], frame)
+end
+return receivers
+";
+
+/// A message's place in its gateway's replay stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Place {
+    /// The stream entry id (milliseconds, sequence).
+    entry: (u64, u64),
+    index: u32,
+    count: u32,
+}
+
+impl Place {
+    pub(crate) fn new(entry: (u64, u64), index: u32, count: u32) -> Self {
+        Self {
+            entry,
+            index,
+            count,
+        }
+    }
+
+    /// The stream entry id (milliseconds, sequence).
+    pub(crate) fn entry(&self) -> (u64, u64) {
+        self.entry
+    }
+
+    fn last_of_entry(&self) -> bool {
+        self.index + 1 >= self.count
+    }
+}
+
+/// Parses a stream entry id `ms-seq`.
+pub(crate) fn entry_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// Splits a framed live message into its place and the envelope bytes;
+/// `None` for a plain (fire-and-forget) message.
+pub(crate) fn unframe(bytes: &Bytes) -> Option<(Place, Bytes)> {
+    // Protobuf never starts with 0 (field number 0 does not exist).
+    let rest = bytes.strip_prefix(b"\0")?;
+    let end = rest.iter().position(|&b| b == 0)?;
+    let header = std::str::from_utf8(&rest[..end]).ok()?;
+    let mut parts = header.split(':');
+    let entry = entry_id(parts.next()?)?;
+    let index = parts.next()?.parse().ok()?;
+    let count = parts.next()?.parse().ok()?;
+    let body = bytes.slice(1 + end + 1..);
+    Some((Place::new(entry, index, count), body))
+}
+
+/// What one subscription has received and what its gateway has acked.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// Unacked messages per stream entry.
+    unacked: BTreeMap<(u64, u64), u32>,
+    /// The furthest place received.
+    last: Option<Place>,
+    /// Changed since last written.
+    dirty: bool,
+}
+
+impl Progress {
+    pub(crate) fn received(&mut self, place: Place) {
+        *self.unacked.entry(place.entry).or_default() += 1;
+        self.dirty = true;
+        if self.last.is_none_or(|last| place > last) {
+            self.last = Some(place);
+        }
+    }
+
+    fn acked(&mut self, entry: (u64, u64)) {
+        if let Some(left) = self.unacked.get_mut(&entry) {
+            *left -= 1;
+            if *left == 0 {
+                self.unacked.remove(&entry);
+            }
+        }
+        self.dirty = true;
+    }
+
+    /// The XRANGE start a successor re-reads from: the oldest entry with an
+    /// unacked message, else just past the last entry received whole.
+    pub(crate) fn resume_from(&self) -> Option<String> {
+        if let Some((ms, seq)) = self.unacked.keys().next() {
+            return Some(format!("{ms}-{seq}"));
+        }
+        self.last.map(|last| {
+            let (ms, seq) = last.entry;
+            if last.last_of_entry() {
+                format!("({ms}-{seq}")
+            } else {
+                format!("{ms}-{seq}")
+            }
+        })
+    }
+
+    /// The XRANGE start that re-reads everything after what was received
+    /// (after a dropped connection): unlike [`Self::resume_from`], acks do
+    /// not matter, the inbox still holds what it received.
+    pub(crate) fn received_up_to(&self) -> Option<String> {
+        self.last.map(|last| {
+            let (ms, seq) = last.entry;
+            if last.last_of_entry() {
+                format!("({ms}-{seq}")
+            } else {
+                format!("{ms}-{seq}")
+            }
+        })
+    }
+}
+
+/// The shared progress of one subscription.
+pub(crate) type SharedProgress = Arc<Mutex<Progress>>;
+
+/// Acks one framed message: moves the resume position.
+pub(crate) struct PlaceAck {
+    pub(crate) progress: SharedProgress,
+    pub(crate) entry: (u64, u64),
+}
+
+#[async_trait]
+impl Acknowledge for PlaceAck {
+    async fn ack(self: Box<Self>) -> Result<(), TransportError> {
+        self.progress.lock().acked(self.entry);
+        Ok(())
+    }
+}
+
+/// Writes the resume position whenever it moved, every [`WRITE_EVERY`],
+/// and a last time when the subscription is dropped (`closed` fires).
+/// `membership` is held until that last write is done, so a successor
+/// subscription in this process reads where this one left off.
+pub(crate) async fn keep_written(
+    redis: RedisHandle,
+    key: String,
+    ttl: Duration,
+    progress: SharedProgress,
+    mut closed: oneshot::Receiver<()>,
+    membership: Option<OwnedMutexGuard<()>>,
+    gateway: GatewayId,
+) {
+    let _membership = membership;
+    let mut tick = tokio::time::interval(WRITE_EVERY);
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            _ = &mut closed => true,
+        };
+        let position = {
+            let mut progress = progress.lock();
+            let dirty = std::mem::take(&mut progress.dirty);
+            if dirty || last {
+                progress.resume_from()
+            } else {
+                None
+            }
+        };
+        if let Some(position) = position {
+            let written: Result<(), redis::RedisError> = redis::cmd("SET")
+                .arg(&key)
+                .arg(&position)
+                .arg("PX")
+                .arg(ttl.as_millis() as u64)
+                .query_async(&mut redis.conn())
+                .await;
+            if let Err(err) = written {
+                // Next tick tries again: the position only moves forward.
+                progress.lock().dirty = true;
+                tracing::debug!(%gateway, %err, "cannot write the Redis resume position");
+            }
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn place(ms: u64, index: u32, count: u32) -> Place {
+        Place::new((ms, 0), index, count)
+    }
+
+    #[test]
+    fn frames_round_trip_and_plain_bytes_are_not_frames() {
+        let framed = Bytes::from_static(b"\x001700-3:2:5\x00\x0a\x10body");
+        let (at, body) = unframe(&framed).expect("a frame");
+        assert_eq!(at, Place::new((1700, 3), 2, 5));
+        assert_eq!(&body[..], b"\x0a\x10body");
+        assert!(unframe(&Bytes::from_static(b"\x0a\x10body")).is_none());
+    }
+
+    #[test]
+    fn resumes_at_the_oldest_unacked_entry_and_past_complete_ones() {
+        let mut progress = Progress::default();
+        assert_eq!(progress.resume_from(), None, "nothing received yet");
+        progress.received(place(10, 0, 2));
+        progress.received(place(10, 1, 2));
+        progress.received(place(11, 0, 1));
+        assert_eq!(progress.resume_from().as_deref(), Some("10-0"));
+        progress.acked((10, 0));
+        assert_eq!(progress.resume_from().as_deref(), Some("10-0"), "one left");
+        progress.acked((10, 0));
+        assert_eq!(progress.resume_from().as_deref(), Some("11-0"));
+        progress.acked((11, 0));
+        assert_eq!(
+            progress.resume_from().as_deref(),
+            Some("(11-0"),
+            "all acked"
+        );
+        progress.received(place(12, 0, 3));
+        progress.acked((12, 0));
+        assert_eq!(
+            progress.resume_from().as_deref(),
+            Some("12-0"),
+            "the rest of entry 12 was never received"
+        );
+    }
+}
