@@ -22,14 +22,15 @@ use std::time::Duration;
 use foldhash::fast::RandomState;
 use futures::stream::{self, StreamExt};
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::dedupe::DedupeWindow;
 use crate::envelope::{now_micros, Envelope, EnvelopeError, MessageId};
 use crate::policy::live::LivePolicy;
 use crate::telemetry;
-use crate::transport::{Acknowledge, Incoming, Subscription, TransportKind};
+use crate::transport::{Acknowledge, Incoming, Settled, Subscription, TransportKind};
 
 /// How a delivered message reached this gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -112,14 +113,26 @@ struct Shared {
     /// The gateway acked (room in the window) or dropped the inbox.
     writable: Notify,
     /// Transport acks to send, in ack order.
-    acks: mpsc::UnboundedSender<Box<dyn Acknowledge>>,
+    acks: mpsc::UnboundedSender<Acking>,
     capacity: usize,
+}
+
+/// Work for the acking task.
+enum Acking {
+    Ack(Box<dyn Acknowledge>),
+    /// Answered once every ack queued before it was sent.
+    Barrier(oneshot::Sender<()>),
 }
 
 /// The gateway's side of the receive path: take deliveries, ack them.
 pub struct Inbox {
     shared: Arc<Shared>,
+    /// The feeding task; it returns the subscriptions when told to stop.
+    feeder: Option<JoinHandle<Option<Merged>>>,
+    settled: Vec<Settled>,
 }
+
+type Merged = stream::SelectAll<futures::stream::BoxStream<'static, Arrival>>;
 
 impl fmt::Debug for Inbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -168,7 +181,7 @@ impl Inbox {
             state.ids.remove(&pending.delivery.envelope.id);
             for ack in pending.acks {
                 // Err: the acking task is gone with the subscriptions.
-                let _ = self.shared.acks.send(ack);
+                let _ = self.shared.acks.send(Acking::Ack(ack));
             }
         }
         state.first += count as u64;
@@ -197,14 +210,39 @@ impl Inbox {
     pub fn unacked(&self) -> usize {
         self.shared.state.lock().next
     }
+
+    /// Stops reading, sends the transport acks of everything the gateway
+    /// acked, then unsubscribes and waits until every transport settled
+    /// (Kafka offsets committed, the Redis resume position written). What
+    /// was not acked stays with the transports for the next subscriber. A
+    /// plain drop does the same without waiting.
+    pub async fn close(mut self) {
+        self.stop();
+        let merged = match self.feeder.take() {
+            Some(feeder) => feeder.await.ok().flatten(),
+            None => None,
+        };
+        let (barrier, passed) = oneshot::channel();
+        if self.shared.acks.send(Acking::Barrier(barrier)).is_ok() {
+            let _ = passed.await;
+        }
+        drop(merged);
+        for settled in std::mem::take(&mut self.settled) {
+            settled.wait().await;
+        }
+    }
+
+    fn stop(&self) {
+        self.shared.state.lock().gone = true;
+        self.shared.writable.notify_one();
+    }
 }
 
 impl Drop for Inbox {
     fn drop(&mut self) {
         // Unacked deliveries are dropped unacked: a durable transport
         // redelivers them to the next subscriber.
-        self.shared.state.lock().gone = true;
-        self.shared.writable.notify_one();
+        self.stop();
     }
 }
 
@@ -234,33 +272,53 @@ pub(crate) fn spawn(
         acks,
         capacity: capacity.max(1),
     });
-    let wire = subscriptions.into_iter().map(|(kind, sub)| {
-        sub.map(move |incoming| Arrival::Wire(kind, incoming))
-            .boxed()
-    });
-    let local = ReceiverStream::new(local).map(Arrival::Handed).boxed();
-    let merged = stream::select_all(wire.chain(std::iter::once(local)));
+    let mut settled = Vec::with_capacity(subscriptions.len());
+    let mut wire = Vec::with_capacity(subscriptions.len() + 1);
+    for (kind, subscription) in subscriptions {
+        let (stream, settles) = subscription.into_parts();
+        settled.push(settles);
+        wire.push(
+            stream
+                .map(move |incoming| Arrival::Wire(kind, incoming))
+                .boxed(),
+        );
+    }
+    wire.push(ReceiverStream::new(local).map(Arrival::Handed).boxed());
+    let merged = stream::select_all(wire);
     tokio::spawn(send_acks(ack_rx));
-    tokio::spawn(feed(shared.clone(), policy, merged, dedupe_window));
-    Inbox { shared }
+    let feeder = tokio::spawn(feed(shared.clone(), policy, merged, dedupe_window));
+    Inbox {
+        shared,
+        feeder: Some(feeder),
+        settled,
+    }
 }
 
 /// Sends transport acks one after another, in the order the gateway acked.
-async fn send_acks(mut acks: mpsc::UnboundedReceiver<Box<dyn Acknowledge>>) {
-    while let Some(ack) = acks.recv().await {
-        if let Err(err) = ack.ack().await {
-            tracing::warn!(%err, "transport ack failed; the message may be redelivered (and deduped)");
+async fn send_acks(mut acks: mpsc::UnboundedReceiver<Acking>) {
+    while let Some(acking) = acks.recv().await {
+        match acking {
+            Acking::Ack(ack) => {
+                if let Err(err) = ack.ack().await {
+                    tracing::warn!(%err, "transport ack failed; the message may be redelivered (and deduped)");
+                }
+            }
+            Acking::Barrier(passed) => {
+                let _ = passed.send(());
+            }
         }
     }
 }
 
-/// Takes arrivals while the window has room: decode, dedupe, validate, hold.
+/// Takes arrivals while the window has room: decode, dedupe, validate,
+/// hold. Returns the subscriptions when the inbox is stopped, so closing it
+/// can send the last acks before they go.
 async fn feed(
     shared: Arc<Shared>,
     policy: Arc<LivePolicy>,
-    mut merged: stream::SelectAll<futures::stream::BoxStream<'static, Arrival>>,
+    mut merged: Merged,
     dedupe_window: usize,
-) {
+) -> Option<Merged> {
     let mut window = DedupeWindow::new(dedupe_window);
     let mut latencies = telemetry::DeliveryLatency::default();
     loop {
@@ -273,7 +331,7 @@ async fn feed(
                 (state.gone, state.pending.len() < shared.capacity)
             };
             if gone {
-                return;
+                return Some(merged);
             }
             if room {
                 break writable;
@@ -341,6 +399,7 @@ async fn feed(
     }
     shared.state.lock().closed = true;
     shared.readable.notify_one();
+    None
 }
 
 /// A duplicate's transport ack waits for the original while the gateway has
@@ -362,7 +421,7 @@ fn duplicate(shared: &Shared, id: MessageId, ack: Option<Box<dyn Acknowledge>>) 
 
 fn fire(shared: &Shared, ack: Option<Box<dyn Acknowledge>>) {
     if let Some(ack) = ack {
-        let _ = shared.acks.send(ack);
+        let _ = shared.acks.send(Acking::Ack(ack));
     }
 }
 

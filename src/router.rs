@@ -249,7 +249,8 @@ impl Router {
     /// replays the user's offline messages into the inbox (oldest first).
     /// Each stays stored until the gateway acks its delivery, so a crash
     /// before then replays it again on the next connect. Returns how many
-    /// were replayed.
+    /// are being replayed; they are handed to the inbox in the background,
+    /// as the gateway makes room, so this returns before they are read.
     pub async fn connect(
         &self,
         user: impl Into<UserId>,
@@ -264,22 +265,24 @@ impl Router {
         };
         let user = session.user.clone();
         self.inner.backends.directory.online(session).await?;
-        let offline = &self.inner.backends.offline;
+        let offline = self.inner.backends.offline.clone();
         let stored = offline.read(&user, self.inner.replay_limit).await?;
-        let mut replayed = 0;
-        for envelope in stored {
-            let ack = OfflineAck::new(offline.clone(), user.clone(), envelope.id);
-            let handed = Handed {
-                via: Via::Offline,
-                envelope,
-                ack: Some(Box::new(ack)),
-            };
-            if self.inner.local.send(handed).await.is_err() {
-                // The inbox is gone; the rest stays stored.
-                break;
+        let replayed = stored.len();
+        let local = self.inner.local.clone();
+        tokio::spawn(async move {
+            for envelope in stored {
+                let ack = OfflineAck::new(offline.clone(), user.clone(), envelope.id);
+                let handed = Handed {
+                    via: Via::Offline,
+                    envelope,
+                    ack: Some(Box::new(ack)),
+                };
+                if local.send(handed).await.is_err() {
+                    // The inbox is gone; the rest stays stored.
+                    return;
+                }
             }
-            replayed += 1;
-        }
+        });
         Ok(replayed)
     }
 

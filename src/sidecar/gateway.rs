@@ -37,6 +37,11 @@ impl Attached {
     pub(crate) fn streaming(&self) -> bool {
         self.inbox.lock().is_none()
     }
+
+    /// The inbox, unless an Attach stream still holds it.
+    pub(crate) fn take_inbox(&self) -> Option<Inbox> {
+        self.inbox.lock().take()
+    }
 }
 
 /// The Gateway service.

@@ -409,9 +409,13 @@ impl Sidecar {
         reload::reload(&self.shared).await
     }
 
-    /// Graceful stop: refuses new calls, ends every Attach stream, lets
-    /// in-flight calls finish within `sidecar.drain_timeout`, and removes its
-    /// gateways from the registry so peers stop linking here.
+    /// Graceful stop: refuses new calls (readiness 503), stops handing out
+    /// deliveries, takes the gateways' acks for what they hold for up to
+    /// half of `sidecar.drain_timeout`, ends every Attach stream with
+    /// UNAVAILABLE, lets in-flight calls finish within the drain timeout,
+    /// removes its gateways from the registry so peers stop linking here,
+    /// and closes their subscriptions once the acked part is settled on the
+    /// transports. Nothing unacked is acked.
     pub async fn shutdown(self) -> Result<(), SidecarError> {
         let drain = self.shared.settings.load().sidecar.drain_timeout;
         self.shared.ready.store(false, Ordering::Release);
@@ -428,10 +432,19 @@ impl Sidecar {
                 Ok(())
             }
         };
-        let gateways: Vec<GatewayId> = self.shared.gateways.lock().await.keys().cloned().collect();
-        for gateway in gateways {
+        let gateways: Vec<(GatewayId, gateway::Attached)> =
+            self.shared.gateways.lock().await.drain().collect();
+        for (gateway, attached) in gateways {
             if let Err(err) = self.shared.backends.registry.deregister(&gateway).await {
                 tracing::warn!(%gateway, %err, "could not deregister gateway");
+            }
+            // Send the acks of what the gateway acked and let the transports
+            // settle (offsets committed, resume position written); what was
+            // not acked stays with them for the next sidecar.
+            if let Some(inbox) = attached.take_inbox() {
+                if tokio::time::timeout(drain, inbox.close()).await.is_err() {
+                    tracing::warn!(%gateway, ?drain, "transports did not settle within the drain timeout");
+                }
             }
         }
         self.http_stop.send_replace(true);

@@ -370,7 +370,7 @@ impl Transport for GrpcTransport {
         let (tx, rx) = mpsc::channel(self.config.queue);
         // A gateway that attaches again takes over its queue.
         self.inboxes.lock().insert(me.clone(), tx);
-        Ok(ReceiverStream::new(rx).boxed())
+        Ok(Subscription::new(ReceiverStream::new(rx).boxed()))
     }
 
     fn health(&self) -> Health {

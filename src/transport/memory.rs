@@ -109,7 +109,7 @@ impl Transport for MemoryTransport {
         let (tx, rx) = mpsc::channel(self.queue);
         // A gateway that subscribes again (restart) takes over its address.
         self.inboxes.lock().insert(me.clone(), tx);
-        Ok(ReceiverStream::new(rx).boxed())
+        Ok(Subscription::new(ReceiverStream::new(rx).boxed()))
     }
 
     fn health(&self) -> Health {

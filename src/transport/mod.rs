@@ -191,8 +191,78 @@ impl fmt::Debug for Incoming {
 }
 
 /// The stream of messages published to one gateway's address. Transports
-/// reconnect and resubscribe inside it; it ends only when the transport closes.
-pub type Subscription = BoxStream<'static, Incoming>;
+/// reconnect and resubscribe inside it; it ends only when the transport
+/// closes. Dropping it unsubscribes; [`Subscription::close`] also waits
+/// until the transport has settled what was acked (Kafka offsets committed
+/// and the group left, the Redis resume position written).
+pub struct Subscription {
+    stream: BoxStream<'static, Incoming>,
+    settled: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Subscription {
+    /// A subscription with nothing to settle when it closes.
+    pub fn new(stream: BoxStream<'static, Incoming>) -> Self {
+        Self {
+            stream,
+            settled: None,
+        }
+    }
+
+    /// A subscription whose transport signals `settled` (or drops it) once
+    /// it has settled after the stream was dropped.
+    pub fn settling(
+        stream: BoxStream<'static, Incoming>,
+        settled: tokio::sync::oneshot::Receiver<()>,
+    ) -> Self {
+        Self {
+            stream,
+            settled: Some(settled),
+        }
+    }
+
+    /// The stream, and what completes once the transport settled after it
+    /// is dropped.
+    pub fn into_parts(self) -> (BoxStream<'static, Incoming>, Settled) {
+        (self.stream, Settled(self.settled))
+    }
+
+    /// Unsubscribes and waits until the transport has settled.
+    pub async fn close(self) {
+        let (stream, settled) = self.into_parts();
+        drop(stream);
+        settled.wait().await;
+    }
+}
+
+/// Completes once a dropped subscription's transport has settled.
+pub struct Settled(Option<tokio::sync::oneshot::Receiver<()>>);
+
+impl Settled {
+    /// Waits for it (an error means the transport's task ended: settled).
+    pub async fn wait(self) {
+        if let Some(settled) = self.0 {
+            let _ = settled.await;
+        }
+    }
+}
+
+impl futures::Stream for Subscription {
+    type Item = Incoming;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Incoming>> {
+        self.stream.as_mut().poll_next(cx)
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription").finish_non_exhaustive()
+    }
+}
 
 /// What a transport promises, so tests and policy know what to expect of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

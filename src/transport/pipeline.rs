@@ -9,7 +9,7 @@ use std::future::Future;
 use bytes::Bytes;
 use futures::future::try_join_all;
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Ack, Incoming, Subscription, TransportError};
@@ -41,13 +41,19 @@ where
 /// Spawns `feed` with the sending half of a channel of `capacity` messages
 /// and returns the receiving half as the subscription. `feed` must return
 /// once the sender reports closed (the subscriber dropped the stream), so a
-/// consumer never outlives its subscriber and holds no broker-side claim.
+/// consumer never outlives its subscriber and holds no broker-side claim;
+/// its return settles the subscription ([`Subscription::close`]).
 pub(crate) fn spawn_subscription<F, Fut>(capacity: usize, feed: F) -> Subscription
 where
     F: FnOnce(mpsc::Sender<Incoming>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    tokio::spawn(feed(tx));
-    ReceiverStream::new(rx).boxed()
+    let (settled, on_settled) = oneshot::channel();
+    let feeding = feed(tx);
+    tokio::spawn(async move {
+        feeding.await;
+        let _ = settled.send(());
+    });
+    Subscription::settling(ReceiverStream::new(rx).boxed(), on_settled)
 }

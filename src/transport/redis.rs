@@ -149,6 +149,25 @@ fn receiver_counts(replies: &[redis::Value]) -> redis::RedisResult<Vec<i64>> {
     Ok(counts)
 }
 
+/// Just past the last entry of a replay stream (XRANGE start), or the
+/// server's current millisecond when there is none yet.
+async fn stream_end(redis: &RedisHandle, key: &str) -> redis::RedisResult<String> {
+    let mut conn = redis.conn();
+    let last: Vec<(String, Vec<Bytes>)> = redis::cmd("XREVRANGE")
+        .arg(key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await?;
+    if let Some((id, _)) = last.first() {
+        return Ok(format!("({id}"));
+    }
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
+    Ok(format!("({}-0", secs * 1000 + micros / 1000))
+}
+
 /// Where a re-read of the replay stream starts.
 enum From {
     /// An XRANGE start (`ms-seq` inclusive, `(ms-seq` exclusive).
@@ -209,9 +228,7 @@ async fn replay(
             let count = (fields.len() / 2) as u32;
             for (index, bytes) in fields.into_iter().skip(1).step_by(2).enumerate() {
                 let ack = entry.map(|entry| {
-                    progress
-                        .lock()
-                        .received(Place::new(entry, index as u32, count));
+                    progress.received(Place::new(entry, index as u32, count));
                     Box::new(PlaceAck {
                         progress: progress.clone(),
                         entry,
@@ -369,6 +386,7 @@ impl Transport for RedisTransport {
         // live subscription is in place so nothing falls between the two.
         let (resumed, resuming) = mpsc::channel(REPLAY_CHUNK);
         let (closed, on_close) = tokio::sync::oneshot::channel();
+        let (written, settled) = tokio::sync::oneshot::channel();
         if self.replays() {
             let slot = self.members.lock().entry(me.clone()).or_default().clone();
             let membership = match tokio::time::timeout(PREDECESSOR_WAIT, slot.lock_owned()).await {
@@ -385,6 +403,23 @@ impl Transport for RedisTransport {
                 .get(&resume_key)
                 .await
                 .map_err(|e| subscribe_err(format!("read {resume_key}: {e}")))?;
+            tracing::debug!(gateway = %me, ?left_off, "where this gateway's last subscription left off");
+            if left_off.is_none() {
+                // A first subscription starts at the end of the stream, and
+                // says so before it reads anything: a successor after a
+                // crash then knows where this one began.
+                let start = stream_end(&self.redis, &replay_key)
+                    .await
+                    .map_err(|e| subscribe_err(format!("read the end of {replay_key}: {e}")))?;
+                redis::cmd("SET")
+                    .arg(&resume_key)
+                    .arg(&start)
+                    .arg("PX")
+                    .arg(window.as_millis() as u64)
+                    .query_async::<()>(&mut self.redis.conn())
+                    .await
+                    .map_err(|e| subscribe_err(format!("write {resume_key}: {e}")))?;
+            }
             if let Some(place) = left_off {
                 tokio::spawn(replay_until_done(
                     self.redis.clone(),
@@ -402,7 +437,7 @@ impl Transport for RedisTransport {
                 window,
                 progress.clone(),
                 on_close,
-                membership,
+                (membership, written),
                 me.clone(),
             ));
         }
@@ -418,7 +453,7 @@ impl Transport for RedisTransport {
             let incoming = match event {
                 Pushed::Message(bytes) => Some(match unframe(&bytes) {
                     Some((place, bytes)) => {
-                        live_progress.lock().received(place);
+                        live_progress.received(place);
                         Incoming {
                             bytes,
                             ack: Some(Box::new(PlaceAck {
@@ -438,7 +473,7 @@ impl Transport for RedisTransport {
                     if !window.is_zero() {
                         // After the last message received, or (none yet)
                         // from just before the drop.
-                        let from = match live_progress.lock().received_up_to() {
+                        let from = match live_progress.received_up_to() {
                             Some(place) => From::Place(place),
                             None => From::Drop(Instant::now() - gap),
                         };
@@ -462,12 +497,12 @@ impl Transport for RedisTransport {
         let stream = ReceiverStream::new(resuming)
             .chain(futures::stream::select(live, ReceiverStream::new(replayed)))
             .map(move |incoming| {
-                // Dropping the subscription drops this, which writes the
-                // resume position a last time.
-                let _ = &closed;
+                // Held by the stream: dropping the subscription drops it,
+                // which writes the resume position a last time.
+                let _closed = &closed;
                 incoming
             });
-        Ok(stream.boxed())
+        Ok(Subscription::settling(stream.boxed(), settled))
     }
 
     fn health(&self) -> Health {

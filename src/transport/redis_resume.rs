@@ -19,15 +19,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::{oneshot, OwnedMutexGuard};
+use tokio::sync::{oneshot, Notify, OwnedMutexGuard};
 
 use super::{Acknowledge, TransportError};
 use crate::redis_conn::RedisHandle;
 use crate::topology::GatewayId;
 
-/// How often a moved resume position is written to Redis. A crash loses at
-/// most this much progress: more duplicates on restart, never a loss.
-const WRITE_EVERY: Duration = Duration::from_millis(100);
+/// Shortest time between two writes of a moved resume position. A crash
+/// loses at most this much progress: a few more duplicates on restart,
+/// never a loss. Writes follow acks as they come, coalesced.
+const WRITE_SPACING: Duration = Duration::from_millis(5);
 
 /// The Lua script of a confirmed publish: one XADD for the batch, then one
 /// (S)PUBLISH per message framed as `\0{entry id}:{index}:{count}\0{bytes}`.
@@ -159,8 +160,29 @@ impl Progress {
     }
 }
 
-/// The shared progress of one subscription.
-pub(crate) type SharedProgress = Arc<Mutex<Progress>>;
+/// The progress of one subscription, shared by its acks and its writer.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct SharedProgress {
+    progress: Arc<Mutex<Progress>>,
+    /// Wakes the writer when the resume position may have moved.
+    moved: Arc<Notify>,
+}
+
+impl SharedProgress {
+    pub(crate) fn received(&self, place: Place) {
+        self.progress.lock().received(place);
+        self.moved.notify_one();
+    }
+
+    fn acked(&self, entry: (u64, u64)) {
+        self.progress.lock().acked(entry);
+        self.moved.notify_one();
+    }
+
+    pub(crate) fn received_up_to(&self) -> Option<String> {
+        self.progress.lock().received_up_to()
+    }
+}
 
 /// Acks one framed message: moves the resume position.
 pub(crate) struct PlaceAck {
@@ -171,14 +193,15 @@ pub(crate) struct PlaceAck {
 #[async_trait]
 impl Acknowledge for PlaceAck {
     async fn ack(self: Box<Self>) -> Result<(), TransportError> {
-        self.progress.lock().acked(self.entry);
+        self.progress.acked(self.entry);
         Ok(())
     }
 }
 
-/// Writes the resume position whenever it moved, every [`WRITE_EVERY`],
-/// and a last time when the subscription is dropped (`closed` fires).
-/// `membership` is held until that last write is done, so a successor
+/// Writes the resume position whenever it moved (at most every
+/// [`WRITE_SPACING`]), and a last time when the subscription is dropped
+/// (`closed` fires). `done` (the gateway's membership, and the settle
+/// signal) is held until that last write is done, so a successor
 /// subscription in this process reads where this one left off.
 pub(crate) async fn keep_written(
     redis: RedisHandle,
@@ -186,21 +209,20 @@ pub(crate) async fn keep_written(
     ttl: Duration,
     progress: SharedProgress,
     mut closed: oneshot::Receiver<()>,
-    membership: Option<OwnedMutexGuard<()>>,
+    done: (Option<OwnedMutexGuard<()>>, oneshot::Sender<()>),
     gateway: GatewayId,
 ) {
-    let _membership = membership;
-    let mut tick = tokio::time::interval(WRITE_EVERY);
+    let _done = done;
     loop {
         let last = tokio::select! {
-            _ = tick.tick() => false,
+            _ = progress.moved.notified() => false,
             _ = &mut closed => true,
         };
         let position = {
-            let mut progress = progress.lock();
-            let dirty = std::mem::take(&mut progress.dirty);
+            let mut state = progress.progress.lock();
+            let dirty = std::mem::take(&mut state.dirty);
             if dirty || last {
-                progress.resume_from()
+                state.resume_from()
             } else {
                 None
             }
@@ -214,14 +236,15 @@ pub(crate) async fn keep_written(
                 .query_async(&mut redis.conn())
                 .await;
             if let Err(err) = written {
-                // Next tick tries again: the position only moves forward.
-                progress.lock().dirty = true;
+                // Tried again on the next move: the position only moves forward.
+                progress.progress.lock().dirty = true;
                 tracing::debug!(%gateway, %err, "cannot write the Redis resume position");
             }
         }
         if last {
             return;
         }
+        tokio::time::sleep(WRITE_SPACING).await;
     }
 }
 
