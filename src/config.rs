@@ -56,8 +56,10 @@ pub struct LimitsConfig {
     pub max_payload_bytes: usize,
     /// Message ids remembered per inbox to drop duplicates (retries, dual-write canaries).
     pub dedupe_window: usize,
-    /// Deliveries buffered per gateway before the inbox stops reading
-    /// (backpressure reaches the transports, nothing is dropped).
+    /// The unacked window: deliveries held per gateway until it acks them.
+    /// With the window full the inbox stops reading (backpressure reaches
+    /// the transports, nothing is dropped); it also bounds the duplicates a
+    /// gateway sees after a crash.
     pub inbox_queue: usize,
 }
 
