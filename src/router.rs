@@ -265,6 +265,12 @@ impl Router {
         };
         let user = session.user.clone();
         self.inner.backends.directory.online(session).await?;
+        self.replay_offline(user).await
+    }
+
+    /// Hands `user`'s offline messages to the inbox in the background;
+    /// returns how many.
+    async fn replay_offline(&self, user: UserId) -> Result<usize, StoreError> {
         let offline = self.inner.backends.offline.clone();
         let stored = offline.read(&user, self.inner.replay_limit).await?;
         let replayed = stored.len();
@@ -320,11 +326,18 @@ impl Router {
         })
     }
 
-    /// The gateway is alive: refreshes its registration and its sessions' TTL.
+    /// The gateway is alive: refreshes its registration and its sessions'
+    /// TTL, and replays the offline messages of hosted users that were
+    /// stored while they were online (every transport to this gateway had
+    /// failed), so they need not wait for the user's next connect.
     pub async fn heartbeat(&self) -> Result<(), StoreError> {
         let backends = &self.inner.backends;
         backends.registry.register(&self.inner.me).await?;
-        backends.presence.refresh(&self.inner.me.id).await
+        backends.presence.refresh(&self.inner.me.id).await?;
+        for user in backends.offline.take_flagged(&self.inner.me.id).await? {
+            self.replay_offline(user).await?;
+        }
+        Ok(())
     }
 
     /// Heartbeats every `every` (see [`Settings::heartbeat_interval`]) until
@@ -737,22 +750,34 @@ impl Router {
         reason: OfflineReason,
     ) -> Result<(), StoreError> {
         let backends = &self.inner.backends;
-        let recipients = match &envelope.destination {
-            Destination::User(user) => vec![user.clone()],
+        // Each recipient, with the failed gateways it has a session on.
+        let recipients: Vec<(UserId, Vec<GatewayId>)> = match &envelope.destination {
+            Destination::User(user) => {
+                vec![(user.clone(), failed.iter().map(|g| (*g).clone()).collect())]
+            }
             Destination::Group(group) => {
                 let mut stranded = Vec::new();
                 for member in backends.directory.groups().members(group).await? {
                     let sessions = backends.presence.locate_shared(&member).await?;
-                    if sessions.iter().any(|s| failed.contains(&s.gateway)) {
-                        stranded.push(member);
+                    let on: Vec<GatewayId> = sessions
+                        .iter()
+                        .filter(|s| failed.contains(&s.gateway))
+                        .map(|s| s.gateway.clone())
+                        .collect();
+                    if !on.is_empty() {
+                        stranded.push((member, on));
                     }
                 }
                 stranded
             }
         };
-        for user in &recipients {
+        for (user, gateways) in &recipients {
             backends.offline.append(user, envelope).await?;
             metrics::counter!(telemetry::OFFLINE_STORED, "reason" => reason.as_str()).increment(1);
+            // Online there: that gateway's next heartbeat replays it.
+            for gateway in gateways {
+                backends.offline.flag(gateway, user).await?;
+            }
         }
         Ok(())
     }

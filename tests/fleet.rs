@@ -388,3 +388,32 @@ async fn the_demo_fleet_loses_and_duplicates_nothing() {
         "multi-device and groups fan out: {delivered}"
     );
 }
+
+#[tokio::test]
+async fn messages_stored_while_the_user_is_online_come_with_the_next_heartbeat() {
+    let (backends, mut gw) = fleet(&[("eu-1", "eu"), ("eu-2", "eu")]).await;
+    gw[1].router.connect("bob", "phone").await.unwrap();
+    // eu-2 closes its inbox: bob's session stays, publishes to it fail.
+    let Gateway { router: old, inbox } = gw.pop().unwrap();
+    inbox.close().await;
+    let report = gw[0]
+        .router
+        .send(message("alice", "eu-1", to("bob"), "while you were away"))
+        .await
+        .unwrap();
+    let Outcome::Routed { stored_offline, .. } = &report.outcome else {
+        panic!("{:?}", report.outcome);
+    };
+    assert_eq!(*stored_offline, Some(OfflineReason::TransportsFailed));
+    drop(old);
+    // eu-2 comes back without bob connecting again: its heartbeat replays.
+    let (router, mut inbox) = Router::builder(GatewayInfo::new("eu-2", "eu"))
+        .backends(backends.clone())
+        .build()
+        .await
+        .unwrap();
+    router.heartbeat().await.unwrap();
+    let got = take(&mut inbox, 1).await;
+    assert_eq!(got[0].envelope.id, report.id);
+    assert_eq!(got[0].via, Via::Offline);
+}

@@ -11,7 +11,7 @@ use redis_support::{eventually, node, redis_config, settings, Deployment};
 use switchyard::offline::OfflineConfig;
 use switchyard::presence::{PresenceStore, Session};
 use switchyard::registry::ring::{Ring, DEFAULT_VNODES};
-use switchyard::{Destination, Envelope, GatewayInfo, Outcome, Priority, UserId};
+use switchyard::{Destination, Envelope, GatewayId, GatewayInfo, Outcome, Priority, UserId};
 
 on_both!(
     presence_keeps_every_device_of_a_user,
@@ -21,6 +21,7 @@ on_both!(
     the_ring_is_balanced_and_moves_only_the_changed_share,
     offline_messages_replay_in_order_and_acks_remove_them,
     a_message_that_keeps_failing_is_dead_lettered,
+    users_flagged_for_a_gateway_are_taken_once,
     a_group_message_is_published_once_per_gateway,
     a_blocked_sender_reaches_nobody,
     a_block_reaches_the_cache_of_every_node,
@@ -347,6 +348,23 @@ async fn a_message_that_keeps_failing_is_dead_lettered(deployment: Deployment) {
     assert_eq!(
         backends.offline.dead_letters(&bob, 10).await.unwrap(),
         vec![(poison, "client crashed".to_owned())]
+    );
+}
+
+async fn users_flagged_for_a_gateway_are_taken_once(deployment: Deployment) {
+    let backends = node(&settings(&redis_config(deployment))).await;
+    let (gw, other) = (GatewayId::from("gw-f"), GatewayId::from("gw-g"));
+    for user in ["bob", "carol", "bob"] {
+        backends.offline.flag(&gw, &user.into()).await.unwrap();
+    }
+    backends.offline.flag(&other, &"dave".into()).await.unwrap();
+    let mut taken = backends.offline.take_flagged(&gw).await.unwrap();
+    taken.sort();
+    assert_eq!(taken, [UserId::from("bob"), UserId::from("carol")]);
+    assert!(backends.offline.take_flagged(&gw).await.unwrap().is_empty());
+    assert_eq!(
+        backends.offline.take_flagged(&other).await.unwrap(),
+        [UserId::from("dave")]
     );
 }
 

@@ -1,6 +1,6 @@
 //! In-process offline queues.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -9,13 +9,14 @@ use super::{OfflineConfig, OfflineStore};
 use crate::envelope::{now_micros, Envelope, MessageId};
 use crate::error::StoreError;
 use crate::telemetry;
-use crate::topology::UserId;
+use crate::topology::{GatewayId, UserId};
 
 /// One deque per user.
 pub struct MemoryOffline {
     config: OfflineConfig,
     queues: Mutex<HashMap<UserId, VecDeque<Envelope>>>,
     dead: Mutex<DeadLetters>,
+    flagged: Mutex<HashMap<GatewayId, HashSet<UserId>>>,
 }
 
 /// Failure counts of stored messages, and what was given up on.
@@ -32,6 +33,7 @@ impl MemoryOffline {
             config,
             queues: Mutex::default(),
             dead: Mutex::default(),
+            flagged: Mutex::default(),
         }
     }
 
@@ -97,6 +99,20 @@ impl OfflineStore for MemoryOffline {
 
     async fn depth(&self, user: &UserId) -> Result<usize, StoreError> {
         Ok(self.queues.lock().get(user).map_or(0, VecDeque::len))
+    }
+
+    async fn flag(&self, gateway: &GatewayId, user: &UserId) -> Result<(), StoreError> {
+        self.flagged
+            .lock()
+            .entry(gateway.clone())
+            .or_default()
+            .insert(user.clone());
+        Ok(())
+    }
+
+    async fn take_flagged(&self, gateway: &GatewayId) -> Result<Vec<UserId>, StoreError> {
+        let users = self.flagged.lock().remove(gateway).unwrap_or_default();
+        Ok(users.into_iter().collect())
     }
 
     async fn delivery_failed(

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Envelope, MessageId};
 use crate::error::StoreError;
-use crate::topology::UserId;
+use crate::topology::{GatewayId, UserId};
 use crate::transport::{Acknowledge, TransportError};
 
 /// Why a message went to the offline store.
@@ -46,6 +46,12 @@ pub trait OfflineStore: Send + Sync + 'static {
     async fn ack(&self, user: &UserId, ids: &[MessageId]) -> Result<usize, StoreError>;
     /// Messages waiting for a user.
     async fn depth(&self, user: &UserId) -> Result<usize, StoreError>;
+    /// Records that `user`, who has a session on `gateway`, has messages
+    /// waiting although online (every transport to that gateway failed), so
+    /// the gateway replays them without waiting for the user's next connect.
+    async fn flag(&self, gateway: &GatewayId, user: &UserId) -> Result<(), StoreError>;
+    /// Takes (and clears) the users flagged for `gateway`.
+    async fn take_flagged(&self, gateway: &GatewayId) -> Result<Vec<UserId>, StoreError>;
     /// Records that delivering a stored message failed. After
     /// `max_deliveries` failures the message moves from the user's queue to
     /// their dead-letter queue with `reason`; returns true when it moved.

@@ -20,7 +20,7 @@ use crate::envelope::{now_micros, Envelope, MessageId};
 use crate::error::StoreError;
 use crate::redis_conn::RedisHandle;
 use crate::telemetry;
-use crate::topology::UserId;
+use crate::topology::{GatewayId, UserId};
 
 const STORE: &str = "offline";
 
@@ -102,6 +102,11 @@ impl RedisOffline {
         }
     }
 
+    fn flagged_key(&self, gateway: &GatewayId) -> String {
+        self.redis
+            .key(&["offline-flagged", &format!("{{{gateway}}}")])
+    }
+
     fn key(&self, user: &UserId, suffix: Option<&str>) -> String {
         let tagged = format!("{{{user}}}");
         match suffix {
@@ -148,6 +153,9 @@ impl RedisOffline {
         Ok(moved == 1)
     }
 }
+
+/// Flagged users taken per heartbeat (the rest wait for the next one).
+const FLAGGED_PER_TAKE: usize = 1000;
 
 fn backend(operation: String) -> impl FnOnce(redis::RedisError) -> StoreError {
     move |e| StoreError::Backend {
@@ -253,6 +261,33 @@ impl OfflineStore for RedisOffline {
             .xlen(&key)
             .await
             .map_err(backend(format!("length of {key}")))
+    }
+
+    async fn flag(&self, gateway: &GatewayId, user: &UserId) -> Result<(), StoreError> {
+        let key = self.flagged_key(gateway);
+        redis::pipe()
+            .sadd(&key, user.as_str())
+            .ignore()
+            .pexpire(&key, self.config.max_age.as_millis() as i64)
+            .ignore()
+            .query_async::<()>(&mut self.redis.conn())
+            .await
+            .map_err(backend(format!("flag {user} for gateway {gateway}")))
+    }
+
+    async fn take_flagged(&self, gateway: &GatewayId) -> Result<Vec<UserId>, StoreError> {
+        let key = self.flagged_key(gateway);
+        // SPOP with a count takes members atomically, so a flag set meanwhile
+        // is kept for the next take.
+        let users: Vec<String> = redis::cmd("SPOP")
+            .arg(&key)
+            .arg(FLAGGED_PER_TAKE)
+            .query_async(&mut self.redis.conn())
+            .await
+            .map_err(backend(format!(
+                "take the users flagged for gateway {gateway}"
+            )))?;
+        Ok(users.into_iter().map(UserId::from).collect())
     }
 
     async fn delivery_failed(
