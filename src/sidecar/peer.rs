@@ -4,6 +4,7 @@
 //! that waits for its gateway keep flowing (up to `IN_FLIGHT`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
@@ -45,10 +46,16 @@ impl Peer for PeerService {
         })?;
         let mut batches = request.into_inner();
         let mut stopping = self.shared.stopping.clone();
+        // Draining, batches still waiting for their gateway's acks get as long
+        // as the gateways' Attach streams take acks; then the link closes and
+        // the sender falls back for them.
+        let grace = self.shared.settings.load().sidecar.drain_timeout / 2;
         let (acks, rx) = mpsc::channel(ACK_QUEUE);
         tokio::spawn(async move {
             let mut waiting = FuturesOrdered::new();
             let mut reading = true;
+            let give_up = tokio::time::sleep(Duration::MAX);
+            tokio::pin!(give_up);
             while reading || !waiting.is_empty() {
                 tokio::select! {
                     batch = batches.next(), if reading && waiting.len() < IN_FLIGHT => {
@@ -75,7 +82,11 @@ impl Peer for PeerService {
                         });
                     }
                     // Draining: stop taking batches; the sender falls back.
-                    _ = async { drop(stopping.wait_for(|stop| *stop).await) }, if reading => reading = false,
+                    _ = async { drop(stopping.wait_for(|stop| *stop).await) }, if reading => {
+                        reading = false;
+                        give_up.as_mut().reset(tokio::time::Instant::now() + grace);
+                    }
+                    () = &mut give_up => break,
                     Some((seq, result)) = waiting.next() => {
                         let error = result.err().map(|e| e.to_string()).unwrap_or_default();
                         if acks.send(Ok(proto::PeerAck { seq, error })).await.is_err() {
