@@ -297,17 +297,19 @@ async fn the_partition_leaders_broker_killed_loses_nothing() {
     let new_leader = leader(&brokers, &topic);
     assert_ne!(new_leader, victim, "leadership moved");
 
-    // The consumer moved once a message confirmed after the kill arrived.
+    // The consumer moved once a message the new leader confirmed (at or
+    // after the producer's recovery) arrived.
     let got = run.received.lock();
-    let consumer_moved = run
-        .sent
-        .confirmed
-        .iter()
-        .zip(&run.sent.confirmed_at)
-        .filter(|(_, at)| **at > killed_at)
-        .filter_map(|(id, _)| got.first_seen.get(id))
-        .min()
-        .map(|at| at.duration_since(killed_at));
+    let consumer_moved = run.sent.recovered_at.and_then(|recovered| {
+        run.sent
+            .confirmed
+            .iter()
+            .zip(&run.sent.confirmed_at)
+            .filter(|(_, at)| **at >= recovered)
+            .filter_map(|(id, _)| got.first_seen.get(id))
+            .min()
+            .map(|at| at.duration_since(killed_at))
+    });
     let producer_moved = run.sent.recovered_at.map(|at| at.duration_since(killed_at));
     println!(
         "leader {victim} -> {new_leader}: producer confirmed again after {producer_moved:?}, \
