@@ -21,7 +21,9 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-const KAFKA: &str = "127.0.0.1:9092";
+/// The cluster of `scripts/services/kafka.sh`; topics take its default
+/// replication factor (3).
+const KAFKA: &str = "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094";
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -51,7 +53,7 @@ async fn measure(
     topics.dedup();
     let new: Vec<NewTopic> = topics
         .iter()
-        .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
+        .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(-1)))
         .collect();
     admin.create_topics(&new, &AdminOptions::new()).await?;
     let read = Arc::new(AtomicUsize::new(0));
@@ -126,7 +128,7 @@ async fn main() -> Result<()> {
     }
     let gateways = env("LAYOUT_GATEWAYS", 20);
     let per_gateway = env("LAYOUT_MESSAGES", 500);
-    println!("{gateways} gateways in one region, {per_gateway} records of 256 B each, tansu on {KAFKA}\n");
+    println!("{gateways} gateways in one region, {per_gateway} records of 256 B each, Kafka on {KAFKA}\n");
     println!(
         "| {:<24} | {:>6} | {:>8} | {:>14} | {:>8} |",
         "layout", "topics", "sent", "records read", "seconds"

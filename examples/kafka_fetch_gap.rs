@@ -6,10 +6,10 @@
 //!
 //! Afterwards a fresh consumer group reads the whole topic again: a record
 //! that it finds but the live consumer missed was stored by the broker and
-//! skipped by a fetch (tansu 0.6 `dynostore`: see docs/KAFKA.md, "Known
-//! broker issues").
+//! skipped by a fetch (tansu 0.6 `dynostore` did; Apache Kafka 4.4 missed
+//! none: docs/KAFKA.md, "The test cluster").
 //!
-//!   cargo run --example kafka_fetch_gap -- 127.0.0.1:9092   # tansu
+//!   cargo run --example kafka_fetch_gap -- 127.0.0.1:9092   # a real broker (tansu then, Apache Kafka now)
 //!   cargo run --example kafka_fetch_gap -- mock             # librdkafka's mock cluster
 //!
 //! Environment: `PRODUCERS` (3), `RECORDS` per producer (2000), `HOGS`
@@ -160,7 +160,7 @@ async fn main() -> anyhow::Result<()> {
                 let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
                     .set("bootstrap.servers", &brokers)
                     .create()?;
-                let new = NewTopic::new(&topic, 1, TopicReplication::Fixed(1));
+                let new = NewTopic::new(&topic, 1, TopicReplication::Fixed(-1));
                 admin.create_topics([&new], &AdminOptions::new()).await?;
             }
         }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs and starts the services
 # the integration tests talk to (Redis, Redis Cluster, NATS JetStream, a
-# Kafka-protocol broker), then runs fmt, clippy and every test.
+# three-node Apache Kafka cluster), then runs fmt, clippy and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shopt -s nullglob

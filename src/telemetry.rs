@@ -62,6 +62,8 @@ pub const HOT_PAIR_CHANGES: &str = "switchyard_hot_pair_changes_total";
 pub const PEER_LINK_FAILURES: &str = "switchyard_peer_link_failures_total";
 /// Records a gateway's Kafka consumer has yet to read, over its partitions.
 pub const KAFKA_CONSUMER_LAG: &str = "switchyard_kafka_consumer_lag_messages";
+/// Kafka producers replaced because librdkafka declared them fatal.
+pub const KAFKA_PRODUCER_REBUILDS: &str = "switchyard_kafka_producer_rebuilds_total";
 /// Gateways attached to this sidecar with an open delivery stream.
 pub const ATTACHED_GATEWAYS: &str = "switchyard_sidecar_attached_gateways";
 /// Config reloads, by `result` (`applied`, `rejected`).
@@ -212,6 +214,11 @@ fn describe() {
         KAFKA_CONSUMER_LAG,
         "Kafka records not yet consumed by a gateway's consumer group, by gateway."
     );
+    describe_counter!(
+        KAFKA_PRODUCER_REBUILDS,
+        Unit::Count,
+        "Kafka producers replaced after a fatal error (e.g. UnknownProducerId)."
+    );
     describe_gauge!(
         ATTACHED_GATEWAYS,
         "Gateways with an open delivery stream on this sidecar."
@@ -233,6 +240,11 @@ pub fn messages(route: &'static str, via: &'static str, outcome: &'static str, n
 pub fn kafka_consumer_lag(gateway: &GatewayId, records: i64) {
     // Lag is far below 2^53, so the f64 gauge is exact.
     metrics::gauge!(KAFKA_CONSUMER_LAG, "gateway" => gateway.to_string()).set(records as f64);
+}
+
+/// Counts a Kafka producer replaced after a fatal error.
+pub fn kafka_producer_rebuilt() {
+    metrics::counter!(KAFKA_PRODUCER_REBUILDS).increment(1);
 }
 
 /// Hit and miss counters of one cache, resolved on first use instead of

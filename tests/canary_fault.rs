@@ -1,7 +1,7 @@
 //! Fault during a canary: at 30% (dual mode) Kafka's only broker goes down.
-//! The broker is librdkafka's mock cluster (`rdkafka::mocking::MockCluster`,
-//! `broker_down`), private to this test, so the shared broker on 127.0.0.1:9092
-//! that other suites use is never touched; Redis is the real one of
+//! Kafka is a private three-node Apache Kafka cluster (`support::PrivateKafka`,
+//! every node killed), so the shared cluster on 127.0.0.1:9092-9094 that other
+//! suites use is never touched; Redis is the real one of
 //! `scripts/services/redis.sh`.
 //!
 //! The auto-rollback (window 3 s, at least 8 samples, error rate above 1%)
@@ -20,6 +20,8 @@
 
 mod canary_support;
 mod common;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,8 +29,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use canary_support::{gateway_in, user, Sent};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
 use switchyard::proto;
 use switchyard::sidecar::Sidecar;
 
@@ -39,19 +39,13 @@ const TICK: Duration = Duration::from_secs(1);
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kafka_down_at_30_percent_rolls_back_and_loses_nothing() {
     let started = Instant::now();
-    // Leaked: clients still closing in the background would hang if their
-    // cluster vanished (as in tests/conformance.rs).
-    let mock: &'static MockCluster<'static, DefaultProducerContext> = Box::leak(Box::new(
-        MockCluster::new(1).expect("librdkafka mock cluster"),
-    ));
+    let cluster = support::PrivateKafka::start(21020).await;
     let run = canary_support::run_id("fault");
     let settings = canary_support::settings(
         &run,
-        &mock.bootstrap_servers(),
+        &cluster.brokers(),
         "dual",
-        "delivery_timeout = \"1s\"\n\
-         [transports.kafka.topics]\ncreate = false\n\
-         [transports.kafka.properties]\n\"allow.auto.create.topics\" = \"true\"",
+        "delivery_timeout = \"1s\"",
         "enabled = true\nwindow = \"3s\"\nmin_samples = 8\nmax_error_rate = 0.01\nmax_p99 = \"5s\"",
     );
     let mut sidecars = Vec::new();
@@ -107,8 +101,9 @@ async fn kafka_down_at_30_percent_rolls_back_and_loses_nothing() {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    mock.broker_down(-1).expect("mock broker down");
+    // From the first kill: publishes led by the first node fail at once.
     let down = Instant::now();
+    cluster.kill_all();
 
     // Every sidecar judges its own canary; wait for all to roll back.
     let mut rolled = Vec::new();
@@ -180,7 +175,9 @@ async fn kafka_down_at_30_percent_rolls_back_and_loses_nothing() {
         "sent == delivered + stored offline"
     );
 
-    mock.broker_up(-1).expect("mock broker up");
+    // Closing consumers commit and leave their groups: bring Kafka back so
+    // the shutdown does not wait on a dead cluster.
+    cluster.start_all().await;
     for sidecar in sidecars {
         sidecar.shutdown().await.expect("shutdown");
     }

@@ -5,9 +5,9 @@
 //! the restart case (or `factories::no_private_broker`).
 //!
 //! Needs the servers of `scripts/services/*.sh start` (NATS JetStream on
-//! 127.0.0.1:4222, a Kafka-protocol broker on 127.0.0.1:9092); the restart
-//! cases start their own `nats-server` on a free port, and librdkafka's
-//! mock cluster for Kafka (why: `factories::kafka_private`).
+//! 127.0.0.1:4222, the three-node Apache Kafka cluster on 127.0.0.1:9092-9094);
+//! the restart cases start their own `nats-server` on a free port, and a
+//! private three-node Kafka cluster (`support::PrivateKafka`).
 
 #[path = "conformance/cases.rs"]
 mod cases;
@@ -20,8 +20,6 @@ mod support;
 mod factories {
     use std::sync::{Arc, OnceLock};
 
-    use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::DefaultProducerContext;
     use switchyard::error::StoreError;
     use switchyard::registry::Registry;
     use switchyard::sidecar::Sidecar;
@@ -35,7 +33,7 @@ mod factories {
 
     use crate::cases::Restartable;
     use crate::redis_support::{redis_config, Deployment};
-    use crate::support::{self, PrivateBroker};
+    use crate::support::{self, PrivateBroker, PrivateKafka};
     use switchyard::transport::redis::{RedisTransport, RedisTransportConfig};
 
     pub async fn memory() -> Arc<dyn Transport> {
@@ -161,49 +159,37 @@ mod factories {
         }))
     }
 
-    /// A librdkafka mock cluster, not tansu: tansu's memory storage
-    /// restarts empty (topics, committed offsets and idempotent producer ids
-    /// gone), which no real Kafka does; against it this case failed (publishes
-    /// timed out after the restart, or the consumer missed records at offsets
-    /// it had already passed). The mock takes its broker down and up again
-    /// with its log intact, as a restarted Kafka broker would.
+    /// A private three-node cluster (base port 21000): the case kills
+    /// every node, so the shared cluster other tests use is not touched.
+    /// Topics, committed offsets and producer ids survive, as on any Kafka.
     pub async fn kafka_private() -> Option<Box<dyn Restartable>> {
-        let mock = match MockCluster::new(1) {
-            // Leaked: clients still closing in the background (consumer
-            // close, producer flush) would hang if their cluster vanished.
-            Ok(mock) => &*Box::leak(Box::new(mock)),
-            Err(e) => {
-                eprintln!("SKIP: cannot start librdkafka's mock cluster: {e}");
-                return None;
-            }
-        };
-        let config = support::mock_kafka_config(&mock.bootstrap_servers());
-        let transport = KafkaTransport::connect(&config)
+        let cluster = PrivateKafka::start(21000).await;
+        let transport = KafkaTransport::connect(&support::kafka_config(&cluster.brokers()))
             .await
-            .expect("connect to the mock cluster");
-        Some(Box::new(MockBroker {
-            mock,
+            .expect("connect to the private Kafka cluster");
+        Some(Box::new(PrivateCluster {
+            cluster,
             transport: Arc::new(transport),
         }))
     }
 
-    struct MockBroker {
-        mock: &'static MockCluster<'static, DefaultProducerContext>,
+    struct PrivateCluster {
+        cluster: PrivateKafka,
         transport: Arc<dyn Transport>,
     }
 
     #[async_trait::async_trait(?Send)]
-    impl Restartable for MockBroker {
+    impl Restartable for PrivateCluster {
         fn transport(&self) -> Arc<dyn Transport> {
             self.transport.clone()
         }
 
         fn stop(&mut self) {
-            self.mock.broker_down(-1).expect("mock broker down");
+            self.cluster.kill_all();
         }
 
         async fn start(&mut self) {
-            self.mock.broker_up(-1).expect("mock broker up");
+            self.cluster.start_all().await;
         }
     }
 }

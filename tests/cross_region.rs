@@ -4,7 +4,7 @@
 //! mid-stream without losing a message.
 //!
 //! Needs the servers of `scripts/services/*.sh start`; the fault test runs
-//! Kafka on librdkafka's mock cluster (why: in the test).
+//! a private three-node Kafka cluster, which it stops whole.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -14,7 +14,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use rdkafka::mocking::MockCluster;
 use switchyard::inbox::Via;
 use switchyard::transport::{Health, TransportKind};
 use switchyard::{
@@ -253,18 +252,9 @@ mod up_gauge {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_outage_falls_back_and_recovers() {
     let gauge = up_gauge::log();
-    // librdkafka's mock cluster, not tansu: a restarted tansu comes back
-    // empty (memory storage), and librdkafka 2.12 crashed in its metadata
-    // cache (SIGSEGV in rd_kafka_metadata_cache_find) on the metadata tansu
-    // sent after such a restart. The mock keeps its log across down/up, as a
-    // restarted Kafka broker does.
-    // Leaked: clients still closing in the background (consumer close,
-    // producer flush) would hang if their cluster vanished first.
-    let mock = &*Box::leak(Box::new(
-        MockCluster::new(1).expect("librdkafka mock cluster"),
-    ));
-    let mut settings = settings(&mock.bootstrap_servers(), "kafka", &["nats"]);
-    settings.transports.kafka = Some(support::mock_kafka_config(&mock.bootstrap_servers()));
+    // Private: the whole cluster goes down, which the shared one must not.
+    let cluster = support::PrivateKafka::start(21010).await;
+    let mut settings = settings(&cluster.brokers(), "kafka", &["nats"]);
     settings.delivery.publish_timeout = Duration::from_secs(2);
     settings.delivery.retries = 1;
     if let Some(kafka) = settings.transports.kafka.as_mut() {
@@ -288,7 +278,7 @@ async fn kafka_outage_falls_back_and_recovers() {
     );
     drain(&mut us, &before).await;
 
-    mock.broker_down(-1).expect("mock broker down");
+    cluster.kill_all();
     let (during, vias) = send(&eu1, &us, 20, Priority::High).await;
     assert!(
         vias.iter()
@@ -315,7 +305,7 @@ async fn kafka_outage_falls_back_and_recovers() {
         "switchyard_transport_up{{transport=\"kafka\"}} never went to 0"
     );
 
-    mock.broker_up(-1).expect("mock broker up");
+    cluster.start_all().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while kafka.health() != Health::Up {
         assert!(

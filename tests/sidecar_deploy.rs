@@ -97,8 +97,11 @@ fn every_referenced_config_loads() {
 fn the_sidecar_container_is_probed_on_healthz_and_readyz() {
     let (_, set) = yaml_documents()
         .into_iter()
-        .find(|(_, d)| d.get("kind").and_then(Value::as_str) == Some("StatefulSet"))
-        .expect("a StatefulSet");
+        .find(|(_, d)| {
+            d.get("kind").and_then(Value::as_str) == Some("StatefulSet")
+                && d["metadata"]["name"].as_str() == Some("chat-gateway")
+        })
+        .expect("the gateway's StatefulSet");
     let containers = set["spec"]["template"]["spec"]["containers"]
         .as_sequence()
         .unwrap();

@@ -123,11 +123,15 @@ pub async fn kafka(config: &KafkaConfig, load: Load) -> Result<Measured, BenchEr
     common.set("bootstrap.servers", &config.brokers);
     let admin: AdminClient<DefaultClientContext> =
         common.create().map_err(|e| err(e.to_string()))?;
+    // The same partitions and replication as the transport's topics, so
+    // both sides of the comparison wait for the same in-sync replicas.
+    let new = NewTopic::new(
+        &topic,
+        config.topics.partitions,
+        TopicReplication::Fixed(config.topics.replication),
+    );
     admin
-        .create_topics(
-            [&NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
+        .create_topics([&new], &AdminOptions::new())
         .await
         .map_err(|e| err(e.to_string()))?;
     let producer: FutureProducer = common

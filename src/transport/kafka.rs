@@ -10,14 +10,22 @@
 //! Delivery: the producer is idempotent; [`Ack::Confirmed`] enqueues the
 //! whole batch and then awaits every delivery report, [`Ack::None`] only
 //! enqueues into librdkafka's bounded queue (full queue -> error, so the
-//! router falls back). Offsets are stored only when the inbox acknowledges
-//! a message (`enable.auto.offset.store=false`) and committed periodically,
-//! so nothing the inbox has not accepted is ever committed.
+//! router falls back). A producer that librdkafka declares fatal (e.g.
+//! `UnknownProducerId` after a broker lost its producer state) can never
+//! send again, so it is replaced by a fresh one on the next publish.
+//!
+//! Offsets are stored only when the inbox acknowledges a message
+//! (`enable.auto.offset.store=false`), and only up to the highest offset
+//! below which every received record was acked ([`OffsetTracker`]): acks
+//! may come out of order (a duplicate is acked at once while earlier
+//! records still wait for the gateway), and a commit past an unacked record
+//! would lose it in a crash. Stored offsets are committed periodically.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -81,7 +89,10 @@ pub struct KafkaTopicsConfig {
     /// Partitions of a created topic. One keeps per-gateway order without
     /// relying on keys; more only helps if a gateway's consumer is scaled out.
     pub partitions: i32,
-    /// Replication factor of a created topic.
+    /// Replication factor of a created topic; -1 takes the brokers'
+    /// `default.replication.factor` (1 on a single dev broker, 3 on the
+    /// test cluster). With `acks=all`, a factor below the brokers'
+    /// `min.insync.replicas` makes every publish fail.
     pub replication: i32,
 }
 
@@ -90,7 +101,7 @@ impl Default for KafkaTopicsConfig {
         Self {
             create: true,
             partitions: 1,
-            replication: 1,
+            replication: -1,
         }
     }
 }
@@ -229,7 +240,8 @@ impl ConsumerContext for HealthContext {}
 /// Kafka, one topic and one consumer group per gateway.
 pub struct KafkaTransport {
     config: KafkaConfig,
-    producer: FutureProducer<HealthContext>,
+    /// Swapped for a new producer when librdkafka declares this one fatal.
+    producer: ArcSwap<FutureProducer<HealthContext>>,
     admin: AdminClient<HealthContext>,
     health: Arc<HealthCell>,
     /// Topics known to exist, so each is created at most once per process.
@@ -253,19 +265,7 @@ impl KafkaTransport {
         };
         let health = Arc::new(HealthCell::new(KIND));
         let context = HealthContext(health.clone(), None);
-        let producer: FutureProducer<HealthContext> = client_config(config)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", millis(config.linger))
-            .set("batch.size", config.batch_size.to_string())
-            .set("compression.type", config.compression.as_str())
-            .set(
-                "queue.buffering.max.messages",
-                config.max_in_flight.to_string(),
-            )
-            .set("message.max.bytes", config.max_message_bytes.to_string())
-            .set("message.timeout.ms", millis(config.delivery_timeout))
-            .with_overrides(config)
-            .create_with_context(context.clone())
+        let producer = producer(config, &health)
             .map_err(|e| connect_err(format!("bad producer settings: {e}")))?;
         let admin: AdminClient<HealthContext> = client_config(config)
             .with_overrides(config)
@@ -282,12 +282,35 @@ impl KafkaTransport {
         health.up();
         Ok(Self {
             config: config.clone(),
-            producer,
+            producer: ArcSwap::from_pointee(producer),
             admin,
             health,
             ensured: Mutex::default(),
             members: Mutex::default(),
         })
+    }
+
+    /// The producer to publish with: the current one, or a new one in its
+    /// place if librdkafka declared it fatal (it then fails every send).
+    fn live_producer(&self) -> Result<Arc<FutureProducer<HealthContext>>, String> {
+        let current = self.producer.load_full();
+        let Some((code, reason)) = current.client().fatal_error() else {
+            return Ok(current);
+        };
+        tracing::warn!(transport = %KIND, %code, reason, "producer is fatal; replacing it");
+        let fresh = Arc::new(
+            producer(&self.config, &self.health)
+                .map_err(|e| format!("replace fatal producer ({code}: {reason}): {e}"))?,
+        );
+        // Concurrent publishers that saw the same fatal producer: one swap
+        // wins, the others use the winner's producer and drop their own.
+        let previous = self.producer.compare_and_swap(&current, fresh.clone());
+        if Arc::ptr_eq(&previous, &current) {
+            telemetry::kafka_producer_rebuilt();
+            Ok(fresh)
+        } else {
+            Ok(Arc::clone(&previous))
+        }
     }
 
     /// The topic of a gateway, or an error naming the id if Kafka cannot
@@ -381,6 +404,26 @@ impl KafkaTransport {
     }
 }
 
+/// The idempotent producer (acks=all, the idempotence default).
+fn producer(
+    config: &KafkaConfig,
+    health: &Arc<HealthCell>,
+) -> Result<FutureProducer<HealthContext>, KafkaError> {
+    client_config(config)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", millis(config.linger))
+        .set("batch.size", config.batch_size.to_string())
+        .set("compression.type", config.compression.as_str())
+        .set(
+            "queue.buffering.max.messages",
+            config.max_in_flight.to_string(),
+        )
+        .set("message.max.bytes", config.max_message_bytes.to_string())
+        .set("message.timeout.ms", millis(config.delivery_timeout))
+        .with_overrides(config)
+        .create_with_context(HealthContext(health.clone(), None))
+}
+
 /// Settings every client shares.
 fn client_config(config: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -412,9 +455,56 @@ fn millis(d: Duration) -> String {
     d.as_millis().to_string()
 }
 
-/// Stores the offset of one received record when the inbox accepted it.
+/// One subscription's received and acked offsets per partition, so only
+/// the highest contiguous acked offset is ever stored for commit.
+#[derive(Debug, Default)]
+struct OffsetTracker {
+    partitions: HashMap<(String, i32), PartitionOffsets>,
+}
+
+#[derive(Debug, Default)]
+struct PartitionOffsets {
+    /// Received and not yet acked.
+    unacked: BTreeSet<i64>,
+    /// The highest offset received.
+    highest: i64,
+    /// The highest offset stored for commit (every offset up to it acked).
+    stored: Option<i64>,
+}
+
+impl OffsetTracker {
+    /// Records that `offset` was received (handed to the inbox).
+    fn received(&mut self, topic: &str, partition: i32, offset: i64) {
+        let p = self
+            .partitions
+            .entry((topic.to_owned(), partition))
+            .or_default();
+        p.unacked.insert(offset);
+        p.highest = p.highest.max(offset);
+    }
+
+    /// Records the ack of `offset` and returns the offset to store, if the
+    /// contiguous acked prefix grew: every offset received up to it is acked.
+    fn acked(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
+        let p = self.partitions.get_mut(&(topic.to_owned(), partition))?;
+        p.unacked.remove(&offset);
+        let contiguous = match p.unacked.first() {
+            Some(lowest) => lowest - 1,
+            None => p.highest,
+        };
+        if p.stored.is_some_and(|stored| stored >= contiguous) || contiguous < offset {
+            return None;
+        }
+        p.stored = Some(contiguous);
+        Some(contiguous)
+    }
+}
+
+/// Acks one received record; stores an offset only when every record
+/// before it on the partition is acked too.
 struct OffsetAck {
     consumer: Arc<StreamConsumer<HealthContext>>,
+    tracker: Arc<Mutex<OffsetTracker>>,
     topic: String,
     partition: i32,
     offset: i64,
@@ -423,15 +513,22 @@ struct OffsetAck {
 #[async_trait]
 impl Acknowledge for OffsetAck {
     async fn ack(self: Box<Self>) -> Result<(), TransportError> {
+        let Some(offset) = self
+            .tracker
+            .lock()
+            .acked(&self.topic, self.partition, self.offset)
+        else {
+            return Ok(());
+        };
         // librdkafka stores offset + 1 (the next record to read); the
         // periodic auto commit sends it to the broker.
         self.consumer
-            .store_offset(&self.topic, self.partition, self.offset)
+            .store_offset(&self.topic, self.partition, offset)
             .map_err(|e| TransportError::Ack {
                 transport: KIND,
                 reason: format!(
-                    "store offset {} of {}[{}]: {e}",
-                    self.offset, self.topic, self.partition
+                    "store offset {offset} of {}[{}] (acked {}): {e}",
+                    self.topic, self.partition, self.offset
                 ),
             })
     }
@@ -464,13 +561,13 @@ impl Transport for KafkaTransport {
         };
         let topic = self.topic(to).map_err(publish_err)?;
         self.ensure_topic(&topic).await.map_err(publish_err)?;
+        let producer = self.live_producer().map_err(publish_err)?;
         let key = to.as_str();
         let topic = topic.as_str();
         enqueue_then_confirm(batch, ack, |bytes| {
             let record = FutureRecord::to(topic).key(key).payload(bytes.as_ref());
             // Never block on a full queue: the error lets the router fall back.
-            let enqueued = self
-                .producer
+            let enqueued = producer
                 .send_result(record)
                 .map_err(|(e, _)| publish_err(format!("enqueue to {topic}: {e}")))
                 .map(|delivery| async move {
@@ -512,6 +609,7 @@ impl Transport for KafkaTransport {
             .subscribe(&[&topic])
             .map_err(|e| subscribe_err(format!("subscribe {group} to {topic}: {e}")))?;
         let consumer = Arc::new(consumer);
+        let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
         let health = self.health.clone();
         Ok(spawn_subscription(
             self.config.queue,
@@ -520,15 +618,23 @@ impl Transport for KafkaTransport {
                     let incoming = tokio::select! {
                         _ = tx.closed() => break,
                         received = consumer.recv() => match received {
-                            Ok(record) => Incoming {
-                                bytes: Bytes::copy_from_slice(record.payload().unwrap_or_default()),
-                                ack: Some(Box::new(OffsetAck {
-                                    consumer: consumer.clone(),
-                                    topic: record.topic().to_owned(),
-                                    partition: record.partition(),
-                                    offset: record.offset(),
-                                })),
-                            },
+                            Ok(record) => {
+                                let (topic, partition, offset) =
+                                    (record.topic(), record.partition(), record.offset());
+                                tracker.lock().received(topic, partition, offset);
+                                Incoming {
+                                    bytes: Bytes::copy_from_slice(
+                                        record.payload().unwrap_or_default(),
+                                    ),
+                                    ack: Some(Box::new(OffsetAck {
+                                        consumer: consumer.clone(),
+                                        tracker: tracker.clone(),
+                                        topic: topic.to_owned(),
+                                        partition,
+                                        offset,
+                                    })),
+                                }
+                            }
                             Err(e) => {
                                 tracing::debug!(transport = %KIND, %group, %e, "consume error");
                                 // Errors repeat while the broker is away: don't spin.
@@ -552,5 +658,131 @@ impl Transport for KafkaTransport {
 
     fn health(&self) -> Health {
         self.health.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker(received: impl IntoIterator<Item = i64>) -> OffsetTracker {
+        let mut t = OffsetTracker::default();
+        for offset in received {
+            t.received("t", 0, offset);
+        }
+        t
+    }
+
+    #[test]
+    fn in_order_acks_store_each_offset() {
+        let mut t = tracker(0..3);
+        assert_eq!(t.acked("t", 0, 0), Some(0));
+        assert_eq!(t.acked("t", 0, 1), Some(1));
+        assert_eq!(t.acked("t", 0, 2), Some(2));
+    }
+
+    #[test]
+    fn an_ack_past_an_unacked_offset_stores_nothing_until_the_gap_closes() {
+        let mut t = tracker(10..15);
+        // A duplicate (12) acked at once while 10 and 11 wait for the gateway.
+        assert_eq!(t.acked("t", 0, 12), None);
+        assert_eq!(t.acked("t", 0, 11), None);
+        assert_eq!(t.acked("t", 0, 10), Some(12));
+        assert_eq!(t.acked("t", 0, 14), None);
+        assert_eq!(t.acked("t", 0, 13), Some(14));
+    }
+
+    #[test]
+    fn the_stored_offset_waits_for_records_received_later_only_if_unacked() {
+        let mut t = tracker(0..2);
+        assert_eq!(t.acked("t", 0, 1), None);
+        t.received("t", 0, 2);
+        assert_eq!(t.acked("t", 0, 0), Some(1));
+        assert_eq!(t.acked("t", 0, 2), Some(2));
+    }
+
+    #[test]
+    fn partitions_are_tracked_apart() {
+        let mut t = tracker(0..2);
+        t.received("t", 1, 0);
+        t.received("u", 0, 5);
+        assert_eq!(t.acked("t", 1, 0), Some(0));
+        assert_eq!(t.acked("u", 0, 5), Some(5));
+        assert_eq!(t.acked("t", 0, 1), None);
+        assert_eq!(t.acked("t", 0, 0), Some(1));
+    }
+
+    #[test]
+    fn a_redelivered_offset_never_moves_the_stored_offset_back() {
+        let mut t = tracker(0..3);
+        for offset in 0..3 {
+            t.acked("t", 0, offset);
+        }
+        // The partition came back after a rebalance: records from 1 again.
+        t.received("t", 0, 1);
+        assert_eq!(t.acked("t", 0, 1), None);
+        assert_eq!(t.acked("t", 0, 7), None, "never received");
+    }
+
+    /// A fatal idempotent producer (as after `UnknownProducerId`) is replaced
+    /// on the next publish, which succeeds. Needs the cluster of
+    /// `scripts/services/kafka.sh start`; the fatal error is injected with
+    /// librdkafka's own test hook, since no broker fault gives one on demand.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(unsafe_code)]
+    async fn a_fatal_producer_is_replaced_and_publishing_goes_on() {
+        use futures::StreamExt;
+        use rdkafka::bindings::{rd_kafka_resp_err_t, rd_kafka_test_fatal_error};
+
+        let config = KafkaConfig {
+            brokers: "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094".into(),
+            delivery_timeout: Duration::from_secs(10),
+            ..KafkaConfig::default()
+        };
+        let kafka = KafkaTransport::connect(&config)
+            .await
+            .expect("the cluster of scripts/services/kafka.sh start");
+        let to = GatewayId::new(format!("fatal{}", ulid::Ulid::new()));
+        let batch =
+            |n: u32| -> Vec<Bytes> { (0..n).map(|i| Bytes::from(format!("{i}"))).collect() };
+        kafka
+            .publish(&to, &batch(10), Ack::Confirmed)
+            .await
+            .expect("publish before");
+        let first = kafka.producer.load_full();
+        let reason = c"injected by a test";
+        // SAFETY: the pointer is the live producer's handle (kept alive by
+        // `first`), and the reason is a NUL-terminated string.
+        let code = unsafe {
+            rd_kafka_test_fatal_error(
+                first.client().native_ptr(),
+                rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID,
+                reason.as_ptr(),
+            )
+        };
+        assert_eq!(code, rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
+        assert!(first.client().fatal_error().is_some());
+        kafka
+            .publish(&to, &batch(10), Ack::Confirmed)
+            .await
+            .expect("publish after the fatal error");
+        assert!(
+            !Arc::ptr_eq(&first, &kafka.producer.load_full()),
+            "not replaced"
+        );
+
+        let mut sub = kafka.subscribe(&to).await.expect("subscribe");
+        let mut got = 0;
+        while got < 20 {
+            let incoming = tokio::time::timeout(Duration::from_secs(20), sub.next())
+                .await
+                .expect("all 20 within 20 s")
+                .expect("subscription open");
+            got += 1;
+            if let Some(ack) = incoming.ack {
+                ack.ack().await.expect("ack");
+            }
+        }
+        assert_eq!(got, 20);
     }
 }

@@ -1,6 +1,7 @@
 //! Shared by the broker tests: settings pointing at the servers that
-//! `scripts/services/*.sh start` runs, and private NATS and Redis servers a
-//! test starts, kills and restarts itself (on a free loopback port).
+//! `scripts/services/*.sh start` runs, private NATS and Redis servers a
+//! test starts, kills and restarts itself (on a free loopback port), and
+//! private three-node Kafka clusters for tests that kill brokers.
 
 #![allow(dead_code)] // each test crate uses a different part of this module
 
@@ -14,14 +15,15 @@ use switchyard::transport::kafka::{KafkaConfig, KafkaTransport};
 use switchyard::transport::nats::{NatsConfig, NatsTransport, Storage};
 use switchyard::transport::Transport;
 
-/// The Kafka-protocol broker of `scripts/services/kafka.sh`.
-pub const KAFKA: &str = "127.0.0.1:9092";
+/// The three-node Apache Kafka cluster of `scripts/services/kafka.sh`.
+pub const KAFKA: &str = "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094";
 /// The NATS server of `scripts/services/nats.sh`.
 pub const NATS: &str = "nats://127.0.0.1:4222";
 
-/// Kafka settings tuned for tests: short timeouts, low fetch wait.
+/// Kafka settings tuned for tests: short timeouts, low fetch wait, topics
+/// replicated on all three nodes.
 pub fn kafka_config(brokers: &str) -> KafkaConfig {
-    KafkaConfig {
+    let mut config = KafkaConfig {
         brokers: brokers.into(),
         client_id: "switchyard-test".into(),
         fetch_wait_max: Duration::from_millis(5),
@@ -29,7 +31,9 @@ pub fn kafka_config(brokers: &str) -> KafkaConfig {
         delivery_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(5),
         ..KafkaConfig::default()
-    }
+    };
+    config.topics.replication = 3;
+    config
 }
 
 /// NATS settings for tests: a test stream in memory, short ack wait so
@@ -44,17 +48,6 @@ pub fn nats_config(url: &str) -> NatsConfig {
         ack_wait: Duration::from_secs(2),
         ..NatsConfig::default()
     }
-}
-
-/// Kafka settings for librdkafka's mock cluster, which does not implement
-/// CreateTopics: topics are auto-created when first asked for instead.
-pub fn mock_kafka_config(brokers: &str) -> KafkaConfig {
-    let mut config = kafka_config(brokers);
-    config.topics.create = false;
-    config
-        .properties
-        .insert("allow.auto.create.topics".into(), "true".into());
-    config
 }
 
 /// Connects to the shared Kafka broker, or panics saying how to start it.
@@ -219,5 +212,99 @@ impl PrivateBroker {
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A three-node Apache Kafka cluster owned by one test, run by
+/// `scripts/services/kafka.sh` with its data in a temp dir (so a restarted
+/// node finds its log and committed offsets) and its own ports: node N
+/// serves clients on `base + N - 1`. Every test passes its own `base`
+/// (below 32768, out of the ephemeral range). Killed on drop.
+pub struct PrivateKafka {
+    base: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateKafka {
+    /// Formats and starts the cluster and waits until all three brokers
+    /// are in its metadata; panics with the script's output if not.
+    pub async fn start(base: u16) -> Self {
+        let cluster = Self {
+            base,
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        cluster.script(&["start"]).await;
+        cluster
+    }
+
+    /// The bootstrap list of the three nodes.
+    pub fn brokers(&self) -> String {
+        (0..3)
+            .map(|n| format!("127.0.0.1:{}", self.base + n))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Kills node 1-3 with SIGKILL and waits until it is gone.
+    pub async fn kill(&self, node: i32) {
+        self.script(&["kill", &node.to_string()]).await;
+    }
+
+    /// Starts node 1-3 again and waits until the cluster lists all three.
+    pub async fn start_node(&self, node: i32) {
+        self.script(&["start-node", &node.to_string()]).await;
+    }
+
+    /// Stops every node (SIGTERM, as an operator would).
+    pub async fn stop(&self) {
+        self.script(&["stop"]).await;
+    }
+
+    /// Starts every node that is not running and waits for all three.
+    pub async fn start_all(&self) {
+        self.script(&["start"]).await;
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("bash");
+        command
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/services/kafka.sh"
+            ))
+            .args(args)
+            .env("KAFKA_BASE_PORT", self.base.to_string())
+            .env("KAFKA_DATA", self.dir.path())
+            // Several private clusters may run beside the shared one.
+            .env("KAFKA_HEAP", "384m");
+        command
+    }
+
+    async fn script(&self, args: &[&str]) {
+        let mut command = self.command(args);
+        let what = format!("kafka.sh {} (base port {})", args.join(" "), self.base);
+        let output = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .expect("the script's thread")
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            output.status.success(),
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Kills all three nodes with SIGKILL, as a power cut would; blocks
+    /// for the few milliseconds that takes (for sync callers).
+    pub fn kill_all(&self) {
+        let _ = self.command(&["kill", "1", "2", "3"]).output();
+    }
+}
+
+impl Drop for PrivateKafka {
+    fn drop(&mut self) {
+        // Nothing is left to keep, and the temp dir goes with it.
+        self.kill_all();
     }
 }
