@@ -495,6 +495,35 @@ pub async fn to_ten_gateways(t: Arc<dyn Transport>) {
     fan_out(t, 10).await
 }
 
+/// A low-priority publish to a gateway nobody subscribes to is never what
+/// the router reports as delivered and confirmed, unless the transport keeps
+/// it for the gateway's next subscriber (and then that subscriber gets it).
+pub async fn low_priority_to_nobody(t: Arc<dyn Transport>) {
+    let gw = gateway();
+    let sent: Vec<Envelope> = (0..5).map(|i| envelope(i, 64)).collect();
+    let result = t.publish(&gw, &encode(&sent), Ack::None).await;
+    let confirmed = result.is_ok() && t.confirms(Ack::None);
+    if !confirmed {
+        return;
+    }
+    assert!(
+        t.capabilities().durable,
+        "{}: confirmed a low-priority publish to a gateway nobody subscribes to, and keeps nothing",
+        t.kind()
+    );
+    let mut sub = t.subscribe(&gw).await.expect("subscribe");
+    let want: HashSet<MessageId> = ids(&sent).into_iter().collect();
+    let got: HashSet<MessageId> = ids(&receive_all(&mut sub, &want).await)
+        .into_iter()
+        .collect();
+    assert_eq!(
+        want.difference(&got).count(),
+        0,
+        "{}: confirmed low-priority messages lost",
+        t.kind()
+    );
+}
+
 /// A publish retried after an unknown outcome reaches the gateway once:
 /// through the real inbox (and, on NATS, the server's own dedupe).
 pub async fn retried_publish_dedupe(t: Arc<dyn Transport>) {
