@@ -31,6 +31,10 @@ async fn two_routers_in_one_region_talk_over_redis(deployment: Deployment) {
             panic!("message {i} not routed: {:?}", report.outcome);
         };
         assert_eq!(targets[0].result, Ok(Via::Transport(TransportKind::Redis)));
+        assert!(
+            targets[0].confirmed,
+            "a subscriber was counted at every priority"
+        );
     }
     for i in 0..300 {
         let delivery = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
@@ -77,6 +81,7 @@ async fn a_publish_nobody_reads_goes_offline(deployment: Deployment) {
                 .is_err_and(|e| e.contains("nobody is subscribed")),
             "{priority:?}: {targets:?}"
         );
+        assert!(!targets[0].confirmed, "{priority:?}: {targets:?}");
         assert!(stored_offline.is_some(), "{priority:?}");
     }
     let stored: Vec<_> = a

@@ -10,8 +10,9 @@
 //!   and finally stores the message offline. This holds at every priority
 //!   (the count comes with the one round trip anyway), so a publish that
 //!   returns `Ok` was taken by a subscriber: it is confirmed.
-//! - For normal and high priority, the same pipeline appends the batch to the gateway's replay stream
-//!   `sy:gw:{gateway}:replay` (capped by count, expired by age). When a
+//! - For normal and high priority, the same pipeline appends the batch to
+//!   the gateway's replay stream `sy:gw:{gateway}:replay` (capped by count,
+//!   expired by age). When a
 //!   subscriber lost its connection (dropped, failed over, or cut off for
 //!   lagging behind `client-output-buffer-limit pubsub`) it resubscribes and
 //!   re-reads that stream from just before the drop; when it fell more than
