@@ -155,13 +155,18 @@ impl Fleet {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         while !want.is_subset(&got) {
             match tokio::time::timeout_at(deadline, inbox.recv()).await {
-                Ok(Some(d)) if !got.insert(d.envelope.id) => duplicates += 1,
-                Ok(Some(_)) => {}
+                Ok(Some(d)) => {
+                    inbox.ack(d.seq);
+                    if !got.insert(d.envelope.id) {
+                        duplicates += 1;
+                    }
+                }
                 _ => break,
             }
         }
         while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(500), inbox.recv()).await
         {
+            inbox.ack(d.seq);
             if !got.insert(d.envelope.id) {
                 duplicates += 1;
             }
