@@ -56,6 +56,7 @@ fn decision(c: &mut Criterion) {
         mode: Default::default(),
         rollback: Default::default(),
         handover: switchyard::policy::canary::DEFAULT_HANDOVER,
+        mirror_wait: switchyard::policy::canary::DEFAULT_MIRROR_WAIT,
     };
     let policy = Policy::new(&routing, Some(&canary), &TransportKind::ALL).expect("valid");
     let me = GatewayInfo::new("gw-eu-1", "eu");

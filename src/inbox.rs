@@ -28,7 +28,6 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::dedupe::DedupeWindow;
 use crate::envelope::{now_micros, Envelope, EnvelopeError, MessageId};
-use crate::policy::live::LivePolicy;
 use crate::telemetry;
 use crate::transport::{Acknowledge, Incoming, Settled, Subscription, TransportKind};
 
@@ -255,7 +254,6 @@ enum Arrival {
 /// Starts the inbox over `subscriptions` and the router's in-process
 /// channel (`local`, for local and offline deliveries).
 pub(crate) fn spawn(
-    policy: Arc<LivePolicy>,
     subscriptions: Vec<(TransportKind, Subscription)>,
     local: mpsc::Receiver<Handed>,
     dedupe_window: usize,
@@ -286,7 +284,7 @@ pub(crate) fn spawn(
     wire.push(ReceiverStream::new(local).map(Arrival::Handed).boxed());
     let merged = stream::select_all(wire);
     tokio::spawn(send_acks(ack_rx));
-    let feeder = tokio::spawn(feed(shared.clone(), policy, merged, dedupe_window));
+    let feeder = tokio::spawn(feed(shared.clone(), merged, dedupe_window));
     Inbox {
         shared,
         feeder: Some(feeder),
@@ -313,12 +311,7 @@ async fn send_acks(mut acks: mpsc::UnboundedReceiver<Acking>) {
 /// Takes arrivals while the window has room: decode, dedupe, validate,
 /// hold. Returns the subscriptions when the inbox is stopped, so closing it
 /// can send the last acks before they go.
-async fn feed(
-    shared: Arc<Shared>,
-    policy: Arc<LivePolicy>,
-    mut merged: Merged,
-    dedupe_window: usize,
-) -> Option<Merged> {
+async fn feed(shared: Arc<Shared>, mut merged: Merged, dedupe_window: usize) -> Option<Merged> {
     let mut window = DedupeWindow::new(dedupe_window);
     let mut latencies = telemetry::DeliveryLatency::default();
     loop {
@@ -379,9 +372,6 @@ async fn feed(
         let latency =
             Duration::from_micros(now.saturating_sub(envelope.created_at_micros).max(0) as u64);
         latencies.record(via.as_str(), latency);
-        if let Via::Transport(kind) = via {
-            policy.record_delivery(kind, latency);
-        }
         let mut state = shared.state.lock();
         let seq = state.first + state.pending.len() as u64;
         state.ids.insert(envelope.id, seq);

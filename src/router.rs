@@ -19,7 +19,7 @@ use crate::inbox::{self, Handed, Inbox, Via};
 use crate::offline::{OfflineAck, OfflineReason};
 use crate::policy::handover::Handover;
 use crate::policy::live::LivePolicy;
-use crate::policy::{Decision, Policy, Route, TransportList};
+use crate::policy::{Decision, Policy, Route};
 use crate::presence::{PresenceStore, Session};
 use crate::telemetry;
 use crate::topology::{DeviceId, GatewayId, GatewayInfo, GroupId, Region, UserId};
@@ -123,13 +123,13 @@ impl RouterBuilder {
         }
         let (local, local_rx) = mpsc::channel(settings.limits.inbox_queue);
         let inbox = inbox::spawn(
-            policy.clone(),
             subscriptions,
             local_rx,
             settings.limits.dedupe_window,
             settings.limits.inbox_queue,
         );
         backends.registry.register(&self.gateway).await?;
+        policy.observe(&backends.transports);
         let router = Router {
             inner: Arc::new(Inner {
                 me: self.gateway,
@@ -180,11 +180,27 @@ pub struct TargetReport {
     pub gateway: GatewayId,
     /// The route taken.
     pub route: Route,
-    /// How it went, or every transport's error.
+    /// `Ok` with what took the message: this gateway's inbox, or a transport
+    /// that either confirmed it or (fire-and-forget, `confirmed == false`)
+    /// accepted it into its client's send queue. `Err` with every
+    /// transport's error when none took it.
     pub result: Result<Via, String>,
+    /// Something that will deliver the message accepted it: the local inbox,
+    /// the broker's ack, the receiving queue, a subscriber count above 0.
+    /// False when `result` is an error, and for fire-and-forget publishes the
+    /// client library only enqueued (low priority on Kafka, NATS, gRPC),
+    /// which may still be lost.
+    pub confirmed: bool,
     /// The canary transport it was also published on (dual mode), when that
-    /// publish was confirmed.
+    /// publish was confirmed within `canary.mirror_wait` of the primary's.
     pub mirrored: Option<TransportKind>,
+}
+
+/// How the publish of one run of messages to one target gateway went.
+struct Sent {
+    result: Result<Via, String>,
+    confirmed: bool,
+    mirrored: Option<TransportKind>,
 }
 
 /// Where a message would go and why: `switchyard explain`.
@@ -202,6 +218,14 @@ pub struct Explanation {
     pub distribution: Vec<(GatewayId, u64)>,
     /// The decision per target gateway, with each transport's health.
     pub targets: Vec<(GatewayId, Region, Decision, Vec<Health>)>,
+}
+
+/// A chain's result as a report's `result` and `confirmed`.
+fn split(result: Result<(Via, bool), String>) -> (Result<Via, String>, bool) {
+    match result {
+        Ok((via, confirmed)) => (Ok(via), confirmed),
+        Err(err) => (Err(err), false),
+    }
 }
 
 /// A message ready to publish.
@@ -484,15 +508,21 @@ impl Router {
                     a.envelope.priority == b.envelope.priority
                         && da.transports == db.transports
                         && da.mirror == db.mirror
+                        && da.cohort == db.cohort
                 }) {
                     let plans: Vec<&Planned> = run
                         .iter()
                         .filter_map(|&(i, _)| planned[i].as_ref())
                         .collect();
-                    let (result, mirrored) = match plans.first() {
+                    let sent = match plans.first() {
                         None => continue,
                         Some(_) if route == Route::Local => {
-                            (self.deliver_locally(&plans).await, None)
+                            let result = self.deliver_locally(&plans).await;
+                            Sent {
+                                confirmed: result.is_ok(),
+                                result,
+                                mirrored: None,
+                            }
                         }
                         Some(first) => {
                             let batch: Vec<Bytes> = plans.iter().map(|p| p.bytes.clone()).collect();
@@ -503,12 +533,16 @@ impl Router {
                     };
                     telemetry::messages(
                         route.as_str(),
-                        result.as_ref().map_or("none", |via| via.as_str()),
-                        if result.is_ok() { "sent" } else { "failed" },
+                        sent.result.as_ref().map_or("none", |via| via.as_str()),
+                        if sent.result.is_ok() {
+                            "sent"
+                        } else {
+                            "failed"
+                        },
                         run.len() as u64,
                     );
                     let members: Vec<usize> = run.iter().map(|&(i, _)| i).collect();
-                    runs.push((members, result, mirrored));
+                    runs.push((members, sent));
                 }
                 (gateway, route, runs)
             }
@@ -517,13 +551,14 @@ impl Router {
 
         let mut targets: Vec<Vec<TargetReport>> = vec![Vec::new(); planned.len()];
         for (gateway, route, runs) in published {
-            for (members, result, mirrored) in runs {
+            for (members, sent) in runs {
                 for i in members {
                     targets[i].push(TargetReport {
                         gateway: gateway.clone(),
                         route,
-                        result: result.clone(),
-                        mirrored,
+                        result: sent.result.clone(),
+                        confirmed: sent.confirmed,
+                        mirrored: sent.mirrored,
                     });
                 }
             }
@@ -578,7 +613,7 @@ impl Router {
     }
 
     /// Tries the decision's transports in order (and its canary mirror
-    /// alongside); the message is out once either path confirmed it. After a
+    /// alongside); the message is out once either path took it. After a
     /// change of primary it first waits out the handover (per-pair order).
     async fn publish(
         &self,
@@ -586,9 +621,11 @@ impl Router {
         decision: &Decision,
         batch: &[Bytes],
         priority: Priority,
-    ) -> (Result<Via, String>, Option<TransportKind>) {
+    ) -> Sent {
+        let policy = self.inner.policy.load();
+        let (quiet, mirror_wait) = (policy.handover, policy.mirror_wait);
+        drop(policy);
         if let Some(&primary) = decision.transports.first() {
-            let quiet = self.inner.policy.load().handover;
             let wait = self
                 .inner
                 .handover
@@ -598,40 +635,83 @@ impl Router {
                 tokio::time::sleep(wait).await;
             }
         }
-        let chain = self.publish_chain(to, &decision.transports, batch, priority);
+        let chain = self.publish_chain(to, decision, batch, priority);
         let Some(mirror) = decision.mirror else {
-            return (chain.await, None);
+            let (result, confirmed) = split(chain.await);
+            return Sent {
+                result,
+                confirmed,
+                mirrored: None,
+            };
         };
-        let (primary, mirrored) =
-            futures::join!(chain, self.publish_on(mirror, to, batch, priority));
-        let route = decision.route.as_str();
-        let outcome = if mirrored.is_ok() {
-            "mirrored"
-        } else {
-            "failed"
+        // Owned, so that a mirror publish still unconfirmed when the wait
+        // ends can finish in the background: its outcome still feeds the
+        // watchdog, and a late copy is dropped by the receiver's dedupe.
+        let mut mirroring = Box::pin({
+            let (router, to, batch) = (self.clone(), to.clone(), batch.to_vec());
+            let route = decision.route.as_str();
+            async move {
+                let mirrored = router.publish_on(mirror, &to, &batch, priority, true).await;
+                let outcome = if mirrored.is_ok() {
+                    "mirrored"
+                } else {
+                    "failed"
+                };
+                telemetry::messages(route, mirror.as_str(), outcome, batch.len() as u64);
+                mirrored
+            }
+        });
+        let mut chain = std::pin::pin!(chain);
+        let mut mirrored = None;
+        let primary = tokio::select! {
+            primary = &mut chain => primary,
+            done = &mut mirroring => {
+                mirrored = Some(done);
+                (&mut chain).await
+            }
         };
-        telemetry::messages(route, mirror.as_str(), outcome, batch.len() as u64);
-        let confirmed = mirrored.is_ok().then_some(mirror);
-        let result = match (primary, mirrored) {
-            (Ok(via), _) => Ok(via),
-            (Err(_), Ok(())) => Ok(Via::Transport(mirror)),
-            (Err(primary), Err(mirrored)) => Err(format!("{primary}; {mirrored}")),
+        let mirrored = match mirrored {
+            Some(done) => Some(done),
+            // The primary took it: the mirror gets `mirror_wait`, not the
+            // whole publish timeout (a canary broker that is down would
+            // otherwise hold every cohort send for that long).
+            None if primary.is_ok() => tokio::time::timeout(mirror_wait, &mut mirroring).await.ok(),
+            None => Some((&mut mirroring).await),
         };
-        (result, confirmed)
+        if mirrored.is_none() {
+            tracing::debug!(gateway = %to, transport = %mirror, ?mirror_wait, "mirror publish not confirmed in time; finishing in the background");
+            tokio::spawn(mirroring);
+        }
+        let mirror_confirmed = matches!(mirrored, Some(Ok(true)));
+        let (result, confirmed) = match (primary, mirrored) {
+            (Ok((via, confirmed)), _) => (Ok(via), confirmed || mirror_confirmed),
+            (Err(_), Some(Ok(confirmed))) => (Ok(Via::Transport(mirror)), confirmed),
+            (Err(primary), Some(Err(mirrored))) => (Err(format!("{primary}; {mirrored}")), false),
+            (Err(primary), None) => (Err(primary), false),
+        };
+        Sent {
+            result,
+            confirmed,
+            mirrored: mirror_confirmed.then_some(mirror),
+        }
     }
 
-    /// Tries each transport in order until one confirms.
+    /// Tries each transport of the decision in order until one takes the
+    /// batch; returns it and whether it confirmed.
     async fn publish_chain(
         &self,
         to: &GatewayId,
-        transports: &TransportList,
+        decision: &Decision,
         batch: &[Bytes],
         priority: Priority,
-    ) -> Result<Via, String> {
+    ) -> Result<(Via, bool), String> {
         let mut errors = Vec::new();
-        for &kind in transports {
-            match self.publish_on(kind, to, batch, priority).await {
-                Ok(()) => return Ok(Via::Transport(kind)),
+        for &kind in &decision.transports {
+            match self
+                .publish_on(kind, to, batch, priority, decision.cohort)
+                .await
+            {
+                Ok(confirmed) => return Ok((Via::Transport(kind), confirmed)),
                 Err(err) => {
                     tracing::warn!(transport = %kind, gateway = %to, %err, "publish failed, trying the next transport");
                     errors.push(err);
@@ -645,14 +725,17 @@ impl Router {
     }
 
     /// One transport: high priority retries with backoff; low priority does
-    /// not wait for the broker's ack. Outcomes feed the canary watchdog.
+    /// not wait for the broker's ack. Returns whether the transport
+    /// confirmed ([`crate::transport::Transport::confirms`]). Publishes of
+    /// the canary cohort (`cohort`) feed the canary watchdog.
     async fn publish_on(
         &self,
         kind: TransportKind,
         to: &GatewayId,
         batch: &[Bytes],
         priority: Priority,
-    ) -> Result<(), String> {
+        cohort: bool,
+    ) -> Result<bool, String> {
         let delivery = &self.inner.delivery;
         let transport = self
             .inner
@@ -681,6 +764,7 @@ impl Router {
                     })
                 })
         };
+        let started = std::time::Instant::now();
         let result = attempt
             .retry(
                 ExponentialBuilder::default()
@@ -692,10 +776,16 @@ impl Router {
                 metrics::counter!(telemetry::PUBLISH_RETRIES, "transport" => kind.as_str()).increment(1);
             })
             .await;
-        self.inner
-            .policy
-            .record_publish(kind, result.is_ok(), batch.len() as u64);
-        result.map_err(|e| e.to_string())
+        let confirmed = result.is_ok() && transport.confirms(ack);
+        if cohort {
+            self.inner.policy.record_publish(
+                kind,
+                result.is_ok(),
+                batch.len() as u64,
+                confirmed.then(|| started.elapsed()),
+            );
+        }
+        result.map(|()| confirmed).map_err(|e| e.to_string())
     }
 
     /// Stores offline whatever could not be published, and builds the report.

@@ -9,11 +9,13 @@
 //! and one watchdog tick (1 s), and no message is lost: every send is
 //! delivered to each gateway it reported, exactly once, or stored offline.
 //!
-//! Why only 8 samples: with the broker down every mirror publish waits out
-//! the delivery timeout (librdkafka reports it up to a second late), so each
-//! sender yields one failure per 1-2 s, and one sidecar's 8 senders put 8-24
-//! in a 3 s window. With 20, a loaded run once saw 8 of 8 failed and no
-//! rollback for 15 s (docs/OPERATIONS.md, "a canary broker that is down").
+//! Why only 8 samples: a mirror publish to the down broker fails only once
+//! the delivery timeout passed (librdkafka reports it up to a second late).
+//! Before `canary.mirror_wait` every send waited for that, so each sender
+//! yielded one failure per 1-2 s and a loaded run with 20 once saw no
+//! rollback for 15 s; sends now return after `mirror_wait` and the mirror
+//! fails in the background, so samples come faster, and 8 keeps the margin
+//! (docs/OPERATIONS.md, "a canary broker that is down").
 //!
 //!   scripts/services/redis.sh start
 //!   cargo test --test canary_fault
@@ -73,8 +75,8 @@ async fn kafka_down_at_30_percent_rolls_back_and_loses_nothing() {
     }
     canary_support::set_share(&sidecars, 30).await;
 
-    // Four senders per gateway, so failed mirror publishes (each waits for
-    // the delivery timeout) still add up to enough samples.
+    // Four senders per gateway, so failed mirror publishes (each known only
+    // after the delivery timeout) add up to enough samples.
     let epoch = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut destinations: Vec<_> = ids.iter().map(|id| user(&format!("{id}.b"))).collect();

@@ -200,7 +200,8 @@ macro_rules! conformance {
         mod $name {
             conformance!(@cases $connect;
                 integrity, concurrent, order, isolation, resubscribe, redelivery,
-                large_payloads, close_under_load, retried_publish_dedupe);
+                large_payloads, close_under_load, retried_publish_dedupe,
+                to_two_gateways, to_ten_gateways, low_priority_to_nobody);
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn broker_restart() {

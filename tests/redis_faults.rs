@@ -93,14 +93,17 @@ async fn master_of(redis: &RedisConfig, key: &str) -> u16 {
     panic!("no master serves slot {slot}");
 }
 
-/// The settings a node needs to come back as itself: its working directory
-/// and cluster config file (whichever checkout's script started it).
+/// The settings a node needs to come back as itself: its working directory,
+/// cluster config file and pid file (whichever checkout's script started
+/// it). Without the pid file, `redis-cluster.sh stop` could not find the
+/// restarted node and left it running after the suite.
 fn node_config(port: u16) -> Vec<(String, String)> {
     [
         "dir",
         "cluster-config-file",
         "cluster-node-timeout",
         "logfile",
+        "pidfile",
     ]
     .into_iter()
     .map(|key| {
@@ -155,6 +158,34 @@ fn restore_cluster(port: u16, config: &[(String, String)]) {
     panic!("node {port} did not rejoin the cluster as a replica");
 }
 
+/// The running node's pid, its pid file, and the pid that file names.
+fn pids(port: u16) -> (String, String, String) {
+    let cli = |args: &[&str]| {
+        Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let running = cli(&["INFO", "server"])
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let pidfile = cli(&["CONFIG", "GET", "pidfile"])
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let named = std::fs::read_to_string(&pidfile)
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    (running, pidfile, named)
+}
+
 /// Gateways `gw-a` and `gw-b` over `redis`, with timeouts short enough for
 /// a fault to be noticed within the test, and bob online on `gw-b`.
 async fn gateways_for_faults(mut redis: RedisConfig) -> (Router, Router, Inbox) {
@@ -175,6 +206,7 @@ async fn a_master_dies_during_a_steady_send_and_no_high_priority_message_is_lost
     let (a, b, mut inbox) = gateways_for_faults(redis.clone()).await;
     let victim = master_of(&redis, &format!("{}:gw:{{gw-b}}", redis.key_prefix)).await;
     let victim_config = node_config(victim);
+    let (_, pidfile, _) = pids(victim);
 
     let started = Instant::now();
     let sent = steady_send(&a, 600, 100, async {
@@ -196,6 +228,14 @@ async fn a_master_dies_during_a_steady_send_and_no_high_priority_message_is_lost
         started.elapsed()
     );
     restore_cluster(victim, &victim_config);
+    // `redis-cluster.sh stop` kills the pid in the node's own pid file: the
+    // restarted node must write its pid there, not to a default elsewhere.
+    let (running, restarted_pidfile, named) = pids(victim);
+    assert_eq!(
+        (restarted_pidfile.as_str(), named.as_str()),
+        (pidfile.as_str(), running.as_str()),
+        "node {victim} restarted without its pid file: redis-cluster.sh stop would leave it running"
+    );
     assert!(
         missing.is_empty(),
         "{} high-priority messages lost: {missing:?}",

@@ -31,6 +31,10 @@ async fn two_routers_in_one_region_talk_over_redis(deployment: Deployment) {
             panic!("message {i} not routed: {:?}", report.outcome);
         };
         assert_eq!(targets[0].result, Ok(Via::Transport(TransportKind::Redis)));
+        assert!(
+            targets[0].confirmed,
+            "a subscriber was counted at every priority"
+        );
     }
     for i in 0..300 {
         let delivery = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
@@ -55,24 +59,41 @@ async fn a_publish_nobody_reads_goes_offline(deployment: Deployment) {
         since_micros: 0,
     };
     a.backends().directory.online(ghost).await.unwrap();
-    let report = a.send(to_bob(0, Priority::High)).await.unwrap();
-    let Outcome::Routed {
-        targets,
-        stored_offline,
-    } = report.outcome
-    else {
-        panic!("not routed")
-    };
-    assert!(
-        targets[0]
-            .result
-            .as_ref()
-            .is_err_and(|e| e.contains("nobody is subscribed")),
-        "{targets:?}"
-    );
-    assert!(stored_offline.is_some());
-    let stored = a.backends().offline.read(&"bob".into(), 10).await.unwrap();
-    assert_eq!(stored.len(), 1);
+    // Low priority too: PUBLISH counts receivers at every priority, and a
+    // low-priority message nobody received used to vanish, reported delivered.
+    let priorities = [Priority::High, Priority::Normal, Priority::Low];
+    let mut sent = Vec::new();
+    for (i, priority) in priorities.into_iter().enumerate() {
+        let envelope = to_bob(i, priority);
+        sent.push(envelope.id);
+        let report = a.send(envelope).await.unwrap();
+        let Outcome::Routed {
+            targets,
+            stored_offline,
+        } = report.outcome
+        else {
+            panic!("not routed")
+        };
+        assert!(
+            targets[0]
+                .result
+                .as_ref()
+                .is_err_and(|e| e.contains("nobody is subscribed")),
+            "{priority:?}: {targets:?}"
+        );
+        assert!(!targets[0].confirmed, "{priority:?}: {targets:?}");
+        assert!(stored_offline.is_some(), "{priority:?}");
+    }
+    let stored: Vec<_> = a
+        .backends()
+        .offline
+        .read(&"bob".into(), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(stored, sent, "every message stored offline, none lost");
 }
 
 on_both!(a_gateway_that_goes_away_stops_counting_as_a_subscriber);

@@ -60,7 +60,16 @@ stop() {
     local pidfile=$STATE/$port/redis.pid
     [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
   done
-  sleep 0.5
+  # A node restarted by someone else (tests/redis_faults.rs restarts the
+  # master it shut down) may have another pid: any node still answering
+  # whose data dir is ours is ours too.
+  for port in "${PORTS[@]}"; do
+    for _ in $(seq 1 50); do
+      [ "$(cli "$port" config get dir 2>/dev/null | sed -n 2p)" = "$PWD/$STATE/$port" ] || break
+      cli "$port" shutdown nosave >/dev/null 2>&1 || true
+      sleep 0.1
+    done
+  done
   rm -rf "$STATE"
   echo "redis-cluster: stopped"
 }

@@ -57,6 +57,19 @@ pub struct CanaryConfig {
     /// a change; must exceed the transports' latency difference.
     #[serde(default = "default_handover", with = "humantime_serde")]
     pub handover: Duration,
+    /// Dual mode: how long a send waits for the mirror publish once the
+    /// primary transport took the message. A mirror that has not confirmed
+    /// by then is reported as not mirrored and finishes in the background.
+    #[serde(default = "default_mirror_wait", with = "humantime_serde")]
+    pub mirror_wait: Duration,
+}
+
+/// The default `canary.mirror_wait`: several times a healthy broker's ack,
+/// far below any publish timeout.
+pub const DEFAULT_MIRROR_WAIT: Duration = Duration::from_millis(100);
+
+fn default_mirror_wait() -> Duration {
+    DEFAULT_MIRROR_WAIT
 }
 
 /// The default `canary.handover`: far above Kafka's extra 10-30 ms over
@@ -78,11 +91,17 @@ pub struct RollbackConfig {
     pub window: Duration,
     /// Largest tolerated share of failed publishes on the canary transport.
     pub max_error_rate: f64,
-    /// Largest tolerated p99 delivery latency on the canary transport.
+    /// Largest tolerated p99 latency of the canary transport's confirmation
+    /// of cohort publishes, as the sender measures it.
     #[serde(with = "humantime_serde")]
     pub max_p99: Duration,
     /// Samples needed in the window before a limit is judged.
     pub min_samples: u64,
+    /// Roll back when the canary transport has been down (its health, as
+    /// `switchyard_transport_up` shows it) for this long without a break;
+    /// `0s` turns this limit off.
+    #[serde(with = "humantime_serde")]
+    pub max_down: Duration,
 }
 
 impl Default for RollbackConfig {
@@ -93,6 +112,7 @@ impl Default for RollbackConfig {
             max_error_rate: 0.01,
             max_p99: Duration::from_millis(50),
             min_samples: 100,
+            max_down: Duration::from_secs(10),
         }
     }
 }

@@ -1,6 +1,17 @@
 //! The policy of a running process: swapped atomically on reload or canary
 //! change, shared by every router in the process, and watched so a canary
 //! that breaks its limits is rolled back without an operator.
+//!
+//! What the watchdog counts is the canary cohort only, measured where the
+//! cohort is known: at the sender. The decision marks a target as in the
+//! cohort ([`super::Decision::cohort`]) and the router records that target's
+//! publishes on the canary transport (failed or not, and how long the
+//! transport took to confirm). Traffic that takes the canary transport for
+//! another reason (cross-region traffic that was on it all along, a
+//! fallback) is not counted, so it can neither roll the canary back nor
+//! dilute its errors. Deliveries are not counted at the receiver: it cannot
+//! tell a cohort message from another without a marker in every envelope,
+//! and its own watchdog steers its own sends, not the sender's.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
@@ -14,7 +25,7 @@ use super::canary::RollbackConfig;
 use super::Policy;
 use crate::config::{ConfigError, Settings};
 use crate::telemetry;
-use crate::transport::TransportKind;
+use crate::transport::{Health, Transport, TransportKind, Transports};
 
 /// Why and when the canary was rolled back (by the router itself or an operator).
 #[derive(Debug, Clone, PartialEq)]
@@ -27,26 +38,26 @@ pub struct Rollback {
     pub at_unix_secs: u64,
 }
 
-/// The canary transport's figures over the rollback window.
+/// The canary cohort's figures on the canary transport over the rollback window.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CohortStats {
-    /// Publishes attempted on the transport.
+    /// Cohort publishes attempted on the canary transport.
     pub published: u64,
     /// Of which failed.
     pub failed: u64,
-    /// Deliveries received over the transport.
-    pub delivered: u64,
-    /// Their p99 latency.
+    /// Of which the transport confirmed (fire-and-forget publishes are not
+    /// confirmed): the samples of `p99`.
+    pub confirmed: u64,
+    /// The p99 time from publish to the transport's confirmation.
     pub p99: Duration,
 }
 
-/// One second of samples for the canary's two transports.
+/// One second of samples of the canary cohort on the canary transport.
 struct Slot {
     at: Instant,
-    /// Indexed by [`cohort_index`]: 0 = old transport, 1 = new.
-    published: [u64; 2],
-    failed: [u64; 2],
-    latency: [Histogram<u64>; 2],
+    published: u64,
+    failed: u64,
+    latency: Histogram<u64>,
 }
 
 /// The live policy and its canary watchdog.
@@ -54,6 +65,10 @@ pub struct LivePolicy {
     policy: ArcSwap<Policy>,
     slots: Mutex<VecDeque<Slot>>,
     rollback: Mutex<Option<Rollback>>,
+    /// Transports whose health the `max_down` limit reads.
+    observed: Mutex<Vec<Weak<dyn Transport>>>,
+    /// Since when the canary transport has been seen down, without a break.
+    down_since: Mutex<Option<Instant>>,
 }
 
 fn latency_histogram() -> Histogram<u64> {
@@ -67,6 +82,8 @@ impl LivePolicy {
             policy: ArcSwap::from_pointee(policy),
             slots: Mutex::default(),
             rollback: Mutex::default(),
+            observed: Mutex::default(),
+            down_since: Mutex::default(),
         });
         live.export();
         live
@@ -96,6 +113,7 @@ impl LivePolicy {
                 "canary changed"
             );
             self.slots.lock().clear();
+            *self.down_since.lock() = None;
         }
         self.export();
     }
@@ -118,30 +136,44 @@ impl LivePolicy {
         self.rollback.lock().clone()
     }
 
-    /// Records publish attempts on a transport.
-    pub fn record_publish(&self, kind: TransportKind, ok: bool, n: u64) {
-        let Some(i) = self.cohort_index(kind) else {
+    /// Records a publish of `n` messages of the canary cohort on `kind`, and
+    /// how long the transport took to confirm it (`None` when it did not:
+    /// failed or fire-and-forget). Only the canary transport's count.
+    pub fn record_publish(
+        &self,
+        kind: TransportKind,
+        ok: bool,
+        n: u64,
+        confirmed_in: Option<Duration>,
+    ) {
+        if self.policy.load().canary.as_ref().map(|c| c.to) != Some(kind) {
             return;
-        };
+        }
         self.with_slot(|slot| {
-            slot.published[i] += n;
+            slot.published += n;
             if !ok {
-                slot.failed[i] += n;
+                slot.failed += n;
+            }
+            if let Some(latency) = confirmed_in {
+                let _ = slot.latency.record_n(latency.as_micros().max(1) as u64, n);
             }
         });
     }
 
-    /// Records one delivery received over a transport.
-    pub fn record_delivery(&self, kind: TransportKind, latency: Duration) {
-        let Some(i) = self.cohort_index(kind) else {
-            return;
-        };
-        self.with_slot(|slot| {
-            slot.latency[i].saturating_record(latency.as_micros() as u64);
-        });
+    /// Reads these transports' health for the `max_down` limit (every
+    /// router calls this with its own; the same transport counts once).
+    pub fn observe(&self, transports: &Transports) {
+        let mut observed = self.observed.lock();
+        observed.retain(|t| t.strong_count() > 0);
+        for transport in transports.iter() {
+            let weak = Arc::downgrade(transport);
+            if !observed.iter().any(|t| Weak::ptr_eq(t, &weak)) {
+                observed.push(weak);
+            }
+        }
     }
 
-    /// The canary transport's figures over the window.
+    /// The cohort's figures on the canary transport over the window.
     pub fn canary_stats(&self) -> CohortStats {
         let Some(window) = self.rollback_config().map(|r| r.window) else {
             return CohortStats::default();
@@ -151,11 +183,11 @@ impl LivePolicy {
         let mut stats = CohortStats::default();
         let mut latency = latency_histogram();
         for slot in slots.iter() {
-            stats.published += slot.published[1];
-            stats.failed += slot.failed[1];
-            let _ = latency.add(&slot.latency[1]);
+            stats.published += slot.published;
+            stats.failed += slot.failed;
+            let _ = latency.add(&slot.latency);
         }
-        stats.delivered = latency.len();
+        stats.confirmed = latency.len();
         stats.p99 = Duration::from_micros(latency.value_at_quantile(0.99));
         stats
     }
@@ -181,8 +213,15 @@ impl LivePolicy {
         let limits = policy.rollback.as_ref().filter(|r| r.enabled)?;
         let stats = self.canary_stats();
         let error_rate = stats.failed as f64 / stats.published.max(1) as f64;
-        let reason = if stats.published >= limits.min_samples && error_rate > limits.max_error_rate
+        let down = self.down_for(canary.to);
+        let reason = if let Some((down_for, why)) =
+            down.filter(|(d, _)| !limits.max_down.is_zero() && *d >= limits.max_down)
         {
+            format!(
+                "{} down for {:.1?} (limit {:?}): {why}",
+                canary.to, down_for, limits.max_down
+            )
+        } else if stats.published >= limits.min_samples && error_rate > limits.max_error_rate {
             format!(
                 "{} error rate {:.2}% over {:?} ({} of {} publishes) is above {:.2}%",
                 canary.to,
@@ -192,9 +231,9 @@ impl LivePolicy {
                 stats.published,
                 limits.max_error_rate * 100.0
             )
-        } else if stats.delivered >= limits.min_samples && stats.p99 > limits.max_p99 {
+        } else if stats.confirmed >= limits.min_samples && stats.p99 > limits.max_p99 {
             format!(
-                "{} p99 delivery latency {:?} over {:?} is above {:?}",
+                "{} p99 publish confirmation latency {:?} over {:?} is above {:?}",
                 canary.to, stats.p99, limits.window, limits.max_p99
             )
         } else {
@@ -226,15 +265,33 @@ impl LivePolicy {
         self.policy.load().rollback.clone()
     }
 
-    fn cohort_index(&self, kind: TransportKind) -> Option<usize> {
-        let policy = self.policy.load();
-        let canary = policy.canary.as_ref()?;
-        if kind == canary.from {
-            Some(0)
-        } else if kind == canary.to {
-            Some(1)
-        } else {
-            None
+    /// How long `kind` has been down without a break, and why, when every
+    /// observed instance of it is down now; called by each check, so the
+    /// time is measured in watchdog ticks.
+    fn down_for(&self, kind: TransportKind) -> Option<(Duration, String)> {
+        let healths: Vec<Health> = self
+            .observed
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|t| t.kind() == kind)
+            .map(|t| t.health())
+            .collect();
+        let why = healths
+            .iter()
+            .map(|h| match h {
+                Health::Up => None,
+                Health::Down(why) => Some(why.clone()),
+            })
+            .collect::<Option<Vec<String>>>()
+            .and_then(|whys| whys.into_iter().next());
+        let mut since = self.down_since.lock();
+        match why {
+            Some(why) => Some((since.get_or_insert_with(Instant::now).elapsed(), why)),
+            None => {
+                *since = None;
+                None
+            }
         }
     }
 
@@ -250,9 +307,9 @@ impl LivePolicy {
             }
             slots.push_back(Slot {
                 at: now,
-                published: [0; 2],
-                failed: [0; 2],
-                latency: [latency_histogram(), latency_histogram()],
+                published: 0,
+                failed: 0,
+                latency: latency_histogram(),
             });
         }
         if let Some(slot) = slots.back_mut() {
@@ -309,10 +366,10 @@ mod tests {
     #[test]
     fn a_failing_canary_is_rolled_back_with_the_reason() {
         let live = live(30, true);
-        live.record_publish(TransportKind::Kafka, true, 95);
-        live.record_publish(TransportKind::Kafka, false, 4);
+        live.record_publish(TransportKind::Kafka, true, 95, None);
+        live.record_publish(TransportKind::Kafka, false, 4, None);
         assert_eq!(live.check(), None, "99 samples: too few to judge");
-        live.record_publish(TransportKind::Kafka, false, 1);
+        live.record_publish(TransportKind::Kafka, false, 1, None);
         let rollback = live.check().expect("5% errors > 1%");
         assert_eq!(rollback.from_share, 30);
         assert!(
@@ -328,13 +385,22 @@ mod tests {
     fn a_slow_canary_is_rolled_back_and_the_baseline_does_not_count() {
         let live = live(10, true);
         for _ in 0..200 {
-            live.record_delivery(TransportKind::Redis, Duration::from_millis(500));
-            live.record_delivery(TransportKind::Kafka, Duration::from_millis(2));
+            let slow = Some(Duration::from_millis(500));
+            live.record_publish(TransportKind::Redis, true, 1, slow);
+            live.record_publish(
+                TransportKind::Kafka,
+                true,
+                1,
+                Some(Duration::from_millis(2)),
+            );
         }
         assert_eq!(live.check(), None, "only the baseline is slow");
-        for _ in 0..10 {
-            live.record_delivery(TransportKind::Kafka, Duration::from_millis(80));
-        }
+        live.record_publish(
+            TransportKind::Kafka,
+            true,
+            10,
+            Some(Duration::from_millis(80)),
+        );
         let rollback = live.check().expect("p99 80ms > 50ms");
         assert!(rollback.reason.contains("p99"), "{}", rollback.reason);
     }
@@ -342,7 +408,7 @@ mod tests {
     #[test]
     fn rollback_can_be_turned_off() {
         let live = live(50, false);
-        live.record_publish(TransportKind::Kafka, false, 1000);
+        live.record_publish(TransportKind::Kafka, false, 1000, None);
         assert_eq!(live.check(), None);
         assert_eq!(live.load().canary.as_ref().map(|c| c.share), Some(50));
     }

@@ -60,6 +60,10 @@ pub struct Decision {
     /// A dual-mode canary also publishes on this transport; the receiver
     /// dedupes, so the message arrives once whichever path is faster.
     pub mirror: Option<TransportKind>,
+    /// The target is in the canary cohort: only its publishes on the canary
+    /// transport count towards the canary's limits, not traffic that takes
+    /// that transport for other reasons (another route, a fallback).
+    pub cohort: bool,
     /// Why this order, for `switchyard explain` and logs.
     pub reason: &'static str,
 }
@@ -95,6 +99,9 @@ pub struct Policy {
     pub rollback: Option<RollbackConfig>,
     /// Quiet time before a target gateway's transport changes ([`handover`]).
     pub handover: Duration,
+    /// How long a dual-mode send waits for the mirror once the primary took
+    /// the message (`canary.mirror_wait`).
+    pub mirror_wait: Duration,
 }
 
 impl Policy {
@@ -172,6 +179,7 @@ impl Policy {
                     .and(canary_config)
                     .map(|c| c.rollback.clone()),
                 handover: canary_config.map_or(canary::DEFAULT_HANDOVER, |c| c.handover),
+                mirror_wait: canary_config.map_or(canary::DEFAULT_MIRROR_WAIT, |c| c.mirror_wait),
                 canary,
             }),
             _ => Err(problems),
@@ -209,6 +217,7 @@ impl Policy {
                     route,
                     transports: TransportList::new(),
                     mirror: None,
+                    cohort: false,
                     reason: "target is this gateway: handed straight to its inbox",
                 }
             }
@@ -217,11 +226,13 @@ impl Policy {
         };
         let mut transports = TransportList::new();
         let mut mirror = None;
+        let mut cohort = false;
         let mut reason = "route's transport first, then fallbacks";
         match &self.canary {
             Some(c)
                 if c.from == primary && c.selects(to.as_str(), recipient.map(UserId::as_str)) =>
             {
+                cohort = true;
                 match c.mode {
                     CanaryMode::Dual => {
                         transports.push(primary);
@@ -252,6 +263,7 @@ impl Policy {
             route,
             transports,
             mirror,
+            cohort,
             reason,
         }
     }
@@ -360,13 +372,17 @@ mod tests {
                         expect.clone(),
                         "{mode} {gw}"
                     );
+                    assert!(d.cohort, "{mode} {gw}");
                     moved += 1;
                 } else {
                     assert_eq!((d.transports.to_vec(), d.mirror), (vec![Redis], None));
+                    assert!(!d.cohort, "{mode} {gw}");
                 }
-                // Cross-region traffic is on kafka already: the canary leaves it alone.
+                // Cross-region traffic is on kafka already: the canary leaves
+                // it alone, and it is not the canary's cohort.
                 let d = p.decide(&me, gw, &"us".into(), None, |_| true);
                 assert_eq!((d.transports.to_vec(), d.mirror), (vec![Kafka], None));
+                assert!(!d.cohort, "{mode} {gw} cross region");
             }
             assert!((90..150).contains(&moved), "about 30% of 400: {moved}");
         }

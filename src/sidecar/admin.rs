@@ -162,6 +162,7 @@ fn canary_state(policy: &LivePolicy) -> Option<proto::CanaryState> {
         max_error_rate: r.max_error_rate,
         max_p99_ms: r.max_p99.as_secs_f64() * 1000.0,
         min_samples: r.min_samples,
+        max_down_ms: r.max_down.as_millis() as u64,
     });
     let stats = policy.canary_stats();
     Some(proto::CanaryState {
@@ -189,7 +190,7 @@ fn canary_state(policy: &LivePolicy) -> Option<proto::CanaryState> {
         canary_stats: Some(proto::CohortStats {
             published: stats.published,
             failed: stats.failed,
-            delivered: stats.delivered,
+            delivered: stats.confirmed,
             p99_ms: stats.p99.as_secs_f64() * 1000.0,
         }),
     })

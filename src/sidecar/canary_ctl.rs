@@ -138,17 +138,18 @@ pub fn render(canary: Option<&proto::CanaryState>) -> String {
     );
     if let Some(r) = &c.rollback {
         out += &format!(
-            "auto-rollback: {}  window: {} ms  max error rate: {:.2}%  max p99: {:.1} ms  min samples: {}\n",
+            "auto-rollback: {}  window: {} ms  max error rate: {:.2}%  max p99: {:.1} ms  min samples: {}  max down: {} ms\n",
             if r.enabled { "on" } else { "off" },
             r.window_ms,
             r.max_error_rate * 100.0,
             r.max_p99_ms,
-            r.min_samples
+            r.min_samples,
+            r.max_down_ms
         );
     }
     if let Some(s) = &c.canary_stats {
         out += &format!(
-            "{} over the window: published {}  failed {}  delivered {}  p99 {:.2} ms\n",
+            "{} cohort over the window: published {}  failed {}  confirmed {}  p99 {:.2} ms\n",
             c.to, s.published, s.failed, s.delivered, s.p99_ms
         );
     }

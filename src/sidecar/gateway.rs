@@ -185,6 +185,7 @@ fn outcome(id: MessageId, result: Result<SendReport, SendError>) -> proto::SendO
                         via,
                         error,
                         mirrored: t.mirrored.map(|k| k.to_string()).unwrap_or_default(),
+                        confirmed: t.confirmed,
                     }
                 })
                 .collect();

@@ -297,6 +297,9 @@ impl Sidecar {
         };
 
         let policy = LivePolicy::from_settings(&settings).map_err(BuildError::Config)?;
+        // From start-up, not from the first Attach: a canary transport that
+        // is down rolls back (`max_down`) even before a gateway attaches.
+        policy.observe(&backends.transports);
         let (stop, stopping) = watch::channel(false);
         let shared = Arc::new(Shared {
             backends,

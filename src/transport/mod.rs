@@ -84,7 +84,8 @@ impl fmt::Display for TransportKind {
 /// Whether a publish waits for the transport to confirm it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ack {
-    /// Return once the bytes are handed to the client library.
+    /// Return once the bytes are handed to the client library (some
+    /// transports confirm anyway: see [`Transport::confirms`]).
     None,
     /// Return once the broker (or the receiving queue) confirmed every message,
     /// and fail if the transport knows nobody will read them.
@@ -297,6 +298,15 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Whether the transport can currently reach its backend.
     fn health(&self) -> Health;
+
+    /// Whether a publish with `ack` that returned `Ok` was accepted by
+    /// something that will deliver it (the broker's ack, the receiving
+    /// queue, a subscriber), rather than only handed to the client
+    /// library's send queue. With [`Ack::Confirmed`] always true; with
+    /// [`Ack::None`] only where the one round trip says so anyway.
+    fn confirms(&self, ack: Ack) -> bool {
+        ack == Ack::Confirmed
+    }
 }
 
 /// Up or down, with the reason it went down.

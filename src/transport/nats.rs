@@ -5,8 +5,11 @@
 //! `{subject_prefix}.>`), one subject per gateway
 //! (`{subject_prefix}.{gateway_id}`) and one durable pull consumer per
 //! gateway (`{consumer_prefix}{gateway_id}`, filtered to its subject).
-//! Every publish carries `Nats-Msg-Id` = the envelope's message id, so the
-//! server drops a retry it already stored (within `duplicate_window`).
+//! Every publish carries `Nats-Msg-Id` = `{message_id}:{gateway_id}`: the
+//! server drops a retry it already stored (within `duplicate_window`), and
+//! because it dedupes across every subject of the stream, the id must name
+//! the target too, or the copies of one message for other gateways (a group,
+//! a user online on two gateways) would be dropped as retries.
 //! Messages are acked only after the inbox accepted them; an unacked message
 //! is delivered again after `ack_wait`.
 
@@ -28,7 +31,7 @@ use super::{
     Ack, Acknowledge, Capabilities, Health, HealthCell, Incoming, Subscription, Transport,
     TransportError, TransportKind,
 };
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, MessageId};
 use crate::topology::GatewayId;
 
 const KIND: TransportKind = TransportKind::Nats;
@@ -225,6 +228,12 @@ impl NatsTransport {
     }
 }
 
+/// The `Nats-Msg-Id` of one message to one gateway: a retried publish is a
+/// no-op on the server, a copy for another gateway is not.
+fn msg_id(id: MessageId, to: &GatewayId) -> String {
+    format!("{id}:{to}")
+}
+
 /// Acks one message once the inbox accepted it.
 struct MessageAck(Acker);
 
@@ -268,12 +277,11 @@ impl Transport for NatsTransport {
             let subject = subject.clone();
             let bytes = bytes.clone();
             async move {
-                // The id makes a retried publish a no-op on the server.
                 let id = Envelope::peek_id(&bytes)
                     .map_err(|e| publish_err(format!("no message id for Nats-Msg-Id: {e}")))?;
                 let publish = PublishMessage::build()
                     .payload(bytes)
-                    .message_id(id.to_string());
+                    .message_id(msg_id(id, to));
                 let confirmation = self
                     .jetstream
                     .send_publish(subject.clone(), publish)

@@ -2,21 +2,25 @@
 //! SPUBLISH/SSUBSCRIBE on a cluster, so a message only crosses the shard
 //! that owns the channel).
 //!
-//! Pub/Sub keeps nothing, so for confirmed publishes (normal and high
-//! priority) this transport adds two things:
+//! Pub/Sub keeps nothing, so this transport adds two things:
 //!
 //! - PUBLISH returns how many subscribers got the message; 0 means nobody
 //!   reads that gateway's channel and the publish fails with
 //!   [`TransportError::NoSubscriber`], so the router retries, falls back,
-//!   and finally stores the message offline.
-//! - The same pipeline appends the batch to the gateway's replay stream
-//!   `sy:gw:{gateway}:replay` (capped by count, expired by age). When a
+//!   and finally stores the message offline. This holds at every priority
+//!   (the count comes with the one round trip anyway), so a publish that
+//!   returns `Ok` was taken by a subscriber: it is confirmed.
+//! - For normal and high priority, the same pipeline appends the batch to
+//!   the gateway's replay stream `sy:gw:{gateway}:replay` (capped by count,
+//!   expired by age). When a
 //!   subscriber lost its connection (dropped, failed over, or cut off for
 //!   lagging behind `client-output-buffer-limit pubsub`) it resubscribes and
 //!   re-reads that stream from just before the drop; when it fell more than
 //!   `queue` messages behind in this process, it drops the excess and
-//!   re-reads the same way. The inbox drops the duplicates. This covers messages a subscriber was counted for but never
-//!   read. Fire-and-forget (low priority) messages are not covered.
+//!   re-reads the same way. The inbox drops the duplicates. This covers
+//!   messages a subscriber was counted for but never read. Low-priority
+//!   messages are not in the stream: a subscriber that drops loses those it
+//!   was counted for but had not read.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -359,7 +363,10 @@ impl Transport for RedisTransport {
             }
         };
         self.health.up();
-        if ack == Ack::Confirmed && receivers.contains(&0) {
+        // PUBLISH answers with its receiver count at any priority: a
+        // low-priority message nobody receives fails (and falls back) at no
+        // extra cost instead of vanishing.
+        if receivers.contains(&0) {
             return Err(TransportError::NoSubscriber {
                 transport: KIND,
                 gateway: to.clone(),
@@ -507,5 +514,10 @@ impl Transport for RedisTransport {
 
     fn health(&self) -> Health {
         self.health.get()
+    }
+
+    /// Every publish counts its receivers, and fails if one has none.
+    fn confirms(&self, _: Ack) -> bool {
+        true
     }
 }

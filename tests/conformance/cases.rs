@@ -441,6 +441,89 @@ pub async fn close_under_load(t: Arc<dyn Transport>) {
     }
 }
 
+/// One message published to each of `n` gateways (a group spread over `n`
+/// gateways, or a user online on `n`): every gateway gets every message,
+/// exactly once. JetStream dedupes `Nats-Msg-Id` across all subjects of its
+/// stream, so an id that named only the message let one gateway have it.
+async fn fan_out(t: Arc<dyn Transport>, n: usize) {
+    let gateways: Vec<GatewayId> = (0..n).map(|_| gateway()).collect();
+    let sent: Vec<Envelope> = (0..20).map(|i| envelope(i, 64)).collect();
+    let want: HashSet<MessageId> = ids(&sent).into_iter().collect();
+    // Every gateway reads (and acks) at once, as gateways do: one read
+    // after another would leave messages unacked past the ack wait.
+    let mut readers = Vec::new();
+    for gw in &gateways {
+        let mut sub = t.subscribe(gw).await.expect("subscribe");
+        let want = want.clone();
+        readers.push(tokio::spawn(async move {
+            let mut got = receive_all(&mut sub, &want).await;
+            got.extend(extra(&mut sub, Duration::from_millis(500)).await);
+            got
+        }));
+    }
+    for chunk in encode(&sent).chunks(5) {
+        for gw in &gateways {
+            t.publish(gw, chunk, Ack::Confirmed)
+                .await
+                .unwrap_or_else(|e| panic!("{}: publish to {gw} failed: {e}", t.kind()));
+        }
+    }
+    for (gw, reader) in gateways.iter().zip(readers) {
+        let got = reader.await.expect("reader");
+        let (delivered, duplicates) = dedupe(&got);
+        let delivered: HashSet<MessageId> = delivered.into_iter().collect();
+        assert_eq!(
+            (
+                want.difference(&delivered).count(),
+                duplicates,
+                delivered.len()
+            ),
+            (0, 0, sent.len()),
+            "{}: gateway {gw} of {n}: (lost, duplicates, delivered)",
+            t.kind()
+        );
+    }
+}
+
+/// One message to two gateways.
+pub async fn to_two_gateways(t: Arc<dyn Transport>) {
+    fan_out(t, 2).await
+}
+
+/// One message to ten gateways.
+pub async fn to_ten_gateways(t: Arc<dyn Transport>) {
+    fan_out(t, 10).await
+}
+
+/// A low-priority publish to a gateway nobody subscribes to is never what
+/// the router reports as delivered and confirmed, unless the transport keeps
+/// it for the gateway's next subscriber (and then that subscriber gets it).
+pub async fn low_priority_to_nobody(t: Arc<dyn Transport>) {
+    let gw = gateway();
+    let sent: Vec<Envelope> = (0..5).map(|i| envelope(i, 64)).collect();
+    let result = t.publish(&gw, &encode(&sent), Ack::None).await;
+    let confirmed = result.is_ok() && t.confirms(Ack::None);
+    if !confirmed {
+        return;
+    }
+    assert!(
+        t.capabilities().durable,
+        "{}: confirmed a low-priority publish to a gateway nobody subscribes to, and keeps nothing",
+        t.kind()
+    );
+    let mut sub = t.subscribe(&gw).await.expect("subscribe");
+    let want: HashSet<MessageId> = ids(&sent).into_iter().collect();
+    let got: HashSet<MessageId> = ids(&receive_all(&mut sub, &want).await)
+        .into_iter()
+        .collect();
+    assert_eq!(
+        want.difference(&got).count(),
+        0,
+        "{}: confirmed low-priority messages lost",
+        t.kind()
+    );
+}
+
 /// A publish retried after an unknown outcome reaches the gateway once:
 /// through the real inbox (and, on NATS, the server's own dedupe).
 pub async fn retried_publish_dedupe(t: Arc<dyn Transport>) {
