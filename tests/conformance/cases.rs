@@ -61,6 +61,20 @@ async fn publish(t: &dyn Transport, to: &GatewayId, envelopes: &[Envelope], batc
     }
 }
 
+/// Publishes while `reading` runs, and returns what it read: a confirmed
+/// publish may wait for the reader (on the grpc transport it is confirmed
+/// once the receiving gateway acked it).
+async fn publish_while<R: std::future::Future>(
+    t: &dyn Transport,
+    to: &GatewayId,
+    envelopes: &[Envelope],
+    batch: usize,
+    reading: R,
+) -> R::Output {
+    let ((), got) = tokio::join!(publish(t, to, envelopes, batch), reading);
+    got
+}
+
 /// Reads until `want` distinct ids arrived or [`PATIENCE`] ran out; acks
 /// each arrival when `ack`. Returns every arrival, duplicates included.
 async fn receive(sub: &mut Subscription, want: usize, ack: bool) -> Vec<Envelope> {
@@ -145,8 +159,7 @@ pub async fn integrity(t: Arc<dyn Transport>) {
     let gw = gateway();
     let mut sub = t.subscribe(&gw).await.expect("subscribe");
     let sent: Vec<Envelope> = (0..20).map(|i| envelope(i, i * 97)).collect();
-    publish(&*t, &gw, &sent, 5).await;
-    let got = receive(&mut sub, sent.len(), true).await;
+    let got = publish_while(&*t, &gw, &sent, 5, receive(&mut sub, sent.len(), true)).await;
     assert_eq!(got.len(), sent.len(), "{}: delivered != sent", t.kind());
     let by_id: BTreeMap<MessageId, &Envelope> = got.iter().map(|e| (e.id, e)).collect();
     for env in &sent {
@@ -243,20 +256,20 @@ pub async fn order(t: Arc<dyn Transport>) {
     let sent: Vec<Envelope> = (0..300).map(|i| envelope(i, 32)).collect();
     let bytes = encode(&sent);
     let mut rng = rand::rng();
+    let mut runs = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
         let n = rng.random_range(1..=7).min(bytes.len() - at);
-        let ack = if rng.random_bool(0.5) {
-            Ack::Confirmed
-        } else {
-            Ack::None
-        };
-        t.publish(&gw, &bytes[at..at + n], ack)
-            .await
-            .expect("publish");
+        runs.push((at..at + n, rng.random_bool(0.5)));
         at += n;
     }
-    let got = receive(&mut sub, sent.len(), true).await;
+    let publishing = async {
+        for (run, confirmed) in runs {
+            let ack = if confirmed { Ack::Confirmed } else { Ack::None };
+            t.publish(&gw, &bytes[run], ack).await.expect("publish");
+        }
+    };
+    let ((), got) = tokio::join!(publishing, receive(&mut sub, sent.len(), true));
     assert_eq!(
         ids(&got),
         ids(&sent),
@@ -272,11 +285,18 @@ pub async fn isolation(t: Arc<dyn Transport>) {
     let mut sub_b = t.subscribe(&b).await.expect("subscribe b");
     let to_a: Vec<Envelope> = (0..10).map(|i| envelope(i, 16)).collect();
     let to_b: Vec<Envelope> = (0..10).map(|i| envelope(i, 16)).collect();
-    publish(&*t, &a, &to_a, 3).await;
-    publish(&*t, &b, &to_b, 3).await;
-    for (sub, want, name) in [(&mut sub_a, &to_a, "a"), (&mut sub_b, &to_b, "b")] {
-        let mut got = receive(sub, want.len(), true).await;
+    async fn read(sub: &mut Subscription, want: usize) -> Vec<Envelope> {
+        let mut got = receive(sub, want, true).await;
         got.extend(extra(sub, Duration::from_millis(500)).await);
+        got
+    }
+    let ((), (), got_a, got_b) = tokio::join!(
+        publish(&*t, &a, &to_a, 3),
+        publish(&*t, &b, &to_b, 3),
+        read(&mut sub_a, to_a.len()),
+        read(&mut sub_b, to_b.len()),
+    );
+    for (got, want, name) in [(got_a, &to_a, "a"), (got_b, &to_b, "b")] {
         let got: HashSet<MessageId> = ids(&got).into_iter().collect();
         let want: HashSet<MessageId> = ids(want).into_iter().collect();
         assert_eq!(
@@ -369,8 +389,7 @@ pub async fn large_payloads(t: Arc<dyn Transport>) {
     // NATS's default max_payload is 1 MiB for payload and headers together,
     // so stay just under it: the envelope's own fields take a few bytes.
     let sent: Vec<Envelope> = (0..3).map(|i| envelope(i, 1_000_000)).collect();
-    publish(&*t, &gw, &sent, 1).await;
-    let got = receive(&mut sub, sent.len(), true).await;
+    let got = publish_while(&*t, &gw, &sent, 1, receive(&mut sub, sent.len(), true)).await;
     assert_eq!(got, sent, "{}: large payloads changed or lost", t.kind());
 }
 
@@ -543,30 +562,37 @@ pub async fn retried_publish_dedupe(t: Arc<dyn Transport>) {
     let bytes = encode(&sent);
     // The first attempt "timed out", so the router publishes the batch again,
     // and a dual-write canary sends part of it a third time.
-    t.publish(&me.id, &bytes, Ack::Confirmed)
-        .await
-        .expect("publish");
-    t.publish(&me.id, &bytes, Ack::Confirmed)
-        .await
-        .expect("retry");
-    t.publish(&me.id, &bytes[..3], Ack::None)
-        .await
-        .expect("third copy");
-    let mut delivered = Vec::new();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while delivered.len() < sent.len() {
-        match tokio::time::timeout_at(deadline, inbox.recv()).await {
-            Ok(Some(d)) => {
-                inbox.ack(d.seq);
-                delivered.push(d.envelope);
+    let publishing = async {
+        t.publish(&me.id, &bytes, Ack::Confirmed)
+            .await
+            .expect("publish");
+        t.publish(&me.id, &bytes, Ack::Confirmed)
+            .await
+            .expect("retry");
+        t.publish(&me.id, &bytes[..3], Ack::None)
+            .await
+            .expect("third copy");
+    };
+    let reading = async {
+        let mut delivered = Vec::new();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while delivered.len() < sent.len() {
+            match tokio::time::timeout_at(deadline, inbox.recv()).await {
+                Ok(Some(d)) => {
+                    inbox.ack(d.seq);
+                    delivered.push(d.envelope);
+                }
+                _ => break,
             }
-            _ => break,
         }
-    }
-    while let Ok(Some(d)) = tokio::time::timeout(QUIET, inbox.recv()).await {
-        inbox.ack(d.seq);
-        delivered.push(d.envelope);
-    }
+        // The retry and the third copy may still be on their way.
+        while let Ok(Some(d)) = tokio::time::timeout(QUIET, inbox.recv()).await {
+            inbox.ack(d.seq);
+            delivered.push(d.envelope);
+        }
+        delivered
+    };
+    let ((), delivered) = tokio::join!(publishing, reading);
     assert_eq!(
         delivered.len(),
         sent.len(),
