@@ -215,9 +215,7 @@ async fn nats_down(fleet: &Fleet) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_cohort_counts_towards_a_rollback() {
-    let Some(mut nats) = PrivateBroker::nats().await else {
-        panic!("this test needs nats-server (scripts/services/nats.sh start installs it)");
-    };
+    let mut nats = PrivateBroker::nats().await;
     let run = ulid::Ulid::new().to_string();
     let mut fleet = Fleet::start(settings(&run, &nats.address(), "1s", "100ms", "0s")).await;
     nats.kill();
@@ -293,9 +291,7 @@ async fn only_the_cohort_counts_towards_a_rollback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dual_send_does_not_wait_for_a_mirror_that_is_down() {
-    let Some(mut nats) = PrivateBroker::nats().await else {
-        panic!("this test needs nats-server (scripts/services/nats.sh start installs it)");
-    };
+    let mut nats = PrivateBroker::nats().await;
     let run = ulid::Ulid::new().to_string();
     // A mirror publish to a stopped server takes the whole 20 s timeout.
     const MIRROR_TIMEOUT: Duration = Duration::from_secs(20);
@@ -349,9 +345,7 @@ async fn a_dual_send_does_not_wait_for_a_mirror_that_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_transport_down_for_max_down_rolls_back() {
-    let Some(mut nats) = PrivateBroker::nats().await else {
-        panic!("this test needs nats-server (scripts/services/nats.sh start installs it)");
-    };
+    let mut nats = PrivateBroker::nats().await;
     let run = ulid::Ulid::new().to_string();
     let fleet = Fleet::start(settings(&run, &nats.address(), "1s", "100ms", "2s")).await;
     assert_eq!(fleet.live.check(), None, "up: nothing to roll back");

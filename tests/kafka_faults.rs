@@ -646,7 +646,7 @@ cross_region = "kafka"
 
     let mut first = Serve::start(&config).await;
     let mut us = common::gateway(first.addr).await;
-    let mut stream = common::attach(&mut us, "gw-us", "us").await;
+    let mut stream = common::attach_stream(&mut us, "gw-us", "us").await;
     common::online(&mut us, "gw-us", "bob").await;
 
     let send = |eu: &mut proto::gateway_client::GatewayClient<_>, i: usize| {
@@ -686,7 +686,7 @@ cross_region = "kafka"
 
     let second = Serve::start(&config).await;
     let mut us = common::gateway(second.addr).await;
-    let mut stream = common::attach(&mut us, "gw-us", "us").await;
+    let mut stream = common::attach_stream(&mut us, "gw-us", "us").await;
     common::online(&mut us, "gw-us", "bob").await;
     // Everything the gateway had not acked: the unread rest of the first
     // batch (the dead sidecar never acked Kafka for it) and all sent since.

@@ -11,7 +11,6 @@ mod common;
 use std::time::Duration;
 
 use switchyard::proto;
-use switchyard::sidecar::client::Attachment;
 use switchyard::sidecar::Sidecar;
 use switchyard::Settings;
 
@@ -56,14 +55,12 @@ fn settings(run: &str) -> Settings {
 
 /// The next delivery, failing after 20 s: Kafka's first record waits for
 /// the consumer group to settle.
-async fn next(stream: &mut Attachment) -> proto::Delivery {
-    let delivery = tokio::time::timeout(Duration::from_secs(20), stream.next())
+async fn next(stream: &mut common::Deliveries) -> proto::Delivery {
+    tokio::time::timeout(Duration::from_secs(20), stream.next())
         .await
         .expect("a delivery within 20 s")
         .expect("stream ok")
-        .expect("stream open");
-    stream.ack(delivery.seq);
-    delivery
+        .expect("stream open")
 }
 
 /// Three sidecars, each on its own backends: A and B in `eu`, C in `us`.

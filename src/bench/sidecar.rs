@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tonic::transport::{Channel, Endpoint};
 
 use super::drive::{since, Ends, Refused, Sender};
@@ -166,17 +166,29 @@ impl Sender for ViaSidecar {
 const ACK_EVERY: u64 = 32;
 
 /// Latencies of the deliveries on an Attach stream, measured on arrival;
-/// acked in batches, as a gateway would.
+/// acked as a gateway would: every [`ACK_EVERY`] deliveries, and whenever
+/// it would otherwise wait for the next one (a confirmed direct-link send
+/// waits for this ack).
 fn latencies(stream: Attachment) -> BoxStream<'static, Duration> {
-    futures::stream::unfold(stream, |mut stream| async move {
+    futures::stream::unfold((stream, 0u64), |(mut stream, mut unacked)| async move {
         loop {
-            match stream.next().await {
+            let next = match stream.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    if unacked > 0 {
+                        stream.ack(unacked);
+                    }
+                    stream.next().await
+                }
+            };
+            match next {
                 Ok(Some(delivery)) => {
+                    unacked = delivery.seq;
                     if delivery.seq % ACK_EVERY == 0 {
                         stream.ack(delivery.seq);
                     }
                     if let Some(envelope) = delivery.envelope {
-                        return Some((since(envelope.created_at_unix_micros), stream));
+                        return Some((since(envelope.created_at_unix_micros), (stream, unacked)));
                     }
                 }
                 Ok(None) | Err(_) => return None,

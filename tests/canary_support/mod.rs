@@ -116,7 +116,6 @@ pub async fn attach(sidecar: &Sidecar, id: &str, region: &str) -> (Gateway, Rece
     let sink = received.clone();
     tokio::spawn(async move {
         while let Ok(Some(d)) = stream.next().await {
-            stream.ack(d.seq);
             let e = d.envelope.unwrap_or_default();
             sink.lock().push((
                 e.id.to_vec(),

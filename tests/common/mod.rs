@@ -64,8 +64,49 @@ pub async fn admin(addr: SocketAddr) -> AdminClient<Channel> {
     AdminClient::new(channel(addr).await)
 }
 
-/// Attaches `id` in `region` and returns its delivery stream.
-pub async fn attach(client: &mut GatewayClient<Channel>, id: &str, region: &str) -> Attachment {
+/// Deliveries a test gateway holds in its own queue; it acks each delivery
+/// as it takes it into that queue, and stops reading when it is full.
+const GATEWAY_QUEUE: usize = 16;
+
+/// A test gateway's deliveries, read off its Attach stream as they come
+/// (a gateway reads while it sends: a confirmed direct-link send waits for
+/// the receiving gateway's ack) and acked once queued here. Dropping it
+/// drops the stream.
+pub struct Deliveries {
+    queue: tokio::sync::mpsc::Receiver<Result<proto::Delivery, tonic::Status>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Deliveries {
+    /// The next delivery; `None` when the sidecar ended the stream normally.
+    pub async fn next(&mut self) -> Result<Option<proto::Delivery>, tonic::Status> {
+        self.queue.recv().await.transpose()
+    }
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Attaches `id` in `region` and returns the bare stream, for a test that
+/// acks by hand.
+pub async fn attach_stream(
+    client: &mut GatewayClient<Channel>,
+    id: &str,
+    region: &str,
+) -> Attachment {
+    let request = proto::AttachRequest {
+        gateway_id: id.into(),
+        region: region.into(),
+        address: String::new(),
+    };
+    Attachment::open(client, request).await.unwrap()
+}
+
+/// Attaches `id` in `region` and returns its deliveries.
+pub async fn attach(client: &mut GatewayClient<Channel>, id: &str, region: &str) -> Deliveries {
     attach_at(client, id, region, "").await
 }
 
@@ -74,13 +115,33 @@ pub async fn attach_at(
     id: &str,
     region: &str,
     address: &str,
-) -> Attachment {
+) -> Deliveries {
     let request = proto::AttachRequest {
         gateway_id: id.into(),
         region: region.into(),
         address: address.into(),
     };
-    Attachment::open(client, request).await.unwrap()
+    let mut stream = Attachment::open(client, request).await.unwrap();
+    let (queue, rx) = tokio::sync::mpsc::channel(GATEWAY_QUEUE);
+    let reader = tokio::spawn(async move {
+        loop {
+            match stream.next().await {
+                Ok(Some(delivery)) => {
+                    let seq = delivery.seq;
+                    if queue.send(Ok(delivery)).await.is_err() {
+                        return;
+                    }
+                    stream.ack(seq);
+                }
+                Ok(None) => return,
+                Err(status) => {
+                    let _ = queue.send(Err(status)).await;
+                    return;
+                }
+            }
+        }
+    });
+    Deliveries { queue: rx, reader }
 }
 
 pub async fn online(client: &mut GatewayClient<Channel>, gateway: &str, user: &str) -> u64 {
@@ -131,16 +192,13 @@ pub fn routed(outcome: &proto::SendOutcome) -> &proto::Routed {
     }
 }
 
-/// The next delivery, acked (the gateway took it over); fails the test
-/// after 5 s.
-pub async fn next(stream: &mut Attachment) -> proto::Delivery {
-    let delivery = tokio::time::timeout(Duration::from_secs(5), stream.next())
+/// The next delivery; fails the test after 5 s.
+pub async fn next(stream: &mut Deliveries) -> proto::Delivery {
+    tokio::time::timeout(Duration::from_secs(5), stream.next())
         .await
         .expect("a delivery within 5 s")
         .expect("stream ok")
-        .expect("stream open");
-    stream.ack(delivery.seq);
-    delivery
+        .expect("stream open")
 }
 
 /// `GET path` over HTTP/1.0; returns (status code, body).

@@ -144,16 +144,11 @@ pub struct PrivateBroker {
 }
 
 impl PrivateBroker {
-    /// Starts a NATS server with JetStream, or `None` (with the reason
-    /// printed) if it cannot run.
-    pub async fn nats() -> Option<Self> {
-        match Self::start(Server::Nats).await {
-            Ok(broker) => Some(broker),
-            Err(reason) => {
-                eprintln!("SKIP: cannot start a private nats-server: {reason}");
-                None
-            }
-        }
+    /// Starts a NATS server with JetStream, or panics with the reason.
+    pub async fn nats() -> Self {
+        Self::start(Server::Nats)
+            .await
+            .unwrap_or_else(|reason| panic!("cannot start a private nats-server: {reason}"))
     }
 
     /// Starts a Redis server, or panics with the reason.
