@@ -142,3 +142,45 @@ async fn over_nats_as_the_fallback() {
     let receiver = settings(&store, "nats", &[], false);
     each_gateway_gets_every_message_once(sender, receiver).await;
 }
+
+/// Low priority over NATS is fire-and-forget: the client only enqueued it,
+/// so the outcome says delivered but not confirmed (on a healthy server it
+/// still arrives, once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_priority_over_nats_is_delivered_not_confirmed() {
+    let store = redis_config(Deployment::Standalone);
+    let nats = settings(&store, "nats", &[], false);
+    let run = ulid::Ulid::new().to_string().to_lowercase();
+    let (g0, _) = router(&nats, &format!("{run}-g0")).await;
+    let (g1, mut inbox) = router(&nats, &format!("{run}-g1")).await;
+    g1.connect("bob", "phone").await.unwrap();
+    let mut sent = BTreeMap::new();
+    for i in 0..N {
+        let envelope = Envelope::new(
+            "alice",
+            g0.gateway().id.clone(),
+            Destination::User("bob".into()),
+            format!("{i}"),
+        )
+        .with_priority(switchyard::Priority::Low);
+        sent.insert(envelope.id, 0usize);
+        let report = g0.send(envelope).await.expect("routed");
+        let Outcome::Routed { targets, .. } = &report.outcome else {
+            panic!("not routed: {report:?}");
+        };
+        assert_eq!(targets[0].result, Ok(Via::Transport(TransportKind::Nats)));
+        assert!(!targets[0].confirmed, "{targets:?}");
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while sent.values().any(|&n| n == 0) {
+        match tokio::time::timeout_at(deadline, inbox.recv()).await {
+            Ok(Some(d)) => {
+                inbox.ack(d.seq);
+                *sent.entry(d.envelope.id).or_default() += 1;
+            }
+            _ => break,
+        }
+    }
+    let lost = sent.values().filter(|&&n| n == 0).count();
+    assert_eq!((lost, sent.len()), (0, N), "(lost, ids seen)");
+}

@@ -67,6 +67,8 @@ async fn a_batch_reports_each_message_and_offline_messages_replay_on_online() {
         (target.route(), target.via.as_str()),
         (proto::Route::CrossRegion, "memory")
     );
+    // In the receiving gateway's queue: delivered and confirmed.
+    assert!(target.delivered && target.confirmed, "{target:?}");
     match &outcomes[1].result {
         Some(R::Rejected(r)) => assert!(
             r.reason.contains("over the limit of 1048576 bytes"),
