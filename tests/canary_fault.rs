@@ -99,6 +99,7 @@ async fn kafka_down_at_30_percent_rolls_back_and_loses_nothing() {
                 epoch.clone(),
                 stop.clone(),
                 Duration::from_millis(5),
+                Arc::default(),
             ));
         }
     }

@@ -45,6 +45,9 @@ const STEPS: [u32; 6] = [0, 10, 30, 50, 100, 0];
 /// stable sends per step. With Kafka's confirmed publishes waiting for two
 /// of three replicas, 2 s gave only 38 at 30% under the full suite's load.
 const HOLD: Duration = Duration::from_secs(3);
+/// Sends (by all senders) each share is held for at least, up to [`MAX_HOLD`].
+const SENDS_PER_STEP: u64 = 400;
+const MAX_HOLD: Duration = Duration::from_secs(30);
 /// Largest tolerated gap between the measured and expected Kafka fraction.
 const TOLERANCE: f64 = 0.02;
 
@@ -127,6 +130,7 @@ async fn soak(mode: &str) {
 
     let epoch = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
     let all_b: Vec<String> = gateways.iter().map(|g| format!("{}.b", g.id)).collect();
     let mut senders = Vec::new();
     for g in gateways {
@@ -145,13 +149,20 @@ async fn soak(mode: &str) {
             epoch.clone(),
             stop.clone(),
             Duration::from_millis(2),
+            done.clone(),
         ));
     }
     for &share in &STEPS {
         epoch.fetch_add(1, Ordering::SeqCst);
         canary_support::set_share(&sidecars, share).await;
         epoch.fetch_add(1, Ordering::SeqCst);
+        // Hold long enough to judge the share, by count (a loaded machine
+        // sends slower), within a bound.
+        let (start, at) = (done.load(Ordering::Relaxed), Instant::now());
         tokio::time::sleep(HOLD).await;
+        while done.load(Ordering::Relaxed) - start < SENDS_PER_STEP && at.elapsed() < MAX_HOLD {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     stop.store(true, Ordering::Relaxed);
     let mut sent: Vec<Sent> = Vec::new();
