@@ -135,27 +135,18 @@ impl Progress {
         if let Some((ms, seq)) = self.unacked.keys().next() {
             return Some(format!("{ms}-{seq}"));
         }
-        self.last.map(|last| {
-            let (ms, seq) = last.entry;
-            if last.last_of_entry() {
-                format!("({ms}-{seq}")
-            } else {
-                format!("{ms}-{seq}")
-            }
-        })
+        self.received_up_to()
     }
 
     /// The XRANGE start that re-reads everything after what was received
     /// (after a dropped connection): unlike [`Self::resume_from`], acks do
     /// not matter, the inbox still holds what it received.
     pub(crate) fn received_up_to(&self) -> Option<String> {
+        // Past an entry received whole; at it (again) if its rest is missing.
         self.last.map(|last| {
             let (ms, seq) = last.entry;
-            if last.last_of_entry() {
-                format!("({ms}-{seq}")
-            } else {
-                format!("{ms}-{seq}")
-            }
+            let past = if last.last_of_entry() { "(" } else { "" };
+            format!("{past}{ms}-{seq}")
         })
     }
 }
