@@ -69,13 +69,19 @@ async fn soak(mode: &str) {
         .map(|r| gateway_in(&format!("{run}-eu-"), r))
         .collect();
     let us: Vec<String> = (0..2).map(|i| format!("{run}-us-{i}")).collect();
-    let settings = canary_support::settings(
+    let mut settings = canary_support::settings(
         &run,
         support::KAFKA,
         mode,
         "[transports.kafka.topics]\nreplication = 3",
         "enabled = false",
     );
+    // The share is judged by which sends were mirrored: wait for every
+    // mirror (Kafka at RF 3 on a loaded machine can take longer than the
+    // default `mirror_wait`, and a late mirror is reported as not mirrored).
+    if let Some(canary) = settings.canary.as_mut() {
+        canary.mirror_wait = Duration::from_secs(10);
+    }
     let mut sidecars = Vec::new();
     for _ in 0..3 {
         sidecars.push(

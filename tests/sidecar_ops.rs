@@ -337,20 +337,28 @@ async fn the_grpc_transport_names_what_failed() {
         "{err}"
     );
 
-    // Subscribed: delivered in order, bytes untouched.
+    // Subscribed: delivered in order, bytes untouched, and confirmed once
+    // the receiver acked both.
     let mut subscription = links.subscribe(&ghost.id).await.unwrap();
     let batch = [
         bytes::Bytes::from_static(b"one"),
         bytes::Bytes::from_static(b"two"),
     ];
-    links
-        .publish(&ghost.id, &batch, Ack::Confirmed)
-        .await
-        .unwrap();
-    use futures::StreamExt;
-    for expected in [&b"one"[..], b"two"] {
-        assert_eq!(subscription.next().await.unwrap().bytes.as_ref(), expected);
-    }
+    let receiving = async {
+        use futures::StreamExt;
+        for expected in [&b"one"[..], b"two"] {
+            let incoming = subscription.next().await.unwrap();
+            assert_eq!(incoming.bytes.as_ref(), expected);
+            incoming
+                .ack
+                .expect("a direct link waits for the ack")
+                .ack()
+                .await
+                .unwrap();
+        }
+    };
+    let (published, ()) = tokio::join!(links.publish(&ghost.id, &batch, Ack::Confirmed), receiving);
+    published.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

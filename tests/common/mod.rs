@@ -65,8 +65,10 @@ pub async fn admin(addr: SocketAddr) -> AdminClient<Channel> {
 }
 
 /// Deliveries a test gateway holds in its own queue; it acks each delivery
-/// as it takes it into that queue, and stops reading when it is full.
-const GATEWAY_QUEUE: usize = 16;
+/// as it takes it into that queue, and stops reading when it is full. Tests
+/// that read only after sending need room for all they send; a gateway that
+/// reads nothing at all is `attach_stream` without reading it.
+const GATEWAY_QUEUE: usize = 10_000;
 
 /// A test gateway's deliveries, read off its Attach stream as they come
 /// (a gateway reads while it sends: a confirmed direct-link send waits for
