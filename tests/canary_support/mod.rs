@@ -37,6 +37,12 @@ pub fn settings(
 kind = "redis"
 url = "redis://127.0.0.1:6379"
 key_prefix = "sycanary-{run}"
+# The test gateways do not heartbeat: their registrations and sessions
+# must outlive the longest run (a loaded machine holds shares longer).
+gateway_ttl = "10m"
+
+[presence]
+session_ttl = "10m"
 
 [transports.redis.connection]
 url = "redis://127.0.0.1:6379"
