@@ -194,6 +194,16 @@ struct Run {
 }
 
 impl Run {
+    /// Waits until every confirmed message arrived (or patience ran out).
+    async fn settled(sent: Sent, received: Arc<Mutex<Received>>) -> Self {
+        let missing = settle(&sent.confirmed, &received).await;
+        Self {
+            sent,
+            received,
+            missing,
+        }
+    }
+
     fn report(&self, case: &str) {
         let got = self.received.lock();
         println!(
@@ -248,13 +258,7 @@ async fn a_broker_killed_mid_stream_and_restarted_loses_nothing() {
     cluster.kill(victim).await;
     wait_for(&progress, 2 * N / 3).await;
     cluster.start_node(victim).await;
-    let sent = sender.await.expect("sender");
-    let missing = settle(&sent.confirmed, &received).await;
-    let run = Run {
-        sent,
-        received,
-        missing,
-    };
+    let run = Run::settled(sender.await.expect("sender"), received).await;
     run.report(&format!("follower node {victim} killed and restarted"));
     run.assert_nothing_lost(N);
     reader.abort();
@@ -285,13 +289,7 @@ async fn the_partition_leaders_broker_killed_loses_nothing() {
     wait_for(&progress, N / 3).await;
     let killed_at = Instant::now();
     cluster.kill(victim).await;
-    let sent = sender.await.expect("sender");
-    let missing = settle(&sent.confirmed, &received).await;
-    let run = Run {
-        sent,
-        received,
-        missing,
-    };
+    let run = Run::settled(sender.await.expect("sender"), received).await;
     run.report(&format!("leader node {victim} killed"));
     run.assert_nothing_lost(N);
     let new_leader = leader(&brokers, &topic);
