@@ -16,7 +16,10 @@
 //! router
 //!     .send(Envelope::new("alice", "gw-1", Destination::User("alice".into()), "hi"))
 //!     .await?;
-//! let delivery = inbox.recv().await;
+//! if let Some(delivery) = inbox.recv().await {
+//!     // Handed to alice's connection: the inbox and its transport may forget it.
+//!     inbox.ack(delivery.seq);
+//! }
 //! # Ok(()) }
 //! ```
 //!
