@@ -16,7 +16,7 @@
 //!
 //! Offsets are stored only when the inbox acknowledges a message
 //! (`enable.auto.offset.store=false`), and only up to the highest offset
-//! below which every received record was acked ([`OffsetTracker`]): acks
+//! below which every received record was acked (`OffsetTracker`): acks
 //! may come out of order (a duplicate is acked at once while earlier
 //! records still wait for the gateway), and a commit past an unacked record
 //! would lose it in a crash. Stored offsets are committed periodically.

@@ -193,9 +193,10 @@ impl fmt::Debug for Incoming {
 
 /// The stream of messages published to one gateway's address. Transports
 /// reconnect and resubscribe inside it; it ends only when the transport
-/// closes. Dropping it unsubscribes; [`Subscription::close`] also waits
-/// until the transport has settled what was acked (Kafka offsets committed
-/// and the group left, the Redis resume position written).
+/// closes. Dropping it unsubscribes; the [`Settled`] half of
+/// [`Subscription::into_parts`] completes once the transport has settled
+/// what was acked (Kafka offsets committed and the group left, the Redis
+/// resume position written): what [`crate::Inbox::close`] waits for.
 pub struct Subscription {
     stream: BoxStream<'static, Incoming>,
     settled: Option<tokio::sync::oneshot::Receiver<()>>,
@@ -226,13 +227,6 @@ impl Subscription {
     /// is dropped.
     pub fn into_parts(self) -> (BoxStream<'static, Incoming>, Settled) {
         (self.stream, Settled(self.settled))
-    }
-
-    /// Unsubscribes and waits until the transport has settled.
-    pub async fn close(self) {
-        let (stream, settled) = self.into_parts();
-        drop(stream);
-        settled.wait().await;
     }
 }
 

@@ -42,7 +42,7 @@ where
 /// and returns the receiving half as the subscription. `feed` must return
 /// once the sender reports closed (the subscriber dropped the stream), so a
 /// consumer never outlives its subscriber and holds no broker-side claim;
-/// its return settles the subscription ([`Subscription::close`]).
+/// its return settles the subscription ([`super::Settled`]).
 pub(crate) fn spawn_subscription<F, Fut>(capacity: usize, feed: F) -> Subscription
 where
     F: FnOnce(mpsc::Sender<Incoming>) -> Fut,
