@@ -20,7 +20,7 @@ use crate::policy::Route;
 use crate::proto::{self, gateway_server::Gateway};
 use crate::router::{Outcome, Router, SendReport};
 use crate::telemetry;
-use crate::topology::{GatewayId, GatewayInfo, UserId};
+use crate::topology::{check, GatewayId, GatewayInfo, IdKind, UserId};
 
 /// Offline messages returned by FetchOffline when the request sets no limit.
 const DEFAULT_FETCH_LIMIT: usize = 100;
@@ -82,8 +82,8 @@ impl GatewayService {
     ) -> Result<Response<proto::GroupResponse>, Status> {
         let router = self.caller(&request, &request.get_ref().gateway_id).await?;
         let req = request.into_inner();
-        let user = UserId::from(non_empty("user", &req.user)?);
-        let group = non_empty("group", &req.group)?;
+        let user = UserId::from(text("user", &req.user)?);
+        let group = text("group", &req.group)?;
         hosted(&router, &user).await?;
         match change {
             Membership::Join => router.join(group, user).await,
@@ -118,12 +118,16 @@ async fn hosted(router: &Router, user: &UserId) -> Result<(), Status> {
     }
 }
 
-fn non_empty<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
-    if value.is_empty() {
-        Err(Status::invalid_argument(format!("{field} is empty")))
-    } else {
-        Ok(value)
-    }
+/// `value` if it keeps the identifier rules of `kind`, else
+/// INVALID_ARGUMENT naming the field and the rule.
+pub(crate) fn id<'a>(field: &'static str, kind: IdKind, value: &'a str) -> Result<&'a str, Status> {
+    check(field, kind, value).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(value)
+}
+
+/// A user, group or device id of a request.
+fn text<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Status> {
+    id(field, IdKind::Text, value)
 }
 
 /// Fills the defaults a gateway may leave out, then checks that the sender
@@ -375,15 +379,19 @@ impl Gateway for GatewayService {
             &Request::from_parts(metadata, extensions, ()),
             &req.gateway_id,
         )?;
-        let region = non_empty("region", &req.region)?;
+        let region = id("region", IdKind::Name, &req.region)?;
+        // Peers dial the registered address with the peer token, so only
+        // the sidecar names it: a gateway-chosen address would receive it.
+        if !req.address.is_empty() && req.address != self.shared.advertise {
+            return Err(Status::invalid_argument(format!(
+                "address {:?}: direct links go to this sidecar's sidecar.advertise ({:?}); leave address empty",
+                req.address, self.shared.advertise
+            )));
+        }
         let info = GatewayInfo {
             id: gateway.clone(),
             region: region.into(),
-            address: if req.address.is_empty() {
-                self.shared.advertise.clone()
-            } else {
-                req.address
-            },
+            address: self.shared.advertise.clone(),
         };
         if *self.shared.stopping.borrow() {
             return Err(Status::unavailable("the sidecar is shutting down"));
@@ -474,8 +482,8 @@ impl Gateway for GatewayService {
     ) -> Result<Response<proto::OnlineResponse>, Status> {
         let router = self.caller(&request, &request.get_ref().gateway_id).await?;
         let req = request.into_inner();
-        let user = non_empty("user", &req.user)?;
-        let device = non_empty("device", &req.device)?;
+        let user = text("user", &req.user)?;
+        let device = text("device", &req.device)?;
         let replayed = router
             .connect(user, device)
             .await
@@ -491,8 +499,8 @@ impl Gateway for GatewayService {
     ) -> Result<Response<proto::OfflineResponse>, Status> {
         let router = self.caller(&request, &request.get_ref().gateway_id).await?;
         let req = request.into_inner();
-        let user = UserId::from(non_empty("user", &req.user)?);
-        let device = non_empty("device", &req.device)?;
+        let user = UserId::from(text("user", &req.user)?);
+        let device = text("device", &req.device)?;
         let me = &router.gateway().id;
         let sessions = router
             .backends()
@@ -547,7 +555,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<proto::FetchOfflineResponse>, Status> {
         let router = self.caller(&request, &request.get_ref().gateway_id).await?;
         let req = request.into_inner();
-        let user = UserId::from(non_empty("user", &req.user)?);
+        let user = UserId::from(text("user", &req.user)?);
         hosted(&router, &user).await?;
         let limit = if req.limit == 0 {
             DEFAULT_FETCH_LIMIT
@@ -571,7 +579,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<proto::AckOfflineResponse>, Status> {
         let router = self.caller(&request, &request.get_ref().gateway_id).await?;
         let req = request.into_inner();
-        let user = UserId::from(non_empty("user", &req.user)?);
+        let user = UserId::from(text("user", &req.user)?);
         hosted(&router, &user).await?;
         let ids = req
             .ids

@@ -123,12 +123,6 @@ impl SidecarConfig {
                 reason: "required when sidecar.tokens is set (the Admin API would be open)".into(),
             });
         }
-        if self.drain_timeout.is_zero() {
-            problems.push(Problem {
-                key: "sidecar.drain_timeout".into(),
-                reason: "must be longer than zero".into(),
-            });
-        }
         problems
     }
 }
