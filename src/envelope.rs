@@ -284,15 +284,42 @@ impl Envelope {
                 ahead_ms: (ahead / 1000) as u64,
             });
         }
-        if let Some(ttl) = self.ttl {
-            let age_micros = now_micros.saturating_sub(self.created_at_micros).max(0) as u128;
-            if age_micros > ttl.as_micros() {
-                return Err(EnvelopeError::Expired {
-                    id,
-                    ttl_ms: ttl.as_millis() as u64,
-                    late_ms: ((age_micros - ttl.as_micros()) / 1000) as u64,
-                });
+        self.check_ttl(now_micros)
+    }
+
+    /// What a receiver checks of a message from the wire: it was validated
+    /// by its sender (possibly an older version, possibly with another
+    /// clock), so only what makes it undeliverable here is refused: no
+    /// sender or recipient, or its time to live ran out.
+    pub fn check_arrival(&self, now_micros: i64) -> Result<(), EnvelopeError> {
+        let id = self.id;
+        let to = match &self.destination {
+            Destination::User(u) => u.as_str(),
+            Destination::Group(g) => g.as_str(),
+        };
+        if to.is_empty() {
+            return Err(EnvelopeError::MissingRecipient { id });
+        }
+        for (field, value) in [
+            ("sender_user", self.sender.as_str()),
+            ("sender_gateway", self.sender_gateway.as_str()),
+        ] {
+            if value.is_empty() {
+                return Err(EnvelopeError::EmptyField { id, field });
             }
+        }
+        self.check_ttl(now_micros)
+    }
+
+    fn check_ttl(&self, now_micros: i64) -> Result<(), EnvelopeError> {
+        let Some(ttl) = self.ttl else { return Ok(()) };
+        let age_micros = now_micros.saturating_sub(self.created_at_micros).max(0) as u128;
+        if age_micros > ttl.as_micros() {
+            return Err(EnvelopeError::Expired {
+                id: self.id,
+                ttl_ms: ttl.as_millis() as u64,
+                late_ms: ((age_micros - ttl.as_micros()) / 1000) as u64,
+            });
         }
         Ok(())
     }

@@ -221,8 +221,11 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Demo(args) => run_demo(args).await,
-        Command::CheckConfig { file } => match Settings::load(Some(&file)) {
-            Ok(_) => {
+        Command::CheckConfig { file } => match Settings::load(Some(&file))
+            .map_err(anyhow::Error::from)
+            .and_then(|s| Ok(switchyard::sidecar::preflight(&s)?))
+        {
+            Ok(()) => {
                 println!("{}: ok", file.display());
                 Ok(ExitCode::SUCCESS)
             }

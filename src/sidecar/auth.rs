@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
 
+use super::user_auth::UserTokens;
 use super::{SecretSource, Shared, SidecarConfig, SidecarError};
 use crate::topology::{GatewayId, IdKind};
 
@@ -21,6 +22,8 @@ pub struct Tokens {
     admin: Option<String>,
     /// Presented to and expected from peer sidecars.
     pub(crate) peer: Option<String>,
+    /// Verifies the user tokens `Online` carries, when configured.
+    users: Option<UserTokens>,
 }
 
 impl Tokens {
@@ -30,28 +33,36 @@ impl Tokens {
         for (gateway, source) in &config.tokens {
             gateways.push((
                 GatewayId::from(gateway.as_str()),
-                read(&format!("sidecar.tokens.{gateway}"), source)?,
+                read_secret(&format!("sidecar.tokens.{gateway}"), source)?,
             ));
         }
         let admin = config
             .admin_token
             .as_ref()
-            .map(|s| read("sidecar.admin_token", s))
+            .map(|s| read_secret("sidecar.admin_token", s))
             .transpose()?;
         let peer = config
             .peer_token
             .as_ref()
-            .map(|s| read("sidecar.peer_token", s))
+            .map(|s| read_secret("sidecar.peer_token", s))
+            .transpose()?;
+        let users = config
+            .user_tokens
+            .as_ref()
+            .map(UserTokens::load)
             .transpose()?;
         Ok(Self {
             gateways,
             admin,
             peer,
+            users,
         })
     }
 }
 
-fn read(key: &str, source: &SecretSource) -> Result<String, SidecarError> {
+/// Reads one secret (surrounding whitespace trimmed); the error names the
+/// key and the source, never the value.
+pub(crate) fn read_secret(key: &str, source: &SecretSource) -> Result<String, SidecarError> {
     let fail = |from: String, reason: String| SidecarError::Secret {
         key: key.to_owned(),
         from,
@@ -103,6 +114,14 @@ impl Auth {
     /// Replaces the tokens.
     pub fn replace(&self, tokens: Tokens) {
         self.tokens.store(Arc::new(tokens));
+    }
+
+    /// With `[sidecar.user_tokens]`, checks that `token` proves `user`.
+    pub(crate) fn verify_user(&self, token: &str, user: &str) -> Result<(), Status> {
+        match &self.tokens.load().users {
+            Some(users) => users.verify(token, user),
+            None => Ok(()),
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! gateway and only for users it hosts.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::auth::authorize;
 use super::Shared;
 use crate::envelope::{Envelope, MessageId};
-use crate::error::SendError;
+use crate::error::{SendError, StoreError};
 use crate::inbox::Inbox;
 use crate::offline::OfflineReason;
 use crate::policy::Route;
@@ -29,19 +29,69 @@ const DEFAULT_FETCH_LIMIT: usize = 100;
 pub(crate) struct Attached {
     pub(crate) router: Router,
     /// The inbox, while no Attach stream holds it.
-    inbox: Arc<Mutex<Option<Inbox>>>,
+    inbox: Arc<Mutex<Parked>>,
+}
+
+/// Where an inbox waits between Attach streams.
+struct Parked {
+    inbox: Option<Inbox>,
+    /// When it was last put back (or made).
+    since: Instant,
+}
+
+impl Parked {
+    fn new(inbox: Inbox) -> Arc<Mutex<Self>> {
+        Arc::new(Mutex::new(Self {
+            inbox: Some(inbox),
+            since: Instant::now(),
+        }))
+    }
 }
 
 impl Attached {
     /// Whether an Attach stream holds the inbox now.
     pub(crate) fn streaming(&self) -> bool {
-        self.inbox.lock().is_none()
+        self.inbox.lock().inbox.is_none()
     }
 
     /// The inbox, unless an Attach stream still holds it.
     pub(crate) fn take_inbox(&self) -> Option<Inbox> {
-        self.inbox.lock().take()
+        self.inbox.lock().inbox.take()
     }
+
+    /// Whether no Attach stream has held the inbox for `idle`.
+    fn idle_for(&self, idle: Duration) -> bool {
+        let parked = self.inbox.lock();
+        parked.inbox.is_some() && parked.since.elapsed() >= idle
+    }
+}
+
+/// Forgets gateways that have had no Attach stream for `idle` (by then
+/// their registration and sessions have expired too), so gateway ids that
+/// come and go do not grow the sidecar without bound. Each inbox is closed
+/// as on shutdown: what the gateway acked is settled on the transports,
+/// what it did not stays there for its next Attach.
+pub(crate) async fn evict_idle(shared: &Shared, idle: Duration) -> usize {
+    let evicted: Vec<(GatewayId, Attached)> = {
+        let mut gateways = shared.gateways.lock().await;
+        let ids: Vec<GatewayId> = gateways
+            .iter()
+            .filter(|(_, attached)| attached.idle_for(idle))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| gateways.remove(&id).map(|a| (id, a)))
+            .collect()
+    };
+    let count = evicted.len();
+    for (gateway, attached) in evicted {
+        tracing::info!(%gateway, ?idle, "forgetting a gateway detached for too long");
+        metrics::counter!(telemetry::GATEWAYS_EVICTED).increment(1);
+        if let Some(inbox) = attached.take_inbox() {
+            inbox.close().await;
+        }
+    }
+    count
 }
 
 /// The Gateway service.
@@ -207,6 +257,15 @@ fn outcome(id: MessageId, result: Result<SendReport, SendError>) -> proto::SendO
         Err(SendError::Invalid(err)) => R::Rejected(proto::Rejected {
             reason: err.to_string(),
         }),
+        // Nobody to deliver to: retrying will not help until someone joins.
+        Err(
+            err @ SendError::Store {
+                source: StoreError::UnknownGroup(_),
+                ..
+            },
+        ) => R::Rejected(proto::Rejected {
+            reason: err.to_string(),
+        }),
         Err(err @ (SendError::Store { .. } | SendError::Undeliverable { .. })) => {
             R::Failed(proto::Failed {
                 reason: err.to_string(),
@@ -274,7 +333,7 @@ const STREAM_QUEUE: usize = 256;
 /// next Attach, and the inbox goes back to its slot.
 async fn pump(
     inbox: Inbox,
-    slot: Arc<Mutex<Option<Inbox>>>,
+    slot: Arc<Mutex<Parked>>,
     mut acks: Streaming<proto::AttachMessage>,
     out: mpsc::Sender<Result<proto::Delivery, Status>>,
     mut stopping: watch::Receiver<bool>,
@@ -316,7 +375,10 @@ async fn pump(
     }
     let redelivered = inbox.redeliver();
     tracing::info!(%gateway, redelivered, "gateway detached");
-    *slot.lock() = Some(inbox);
+    *slot.lock() = Parked {
+        inbox: Some(inbox),
+        since: Instant::now(),
+    };
     metrics::gauge!(telemetry::ATTACHED_GATEWAYS).decrement(1.0);
 }
 
@@ -420,7 +482,7 @@ impl Gateway for GatewayService {
                     .map_err(|e| {
                         Status::unavailable(format!("cannot attach gateway {gateway:?}: {e}"))
                     })?;
-                let slot = Arc::new(Mutex::new(Some(inbox)));
+                let slot = Parked::new(inbox);
                 gateways.insert(
                     gateway.clone(),
                     Attached {
@@ -431,7 +493,7 @@ impl Gateway for GatewayService {
                 slot
             }
         };
-        let inbox = slot.lock().take().ok_or_else(|| {
+        let inbox = slot.lock().inbox.take().ok_or_else(|| {
             Status::already_exists(format!(
                 "gateway {gateway:?} already has an open Attach stream"
             ))
@@ -484,6 +546,7 @@ impl Gateway for GatewayService {
         let req = request.into_inner();
         let user = text("user", &req.user)?;
         let device = text("device", &req.device)?;
+        self.shared.auth.verify_user(&req.user_token, user)?;
         let replayed = router
             .connect(user, device)
             .await
