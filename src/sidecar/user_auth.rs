@@ -133,7 +133,7 @@ mod tests {
         encode(
             &Header::new(Algorithm::HS256),
             &Token { sub, exp },
-            &EncodingKey::from_secret(b"s3cret"),
+            &EncodingKey::from_secret(b"s3cret").expect("a key"),
         )
         .expect("signs")
     }
@@ -159,9 +159,15 @@ mod tests {
         assert!(users.verify(&sign("alice", now() + 60), "alice").is_ok());
         let other = users.verify(&sign("alice", now() + 60), "bob").unwrap_err();
         assert_eq!(other.code(), tonic::Code::PermissionDenied);
-        let expired = users.verify(&sign("alice", now() - 60), "alice").unwrap_err();
+        let expired = users
+            .verify(&sign("alice", now() - 60), "alice")
+            .unwrap_err();
         assert_eq!(expired.code(), tonic::Code::Unauthenticated);
-        assert!(expired.message().contains("ExpiredSignature"), "{}", expired.message());
+        assert!(
+            expired.message().contains("ExpiredSignature"),
+            "{}",
+            expired.message()
+        );
         let missing = users.verify("", "alice").unwrap_err();
         assert_eq!(missing.code(), tonic::Code::Unauthenticated);
     }
@@ -170,8 +176,11 @@ mod tests {
     fn a_token_signed_with_another_key_is_refused() {
         let forged = encode(
             &Header::new(Algorithm::HS256),
-            &Token { sub: "alice", exp: now() + 60 },
-            &EncodingKey::from_secret(b"guess"),
+            &Token {
+                sub: "alice",
+                exp: now() + 60,
+            },
+            &EncodingKey::from_secret(b"guess").expect("a key"),
         )
         .expect("signs");
         let err = verifier().verify(&forged, "alice").unwrap_err();
