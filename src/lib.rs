@@ -73,6 +73,8 @@ pub mod dedupe;
 pub mod demo;
 pub mod envelope;
 pub mod error;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub mod groups;
 pub mod inbox;
 pub mod offline;

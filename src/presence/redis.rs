@@ -206,7 +206,7 @@ fn backend(operation: String) -> impl FnOnce(redis::RedisError) -> StoreError {
 }
 
 /// Decodes a stored session value (`expires\x1fgateway\x1fregion\x1fsince`).
-fn decode(user: &UserId, device: &str, value: &str) -> Result<Session, StoreError> {
+pub(crate) fn decode(user: &UserId, device: &str, value: &str) -> Result<Session, StoreError> {
     let bad = || StoreError::Backend {
         store: STORE,
         operation: format!("read session {user}/{device}"),

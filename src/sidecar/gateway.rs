@@ -183,7 +183,7 @@ fn text<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Status> {
 /// Fills the defaults a gateway may leave out, then checks that the sender
 /// is this gateway. An envelope that cannot be parsed is returned as the
 /// reason for a `Rejected` outcome.
-fn prepare(
+pub(crate) fn prepare(
     gateway: &GatewayId,
     mut wire: proto::Envelope,
 ) -> Result<Result<Envelope, (Vec<u8>, String)>, Status> {
