@@ -63,6 +63,11 @@ pub struct LimitsConfig {
     /// the transports, nothing is dropped); it also bounds the duplicates a
     /// gateway sees after a crash.
     pub inbox_queue: usize,
+    /// The unacked window in bytes (payload and headers): with
+    /// `inbox_queue` messages of the largest size held, memory would
+    /// otherwise reach `inbox_queue * max_payload_bytes`. One delivery is
+    /// always let in, however large.
+    pub inbox_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -71,6 +76,7 @@ impl Default for LimitsConfig {
             max_payload_bytes: 1024 * 1024,
             dedupe_window: 100_000,
             inbox_queue: 10_000,
+            inbox_bytes: 64 * 1024 * 1024,
         }
     }
 }

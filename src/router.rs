@@ -129,6 +129,7 @@ impl RouterBuilder {
             local_rx,
             settings.limits.dedupe_window,
             settings.limits.inbox_queue,
+            settings.limits.inbox_bytes,
         );
         backends.registry.register(&self.gateway).await?;
         policy.observe(&backends.transports);

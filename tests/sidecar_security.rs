@@ -500,3 +500,42 @@ async fn with_user_tokens_a_gateway_token_cannot_claim_arbitrary_users() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn large_messages_fill_the_unacked_window_by_bytes_not_by_count() {
+    let mut settings = settings();
+    settings.limits.inbox_queue = 1000;
+    settings.limits.inbox_bytes = 64 * 1024;
+    settings.transports.memory.as_mut().unwrap().queue = 4;
+    settings.delivery.publish_timeout = Duration::from_millis(100);
+    let sidecar = Sidecar::start(settings, None).await.unwrap();
+    let mut client = gateway(sidecar.grpc_addr()).await;
+    let _a = attach(&mut client, "gw-a", "eu").await;
+    let mut stream = attach_stream(&mut client, "gw-b", "eu").await;
+    online(&mut client, "gw-a", "alice").await;
+    online(&mut client, "gw-b", "bob").await;
+
+    // gw-b acks nothing: 4 messages of 16 KiB fill the 64 KiB
+    // window, 4 more the transport queue, then sends fall back offline.
+    let payload = "x".repeat(16 * 1024);
+    let mut delivered = 0;
+    for _ in 0..100 {
+        let outcome = send(&mut client, "gw-a", message("alice", "bob", &payload)).await;
+        if routed(&outcome).stored_offline() == proto::OfflineReason::TransportsFailed {
+            break;
+        }
+        delivered += 1;
+    }
+    assert!(
+        (4..=9).contains(&delivered),
+        "{delivered} messages of 16 KiB held for a 64 KiB window"
+    );
+    for _ in 0..delivered {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("a delivery within 5 s")
+            .expect("stream ok")
+            .expect("stream open");
+        stream.ack(delivery.seq);
+    }
+}

@@ -87,6 +87,12 @@ pub(super) fn check(s: &Settings) -> Bounds {
     );
     b.count("limits.dedupe_window", l.dedupe_window, 1, 10 * max_queue);
     b.count("limits.inbox_queue", l.inbox_queue, 1, max_queue);
+    b.count(
+        "limits.inbox_bytes",
+        l.inbox_bytes,
+        1024,
+        16 * 1024 * MIB as i128,
+    );
 
     b.time("presence.session_ttl", s.presence.session_ttl, SECOND, DAY);
     b.count(
