@@ -20,6 +20,7 @@ use crate::offline::{OfflineAck, OfflineReason};
 use crate::policy::handover::Handover;
 use crate::policy::live::LivePolicy;
 use crate::policy::{Decision, Policy, Route};
+use crate::presence::watch::PresenceWatch;
 use crate::presence::{PresenceStore, Session};
 use crate::telemetry;
 use crate::topology::{check, DeviceId, GatewayId, GatewayInfo, GroupId, IdKind, Region, UserId};
@@ -385,6 +386,22 @@ impl Router {
                 }
             }
         })
+    }
+
+    /// The live sessions of each of `users`, in order (a friend list's
+    /// online dots): cached where the cache holds them, the rest looked up
+    /// concurrently.
+    pub async fn presence(&self, users: &[UserId]) -> Result<Vec<Vec<Session>>, StoreError> {
+        for user in users {
+            check("users", IdKind::Text, user.as_str())?;
+        }
+        self.inner.backends.presence.locate_many(users).await
+    }
+
+    /// A watch of presence changes, empty until users are added
+    /// ([`PresenceWatch::add`]); it holds at most `max` users.
+    pub fn watch(&self, max: usize) -> PresenceWatch {
+        PresenceWatch::new(self.inner.backends.presence.clone(), max)
     }
 
     /// Adds a user to a group (creating the group).

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::{PresenceConfig, PresenceStore, Session};
+use futures::{stream, StreamExt, TryStreamExt};
+
+use super::{PresenceConfig, PresenceStore, Session, LOCATE_CONCURRENCY};
 use crate::changes::FollowingCache;
 use crate::error::StoreError;
 use crate::telemetry;
@@ -51,6 +53,16 @@ impl CachedPresence {
         self.lookups.record(hit);
         Ok(sessions)
     }
+
+    /// The sessions of each of `users` from the store itself, for a
+    /// caller that must see a change its event announced (the cache drops
+    /// the entry on the same event, maybe later).
+    pub async fn locate_many_uncached(
+        &self,
+        users: &[UserId],
+    ) -> Result<Vec<Vec<Session>>, StoreError> {
+        self.store.locate_many(users).await
+    }
 }
 
 #[async_trait]
@@ -74,6 +86,15 @@ impl PresenceStore for CachedPresence {
 
     async fn locate(&self, user: &UserId) -> Result<Vec<Session>, StoreError> {
         Ok(self.locate_shared(user).await?.to_vec())
+    }
+
+    /// Cached users answer at once; the rest load concurrently.
+    async fn locate_many(&self, users: &[UserId]) -> Result<Vec<Vec<Session>>, StoreError> {
+        stream::iter(users.to_vec())
+            .map(|user| async move { Ok(self.locate_shared(&user).await?.to_vec()) })
+            .buffered(LOCATE_CONCURRENCY)
+            .try_collect()
+            .await
     }
 
     async fn refresh(&self, gateway: &GatewayId) -> Result<(), StoreError> {

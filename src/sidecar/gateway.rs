@@ -11,7 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::authorize;
-use super::Shared;
+use super::{presence, Shared};
 use crate::envelope::{Envelope, MessageId};
 use crate::error::{SendError, StoreError};
 use crate::inbox::Inbox;
@@ -659,6 +659,51 @@ impl Gateway for GatewayService {
         Ok(Response::new(proto::AckOfflineResponse {
             removed: removed as u64,
         }))
+    }
+
+    async fn presence(
+        &self,
+        request: Request<proto::PresenceRequest>,
+    ) -> Result<Response<proto::PresenceResponse>, Status> {
+        let router = self.caller(&request, &request.get_ref().gateway_id).await?;
+        presence::presence(&router, request.into_inner()).await
+    }
+
+    type WatchStream = ReceiverStream<Result<proto::PresenceEvent, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<proto::WatchMessage>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (metadata, extensions, mut messages) = request.into_parts();
+        let first = messages
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("a Watch stream starts with a WatchMessage"))?;
+        let request = Request::from_parts(metadata, extensions, ());
+        let router = self.caller(&request, &first.gateway_id).await?;
+        Ok(Response::new(presence::watch(
+            router,
+            first,
+            messages,
+            self.shared.stopping.clone(),
+        )))
+    }
+
+    async fn group_members(
+        &self,
+        request: Request<proto::GroupMembersRequest>,
+    ) -> Result<Response<proto::GroupMembersResponse>, Status> {
+        let router = self.caller(&request, &request.get_ref().gateway_id).await?;
+        presence::group_members(&router, request.into_inner()).await
+    }
+
+    async fn user_groups(
+        &self,
+        request: Request<proto::UserGroupsRequest>,
+    ) -> Result<Response<proto::UserGroupsResponse>, Status> {
+        let router = self.caller(&request, &request.get_ref().gateway_id).await?;
+        presence::user_groups(&router, request.into_inner()).await
     }
 }
 

@@ -5,6 +5,7 @@
 //! - [`gateway`]: the Gateway API (attach, send, presence, groups, offline).
 //! - [`admin`]: the Admin API (state, reload, canary status/share/rollback).
 //! - [`peer`]: the Peer API, the receiving half of the `grpc` transport.
+//! - `presence`: the Gateway API's presence and group queries and watches.
 //! - [`auth`]: bearer tokens per gateway, for admin and for peers.
 //! - [`user_auth`]: optional user tokens (JWT) that `Online` must carry.
 //! - [`canary_ctl`]: the CLI's client for the canary admin RPCs.
@@ -23,6 +24,7 @@ pub mod client;
 pub mod gateway;
 pub mod http;
 pub mod peer;
+mod presence;
 pub mod reload;
 pub mod tls;
 pub mod user_auth;
