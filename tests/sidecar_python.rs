@@ -25,5 +25,5 @@ async fn the_python_example_client_routes_through_the_sidecar() {
         "client.py failed:\n{}{stderr}",
         String::from_utf8_lossy(&output.stdout)
     );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("4 messages routed, 3 delivered"));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("5 messages routed, 4 delivered"));
 }
