@@ -366,6 +366,9 @@ impl Router {
         let backends = &self.inner.backends;
         backends.registry.register(&self.inner.me).await?;
         backends.presence.refresh(&self.inner.me.id).await?;
+        let online = backends.presence.hosted_users(&self.inner.me.id).await?;
+        metrics::gauge!(telemetry::ONLINE_USERS, "gateway" => self.inner.me.id.to_string())
+            .set(online as f64);
         for user in backends.offline.take_flagged(&self.inner.me.id).await? {
             self.replay_offline(user).await?;
         }

@@ -70,6 +70,9 @@ pub const ATTACHED_GATEWAYS: &str = "switchyard_sidecar_attached_gateways";
 pub const CONFIG_RELOADS: &str = "switchyard_config_reloads_total";
 /// Stored entries skipped because they could not be read, by `store`.
 pub const STORE_MALFORMED: &str = "switchyard_store_malformed_total";
+/// Users with a live session on a gateway, by `gateway`; set at each of
+/// its heartbeats.
+pub const ONLINE_USERS: &str = "switchyard_online_users";
 /// Detached gateways forgotten after their registration expired.
 pub const GATEWAYS_EVICTED: &str = "switchyard_sidecar_gateways_evicted_total";
 
@@ -232,6 +235,11 @@ fn describe() {
         STORE_MALFORMED,
         Unit::Count,
         "Stored entries skipped because they could not be read, by store."
+    );
+    describe_gauge!(
+        ONLINE_USERS,
+        Unit::Count,
+        "Users with a live session on a gateway, set at each of its heartbeats."
     );
     describe_counter!(
         GATEWAYS_EVICTED,

@@ -245,7 +245,7 @@ async fn presence_of_five_hundred_users_is_one_call(deployment: Deployment) {
 }
 
 async fn group_members_hosted_here_are_what_a_gateway_fans_out_to(deployment: Deployment) {
-    let (_sidecars, [mut a, mut b]) = two_sidecars(deployment).await;
+    let (sidecars, [mut a, mut b]) = two_sidecars(deployment).await;
     let _a = attach(&mut a, "gw-a", "eu").await;
     let mut b_stream = attach(&mut b, "gw-b", "eu").await;
     for (on_a, user) in [(true, "ann"), (false, "ben"), (false, "bea"), (true, "amy")] {
@@ -312,6 +312,20 @@ async fn group_members_hosted_here_are_what_a_gateway_fans_out_to(deployment: De
         .unwrap()
         .into_inner();
     assert_eq!(hosted.members, ["bea", "ben"]);
+
+    // Online counts per gateway, as the Admin API shows them.
+    let state = admin(sidecars[1].grpc_addr())
+        .await
+        .state(proto::StateRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let counts: Vec<(String, u64)> = state
+        .gateways
+        .iter()
+        .map(|g| (g.gateway_id.clone(), g.online_users))
+        .collect();
+    assert_eq!(counts, [("gw-b".to_string(), 2)]);
 
     let groups = b
         .user_groups(proto::UserGroupsRequest {

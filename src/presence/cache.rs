@@ -109,6 +109,10 @@ impl PresenceStore for CachedPresence {
         Ok(removed)
     }
 
+    async fn hosted_users(&self, gateway: &GatewayId) -> Result<u64, StoreError> {
+        self.store.hosted_users(gateway).await
+    }
+
     fn changes(&self) -> broadcast::Receiver<UserId> {
         self.store.changes()
     }

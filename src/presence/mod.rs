@@ -69,6 +69,9 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// Extends the TTL of every session on a gateway (its heartbeat).
     async fn refresh(&self, gateway: &GatewayId) -> Result<(), StoreError>;
 
+    /// Users with a live session on a gateway (its online count).
+    async fn hosted_users(&self, gateway: &GatewayId) -> Result<u64, StoreError>;
+
     /// Removes every session on a gateway that died; returns them.
     async fn remove_gateway(&self, gateway: &GatewayId) -> Result<Vec<Session>, StoreError>;
 

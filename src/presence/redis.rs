@@ -384,6 +384,16 @@ impl PresenceStore for RedisPresence {
         Ok(removed.into_iter().flatten().collect())
     }
 
+    /// The gateway's index (refreshed by its heartbeat, so it may count a
+    /// session that expired since, until the next one).
+    async fn hosted_users(&self, gateway: &GatewayId) -> Result<u64, StoreError> {
+        self.redis
+            .conn()
+            .scard(self.gateway_key(gateway))
+            .await
+            .map_err(backend(format!("count users on gateway {gateway}")))
+    }
+
     fn changes(&self) -> broadcast::Receiver<UserId> {
         self.changes.subscribe()
     }

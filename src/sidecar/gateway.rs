@@ -17,6 +17,7 @@ use crate::error::{SendError, StoreError};
 use crate::inbox::Inbox;
 use crate::offline::OfflineReason;
 use crate::policy::Route;
+use crate::presence::PresenceStore;
 use crate::proto::{self, gateway_server::Gateway};
 use crate::router::{Outcome, Router, SendReport};
 use crate::telemetry;
@@ -707,21 +708,32 @@ impl Gateway for GatewayService {
     }
 }
 
-/// The gateways attached here, for the Admin API.
+/// The gateways attached here, for the Admin API, with their online
+/// counts (0 when the presence store cannot be asked now).
 pub(crate) async fn attached(shared: &Shared) -> Vec<proto::AttachedGateway> {
-    let gateways = shared.gateways.lock().await;
-    let mut list: Vec<proto::AttachedGateway> = gateways
-        .values()
-        .map(|a| {
-            let info = a.router.gateway();
-            proto::AttachedGateway {
-                gateway_id: info.id.to_string(),
-                region: info.region.to_string(),
-                address: info.address.clone(),
-                streaming: a.streaming(),
-            }
-        })
-        .collect();
+    let mut list: Vec<proto::AttachedGateway> = {
+        let gateways = shared.gateways.lock().await;
+        gateways
+            .values()
+            .map(|a| {
+                let info = a.router.gateway();
+                proto::AttachedGateway {
+                    gateway_id: info.id.to_string(),
+                    region: info.region.to_string(),
+                    address: info.address.clone(),
+                    streaming: a.streaming(),
+                    online_users: 0,
+                }
+            })
+            .collect()
+    };
+    for gateway in &mut list {
+        let id = GatewayId::from(gateway.gateway_id.as_str());
+        match shared.backends.presence.hosted_users(&id).await {
+            Ok(count) => gateway.online_users = count,
+            Err(err) => tracing::debug!(%err, "online count unavailable"),
+        }
+    }
     list.sort_by(|a, b| a.gateway_id.cmp(&b.gateway_id));
     list
 }
