@@ -13,8 +13,15 @@
 //!   whole cluster; this needs the cluster started by
 //!   `scripts/services/redis-cluster.sh`, which also restores it.
 //!
+//! - The master of a Redis Sentinel deployment (a private one: one master,
+//!   two replicas, three sentinels) is killed with SIGKILL: the sentinels
+//!   promote a replica, every connection follows, and the old master comes
+//!   back as a replica. Prints the time to recover (kept in docs/REDIS.md).
+//!
 //! The faults hit every client of the deployment, so these tests run one at
 //! a time and in their own binary.
+//!
+//!   cargo test --test redis_faults -- --nocapture --test-threads 1
 
 mod redis_support;
 mod support;
@@ -24,7 +31,9 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 use redis_support::{account, raw, redis_config, router, settings, steady_send, Deployment};
+use switchyard::presence::PresenceStore;
 use switchyard::redis_conn::RedisConfig;
+use switchyard::redis_sentinel::SentinelConfig;
 use switchyard::{Inbox, MessageId, Router};
 use tokio::sync::Mutex;
 
@@ -218,7 +227,8 @@ async fn a_master_dies_during_a_steady_send_and_no_high_priority_message_is_lost
         // redis-cli reports the closed connection; the node is gone either way.
         println!("SHUTDOWN NOSAVE: {status}");
     })
-    .await;
+    .await
+    .ids;
     let (delivered, offline, missing) =
         account(&b, &mut inbox, &sent, Duration::from_secs(20)).await;
     println!(
@@ -256,7 +266,8 @@ async fn a_killed_subscriber_resubscribes_and_no_high_priority_message_is_lost(
         let killed = kill_subscribers(&redis).await;
         assert!(killed >= 1, "no subscriber connection was killed");
     })
-    .await;
+    .await
+    .ids;
     nothing_lost_and_resubscribed(&format!("{deployment:?}"), &b, &mut inbox, &sent).await;
 }
 
@@ -305,7 +316,7 @@ async fn a_restarted_redis_is_reconnected_and_no_high_priority_message_is_lost()
         Instant::now()
     };
     let sending = async {
-        let sent = steady_send(&a, 400, usize::MAX, async {}).await;
+        let sent = steady_send(&a, 400, usize::MAX, async {}).await.ids;
         (sent, Instant::now())
     };
     let ((sent, sends_ended), back) = tokio::join!(sending, outage);
@@ -314,4 +325,70 @@ async fn a_restarted_redis_is_reconnected_and_no_high_priority_message_is_lost()
         "the restart did not happen during the sends"
     );
     nothing_lost_and_resubscribed("restart", &b, &mut inbox, &sent).await;
+}
+
+/// The private Sentinel deployment's ports (node N on `+N-1`, sentinel N
+/// on `+9+N`), in this engineer's fixed range.
+const SENTINEL_BASE: u16 = 22200;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_master_killed_fails_over_and_no_high_priority_message_is_lost() {
+    let deployment = support::PrivateSentinel::start(SENTINEL_BASE).await;
+    let redis = RedisConfig {
+        sentinel: Some(Box::new(SentinelConfig {
+            nodes: deployment.sentinels(),
+            ..SentinelConfig::default()
+        })),
+        ..redis_config(Deployment::Standalone)
+    };
+    let (a, b, mut inbox) = gateways_for_faults(redis.clone()).await;
+    let victim = deployment.master().await;
+
+    let steady = steady_send(&a, 600, 100, async {
+        deployment.kill(victim).await;
+    })
+    .await;
+    let recovered = steady
+        .recovered
+        .expect("a publish succeeded after the kill");
+    let (delivered, offline, missing) =
+        account(&b, &mut inbox, &steady.ids, Duration::from_secs(20)).await;
+    let promoted = deployment.master().await;
+    println!(
+        "sentinel failover: node {victim} killed, node {promoted} promoted; first publish after the kill in {recovered:?}; \
+         sent {} delivered {delivered} stored offline {offline} missing {}",
+        steady.ids.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} high-priority messages lost: {missing:?}",
+        missing.len()
+    );
+    assert_ne!(promoted, victim, "the sentinels did not fail over");
+
+    // Presence written before the failover is read from the promoted
+    // master by a node that never saw it.
+    let fresh = redis_support::node(&settings(&redis)).await;
+    let sessions = fresh.presence.locate(&"bob".into()).await.unwrap();
+    assert_eq!(
+        sessions.len(),
+        1,
+        "bob's session after the failover: {sessions:?}"
+    );
+
+    // The old master comes back and the sentinels make it a replica.
+    deployment.start_node(victim).await;
+    let demoted = redis_support::eventually(Duration::from_secs(30), || async {
+        deployment.role(victim) == "slave"
+    })
+    .await;
+    assert!(demoted, "node {victim} did not come back as a replica");
+    // Sends keep going to the promoted master.
+    let after = steady_send(&a, 50, usize::MAX, async {}).await;
+    let (_, _, missing) = account(&b, &mut inbox, &after.ids, Duration::from_secs(10)).await;
+    assert!(
+        missing.is_empty(),
+        "lost after the old master returned: {missing:?}"
+    );
 }

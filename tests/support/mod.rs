@@ -303,3 +303,105 @@ impl Drop for PrivateKafka {
         self.kill_all();
     }
 }
+
+/// Redis with Sentinel owned by one test (one master, two replicas, three
+/// sentinels, service `switchyard`), run by
+/// `scripts/services/redis-sentinel.sh` with its data in a temp dir and its
+/// own ports: node N on `base + N - 1`, sentinel N on `base + 9 + N`. Every
+/// test passes its own `base` (below 32768). Killed on drop.
+pub struct PrivateSentinel {
+    /// The port of node 1, the first master.
+    pub base: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateSentinel {
+    /// Starts the deployment and waits until the sentinels see the master
+    /// and both replicas; panics with the script's output if not.
+    pub async fn start(base: u16) -> Self {
+        let deployment = Self {
+            base,
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        deployment.script(&["start"]).await;
+        deployment
+    }
+
+    /// `redis://127.0.0.1:{port}` of the three sentinels.
+    pub fn sentinels(&self) -> Vec<String> {
+        (10..13)
+            .map(|n| format!("redis://127.0.0.1:{}", self.base + n))
+            .collect()
+    }
+
+    /// The node (1-3) the sentinels name master.
+    pub async fn master(&self) -> u16 {
+        let port: u16 = self
+            .script(&["master"])
+            .await
+            .trim()
+            .parse()
+            .expect("a master port");
+        port - self.base + 1
+    }
+
+    /// Kills node 1-3 with SIGKILL and waits until it is gone.
+    pub async fn kill(&self, node: u16) {
+        self.script(&["kill", &node.to_string()]).await;
+    }
+
+    /// Starts node 1-3 again from its config file.
+    pub async fn start_node(&self, node: u16) {
+        self.script(&["start-node", &node.to_string()]).await;
+    }
+
+    /// `ROLE` of node 1-3: `master` or `slave`.
+    pub fn role(&self, node: u16) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &(self.base + node - 1).to_string(), "ROLE"])
+            .output()
+            .expect("redis-cli");
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.lines().next().unwrap_or_default().to_owned()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("bash");
+        command
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/services/redis-sentinel.sh"
+            ))
+            .args(args)
+            .env("SENTINEL_BASE_PORT", self.base.to_string())
+            .env("SENTINEL_DATA", self.dir.path());
+        command
+    }
+
+    /// Runs the script; its standard output.
+    async fn script(&self, args: &[&str]) -> String {
+        let mut command = self.command(args);
+        let what = format!(
+            "redis-sentinel.sh {} (base port {})",
+            args.join(" "),
+            self.base
+        );
+        let output = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .expect("the script's thread")
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            output.status.success(),
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for PrivateSentinel {
+    fn drop(&mut self) {
+        let _ = self.command(&["stop"]).output();
+    }
+}
