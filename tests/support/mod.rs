@@ -405,3 +405,87 @@ impl Drop for PrivateSentinel {
         let _ = self.command(&["stop"]).output();
     }
 }
+
+/// A three-node NATS JetStream cluster owned by one test, run by
+/// `scripts/services/nats.sh cluster` with its data in a temp dir (so a
+/// restarted node finds its streams) and its own ports: node N (server
+/// name `nN`) serves clients on `base + N - 1`. Every test passes its own
+/// `base` (below 32768). Killed on drop.
+pub struct PrivateNatsCluster {
+    base: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateNatsCluster {
+    /// Starts the three nodes and waits until JetStream is ready on each.
+    pub async fn start(base: u16) -> Self {
+        let cluster = Self {
+            base,
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        cluster.script(&["start"]).await;
+        cluster
+    }
+
+    /// The client URLs of the three nodes, comma separated.
+    pub fn url(&self) -> String {
+        (0..3)
+            .map(|n| format!("nats://127.0.0.1:{}", self.base + n))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The client URL of node 1-3 alone.
+    pub fn node_url(&self, node: u16) -> String {
+        format!("nats://127.0.0.1:{}", self.base + node - 1)
+    }
+
+    /// Kills node 1-3 with SIGKILL and waits until it is gone.
+    pub async fn kill(&self, node: u16) {
+        self.script(&["kill", &node.to_string()]).await;
+    }
+
+    /// Starts node 1-3 again with its data and waits until it is ready.
+    pub async fn start_node(&self, node: u16) {
+        self.script(&["start-node", &node.to_string()]).await;
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("bash");
+        command
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/services/nats.sh"
+            ))
+            .arg("cluster")
+            .args(args)
+            .env("NATS_BASE_PORT", self.base.to_string())
+            .env("NATS_DATA", self.dir.path());
+        command
+    }
+
+    async fn script(&self, args: &[&str]) {
+        let mut command = self.command(args);
+        let what = format!(
+            "nats.sh cluster {} (base port {})",
+            args.join(" "),
+            self.base
+        );
+        let output = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .expect("the script's thread")
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            output.status.success(),
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for PrivateNatsCluster {
+    fn drop(&mut self) {
+        let _ = self.command(&["stop"]).output();
+    }
+}
