@@ -19,6 +19,16 @@ use switchyard::transport::Transport;
 pub const KAFKA: &str = "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094";
 /// The NATS server of `scripts/services/nats.sh`.
 pub const NATS: &str = "nats://127.0.0.1:4222";
+/// The three-node NATS JetStream cluster of `scripts/services/nats.sh`.
+pub const NATS_CLUSTER: &str =
+    "nats://127.0.0.1:22400,nats://127.0.0.1:22401,nats://127.0.0.1:22402";
+/// The sentinels of `scripts/services/redis-sentinel.sh` (service
+/// `switchyard`).
+pub const SENTINELS: [&str; 3] = [
+    "redis://127.0.0.1:22110",
+    "redis://127.0.0.1:22111",
+    "redis://127.0.0.1:22112",
+];
 
 /// Kafka settings tuned for tests: short timeouts, low fetch wait, topics
 /// replicated on all three nodes.
