@@ -380,7 +380,10 @@ impl RedisHandle {
     }
 }
 
-/// Exponential delay between resubscribe attempts: 50 ms doubling to 2 s.
+/// Exponential delay between resubscribe attempts: 50 ms doubling to
+/// 500 ms. Each attempt is one connect (cheap), and every step of the cap is
+/// added to the time a gateway is unreachable after a failover (the new
+/// master counts no subscriber until this one is back).
 struct Backoff(Duration);
 
 impl Default for Backoff {
@@ -392,7 +395,7 @@ impl Default for Backoff {
 impl Backoff {
     fn next(&mut self) -> Duration {
         let now = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(2));
+        self.0 = (self.0 * 2).min(Duration::from_millis(500));
         now
     }
 }
