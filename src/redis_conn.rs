@@ -102,6 +102,17 @@ impl RedisConfig {
         }
         if let Some(sentinel) = &self.sentinel {
             problems.extend(sentinel.problems());
+            if sentinel.wait_replicas > 0 && sentinel.wait_timeout >= self.response_timeout {
+                // WAIT is a command like any other: its reply must come
+                // before the response timeout cuts the request off.
+                problems.push((
+                    "sentinel.wait_timeout",
+                    format!(
+                        "must be shorter than response_timeout ({:?})",
+                        self.response_timeout
+                    ),
+                ));
+            }
             if self.cluster {
                 problems.push((
                     "sentinel",

@@ -41,7 +41,8 @@ pub struct SentinelConfig {
     /// after each request); 0 answers as soon as the master has it, and a
     /// failover may then lose confirmed writes.
     pub wait_replicas: usize,
-    /// How long a request waits for those replicas before it fails.
+    /// How long a request waits for those replicas before it fails; shorter
+    /// than the connection's `response_timeout`.
     #[serde(with = "humantime_serde")]
     pub wait_timeout: Duration,
 }
@@ -225,7 +226,17 @@ impl Follower {
             .arg(wanted)
             .arg(self.sentinel.wait_timeout.as_millis() as u64)
             .query_async(conn)
-            .await?;
+            .await
+            .map_err(|err| match err.kind() {
+                // A replica refuses WAIT ("cannot be used with replica
+                // instances"): this is a demoted master, move like READONLY.
+                ErrorKind::Server(_) => RedisError::from((
+                    ErrorKind::Server(ServerErrorKind::ReadOnly),
+                    "WAIT refused, not a master",
+                    err.to_string(),
+                )),
+                _ => err,
+            })?;
         if acked < wanted {
             return Err(RedisError::from((
                 ErrorKind::Io,

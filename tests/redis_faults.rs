@@ -17,6 +17,7 @@
 //!   two replicas, three sentinels) is killed with SIGKILL: the sentinels
 //!   promote a replica, every connection follows, and the old master comes
 //!   back as a replica. Prints the time to recover (kept in docs/REDIS.md).
+//!   A manual failover (the master demoted, not killed) is followed too.
 //!
 //! The faults hit every client of the deployment, so these tests run one at
 //! a time and in their own binary.
@@ -337,6 +338,8 @@ async fn a_sentinel_master_killed_fails_over_and_no_high_priority_message_is_los
     let redis = RedisConfig {
         sentinel: Some(Box::new(SentinelConfig {
             nodes: deployment.sentinels(),
+            // Below the 500 ms response timeout of `gateways_for_faults`.
+            wait_timeout: Duration::from_millis(300),
             ..SentinelConfig::default()
         })),
         ..redis_config(Deployment::Standalone)
@@ -391,4 +394,81 @@ async fn a_sentinel_master_killed_fails_over_and_no_high_priority_message_is_los
         missing.is_empty(),
         "lost after the old master returned: {missing:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_sentinel_master_is_left_for_the_promoted_one() {
+    let deployment = support::PrivateSentinel::start(SENTINEL_BASE + 100).await;
+    let mut redis = redis_config(Deployment::Standalone);
+    redis.sentinel = Some(Box::new(SentinelConfig {
+        nodes: deployment.sentinels(),
+        wait_timeout: Duration::from_millis(300),
+        ..SentinelConfig::default()
+    }));
+    redis.response_timeout = Duration::from_millis(500);
+    let handle = raw(&redis).await;
+    let channel = handle.key(&["demoted"]);
+    let mut pushed = handle.subscribe(channel.clone(), "test", 16).await.unwrap();
+    let key = handle.key(&["kept"]);
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("before")
+        .query_async::<()>(&mut handle.conn())
+        .await
+        .unwrap();
+    let before = deployment.master().await;
+
+    deployment.failover();
+    let switched = redis_support::eventually(Duration::from_secs(30), || async {
+        deployment.master().await != before
+    })
+    .await;
+    assert!(switched, "the sentinels did not fail over");
+    // Writes fail (READONLY, refused WAIT, dropped connections) until
+    // every connection of the handle follows the promoted master.
+    let started = Instant::now();
+    let moved = redis_support::eventually(Duration::from_secs(30), || async {
+        let mut ok = true;
+        for _ in 0..redis.connections {
+            ok &= redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg("after")
+                .query_async::<i64>(&mut handle.conn())
+                .await
+                .is_ok_and(|receivers| receivers == 1);
+        }
+        ok
+    })
+    .await;
+    let after = deployment.master().await;
+    println!(
+        "manual failover: node {before} -> node {after}, followed in {:?}",
+        started.elapsed()
+    );
+    assert!(moved, "the handle did not follow the failover");
+    // Requests fail while the promoted master has no replica in sync yet.
+    let kept = redis_support::eventually(Duration::from_secs(10), || async {
+        redis::cmd("GET")
+            .arg(&key)
+            .query_async::<String>(&mut handle.conn())
+            .await
+            .is_ok_and(|value| value == "before")
+    })
+    .await;
+    assert!(
+        kept,
+        "a write confirmed before the failover is on the promoted master"
+    );
+    let message = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match pushed.recv().await {
+                Some(switchyard::redis_conn::Pushed::Message(bytes)) => return bytes,
+                Some(_) => continue,
+                None => panic!("the subscription ended"),
+            }
+        }
+    })
+    .await
+    .expect("the subscription follows the promoted master");
+    assert_eq!(&message[..], b"after");
 }

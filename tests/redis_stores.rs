@@ -553,7 +553,8 @@ async fn the_shipped_sentinel_config_routes_through_the_sentinels_master() {
 #[test]
 fn sentinel_settings_are_validated_by_key() {
     let err = switchyard::Settings::from_toml(
-        "[store]\nkind = \"redis\"\ncluster = true\n[store.sentinel]\nnodes = [\"http://x\"]\n",
+        "[store]\nkind = \"redis\"\ncluster = true\nresponse_timeout = \"1s\"\n\
+         [store.sentinel]\nnodes = [\"http://x\"]\nwait_timeout = \"1s\"\n",
     )
     .unwrap_err()
     .to_string();

@@ -365,6 +365,17 @@ impl PrivateSentinel {
         self.script(&["start-node", &node.to_string()]).await;
     }
 
+    /// Asks a sentinel to fail over now (the master is demoted, not killed).
+    pub fn failover(&self) {
+        let output = Command::new("redis-cli")
+            .args(["-p", &(self.base + 10).to_string()])
+            .args(["SENTINEL", "FAILOVER", "switchyard"])
+            .output()
+            .expect("redis-cli");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.starts_with("OK"), "SENTINEL FAILOVER: {text}");
+    }
+
     /// `ROLE` of node 1-3: `master` or `slave`.
     pub fn role(&self, node: u16) -> String {
         let output = Command::new("redis-cli")
