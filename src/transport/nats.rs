@@ -199,10 +199,19 @@ impl NatsTransport {
     }
 
     async fn ensure_stream(&self) -> Result<async_nats::jetstream::stream::Stream, String> {
-        self.jetstream
+        let stream = self
+            .jetstream
             .get_or_create_stream(self.stream_config())
             .await
-            .map_err(|e| format!("stream {}: {e}", self.config.stream))
+            .map_err(|e| format!("stream {}: {e}", self.config.stream))?;
+        let replicas = stream.cached_info().config.num_replicas;
+        if replicas != self.config.replicas {
+            // Changing replicas moves data between servers: an operator's
+            // decision (`nats stream edit`), not a side effect of a start.
+            tracing::warn!(stream = %self.config.stream, replicas, configured = self.config.replicas,
+                "the existing stream keeps its replicas, not the configured ones");
+        }
+        Ok(stream)
     }
 
     /// The subject and consumer name of a gateway, or an error naming the
