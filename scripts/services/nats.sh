@@ -18,6 +18,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+# Some of these pids still run.
+alive() {
+  local pid
+  for pid in "$@"; do kill -0 "$pid" 2>/dev/null && return 0; done
+  return 1
+}
+
 port=4222
 dir=.services/nats
 pidfile=$dir/pid
@@ -69,7 +76,14 @@ route_port() { echo $((base + 9 + $1)); }
 monitor_port() { echo $((base + 19 + $1)); }
 
 # Node N's JetStream is up and the cluster has a meta leader.
-ready() { curl -sf "http://127.0.0.1:$(monitor_port "$1")/healthz" 2>/dev/null | grep -q '"ok"'; }
+# (Plain bash HTTP: curl may not be on a fresh machine.)
+ready() {
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$(monitor_port "$1")" &&
+      printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3 &&
+      timeout 2 cat <&3 | grep -q '"ok"'
+  ) 2>/dev/null
+}
 
 start_node() {
   local n=$1 binary routes=()
@@ -109,8 +123,15 @@ start_cluster() {
 
 stop_cluster() {
   [ -d "$cluster_dir" ] || return 0
-  for pid in "$cluster_dir"/n*/pid; do
-    [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true
+  local pids=() pidfile
+  for pidfile in "$cluster_dir"/n*/pid; do
+    [ -f "$pidfile" ] && pids+=("$(cat "$pidfile")")
+  done
+  [ "${#pids[@]}" -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true
+  # Gone before their data is: nothing left behind, nothing written after.
+  for _ in $(seq 100); do
+    alive "${pids[@]}" || break
+    sleep 0.05
   done
   rm -rf "$cluster_dir"
   echo "$name: stopped"

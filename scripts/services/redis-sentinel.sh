@@ -17,6 +17,13 @@
 # is down, default 1000), for private deployments such as the fault tests'.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+
+# Some of these pids still run.
+alive() {
+  local pid
+  for pid in "$@"; do kill -0 "$pid" 2>/dev/null && return 0; done
+  return 1
+}
 BASE=${SENTINEL_BASE_PORT:-22100}
 DATA=${SENTINEL_DATA:-$PWD/.services/redis-sentinel}
 DOWN_AFTER=${SENTINEL_DOWN_AFTER:-1000}
@@ -119,6 +126,14 @@ start() {
     echo "$NAME: reusing the sentinels on $(sentinel_port 1)-$(sentinel_port 3)"
     return
   fi
+  local n running=0
+  for n in 1 2 3; do
+    ping "$(node_port "$n")" && running=1
+    ping "$(sentinel_port "$n")" && running=1
+  done
+  # Nothing is kept (no persistence): a deployment found all down starts
+  # afresh, not from configs the sentinels rewrote around a failover.
+  [ "$running" -eq 1 ] || rm -rf "${DATA:?}"/node-* "${DATA:?}"/sentinel-*
   for n in 1 2 3; do start_node "$n"; done
   for n in 1 2 3; do start_sentinel "$n"; done
   wait_healthy
@@ -127,8 +142,15 @@ start() {
 
 stop() {
   [ -d "$DATA" ] || { echo "$NAME: not started by this script; leaving it"; return; }
+  local pids=() pidfile
   for pidfile in "$DATA"/*/*.pid; do
-    [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+    [ -f "$pidfile" ] && pids+=("$(cat "$pidfile")")
+  done
+  [ "${#pids[@]}" -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true
+  # Gone before their directory is: nothing left behind, nothing written after.
+  for _ in $(seq 100); do
+    alive "${pids[@]}" || break
+    sleep 0.05
   done
   rm -rf "$DATA"
   echo "$NAME: stopped"
