@@ -4,7 +4,11 @@
 //! service. It follows failovers: a command that fails because the master
 //! is gone (refused, dropped, timed out, `READONLY` from a demoted master)
 //! makes it ask the sentinels again, and once they name another server it
-//! connects there; the caller's retry goes to the new master.
+//! connects there; the caller's retry goes to the new master. Each
+//! connection also watches the sentinels' `+switch-master` events, so it
+//! moves as soon as they switch, even while idle, and a subscription is
+//! made again on the new master (a demoted master keeps its subscribers
+//! until the sentinels reconfigure it, up to ~10 s later).
 //!
 //! Replication is asynchronous, so a write the old master answered may not
 //! have reached the replica that is promoted. With `wait_replicas` every
@@ -12,17 +16,19 @@
 //! hold it, and the sentinels promote the replica with the most data, so a
 //! confirmed write survives the failover.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use futures::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{
-    Cmd, ErrorKind, Pipeline, ProtocolVersion, RedisConnectionInfo, RedisError, RedisFuture,
-    RedisResult, ServerErrorKind, TlsMode, Value,
+    Cmd, ErrorKind, Pipeline, ProtocolVersion, PushInfo, PushKind, RedisConnectionInfo, RedisError,
+    RedisFuture, RedisResult, ServerErrorKind, TlsMode, Value,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 use crate::redis_conn::{manager, ConnectError, PushSender, RedisConfig};
 
@@ -112,6 +118,8 @@ struct Follower {
     client: tokio::sync::Mutex<(SentinelClient, Option<Instant>)>,
     master: ArcSwap<Master>,
     push: Option<PushSender>,
+    /// Dropped with the follower: ends its `+switch-master` watch.
+    _watching: oneshot::Sender<()>,
 }
 
 /// The server this connection currently sends to.
@@ -164,7 +172,8 @@ impl SentinelConn {
             .await
             .map_err(|e| err(&e))?;
         tracing::info!(service = %sentinel.service, master = %address, "Redis Sentinel names the master");
-        Ok(Self(Arc::new(Follower {
+        let (watching, stop) = oneshot::channel();
+        let follower = Arc::new(Follower {
             config: Arc::new(config.clone()),
             sentinel: sentinel.clone(),
             client: tokio::sync::Mutex::new((client, Some(Instant::now()))),
@@ -174,12 +183,21 @@ impl SentinelConn {
                 generation: 0,
             }),
             push,
-        })))
+            _watching: watching,
+        });
+        tokio::spawn(watch(Arc::downgrade(&follower), stop));
+        Ok(Self(follower))
     }
 
     /// Subscribes on the current master (its pushes go to the push sender
-    /// this connection was made with).
+    /// this connection was made with), asking the sentinels first: a
+    /// subscription is made at start and after a drop, and a drop may be a
+    /// demoted master disconnecting its clients. It would take the
+    /// subscription (a replica does), and publishes on the new master would
+    /// count no subscriber.
     pub(crate) async fn subscribe(&mut self, channel: &str) -> RedisResult<()> {
+        let generation = self.0.master.load().generation;
+        self.0.relocate(generation, false).await;
         let (master, mut conn) = self.current();
         let result = conn.subscribe(channel).await;
         if let Err(err) = &result {
@@ -261,13 +279,19 @@ impl Follower {
                 err.kind(),
                 ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
             );
-        if !gone {
-            return;
+        if gone {
+            self.relocate(generation, true).await;
         }
+    }
+
+    /// Asks the sentinels for the master, unless the master of `generation`
+    /// was already left (or, when `throttled`, was looked up less than
+    /// [`LOOKUP_INTERVAL`] ago), and moves there if it is another server.
+    async fn relocate(&self, generation: u64, throttled: bool) {
         let mut guard = self.client.lock().await;
         let (client, last) = &mut *guard;
         if self.master.load().generation != generation
-            || last.is_some_and(|at| at.elapsed() < LOOKUP_INTERVAL)
+            || (throttled && last.is_some_and(|at| at.elapsed() < LOOKUP_INTERVAL))
         {
             return;
         }
@@ -300,10 +324,65 @@ impl Follower {
                     conn,
                     generation: current.generation + 1,
                 }));
+                // The subscriptions are on the old master's connection:
+                // reported as dropped, they are made again on this one
+                // (and the gap re-read). Nobody reading is fine.
+                if let Some(push) = &self.push {
+                    let _ = push(PushInfo {
+                        kind: PushKind::Disconnection,
+                        data: Vec::new(),
+                    });
+                }
             }
             Err(e) => {
                 tracing::debug!(service = %self.sentinel.service, %address, %e, "cannot connect to the new master yet")
             }
+        }
+    }
+}
+
+/// Follows the sentinels' `+switch-master` events (from any sentinel that
+/// answers) until the follower is dropped: on a switch of its service the
+/// follower looks the master up and moves.
+async fn watch(follower: Weak<Follower>, mut stop: oneshot::Receiver<()>) {
+    let Some((nodes, service)) = follower
+        .upgrade()
+        .map(|f| (f.sentinel.nodes.clone(), f.sentinel.service.clone()))
+    else {
+        return;
+    };
+    for url in nodes.iter().cycle() {
+        let watched = async {
+            let mut pubsub = redis::Client::open(url.as_str())?
+                .get_async_pubsub()
+                .await?;
+            pubsub.subscribe("+switch-master").await?;
+            let mut switches = pubsub.into_on_message();
+            // "<service> <old ip> <old port> <new ip> <new port>"
+            while let Some(switch) = switches.next().await {
+                let text: String = switch.get_payload()?;
+                if text.split(' ').next() != Some(service.as_str()) {
+                    continue;
+                }
+                let Some(follower) = follower.upgrade() else {
+                    return Ok(());
+                };
+                let generation = follower.master.load().generation;
+                follower.relocate(generation, false).await;
+            }
+            Ok::<(), RedisError>(())
+        };
+        tokio::select! {
+            _ = &mut stop => return,
+            watched = watched => {
+                if let Err(e) = watched {
+                    tracing::debug!(%service, sentinel = %url, %e, "cannot watch this sentinel; trying the next");
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
 }
