@@ -96,6 +96,8 @@ struct State {
     first: u64,
     /// Index in `pending` of the next delivery to hand out.
     next: usize,
+    /// Payload and header bytes of `pending` (`Envelope::size`).
+    bytes: usize,
     /// Sequence numbers of pending deliveries, by message id, so a
     /// duplicate's transport ack waits for the original's.
     ids: HashMap<MessageId, u64, RandomState>,
@@ -114,6 +116,8 @@ struct Shared {
     /// Transport acks to send, in ack order.
     acks: mpsc::UnboundedSender<Acking>,
     capacity: usize,
+    /// The window in bytes; one delivery is always let in, however large.
+    max_bytes: usize,
 }
 
 /// Work for the acking task.
@@ -178,6 +182,7 @@ impl Inbox {
         }
         for pending in state.pending.drain(..count).collect::<Vec<_>>() {
             state.ids.remove(&pending.delivery.envelope.id);
+            state.bytes -= pending.delivery.envelope.size();
             for ack in pending.acks {
                 // Err: the acking task is gone with the subscriptions.
                 let _ = self.shared.acks.send(Acking::Ack(ack));
@@ -258,6 +263,7 @@ pub(crate) fn spawn(
     local: mpsc::Receiver<Handed>,
     dedupe_window: usize,
     capacity: usize,
+    max_bytes: usize,
 ) -> Inbox {
     let (acks, ack_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
@@ -269,6 +275,7 @@ pub(crate) fn spawn(
         writable: Notify::new(),
         acks,
         capacity: capacity.max(1),
+        max_bytes,
     });
     let mut settled = Vec::with_capacity(subscriptions.len());
     let mut wire = Vec::with_capacity(subscriptions.len() + 1);
@@ -321,7 +328,9 @@ async fn feed(shared: Arc<Shared>, mut merged: Merged, dedupe_window: usize) -> 
             let writable = shared.writable.notified();
             let (gone, room) = {
                 let state = shared.state.lock();
-                (state.gone, state.pending.len() < shared.capacity)
+                let room = state.pending.is_empty()
+                    || (state.pending.len() < shared.capacity && state.bytes < shared.max_bytes);
+                (state.gone, room)
             };
             if gone {
                 return Some(merged);
@@ -364,7 +373,7 @@ async fn feed(shared: Arc<Shared>, mut merged: Merged, dedupe_window: usize) -> 
         let now = now_micros();
         // Bytes from the wire were never validated by this process: a message
         // past its ttl, or without a sender, is refused here, counted and logged.
-        if let Err(err) = envelope.validate(usize::MAX, now) {
+        if let Err(err) = envelope.check_arrival(now) {
             reject(via, &err);
             fire(&shared, ack);
             continue;
@@ -375,6 +384,7 @@ async fn feed(shared: Arc<Shared>, mut merged: Merged, dedupe_window: usize) -> 
         let mut state = shared.state.lock();
         let seq = state.first + state.pending.len() as u64;
         state.ids.insert(envelope.id, seq);
+        state.bytes += envelope.size();
         state.pending.push_back(Pending {
             delivery: Delivery {
                 envelope,

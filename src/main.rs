@@ -36,6 +36,10 @@ enum Command {
     CheckConfig {
         /// The TOML file.
         file: PathBuf,
+        /// Check the settings only, without reading the token and TLS files
+        /// they name (in CI, away from the secrets).
+        #[arg(long)]
+        skip_secrets: bool,
     },
     /// Print how a message would be routed, and why.
     Explain(ExplainArgs),
@@ -221,8 +225,13 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Demo(args) => run_demo(args).await,
-        Command::CheckConfig { file } => match Settings::load(Some(&file)) {
-            Ok(_) => {
+        Command::CheckConfig { file, skip_secrets } => match Settings::load(Some(&file))
+            .map_err(anyhow::Error::from)
+            .and_then(|s| match skip_secrets {
+                true => Ok(()),
+                false => Ok(switchyard::sidecar::preflight(&s)?),
+            }) {
+            Ok(()) => {
                 println!("{}: ok", file.display());
                 Ok(ExitCode::SUCCESS)
             }

@@ -121,12 +121,6 @@ impl RedisConfig {
                 ));
             }
         }
-        if self.connections == 0 {
-            problems.push(("connections", "must be at least 1".into()));
-        }
-        if self.gateway_ttl.is_zero() {
-            problems.push(("gateway_ttl", "must be longer than zero".into()));
-        }
         if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}']) {
             problems.push((
                 "key_prefix",

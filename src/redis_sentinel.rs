@@ -82,12 +82,6 @@ impl SentinelConfig {
                 ));
             }
         }
-        if self.wait_replicas > 0 && self.wait_timeout.is_zero() {
-            problems.push((
-                "sentinel.wait_timeout",
-                "must be longer than zero while wait_replicas > 0".into(),
-            ));
-        }
         problems
     }
 

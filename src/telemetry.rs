@@ -68,6 +68,10 @@ pub const KAFKA_PRODUCER_REBUILDS: &str = "switchyard_kafka_producer_rebuilds_to
 pub const ATTACHED_GATEWAYS: &str = "switchyard_sidecar_attached_gateways";
 /// Config reloads, by `result` (`applied`, `rejected`).
 pub const CONFIG_RELOADS: &str = "switchyard_config_reloads_total";
+/// Stored entries skipped because they could not be read, by `store`.
+pub const STORE_MALFORMED: &str = "switchyard_store_malformed_total";
+/// Detached gateways forgotten after their registration expired.
+pub const GATEWAYS_EVICTED: &str = "switchyard_sidecar_gateways_evicted_total";
 
 /// Upper bounds of the latency histogram buckets, in seconds: 100 µs (an
 /// in-process hop) to 10 s (a broker backlog).
@@ -224,6 +228,16 @@ fn describe() {
         "Gateways with an open delivery stream on this sidecar."
     );
     describe_counter!(CONFIG_RELOADS, Unit::Count, "Config reloads by result.");
+    describe_counter!(
+        STORE_MALFORMED,
+        Unit::Count,
+        "Stored entries skipped because they could not be read, by store."
+    );
+    describe_counter!(
+        GATEWAYS_EVICTED,
+        Unit::Count,
+        "Detached gateways forgotten after their registration expired."
+    );
 }
 
 /// Records a transport going up or down.

@@ -77,9 +77,6 @@ impl HotPairsConfig {
         if self.window < Duration::from_millis(SLOTS as u64) {
             problem("window", format!("must be at least {SLOTS}ms"));
         }
-        if self.capacity == 0 {
-            problem("capacity", "must be at least 1".into());
-        }
         problems
     }
 }
@@ -371,16 +368,9 @@ mod tests {
     fn bad_thresholds_name_their_key() {
         let config = HotPairsConfig {
             demote_per_second: 500.0,
-            capacity: 0,
             ..HotPairsConfig::default()
         };
         let keys: Vec<String> = config.problems().into_iter().map(|p| p.key).collect();
-        assert_eq!(
-            keys,
-            [
-                "routing.hot_pairs.demote_per_second",
-                "routing.hot_pairs.capacity"
-            ]
-        );
+        assert_eq!(keys, ["routing.hot_pairs.demote_per_second"]);
     }
 }

@@ -6,6 +6,7 @@
 //! - [`admin`]: the Admin API (state, reload, canary status/share/rollback).
 //! - [`peer`]: the Peer API, the receiving half of the `grpc` transport.
 //! - [`auth`]: bearer tokens per gateway, for admin and for peers.
+//! - [`user_auth`]: optional user tokens (JWT) that `Online` must carry.
 //! - [`canary_ctl`]: the CLI's client for the canary admin RPCs.
 //! - [`client`]: the gateway's half of an Attach stream, for Rust callers.
 //! - [`reload`]: live config (admin RPC, file watch, SIGHUP).
@@ -24,6 +25,7 @@ pub mod http;
 pub mod peer;
 pub mod reload;
 pub mod tls;
+pub mod user_auth;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -49,7 +51,7 @@ use crate::proto::{
     admin_server::AdminServer, gateway_server::GatewayServer, peer_server::PeerServer,
 };
 use crate::telemetry::{self, RecorderError};
-use crate::topology::GatewayId;
+use crate::topology::{check, GatewayId, IdKind};
 
 /// `[sidecar]` settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -69,6 +71,13 @@ pub struct SidecarConfig {
     pub admin_token: Option<SecretSource>,
     /// Token sidecars present to each other on direct links.
     pub peer_token: Option<SecretSource>,
+    /// `[sidecar.user_tokens]`: `Online` must carry a JWT for the user.
+    /// Absent: gateways are trusted to say which users they host.
+    pub user_tokens: Option<user_auth::UserTokensConfig>,
+    /// Serve a listen address other hosts can reach without gateway tokens.
+    /// Off: such a config is refused, since anyone who can connect could
+    /// send as any gateway and claim any user.
+    pub allow_unauthenticated: bool,
     /// On SIGTERM, how long in-flight calls may take to finish.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -85,6 +94,8 @@ impl Default for SidecarConfig {
             tokens: BTreeMap::new(),
             admin_token: None,
             peer_token: None,
+            user_tokens: None,
+            allow_unauthenticated: false,
             drain_timeout: Duration::from_secs(10),
             tls: None,
         }
@@ -108,6 +119,11 @@ impl SidecarConfig {
                 self.peer_token
                     .iter()
                     .map(|s| ("sidecar.peer_token".to_owned(), s)),
+            )
+            .chain(
+                self.user_tokens
+                    .iter()
+                    .map(|u| ("sidecar.user_tokens.key".to_owned(), &u.key)),
             );
         for (key, source) in sources {
             if source.env.is_some() == source.file.is_some() {
@@ -117,16 +133,30 @@ impl SidecarConfig {
                 });
             }
         }
+        for gateway in self.tokens.keys() {
+            if let Err(err) = check("gateway_id", IdKind::Name, gateway) {
+                problems.push(Problem {
+                    key: format!("sidecar.tokens.{gateway}"),
+                    reason: format!("not a gateway id: {err}"),
+                });
+            }
+        }
+        if self.tokens.is_empty() && !self.listen.ip().is_loopback() && !self.allow_unauthenticated
+        {
+            problems.push(Problem {
+                key: "sidecar.listen".into(),
+                reason: format!(
+                    "{} is reachable from other hosts and no sidecar.tokens are set: anyone who \
+                     can connect could send as any gateway. Set tokens, listen on loopback, or \
+                     set sidecar.allow_unauthenticated = true",
+                    self.listen
+                ),
+            });
+        }
         if !self.tokens.is_empty() && self.admin_token.is_none() {
             problems.push(Problem {
                 key: "sidecar.admin_token".into(),
                 reason: "required when sidecar.tokens is set (the Admin API would be open)".into(),
-            });
-        }
-        if self.drain_timeout.is_zero() {
-            problems.push(Problem {
-                key: "sidecar.drain_timeout".into(),
-                reason: "must be longer than zero".into(),
             });
         }
         problems
@@ -202,6 +232,17 @@ pub enum SidecarError {
         /// Why.
         reason: String,
     },
+}
+
+/// What start-up would read besides the settings themselves: every token
+/// (from its variable or file) and the TLS files. `check-config` runs it so
+/// a missing secret shows before a deploy, not at the first start.
+pub fn preflight(settings: &Settings) -> Result<(), SidecarError> {
+    auth::Tokens::resolve(&settings.sidecar)?;
+    if let Some(tls) = &settings.sidecar.tls {
+        tls::Tls::load(tls)?;
+    }
+    Ok(())
 }
 
 /// State shared by the sidecar's services.
@@ -383,6 +424,7 @@ impl Sidecar {
             Some(path) => Some(reload::watch_file(shared.clone(), path.clone())?),
             None => None,
         };
+        tokio::spawn(evict_idle_gateways(shared.clone()));
         shared.ready.store(true, Ordering::Release);
         tracing::info!(grpc = %grpc_addr, telemetry = %telemetry_addr, "sidecar serving");
         Ok(Self {
@@ -454,6 +496,22 @@ impl Sidecar {
         let _ = self.http.await;
         tracing::info!("sidecar stopped");
         result
+    }
+}
+
+/// Every few seconds, forgets the gateways detached for longer than a
+/// silent gateway's registration lives; stops when the sidecar drains.
+async fn evict_idle_gateways(shared: Arc<Shared>) {
+    let idle = shared.settings.load().heartbeat_interval() * 3;
+    let mut stopping = shared.stopping.clone();
+    let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                gateway::evict_idle(&shared, idle).await;
+            }
+            _ = async { drop(stopping.wait_for(|stop| *stop).await) } => return,
+        }
     }
 }
 

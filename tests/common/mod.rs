@@ -152,6 +152,7 @@ pub async fn online(client: &mut GatewayClient<Channel>, gateway: &str, user: &s
             gateway_id: gateway.into(),
             user: user.into(),
             device: "phone".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
