@@ -192,6 +192,8 @@ impl Settings {
                     .separator("__")
                     .list_separator(",")
                     .with_list_parse_key("routing.fallbacks")
+                    .with_list_parse_key("store.sentinel.nodes")
+                    .with_list_parse_key("transports.redis.connection.sentinel.nodes")
                     .try_parsing(true),
             )
             .build()?

@@ -42,8 +42,10 @@
 //!   local cache in front.
 //! - [`registry`]: live gateways and their regions; the consistent-hash
 //!   ring that assigns users to gateways.
-//! - [`redis_conn`]: the one Redis connection (standalone or cluster) every
-//!   Redis store and the Redis transport share.
+//! - [`redis_conn`]: the one Redis connection (standalone, cluster or
+//!   Sentinel) every Redis store and the Redis transport share.
+//! - [`redis_sentinel`]: the Sentinel mode of that connection: finds the
+//!   master by service name, follows failovers, waits for replicas.
 //! - [`groups`]: membership and per-gateway distribution of online members.
 //! - [`blocks`]: block lists, checked before forwarding.
 //! - [`offline`]: per-user queues for recipients with no session.
@@ -82,6 +84,7 @@ pub mod policy;
 pub mod presence;
 pub mod proto;
 pub mod redis_conn;
+pub mod redis_sentinel;
 pub mod registry;
 pub mod router;
 pub mod sidecar;

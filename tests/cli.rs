@@ -66,6 +66,31 @@ fn environment_overrides_the_file() {
 }
 
 #[test]
+fn sentinel_nodes_come_from_the_environment_as_a_list() {
+    let out = switchyard(
+        &["check-config", "config/sentinel.toml"],
+        &[
+            (
+                "SWITCHYARD__STORE__SENTINEL__NODES",
+                "redis://10.0.0.1:26379,http://x",
+            ),
+            (
+                "SWITCHYARD__TRANSPORTS__REDIS__CONNECTION__SENTINEL__NODES",
+                "redis://10.0.0.1:26379,redis://10.0.0.2:26379",
+            ),
+        ],
+    );
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    // The second entry of the list, not one string that is not a list.
+    assert!(
+        text.contains("store.sentinel.nodes: \"http://x\" is not a redis:// or rediss:// URL"),
+        "{text}"
+    );
+    assert!(!text.contains("transports.redis"), "{text}");
+}
+
+#[test]
 fn demo_prints_the_table_and_the_loss_line() {
     let out = switchyard(
         &[

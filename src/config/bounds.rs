@@ -268,6 +268,11 @@ fn redis_connection(b: &mut Bounds, section: &str, r: &crate::redis_conn::RedisC
         SECOND,
         DAY,
     );
+    if let Some(sentinel) = &r.sentinel {
+        let key = |name: &str| format!("{section}.sentinel.{name}");
+        b.count(&key("wait_replicas"), sentinel.wait_replicas, 0, 16);
+        b.time(&key("wait_timeout"), sentinel.wait_timeout, MS, MINUTE);
+    }
 }
 
 #[cfg(test)]
@@ -282,7 +287,10 @@ mod tests {
              [canary]\nfrom = \"memory\"\nto = \"redis\"\nshare = 10\n",
         )
         .expect("a valid config");
-        s.store = StoreConfig::Redis(Default::default());
+        s.store = StoreConfig::Redis(crate::redis_conn::RedisConfig {
+            sentinel: Some(Box::default()),
+            ..Default::default()
+        });
         s
     }
 
