@@ -1,63 +1,16 @@
 //! `switchyard serve` as a real process: env overrides of the listen
 //! addresses, SIGHUP reload (a bad file is refused, the old config stays),
-//! and a graceful exit on SIGTERM.
+//! a graceful exit on SIGTERM, and `/metrics` before the first message
+//! under every shipped config.
 
 mod common;
+mod process;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::path::Path;
 
+use process::Served;
 use switchyard::proto;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Forwards the child's log lines to a channel.
-fn lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    for pipe in [
-        Box::new(stderr) as Box<dyn std::io::Read + Send>,
-        Box::new(stdout),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-    }
-    rx
-}
-
-fn wait_for(log: &mpsc::Receiver<String>, needle: &str) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-        match log.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    panic!("no log line containing {needle:?} within 10 s");
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
+use switchyard::Settings;
 
 // Multi-threaded: the test thread blocks reading the child's log, and the
 // gRPC client's connection task must keep running meanwhile.
@@ -66,32 +19,16 @@ async fn serve_reloads_on_sighup_and_drains_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("switchyard.toml");
     std::fs::write(&config, "[routing]\nsame_region = \"memory\"\n").unwrap();
-    let (grpc, http) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("SWITCHYARD__SIDECAR__LISTEN", format!("127.0.0.1:{grpc}"))
-        .env("SWITCHYARD__TELEMETRY__LISTEN", format!("127.0.0.1:{http}"))
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = lines(&mut child);
-    let serving = wait_for(&log, "sidecar serving");
-    assert!(serving.contains(&format!("127.0.0.1:{grpc}")), "{serving}");
-    let addr = format!("127.0.0.1:{grpc}").parse().unwrap();
-    let (status, _) =
-        common::http_get(format!("127.0.0.1:{http}").parse().unwrap(), "/readyz").await;
+    let served = Served::start(Some(&config), &[]);
+    let (status, _) = common::http_get(served.telemetry, "/readyz").await;
     assert_eq!(status, 200);
 
     // A bad file: refused with key and reason, the old config stays.
     std::fs::write(&config, "[routing]\nsame_region = \"pigeon\"\n").unwrap();
-    signal(&child, "HUP");
-    let refused = wait_for(&log, "config reload refused");
+    served.signal("HUP");
+    let refused = served.wait_for("config reload refused");
     assert!(refused.contains("routing.same_region"), "{refused}");
-    let state = common::admin(addr)
+    let state = common::admin(served.grpc)
         .await
         .state(proto::StateRequest {})
         .await
@@ -99,10 +36,116 @@ async fn serve_reloads_on_sighup_and_drains_on_sigterm() {
         .into_inner();
     assert_eq!(state.routing.unwrap().same_region, "memory");
 
-    signal(&child, "TERM");
-    wait_for(&log, "sidecar stopped");
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+    served.signal("TERM");
+    served.wait_for("sidecar stopped");
+    let exit = tokio::task::spawn_blocking(move || served.wait())
         .await
         .unwrap();
     assert!(exit.success(), "{exit:?}");
+}
+
+/// Every config the repository ships that can run on this machine: the
+/// container configs with their host names pointed at the local services
+/// and their secret files written to `secrets`.
+fn shipped_configs(secrets: &Path) -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut configs = Vec::new();
+    for dir in ["config", "deploy/config"] {
+        let mut files: Vec<_> = std::fs::read_dir(root.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            configs.push((
+                format!("{dir}/{}", file.file_name().unwrap().to_str().unwrap()),
+                text,
+            ));
+        }
+    }
+    let configmap = std::fs::read_to_string(root.join("deploy/k8s/configmap.yaml")).unwrap();
+    let configmap: serde_norway::Value = serde_norway::from_str(&configmap).unwrap();
+    let toml = configmap["data"]["switchyard.toml"].as_str().unwrap();
+    configs.push(("deploy/k8s/configmap.yaml".into(), toml.to_owned()));
+    for (_, text) in &mut configs {
+        *text = local(text, secrets);
+    }
+    configs
+}
+
+/// `text` with container host names replaced by the local services and
+/// `/run/secrets/switchyard` by `secrets`, where each secret it names is
+/// written.
+fn local(text: &str, secrets: &Path) -> String {
+    let mut text = text
+        .replace("redis://redis:6379", "redis://127.0.0.1:6379")
+        .replace("nats://nats:4222", "nats://127.0.0.1:4222")
+        .replace("/run/secrets/switchyard", secrets.to_str().unwrap());
+    for line in text.clone().lines() {
+        let line = line.trim();
+        if let Some(brokers) = line.strip_prefix("brokers = ") {
+            text = text.replace(brokers, "\"127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094\"");
+        }
+        if let Some(path) = line
+            .strip_prefix("file = \"")
+            .and_then(|p| p.strip_suffix('"'))
+        {
+            let path = Path::new(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "a-test-token\n").unwrap();
+        }
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_before_the_first_message_pass_promtool_under_every_shipped_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = shipped_configs(&dir.path().join("secrets"));
+    assert!(
+        configs.len() >= 7,
+        "{:?}",
+        configs.iter().map(|c| &c.0).collect::<Vec<_>>()
+    );
+    for (name, text) in configs {
+        let file = dir.path().join("switchyard.toml");
+        std::fs::write(&file, &text).unwrap();
+        let settings = Settings::load(Some(&file)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let served = Served::start(Some(&file), &[]);
+        let (status, body) = common::http_get(served.telemetry, "/metrics").await;
+        assert_eq!(status, 200, "{name}");
+        let mut expected = vec![
+            "switchyard_build_info{version=\"".to_owned(),
+            "process_resident_memory_bytes ".to_owned(),
+            "process_start_time_seconds ".to_owned(),
+            "switchyard_sidecar_attached_gateways 0".to_owned(),
+            "switchyard_grpc_server_handled_total{grpc_service=\"switchyard.v1.Gateway\",grpc_method=\"Send\",grpc_code=\"Ok\"} 0".to_owned(),
+            "switchyard_grpc_server_handling_seconds_bucket{grpc_service=\"switchyard.v1.Gateway\",grpc_method=\"Attach\",le=\"0.001\"} 0".to_owned(),
+        ];
+        for kind in settings.transports.enabled() {
+            expected.push(format!("switchyard_transport_up{{transport=\"{kind}\"}} 1"));
+        }
+        if let Some(canary) = &settings.canary {
+            expected.push(format!(
+                "switchyard_canary_share_ratio{{from=\"{}\",to=\"{}\"}} {}",
+                canary.from,
+                canary.to,
+                f64::from(canary.share) / 100.0
+            ));
+        }
+        for series in expected {
+            assert!(
+                body.contains(&series),
+                "{name}: {series} missing from:\n{body}"
+            );
+        }
+        common::promtool_check(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
+        served.signal("TERM");
+        let exit = tokio::task::spawn_blocking(move || served.wait())
+            .await
+            .unwrap();
+        assert!(exit.success(), "{name}: {exit:?}");
+    }
 }

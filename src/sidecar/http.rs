@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::Shared;
+use crate::telemetry;
 
 #[derive(Clone)]
 struct Endpoint {
@@ -43,11 +44,15 @@ pub(crate) async fn serve(
 }
 
 async fn render(State(endpoint): State<Endpoint>) -> ([(&'static str, &'static str); 1], String) {
-    // Histograms are rolled up on scrape; no background upkeep task needed.
-    endpoint.metrics.run_upkeep();
+    // Read now from every transport: the direct link and the in-memory
+    // transport keep no gauge of their own.
+    for transport in endpoint.shared.backends.transports.iter() {
+        let up = matches!(transport.health(), crate::transport::Health::Up);
+        telemetry::transport_up(transport.kind(), up);
+    }
     (
         [("content-type", "text/plain; version=0.0.4")],
-        endpoint.metrics.render(),
+        telemetry::render(&endpoint.metrics),
     )
 }
 

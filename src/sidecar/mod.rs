@@ -11,6 +11,7 @@
 //! - [`reload`]: live config (admin RPC, file watch, SIGHUP).
 //! - [`tls`]: TLS and mutual TLS for the server and for direct links.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - `rpc_metrics`: per-RPC call counts and durations.
 //!
 //! Beside them the server runs the standard gRPC health service and server
 //! reflection.
@@ -23,6 +24,7 @@ pub mod gateway;
 pub mod http;
 pub mod peer;
 pub mod reload;
+mod rpc_metrics;
 pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
@@ -183,9 +185,14 @@ pub enum SidecarError {
     /// The metrics recorder could not be installed.
     #[error(transparent)]
     Recorder(#[from] RecorderError),
-    /// The reflection service could not read the proto descriptors.
-    #[error("gRPC reflection: {0}")]
-    Reflection(String),
+    /// The encoded proto descriptors could not be read.
+    #[error("cannot read the proto descriptors for {what}: {reason}")]
+    Descriptors {
+        /// Which service needed them.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The gRPC server failed.
     #[error("gRPC server on {address}: {reason}")]
     Server {
@@ -242,6 +249,9 @@ impl Sidecar {
         settings: Settings,
         config_path: Option<PathBuf>,
     ) -> Result<Self, SidecarError> {
+        // Before the backends: they set gauges (`switchyard_transport_up`)
+        // as they are built, and a gauge set before the recorder is lost.
+        telemetry::prometheus()?;
         let backends = Backends::from_settings(&settings).await?;
         Self::start_with_backends(settings, config_path, backends).await
     }
@@ -301,6 +311,8 @@ impl Sidecar {
         // is down rolls back (`max_down`) even before a gateway attaches.
         policy.observe(&backends.transports);
         let (stop, stopping) = watch::channel(false);
+        // Present from the first scrape, not from the first attach.
+        metrics::gauge!(telemetry::ATTACHED_GATEWAYS).increment(0.0);
         let shared = Arc::new(Shared {
             backends,
             policy,
@@ -325,8 +337,20 @@ impl Sidecar {
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
-            .map_err(|e| SidecarError::Reflection(e.to_string()))?;
-        let mut server = tonic::transport::Server::builder();
+            .map_err(|e| SidecarError::Descriptors {
+                what: "gRPC reflection",
+                reason: e.to_string(),
+            })?;
+        let rpc_metrics = rpc_metrics::RpcMetricsLayer::new(&[
+            crate::proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        ])
+        .map_err(|e| SidecarError::Descriptors {
+            what: "per-RPC metrics",
+            reason: e.to_string(),
+        })?;
+        let mut server = tonic::transport::Server::builder().layer(rpc_metrics);
         if let Some(tls) = tls {
             server = server
                 .tls_config(tls.server)
