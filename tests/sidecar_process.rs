@@ -149,3 +149,46 @@ async fn metrics_before_the_first_message_pass_promtool_under_every_shipped_conf
         assert!(exit.success(), "{name}: {exit:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sigterm_readyz_answers_503_for_the_grace_while_new_calls_are_still_served() {
+    use std::time::{Duration, Instant};
+    use switchyard::proto::admin_client::AdminClient;
+
+    let grace = Duration::from_secs(2);
+    let served = Served::start(None, &[("SWITCHYARD__SIDECAR__READINESS_GRACE", "2s")]);
+    assert_eq!(common::http_get(served.telemetry, "/readyz").await.0, 200);
+    served.signal("TERM");
+    let signalled = Instant::now();
+    served.wait_for("sidecar not ready");
+    // From here on: 503, while a fresh connection's call is still served,
+    // until the grace is over and the listener closes.
+    let (mut not_ready, mut last_served) = (None, None);
+    loop {
+        assert!(signalled.elapsed() < grace * 5, "the listener never closed");
+        let call = async {
+            let mut admin = AdminClient::connect(format!("http://{}", served.grpc)).await?;
+            admin.state(proto::StateRequest {}).await?;
+            Ok::<_, Box<dyn std::error::Error>>(())
+        };
+        if call.await.is_err() {
+            break;
+        }
+        last_served = Some(Instant::now());
+        let (status, _) = common::http_get(served.telemetry, "/readyz").await;
+        assert_eq!(status, 503, "readiness while shutting down");
+        not_ready.get_or_insert_with(Instant::now);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (not_ready, last_served) = (not_ready.unwrap(), last_served.unwrap());
+    assert!(
+        last_served - not_ready >= grace.mul_f64(0.75),
+        "calls were served for only {:?} after readiness turned 503 (grace {grace:?})",
+        last_served - not_ready
+    );
+    served.wait_for("sidecar stopped");
+    let exit = tokio::task::spawn_blocking(move || served.wait())
+        .await
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}

@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use humantime_serde::re::humantime::format_duration;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -71,7 +72,14 @@ pub struct SidecarConfig {
     pub admin_token: Option<SecretSource>,
     /// Token sidecars present to each other on direct links.
     pub peer_token: Option<SecretSource>,
-    /// On SIGTERM, how long in-flight calls may take to finish.
+    /// On SIGTERM, how long `/readyz` answers 503 (and gRPC health says
+    /// NOT_SERVING) while calls are still taken, before the drain starts:
+    /// load balancers and Kubernetes endpoints need that long to stop
+    /// sending new work here.
+    #[serde(with = "humantime_serde")]
+    pub readiness_grace: Duration,
+    /// On SIGTERM, after the readiness grace, how long in-flight calls may
+    /// take to finish.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
     /// `[sidecar.tls]`: TLS (mutual by default) for gateways and peers.
@@ -87,6 +95,7 @@ impl Default for SidecarConfig {
             tokens: BTreeMap::new(),
             admin_token: None,
             peer_token: None,
+            readiness_grace: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(10),
             tls: None,
         }
@@ -239,6 +248,9 @@ pub struct Sidecar {
     http_stop: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), SidecarError>>,
     http: JoinHandle<()>,
+    /// The gRPC health service's state, NOT_SERVING from the first moment
+    /// of a shutdown.
+    health: tonic_health::server::HealthReporter,
     /// Keeps the config file watch alive.
     _watcher: Option<notify::RecommendedWatcher>,
 }
@@ -380,9 +392,6 @@ impl Sidecar {
             let signal = async move {
                 // Err: the sender is gone, which also means stop.
                 let _ = grpc_stop.wait_for(|stop| *stop).await;
-                health
-                    .set_not_serving::<GatewayServer<gateway::GatewayService>>()
-                    .await;
             };
             // `TcpIncoming::from` leaves Nagle on (tonic's `tcp_nodelay`
             // only applies to `serve(addr)`): small replies and stream
@@ -417,6 +426,7 @@ impl Sidecar {
             http_stop,
             grpc,
             http,
+            health,
             _watcher: watcher,
         })
     }
@@ -436,17 +446,35 @@ impl Sidecar {
         reload::reload(&self.shared).await
     }
 
-    /// Graceful stop: refuses new calls (readiness 503), stops handing out
-    /// deliveries, takes the gateways' acks for what they hold for up to
+    /// Graceful stop: answers readiness 503 (and gRPC health NOT_SERVING)
+    /// while still serving for `sidecar.readiness_grace`, then refuses new
+    /// calls, stops handing out deliveries, takes the gateways' acks for what they hold for up to
     /// half of `sidecar.drain_timeout`, ends every Attach stream with
     /// UNAVAILABLE, lets in-flight calls finish within the drain timeout,
     /// removes its gateways from the registry so peers stop linking here,
     /// and closes their subscriptions once the acked part is settled on the
     /// transports. Nothing unacked is acked.
     pub async fn shutdown(self) -> Result<(), SidecarError> {
-        let drain = self.shared.settings.load().sidecar.drain_timeout;
+        let (grace, drain) = {
+            let settings = self.shared.settings.load();
+            (
+                settings.sidecar.readiness_grace,
+                settings.sidecar.drain_timeout,
+            )
+        };
         self.shared.ready.store(false, Ordering::Release);
-        tracing::info!(?drain, "sidecar draining");
+        self.health
+            .set_not_serving::<GatewayServer<gateway::GatewayService>>()
+            .await;
+        tracing::info!(
+            grace = %format_duration(grace),
+            "sidecar not ready; still serving until load balancers stop sending"
+        );
+        tokio::time::sleep(grace).await;
+        tracing::info!(
+            drain = %format_duration(drain),
+            "sidecar draining"
+        );
         self.stop.send_replace(true);
         let result = match tokio::time::timeout(drain, self.grpc).await {
             Ok(Ok(result)) => result,
@@ -455,7 +483,10 @@ impl Sidecar {
                 reason: join.to_string(),
             }),
             Err(_) => {
-                tracing::warn!(?drain, "drain timeout: calls still in flight were cut");
+                tracing::warn!(
+                    drain = %format_duration(drain),
+                    "drain timeout: calls still in flight were cut"
+                );
                 Ok(())
             }
         };
@@ -470,7 +501,7 @@ impl Sidecar {
             // not acked stays with them for the next sidecar.
             if let Some(inbox) = attached.take_inbox() {
                 if tokio::time::timeout(drain, inbox.close()).await.is_err() {
-                    tracing::warn!(%gateway, ?drain, "transports did not settle within the drain timeout");
+                    tracing::warn!(%gateway, drain = %format_duration(drain), "transports did not settle within the drain timeout");
                 }
             }
         }
