@@ -192,3 +192,109 @@ async fn on_sigterm_readyz_answers_503_for_the_grace_while_new_calls_are_still_s
         .unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+/// The `switchyard` command with `env`, as an operator runs it.
+fn switchyard(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    command.args(args).env_remove("SWITCHYARD_CONFIG");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("the binary runs")
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_parse_line_by_line_and_text_logs_carry_no_colour_codes() {
+    let served = Served::start(None, &[("SWITCHYARD_LOG_FORMAT", "json")]);
+    served.signal("TERM");
+    let draining = served.wait_for("sidecar draining");
+    let stopped = served.wait_for("sidecar stopped");
+    for line in [served.serving.clone(), draining, stopped] {
+        let value: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        assert!(value["level"].is_string(), "{line}");
+        assert!(value["fields"]["message"].is_string(), "{line}");
+    }
+    assert!(served.wait().success());
+    // Text, on a pipe: no ANSI escapes.
+    let served = Served::start(None, &[]);
+    served.signal("TERM");
+    let stopped = served.wait_for("sidecar stopped");
+    assert!(!stopped.contains('\u{1b}'), "{stopped:?}");
+    assert!(served.wait().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_and_canary_act_on_several_sidecars_given_as_host_port() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let canary = root.join("config/canary.toml");
+    let a = Served::start(Some(&canary), &[]);
+    let b = Served::start(Some(&canary), &[]);
+    let addrs = format!("{},{}", a.grpc, b.grpc);
+    let set = switchyard(&["canary", "set", "10", "--addr", &addrs], &[]);
+    assert!(set.status.success(), "{}", text(&set));
+    let out = text(&set);
+    assert_eq!(out.matches("canary share 0% -> 10%").count(), 2, "{out}");
+    let state = switchyard(&["state", "--addr", &addrs], &[]);
+    let out = text(&state);
+    assert!(state.status.success(), "{out}");
+    for served in [&a, &b] {
+        assert!(out.contains(&format!("== {}\n", served.grpc)), "{out}");
+    }
+    assert_eq!(out.matches("  redis    up\n").count(), 2, "{out}");
+    assert_eq!(out.matches("  kafka    up\n").count(), 2, "{out}");
+    assert_eq!(
+        out.matches("canary: redis -> kafka  share: 10%").count(),
+        2,
+        "{out}"
+    );
+    // Durations as humans read them.
+    let status = text(&switchyard(
+        &["canary", "status", "--addr", &a.grpc.to_string()],
+        &[],
+    ));
+    assert!(status.contains("window: "), "{status}");
+    assert!(!status.contains(" ms  max down"), "{status}");
+    for served in [a, b] {
+        served.signal("TERM");
+        assert!(served.wait().success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_reads_the_shared_store() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = root.join("config/redis.toml");
+    let prefix = format!("sy-presence-cli-{}", std::process::id());
+    let env = [
+        ("SWITCHYARD_CONFIG", config.to_str().unwrap()),
+        ("SWITCHYARD__STORE__KEY_PREFIX", prefix.as_str()),
+        (
+            "SWITCHYARD__TRANSPORTS__REDIS__CONNECTION__KEY_PREFIX",
+            prefix.as_str(),
+        ),
+    ];
+    let served = Served::start(None, &env);
+    let mut gateway = common::gateway(served.grpc).await;
+    let _deliveries = common::attach(&mut gateway, "gw-cli", "eu").await;
+    common::online(&mut gateway, "gw-cli", "alice").await;
+    let out = switchyard(&["presence", "alice"], &env);
+    let found = text(&out);
+    assert!(out.status.success(), "{found}");
+    assert!(
+        found.contains("alice  device phone  gateway gw-cli  region eu  since 20"),
+        "{found}"
+    );
+    let out = switchyard(&["presence", "nobody"], &env);
+    assert!(text(&out).contains("nobody: offline"), "{}", text(&out));
+    served.signal("TERM");
+    assert!(served.wait().success());
+}

@@ -6,7 +6,7 @@
 //! - [`admin`]: the Admin API (state, reload, canary status/share/rollback).
 //! - [`peer`]: the Peer API, the receiving half of the `grpc` transport.
 //! - [`auth`]: bearer tokens per gateway, for admin and for peers.
-//! - [`canary_ctl`]: the CLI's client for the canary admin RPCs.
+//! - [`admin_ctl`]: the CLI's client for the Admin API (state, canary).
 //! - [`client`]: the gateway's half of an Attach stream, for Rust callers.
 //! - [`reload`]: live config (admin RPC, file watch, SIGHUP).
 //! - [`tls`]: TLS and mutual TLS for the server and for direct links.
@@ -17,8 +17,8 @@
 //! reflection.
 
 pub mod admin;
+pub mod admin_ctl;
 pub mod auth;
-pub mod canary_ctl;
 pub mod client;
 pub mod gateway;
 pub mod http;

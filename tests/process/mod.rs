@@ -18,6 +18,8 @@ pub struct Served {
     pub grpc: SocketAddr,
     /// The bound telemetry address.
     pub telemetry: SocketAddr,
+    /// The log line that said where it listens.
+    pub serving: String,
 }
 
 impl Served {
@@ -49,26 +51,33 @@ impl Served {
             log,
             grpc: SocketAddr::from(([0, 0, 0, 0], 0)),
             telemetry: SocketAddr::from(([0, 0, 0, 0], 0)),
+            serving: String::new(),
         };
         let line = served.wait_for("sidecar serving");
         served.grpc = address_after(&line, "grpc");
         served.telemetry = address_after(&line, "telemetry");
+        served.serving = line;
         served
     }
 
     /// The next log line containing `needle`, within 20 s.
     pub fn wait_for(&self, needle: &str) -> String {
+        self.wait_for_line(|line| line.contains(needle))
+    }
+
+    /// The next log line that `wanted` accepts, within 20 s.
+    pub fn wait_for_line(&self, wanted: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut seen = Vec::new();
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.log.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
+                Ok(line) if wanted(&line) => return line,
                 Ok(line) => seen.push(line),
                 Err(_) => break,
             }
         }
         panic!(
-            "no log line containing {needle:?} within 20 s; saw:\n{}",
+            "no log line as wanted within 20 s; saw:\n{}",
             seen.join("\n")
         );
     }
