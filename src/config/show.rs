@@ -61,12 +61,12 @@ mod tests {
 
     #[test]
     fn passwords_in_urls_and_secret_keys_are_redacted() {
-        let mut settings = Settings::from_toml(
+        let settings = Settings::from_toml(
             "[store]\nkind = \"redis\"\nurl = \"redis://app:hunter2@db:6379\"\npassword_env = \"REDIS_PASSWORD\"\n\
-             [transports.kafka]\nbrokers = \"k:9092\"\n[transports.kafka.properties]\n\"sasl.password\" = \"hunter2\"\n",
+             [transports.kafka]\nbrokers = \"k:9092\"\n[transports.kafka.properties]\n\"sasl.password\" = \"hunter2\"\n\
+             [routing]\nsame_region = \"kafka\"\ncross_region = \"kafka\"\n",
         )
         .unwrap();
-        settings.routing.cross_region = "kafka".into();
         let text = effective_toml(&settings).unwrap();
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("redis://app:<redacted>@db:6379"), "{text}");
