@@ -12,9 +12,9 @@
 //! - [`tls`]: TLS and mutual TLS for the server and for direct links.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - `rpc_metrics`: per-RPC call counts and durations.
+//! - `reflection`: gRPC server reflection, v1 and v1alpha.
 //!
-//! Beside them the server runs the standard gRPC health service and server
-//! reflection.
+//! Beside them the server runs the standard gRPC health service.
 
 pub mod admin;
 pub mod admin_ctl;
@@ -23,6 +23,7 @@ pub mod client;
 pub mod gateway;
 pub mod http;
 pub mod peer;
+mod reflection;
 pub mod reload;
 mod rpc_metrics;
 pub mod tls;
@@ -345,22 +346,22 @@ impl Sidecar {
             .set_serving::<AdminServer<admin::AdminService>>()
             .await;
         health.set_serving::<PeerServer<peer::PeerService>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| SidecarError::Descriptors {
-                what: "gRPC reflection",
-                reason: e.to_string(),
-            })?;
-        let rpc_metrics = rpc_metrics::RpcMetricsLayer::new(&[
+        let descriptors = [
             crate::proto::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-        ])
-        .map_err(|e| SidecarError::Descriptors {
-            what: "per-RPC metrics",
-            reason: e.to_string(),
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        let reflection =
+            reflection::Reflection::new(&descriptors).map_err(|e| SidecarError::Descriptors {
+                what: "gRPC reflection",
+                reason: e.to_string(),
+            })?;
+        let rpc_metrics = rpc_metrics::RpcMetricsLayer::new(&descriptors).map_err(|e| {
+            SidecarError::Descriptors {
+                what: "per-RPC metrics",
+                reason: e.to_string(),
+            }
         })?;
         let mut server = tonic::transport::Server::builder().layer(rpc_metrics);
         if let Some(tls) = tls {
@@ -374,7 +375,8 @@ impl Sidecar {
         }
         let router = server
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection.v1())
+            .add_service(reflection.v1alpha())
             .add_service(InterceptedService::new(
                 GatewayServer::new(gateway::GatewayService::new(shared.clone())),
                 auth::gateway_interceptor(shared.clone()),
