@@ -10,7 +10,8 @@
 //! - [`client`]: the gateway's half of an Attach stream, for Rust callers.
 //! - [`reload`]: live config (admin RPC, file watch, SIGHUP).
 //! - [`tls`]: TLS and mutual TLS for the server and for direct links.
-//! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
+//! - `status_page`: the HTML status page for operators.
 //! - `rpc_metrics`: per-RPC call counts and durations.
 //! - `reflection`: gRPC server reflection, v1 and v1alpha.
 //!
@@ -26,6 +27,7 @@ pub mod peer;
 mod reflection;
 pub mod reload;
 mod rpc_metrics;
+mod status_page;
 pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
