@@ -21,6 +21,11 @@ use crate::sidecar::SidecarConfig;
 use crate::telemetry::TelemetryConfig;
 use crate::transport::TransportsConfig;
 
+mod check;
+mod show;
+pub use check::{env_var, load_checked};
+pub use show::{effective_toml, ShowError, EMBEDDED_DEFAULT};
+
 /// Everything a router node is configured with.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -151,6 +156,24 @@ impl Default for DeliveryConfig {
     }
 }
 
+/// `file` if given, then `SWITCHYARD__*` environment overrides.
+fn sources(file: Option<&Path>) -> config::ConfigBuilder<config::builder::DefaultState> {
+    let mut builder = config::Config::builder();
+    if let Some(file) = file {
+        builder = builder.add_source(config::File::from(file).required(true));
+    }
+    builder.add_source(
+        config::Environment::with_prefix("SWITCHYARD")
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("routing.fallbacks")
+            .with_list_parse_key("store.sentinel.nodes")
+            .with_list_parse_key("transports.redis.connection.sentinel.nodes")
+            .try_parsing(true),
+    )
+}
+
 /// One thing wrong with the settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -181,23 +204,7 @@ impl Settings {
     /// Loads defaults, then `file` if given, then `SWITCHYARD__*` environment
     /// overrides, and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut builder = config::Config::builder();
-        if let Some(file) = file {
-            builder = builder.add_source(config::File::from(file).required(true));
-        }
-        let settings: Settings = builder
-            .add_source(
-                config::Environment::with_prefix("SWITCHYARD")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .list_separator(",")
-                    .with_list_parse_key("routing.fallbacks")
-                    .with_list_parse_key("store.sentinel.nodes")
-                    .with_list_parse_key("transports.redis.connection.sentinel.nodes")
-                    .try_parsing(true),
-            )
-            .build()?
-            .try_deserialize()?;
+        let settings: Settings = sources(file).build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
     }

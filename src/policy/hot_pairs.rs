@@ -114,6 +114,10 @@ struct State {
 impl HotPairs {
     /// A detector; `enabled` is whether a direct-link transport exists.
     pub fn new(config: HotPairsConfig, enabled: bool) -> Self {
+        if enabled {
+            // Shown (at 0) before the first promotion.
+            metrics::gauge!(telemetry::HOT_PAIRS).increment(0.0);
+        }
         Self {
             enabled,
             state: Mutex::new(State::new(config)),
