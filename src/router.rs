@@ -367,7 +367,8 @@ impl Router {
         backends.registry.register(&self.inner.me).await?;
         backends.presence.refresh(&self.inner.me.id).await?;
         let online = backends.presence.hosted_users(&self.inner.me.id).await?;
-        metrics::gauge!(telemetry::ONLINE_USERS, "gateway" => self.inner.me.id.to_string())
+        let me = &self.inner.me;
+        metrics::gauge!(telemetry::ONLINE_USERS, "gateway" => me.id.to_string(), "region" => me.region.to_string())
             .set(online as f64);
         for user in backends.offline.take_flagged(&self.inner.me.id).await? {
             self.replay_offline(user).await?;

@@ -70,8 +70,8 @@ pub const ATTACHED_GATEWAYS: &str = "switchyard_sidecar_attached_gateways";
 pub const CONFIG_RELOADS: &str = "switchyard_config_reloads_total";
 /// Stored entries skipped because they could not be read, by `store`.
 pub const STORE_MALFORMED: &str = "switchyard_store_malformed_total";
-/// Users with a live session on a gateway, by `gateway`; set at each of
-/// its heartbeats.
+/// Users with a live session on a gateway, by `gateway` and `region`
+/// (`sum by (region)` for a region's count); set at each heartbeat.
 pub const ONLINE_USERS: &str = "switchyard_online_users";
 /// Detached gateways forgotten after their registration expired.
 pub const GATEWAYS_EVICTED: &str = "switchyard_sidecar_gateways_evicted_total";
