@@ -4,10 +4,12 @@
 //! loopback whose Peer API is the receiving end of the direct link, so the
 //! sending router opens a real link to it, as it would to another process.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use tokio::runtime::Handle;
 
 use super::drive::{Ends, Refused, Sender};
 use super::layout::Layout;
@@ -20,10 +22,18 @@ use crate::sidecar::Sidecar;
 use crate::topology::GatewayInfo;
 use crate::transport::TransportKind;
 
-/// The sending router, and what must live as long as it sends.
+/// The sending router, called from the load generator's thread: it builds
+/// each batch there and runs `send_batch` on the routers' runtime, as a
+/// gateway's request handler would, so the router's CPU is not the
+/// generator's.
 struct Library {
     router: Router,
     layout: Layout,
+    routers: Handle,
+}
+
+/// What must live as long as the library path sends.
+struct Keep {
     /// The sender's own inbox, open as a gateway's would be.
     _inbox: Inbox,
     /// The receiving routers: their inboxes end when they are dropped.
@@ -36,12 +46,26 @@ struct Library {
 
 #[async_trait::async_trait]
 impl Sender for Library {
-    async fn send(&mut self, stamps: Vec<i64>) -> Refused {
+    async fn send(&self, stamps: Vec<i64>) -> Refused {
+        let n = stamps.len() as u64;
         let batch = stamps.into_iter().map(|s| self.layout.message(s)).collect();
+        let router = self.router.clone();
         let mut refused = Refused::default();
-        for result in self.router.send_batch(batch).await {
-            if let Err(err) = result {
-                refused.add(|| err.to_string());
+        match self
+            .routers
+            .spawn(async move { router.send_batch(batch).await })
+            .await
+        {
+            Ok(results) => {
+                for result in results {
+                    if let Err(err) = result {
+                        refused.add(|| err.to_string());
+                    }
+                }
+            }
+            Err(err) => {
+                refused.add(|| format!("send_batch task: {err}"));
+                refused.count = n;
             }
         }
         refused
@@ -100,14 +124,19 @@ pub(crate) async fn ends(
         .map(|r| r.keep_alive(every))
         .collect();
     Ok(Ends {
-        sender: Box::new(Library {
+        sender: Arc::new(Library {
             router,
             layout,
+            routers: Handle::current(),
+        }),
+        receivers: inboxes,
+        // Taking and acking deliveries is the library's work.
+        receive_on: Handle::current(),
+        keep: Box::new(Keep {
             _inbox: inbox,
             _receivers: receivers,
             _alive: alive,
             _peer: peer,
         }),
-        receivers: inboxes,
     })
 }
