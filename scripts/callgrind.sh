@@ -49,7 +49,7 @@ total() {
 }
 
 # Instructions of one run: "ALL GENERATOR" (the generator's thread is the
-# only one that runs Tokio's current-thread scheduler).
+# only one that blocks on a current-thread Tokio runtime).
 measure() {
     local path=$1 n=$2 prefix=$out/$1-$2
     rm -f "$prefix".*
@@ -58,7 +58,7 @@ measure() {
         >"$prefix.log" 2>&1 || { echo "bench under valgrind failed, see $prefix.log" >&2; exit 1; }
     local files=("$prefix".*-[0-9]*) gen=()
     for f in "${files[@]}"; do
-        if grep -q 'scheduler::current_thread' "$f"; then gen+=("$f"); fi
+        if grep -q 'current_thread::CurrentThread::block_on' "$f"; then gen+=("$f"); fi
     done
     echo "$(total "${files[@]}") $(total "${gen[@]}")"
 }

@@ -19,6 +19,10 @@ use super::{new_histogram, BenchError, BenchOptions, Measured};
 use crate::envelope::now_micros;
 use crate::transport::TransportKind;
 
+/// Deliveries a bench gateway takes before it acks them (with one
+/// cumulative ack), on both paths.
+pub(crate) const ACK_EVERY: u64 = 32;
+
 /// How long receivers wait for stragglers after the last send.
 pub(crate) const SETTLE: Duration = Duration::from_secs(10);
 

@@ -210,13 +210,16 @@ mod tests {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let (busy, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
         let seen = parking_lot::Mutex::new(Vec::new());
-        let sent = run_senders(Schedule::new(0, 5, Stop::Count(40)), 3, |stamps| async {
-            let now = busy.fetch_add(1, Ordering::SeqCst) + 1;
-            most.fetch_max(now, Ordering::SeqCst);
-            seen.lock().push(stamps.len());
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            busy.fetch_sub(1, Ordering::SeqCst);
-            Ok::<(), ()>(())
+        let sent = run_senders(Schedule::new(0, 5, Stop::Count(40)), 3, |stamps| {
+            let (busy, most, seen) = (&busy, &most, &seen);
+            async move {
+                let now = busy.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                seen.lock().push(stamps.len());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                busy.fetch_sub(1, Ordering::SeqCst);
+                Ok::<(), ()>(())
+            }
         })
         .await;
         assert_eq!(sent, Ok(40));

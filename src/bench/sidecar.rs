@@ -15,7 +15,7 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use tonic::transport::{Channel, Endpoint};
 
-use super::drive::{since, Ends, Refused, Sender};
+use super::drive::{since, Ends, Refused, Sender, ACK_EVERY};
 use super::generator::Generator;
 use super::layout::Layout;
 use super::BenchError;
@@ -169,9 +169,6 @@ impl Sender for ViaSidecar {
         refused
     }
 }
-
-/// Deliveries a bench gateway takes before it acks them (with one ack).
-const ACK_EVERY: u64 = 32;
 
 /// Latencies of the deliveries on an Attach stream, measured on arrival;
 /// acked as a gateway would: every [`ACK_EVERY`] deliveries, and whenever
