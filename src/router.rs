@@ -229,6 +229,9 @@ fn split(result: Result<(Via, bool), String>) -> (Result<Via, String>, bool) {
     }
 }
 
+/// One target gateway's route and its (message, target) indices in a batch.
+type Members = (Route, Vec<(usize, usize)>);
+
 /// A message ready to publish.
 struct Planned {
     envelope: Envelope,
@@ -489,8 +492,7 @@ impl Router {
         // One batch per target gateway, in input order. Gateways are
         // published to concurrently; within one, runs of the same priority
         // and transports go one after another, so per-pair order holds.
-        let mut batches: HashMap<GatewayId, (Route, Vec<(usize, usize)>), RandomState> =
-            HashMap::default();
+        let mut batches: HashMap<GatewayId, Members, RandomState> = HashMap::default();
         for (i, plan) in planned.iter().enumerate() {
             let Some(plan) = plan.as_ref().filter(|p| !p.blocked) else {
                 continue;
