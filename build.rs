@@ -21,6 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         descriptors.encode_to_vec(),
     )?;
     tonic_prost_build::configure()
+        .codec_path("crate::proto::codec::StrictCodec")
         .bytes(".switchyard.v1.Envelope.payload")
         .bytes(".switchyard.v1.PeerBatch.envelopes")
         .compile_fds(descriptors)?;

@@ -11,15 +11,20 @@ for service in scripts/services/*.sh; do
 done
 trap 'for s in scripts/services/*.sh; do bash "$s" stop || true; done' EXIT
 
-# promtool checks the Prometheus config and a /metrics scrape
-# (tests/sidecar_deploy.rs, tests/sidecar_fleet.rs); the package installs in
-# well under a minute.
-if ! command -v promtool >/dev/null; then
+# promtool checks the Prometheus config, the alert rules and a /metrics
+# scrape per shipped config (tests/sidecar_deploy.rs, tests/sidecar_process.rs,
+# tests/sidecar_metrics.rs); headless Chromium loads the status page
+# (tests/status_page.rs). Both are Debian packages.
+missing=()
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v chromium >/dev/null || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq prometheus >/dev/null
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# The non-Rust client the suite runs (tests/sidecar_python.rs).
+# The non-Rust clients the suite runs (tests/sidecar_python.rs): the example
+# client and grpcio-reflection.
 python3 -m pip install --quiet -r examples/python/requirements.txt
 
 cargo fmt --all -- --check

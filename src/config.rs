@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod bounds;
+
 use crate::blocks::BlocksConfig;
 use crate::offline::OfflineConfig;
 use crate::policy::canary::CanaryConfig;
@@ -18,6 +20,11 @@ use crate::redis_conn::RedisConfig;
 use crate::sidecar::SidecarConfig;
 use crate::telemetry::TelemetryConfig;
 use crate::transport::TransportsConfig;
+
+mod check;
+mod show;
+pub use check::{env_var, load_checked};
+pub use show::{effective_toml, ShowError, EMBEDDED_DEFAULT};
 
 /// Everything a router node is configured with.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -61,6 +68,11 @@ pub struct LimitsConfig {
     /// the transports, nothing is dropped); it also bounds the duplicates a
     /// gateway sees after a crash.
     pub inbox_queue: usize,
+    /// The unacked window in bytes (payload and headers): with
+    /// `inbox_queue` messages of the largest size held, memory would
+    /// otherwise reach `inbox_queue * max_payload_bytes`. One delivery is
+    /// always let in, however large.
+    pub inbox_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -69,6 +81,7 @@ impl Default for LimitsConfig {
             max_payload_bytes: 1024 * 1024,
             dedupe_window: 100_000,
             inbox_queue: 10_000,
+            inbox_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -143,6 +156,24 @@ impl Default for DeliveryConfig {
     }
 }
 
+/// `file` if given, then `SWITCHYARD__*` environment overrides.
+fn sources(file: Option<&Path>) -> config::ConfigBuilder<config::builder::DefaultState> {
+    let mut builder = config::Config::builder();
+    if let Some(file) = file {
+        builder = builder.add_source(config::File::from(file).required(true));
+    }
+    builder.add_source(
+        config::Environment::with_prefix("SWITCHYARD")
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("routing.fallbacks")
+            .with_list_parse_key("store.sentinel.nodes")
+            .with_list_parse_key("transports.redis.connection.sentinel.nodes")
+            .try_parsing(true),
+    )
+}
+
 /// One thing wrong with the settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -173,21 +204,7 @@ impl Settings {
     /// Loads defaults, then `file` if given, then `SWITCHYARD__*` environment
     /// overrides, and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut builder = config::Config::builder();
-        if let Some(file) = file {
-            builder = builder.add_source(config::File::from(file).required(true));
-        }
-        let settings: Settings = builder
-            .add_source(
-                config::Environment::with_prefix("SWITCHYARD")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .list_separator(",")
-                    .with_list_parse_key("routing.fallbacks")
-                    .try_parsing(true),
-            )
-            .build()?
-            .try_deserialize()?;
+        let settings: Settings = sources(file).build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -215,7 +232,7 @@ impl Settings {
 
     /// Every problem with these settings, or `Ok`.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
+        let mut problems = bounds::check(self).problems;
         if let Err(policy) = Policy::from_settings(self) {
             problems.extend(policy);
         }
@@ -225,21 +242,6 @@ impl Settings {
                 reason: reason.to_owned(),
             })
         };
-        if self.limits.max_payload_bytes == 0 {
-            problem("limits.max_payload_bytes", "must be at least 1");
-        }
-        if self.limits.dedupe_window == 0 {
-            problem(
-                "limits.dedupe_window",
-                "must be at least 1 (duplicates would reach gateways)",
-            );
-        }
-        if self.limits.inbox_queue == 0 {
-            problem("limits.inbox_queue", "must be at least 1");
-        }
-        if self.presence.session_ttl.is_zero() {
-            problem("presence.session_ttl", "must be longer than zero");
-        }
         for (section, capacity, ttl) in [
             (
                 "presence",
@@ -255,12 +257,6 @@ impl Settings {
                 );
             }
         }
-        if self.offline.max_per_user == 0 {
-            problem("offline.max_per_user", "must be at least 1");
-        }
-        if self.delivery.publish_timeout.is_zero() {
-            problem("delivery.publish_timeout", "must be longer than zero");
-        }
         if let StoreConfig::Redis(redis) = &self.store {
             for (key, problem_text) in redis.problems() {
                 problem(&format!("store.{key}"), &problem_text);
@@ -273,6 +269,17 @@ impl Settings {
         }
         problems.extend(self.routing.hot_pairs.problems());
         problems.extend(self.sidecar.problems());
+        if self.transports.grpc.is_some()
+            && !self.sidecar.tokens.is_empty()
+            && self.sidecar.peer_token.is_none()
+        {
+            problems.push(Problem {
+                key: "sidecar.peer_token".into(),
+                reason: "required when sidecar.tokens is set and [transports.grpc] is enabled \
+                         (the Peer API would take messages from anyone)"
+                    .into(),
+            });
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -315,9 +322,9 @@ mod tests {
         assert_eq!(
             found,
             [
+                "limits.max_payload_bytes: must be between 1 and 67108864, got 0",
                 "routing.same_region: transport \"kafka\" is not enabled (add a [transports.kafka] section)",
                 "routing.fallbacks[1]: unknown transport \"carrier-pigeon\" (known: memory, redis, kafka, nats, grpc)",
-                "limits.max_payload_bytes: must be at least 1",
             ]
         );
     }

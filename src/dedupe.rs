@@ -21,13 +21,14 @@ pub struct DedupeWindow {
 }
 
 impl DedupeWindow {
-    /// A window of `capacity` ids (at least one).
+    /// A window of `capacity` ids (at least one). Memory grows as ids
+    /// arrive, not up front: a gateway that attaches once and goes away
+    /// must not cost the whole window.
     pub fn new(capacity: usize) -> Self {
-        let capacity = capacity.max(1);
         Self {
-            capacity,
-            order: VecDeque::with_capacity(capacity),
-            seen: HashMap::with_capacity_and_hasher(capacity, RandomState::default()),
+            capacity: capacity.max(1),
+            order: VecDeque::new(),
+            seen: HashMap::with_hasher(RandomState::default()),
         }
     }
 

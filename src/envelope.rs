@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use ulid::Ulid;
 
 use crate::proto;
-use crate::topology::{GatewayId, GroupId, UserId};
+use crate::topology::{check, GatewayId, GroupId, IdError, IdKind, UserId};
 
 /// Unique, time-ordered message id (a ULID). Receivers dedupe on it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -154,12 +154,22 @@ pub enum EnvelopeError {
         /// The empty field's name.
         field: &'static str,
     },
-    /// The payload is over the configured limit.
-    #[error("envelope {id}: payload is {size} bytes, over the limit of {limit} bytes")]
+    /// An identifier breaks its rule (see [`crate::topology`]).
+    #[error("envelope {id}: {source}")]
+    BadId {
+        /// The message id.
+        id: MessageId,
+        /// Which field and rule.
+        source: IdError,
+    },
+    /// The payload and headers are over the configured limit.
+    #[error(
+        "envelope {id}: payload and headers are {size} bytes, over the limit of {limit} bytes"
+    )]
     PayloadTooLarge {
         /// The message id.
         id: MessageId,
-        /// The payload size in bytes.
+        /// The payload and headers (keys and values) in bytes.
         size: usize,
         /// The configured limit in bytes.
         limit: usize,
@@ -174,6 +184,15 @@ pub enum EnvelopeError {
         /// How long ago it expired, in milliseconds.
         late_ms: u64,
     },
+    /// Created further in the future than clock skew explains; its TTL
+    /// and the offline store's age trimming would never apply.
+    #[error("envelope {id}: created_at is {ahead_ms} ms in the future (more than the {MAX_CLOCK_SKEW:?} allowed for clock skew)")]
+    FromTheFuture {
+        /// The message id.
+        id: MessageId,
+        /// How far ahead of this node's clock, in milliseconds.
+        ahead_ms: u64,
+    },
     /// The message id is not 16 bytes.
     #[error("message id must be 16 bytes, got {len}")]
     BadMessageId {
@@ -184,6 +203,9 @@ pub enum EnvelopeError {
     #[error("malformed envelope bytes: {0}")]
     Malformed(String),
 }
+
+/// How far in the future a `created_at` may lie (senders' clocks drift).
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 
 /// Microseconds since the Unix epoch, now.
 pub fn now_micros() -> i64 {
@@ -229,45 +251,87 @@ impl Envelope {
     /// Checks what the router needs before it routes anything.
     pub fn validate(&self, max_payload: usize, now_micros: i64) -> Result<(), EnvelopeError> {
         let id = self.id;
-        if self.sender.as_str().is_empty() {
-            return Err(EnvelopeError::EmptyField {
-                id,
-                field: "sender_user",
-            });
+        let (to_field, to) = match &self.destination {
+            Destination::User(u) => ("user", u.as_str()),
+            Destination::Group(g) => ("group", g.as_str()),
+        };
+        if to.is_empty() {
+            return Err(EnvelopeError::MissingRecipient { id });
         }
-        if self.sender_gateway.as_str().is_empty() {
-            return Err(EnvelopeError::EmptyField {
-                id,
-                field: "sender_gateway",
-            });
+        for (field, kind, value) in [
+            ("sender_user", IdKind::Text, self.sender.as_str()),
+            ("sender_gateway", IdKind::Name, self.sender_gateway.as_str()),
+            (to_field, IdKind::Text, to),
+        ] {
+            check(field, kind, value).map_err(|source| match source {
+                IdError::Empty { field } => EnvelopeError::EmptyField { id, field },
+                source => EnvelopeError::BadId { id, source },
+            })?;
         }
-        match &self.destination {
-            Destination::User(u) if u.as_str().is_empty() => {
-                return Err(EnvelopeError::MissingRecipient { id })
-            }
-            Destination::Group(g) if g.as_str().is_empty() => {
-                return Err(EnvelopeError::MissingRecipient { id })
-            }
-            _ => {}
-        }
-        if self.payload.len() > max_payload {
+        let size = self.size();
+        if size > max_payload {
             return Err(EnvelopeError::PayloadTooLarge {
                 id,
-                size: self.payload.len(),
+                size,
                 limit: max_payload,
             });
         }
-        if let Some(ttl) = self.ttl {
-            let age_micros = now_micros.saturating_sub(self.created_at_micros).max(0) as u128;
-            if age_micros > ttl.as_micros() {
-                return Err(EnvelopeError::Expired {
-                    id,
-                    ttl_ms: ttl.as_millis() as u64,
-                    late_ms: ((age_micros - ttl.as_micros()) / 1000) as u64,
-                });
+        let ahead = self.created_at_micros.saturating_sub(now_micros);
+        if ahead > MAX_CLOCK_SKEW.as_micros() as i64 {
+            return Err(EnvelopeError::FromTheFuture {
+                id,
+                ahead_ms: (ahead / 1000) as u64,
+            });
+        }
+        self.check_ttl(now_micros)
+    }
+
+    /// What a receiver checks of a message from the wire: it was validated
+    /// by its sender (possibly an older version, possibly with another
+    /// clock), so only what makes it undeliverable here is refused: no
+    /// sender or recipient, or its time to live ran out.
+    pub fn check_arrival(&self, now_micros: i64) -> Result<(), EnvelopeError> {
+        let id = self.id;
+        let to = match &self.destination {
+            Destination::User(u) => u.as_str(),
+            Destination::Group(g) => g.as_str(),
+        };
+        if to.is_empty() {
+            return Err(EnvelopeError::MissingRecipient { id });
+        }
+        for (field, value) in [
+            ("sender_user", self.sender.as_str()),
+            ("sender_gateway", self.sender_gateway.as_str()),
+        ] {
+            if value.is_empty() {
+                return Err(EnvelopeError::EmptyField { id, field });
             }
         }
+        self.check_ttl(now_micros)
+    }
+
+    fn check_ttl(&self, now_micros: i64) -> Result<(), EnvelopeError> {
+        let Some(ttl) = self.ttl else { return Ok(()) };
+        let age_micros = now_micros.saturating_sub(self.created_at_micros).max(0) as u128;
+        if age_micros > ttl.as_micros() {
+            return Err(EnvelopeError::Expired {
+                id: self.id,
+                ttl_ms: ttl.as_millis() as u64,
+                late_ms: ((age_micros - ttl.as_micros()) / 1000) as u64,
+            });
+        }
         Ok(())
+    }
+
+    /// What `limits.max_payload_bytes` bounds: the payload and every
+    /// header's key and value.
+    pub fn size(&self) -> usize {
+        self.payload.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
     }
 
     /// The wire bytes (protobuf), identical on every transport.
@@ -765,6 +829,35 @@ mod tests {
     }
 
     #[test]
+    fn ids_headers_and_clocks_are_held_to_their_limits() {
+        let now = now_micros();
+        let mut env = Envelope::new("eve\u{1f}x", "gw-1", Destination::User("bob".into()), "hi");
+        assert!(matches!(
+            env.validate(1024, now),
+            Err(EnvelopeError::BadId {
+                source: IdError::BadCharacter {
+                    field: "sender_user",
+                    ..
+                },
+                ..
+            })
+        ));
+        env.sender = "eve".into();
+        env.headers.insert("big".into(), "x".repeat(2000));
+        assert!(matches!(
+            env.validate(1024, now),
+            Err(EnvelopeError::PayloadTooLarge { size: 2005, .. })
+        ));
+        env.headers.clear();
+        env.created_at_micros = now + 3_600_000_000;
+        let err = env.validate(1024, now).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("envelope {}: created_at is 3600000 ms in the future (more than the 300s allowed for clock skew)", env.id)
+        );
+    }
+
+    #[test]
     fn validation_names_the_problem() {
         let env = sample();
         let now = env.created_at_micros;
@@ -774,7 +867,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "envelope {}: payload is 2 bytes, over the limit of 1 bytes",
+                "envelope {}: payload and headers are 10 bytes, over the limit of 1 bytes",
                 env.id
             )
         );

@@ -1,7 +1,7 @@
 //! The errors the library returns. Each names what failed and with which input.
 
 use crate::envelope::{EnvelopeError, MessageId};
-use crate::topology::GroupId;
+use crate::topology::{GroupId, IdError};
 use crate::transport::TransportError;
 
 /// A state store (presence, groups, offline, blocks, registry) failed.
@@ -30,6 +30,9 @@ pub enum StoreError {
     /// The group has no members (it was never joined, or everyone left).
     #[error("unknown group {0:?}")]
     UnknownGroup(GroupId),
+    /// An identifier breaks its rule; nothing was stored.
+    #[error(transparent)]
+    InvalidId(#[from] IdError),
 }
 
 /// Why the router refused or could not route a message.
@@ -71,4 +74,7 @@ pub enum BuildError {
     /// A store could not start.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The gateway's id or region breaks the identifier rules.
+    #[error("gateway: {0}")]
+    Gateway(#[from] IdError),
 }

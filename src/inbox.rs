@@ -98,6 +98,8 @@ struct State {
     first: u64,
     /// Index in `pending` of the next delivery to hand out.
     next: usize,
+    /// Payload and header bytes of `pending` (`Envelope::size`).
+    bytes: usize,
     /// The feeding task ended (every subscription and the router are gone).
     closed: bool,
     /// The gateway dropped its [`Inbox`]: stop reading, ack nothing more.
@@ -113,6 +115,8 @@ struct Shared {
     /// Transport acks to send, in ack order.
     acks: mpsc::UnboundedSender<Acking>,
     capacity: usize,
+    /// The window in bytes; one delivery is always let in, however large.
+    max_bytes: usize,
     /// Resolved on first use (a recorder installed after the inbox was
     /// built still counts), not per ack: `counter!` is a registry lookup.
     acked: OnceLock<metrics::Counter>,
@@ -216,7 +220,9 @@ impl Inbox {
         if count == 0 {
             return;
         }
-        for pending in state.pending.drain(..count) {
+        let held = &mut *state;
+        for pending in held.pending.drain(..count) {
+            held.bytes -= pending.delivery.envelope.size();
             for ack in pending.acks {
                 // Err: the acking task is gone with the subscriptions.
                 let _ = self.shared.acks.send(Acking::Ack(ack));
@@ -300,6 +306,7 @@ pub(crate) fn spawn(
     local: mpsc::Receiver<Handed>,
     dedupe_window: usize,
     capacity: usize,
+    max_bytes: usize,
 ) -> Inbox {
     let (acks, ack_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
@@ -311,6 +318,7 @@ pub(crate) fn spawn(
         writable: Notify::new(),
         acks,
         capacity: capacity.max(1),
+        max_bytes,
         acked: OnceLock::new(),
     });
     let mut settled = Vec::with_capacity(subscriptions.len());
@@ -371,7 +379,9 @@ async fn feed(shared: Arc<Shared>, mut merged: Merged, dedupe_window: usize) -> 
             let writable = shared.writable.notified();
             let (gone, room) = {
                 let state = shared.state.lock();
-                (state.gone, state.pending.len() < shared.capacity)
+                let room = state.pending.is_empty()
+                    || (state.pending.len() < shared.capacity && state.bytes < shared.max_bytes);
+                (state.gone, room)
             };
             if gone {
                 return Some(merged);
@@ -393,7 +403,7 @@ async fn feed(shared: Arc<Shared>, mut merged: Merged, dedupe_window: usize) -> 
         let mut handed = held.is_some();
         // Whatever else is ready, while there is room, without a wait (and
         // a waiter registered and dropped) and a wake-up per message.
-        while held.is_none_or(|len| len < shared.capacity) {
+        while held.is_none_or(|room| room) {
             match merged.next().now_or_never() {
                 Some(Some(arrival)) => {
                     held = holder.take(arrival).or(held);
@@ -430,9 +440,9 @@ struct Holder {
 
 impl Holder {
     /// Decodes, validates and dedupes one arrival and holds it for the
-    /// gateway; returns how many deliveries are held then, `None` if this
-    /// one was not (malformed, expired, a duplicate).
-    fn take(&mut self, arrival: Arrival) -> Option<usize> {
+    /// gateway; returns whether the window has room for more then, `None`
+    /// if this one was not held (malformed, expired, a duplicate).
+    fn take(&mut self, arrival: Arrival) -> Option<bool> {
         let shared = &*self.shared;
         let (via, decoded, ack) = match arrival {
             Arrival::Wire(kind, incoming) => (
@@ -455,7 +465,7 @@ impl Holder {
         // Bytes from the wire were never validated by this process: a message
         // past its ttl, or without a sender, is refused here, counted and
         // logged (before dedupe, so only held deliveries enter the window).
-        if let Err(err) = envelope.validate(usize::MAX, now) {
+        if let Err(err) = envelope.check_arrival(now) {
             reject(via, &err);
             fire(shared, ack);
             return None;
@@ -472,6 +482,7 @@ impl Holder {
         self.latencies.record(via.as_str(), latency);
         let mut state = shared.state.lock();
         debug_assert_eq!(seq, state.first + state.pending.len() as u64);
+        state.bytes += envelope.size();
         state.pending.push_back(Pending {
             delivery: Delivery {
                 envelope,
@@ -481,7 +492,7 @@ impl Holder {
             },
             acks: ack.into_iter().collect(),
         });
-        Some(state.pending.len())
+        Some(state.pending.len() < shared.capacity && state.bytes < shared.max_bytes)
     }
 }
 

@@ -29,9 +29,12 @@
 //!
 //! - [`envelope`]: the message, its time-ordered id, priority, destination
 //!   and the protobuf codec every transport carries.
-//! - [`topology`]: ids of users, groups, gateways, regions.
+//! - [`proto`]: the generated wire types and the gRPC codec (a request
+//!   that does not decode is `INVALID_ARGUMENT`).
+//! - [`topology`]: ids of users, groups, gateways, regions, and the rules
+//!   (length, characters) every id is checked against where it enters.
 //! - [`config`]: typed settings, layered file + environment, validated with
-//!   the key and reason of every problem.
+//!   the key and reason of every problem, every number within its range.
 //! - [`backends`]: builds every store and transport once from config.
 //! - [`changes`]: change events and the in-process caches (sessions, block
 //!   lists, gateways) that follow them.
@@ -39,8 +42,10 @@
 //!   local cache in front.
 //! - [`registry`]: live gateways and their regions; the consistent-hash
 //!   ring that assigns users to gateways.
-//! - [`redis_conn`]: the one Redis connection (standalone or cluster) every
-//!   Redis store and the Redis transport share.
+//! - [`redis_conn`]: the one Redis connection (standalone, cluster or
+//!   Sentinel) every Redis store and the Redis transport share.
+//! - [`redis_sentinel`]: the Sentinel mode of that connection: finds the
+//!   master by service name, follows failovers, waits for replicas.
 //! - [`groups`]: membership and per-gateway distribution of online members.
 //! - [`blocks`]: block lists, checked before forwarding.
 //! - [`offline`]: per-user queues for recipients with no session.
@@ -70,28 +75,22 @@ pub mod dedupe;
 pub mod demo;
 pub mod envelope;
 pub mod error;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub mod groups;
 pub mod inbox;
 pub mod offline;
 pub mod policy;
 pub mod presence;
+pub mod proto;
 pub mod redis_conn;
+pub mod redis_sentinel;
 pub mod registry;
 pub mod router;
 pub mod sidecar;
 pub mod telemetry;
 pub mod topology;
 pub mod transport;
-
-/// Types generated from `proto/` (the wire format).
-#[allow(missing_docs, clippy::all)]
-pub mod proto {
-    include!(concat!(env!("OUT_DIR"), "/switchyard.v1.rs"));
-
-    /// The encoded file descriptor set of every proto file, for gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/switchyard_descriptor.bin"));
-}
 
 pub use backends::Backends;
 pub use config::Settings;

@@ -1,15 +1,19 @@
 //! The `switchyard` command: thin argument parsing over the library.
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 use switchyard::bench::{self, BenchOptions, PathKind};
+use switchyard::config::Problem;
 use switchyard::demo::{self, DemoOptions};
 use switchyard::policy::Policy;
+use switchyard::sidecar::admin_ctl::AdminCtl;
+use switchyard::sidecar::SidecarError;
 use switchyard::transport::TransportKind;
 use switchyard::{router, Destination, Envelope, GatewayInfo, Settings};
 
@@ -25,42 +29,186 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log line format on stderr: `text` (coloured only on a terminal) or
+    /// `json` (one object per line, for log shippers).
+    #[arg(long, global = true, env = "SWITCHYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run an in-process fleet under a mixed load and check that every
     /// message arrived exactly once (the embedded default needs no service).
+    #[command(
+        after_help = "Example:\n  switchyard demo --config config/local.toml --messages 20000"
+    )]
     Demo(DemoArgs),
-    /// Validate a config file: exit 0, or print every problem and exit 1.
+    /// Validate a config file: exit 0, or list every problem on stderr and
+    /// exit 1.
+    #[command(
+        after_help = "Examples:\n  switchyard check-config config/local.toml\n  SWITCHYARD_CONFIG=deploy/config/sidecar.toml switchyard check-config --format json"
+    )]
     CheckConfig {
         /// The TOML file.
+        #[arg(env = "SWITCHYARD_CONFIG")]
         file: PathBuf,
+        /// `text` (problems on stderr) or `json` (one object on stdout, for CI).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Check the settings only, without reading the token and TLS files
+        /// they name (in CI, away from the secrets).
+        #[arg(long)]
+        skip_secrets: bool,
     },
     /// Print how a message would be routed, and why.
+    #[command(
+        after_help = "Example:\n  switchyard explain --from alice --to group:team --gateway eu-1 --region eu"
+    )]
     Explain(ExplainArgs),
     /// Measure throughput and latency per transport next to the raw clients.
+    #[command(
+        after_help = "Example:\n  switchyard bench --config config/local.toml --transports redis,kafka --rate 5000 --duration 30s --json out.json --plot out.svg"
+    )]
     Bench(BenchArgs),
     /// Run the gRPC sidecar (the embedded default when no --config is given).
+    #[command(
+        after_help = "Examples:\n  switchyard serve --config config/redis.toml\n  SWITCHYARD__SIDECAR__LISTEN=0.0.0.0:50051 switchyard serve --log-format json"
+    )]
     Serve {
-        /// TOML config file; environment overrides as SWITCHYARD__SECTION__KEY.
-        #[arg(long, env = "SWITCHYARD_CONFIG")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
     },
-    /// Inspect or steer a running sidecar's canary through its Admin API.
+    /// Inspect or steer the canary of one or more running sidecars through
+    /// their Admin API.
+    #[command(
+        after_help = "Examples:\n  switchyard canary status --addr 10.0.0.5:50051\n  switchyard canary set 30 --addr sidecar-1:50051,sidecar-2:50051 --token-env SY_ADMIN\n  switchyard canary rollback --reason \"kafka p99\" --addr sidecar-1:50051 --token-env SY_ADMIN"
+    )]
     Canary(CanaryArgs),
+    /// Show running sidecars' state (Admin `State`): gateways, transports
+    /// up or down, routing, hot pairs, canary.
+    #[command(
+        after_help = "Example:\n  switchyard state --addr sidecar-1:50051,sidecar-2:50051 --token-env SY_ADMIN"
+    )]
+    State(AdminArgs),
+    /// Show where a user is online (sessions: device, gateway, region),
+    /// read from the presence store of the config.
+    #[command(after_help = "Example:\n  switchyard presence alice --config config/redis.toml")]
+    Presence {
+        /// The user id.
+        user: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print a config: the embedded default, annotated (a starting point),
+    /// or with --effective the settings in force after the file and the
+    /// environment, secrets in URLs redacted.
+    #[command(
+        after_help = "Examples:\n  switchyard config > switchyard.toml\n  SWITCHYARD__ROUTING__CROSS_REGION=nats switchyard config --effective --config config/local.toml"
+    )]
+    Config {
+        /// Defaults, then the file, then the environment, as `serve` would run.
+        #[arg(long)]
+        effective: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// Output format of a report.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// TOML config file (default: the embedded in-memory config); environment
+    /// overrides as SWITCHYARD__SECTION__KEY.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// Loads the settings; every problem on its own line.
+    fn load(&self) -> anyhow::Result<Settings> {
+        load_settings(self.config.as_deref())
+    }
+}
+
+fn config_name(file: Option<&Path>) -> String {
+    file.map_or_else(
+        || "the embedded default".into(),
+        |f| f.display().to_string(),
+    )
+}
+
+fn load_settings(file: Option<&Path>) -> anyhow::Result<Settings> {
+    switchyard::config::load_checked(file).map_err(|problems| match &problems[..] {
+        // The file itself (not found, not TOML): the reason names it.
+        [only] if only.key.is_empty() => anyhow::anyhow!("{}", only.reason),
+        _ => {
+            let lines: Vec<String> = problems.iter().map(|p| format!("  {}", line(p))).collect();
+            anyhow::anyhow!("config {}:\n{}", config_name(file), lines.join("\n"))
+        }
+    })
+}
+
+/// `key: reason`, or the reason alone when it concerns no key (the file).
+/// A secret or TLS file start-up could not read, as a problem of its key.
+fn secret_problem(err: SidecarError) -> Problem {
+    match err {
+        SidecarError::Secret { key, from, reason } => Problem {
+            key,
+            reason: format!("cannot read the secret from {from}: {reason}"),
+        },
+        SidecarError::Tls { key, path, reason } => Problem {
+            key,
+            reason: format!("{}: {reason}", path.display()),
+        },
+        other => Problem {
+            key: "sidecar".into(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn line(problem: &Problem) -> String {
+    if problem.key.is_empty() {
+        problem.reason.clone()
+    } else {
+        problem.to_string()
+    }
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The sidecars' gRPC addresses (`host:port` or a URI), comma-separated
+    /// or repeated.
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:50051"
+    )]
+    addr: Vec<String>,
+    /// Environment variable holding the admin token (sidecar.admin_token).
+    #[arg(long, global = true)]
+    token_env: Option<String>,
 }
 
 #[derive(clap::Args)]
 struct CanaryArgs {
     #[command(subcommand)]
     action: CanaryAction,
-    /// The sidecar's gRPC address.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:50051")]
-    addr: String,
-    /// Environment variable holding the admin token (sidecar.admin_token).
-    #[arg(long, global = true)]
-    token_env: Option<String>,
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 #[derive(Subcommand)]
@@ -82,9 +230,8 @@ enum CanaryAction {
 
 #[derive(clap::Args)]
 struct DemoArgs {
-    /// Config file (default: the embedded in-memory config).
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArg,
     /// Regions.
     #[arg(long, default_value_t = 3)]
     regions: usize,
@@ -122,9 +269,8 @@ struct DemoArgs {
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Config file (default: the embedded in-memory config).
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArg,
     /// Payload bytes per message.
     #[arg(long, default_value_t = 256)]
     size: usize,
@@ -178,9 +324,8 @@ fn parse_path(name: &str) -> Result<PathKind, String> {
 
 #[derive(clap::Args)]
 struct ExplainArgs {
-    /// Config file (default: the embedded in-memory config).
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArg,
     /// Sending user.
     #[arg(long)]
     from: String,
@@ -202,13 +347,19 @@ fn main() -> ExitCode {
         Command::Serve { .. } => "info",
         _ => "switchyard=warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_filter.into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        // Colour codes only for a person at a terminal, never in a file,
+        // a pipe or a container log; `NO_COLOR` turns them off there too.
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
@@ -219,7 +370,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            print_error(&err);
             ExitCode::FAILURE
         }
     }
@@ -228,32 +379,61 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Demo(args) => run_demo(args).await,
-        Command::CheckConfig { file } => match Settings::load(Some(&file)) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(err) => {
-                println!("{}: {err}", file.display());
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        Command::CheckConfig {
+            file,
+            format,
+            skip_secrets,
+        } => Ok(check_config(&file, format, skip_secrets)),
         Command::Explain(args) => explain(args).await,
         Command::Canary(args) => {
-            use switchyard::sidecar::canary_ctl::{self, CanaryCommand};
+            use switchyard::sidecar::admin_ctl::CanaryCommand;
             let command = match args.action {
                 CanaryAction::Status => CanaryCommand::Status,
                 CanaryAction::Set { share } => CanaryCommand::Set(share),
                 CanaryAction::Rollback { reason } => CanaryCommand::Rollback(reason),
             };
-            print!(
-                "{}",
-                canary_ctl::run(&args.addr, args.token_env.as_deref(), command).await?
-            );
+            on_each_sidecar(&args.admin, |mut ctl| {
+                let command = command.clone();
+                async move { Ok(ctl.canary(command).await?) }
+            })
+            .await
+        }
+        Command::State(args) => {
+            on_each_sidecar(&args, |mut ctl| async move { Ok(ctl.state().await?) }).await
+        }
+        Command::Presence { user, config } => {
+            let settings = config.load()?;
+            let backends = switchyard::Backends::from_settings(&settings).await?;
+            let sessions = backends
+                .presence
+                .locate_shared(&user.as_str().into())
+                .await?;
+            if sessions.is_empty() {
+                println!("{user}: offline (no live session)");
+            }
+            for s in sessions.iter() {
+                let since = std::time::UNIX_EPOCH
+                    + std::time::Duration::from_micros(u64::try_from(s.since_micros).unwrap_or(0));
+                println!(
+                    "{user}  device {}  gateway {}  region {}  since {}",
+                    s.device,
+                    s.gateway,
+                    s.region,
+                    humantime_serde::re::humantime::format_rfc3339_seconds(since)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { effective, config } => {
+            if effective {
+                print!("{}", switchyard::config::effective_toml(&config.load()?)?);
+            } else {
+                print!("{}", switchyard::config::EMBEDDED_DEFAULT);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
-            let settings = Settings::load(args.config.as_deref()).context("loading config")?;
+            let settings = args.config.load()?;
             let options = BenchOptions {
                 size: args.size,
                 rate: args.rate,
@@ -281,16 +461,97 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { config } => {
-            let settings = Settings::load(config.as_deref())
-                .with_context(|| format!("loading config {config:?}"))?;
-            switchyard::sidecar::serve(settings, config, terminated()).await?;
+            let settings = config.load()?;
+            switchyard::sidecar::serve(settings, config.config, terminated()).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
+/// `check-config`: `FILE: ok` on stdout, or every problem on stderr (one
+/// line each); `--format json`: one object on stdout either way.
+fn check_config(file: &Path, format: Format, skip_secrets: bool) -> ExitCode {
+    let problems = match switchyard::config::load_checked(Some(file)) {
+        Err(problems) => problems,
+        Ok(_) if skip_secrets => Vec::new(),
+        Ok(settings) => match switchyard::sidecar::preflight(&settings) {
+            Ok(()) => Vec::new(),
+            Err(err) => vec![secret_problem(err)],
+        },
+    };
+    match format {
+        Format::Json => {
+            let report = serde_json::json!({
+                "file": file.display().to_string(),
+                "ok": problems.is_empty(),
+                "problems": problems
+                    .iter()
+                    .map(|p| serde_json::json!({"key": p.key, "reason": p.reason}))
+                    .collect::<Vec<_>>(),
+            });
+            println!("{report}");
+        }
+        Format::Text if problems.is_empty() => println!("{}: ok", file.display()),
+        Format::Text => {
+            for problem in &problems {
+                eprintln!("{}: {}", file.display(), line(problem));
+            }
+        }
+    }
+    if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs `action` on each sidecar of `args` in turn, printing its answer
+/// under the sidecar's address when there are several; fails if any did.
+async fn on_each_sidecar<F, Fut>(args: &AdminArgs, action: F) -> anyhow::Result<ExitCode>
+where
+    F: Fn(AdminCtl) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<String>>,
+{
+    let several = args.addr.len() > 1;
+    let mut failed = 0;
+    for addr in &args.addr {
+        let answer = match AdminCtl::connect(addr, args.token_env.as_deref()).await {
+            Ok(ctl) => action(ctl).await,
+            Err(err) => Err(err.into()),
+        };
+        match answer {
+            Ok(text) if several => print!("== {addr}\n{text}"),
+            Ok(text) => print!("{text}"),
+            Err(err) if several => {
+                failed += 1;
+                println!("== {addr}");
+                print_error(&err);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} sidecars failed", args.addr.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `error: ...` and then each cause on its own line, skipping causes whose
+/// text the line before already carries (many errors print their source).
+fn print_error(err: &anyhow::Error) {
+    let mut last = err.to_string();
+    eprintln!("error: {last}");
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !last.contains(&text) {
+            eprintln!("  caused by: {text}");
+        }
+        last = text;
+    }
+}
+
 async fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let settings = Settings::load(args.config.as_deref()).context("loading config")?;
+    let settings = args.config.load()?;
     let options = DemoOptions {
         regions: args.regions,
         gateways_per_region: args.gateways,
@@ -403,7 +664,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
-    let settings = Settings::load(args.config.as_deref()).context("loading config")?;
+    let settings = args.config.load()?;
     let backends = switchyard::Backends::from_settings(&settings).await?;
     let from = match args.gateway {
         Some(gateway) => GatewayInfo::new(gateway, args.region),

@@ -1,4 +1,5 @@
-//! The one place that connects to Redis, standalone or cluster, for every
+//! The one place that connects to Redis, standalone, cluster or through
+//! Sentinel ([`crate::redis_sentinel`]), for every
 //! Redis store and the Redis transport: [`RedisConfig`] (the `[store]` and
 //! `[transports.redis.connection]` settings), [`RedisHandle`] (a small pool
 //! of multiplexed connections), [`Conn`] (one connection, either kind, usable
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::error::StoreError;
+use crate::redis_sentinel::{SentinelConfig, SentinelConn};
 use crate::telemetry;
 use crate::topology::UserId;
 
@@ -42,6 +44,9 @@ pub struct RedisConfig {
     pub cluster: bool,
     /// More cluster seed nodes, tried when `url` is down at start-up.
     pub cluster_seeds: Vec<String>,
+    /// `[...sentinel]`: find the master through Redis Sentinel (then `url`
+    /// and `cluster_seeds` are not used).
+    pub sentinel: Option<Box<SentinelConfig>>,
     /// Environment variable holding the ACL user name (unset: none or the URL's).
     pub username_env: Option<String>,
     /// Environment variable holding the password (unset: none or the URL's).
@@ -69,6 +74,7 @@ impl Default for RedisConfig {
             url: "redis://127.0.0.1:6379".into(),
             cluster: false,
             cluster_seeds: Vec::new(),
+            sentinel: None,
             username_env: None,
             password_env: None,
             connections: 2,
@@ -94,11 +100,26 @@ impl RedisConfig {
                 problems.push(("url", format!("{url:?} is not a redis:// or rediss:// URL")));
             }
         }
-        if self.connections == 0 {
-            problems.push(("connections", "must be at least 1".into()));
-        }
-        if self.gateway_ttl.is_zero() {
-            problems.push(("gateway_ttl", "must be longer than zero".into()));
+        if let Some(sentinel) = &self.sentinel {
+            problems.extend(sentinel.problems());
+            if sentinel.wait_replicas > 0 && sentinel.wait_timeout >= self.response_timeout {
+                // WAIT is a command like any other: its reply must come
+                // before the response timeout cuts the request off.
+                problems.push((
+                    "sentinel.wait_timeout",
+                    format!(
+                        "must be shorter than response_timeout ({:?})",
+                        self.response_timeout
+                    ),
+                ));
+            }
+            if self.cluster {
+                problems.push((
+                    "sentinel",
+                    "cannot be combined with cluster = true (a cluster fails over by itself)"
+                        .into(),
+                ));
+            }
         }
         if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}']) {
             problems.push((
@@ -111,6 +132,9 @@ impl RedisConfig {
 
     /// The addresses, for error messages.
     pub fn address(&self) -> String {
+        if let Some(sentinel) = &self.sentinel {
+            return sentinel.address();
+        }
         self.seeds().cloned().collect::<Vec<_>>().join(",")
     }
 }
@@ -144,13 +168,15 @@ pub enum Conn {
     Single(ConnectionManager),
     /// A cluster; follows slot moves and failovers by itself.
     Cluster(ClusterConnection),
+    /// The master of a Sentinel service; follows failovers.
+    Sentinel(SentinelConn),
 }
 
 impl Conn {
     /// `PUBLISH` on a standalone server, `SPUBLISH` (sharded) on a cluster.
     pub fn publish_command(&self) -> &'static str {
         match self {
-            Conn::Single(_) => "PUBLISH",
+            Conn::Single(_) | Conn::Sentinel(_) => "PUBLISH",
             Conn::Cluster(_) => "SPUBLISH",
         }
     }
@@ -161,6 +187,7 @@ impl Conn {
         match self {
             Conn::Single(c) => c.subscribe(channel).await,
             Conn::Cluster(c) => c.ssubscribe(channel).await,
+            Conn::Sentinel(c) => c.subscribe(channel).await,
         }
     }
 }
@@ -170,6 +197,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -182,6 +210,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -189,6 +218,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            Conn::Sentinel(c) => c.get_db(),
         }
     }
 }
@@ -283,7 +313,7 @@ impl RedisHandle {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(redis::aio::SendError),
         };
-        let mut conn = open(&self.config, Some(Box::new(sender))).await?;
+        let mut conn = open(&self.config, Some(Arc::new(sender))).await?;
         conn.subscribe(&channel)
             .await
             .map_err(|e| connect_error(&self.config, e))?;
@@ -355,7 +385,10 @@ impl RedisHandle {
     }
 }
 
-/// Exponential delay between resubscribe attempts: 50 ms doubling to 2 s.
+/// Exponential delay between resubscribe attempts: 50 ms doubling to
+/// 500 ms. Each attempt is one connect (cheap), and every step of the cap is
+/// added to the time a gateway is unreachable after a failover (the new
+/// master counts no subscriber until this one is back).
 struct Backoff(Duration);
 
 impl Default for Backoff {
@@ -367,7 +400,7 @@ impl Default for Backoff {
 impl Backoff {
     fn next(&mut self) -> Duration {
         let now = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(2));
+        self.0 = (self.0 * 2).min(Duration::from_millis(500));
         now
     }
 }
@@ -389,8 +422,10 @@ fn env_secret(name: &Option<String>) -> Result<Option<String>, String> {
     }
 }
 
-/// Where a subscription connection hands its pushes.
-type PushSender = Box<dyn Fn(PushInfo) -> Result<(), redis::aio::SendError> + Send + Sync>;
+/// Where a subscription connection hands its pushes (shared: a Sentinel
+/// connection hands it to every master it follows).
+pub(crate) type PushSender =
+    Arc<dyn Fn(PushInfo) -> Result<(), redis::aio::SendError> + Send + Sync>;
 
 /// Opens one connection; with `push`, in RESP3 with pushes (pub/sub
 /// messages, disconnections) sent there and subscriptions restored on
@@ -399,11 +434,22 @@ async fn open(config: &RedisConfig, push: Option<PushSender>) -> Result<Conn, Co
     let err = |e: &dyn std::fmt::Display| connect_error(config, e);
     let username = env_secret(&config.username_env).map_err(|e| err(&e))?;
     let password = env_secret(&config.password_env).map_err(|e| err(&e))?;
-    if config.seeds().any(|url| url.starts_with("rediss://")) {
+    let tls = match &config.sentinel {
+        Some(sentinel) => sentinel
+            .nodes
+            .iter()
+            .any(|url| url.starts_with("rediss://")),
+        None => config.seeds().any(|url| url.starts_with("rediss://")),
+    };
+    if tls {
         // rustls needs one process-wide crypto provider; if another crate
         // enables a second one it cannot pick by itself. Already installed
         // (by us or the application) is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    if let Some(sentinel) = &config.sentinel {
+        let conn = SentinelConn::connect(config, sentinel, username, password, push).await?;
+        return Ok(Conn::Sentinel(conn));
     }
     let mut infos = Vec::new();
     for url in config.seeds() {
@@ -426,7 +472,7 @@ async fn open(config: &RedisConfig, push: Option<PushSender>) -> Result<Conn, Co
             .connection_timeout(config.connect_timeout)
             .response_timeout(config.response_timeout);
         if let Some(push) = push {
-            builder = builder.push_sender(push);
+            builder = builder.push_sender(move |info| push(info));
         }
         let client = builder.build().map_err(|e| err(&e))?;
         let conn = tokio::time::timeout(config.connect_timeout * 2, client.get_async_connection())
@@ -436,18 +482,28 @@ async fn open(config: &RedisConfig, push: Option<PushSender>) -> Result<Conn, Co
         Ok(Conn::Cluster(conn))
     } else {
         let client = redis::Client::open(infos.remove(0)).map_err(|e| err(&e))?;
-        let mut manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout))
-            .set_number_of_retries(2);
-        if let Some(push) = push {
-            manager = manager.set_push_sender(push).set_automatic_resubscription();
-        }
-        let conn = ConnectionManager::new_with_config(client, manager)
-            .await
-            .map_err(|e| err(&e))?;
+        let conn = manager(client, config, push).await.map_err(|e| err(&e))?;
         Ok(Conn::Single(conn))
     }
+}
+
+/// A reconnecting connection to one server; with `push`, in RESP3 with
+/// pushes sent there and subscriptions restored on reconnect.
+pub(crate) async fn manager(
+    client: redis::Client,
+    config: &RedisConfig,
+    push: Option<PushSender>,
+) -> RedisResult<ConnectionManager> {
+    let mut manager = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.response_timeout))
+        .set_number_of_retries(2);
+    if let Some(push) = push {
+        manager = manager
+            .set_push_sender(move |info| push(info))
+            .set_automatic_resubscription();
+    }
+    ConnectionManager::new_with_config(client, manager).await
 }
 
 /// A store's change events on a Redis channel, re-broadcast in process.

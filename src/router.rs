@@ -21,9 +21,10 @@ use crate::offline::{OfflineAck, OfflineReason};
 use crate::policy::handover::Handover;
 use crate::policy::live::LivePolicy;
 use crate::policy::{Decision, Policy, Route};
+use crate::presence::watch::PresenceWatch;
 use crate::presence::{PresenceStore, Session};
 use crate::telemetry;
-use crate::topology::{DeviceId, GatewayId, GatewayInfo, GroupId, Region, UserId};
+use crate::topology::{check, DeviceId, GatewayId, GatewayInfo, GroupId, IdKind, Region, UserId};
 use crate::transport::{Ack, Health, TransportError, TransportKind};
 
 /// One gateway's handle: sends messages, manages its users' presence and
@@ -105,6 +106,8 @@ impl RouterBuilder {
     /// Connects the backends, subscribes to this gateway's address on every
     /// enabled transport and registers the gateway.
     pub async fn build(self) -> Result<(Router, Inbox), BuildError> {
+        check("gateway_id", IdKind::Name, self.gateway.id.as_str())?;
+        check("region", IdKind::Name, self.gateway.region.as_str())?;
         let settings = self.settings;
         settings.validate()?;
         let policy = match self.policy {
@@ -128,6 +131,7 @@ impl RouterBuilder {
             local_rx,
             settings.limits.dedupe_window,
             settings.limits.inbox_queue,
+            settings.limits.inbox_bytes,
         );
         backends.registry.register(&self.gateway).await?;
         policy.observe(&backends.transports);
@@ -284,9 +288,12 @@ impl Router {
         user: impl Into<UserId>,
         device: impl Into<DeviceId>,
     ) -> Result<usize, StoreError> {
+        let (user, device) = (user.into(), device.into());
+        check("user", IdKind::Text, user.as_str())?;
+        check("device", IdKind::Text, device.as_str())?;
         let session = Session {
-            user: user.into(),
-            device: device.into(),
+            user,
+            device,
             gateway: self.inner.me.id.clone(),
             region: self.inner.me.region.clone(),
             since_micros: now_micros(),
@@ -326,11 +333,11 @@ impl Router {
         user: impl Into<UserId>,
         device: impl Into<DeviceId>,
     ) -> Result<(), StoreError> {
+        let (user, device) = (user.into(), device.into());
+        check("user", IdKind::Text, user.as_str())?;
+        check("device", IdKind::Text, device.as_str())?;
         let directory = &self.inner.backends.directory;
-        directory
-            .offline(&user.into(), &device.into())
-            .await
-            .map(drop)
+        directory.offline(&user, &device).await.map(drop)
     }
 
     /// The same gateway at a new region or address (it re-attached from
@@ -338,6 +345,7 @@ impl Router {
     /// addresses depend only on the gateway id, so the inbox, and every
     /// delivery it holds, stays with the new router.
     pub async fn moved(&self, to: GatewayInfo) -> Result<Router, StoreError> {
+        check("region", IdKind::Name, to.region.as_str())?;
         let inner = &self.inner;
         inner.backends.registry.register(&to).await?;
         Ok(Router {
@@ -362,6 +370,9 @@ impl Router {
         let backends = &self.inner.backends;
         backends.registry.register(&self.inner.me).await?;
         backends.presence.refresh(&self.inner.me.id).await?;
+        let online = backends.presence.hosted_users(&self.inner.me.id).await?;
+        metrics::gauge!(telemetry::ONLINE_USERS, "gateway" => self.inner.me.id.to_string())
+            .set(online as f64);
         for user in backends.offline.take_flagged(&self.inner.me.id).await? {
             self.replay_offline(user).await?;
         }
@@ -384,17 +395,32 @@ impl Router {
         })
     }
 
+    /// The live sessions of each of `users`, in order (a friend list's
+    /// online dots): cached where the cache holds them, the rest looked up
+    /// concurrently.
+    pub async fn presence(&self, users: &[UserId]) -> Result<Vec<Vec<Session>>, StoreError> {
+        for user in users {
+            check("users", IdKind::Text, user.as_str())?;
+        }
+        self.inner.backends.presence.locate_many(users).await
+    }
+
+    /// A watch of presence changes, empty until users are added
+    /// ([`PresenceWatch::add`]); it holds at most `max` users.
+    pub fn watch(&self, max: usize) -> PresenceWatch {
+        PresenceWatch::new(self.inner.backends.presence.clone(), max)
+    }
+
     /// Adds a user to a group (creating the group).
     pub async fn join(
         &self,
         group: impl Into<GroupId>,
         user: impl Into<UserId>,
     ) -> Result<(), StoreError> {
-        self.inner
-            .backends
-            .directory
-            .join(&group.into(), &user.into())
-            .await
+        let (group, user) = (group.into(), user.into());
+        check("group", IdKind::Text, group.as_str())?;
+        check("user", IdKind::Text, user.as_str())?;
+        self.inner.backends.directory.join(&group, &user).await
     }
 
     /// Removes a user from a group.
@@ -403,11 +429,10 @@ impl Router {
         group: impl Into<GroupId>,
         user: impl Into<UserId>,
     ) -> Result<(), StoreError> {
-        self.inner
-            .backends
-            .directory
-            .leave(&group.into(), &user.into())
-            .await
+        let (group, user) = (group.into(), user.into());
+        check("group", IdKind::Text, group.as_str())?;
+        check("user", IdKind::Text, user.as_str())?;
+        self.inner.backends.directory.leave(&group, &user).await
     }
 
     /// `user` stops receiving messages from `blocked`.
@@ -416,11 +441,10 @@ impl Router {
         user: impl Into<UserId>,
         blocked: impl Into<UserId>,
     ) -> Result<(), StoreError> {
-        self.inner
-            .backends
-            .blocks
-            .block(&user.into(), &blocked.into())
-            .await
+        let (user, blocked) = (user.into(), blocked.into());
+        check("user", IdKind::Text, user.as_str())?;
+        check("blocked", IdKind::Text, blocked.as_str())?;
+        self.inner.backends.blocks.block(&user, &blocked).await
     }
 
     /// Undoes [`Router::block`].
@@ -429,11 +453,10 @@ impl Router {
         user: impl Into<UserId>,
         blocked: impl Into<UserId>,
     ) -> Result<(), StoreError> {
-        self.inner
-            .backends
-            .blocks
-            .unblock(&user.into(), &blocked.into())
-            .await
+        let (user, blocked) = (user.into(), blocked.into());
+        check("user", IdKind::Text, user.as_str())?;
+        check("blocked", IdKind::Text, blocked.as_str())?;
+        self.inner.backends.blocks.unblock(&user, &blocked).await
     }
 
     /// Routes one message. Messages from one sender to one recipient arrive

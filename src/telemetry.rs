@@ -3,7 +3,7 @@
 //! [`prometheus`] installs the process-wide Prometheus recorder.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 use metrics::{Counter, Histogram, Unit};
@@ -68,6 +68,23 @@ pub const KAFKA_PRODUCER_REBUILDS: &str = "switchyard_kafka_producer_rebuilds_to
 pub const ATTACHED_GATEWAYS: &str = "switchyard_sidecar_attached_gateways";
 /// Config reloads, by `result` (`applied`, `rejected`).
 pub const CONFIG_RELOADS: &str = "switchyard_config_reloads_total";
+/// Stored entries skipped because they could not be read, by `store`.
+pub const STORE_MALFORMED: &str = "switchyard_store_malformed_total";
+/// Users with a live session on a gateway, by `gateway`; set at each of
+/// its heartbeats.
+pub const ONLINE_USERS: &str = "switchyard_online_users";
+/// Detached gateways forgotten after their registration expired.
+pub const GATEWAYS_EVICTED: &str = "switchyard_sidecar_gateways_evicted_total";
+/// Share (0-1) of buckets in the canary cohort, by `from`/`to` transport.
+pub const CANARY_SHARE: &str = "switchyard_canary_share_ratio";
+/// Automatic canary rollbacks, by `from`/`to` transport.
+pub const CANARY_ROLLBACKS: &str = "switchyard_canary_rollbacks_total";
+/// Always 1, labelled with the `version` running.
+pub const BUILD_INFO: &str = "switchyard_build_info";
+/// gRPC calls finished, by `grpc_service`, `grpc_method`, `grpc_code`.
+pub const GRPC_HANDLED: &str = "switchyard_grpc_server_handled_total";
+/// gRPC call duration to the last response byte, by service and method.
+pub const GRPC_HANDLING: &str = "switchyard_grpc_server_handling_seconds";
 
 /// Upper bounds of the latency histogram buckets, in seconds: 100 µs (an
 /// in-process hop) to 10 s (a broker backlog).
@@ -130,100 +147,167 @@ pub fn prometheus() -> Result<PrometheusHandle, RecorderError> {
         .clone()
 }
 
-fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        MESSAGES,
-        Unit::Count,
-        "Messages by route, transport (via) and outcome."
-    );
-    describe_histogram!(
+/// What kind of series a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (`_total`).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Bucketed samples (`_bucket`, `_sum`, `_count`).
+    Histogram,
+}
+
+/// One metric switchyard emits, as `/metrics` describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    /// The Prometheus name.
+    pub name: &'static str,
+    /// Counter, gauge or histogram.
+    pub kind: Kind,
+    /// The `# HELP` text.
+    pub help: &'static str,
+}
+
+const fn metric(name: &'static str, kind: Kind, help: &'static str) -> Metric {
+    Metric { name, kind, help }
+}
+
+/// Every metric switchyard emits, with its HELP text: [`prometheus`]
+/// describes each, so no series goes out without one, and
+/// `tests/telemetry_docs.rs` checks each is documented.
+pub const CATALOG: &[Metric] = &[
+    metric(BUILD_INFO, Kind::Gauge, "Always 1; the version label says which switchyard runs."),
+    metric(MESSAGES, Kind::Counter, "Messages by route, transport (via) and outcome."),
+    metric(
         DELIVERY_LATENCY,
-        Unit::Seconds,
-        "End-to-end delivery latency measured at the receiver, by transport (via)."
-    );
-    describe_gauge!(
-        TRANSPORT_UP,
-        "1 when a transport can reach its backend, 0 when not."
-    );
-    describe_counter!(
-        PUBLISH_RETRIES,
-        Unit::Count,
-        "Publish attempts retried, by transport."
-    );
-    describe_counter!(
+        Kind::Histogram,
+        "End-to-end delivery latency measured at the receiver, by transport (via).",
+    ),
+    metric(TRANSPORT_UP, Kind::Gauge, "1 when a transport can reach its backend, 0 when not."),
+    metric(PUBLISH_RETRIES, Kind::Counter, "Publish attempts retried, by transport."),
+    metric(
         PRESENCE_LOOKUPS,
-        Unit::Count,
-        "Presence lookups by cache result (hit, miss); hit ratio = hit / (hit + miss)."
-    );
-    describe_counter!(
-        BLOCK_LOOKUPS,
-        Unit::Count,
-        "Block-list lookups by cache result (hit, miss)."
-    );
-    describe_counter!(
-        INBOX_REJECTED,
-        Unit::Count,
-        "Messages the inbox refused, by reason."
-    );
-    describe_counter!(
-        INBOX_DUPLICATES,
-        Unit::Count,
-        "Duplicate messages the inbox dropped."
-    );
-    describe_counter!(INBOX_ACKED, Unit::Count, "Deliveries the gateway acked.");
-    describe_counter!(
+        Kind::Counter,
+        "Presence lookups by cache result (hit, miss); hit ratio = hit / (hit + miss).",
+    ),
+    metric(BLOCK_LOOKUPS, Kind::Counter, "Block-list lookups by cache result (hit, miss)."),
+    metric(INBOX_REJECTED, Kind::Counter, "Messages the inbox refused, by transport (via) and reason."),
+    metric(INBOX_DUPLICATES, Kind::Counter, "Duplicate messages the inbox dropped, by transport (via)."),
+    metric(INBOX_ACKED, Kind::Counter, "Deliveries the gateway acked."),
+    metric(
         INBOX_REDELIVERED,
-        Unit::Count,
-        "Unacked deliveries handed out again because the gateway re-attached."
-    );
-    describe_counter!(
-        REDIS_RESUME_GAPS,
-        Unit::Count,
-        "Redis subscriptions that could not resume where their predecessor left off (messages lost)."
-    );
-    describe_counter!(
-        OFFLINE_STORED,
-        Unit::Count,
-        "Messages written to the offline store, by reason."
-    );
-    describe_counter!(
-        OFFLINE_TRIMMED,
-        Unit::Count,
-        "Offline messages dropped (queue full or too old)."
-    );
-    describe_gauge!(
+        Kind::Counter,
+        "Unacked deliveries handed out again because the gateway re-attached.",
+    ),
+    metric(OFFLINE_STORED, Kind::Counter, "Messages written to the offline store, by reason."),
+    metric(OFFLINE_TRIMMED, Kind::Counter, "Offline messages dropped (queue full or too old)."),
+    metric(
+        OFFLINE_DEAD_LETTERED,
+        Kind::Counter,
+        "Offline messages moved to a dead-letter queue after repeated delivery failures.",
+    ),
+    metric(
         OFFLINE_MESSAGES,
-        "Messages waiting in the offline store, over all users."
-    );
-    describe_gauge!(
-        HOT_PAIRS,
-        "Gateway pairs currently promoted to a direct link."
-    );
-    describe_counter!(
-        HOT_PAIR_CHANGES,
-        Unit::Count,
-        "Hot-pair promotions and demotions."
-    );
-    describe_counter!(
+        Kind::Gauge,
+        "Messages waiting in the in-memory offline store, over all users.",
+    ),
+    metric(
+        REDIS_SUBSCRIBER_DROPS,
+        Kind::Counter,
+        "Redis subscription gaps, by what (transport, presence) and reason (disconnected, lagging).",
+    ),
+    metric(
+        REDIS_SUBSCRIBE_GAP,
+        Kind::Histogram,
+        "Seconds from a lost Redis subscription to its resubscription, by what.",
+    ),
+    metric(
+        REDIS_REPLAYED,
+        Kind::Counter,
+        "Messages re-read from a gateway's Redis replay stream after a subscription gap.",
+    ),
+    metric(
+        REDIS_RESUME_GAPS,
+        Kind::Counter,
+        "Redis subscriptions that could not resume where their predecessor left off (messages lost).",
+    ),
+    metric(HOT_PAIRS, Kind::Gauge, "Gateway pairs currently promoted to a direct link."),
+    metric(HOT_PAIR_CHANGES, Kind::Counter, "Hot-pair promotions and demotions, by change."),
+    metric(
         PEER_LINK_FAILURES,
-        Unit::Count,
-        "Direct links that failed; their publishes fell back to the route's transport."
-    );
-    describe_gauge!(
+        Kind::Counter,
+        "Direct links that failed; their publishes fell back to the route's transport.",
+    ),
+    metric(
         KAFKA_CONSUMER_LAG,
-        "Kafka records not yet consumed by a gateway's consumer group, by gateway."
-    );
-    describe_counter!(
+        Kind::Gauge,
+        "Kafka records not yet consumed by a gateway's consumer group, by gateway.",
+    ),
+    metric(
         KAFKA_PRODUCER_REBUILDS,
-        Unit::Count,
-        "Kafka producers replaced after a fatal error (e.g. UnknownProducerId)."
-    );
-    describe_gauge!(
-        ATTACHED_GATEWAYS,
-        "Gateways with an open delivery stream on this sidecar."
-    );
-    describe_counter!(CONFIG_RELOADS, Unit::Count, "Config reloads by result.");
+        Kind::Counter,
+        "Kafka producers replaced after a fatal error (e.g. UnknownProducerId).",
+    ),
+    metric(ATTACHED_GATEWAYS, Kind::Gauge, "Gateways with an open delivery stream on this sidecar."),
+    metric(CONFIG_RELOADS, Kind::Counter, "Config reloads by result (applied, rejected)."),
+    metric(
+        STORE_MALFORMED,
+        Kind::Counter,
+        "Stored entries skipped because they could not be read, by store.",
+    ),
+    metric(
+        ONLINE_USERS,
+        Kind::Gauge,
+        "Users with a live session on a gateway, set at each of its heartbeats.",
+    ),
+    metric(
+        GATEWAYS_EVICTED,
+        Kind::Counter,
+        "Detached gateways forgotten after their registration expired.",
+    ),
+    metric(
+        CANARY_SHARE,
+        Kind::Gauge,
+        "Share of buckets (0-1) in the canary cohort, by from and to transport.",
+    ),
+    metric(CANARY_ROLLBACKS, Kind::Counter, "Automatic canary rollbacks, by from and to transport."),
+    metric(
+        GRPC_HANDLED,
+        Kind::Counter,
+        "gRPC calls the sidecar finished, by grpc_service, grpc_method and grpc_code.",
+    ),
+    metric(
+        GRPC_HANDLING,
+        Kind::Histogram,
+        "Seconds from a gRPC call's arrival to its last response byte (a stream's lifetime), by grpc_service and grpc_method.",
+    ),
+];
+
+fn describe() {
+    metrics::with_recorder(|recorder| {
+        for m in CATALOG {
+            let (name, help) = (m.name.into(), m.help.into());
+            match m.kind {
+                Kind::Counter => recorder.describe_counter(name, Some(Unit::Count), help),
+                Kind::Gauge => recorder.describe_gauge(name, None, help),
+                Kind::Histogram => recorder.describe_histogram(name, Some(Unit::Seconds), help),
+            }
+        }
+    });
+    PROCESS.describe();
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// The `process_*` series, read from `/proc` on each scrape.
+static PROCESS: LazyLock<metrics_process::Collector> =
+    LazyLock::new(metrics_process::Collector::default);
+
+/// The Prometheus text of everything recorded, with the process series
+/// read now.
+pub fn render(handle: &PrometheusHandle) -> String {
+    PROCESS.collect();
+    handle.render()
 }
 
 /// Records a transport going up or down.
@@ -297,7 +381,41 @@ impl DeliveryLatency {
     }
 }
 
-/// Percent of buckets in the canary cohort, by from/to transport.
-pub const CANARY_SHARE: &str = "switchyard_canary_share_percent";
-/// Automatic canary rollbacks, by from/to transport.
-pub const CANARY_ROLLBACKS: &str = "switchyard_canary_rollbacks_total";
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::CATALOG;
+
+    /// The value of every `pub const NAME: &str = "switchyard_...";` here.
+    fn named_here() -> BTreeSet<&'static str> {
+        include_str!("telemetry.rs")
+            .lines()
+            .filter(|l| l.starts_with("pub const ") && l.contains(": &str = "))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect()
+    }
+
+    #[test]
+    fn every_metric_named_here_is_in_the_catalog_once() {
+        let catalog: Vec<&str> = CATALOG.iter().map(|m| m.name).collect();
+        let unique: BTreeSet<&str> = catalog.iter().copied().collect();
+        assert_eq!(unique.len(), catalog.len(), "a metric is listed twice");
+        assert_eq!(unique, named_here());
+        assert!(CATALOG.iter().all(|m| !m.help.is_empty()));
+    }
+
+    #[test]
+    fn every_metric_is_documented_in_the_sidecar_guide() {
+        let docs = include_str!("../docs/SIDECAR.md");
+        let missing: Vec<&str> = CATALOG
+            .iter()
+            .map(|m| m.name)
+            .filter(|name| !docs.contains(&format!("| `{name}` |")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "not in docs/SIDECAR.md's metric table: {missing:?}"
+        );
+    }
+}

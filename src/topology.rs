@@ -1,5 +1,15 @@
-//! Who is where: identifiers for users, groups, gateways and regions, and
-//! what the router knows about a gateway.
+//! Who is where: identifiers for users, groups, gateways and regions, the
+//! rules every identifier is held to, and what the router knows about a
+//! gateway.
+//!
+//! Identifiers end up in Redis keys and values, NATS subjects, Kafka topic
+//! names and logs, so they are checked where they enter (the Gateway API,
+//! envelope decoding, the router's calls) by [`check`]:
+//!
+//! | kind | bytes | characters |
+//! |---|---|---|
+//! | user, group, device | 1-256 | any UTF-8 but control characters |
+//! | gateway, region | 1-64 | ASCII letters, digits, `-`, `_` |
 
 use std::fmt;
 use std::sync::Arc;
@@ -73,6 +83,87 @@ id_type!(
     DeviceId
 );
 
+/// Longest user, group or device id, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+/// Longest gateway id or region, in bytes (a Kafka topic name or NATS
+/// subject token is built from a gateway id).
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// Which identifier a value is, and so which rule it is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    /// A user, group or device id: free text without control characters.
+    Text,
+    /// A gateway id or region: a name that fits a topic or subject.
+    Name,
+}
+
+/// An identifier that breaks its rule, named by the field it came in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// Nothing was given.
+    #[error("`{field}` is empty")]
+    Empty {
+        /// The request field.
+        field: &'static str,
+    },
+    /// Over the length limit.
+    #[error("`{field}` is {len} bytes, over the limit of {max}")]
+    TooLong {
+        /// The request field.
+        field: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A character the rule does not allow.
+    #[error("`{field}` has {found:?} at byte {at}: {allowed}")]
+    BadCharacter {
+        /// The request field.
+        field: &'static str,
+        /// The character.
+        found: char,
+        /// Its byte offset.
+        at: usize,
+        /// What is allowed instead.
+        allowed: &'static str,
+    },
+}
+
+/// Checks `value`, the request field `field`, against the rule of `kind`.
+pub fn check(field: &'static str, kind: IdKind, value: &str) -> Result<(), IdError> {
+    let (max, allowed, ok): (usize, &'static str, fn(char) -> bool) = match kind {
+        IdKind::Text => (MAX_ID_BYTES, "control characters are not allowed", |c| {
+            !c.is_control()
+        }),
+        IdKind::Name => (
+            MAX_NAME_BYTES,
+            "only ASCII letters, digits, `-` and `_` are allowed",
+            |c| c.is_ascii_alphanumeric() || c == '-' || c == '_',
+        ),
+    };
+    if value.is_empty() {
+        return Err(IdError::Empty { field });
+    }
+    if value.len() > max {
+        return Err(IdError::TooLong {
+            field,
+            len: value.len(),
+            max,
+        });
+    }
+    match value.char_indices().find(|&(_, c)| !ok(c)) {
+        Some((at, found)) => Err(IdError::BadCharacter {
+            field,
+            found,
+            at,
+            allowed,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// What the router knows about a gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayInfo {
@@ -91,6 +182,45 @@ impl GatewayInfo {
             id: id.into(),
             region: region.into(),
             address: String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_text_without_control_characters() {
+        assert_eq!(
+            check("user", IdKind::Text, "alice@example.com ü 😀"),
+            Ok(())
+        );
+        assert_eq!(
+            check("user", IdKind::Text, "bob\u{1f}x"),
+            Err(IdError::BadCharacter {
+                field: "user",
+                found: '\u{1f}',
+                at: 3,
+                allowed: "control characters are not allowed"
+            })
+        );
+        assert_eq!(
+            check("device", IdKind::Text, ""),
+            Err(IdError::Empty { field: "device" })
+        );
+        let long = "u".repeat(MAX_ID_BYTES + 1);
+        assert_eq!(
+            check("user", IdKind::Text, &long).map_err(|e| e.to_string()),
+            Err("`user` is 257 bytes, over the limit of 256".into())
+        );
+    }
+
+    #[test]
+    fn gateway_ids_and_regions_fit_a_topic_name() {
+        assert_eq!(check("gateway_id", IdKind::Name, "gw-eu_1"), Ok(()));
+        for bad in ["eu\u{1f}x", "gw.1", "gw 1", "gw/1", "gw*"] {
+            assert!(check("region", IdKind::Name, bad).is_err(), "{bad:?}");
         }
     }
 }

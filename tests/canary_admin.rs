@@ -7,7 +7,7 @@ mod canary_support;
 mod common;
 
 use switchyard::proto;
-use switchyard::sidecar::canary_ctl::{self, CanaryCommand};
+use switchyard::sidecar::admin_ctl::{self, CanaryCommand};
 use switchyard::sidecar::{SecretSource, Sidecar};
 use tonic::Code;
 
@@ -19,7 +19,7 @@ async fn status_set_and_rollback_through_the_admin_api_and_the_cli() {
     let mut admin = common::admin(sidecar.grpc_addr()).await;
     let addr = format!("http://{}", sidecar.grpc_addr());
 
-    let status = canary_ctl::run(&addr, None, CanaryCommand::Status)
+    let status = admin_ctl::run(&addr, None, CanaryCommand::Status)
         .await
         .unwrap();
     assert!(
@@ -34,7 +34,7 @@ async fn status_set_and_rollback_through_the_admin_api_and_the_cli() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert_eq!(
-        canary_ctl::run(&addr, None, CanaryCommand::Set(30))
+        admin_ctl::run(&addr, None, CanaryCommand::Set(30))
             .await
             .unwrap(),
         "canary share 0% -> 30%\n"
@@ -47,7 +47,7 @@ async fn status_set_and_rollback_through_the_admin_api_and_the_cli() {
     assert_eq!(state.canary.as_ref().map(|c| c.share), Some(30));
 
     assert_eq!(
-        canary_ctl::run(&addr, None, CanaryCommand::Rollback("kafka p99".into()))
+        admin_ctl::run(&addr, None, CanaryCommand::Rollback("kafka p99".into()))
             .await
             .unwrap(),
         "canary rolled back: 30% -> 0%\n"
@@ -86,7 +86,7 @@ async fn without_a_canary_set_and_rollback_are_refused() {
     assert_eq!(rollback.code(), Code::FailedPrecondition, "{rollback:?}");
     let addr = format!("http://{}", sidecar.grpc_addr());
     assert_eq!(
-        canary_ctl::run(&addr, None, CanaryCommand::Status)
+        admin_ctl::run(&addr, None, CanaryCommand::Status)
             .await
             .unwrap(),
         "no canary configured\n"
@@ -106,14 +106,14 @@ async fn the_cli_sends_the_admin_token_from_the_environment() {
     });
     let sidecar = Sidecar::start(settings, None).await.expect("sidecar");
     let addr = format!("http://{}", sidecar.grpc_addr());
-    let refused = canary_ctl::run(&addr, None, CanaryCommand::Status)
+    let refused = admin_ctl::run(&addr, None, CanaryCommand::Status)
         .await
         .unwrap_err()
         .to_string();
     assert!(refused.starts_with("CanaryStatus failed"), "{refused}");
     // Set once, before any thread reads the environment in this test binary.
     std::env::set_var("SWITCHYARD_TEST_CANARY_ADMIN", "token-admin");
-    let status = canary_ctl::run(
+    let status = admin_ctl::run(
         &addr,
         Some("SWITCHYARD_TEST_CANARY_ADMIN"),
         CanaryCommand::Status,
@@ -121,7 +121,7 @@ async fn the_cli_sends_the_admin_token_from_the_environment() {
     .await
     .unwrap();
     assert_eq!(status, "no canary configured\n");
-    let missing = canary_ctl::run(
+    let missing = admin_ctl::run(
         &addr,
         Some("SWITCHYARD_TEST_CANARY_UNSET"),
         CanaryCommand::Status,

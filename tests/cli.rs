@@ -15,14 +15,24 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn check_config_accepts_the_shipped_configs() {
-    // deploy/k8s's ConfigMap: tests/sidecar_deploy.rs.
-    for dir in ["config", "deploy/config"] {
+    // deploy/k8s's ConfigMap: tests/sidecar_deploy.rs. The deploy configs
+    // name secrets that exist only in a deployment.
+    for (dir, flags) in [
+        ("config", &[][..]),
+        ("deploy/config", &["--skip-secrets"][..]),
+    ] {
         for entry in std::fs::read_dir(dir).unwrap() {
             let file = entry.unwrap().path();
             let file = file.to_str().unwrap();
-            let out = switchyard(&["check-config", file], &[]);
+            let mut args = vec!["check-config", file];
+            args.extend(flags);
+            let out = switchyard(&args, &[]);
             assert!(out.status.success(), "{file}: {}", stdout(&out));
         }
     }
@@ -39,11 +49,12 @@ fn check_config_lists_every_problem_with_its_key() {
     .unwrap();
     let out = switchyard(&["check-config", file.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(1));
-    let text = stdout(&out);
+    assert_eq!(stdout(&out), "", "problems go to stderr");
+    let text = stderr(&out);
     for expected in [
         "routing.cross_region: unknown transport \"kafak\" (known: memory, redis, kafka, nats, grpc)",
         "routing.fallbacks[0]: transport \"nats\" is not enabled (add a [transports.nats] section)",
-        "limits.inbox_queue: must be at least 1",
+        "limits.inbox_queue: must be between 1 and 1000000, got 0",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
@@ -56,7 +67,184 @@ fn environment_overrides_the_file() {
         &[("SWITCHYARD__ROUTING__CROSS_REGION", "kafak")],
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("routing.cross_region: unknown transport \"kafak\""));
+    assert!(stderr(&out).contains("routing.cross_region: unknown transport \"kafak\""));
+}
+
+#[test]
+fn check_config_reports_every_section_that_does_not_parse_and_names_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[routing]\nbogus = 1\n[limits]\ninbox_queue = \"x\"\n[nonsense]\na = 1\n",
+    )
+    .unwrap();
+    let out = switchyard(
+        &["check-config", "--format", "json"],
+        &[
+            ("SWITCHYARD_CONFIG", file.to_str().unwrap()),
+            ("SWITCHYARD__DELIVERY__RETRIES", "many"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("one JSON object");
+    assert_eq!(report["ok"], false);
+    let keys: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "delivery.retries",
+            "limits.inbox_queue",
+            "nonsense",
+            "routing"
+        ],
+        "{report}"
+    );
+    let retries = &report["problems"][0]["reason"];
+    assert!(
+        retries
+            .as_str()
+            .unwrap()
+            .ends_with("(set by SWITCHYARD__DELIVERY__RETRIES)"),
+        "{retries}"
+    );
+    let ok = switchyard(
+        &["check-config", "--format", "json", "config/local.toml"],
+        &[],
+    );
+    assert!(ok.status.success());
+    let report: serde_json::Value = serde_json::from_str(&stdout(&ok)).unwrap();
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["problems"], serde_json::json!([]));
+}
+
+#[test]
+fn every_subcommand_reads_switchyard_config_and_the_effective_config_hides_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &file,
+        "[store]\nkind = \"redis\"\nurl = \"redis://app:hunter2@127.0.0.1:6379\"\n",
+    )
+    .unwrap();
+    let env = [
+        ("SWITCHYARD_CONFIG", file.to_str().unwrap()),
+        ("SWITCHYARD__ROUTING__FALLBACKS", "memory"),
+    ];
+    let out = switchyard(&["config", "--effective"], &env);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(
+        text.contains("redis://app:<redacted>@127.0.0.1:6379"),
+        "{text}"
+    );
+    assert!(text.contains("fallbacks = [\"memory\"]"), "{text}");
+    // A bad SWITCHYARD_CONFIG fails every subcommand that loads config,
+    // naming the file once (check-config: tested above).
+    let missing = [("SWITCHYARD_CONFIG", "/nonexistent/switchyard.toml")];
+    for args in [
+        &["config", "--effective"][..],
+        &["demo", "--messages", "1"],
+        &["explain", "--from", "a", "--to", "b", "--gateway", "g"],
+        &["bench", "--duration", "1s"],
+        &["presence", "alice"],
+        &["serve"],
+    ] {
+        let out = switchyard(args, &missing);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let text = stderr(&out);
+        assert_eq!(
+            text.matches("/nonexistent/switchyard.toml").count(),
+            1,
+            "{args:?}: {text}"
+        );
+    }
+    // Without --effective: the embedded default, with its comments.
+    let default = stdout(&switchyard(&["config"], &[]));
+    assert!(default.contains("# switchyard serve"), "{default}");
+}
+
+#[test]
+fn help_shows_an_example_per_subcommand() {
+    for command in [
+        "demo",
+        "check-config",
+        "explain",
+        "bench",
+        "serve",
+        "canary",
+        "state",
+        "presence",
+        "config",
+    ] {
+        let out = switchyard(&[command, "--help"], &[]);
+        let text = stdout(&out);
+        assert!(out.status.success(), "{command}: {text}");
+        assert!(
+            text.contains(&format!("\n  switchyard {command}"))
+                || text.contains(&format!(" switchyard {command} ")),
+            "{command} --help has no example:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn an_error_prints_each_cause_once_on_its_own_line() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // Nothing listens there any more; no scheme given.
+    let out = switchyard(&["state", "--addr", &format!("127.0.0.1:{port}")], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stderr(&out);
+    assert!(
+        text.starts_with(&format!(
+            "error: cannot connect to the admin API at http://127.0.0.1:{port}\n"
+        )),
+        "{text}"
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let cause = line.trim_start_matches("  caused by: ");
+        assert!(
+            lines[i + 1..].iter().all(|later| !later.contains(cause)),
+            "{cause:?} repeated in:\n{text}"
+        );
+    }
+    assert!(text.contains("Connection refused"), "{text}");
+}
+
+#[test]
+fn sentinel_nodes_come_from_the_environment_as_a_list() {
+    let out = switchyard(
+        &["check-config", "config/sentinel.toml"],
+        &[
+            (
+                "SWITCHYARD__STORE__SENTINEL__NODES",
+                "redis://10.0.0.1:26379,http://x",
+            ),
+            (
+                "SWITCHYARD__TRANSPORTS__REDIS__CONNECTION__SENTINEL__NODES",
+                "redis://10.0.0.1:26379,redis://10.0.0.2:26379",
+            ),
+        ],
+    );
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    // The second entry of the list, not one string that is not a list.
+    assert!(
+        text.contains("store.sentinel.nodes: \"http://x\" is not a redis:// or rediss:// URL"),
+        "{text}"
+    );
+    assert!(!text.contains("transports.redis"), "{text}");
 }
 
 #[test]

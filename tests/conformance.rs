@@ -5,7 +5,9 @@
 //! the restart case (or `factories::no_private_broker`).
 //!
 //! Needs the servers of `scripts/services/*.sh start` (NATS JetStream on
-//! 127.0.0.1:4222, the three-node Apache Kafka cluster on 127.0.0.1:9092-9094);
+//! 127.0.0.1:4222 and its three-node cluster on 22400-22402, the three-node
+//! Apache Kafka cluster on 127.0.0.1:9092-9094, Redis, Redis Cluster and
+//! Redis Sentinel on 22100-22112);
 //! the restart cases start their own `nats-server` on a free port, and a
 //! private three-node Kafka cluster (`support::PrivateKafka`).
 
@@ -34,6 +36,7 @@ mod factories {
     use crate::cases::Restartable;
     use crate::redis_support::{redis_config, Deployment};
     use crate::support::{self, PrivateBroker, PrivateKafka};
+    use switchyard::redis_sentinel::SentinelConfig;
     use switchyard::transport::redis::{RedisTransport, RedisTransportConfig};
 
     pub async fn memory() -> Arc<dyn Transport> {
@@ -61,6 +64,35 @@ mod factories {
     /// Sharded Pub/Sub on the Redis Cluster (127.0.0.1:7000-7005).
     pub async fn redis_cluster() -> Arc<dyn Transport> {
         redis_on(Deployment::Cluster).await
+    }
+
+    /// Pub/Sub on the master the shared sentinels name, each request
+    /// waiting for a replica.
+    pub async fn redis_sentinel() -> Arc<dyn Transport> {
+        let mut connection = redis_config(Deployment::Standalone);
+        connection.sentinel = Some(Box::new(SentinelConfig {
+            nodes: support::SENTINELS.map(String::from).to_vec(),
+            ..SentinelConfig::default()
+        }));
+        let config = RedisTransportConfig {
+            connection,
+            ..RedisTransportConfig::default()
+        };
+        let transport = RedisTransport::new(&config)
+            .await
+            .expect("connect through the sentinels");
+        Arc::new(transport)
+    }
+
+    /// JetStream on the shared three-node cluster, stream and consumers at
+    /// replicas 3.
+    pub async fn nats_cluster() -> Arc<dyn Transport> {
+        let mut config = support::nats_config(support::NATS_CLUSTER);
+        config.replicas = 3;
+        let transport = NatsTransport::connect(&config)
+            .await
+            .expect("connect to the NATS cluster");
+        Arc::new(transport)
     }
 
     /// Knows every gateway to be at one sidecar address, set once it is bound.
@@ -209,6 +241,16 @@ macro_rules! conformance {
             }
         }
     };
+    // Node failures of an HA deployment have fault tests of their own
+    // (`failover = ` names them), not the all-nodes restart case.
+    ($name:ident, connect = $connect:path, failover = $tests:literal) => {
+        mod $name {
+            conformance!(@cases $connect;
+                integrity, concurrent, order, isolation, resubscribe, redelivery,
+                large_payloads, close_under_load, retried_publish_dedupe,
+                to_two_gateways, to_ten_gateways, low_priority_to_nobody);
+        }
+    };
     (@cases $connect:path; $($case:ident),*) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,4 +290,14 @@ conformance!(
     redis_cluster,
     connect = crate::factories::redis_cluster,
     private_broker = crate::factories::no_private_broker
+);
+conformance!(
+    redis_sentinel,
+    connect = crate::factories::redis_sentinel,
+    failover = "tests/redis_faults.rs"
+);
+conformance!(
+    nats_cluster,
+    connect = crate::factories::nats_cluster,
+    failover = "tests/nats_faults.rs"
 );

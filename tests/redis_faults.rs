@@ -13,8 +13,16 @@
 //!   whole cluster; this needs the cluster started by
 //!   `scripts/services/redis-cluster.sh`, which also restores it.
 //!
+//! - The master of a Redis Sentinel deployment (a private one: one master,
+//!   two replicas, three sentinels) is killed with SIGKILL: the sentinels
+//!   promote a replica, every connection follows, and the old master comes
+//!   back as a replica. Prints the time to recover (kept in docs/REDIS.md).
+//!   A manual failover (the master demoted, not killed) is followed too.
+//!
 //! The faults hit every client of the deployment, so these tests run one at
 //! a time and in their own binary.
+//!
+//!   cargo test --test redis_faults -- --nocapture --test-threads 1
 
 mod redis_support;
 mod support;
@@ -24,7 +32,9 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 use redis_support::{account, raw, redis_config, router, settings, steady_send, Deployment};
+use switchyard::presence::PresenceStore;
 use switchyard::redis_conn::RedisConfig;
+use switchyard::redis_sentinel::SentinelConfig;
 use switchyard::{Inbox, MessageId, Router};
 use tokio::sync::Mutex;
 
@@ -218,7 +228,8 @@ async fn a_master_dies_during_a_steady_send_and_no_high_priority_message_is_lost
         // redis-cli reports the closed connection; the node is gone either way.
         println!("SHUTDOWN NOSAVE: {status}");
     })
-    .await;
+    .await
+    .ids;
     let (delivered, offline, missing) =
         account(&b, &mut inbox, &sent, Duration::from_secs(20)).await;
     println!(
@@ -256,7 +267,8 @@ async fn a_killed_subscriber_resubscribes_and_no_high_priority_message_is_lost(
         let killed = kill_subscribers(&redis).await;
         assert!(killed >= 1, "no subscriber connection was killed");
     })
-    .await;
+    .await
+    .ids;
     nothing_lost_and_resubscribed(&format!("{deployment:?}"), &b, &mut inbox, &sent).await;
 }
 
@@ -305,7 +317,7 @@ async fn a_restarted_redis_is_reconnected_and_no_high_priority_message_is_lost()
         Instant::now()
     };
     let sending = async {
-        let sent = steady_send(&a, 400, usize::MAX, async {}).await;
+        let sent = steady_send(&a, 400, usize::MAX, async {}).await.ids;
         (sent, Instant::now())
     };
     let ((sent, sends_ended), back) = tokio::join!(sending, outage);
@@ -314,4 +326,151 @@ async fn a_restarted_redis_is_reconnected_and_no_high_priority_message_is_lost()
         "the restart did not happen during the sends"
     );
     nothing_lost_and_resubscribed("restart", &b, &mut inbox, &sent).await;
+}
+
+/// The private Sentinel deployment's ports (node N on `+N-1`, sentinel N
+/// on `+9+N`), in this engineer's fixed range.
+const SENTINEL_BASE: u16 = 22200;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_master_killed_fails_over_and_no_high_priority_message_is_lost() {
+    let deployment = support::PrivateSentinel::start(SENTINEL_BASE).await;
+    let redis = RedisConfig {
+        sentinel: Some(Box::new(SentinelConfig {
+            nodes: deployment.sentinels(),
+            // Below the 500 ms response timeout of `gateways_for_faults`.
+            wait_timeout: Duration::from_millis(300),
+            ..SentinelConfig::default()
+        })),
+        ..redis_config(Deployment::Standalone)
+    };
+    let (a, b, mut inbox) = gateways_for_faults(redis.clone()).await;
+    let victim = deployment.master().await;
+
+    let steady = steady_send(&a, 600, 100, async {
+        deployment.kill(victim).await;
+    })
+    .await;
+    let recovered = steady
+        .recovered
+        .expect("a publish succeeded after the kill");
+    let (delivered, offline, missing) =
+        account(&b, &mut inbox, &steady.ids, Duration::from_secs(20)).await;
+    let promoted = deployment.master().await;
+    println!(
+        "sentinel failover: node {victim} killed, node {promoted} promoted; first publish after the kill in {recovered:?}; \
+         sent {} delivered {delivered} stored offline {offline} missing {}",
+        steady.ids.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} high-priority messages lost: {missing:?}",
+        missing.len()
+    );
+    assert_ne!(promoted, victim, "the sentinels did not fail over");
+
+    // Presence written before the failover is read from the promoted
+    // master by a node that never saw it.
+    let fresh = redis_support::node(&settings(&redis)).await;
+    let sessions = fresh.presence.locate(&"bob".into()).await.unwrap();
+    assert_eq!(
+        sessions.len(),
+        1,
+        "bob's session after the failover: {sessions:?}"
+    );
+
+    // The old master comes back and the sentinels make it a replica.
+    deployment.start_node(victim).await;
+    let demoted = redis_support::eventually(Duration::from_secs(30), || async {
+        deployment.role(victim) == "slave"
+    })
+    .await;
+    assert!(demoted, "node {victim} did not come back as a replica");
+    // Sends keep going to the promoted master.
+    let after = steady_send(&a, 50, usize::MAX, async {}).await;
+    let (_, _, missing) = account(&b, &mut inbox, &after.ids, Duration::from_secs(10)).await;
+    assert!(
+        missing.is_empty(),
+        "lost after the old master returned: {missing:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_sentinel_master_is_left_for_the_promoted_one() {
+    let deployment = support::PrivateSentinel::start(SENTINEL_BASE + 100).await;
+    let mut redis = redis_config(Deployment::Standalone);
+    redis.sentinel = Some(Box::new(SentinelConfig {
+        nodes: deployment.sentinels(),
+        wait_timeout: Duration::from_millis(300),
+        ..SentinelConfig::default()
+    }));
+    redis.response_timeout = Duration::from_millis(500);
+    let handle = raw(&redis).await;
+    let channel = handle.key(&["demoted"]);
+    let mut pushed = handle.subscribe(channel.clone(), "test", 16).await.unwrap();
+    let key = handle.key(&["kept"]);
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("before")
+        .query_async::<()>(&mut handle.conn())
+        .await
+        .unwrap();
+    let before = deployment.master().await;
+
+    deployment.failover();
+    let switched = redis_support::eventually(Duration::from_secs(30), || async {
+        deployment.master().await != before
+    })
+    .await;
+    assert!(switched, "the sentinels did not fail over");
+    // Every connection of the handle, and the subscription, follow the
+    // sentinels' switch at once (their `+switch-master` event), not when the
+    // sentinels get round to reconfiguring the old master (~10 s later,
+    // which is when it drops its clients).
+    let started = Instant::now();
+    let moved = redis_support::eventually(Duration::from_secs(5), || async {
+        let mut ok = true;
+        for _ in 0..redis.connections {
+            ok &= redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg("after")
+                .query_async::<i64>(&mut handle.conn())
+                .await
+                .is_ok_and(|receivers| receivers == 1);
+        }
+        ok
+    })
+    .await;
+    let after = deployment.master().await;
+    println!(
+        "manual failover: node {before} -> node {after}, followed in {:?}",
+        started.elapsed()
+    );
+    assert!(moved, "the handle did not follow the failover");
+    // Requests fail while the promoted master has no replica in sync yet.
+    let kept = redis_support::eventually(Duration::from_secs(10), || async {
+        redis::cmd("GET")
+            .arg(&key)
+            .query_async::<String>(&mut handle.conn())
+            .await
+            .is_ok_and(|value| value == "before")
+    })
+    .await;
+    assert!(
+        kept,
+        "a write confirmed before the failover is on the promoted master"
+    );
+    let message = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match pushed.recv().await {
+                Some(switchyard::redis_conn::Pushed::Message(bytes)) => return bytes,
+                Some(_) => continue,
+                None => panic!("the subscription ended"),
+            }
+        }
+    })
+    .await
+    .expect("the subscription follows the promoted master");
+    assert_eq!(&message[..], b"after");
 }

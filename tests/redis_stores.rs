@@ -7,7 +7,7 @@ mod redis_support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use redis_support::{eventually, node, redis_config, settings, Deployment};
+use redis_support::{eventually, node, redis_config, router, settings, Deployment};
 use switchyard::offline::OfflineConfig;
 use switchyard::presence::{PresenceStore, Session};
 use switchyard::registry::ring::{Ring, DEFAULT_VNODES};
@@ -515,6 +515,57 @@ fn the_shipped_redis_config_loads_and_bad_keys_are_named() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("ulr"), "{err}");
+}
+
+/// `config/sentinel.toml` against `scripts/services/redis-sentinel.sh`:
+/// stores and Pub/Sub find the master through the sentinels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_sentinel_config_routes_through_the_sentinels_master() {
+    let mut settings =
+        switchyard::Settings::from_toml(include_str!("../config/sentinel.toml")).unwrap();
+    let prefix = format!("sy-test-{}", ulid::Ulid::new());
+    let switchyard::config::StoreConfig::Redis(store) = &mut settings.store else {
+        panic!("config/sentinel.toml has a Redis store");
+    };
+    store.key_prefix = prefix.clone();
+    let transport = settings
+        .transports
+        .redis
+        .as_mut()
+        .expect("a Redis transport");
+    transport.connection.key_prefix = prefix;
+    let (a, _) = router(&settings, "gw-a").await;
+    let (b, mut inbox) = router(&settings, "gw-b").await;
+    b.connect("bob", "phone").await.unwrap();
+    let envelope = redis_support::to_bob(0, switchyard::Priority::High);
+    let report = a.send(envelope.clone()).await.unwrap();
+    assert!(
+        matches!(&report.outcome, switchyard::Outcome::Routed { targets, stored_offline: None } if targets.iter().all(|t| t.confirmed)),
+        "{report:?}"
+    );
+    let delivery = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+        .await
+        .expect("a delivery within 5 s")
+        .expect("the inbox is open");
+    assert_eq!(delivery.envelope.id, envelope.id);
+}
+
+#[test]
+fn sentinel_settings_are_validated_by_key() {
+    let err = switchyard::Settings::from_toml(
+        "[store]\nkind = \"redis\"\ncluster = true\nresponse_timeout = \"1s\"\n\
+         [store.sentinel]\nnodes = [\"http://x\"]\nwait_timeout = \"1s\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("store.sentinel.nodes") && err.contains("http://x"),
+        "{err}"
+    );
+    assert!(
+        err.contains("store.sentinel: cannot be combined with cluster"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -136,7 +136,7 @@ async fn gateways_on_separate_sidecars_talk_over_redis_and_kafka() {
         let series = format!("switchyard_delivery_latency_seconds_bucket{{via=\"{via}\"");
         assert!(metrics.contains(&series), "no {series} in:\n{metrics}");
     }
-    promtool_check_metrics(&metrics);
+    common::promtool_check(&metrics).unwrap_or_else(|e| panic!("{e}\n{metrics}"));
 
     for sidecar in sidecars {
         tokio::time::timeout(Duration::from_secs(20), sidecar.shutdown())
@@ -244,33 +244,5 @@ async fn the_script_fleet_routes_over_redis_and_kafka() {
         3,
         "{}",
         output(&stopped)
-    );
-}
-
-/// `promtool check metrics` on a scrape (Debian package `prometheus`).
-fn promtool_check_metrics(scrape: &str) {
-    use std::io::Write;
-    let child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let Ok(mut child) = child else {
-        eprintln!("promtool not installed (apt-get install prometheus): metrics check skipped");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(scrape.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics:\n{}{}\n{scrape}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     );
 }

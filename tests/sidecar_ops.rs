@@ -164,16 +164,21 @@ async fn a_hot_pair_is_promoted_to_the_direct_link_and_demoted_when_cool() {
 async fn a_failed_direct_link_falls_back_to_the_broker_route_without_loss() {
     // Every message is hot at once: 1/s over 1 s.
     let settings = with_direct_links(1.0, 0.5, Duration::from_secs(1));
-    let (_, sidecars) = fleet(&settings, 2).await;
-    let mut a = gateway(sidecars[0].grpc_addr()).await;
-    let mut b = gateway(sidecars[1].grpc_addr()).await;
-    let _a_stream = attach(&mut a, "gw-a", "eu").await;
-    // gw-b advertises a peer address where nothing listens.
+    let (backends, sidecars) = fleet(&settings, 1).await;
+    // gw-b's sidecar advertises a peer address where nothing listens.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut b_stream = attach_at(&mut b, "gw-b", "eu", &dead.to_string()).await;
+    let mut unreachable = settings.clone();
+    unreachable.sidecar.advertise = dead.to_string();
+    let b_sidecar = Sidecar::start_with_backends(unreachable, None, backends)
+        .await
+        .unwrap();
+    let mut a = gateway(sidecars[0].grpc_addr()).await;
+    let mut b = gateway(b_sidecar.grpc_addr()).await;
+    let _a_stream = attach(&mut a, "gw-a", "eu").await;
+    let mut b_stream = attach(&mut b, "gw-b", "eu").await;
     online(&mut a, "gw-a", "alice").await;
     online(&mut b, "gw-b", "bob").await;
 

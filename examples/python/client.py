@@ -10,8 +10,9 @@ example never drifts from the API. Usage:
 It attaches two gateways, brings a user online on each, sends a message and
 a batch from one to the other, reads the deliveries from the Attach stream
 and acks them (cumulatively, by `seq`), shows that a delivery left unacked
-comes again on the next Attach, and exits 0 when every outcome and delivery
-is as expected.
+comes again on the next Attach, asks who is online, watches a friend add a
+device, fans out a group message to the members this gateway hosts, and
+exits 0 when every outcome and delivery is as expected.
 """
 
 import os
@@ -130,14 +131,47 @@ def main(address):
     except grpc.RpcError as err:
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED, err
 
+    # Presence: online dots for a friend list, then a watch of one friend.
+    dots = gateway.Presence(gateway_pb2.PresenceRequest(gateway_id="gw-py-b", users=["ada", "nobody"])).users
+    assert [(p.user, p.online) for p in dots] == [("ada", True), ("nobody", False)], dots
+    watching = queue.Queue()
+    watching.put(gateway_pb2.WatchMessage(gateway_id="gw-py-b", add_users=["ada"]))
+
+    def watch_requests():
+        while (message := watching.get()) is not None:
+            yield message
+
+    events = gateway.Watch(watch_requests())
+    snapshot = next(events)
+    assert snapshot.change == gateway_pb2.PRESENCE_CHANGE_SNAPSHOT and len(snapshot.sessions) == 1, snapshot
+    gateway.Online(gateway_pb2.OnlineRequest(gateway_id="gw-py-a", user="ada", device="phone"))
+    added = next(events)
+    assert added.change == gateway_pb2.PRESENCE_CHANGE_DEVICE_ADDED and added.device == "phone", added
+    watching.put(None)
+    events.cancel()
+
+    # Group fan-out: the gateway learns which of its users a group delivery is for.
+    for gateway_id, user in [("gw-py-a", "ada"), ("gw-py-b", "grace")]:
+        gateway.Join(gateway_pb2.GroupRequest(gateway_id=gateway_id, user=user, group="py-room"))
+    to_room = envelope_pb2.Envelope(sender_user="ada", group="py-room", payload=b"hi room")
+    sent = gateway.Send(gateway_pb2.SendRequest(gateway_id="gw-py-a", envelope=to_room)).outcome
+    assert all(t.delivered for t in sent.routed.targets), sent
+    room = deliveries.get(timeout=5)
+    assert room.envelope.group == "py-room", room
+    ack(room.seq)
+    hosted = gateway.GroupMembers(gateway_pb2.GroupMembersRequest(
+        gateway_id="gw-py-b", group="py-room", hosted_only=True)).members
+    assert list(hosted) == ["grace"], hosted
+
     state = admin_pb2_grpc.AdminStub(channel).State(admin_pb2.StateRequest())
     attached = sorted(g.gateway_id for g in state.gateways)
     assert attached == ["gw-py-a", "gw-py-b"], attached
 
     stream_a.cancel()
     stream_b.cancel()
-    print("python client: 4 messages routed, 3 delivered and acked, 1 redelivered "
-          "after a dropped stream, 1 stored offline, 1 refused")
+    print("python client: 5 messages routed, 4 delivered and acked, 1 redelivered "
+          "after a dropped stream, 1 stored offline, 1 refused; presence dots, a watch "
+          "event and a group's hosted members")
 
 
 if __name__ == "__main__":

@@ -80,22 +80,41 @@ fn draw(report: &BenchReport, path: &Path) -> Result<(), Box<dyn std::error::Err
         .map(|r| r.delivered_per_sec)
         .fold(1.0f64, f64::max)
         * 1.15;
+    // One bar per row, named under it and with its figure above it (the
+    // same colour as its line on the left).
     let mut throughput = ChartBuilder::on(&right)
         .caption("delivered msg/s", ("sans-serif", 18))
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(70)
-        .build_cartesian_2d(0usize..rows.len().max(1), 0f64..max_rate)?;
+        .build_cartesian_2d((0usize..rows.len().max(1)).into_segmented(), 0f64..max_rate)?;
     throughput
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(rows.len().max(1))
-        .x_label_formatter(&|i| i.to_string())
-        .x_desc("row (same colours as the legend)")
+        .x_label_style(("sans-serif", 11))
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => rows.get(*i).map(label).unwrap_or_default(),
+            _ => String::new(),
+        })
+        .y_desc("msg/s")
         .draw()?;
     throughput.draw_series(rows.iter().enumerate().map(|(i, row)| {
         let color = Palette99::pick(i).to_rgba();
-        Rectangle::new([(i, 0.0), (i + 1, row.delivered_per_sec)], color.filled())
+        Rectangle::new(
+            [
+                (SegmentValue::Exact(i), 0.0),
+                (SegmentValue::Exact(i + 1), row.delivered_per_sec),
+            ],
+            color.filled(),
+        )
+    }))?;
+    throughput.draw_series(rows.iter().enumerate().map(|(i, row)| {
+        Text::new(
+            format!("{:.0}", row.delivered_per_sec),
+            (SegmentValue::CenterOf(i), row.delivered_per_sec),
+            ("sans-serif", 11).into_font().color(&BLACK),
+        )
     }))?;
     root.present()?;
     Ok(())

@@ -84,6 +84,7 @@ impl Gateway {
                 gateway_id: self.id.clone(),
                 user: user.into(),
                 device: "d0".into(),
+                ..Default::default()
             })
             .await
             .map_err(|s| failed(&self.id, "Online", s.message().into()))?;

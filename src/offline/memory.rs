@@ -29,6 +29,8 @@ struct DeadLetters {
 impl MemoryOffline {
     /// Empty queues with the given bounds.
     pub fn new(config: OfflineConfig) -> Self {
+        // The depth gauge is shown (at 0) before the first message.
+        metrics::gauge!(telemetry::OFFLINE_MESSAGES).increment(0.0);
         Self {
             config,
             queues: Mutex::default(),

@@ -77,9 +77,6 @@ impl HotPairsConfig {
         if self.window < Duration::from_millis(SLOTS as u64) {
             problem("window", format!("must be at least {SLOTS}ms"));
         }
-        if self.capacity == 0 {
-            problem("capacity", "must be at least 1".into());
-        }
         problems
     }
 }
@@ -117,6 +114,10 @@ struct State {
 impl HotPairs {
     /// A detector; `enabled` is whether a direct-link transport exists.
     pub fn new(config: HotPairsConfig, enabled: bool) -> Self {
+        if enabled {
+            // Shown (at 0) before the first promotion.
+            metrics::gauge!(telemetry::HOT_PAIRS).increment(0.0);
+        }
         Self {
             enabled,
             state: Mutex::new(State::new(config)),
@@ -371,16 +372,9 @@ mod tests {
     fn bad_thresholds_name_their_key() {
         let config = HotPairsConfig {
             demote_per_second: 500.0,
-            capacity: 0,
             ..HotPairsConfig::default()
         };
         let keys: Vec<String> = config.problems().into_iter().map(|p| p.key).collect();
-        assert_eq!(
-            keys,
-            [
-                "routing.hot_pairs.demote_per_second",
-                "routing.hot_pairs.capacity"
-            ]
-        );
+        assert_eq!(keys, ["routing.hot_pairs.demote_per_second"]);
     }
 }

@@ -327,7 +327,7 @@ impl LivePolicy {
         let policy = self.policy.load();
         if let Some(c) = &policy.canary {
             metrics::gauge!(telemetry::CANARY_SHARE, "from" => c.from.as_str(), "to" => c.to.as_str())
-                .set(f64::from(c.share));
+                .set(f64::from(c.share) / 100.0);
         }
     }
 }

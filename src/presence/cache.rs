@@ -7,7 +7,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::{PresenceConfig, PresenceStore, Session};
+use futures::{stream, StreamExt, TryStreamExt};
+
+use super::{PresenceConfig, PresenceStore, Session, LOCATE_CONCURRENCY};
 use crate::changes::FollowingCache;
 use crate::error::StoreError;
 use crate::telemetry;
@@ -51,6 +53,16 @@ impl CachedPresence {
         self.lookups.record(hit);
         Ok(sessions)
     }
+
+    /// The sessions of each of `users` from the store itself, for a
+    /// caller that must see a change its event announced (the cache drops
+    /// the entry on the same event, maybe later).
+    pub async fn locate_many_uncached(
+        &self,
+        users: &[UserId],
+    ) -> Result<Vec<Vec<Session>>, StoreError> {
+        self.store.locate_many(users).await
+    }
 }
 
 #[async_trait]
@@ -76,6 +88,15 @@ impl PresenceStore for CachedPresence {
         Ok(self.locate_shared(user).await?.to_vec())
     }
 
+    /// Cached users answer at once; the rest load concurrently.
+    async fn locate_many(&self, users: &[UserId]) -> Result<Vec<Vec<Session>>, StoreError> {
+        stream::iter(users.to_vec())
+            .map(|user| async move { Ok(self.locate_shared(&user).await?.to_vec()) })
+            .buffered(LOCATE_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
     async fn refresh(&self, gateway: &GatewayId) -> Result<(), StoreError> {
         self.store.refresh(gateway).await
     }
@@ -86,6 +107,10 @@ impl PresenceStore for CachedPresence {
             self.invalidate(&session.user);
         }
         Ok(removed)
+    }
+
+    async fn hosted_users(&self, gateway: &GatewayId) -> Result<u64, StoreError> {
+        self.store.hosted_users(gateway).await
     }
 
     fn changes(&self) -> broadcast::Receiver<UserId> {

@@ -168,6 +168,22 @@ impl PresenceStore for MemoryPresence {
         Ok(removed)
     }
 
+    async fn hosted_users(&self, gateway: &GatewayId) -> Result<u64, StoreError> {
+        let mut state = self.state.lock();
+        let users: Vec<UserId> = state
+            .by_gateway
+            .get(gateway)
+            .map(|users| users.iter().cloned().collect())
+            .unwrap_or_default();
+        let now = Instant::now();
+        let mut live = 0;
+        for user in &users {
+            state.expire(user, now);
+            live += u64::from(state.on_gateway(user, gateway));
+        }
+        Ok(live)
+    }
+
     fn changes(&self) -> broadcast::Receiver<UserId> {
         self.changes.subscribe()
     }

@@ -6,15 +6,20 @@
 pub mod cache;
 pub mod memory;
 pub mod redis;
+pub mod watch;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::{stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::error::StoreError;
 use crate::topology::{DeviceId, GatewayId, Region, UserId};
+
+/// Lookups of one `locate_many` in flight at once.
+pub(crate) const LOCATE_CONCURRENCY: usize = 128;
 
 /// One device of a user, connected to one gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -49,8 +54,23 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// Every live session of a user.
     async fn locate(&self, user: &UserId) -> Result<Vec<Session>, StoreError>;
 
+    /// The live sessions of each of `users`, in order. The lookups run
+    /// concurrently, so on Redis they share the connections' pipelines:
+    /// about one round trip per shard for a whole friend list.
+    async fn locate_many(&self, users: &[UserId]) -> Result<Vec<Vec<Session>>, StoreError> {
+        // Owned ids: a closure over `&UserId` trips async_trait's `Send`.
+        stream::iter(users.to_vec())
+            .map(|user| async move { self.locate(&user).await })
+            .buffered(LOCATE_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
     /// Extends the TTL of every session on a gateway (its heartbeat).
     async fn refresh(&self, gateway: &GatewayId) -> Result<(), StoreError>;
+
+    /// Users with a live session on a gateway (its online count).
+    async fn hosted_users(&self, gateway: &GatewayId) -> Result<u64, StoreError>;
 
     /// Removes every session on a gateway that died; returns them.
     async fn remove_gateway(&self, gateway: &GatewayId) -> Result<Vec<Session>, StoreError>;

@@ -27,6 +27,7 @@ use tokio::sync::broadcast;
 use super::{PresenceStore, Session};
 use crate::error::StoreError;
 use crate::redis_conn::{RedisChanges, RedisHandle};
+use crate::telemetry;
 use crate::topology::{DeviceId, GatewayId, UserId};
 
 const STORE: &str = "presence";
@@ -205,7 +206,7 @@ fn backend(operation: String) -> impl FnOnce(redis::RedisError) -> StoreError {
 }
 
 /// Decodes a stored session value (`expires\x1fgateway\x1fregion\x1fsince`).
-fn decode(user: &UserId, device: &str, value: &str) -> Result<Session, StoreError> {
+pub(crate) fn decode(user: &UserId, device: &str, value: &str) -> Result<Session, StoreError> {
     let bad = || StoreError::Backend {
         store: STORE,
         operation: format!("read session {user}/{device}"),
@@ -225,10 +226,20 @@ fn decode(user: &UserId, device: &str, value: &str) -> Result<Session, StoreErro
     })
 }
 
-fn decode_pairs(user: &UserId, pairs: Vec<String>) -> Result<Vec<Session>, StoreError> {
+/// The sessions that decode; an entry that does not (written by an older
+/// version, or by hand) is skipped and counted, so one bad entry cannot
+/// make a user unreachable. It expires with its TTL like any other.
+fn decode_pairs(user: &UserId, pairs: Vec<String>) -> Vec<Session> {
     pairs
         .chunks_exact(2)
-        .map(|p| decode(user, &p[0], &p[1]))
+        .filter_map(|p| match decode(user, &p[0], &p[1]) {
+            Ok(session) => Some(session),
+            Err(err) => {
+                metrics::counter!(telemetry::STORE_MALFORMED, "store" => STORE).increment(1);
+                tracing::warn!(%err, "skipping a session that cannot be read");
+                None
+            }
+        })
         .collect()
 }
 
@@ -309,7 +320,7 @@ impl PresenceStore for RedisPresence {
             .invoke_async(&mut self.redis.conn())
             .await
             .map_err(backend(format!("locate {user}")))?;
-        decode_pairs(user, pairs)
+        Ok(decode_pairs(user, pairs))
     }
 
     async fn refresh(&self, gateway: &GatewayId) -> Result<(), StoreError> {
@@ -359,7 +370,7 @@ impl PresenceStore for RedisPresence {
                 if !pairs.is_empty() {
                     self.changed(&user).await?;
                 }
-                decode_pairs(&user, pairs)
+                Ok::<_, StoreError>(decode_pairs(&user, pairs))
             })
             .buffer_unordered(CONCURRENCY)
             .try_collect()
@@ -371,6 +382,16 @@ impl PresenceStore for RedisPresence {
             .await
             .map_err(backend(format!("drop index of {gateway}")))?;
         Ok(removed.into_iter().flatten().collect())
+    }
+
+    /// The gateway's index (refreshed by its heartbeat, so it may count a
+    /// session that expired since, until the next one).
+    async fn hosted_users(&self, gateway: &GatewayId) -> Result<u64, StoreError> {
+        self.redis
+            .conn()
+            .scard(self.gateway_key(gateway))
+            .await
+            .map_err(backend(format!("count users on gateway {gateway}")))
     }
 
     fn changes(&self) -> broadcast::Receiver<UserId> {

@@ -118,7 +118,7 @@ fn backend(operation: String) -> impl FnOnce(redis::RedisError) -> StoreError {
     }
 }
 
-fn decode(id: &GatewayId, value: &str) -> Result<GatewayInfo, StoreError> {
+pub(crate) fn decode(id: &GatewayId, value: &str) -> Result<GatewayInfo, StoreError> {
     let (region, address) = value
         .split_once('\x1f')
         .ok_or_else(|| StoreError::Backend {

@@ -28,59 +28,7 @@ impl Admin for AdminService {
         &self,
         _: Request<proto::StateRequest>,
     ) -> Result<Response<proto::StateResponse>, Status> {
-        let shared = &self.shared;
-        let settings = shared.settings.load();
-        let transports = shared
-            .backends
-            .transports
-            .iter()
-            .map(|t| {
-                let (up, reason) = match t.health() {
-                    Health::Up => (true, String::new()),
-                    Health::Down(reason) => (false, reason),
-                };
-                proto::TransportState {
-                    kind: t.kind().to_string(),
-                    up,
-                    reason,
-                }
-            })
-            .collect();
-        let hot = &shared.backends.hot_pairs;
-        let thresholds = hot.config();
-        let (promote, demote) = if hot.enabled() {
-            (thresholds.promote_per_second, thresholds.demote_per_second)
-        } else {
-            (0.0, 0.0)
-        };
-        let routing = proto::RoutingTable {
-            same_region: settings.routing.same_region.clone(),
-            cross_region: settings.routing.cross_region.clone(),
-            fallbacks: settings.routing.fallbacks.clone(),
-            hot_pair_promote_per_second: promote,
-            hot_pair_demote_per_second: demote,
-        };
-        let hot_pairs = hot
-            .hot()
-            .into_iter()
-            .map(|p| proto::HotPair {
-                from_gateway: p.from.to_string(),
-                to_gateway: p.to.to_string(),
-                per_second: p.per_second,
-            })
-            .collect();
-        Ok(Response::new(proto::StateResponse {
-            transports,
-            routing: Some(routing),
-            hot_pairs,
-            gateways: gateway::attached(shared).await,
-            config_path: shared
-                .config_path
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            canary: canary_state(&shared.policy),
-        }))
+        Ok(Response::new(state(&self.shared).await))
     }
 
     async fn canary_status(
@@ -145,6 +93,62 @@ impl Admin for AdminService {
                 .collect(),
             restart_required: report.restart_required,
         }))
+    }
+}
+
+/// The sidecar's state, as `State` answers it (and the status page shows it).
+pub(crate) async fn state(shared: &Shared) -> proto::StateResponse {
+    let settings = shared.settings.load();
+    let transports = shared
+        .backends
+        .transports
+        .iter()
+        .map(|t| {
+            let (up, reason) = match t.health() {
+                Health::Up => (true, String::new()),
+                Health::Down(reason) => (false, reason),
+            };
+            proto::TransportState {
+                kind: t.kind().to_string(),
+                up,
+                reason,
+            }
+        })
+        .collect();
+    let hot = &shared.backends.hot_pairs;
+    let thresholds = hot.config();
+    let (promote, demote) = if hot.enabled() {
+        (thresholds.promote_per_second, thresholds.demote_per_second)
+    } else {
+        (0.0, 0.0)
+    };
+    let routing = proto::RoutingTable {
+        same_region: settings.routing.same_region.clone(),
+        cross_region: settings.routing.cross_region.clone(),
+        fallbacks: settings.routing.fallbacks.clone(),
+        hot_pair_promote_per_second: promote,
+        hot_pair_demote_per_second: demote,
+    };
+    let hot_pairs = hot
+        .hot()
+        .into_iter()
+        .map(|p| proto::HotPair {
+            from_gateway: p.from.to_string(),
+            to_gateway: p.to.to_string(),
+            per_second: p.per_second,
+        })
+        .collect();
+    proto::StateResponse {
+        transports,
+        routing: Some(routing),
+        hot_pairs,
+        gateways: gateway::attached(shared).await,
+        config_path: shared
+            .config_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        canary: canary_state(&shared.policy),
     }
 }
 

@@ -8,10 +8,12 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
 
+use super::user_auth::UserTokens;
 use super::{SecretSource, Shared, SidecarConfig, SidecarError};
-use crate::topology::GatewayId;
+use crate::topology::{GatewayId, IdKind};
 
 /// The resolved secrets.
 #[derive(Default)]
@@ -20,6 +22,8 @@ pub struct Tokens {
     admin: Option<String>,
     /// Presented to and expected from peer sidecars.
     pub(crate) peer: Option<String>,
+    /// Verifies the user tokens `Online` carries, when configured.
+    users: Option<UserTokens>,
 }
 
 impl Tokens {
@@ -29,28 +33,36 @@ impl Tokens {
         for (gateway, source) in &config.tokens {
             gateways.push((
                 GatewayId::from(gateway.as_str()),
-                read(&format!("sidecar.tokens.{gateway}"), source)?,
+                read_secret(&format!("sidecar.tokens.{gateway}"), source)?,
             ));
         }
         let admin = config
             .admin_token
             .as_ref()
-            .map(|s| read("sidecar.admin_token", s))
+            .map(|s| read_secret("sidecar.admin_token", s))
             .transpose()?;
         let peer = config
             .peer_token
             .as_ref()
-            .map(|s| read("sidecar.peer_token", s))
+            .map(|s| read_secret("sidecar.peer_token", s))
+            .transpose()?;
+        let users = config
+            .user_tokens
+            .as_ref()
+            .map(UserTokens::load)
             .transpose()?;
         Ok(Self {
             gateways,
             admin,
             peer,
+            users,
         })
     }
 }
 
-fn read(key: &str, source: &SecretSource) -> Result<String, SidecarError> {
+/// Reads one secret (surrounding whitespace trimmed); the error names the
+/// key and the source, never the value.
+pub(crate) fn read_secret(key: &str, source: &SecretSource) -> Result<String, SidecarError> {
     let fail = |from: String, reason: String| SidecarError::Secret {
         key: key.to_owned(),
         from,
@@ -103,16 +115,20 @@ impl Auth {
     pub fn replace(&self, tokens: Tokens) {
         self.tokens.store(Arc::new(tokens));
     }
+
+    /// With `[sidecar.user_tokens]`, checks that `token` proves `user`.
+    pub(crate) fn verify_user(&self, token: &str, user: &str) -> Result<(), Status> {
+        match &self.tokens.load().users {
+            Some(users) => users.verify(token, user),
+            None => Ok(()),
+        }
+    }
 }
 
-/// Compares without an early exit, so timing does not reveal how much of a
-/// guessed token was right.
+/// Compares in constant time (`subtle`), so timing does not reveal how
+/// much of a guessed token was right. Only the length can show.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
 fn bearer<T>(request: &Request<T>) -> Result<&str, Status> {
@@ -168,12 +184,20 @@ pub(crate) fn admin_interceptor(
     }
 }
 
-/// Peer API: the peer token when configured.
+/// Peer API: the peer token when configured. With gateway tokens set and no
+/// peer token the API is closed: a Peer link delivers as any sender to any
+/// gateway, so it is never open where the Gateway API is not.
 pub(crate) fn peer_interceptor(
     shared: Arc<Shared>,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |request: Request<()>| {
-        check_secret(&request, shared.auth.tokens.load().peer.as_deref(), "peer")?;
+        let tokens = shared.auth.tokens.load();
+        if tokens.peer.is_none() && !tokens.gateways.is_empty() {
+            return Err(Status::unauthenticated(
+                "the Peer API is closed: gateway tokens are set and sidecar.peer_token is not",
+            ));
+        }
+        check_secret(&request, tokens.peer.as_deref(), "peer")?;
         Ok(request)
     }
 }
@@ -192,9 +216,7 @@ fn check_secret<T>(request: &Request<T>, expected: Option<&str>, what: &str) -> 
 /// Checks that the call may act as `gateway`: its token is that gateway's
 /// (or no tokens are configured).
 pub fn authorize<T>(request: &Request<T>, gateway: &str) -> Result<GatewayId, Status> {
-    if gateway.is_empty() {
-        return Err(Status::invalid_argument("gateway_id is empty"));
-    }
+    super::gateway::id("gateway_id", IdKind::Name, gateway)?;
     match request.extensions().get::<Caller>() {
         Some(Caller(caller)) if caller.as_str() != gateway => Err(Status::permission_denied(
             format!("the token of gateway {caller:?} cannot act as gateway {gateway:?}"),

@@ -3,7 +3,7 @@
 //! gateway and only for users it hosts.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
@@ -11,16 +11,17 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::authorize;
-use super::Shared;
+use super::{presence, Shared};
 use crate::envelope::{Envelope, MessageId};
-use crate::error::SendError;
+use crate::error::{SendError, StoreError};
 use crate::inbox::Inbox;
 use crate::offline::OfflineReason;
 use crate::policy::Route;
+use crate::presence::PresenceStore;
 use crate::proto::{self, gateway_server::Gateway};
 use crate::router::{Outcome, Router, SendReport};
 use crate::telemetry;
-use crate::topology::{GatewayId, GatewayInfo, UserId};
+use crate::topology::{check, GatewayId, GatewayInfo, IdKind, UserId};
 
 /// Offline messages returned by FetchOffline when the request sets no limit.
 const DEFAULT_FETCH_LIMIT: usize = 100;
@@ -29,19 +30,69 @@ const DEFAULT_FETCH_LIMIT: usize = 100;
 pub(crate) struct Attached {
     pub(crate) router: Router,
     /// The inbox, while no Attach stream holds it.
-    inbox: Arc<Mutex<Option<Inbox>>>,
+    inbox: Arc<Mutex<Parked>>,
+}
+
+/// Where an inbox waits between Attach streams.
+struct Parked {
+    inbox: Option<Inbox>,
+    /// When it was last put back (or made).
+    since: Instant,
+}
+
+impl Parked {
+    fn new(inbox: Inbox) -> Arc<Mutex<Self>> {
+        Arc::new(Mutex::new(Self {
+            inbox: Some(inbox),
+            since: Instant::now(),
+        }))
+    }
 }
 
 impl Attached {
     /// Whether an Attach stream holds the inbox now.
     pub(crate) fn streaming(&self) -> bool {
-        self.inbox.lock().is_none()
+        self.inbox.lock().inbox.is_none()
     }
 
     /// The inbox, unless an Attach stream still holds it.
     pub(crate) fn take_inbox(&self) -> Option<Inbox> {
-        self.inbox.lock().take()
+        self.inbox.lock().inbox.take()
     }
+
+    /// Whether no Attach stream has held the inbox for `idle`.
+    fn idle_for(&self, idle: Duration) -> bool {
+        let parked = self.inbox.lock();
+        parked.inbox.is_some() && parked.since.elapsed() >= idle
+    }
+}
+
+/// Forgets gateways that have had no Attach stream for `idle` (by then
+/// their registration and sessions have expired too), so gateway ids that
+/// come and go do not grow the sidecar without bound. Each inbox is closed
+/// as on shutdown: what the gateway acked is settled on the transports,
+/// what it did not stays there for its next Attach.
+pub(crate) async fn evict_idle(shared: &Shared, idle: Duration) -> usize {
+    let evicted: Vec<(GatewayId, Attached)> = {
+        let mut gateways = shared.gateways.lock().await;
+        let ids: Vec<GatewayId> = gateways
+            .iter()
+            .filter(|(_, attached)| attached.idle_for(idle))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| gateways.remove(&id).map(|a| (id, a)))
+            .collect()
+    };
+    let count = evicted.len();
+    for (gateway, attached) in evicted {
+        tracing::info!(%gateway, ?idle, "forgetting a gateway detached for too long");
+        metrics::counter!(telemetry::GATEWAYS_EVICTED).increment(1);
+        if let Some(inbox) = attached.take_inbox() {
+            inbox.close().await;
+        }
+    }
+    count
 }
 
 /// The Gateway service.
@@ -82,8 +133,8 @@ impl GatewayService {
     ) -> Result<Response<proto::GroupResponse>, Status> {
         let router = self.caller(&request, &request.get_ref().gateway_id).await?;
         let req = request.into_inner();
-        let user = UserId::from(non_empty("user", &req.user)?);
-        let group = non_empty("group", &req.group)?;
+        let user = UserId::from(text("user", &req.user)?);
+        let group = text("group", &req.group)?;
         hosted(&router, &user).await?;
         match change {
             Membership::Join => router.join(group, user).await,
@@ -118,18 +169,22 @@ async fn hosted(router: &Router, user: &UserId) -> Result<(), Status> {
     }
 }
 
-fn non_empty<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
-    if value.is_empty() {
-        Err(Status::invalid_argument(format!("{field} is empty")))
-    } else {
-        Ok(value)
-    }
+/// `value` if it keeps the identifier rules of `kind`, else
+/// INVALID_ARGUMENT naming the field and the rule.
+pub(crate) fn id<'a>(field: &'static str, kind: IdKind, value: &'a str) -> Result<&'a str, Status> {
+    check(field, kind, value).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(value)
+}
+
+/// A user, group or device id of a request.
+fn text<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Status> {
+    id(field, IdKind::Text, value)
 }
 
 /// Fills the defaults a gateway may leave out, then checks that the sender
 /// is this gateway. An envelope that cannot be parsed is returned as the
 /// reason for a `Rejected` outcome.
-fn prepare(
+pub(crate) fn prepare(
     gateway: &GatewayId,
     mut wire: proto::Envelope,
 ) -> Result<Result<Envelope, (Vec<u8>, String)>, Status> {
@@ -201,6 +256,15 @@ fn outcome(id: MessageId, result: Result<SendReport, SendError>) -> proto::SendO
             R::Routed(routed)
         }
         Err(SendError::Invalid(err)) => R::Rejected(proto::Rejected {
+            reason: err.to_string(),
+        }),
+        // Nobody to deliver to: retrying will not help until someone joins.
+        Err(
+            err @ SendError::Store {
+                source: StoreError::UnknownGroup(_),
+                ..
+            },
+        ) => R::Rejected(proto::Rejected {
             reason: err.to_string(),
         }),
         Err(err @ (SendError::Store { .. } | SendError::Undeliverable { .. })) => {
@@ -275,7 +339,7 @@ const STREAM_QUEUE: usize = 256;
 /// next Attach, and the inbox goes back to its slot.
 async fn pump(
     inbox: Inbox,
-    slot: Arc<Mutex<Option<Inbox>>>,
+    slot: Arc<Mutex<Parked>>,
     mut acks: Streaming<proto::AttachMessage>,
     out: mpsc::Sender<Result<proto::Delivery, Status>>,
     mut stopping: watch::Receiver<bool>,
@@ -317,7 +381,10 @@ async fn pump(
     }
     let redelivered = inbox.redeliver();
     tracing::info!(%gateway, redelivered, "gateway detached");
-    *slot.lock() = Some(inbox);
+    *slot.lock() = Parked {
+        inbox: Some(inbox),
+        since: Instant::now(),
+    };
     metrics::gauge!(telemetry::ATTACHED_GATEWAYS).decrement(1.0);
 }
 
@@ -380,15 +447,19 @@ impl Gateway for GatewayService {
             &Request::from_parts(metadata, extensions, ()),
             &req.gateway_id,
         )?;
-        let region = non_empty("region", &req.region)?;
+        let region = id("region", IdKind::Name, &req.region)?;
+        // Peers dial the registered address with the peer token, so only
+        // the sidecar names it: a gateway-chosen address would receive it.
+        if !req.address.is_empty() && req.address != self.shared.advertise {
+            return Err(Status::invalid_argument(format!(
+                "address {:?}: direct links go to this sidecar's sidecar.advertise ({:?}); leave address empty",
+                req.address, self.shared.advertise
+            )));
+        }
         let info = GatewayInfo {
             id: gateway.clone(),
             region: region.into(),
-            address: if req.address.is_empty() {
-                self.shared.advertise.clone()
-            } else {
-                req.address
-            },
+            address: self.shared.advertise.clone(),
         };
         if *self.shared.stopping.borrow() {
             return Err(Status::unavailable("the sidecar is shutting down"));
@@ -417,7 +488,7 @@ impl Gateway for GatewayService {
                     .map_err(|e| {
                         Status::unavailable(format!("cannot attach gateway {gateway:?}: {e}"))
                     })?;
-                let slot = Arc::new(Mutex::new(Some(inbox)));
+                let slot = Parked::new(inbox);
                 gateways.insert(
                     gateway.clone(),
                     Attached {
@@ -428,7 +499,7 @@ impl Gateway for GatewayService {
                 slot
             }
         };
-        let inbox = slot.lock().take().ok_or_else(|| {
+        let inbox = slot.lock().inbox.take().ok_or_else(|| {
             Status::already_exists(format!(
                 "gateway {gateway:?} already has an open Attach stream"
             ))
@@ -479,8 +550,9 @@ impl Gateway for GatewayService {
     ) -> Result<Response<proto::OnlineResponse>, Status> {
         let router = self.caller(&request, &request.get_ref().gateway_id).await?;
         let req = request.into_inner();
-        let user = non_empty("user", &req.user)?;
-        let device = non_empty("device", &req.device)?;
+        let user = text("user", &req.user)?;
+        let device = text("device", &req.device)?;
+        self.shared.auth.verify_user(&req.user_token, user)?;
         let replayed = router
             .connect(user, device)
             .await
@@ -496,8 +568,8 @@ impl Gateway for GatewayService {
     ) -> Result<Response<proto::OfflineResponse>, Status> {
         let router = self.caller(&request, &request.get_ref().gateway_id).await?;
         let req = request.into_inner();
-        let user = UserId::from(non_empty("user", &req.user)?);
-        let device = non_empty("device", &req.device)?;
+        let user = UserId::from(text("user", &req.user)?);
+        let device = text("device", &req.device)?;
         let me = &router.gateway().id;
         let sessions = router
             .backends()
@@ -552,7 +624,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<proto::FetchOfflineResponse>, Status> {
         let router = self.caller(&request, &request.get_ref().gateway_id).await?;
         let req = request.into_inner();
-        let user = UserId::from(non_empty("user", &req.user)?);
+        let user = UserId::from(text("user", &req.user)?);
         hosted(&router, &user).await?;
         let limit = if req.limit == 0 {
             DEFAULT_FETCH_LIMIT
@@ -576,7 +648,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<proto::AckOfflineResponse>, Status> {
         let router = self.caller(&request, &request.get_ref().gateway_id).await?;
         let req = request.into_inner();
-        let user = UserId::from(non_empty("user", &req.user)?);
+        let user = UserId::from(text("user", &req.user)?);
         hosted(&router, &user).await?;
         let ids = req
             .ids
@@ -594,23 +666,79 @@ impl Gateway for GatewayService {
             removed: removed as u64,
         }))
     }
+
+    async fn presence(
+        &self,
+        request: Request<proto::PresenceRequest>,
+    ) -> Result<Response<proto::PresenceResponse>, Status> {
+        let router = self.caller(&request, &request.get_ref().gateway_id).await?;
+        presence::presence(&router, request.into_inner()).await
+    }
+
+    type WatchStream = ReceiverStream<Result<proto::PresenceEvent, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<proto::WatchMessage>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (metadata, extensions, mut messages) = request.into_parts();
+        let first = messages
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("a Watch stream starts with a WatchMessage"))?;
+        let request = Request::from_parts(metadata, extensions, ());
+        let router = self.caller(&request, &first.gateway_id).await?;
+        Ok(Response::new(presence::watch(
+            router,
+            first,
+            messages,
+            self.shared.stopping.clone(),
+        )))
+    }
+
+    async fn group_members(
+        &self,
+        request: Request<proto::GroupMembersRequest>,
+    ) -> Result<Response<proto::GroupMembersResponse>, Status> {
+        let router = self.caller(&request, &request.get_ref().gateway_id).await?;
+        presence::group_members(&router, request.into_inner()).await
+    }
+
+    async fn user_groups(
+        &self,
+        request: Request<proto::UserGroupsRequest>,
+    ) -> Result<Response<proto::UserGroupsResponse>, Status> {
+        let router = self.caller(&request, &request.get_ref().gateway_id).await?;
+        presence::user_groups(&router, request.into_inner()).await
+    }
 }
 
-/// The gateways attached here, for the Admin API.
+/// The gateways attached here, for the Admin API, with their online
+/// counts (0 when the presence store cannot be asked now).
 pub(crate) async fn attached(shared: &Shared) -> Vec<proto::AttachedGateway> {
-    let gateways = shared.gateways.lock().await;
-    let mut list: Vec<proto::AttachedGateway> = gateways
-        .values()
-        .map(|a| {
-            let info = a.router.gateway();
-            proto::AttachedGateway {
-                gateway_id: info.id.to_string(),
-                region: info.region.to_string(),
-                address: info.address.clone(),
-                streaming: a.streaming(),
-            }
-        })
-        .collect();
+    let mut list: Vec<proto::AttachedGateway> = {
+        let gateways = shared.gateways.lock().await;
+        gateways
+            .values()
+            .map(|a| {
+                let info = a.router.gateway();
+                proto::AttachedGateway {
+                    gateway_id: info.id.to_string(),
+                    region: info.region.to_string(),
+                    address: info.address.clone(),
+                    streaming: a.streaming(),
+                    online_users: 0,
+                }
+            })
+            .collect()
+    };
+    for gateway in &mut list {
+        let id = GatewayId::from(gateway.gateway_id.as_str());
+        match shared.backends.presence.hosted_users(&id).await {
+            Ok(count) => gateway.online_users = count,
+            Err(err) => tracing::debug!(%err, "online count unavailable"),
+        }
+    }
     list.sort_by(|a, b| a.gateway_id.cmp(&b.gateway_id));
     list
 }

@@ -1,6 +1,7 @@
 //! The telemetry endpoint: `/metrics` (Prometheus text format), `/healthz`
-//! (the process is up) and `/readyz` (it accepts new work; 503 while
-//! starting or draining).
+//! (the process is up), `/readyz` (it accepts new work; 503 while starting,
+//! during the readiness grace and while draining) and `/status` (the HTML
+//! status page, `status_page`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,12 +13,14 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::Shared;
+use super::{status_page, Shared};
+use crate::telemetry;
 
 #[derive(Clone)]
 struct Endpoint {
     metrics: PrometheusHandle,
     shared: Arc<Shared>,
+    rates: Arc<status_page::Rates>,
 }
 
 /// Serves until `stop` turns true.
@@ -31,7 +34,12 @@ pub(crate) async fn serve(
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(Endpoint { metrics, shared });
+        .route("/status", get(status))
+        .with_state(Endpoint {
+            metrics,
+            shared,
+            rates: Arc::default(),
+        });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|stop| *stop).await;
@@ -42,13 +50,27 @@ pub(crate) async fn serve(
     }
 }
 
+/// The scrape, with every transport's health read now: the direct link and
+/// the in-memory transport keep no gauge of their own.
+fn scrape(endpoint: &Endpoint) -> String {
+    for transport in endpoint.shared.backends.transports.iter() {
+        let up = matches!(transport.health(), crate::transport::Health::Up);
+        telemetry::transport_up(transport.kind(), up);
+    }
+    telemetry::render(&endpoint.metrics)
+}
+
 async fn render(State(endpoint): State<Endpoint>) -> ([(&'static str, &'static str); 1], String) {
-    // Histograms are rolled up on scrape; no background upkeep task needed.
-    endpoint.metrics.run_upkeep();
     (
         [("content-type", "text/plain; version=0.0.4")],
-        endpoint.metrics.render(),
+        scrape(&endpoint),
     )
+}
+
+async fn status(State(endpoint): State<Endpoint>) -> ([(&'static str, &'static str); 1], String) {
+    let state = super::admin::state(&endpoint.shared).await;
+    let page = status_page::render(&state, &scrape(&endpoint), &endpoint.rates);
+    ([("content-type", "text/html; charset=utf-8")], page)
 }
 
 async fn ready(State(endpoint): State<Endpoint>) -> (StatusCode, &'static str) {

@@ -5,25 +5,34 @@
 //! - [`gateway`]: the Gateway API (attach, send, presence, groups, offline).
 //! - [`admin`]: the Admin API (state, reload, canary status/share/rollback).
 //! - [`peer`]: the Peer API, the receiving half of the `grpc` transport.
+//! - `presence`: the Gateway API's presence and group queries and watches.
 //! - [`auth`]: bearer tokens per gateway, for admin and for peers.
-//! - [`canary_ctl`]: the CLI's client for the canary admin RPCs.
+//! - [`user_auth`]: optional user tokens (JWT) that `Online` must carry.
+//! - [`admin_ctl`]: the CLI's client for the Admin API (state, canary).
 //! - [`client`]: the gateway's half of an Attach stream, for Rust callers.
 //! - [`reload`]: live config (admin RPC, file watch, SIGHUP).
 //! - [`tls`]: TLS and mutual TLS for the server and for direct links.
-//! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
+//! - `status_page`: the HTML status page for operators.
+//! - `rpc_metrics`: per-RPC call counts and durations.
+//! - `reflection`: gRPC server reflection, v1 and v1alpha.
 //!
-//! Beside them the server runs the standard gRPC health service and server
-//! reflection.
+//! Beside them the server runs the standard gRPC health service.
 
 pub mod admin;
+pub mod admin_ctl;
 pub mod auth;
-pub mod canary_ctl;
 pub mod client;
 pub mod gateway;
 pub mod http;
 pub mod peer;
+mod presence;
+mod reflection;
 pub mod reload;
+mod rpc_metrics;
+mod status_page;
 pub mod tls;
+pub mod user_auth;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -34,6 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use humantime_serde::re::humantime::format_duration;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -49,7 +59,7 @@ use crate::proto::{
     admin_server::AdminServer, gateway_server::GatewayServer, peer_server::PeerServer,
 };
 use crate::telemetry::{self, RecorderError};
-use crate::topology::GatewayId;
+use crate::topology::{check, GatewayId, IdKind};
 
 /// `[sidecar]` settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -69,7 +79,21 @@ pub struct SidecarConfig {
     pub admin_token: Option<SecretSource>,
     /// Token sidecars present to each other on direct links.
     pub peer_token: Option<SecretSource>,
-    /// On SIGTERM, how long in-flight calls may take to finish.
+    /// `[sidecar.user_tokens]`: `Online` must carry a JWT for the user.
+    /// Absent: gateways are trusted to say which users they host.
+    pub user_tokens: Option<user_auth::UserTokensConfig>,
+    /// Serve a listen address other hosts can reach without gateway tokens.
+    /// Off: such a config is refused, since anyone who can connect could
+    /// send as any gateway and claim any user.
+    pub allow_unauthenticated: bool,
+    /// On SIGTERM, how long `/readyz` answers 503 (and gRPC health says
+    /// NOT_SERVING) while calls are still taken, before the drain starts:
+    /// load balancers and Kubernetes endpoints need that long to stop
+    /// sending new work here.
+    #[serde(with = "humantime_serde")]
+    pub readiness_grace: Duration,
+    /// On SIGTERM, after the readiness grace, how long in-flight calls may
+    /// take to finish.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
     /// `[sidecar.tls]`: TLS (mutual by default) for gateways and peers.
@@ -85,6 +109,9 @@ impl Default for SidecarConfig {
             tokens: BTreeMap::new(),
             admin_token: None,
             peer_token: None,
+            user_tokens: None,
+            allow_unauthenticated: false,
+            readiness_grace: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(10),
             tls: None,
         }
@@ -108,6 +135,11 @@ impl SidecarConfig {
                 self.peer_token
                     .iter()
                     .map(|s| ("sidecar.peer_token".to_owned(), s)),
+            )
+            .chain(
+                self.user_tokens
+                    .iter()
+                    .map(|u| ("sidecar.user_tokens.key".to_owned(), &u.key)),
             );
         for (key, source) in sources {
             if source.env.is_some() == source.file.is_some() {
@@ -117,16 +149,30 @@ impl SidecarConfig {
                 });
             }
         }
+        for gateway in self.tokens.keys() {
+            if let Err(err) = check("gateway_id", IdKind::Name, gateway) {
+                problems.push(Problem {
+                    key: format!("sidecar.tokens.{gateway}"),
+                    reason: format!("not a gateway id: {err}"),
+                });
+            }
+        }
+        if self.tokens.is_empty() && !self.listen.ip().is_loopback() && !self.allow_unauthenticated
+        {
+            problems.push(Problem {
+                key: "sidecar.listen".into(),
+                reason: format!(
+                    "{} is reachable from other hosts and no sidecar.tokens are set: anyone who \
+                     can connect could send as any gateway. Set tokens, listen on loopback, or \
+                     set sidecar.allow_unauthenticated = true",
+                    self.listen
+                ),
+            });
+        }
         if !self.tokens.is_empty() && self.admin_token.is_none() {
             problems.push(Problem {
                 key: "sidecar.admin_token".into(),
                 reason: "required when sidecar.tokens is set (the Admin API would be open)".into(),
-            });
-        }
-        if self.drain_timeout.is_zero() {
-            problems.push(Problem {
-                key: "sidecar.drain_timeout".into(),
-                reason: "must be longer than zero".into(),
             });
         }
         problems
@@ -183,9 +229,14 @@ pub enum SidecarError {
     /// The metrics recorder could not be installed.
     #[error(transparent)]
     Recorder(#[from] RecorderError),
-    /// The reflection service could not read the proto descriptors.
-    #[error("gRPC reflection: {0}")]
-    Reflection(String),
+    /// The encoded proto descriptors could not be read.
+    #[error("cannot read the proto descriptors for {what}: {reason}")]
+    Descriptors {
+        /// Which service needed them.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The gRPC server failed.
     #[error("gRPC server on {address}: {reason}")]
     Server {
@@ -202,6 +253,17 @@ pub enum SidecarError {
         /// Why.
         reason: String,
     },
+}
+
+/// What start-up would read besides the settings themselves: every token
+/// (from its variable or file) and the TLS files. `check-config` runs it so
+/// a missing secret shows before a deploy, not at the first start.
+pub fn preflight(settings: &Settings) -> Result<(), SidecarError> {
+    auth::Tokens::resolve(&settings.sidecar)?;
+    if let Some(tls) = &settings.sidecar.tls {
+        tls::Tls::load(tls)?;
+    }
+    Ok(())
 }
 
 /// State shared by the sidecar's services.
@@ -232,6 +294,9 @@ pub struct Sidecar {
     http_stop: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), SidecarError>>,
     http: JoinHandle<()>,
+    /// The gRPC health service's state, NOT_SERVING from the first moment
+    /// of a shutdown.
+    health: tonic_health::server::HealthReporter,
     /// Keeps the config file watch alive.
     _watcher: Option<notify::RecommendedWatcher>,
 }
@@ -242,6 +307,9 @@ impl Sidecar {
         settings: Settings,
         config_path: Option<PathBuf>,
     ) -> Result<Self, SidecarError> {
+        // Before the backends: they set gauges (`switchyard_transport_up`)
+        // as they are built, and a gauge set before the recorder is lost.
+        telemetry::prometheus()?;
         let backends = Backends::from_settings(&settings).await?;
         Self::start_with_backends(settings, config_path, backends).await
     }
@@ -301,6 +369,8 @@ impl Sidecar {
         // is down rolls back (`max_down`) even before a gateway attaches.
         policy.observe(&backends.transports);
         let (stop, stopping) = watch::channel(false);
+        // Present from the first scrape, not from the first attach.
+        metrics::gauge!(telemetry::ATTACHED_GATEWAYS).increment(0.0);
         let shared = Arc::new(Shared {
             backends,
             policy,
@@ -321,12 +391,24 @@ impl Sidecar {
             .set_serving::<AdminServer<admin::AdminService>>()
             .await;
         health.set_serving::<PeerServer<peer::PeerService>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| SidecarError::Reflection(e.to_string()))?;
-        let mut server = tonic::transport::Server::builder();
+        let descriptors = [
+            crate::proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        let reflection =
+            reflection::Reflection::new(&descriptors).map_err(|e| SidecarError::Descriptors {
+                what: "gRPC reflection",
+                reason: e.to_string(),
+            })?;
+        let rpc_metrics = rpc_metrics::RpcMetricsLayer::new(&descriptors).map_err(|e| {
+            SidecarError::Descriptors {
+                what: "per-RPC metrics",
+                reason: e.to_string(),
+            }
+        })?;
+        let mut server = tonic::transport::Server::builder().layer(rpc_metrics);
         if let Some(tls) = tls {
             server = server
                 .tls_config(tls.server)
@@ -338,7 +420,8 @@ impl Sidecar {
         }
         let router = server
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection.v1())
+            .add_service(reflection.v1alpha())
             .add_service(InterceptedService::new(
                 GatewayServer::new(gateway::GatewayService::new(shared.clone())),
                 auth::gateway_interceptor(shared.clone()),
@@ -356,9 +439,6 @@ impl Sidecar {
             let signal = async move {
                 // Err: the sender is gone, which also means stop.
                 let _ = grpc_stop.wait_for(|stop| *stop).await;
-                health
-                    .set_not_serving::<GatewayServer<gateway::GatewayService>>()
-                    .await;
             };
             // `TcpIncoming::from` leaves Nagle on (tonic's `tcp_nodelay`
             // only applies to `serve(addr)`): small replies and stream
@@ -383,6 +463,7 @@ impl Sidecar {
             Some(path) => Some(reload::watch_file(shared.clone(), path.clone())?),
             None => None,
         };
+        tokio::spawn(evict_idle_gateways(shared.clone()));
         shared.ready.store(true, Ordering::Release);
         tracing::info!(grpc = %grpc_addr, telemetry = %telemetry_addr, "sidecar serving");
         Ok(Self {
@@ -393,6 +474,7 @@ impl Sidecar {
             http_stop,
             grpc,
             http,
+            health,
             _watcher: watcher,
         })
     }
@@ -412,17 +494,35 @@ impl Sidecar {
         reload::reload(&self.shared).await
     }
 
-    /// Graceful stop: refuses new calls (readiness 503), stops handing out
-    /// deliveries, takes the gateways' acks for what they hold for up to
+    /// Graceful stop: answers readiness 503 (and gRPC health NOT_SERVING)
+    /// while still serving for `sidecar.readiness_grace`, then refuses new
+    /// calls, stops handing out deliveries, takes the gateways' acks for what they hold for up to
     /// half of `sidecar.drain_timeout`, ends every Attach stream with
     /// UNAVAILABLE, lets in-flight calls finish within the drain timeout,
     /// removes its gateways from the registry so peers stop linking here,
     /// and closes their subscriptions once the acked part is settled on the
     /// transports. Nothing unacked is acked.
     pub async fn shutdown(self) -> Result<(), SidecarError> {
-        let drain = self.shared.settings.load().sidecar.drain_timeout;
+        let (grace, drain) = {
+            let settings = self.shared.settings.load();
+            (
+                settings.sidecar.readiness_grace,
+                settings.sidecar.drain_timeout,
+            )
+        };
         self.shared.ready.store(false, Ordering::Release);
-        tracing::info!(?drain, "sidecar draining");
+        self.health
+            .set_not_serving::<GatewayServer<gateway::GatewayService>>()
+            .await;
+        tracing::info!(
+            grace = %format_duration(grace),
+            "sidecar not ready; still serving until load balancers stop sending"
+        );
+        tokio::time::sleep(grace).await;
+        tracing::info!(
+            drain = %format_duration(drain),
+            "sidecar draining"
+        );
         self.stop.send_replace(true);
         let result = match tokio::time::timeout(drain, self.grpc).await {
             Ok(Ok(result)) => result,
@@ -431,7 +531,10 @@ impl Sidecar {
                 reason: join.to_string(),
             }),
             Err(_) => {
-                tracing::warn!(?drain, "drain timeout: calls still in flight were cut");
+                tracing::warn!(
+                    drain = %format_duration(drain),
+                    "drain timeout: calls still in flight were cut"
+                );
                 Ok(())
             }
         };
@@ -446,7 +549,7 @@ impl Sidecar {
             // not acked stays with them for the next sidecar.
             if let Some(inbox) = attached.take_inbox() {
                 if tokio::time::timeout(drain, inbox.close()).await.is_err() {
-                    tracing::warn!(%gateway, ?drain, "transports did not settle within the drain timeout");
+                    tracing::warn!(%gateway, drain = %format_duration(drain), "transports did not settle within the drain timeout");
                 }
             }
         }
@@ -454,6 +557,22 @@ impl Sidecar {
         let _ = self.http.await;
         tracing::info!("sidecar stopped");
         result
+    }
+}
+
+/// Every few seconds, forgets the gateways detached for longer than a
+/// silent gateway's registration lives; stops when the sidecar drains.
+async fn evict_idle_gateways(shared: Arc<Shared>) {
+    let idle = shared.settings.load().heartbeat_interval() * 3;
+    let mut stopping = shared.stopping.clone();
+    let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                gateway::evict_idle(&shared, idle).await;
+            }
+            _ = async { drop(stopping.wait_for(|stop| *stop).await) } => return,
+        }
     }
 }
 

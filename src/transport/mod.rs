@@ -11,7 +11,7 @@ pub mod memory;
 pub mod nats;
 mod pipeline;
 pub mod redis;
-mod redis_resume;
+pub(crate) mod redis_resume;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -52,6 +52,9 @@ pub enum Storage {
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
     /// Server URL(s), comma separated (`nats://host:4222`, `tls://...`).
+    /// On a cluster list several nodes: start-up tries each, and after a
+    /// drop the client reconnects to any node it knows (these and the ones
+    /// the cluster announces).
     pub url: String,
     /// A NATS credentials file (JWT + nkey) for authenticated servers.
     pub credentials_file: Option<String>,
@@ -66,7 +69,10 @@ pub struct NatsConfig {
     pub max_age: Duration,
     /// Bytes the stream may hold; -1 for no limit.
     pub max_bytes: i64,
-    /// Stream replicas (1, or 3/5 on a cluster).
+    /// Replicas of the stream and of every gateway's consumer (1, or 3/5
+    /// on a cluster: a node of three can then be lost without losing a
+    /// stored message or a consumer's position). An existing stream keeps
+    /// the replicas it was created with.
     pub replicas: usize,
     /// Stream storage.
     pub storage: Storage,
@@ -154,8 +160,9 @@ impl NatsTransport {
                 .await
                 .map_err(|e| connect_err(format!("credentials file {file}: {e}")))?;
         }
+        let servers: Vec<&str> = config.url.split(',').map(str::trim).collect();
         let client = options
-            .connect(config.url.as_str())
+            .connect(servers.as_slice())
             .await
             .map_err(|e| connect_err(e.to_string()))?;
         let jetstream = async_nats::jetstream::ContextBuilder::new()
@@ -192,10 +199,19 @@ impl NatsTransport {
     }
 
     async fn ensure_stream(&self) -> Result<async_nats::jetstream::stream::Stream, String> {
-        self.jetstream
+        let stream = self
+            .jetstream
             .get_or_create_stream(self.stream_config())
             .await
-            .map_err(|e| format!("stream {}: {e}", self.config.stream))
+            .map_err(|e| format!("stream {}: {e}", self.config.stream))?;
+        let replicas = stream.cached_info().config.num_replicas;
+        if replicas != self.config.replicas {
+            // Changing replicas moves data between servers: an operator's
+            // decision (`nats stream edit`), not a side effect of a start.
+            tracing::warn!(stream = %self.config.stream, replicas, configured = self.config.replicas,
+                "the existing stream keeps its replicas, not the configured ones");
+        }
+        Ok(stream)
     }
 
     /// The subject and consumer name of a gateway, or an error naming the
@@ -223,6 +239,8 @@ impl NatsTransport {
             ack_policy: AckPolicy::Explicit,
             ack_wait: self.config.ack_wait,
             max_ack_pending: self.config.max_ack_pending,
+            // Replicated like the stream, so its position survives a node.
+            num_replicas: self.config.replicas,
             ..Default::default()
         }
     }

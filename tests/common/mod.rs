@@ -20,6 +20,8 @@ pub fn settings() -> Settings {
     let mut settings = Settings::default();
     settings.sidecar.listen = "127.0.0.1:0".parse().unwrap();
     settings.telemetry.listen = "127.0.0.1:0".parse().unwrap();
+    // In-process tests stop at once; tests/sidecar_process.rs tests the grace.
+    settings.sidecar.readiness_grace = Duration::ZERO;
     settings
 }
 
@@ -152,6 +154,7 @@ pub async fn online(client: &mut GatewayClient<Channel>, gateway: &str, user: &s
             gateway_id: gateway.into(),
             user: user.into(),
             device: "phone".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -234,4 +237,35 @@ pub async fn send_counting(a: &mut GatewayClient<Channel>, n: usize) -> BTreeMap
         *by_via.entry(target.via.clone()).or_insert(0) += 1;
     }
     by_via
+}
+
+/// `promtool check metrics` on a scrape (Debian package `prometheus`;
+/// scripts/test.sh installs it): every series needs HELP and TYPE, names
+/// and units follow the conventions.
+pub fn promtool_check(body: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("promtool (apt-get install prometheus): {e}"))?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(body.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let output = child.wait_with_output().map_err(|e| e.to_string())?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "promtool check metrics:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
 }

@@ -135,32 +135,66 @@ pub fn to_bob(i: usize, priority: Priority) -> Envelope {
     .with_priority(priority)
 }
 
+/// What a [`steady_send`] sent.
+pub struct Steady {
+    /// Every id sent, in order.
+    pub ids: Vec<MessageId>,
+    /// From the end of the fault to the first send after it that every
+    /// target's transport confirmed (not stored offline); `None` if none was.
+    pub recovered: Option<Duration>,
+}
+
 /// Sends `count` high-priority messages to bob, one every 5 ms, calling
 /// `fault` after `fault_at`; a send that fails is retried like a caller
-/// would. Returns every id sent.
+/// would.
 pub async fn steady_send<F: std::future::Future<Output = ()>>(
     a: &Router,
     count: usize,
     fault_at: usize,
     fault: F,
-) -> Vec<MessageId> {
+) -> Steady {
     let mut fault = Some(fault);
-    let mut sent = Vec::with_capacity(count);
+    let mut faulted = None;
+    let mut recovered = None;
+    let mut ids = Vec::with_capacity(count);
     for i in 0..count {
         if i == fault_at {
             if let Some(fault) = fault.take() {
                 fault.await;
+                faulted = Some(std::time::Instant::now());
             }
         }
         let envelope = to_bob(i, Priority::High);
-        sent.push(envelope.id);
-        while let Err(err) = a.send(envelope.clone()).await {
-            eprintln!("send {i} failed, retrying: {err}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        ids.push(envelope.id);
+        let report = loop {
+            match a.send(envelope.clone()).await {
+                Ok(report) => break report,
+                Err(err) => {
+                    eprintln!("send {i} failed, retrying: {err}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        if let (Some(at), None) = (faulted, recovered) {
+            if published(&report) {
+                recovered = Some(at.elapsed());
+            }
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    sent
+    Steady { ids, recovered }
+}
+
+/// Every target's transport confirmed the message, and none of it went to
+/// the offline store.
+fn published(report: &switchyard::SendReport) -> bool {
+    match &report.outcome {
+        switchyard::Outcome::Routed {
+            targets,
+            stored_offline: None,
+        } => !targets.is_empty() && targets.iter().all(|t| t.confirmed),
+        _ => false,
+    }
 }
 
 /// Reads bob's inbox until every id in `sent` was delivered or is waiting

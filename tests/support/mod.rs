@@ -19,6 +19,16 @@ use switchyard::transport::Transport;
 pub const KAFKA: &str = "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094";
 /// The NATS server of `scripts/services/nats.sh`.
 pub const NATS: &str = "nats://127.0.0.1:4222";
+/// The three-node NATS JetStream cluster of `scripts/services/nats.sh`.
+pub const NATS_CLUSTER: &str =
+    "nats://127.0.0.1:22400,nats://127.0.0.1:22401,nats://127.0.0.1:22402";
+/// The sentinels of `scripts/services/redis-sentinel.sh` (service
+/// `switchyard`).
+pub const SENTINELS: [&str; 3] = [
+    "redis://127.0.0.1:22110",
+    "redis://127.0.0.1:22111",
+    "redis://127.0.0.1:22112",
+];
 
 /// Kafka settings tuned for tests: short timeouts, low fetch wait, topics
 /// replicated on all three nodes.
@@ -301,5 +311,202 @@ impl Drop for PrivateKafka {
     fn drop(&mut self) {
         // Nothing is left to keep, and the temp dir goes with it.
         self.kill_all();
+    }
+}
+
+/// Redis with Sentinel owned by one test (one master, two replicas, three
+/// sentinels, service `switchyard`), run by
+/// `scripts/services/redis-sentinel.sh` with its data in a temp dir and its
+/// own ports: node N on `base + N - 1`, sentinel N on `base + 9 + N`. Every
+/// test passes its own `base` (below 32768). Killed on drop.
+pub struct PrivateSentinel {
+    /// The port of node 1, the first master.
+    pub base: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateSentinel {
+    /// Starts the deployment and waits until the sentinels see the master
+    /// and both replicas; panics with the script's output if not.
+    pub async fn start(base: u16) -> Self {
+        let deployment = Self {
+            base,
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        deployment.script(&["start"]).await;
+        deployment
+    }
+
+    /// `redis://127.0.0.1:{port}` of the three sentinels.
+    pub fn sentinels(&self) -> Vec<String> {
+        (10..13)
+            .map(|n| format!("redis://127.0.0.1:{}", self.base + n))
+            .collect()
+    }
+
+    /// The node (1-3) the sentinels name master.
+    pub async fn master(&self) -> u16 {
+        let port: u16 = self
+            .script(&["master"])
+            .await
+            .trim()
+            .parse()
+            .expect("a master port");
+        port - self.base + 1
+    }
+
+    /// Kills node 1-3 with SIGKILL and waits until it is gone.
+    pub async fn kill(&self, node: u16) {
+        self.script(&["kill", &node.to_string()]).await;
+    }
+
+    /// Starts node 1-3 again from its config file.
+    pub async fn start_node(&self, node: u16) {
+        self.script(&["start-node", &node.to_string()]).await;
+    }
+
+    /// Asks a sentinel to fail over now (the master is demoted, not killed).
+    pub fn failover(&self) {
+        let output = Command::new("redis-cli")
+            .args(["-p", &(self.base + 10).to_string()])
+            .args(["SENTINEL", "FAILOVER", "switchyard"])
+            .output()
+            .expect("redis-cli");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.starts_with("OK"), "SENTINEL FAILOVER: {text}");
+    }
+
+    /// `ROLE` of node 1-3: `master` or `slave`.
+    pub fn role(&self, node: u16) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &(self.base + node - 1).to_string(), "ROLE"])
+            .output()
+            .expect("redis-cli");
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.lines().next().unwrap_or_default().to_owned()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("bash");
+        command
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/services/redis-sentinel.sh"
+            ))
+            .args(args)
+            .env("SENTINEL_BASE_PORT", self.base.to_string())
+            .env("SENTINEL_DATA", self.dir.path());
+        command
+    }
+
+    /// Runs the script; its standard output.
+    async fn script(&self, args: &[&str]) -> String {
+        let mut command = self.command(args);
+        let what = format!(
+            "redis-sentinel.sh {} (base port {})",
+            args.join(" "),
+            self.base
+        );
+        let output = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .expect("the script's thread")
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            output.status.success(),
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for PrivateSentinel {
+    fn drop(&mut self) {
+        let _ = self.command(&["stop"]).output();
+    }
+}
+
+/// A three-node NATS JetStream cluster owned by one test, run by
+/// `scripts/services/nats.sh cluster` with its data in a temp dir (so a
+/// restarted node finds its streams) and its own ports: node N (server
+/// name `nN`) serves clients on `base + N - 1`. Every test passes its own
+/// `base` (below 32768). Killed on drop.
+pub struct PrivateNatsCluster {
+    base: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateNatsCluster {
+    /// Starts the three nodes and waits until JetStream is ready on each.
+    pub async fn start(base: u16) -> Self {
+        let cluster = Self {
+            base,
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        cluster.script(&["start"]).await;
+        cluster
+    }
+
+    /// The client URLs of the three nodes, comma separated.
+    pub fn url(&self) -> String {
+        (0..3)
+            .map(|n| format!("nats://127.0.0.1:{}", self.base + n))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The client URL of node 1-3 alone.
+    pub fn node_url(&self, node: u16) -> String {
+        format!("nats://127.0.0.1:{}", self.base + node - 1)
+    }
+
+    /// Kills node 1-3 with SIGKILL and waits until it is gone.
+    pub async fn kill(&self, node: u16) {
+        self.script(&["kill", &node.to_string()]).await;
+    }
+
+    /// Starts node 1-3 again with its data and waits until it is ready.
+    pub async fn start_node(&self, node: u16) {
+        self.script(&["start-node", &node.to_string()]).await;
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("bash");
+        command
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/services/nats.sh"
+            ))
+            .arg("cluster")
+            .args(args)
+            .env("NATS_BASE_PORT", self.base.to_string())
+            .env("NATS_DATA", self.dir.path());
+        command
+    }
+
+    async fn script(&self, args: &[&str]) {
+        let mut command = self.command(args);
+        let what = format!(
+            "nats.sh cluster {} (base port {})",
+            args.join(" "),
+            self.base
+        );
+        let output = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .expect("the script's thread")
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            output.status.success(),
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for PrivateNatsCluster {
+    fn drop(&mut self) {
+        let _ = self.command(&["stop"]).output();
     }
 }
