@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use prost::Message as _;
 use ulid::Ulid;
 
 use crate::proto;
@@ -336,8 +335,70 @@ impl Envelope {
     }
 
     /// The wire bytes (protobuf), identical on every transport.
+    ///
+    /// Written field by field into one buffer of the exact size: going
+    /// through [`proto::Envelope`] would copy every id into a `String` and
+    /// the payload twice (a fifth of the router's instructions per message,
+    /// docs/BENCHMARKS.md). The bytes are those prost writes for
+    /// [`Self::to_wire`] (proto3: default scalars left out).
     pub fn encode(&self) -> Bytes {
-        Bytes::from(self.to_wire().encode_to_vec())
+        let id = self.id.to_bytes();
+        let (dest_tag, dest) = match &self.destination {
+            Destination::User(u) => (4, u.as_str()),
+            Destination::Group(g) => (5, g.as_str()),
+        };
+        let priority = self.wire_priority() as u64;
+        // Two's complement, as protobuf's int64 varint carries negatives.
+        let created = self.created_at_micros as u64;
+        let ttl = u64::from(self.wire_ttl_ms());
+        let len = codec::bytes_len(1, id.len())
+            + codec::bytes_len(2, self.sender.as_str().len())
+            + codec::bytes_len(3, self.sender_gateway.as_str().len())
+            + codec::key_len(dest_tag)
+            + codec::varint_len(dest.len() as u64)
+            + dest.len()
+            + codec::bytes_len(6, self.payload.len())
+            + codec::varint_field_len(7, priority)
+            + codec::varint_field_len(8, created)
+            + codec::varint_field_len(9, ttl)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| codec::bytes_len(10, codec::entry_len(k, v)))
+                .sum::<usize>();
+        // A Vec of exactly `len` becomes `Bytes` without a copy.
+        let mut buf = Vec::with_capacity(len);
+        codec::put_bytes(&mut buf, 1, &id);
+        codec::put_bytes(&mut buf, 2, self.sender.as_str().as_bytes());
+        codec::put_bytes(&mut buf, 3, self.sender_gateway.as_str().as_bytes());
+        // A oneof member is written even when empty.
+        codec::put_len_delimited(&mut buf, dest_tag, dest.as_bytes());
+        codec::put_bytes(&mut buf, 6, &self.payload);
+        codec::put_varint_field(&mut buf, 7, priority);
+        codec::put_varint_field(&mut buf, 8, created);
+        codec::put_varint_field(&mut buf, 9, ttl);
+        for (k, v) in &self.headers {
+            codec::put_key(&mut buf, 10, codec::LEN);
+            codec::put_varint(&mut buf, codec::entry_len(k, v) as u64);
+            codec::put_bytes(&mut buf, 1, k.as_bytes());
+            codec::put_bytes(&mut buf, 2, v.as_bytes());
+        }
+        debug_assert_eq!(buf.len(), len);
+        Bytes::from(buf)
+    }
+
+    fn wire_priority(&self) -> proto::Priority {
+        match self.priority {
+            Priority::Low => proto::Priority::Low,
+            Priority::Normal => proto::Priority::Normal,
+            Priority::High => proto::Priority::High,
+        }
+    }
+
+    fn wire_ttl_ms(&self) -> u32 {
+        self.ttl
+            .map(|t| t.as_millis().min(u32::MAX as u128) as u32)
+            .unwrap_or(0)
     }
 
     /// The generated protobuf type (as sent over gRPC).
@@ -347,16 +408,9 @@ impl Envelope {
             sender_user: self.sender.as_str().to_owned(),
             sender_gateway: self.sender_gateway.as_str().to_owned(),
             payload: self.payload.clone(),
-            priority: match self.priority {
-                Priority::Low => proto::Priority::Low,
-                Priority::Normal => proto::Priority::Normal,
-                Priority::High => proto::Priority::High,
-            } as i32,
+            priority: self.wire_priority() as i32,
             created_at_unix_micros: self.created_at_micros,
-            ttl_ms: self
-                .ttl
-                .map(|t| t.as_millis().min(u32::MAX as u128) as u32)
-                .unwrap_or(0),
+            ttl_ms: self.wire_ttl_ms(),
             headers: self
                 .headers
                 .iter()
@@ -369,24 +423,46 @@ impl Envelope {
         }
     }
 
-    /// Parses wire bytes; the payload shares the input buffer (no copy).
+    /// Parses wire bytes; the payload shares the input buffer (no copy),
+    /// and each id is copied once, straight into its shared string.
     pub fn decode(bytes: Bytes) -> Result<Self, EnvelopeError> {
-        let wire =
-            proto::Envelope::decode(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-        Self::from_wire(wire)
+        let frame = codec::Frame::parse(&bytes).map_err(EnvelopeError::Malformed)?;
+        let id = MessageId::from_slice(frame.id)?;
+        let text = codec::text;
+        let destination = match frame.destination {
+            Some((codec::USER, u)) => Destination::User(text("user", u)?.into()),
+            Some((_, g)) => Destination::Group(text("group", g)?.into()),
+            None => return Err(EnvelopeError::MissingRecipient { id }),
+        };
+        Ok(Self {
+            id,
+            sender: text("sender_user", frame.sender_user)?.into(),
+            sender_gateway: text("sender_gateway", frame.sender_gateway)?.into(),
+            destination,
+            payload: bytes.slice(frame.payload),
+            priority: Self::priority_from_wire(frame.priority)?,
+            created_at_micros: frame.created_at_unix_micros,
+            ttl: (frame.ttl_ms > 0).then(|| Duration::from_millis(u64::from(frame.ttl_ms))),
+            headers: frame.headers,
+        })
     }
 
-    /// Reads only the message id from wire bytes, skipping the payload, for
-    /// transports that key broker-side dedupe on it without decoding the rest.
-    pub fn peek_id(bytes: &[u8]) -> Result<MessageId, EnvelopeError> {
-        /// Field 1 of `proto::Envelope`; prost skips every other field.
-        #[derive(Clone, PartialEq, prost::Message)]
-        struct IdOnly {
-            #[prost(bytes = "vec", tag = "1")]
-            id: Vec<u8>,
+    fn priority_from_wire(priority: i32) -> Result<Priority, EnvelopeError> {
+        match proto::Priority::try_from(priority) {
+            Ok(proto::Priority::Low) => Ok(Priority::Low),
+            Ok(proto::Priority::High) => Ok(Priority::High),
+            Ok(proto::Priority::Normal) => Ok(Priority::Normal),
+            Err(_) => Err(EnvelopeError::Malformed(format!(
+                "unknown priority {priority}"
+            ))),
         }
-        let only = IdOnly::decode(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-        MessageId::from_slice(&only.id)
+    }
+
+    /// Reads only the message id from wire bytes, for transports that key
+    /// broker-side dedupe on it without building the envelope.
+    pub fn peek_id(bytes: &[u8]) -> Result<MessageId, EnvelopeError> {
+        let frame = codec::Frame::parse(bytes).map_err(EnvelopeError::Malformed)?;
+        MessageId::from_slice(frame.id)
     }
 
     /// Converts the generated protobuf type (as received over gRPC).
@@ -397,17 +473,7 @@ impl Envelope {
             Some(proto::envelope::Destination::Group(g)) => Destination::Group(g.into()),
             None => return Err(EnvelopeError::MissingRecipient { id }),
         };
-        let priority = match proto::Priority::try_from(wire.priority) {
-            Ok(proto::Priority::Low) => Priority::Low,
-            Ok(proto::Priority::High) => Priority::High,
-            Ok(proto::Priority::Normal) => Priority::Normal,
-            Err(_) => {
-                return Err(EnvelopeError::Malformed(format!(
-                    "unknown priority {}",
-                    wire.priority
-                )))
-            }
-        };
+        let priority = Self::priority_from_wire(wire.priority)?;
         Ok(Self {
             id,
             sender: wire.sender_user.into(),
@@ -422,8 +488,231 @@ impl Envelope {
     }
 }
 
+/// The protobuf wire format of [`proto::Envelope`], written and read
+/// without its generated type's copies.
+mod codec {
+    use std::collections::BTreeMap;
+
+    /// Wire type of varints.
+    const VARINT: u32 = 0;
+    /// Wire type of length-delimited fields.
+    pub(super) const LEN: u32 = 2;
+
+    /// The destination tag of a user recipient (5 is a group).
+    pub(super) const USER: u32 = 4;
+
+    /// `proto::Envelope` as read off the wire: every length-delimited field
+    /// a slice of the input, nothing copied but the headers. Parsed by hand
+    /// (prost's generated decoder costs four times as many instructions
+    /// here); read what switchyard wrote, with protobuf's rules: unknown
+    /// fields skipped, the last value of a field wins, map entries merge.
+    /// Groups (deprecated, never written by switchyard) are refused.
+    #[derive(Debug, Default)]
+    pub(super) struct Frame<'a> {
+        pub(super) id: &'a [u8],
+        pub(super) sender_user: &'a [u8],
+        pub(super) sender_gateway: &'a [u8],
+        /// The oneof's tag ([`USER`] or 5) and value.
+        pub(super) destination: Option<(u32, &'a [u8])>,
+        /// Where the payload is in the input (to slice it without a copy).
+        pub(super) payload: std::ops::Range<usize>,
+        pub(super) priority: i32,
+        pub(super) created_at_unix_micros: i64,
+        pub(super) ttl_ms: u32,
+        pub(super) headers: BTreeMap<String, String>,
+    }
+
+    /// A cursor over protobuf fields.
+    struct Fields<'a> {
+        buf: &'a [u8],
+        at: usize,
+    }
+
+    /// One field's value.
+    enum Value<'a> {
+        Varint(u64),
+        /// Length-delimited, with its offset in the input.
+        Len(&'a [u8], usize),
+        /// Fixed 32 or 64 bits: skipped.
+        Fixed,
+    }
+
+    impl<'a> Fields<'a> {
+        fn varint(&mut self) -> Result<u64, String> {
+            let mut value = 0u64;
+            for shift in (0..64).step_by(7) {
+                let byte = *self.buf.get(self.at).ok_or("truncated varint")?;
+                self.at += 1;
+                value |= u64::from(byte & 0x7f) << shift;
+                if byte < 0x80 {
+                    return Ok(value);
+                }
+            }
+            Err("varint longer than 10 bytes".into())
+        }
+
+        fn take(&mut self, len: usize) -> Result<&'a [u8], String> {
+            let end = self.at.checked_add(len).filter(|&e| e <= self.buf.len());
+            let end = end.ok_or_else(|| format!("field of {len} bytes past the end"))?;
+            let taken = &self.buf[self.at..end];
+            self.at = end;
+            Ok(taken)
+        }
+
+        /// The next field's tag and value; `None` at the end.
+        fn next(&mut self) -> Result<Option<(u32, Value<'a>)>, String> {
+            if self.at == self.buf.len() {
+                return Ok(None);
+            }
+            let key = self.varint()?;
+            let tag = u32::try_from(key >> 3).map_err(|_| format!("tag {} too large", key >> 3))?;
+            let value = match key & 7 {
+                0 => Value::Varint(self.varint()?),
+                1 => {
+                    self.take(8)?;
+                    Value::Fixed
+                }
+                2 => {
+                    let len = usize::try_from(self.varint()?).map_err(|e| e.to_string())?;
+                    let offset = self.at;
+                    Value::Len(self.take(len)?, offset)
+                }
+                5 => {
+                    self.take(4)?;
+                    Value::Fixed
+                }
+                wire => return Err(format!("wire type {wire} of field {tag} is not supported")),
+            };
+            Ok(Some((tag, value)))
+        }
+    }
+
+    impl<'a> Frame<'a> {
+        /// Parses an encoded `proto::Envelope`.
+        pub(super) fn parse(buf: &'a [u8]) -> Result<Self, String> {
+            let mut frame = Frame::default();
+            let mut fields = Fields { buf, at: 0 };
+            while let Some((tag, value)) = fields.next()? {
+                match (tag, value) {
+                    (1, Value::Len(b, _)) => frame.id = b,
+                    (2, Value::Len(b, _)) => frame.sender_user = b,
+                    (3, Value::Len(b, _)) => frame.sender_gateway = b,
+                    (4 | 5, Value::Len(b, _)) => frame.destination = Some((tag, b)),
+                    (6, Value::Len(b, at)) => frame.payload = at..at + b.len(),
+                    // Protobuf truncates a varint to the field's width.
+                    (7, Value::Varint(v)) => frame.priority = v as i32,
+                    (8, Value::Varint(v)) => frame.created_at_unix_micros = v as i64,
+                    (9, Value::Varint(v)) => frame.ttl_ms = v as u32,
+                    (10, Value::Len(b, _)) => {
+                        let (k, v) = entry(b)?;
+                        frame.headers.insert(k, v);
+                    }
+                    (1..=10, _) => return Err(format!("field {tag} has the wrong wire type")),
+                    _ => {}
+                }
+            }
+            Ok(frame)
+        }
+    }
+
+    /// One `headers` map entry (key = 1, value = 2).
+    fn entry(buf: &[u8]) -> Result<(String, String), String> {
+        let (mut key, mut value) = (String::new(), String::new());
+        let mut fields = Fields { buf, at: 0 };
+        while let Some((tag, field)) = fields.next()? {
+            match (tag, field) {
+                (1, Value::Len(b, _)) => {
+                    key = text("header key", b).map_err(|e| e.to_string())?.into()
+                }
+                (2, Value::Len(b, _)) => {
+                    value = text("header value", b).map_err(|e| e.to_string())?.into()
+                }
+                (1 | 2, _) => return Err(format!("header field {tag} has the wrong wire type")),
+                _ => {}
+            }
+        }
+        Ok((key, value))
+    }
+
+    /// A string field's bytes as text.
+    pub(super) fn text<'a>(
+        field: &'static str,
+        b: &'a [u8],
+    ) -> Result<&'a str, super::EnvelopeError> {
+        std::str::from_utf8(b)
+            .map_err(|_| super::EnvelopeError::Malformed(format!("field `{field}` is not UTF-8")))
+    }
+
+    pub(super) fn varint_len(v: u64) -> usize {
+        // 7 bits per byte; 0 still takes one byte.
+        (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+    }
+
+    pub(super) fn key_len(tag: u32) -> usize {
+        varint_len(u64::from(tag << 3))
+    }
+
+    /// A length-delimited field of `len` bytes, left out when empty.
+    pub(super) fn bytes_len(tag: u32, len: usize) -> usize {
+        if len == 0 {
+            0
+        } else {
+            key_len(tag) + varint_len(len as u64) + len
+        }
+    }
+
+    /// A varint field, left out when 0.
+    pub(super) fn varint_field_len(tag: u32, v: u64) -> usize {
+        if v == 0 {
+            0
+        } else {
+            key_len(tag) + varint_len(v)
+        }
+    }
+
+    /// The body of one `headers` map entry (key = 1, value = 2).
+    pub(super) fn entry_len(k: &str, v: &str) -> usize {
+        bytes_len(1, k.len()) + bytes_len(2, v.len())
+    }
+
+    pub(super) fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        buf.push(v as u8);
+    }
+
+    pub(super) fn put_key(buf: &mut Vec<u8>, tag: u32, wire_type: u32) {
+        put_varint(buf, u64::from(tag << 3 | wire_type));
+    }
+
+    pub(super) fn put_len_delimited(buf: &mut Vec<u8>, tag: u32, b: &[u8]) {
+        put_key(buf, tag, LEN);
+        put_varint(buf, b.len() as u64);
+        buf.extend_from_slice(b);
+    }
+
+    /// A length-delimited field, left out when empty.
+    pub(super) fn put_bytes(buf: &mut Vec<u8>, tag: u32, b: &[u8]) {
+        if !b.is_empty() {
+            put_len_delimited(buf, tag, b);
+        }
+    }
+
+    /// A varint field, left out when 0.
+    pub(super) fn put_varint_field(buf: &mut Vec<u8>, tag: u32, v: u64) {
+        if v != 0 {
+            put_key(buf, tag, VARINT);
+            put_varint(buf, v);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use prost::Message as _;
+
     use super::*;
 
     fn sample() -> Envelope {
@@ -445,6 +734,64 @@ mod tests {
             vec![0u8; 300],
         );
         assert_eq!(Envelope::decode(group.encode()).unwrap(), group);
+    }
+
+    #[test]
+    fn writes_what_prost_writes_and_reads_what_prost_writes() {
+        let mut low = sample().with_priority(Priority::Low);
+        low.created_at_micros = -5;
+        low.headers.insert(String::new(), "v".into());
+        low.headers.insert("k".into(), String::new());
+        let empty_user = Envelope::new("a", "g", Destination::User("".into()), "");
+        let group = Envelope::new("é", "gw-2", Destination::Group("g1".into()), vec![1; 200]);
+        for env in [sample(), low, empty_user, group] {
+            let ours = env.encode();
+            let prost_bytes = env.to_wire().encode_to_vec();
+            assert_eq!(
+                proto::Envelope::decode(ours.clone()).unwrap(),
+                env.to_wire()
+            );
+            // prost writes a map in its HashMap's order: bytes match up to one entry.
+            if env.headers.len() <= 1 {
+                assert_eq!(ours.as_ref(), prost_bytes.as_slice(), "{env:?}");
+            }
+            assert_eq!(Envelope::decode(Bytes::from(prost_bytes)).unwrap(), env);
+        }
+    }
+
+    #[test]
+    fn reads_every_truncation_as_prost_does() {
+        // Cut inside a field: an error; cut between fields: a shorter
+        // message. Never a panic, and the same verdict as prost's.
+        let env = sample();
+        let bytes = env.encode();
+        for end in 0..bytes.len() {
+            let cut = bytes.slice(..end);
+            let ours = Envelope::decode(cut.clone());
+            let theirs = proto::Envelope::decode(cut).map(Envelope::from_wire);
+            match (ours, theirs) {
+                (Ok(a), Ok(Ok(b))) => assert_eq!(a, b, "cut at {end}"),
+                (Err(_), Err(_) | Ok(Err(_))) => {}
+                (a, b) => panic!("cut at {end}: ours {a:?}, prost {b:?}"),
+            }
+        }
+        // An unknown field (tag 15, varint and length-delimited) is skipped.
+        let mut extended = bytes.to_vec();
+        extended.extend_from_slice(&[15 << 3, 1, (15 << 3) | 2, 2, b'x', b'y']);
+        assert_eq!(Envelope::decode(Bytes::from(extended)).unwrap(), env);
+    }
+
+    #[test]
+    fn ids_must_be_utf8() {
+        let mut wire = sample().to_wire().encode_to_vec();
+        // The sender's text ("alice") follows its key and length: break it.
+        let at = wire.windows(5).position(|w| w == b"alice").unwrap();
+        wire[at] = 0xff;
+        let err = Envelope::decode(Bytes::from(wire)).unwrap_err();
+        assert_eq!(
+            err,
+            EnvelopeError::Malformed("field `sender_user` is not UTF-8".into())
+        );
     }
 
     #[test]

@@ -14,20 +14,22 @@
 //! [`Inbox::redeliver`] hands every unacked delivery out again, oldest
 //! first, before anything new: what a gateway that re-attaches needs.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use foldhash::fast::RandomState;
-use futures::stream::{self, StreamExt};
+use futures::stream::{BoxStream, Stream, StreamExt};
+use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::dedupe::DedupeWindow;
-use crate::envelope::{now_micros, Envelope, EnvelopeError, MessageId};
+use crate::envelope::{now_micros, Envelope, EnvelopeError};
 use crate::telemetry;
 use crate::transport::{Acknowledge, Incoming, Settled, Subscription, TransportKind};
 
@@ -98,9 +100,6 @@ struct State {
     next: usize,
     /// Payload and header bytes of `pending` (`Envelope::size`).
     bytes: usize,
-    /// Sequence numbers of pending deliveries, by message id, so a
-    /// duplicate's transport ack waits for the original's.
-    ids: HashMap<MessageId, u64, RandomState>,
     /// The feeding task ended (every subscription and the router are gone).
     closed: bool,
     /// The gateway dropped its [`Inbox`]: stop reading, ack nothing more.
@@ -118,6 +117,9 @@ struct Shared {
     capacity: usize,
     /// The window in bytes; one delivery is always let in, however large.
     max_bytes: usize,
+    /// Resolved on first use (a recorder installed after the inbox was
+    /// built still counts), not per ack: `counter!` is a registry lookup.
+    acked: OnceLock<metrics::Counter>,
 }
 
 /// Work for the acking task.
@@ -135,7 +137,45 @@ pub struct Inbox {
     settled: Vec<Settled>,
 }
 
-type Merged = stream::SelectAll<futures::stream::BoxStream<'static, Arrival>>;
+/// Every subscription and the router's channel as one stream, polled in
+/// turn from where the last item came (so none starves). A handful of
+/// streams: cheaper per item than `select_all`, which re-queues a future
+/// per stream for every item.
+struct Merged {
+    streams: Vec<BoxStream<'static, Arrival>>,
+    next: usize,
+}
+
+impl Stream for Merged {
+    type Item = Arrival;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Arrival>> {
+        let this = self.get_mut();
+        'again: loop {
+            let len = this.streams.len();
+            if len == 0 {
+                return Poll::Ready(None);
+            }
+            for step in 0..len {
+                let i = (this.next + step) % len;
+                match this.streams[i].poll_next_unpin(cx) {
+                    Poll::Ready(Some(arrival)) => {
+                        this.next = (i + 1) % len;
+                        return Poll::Ready(Some(arrival));
+                    }
+                    // An ended stream is not polled again.
+                    Poll::Ready(None) => {
+                        drop(this.streams.swap_remove(i));
+                        this.next = 0;
+                        continue 'again;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            return Poll::Pending;
+        }
+    }
+}
 
 impl fmt::Debug for Inbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -180,9 +220,9 @@ impl Inbox {
         if count == 0 {
             return;
         }
-        for pending in state.pending.drain(..count).collect::<Vec<_>>() {
-            state.ids.remove(&pending.delivery.envelope.id);
-            state.bytes -= pending.delivery.envelope.size();
+        let held = &mut *state;
+        for pending in held.pending.drain(..count) {
+            held.bytes -= pending.delivery.envelope.size();
             for ack in pending.acks {
                 // Err: the acking task is gone with the subscriptions.
                 let _ = self.shared.acks.send(Acking::Ack(ack));
@@ -191,7 +231,10 @@ impl Inbox {
         state.first += count as u64;
         state.next -= count;
         drop(state);
-        metrics::counter!(telemetry::INBOX_ACKED).increment(count as u64);
+        self.shared
+            .acked
+            .get_or_init(|| metrics::counter!(telemetry::INBOX_ACKED))
+            .increment(count as u64);
         self.shared.writable.notify_one();
     }
 
@@ -276,6 +319,7 @@ pub(crate) fn spawn(
         acks,
         capacity: capacity.max(1),
         max_bytes,
+        acked: OnceLock::new(),
     });
     let mut settled = Vec::with_capacity(subscriptions.len());
     let mut wire = Vec::with_capacity(subscriptions.len() + 1);
@@ -289,7 +333,10 @@ pub(crate) fn spawn(
         );
     }
     wire.push(ReceiverStream::new(local).map(Arrival::Handed).boxed());
-    let merged = stream::select_all(wire);
+    let merged = Merged {
+        streams: wire,
+        next: 0,
+    };
     tokio::spawn(send_acks(ack_rx));
     let feeder = tokio::spawn(feed(shared.clone(), merged, dedupe_window));
     Inbox {
@@ -319,9 +366,13 @@ async fn send_acks(mut acks: mpsc::UnboundedReceiver<Acking>) {
 /// hold. Returns the subscriptions when the inbox is stopped, so closing it
 /// can send the last acks before they go.
 async fn feed(shared: Arc<Shared>, mut merged: Merged, dedupe_window: usize) -> Option<Merged> {
-    let mut window = DedupeWindow::new(dedupe_window);
-    let mut latencies = telemetry::DeliveryLatency::default();
-    loop {
+    let mut holder = Holder {
+        window: DedupeWindow::new(dedupe_window),
+        latencies: telemetry::DeliveryLatency::default(),
+        next_seq: 1,
+        shared: shared.clone(),
+    };
+    'feeding: loop {
         // Wait for room before reading on: unread messages stay with the
         // transports (and their brokers), not in this process.
         let writable = loop {
@@ -348,6 +399,51 @@ async fn feed(shared: Arc<Shared>, mut merged: Merged, dedupe_window: usize) -> 
         let Some(arrival) = arrival else {
             break;
         };
+        let mut held = holder.take(arrival);
+        let mut handed = held.is_some();
+        // Whatever else is ready, while there is room, without a wait (and
+        // a waiter registered and dropped) and a wake-up per message.
+        while held.is_none_or(|room| room) {
+            match merged.next().now_or_never() {
+                Some(Some(arrival)) => {
+                    held = holder.take(arrival).or(held);
+                    handed |= held.is_some();
+                }
+                Some(None) => {
+                    if handed {
+                        shared.readable.notify_one();
+                    }
+                    break 'feeding;
+                }
+                None => break,
+            }
+        }
+        if handed {
+            shared.readable.notify_one();
+        }
+    }
+    shared.state.lock().closed = true;
+    shared.readable.notify_one();
+    None
+}
+
+/// What the feeding task keeps between arrivals.
+struct Holder {
+    window: DedupeWindow,
+    latencies: telemetry::DeliveryLatency,
+    /// The sequence number of the next held delivery (`State::first`
+    /// starts at 1). Only this task appends, and an ack moves `first` and
+    /// the queue's length together, so it is known without the lock.
+    next_seq: u64,
+    shared: Arc<Shared>,
+}
+
+impl Holder {
+    /// Decodes, validates and dedupes one arrival and holds it for the
+    /// gateway; returns whether the window has room for more then, `None`
+    /// if this one was not held (malformed, expired, a duplicate).
+    fn take(&mut self, arrival: Arrival) -> Option<bool> {
+        let shared = &*self.shared;
         let (via, decoded, ack) = match arrival {
             Arrival::Wire(kind, incoming) => (
                 Via::Transport(kind),
@@ -361,29 +457,31 @@ async fn feed(shared: Arc<Shared>, mut merged: Merged, dedupe_window: usize) -> 
             Err(err) => {
                 // Unreadable now is unreadable on redelivery too: ack it away.
                 reject(via, &err);
-                fire(&shared, ack);
-                continue;
+                fire(shared, ack);
+                return None;
             }
         };
-        if !window.insert(envelope.id) {
-            metrics::counter!(telemetry::INBOX_DUPLICATES, "via" => via.as_str()).increment(1);
-            duplicate(&shared, envelope.id, ack);
-            continue;
-        }
         let now = now_micros();
         // Bytes from the wire were never validated by this process: a message
-        // past its ttl, or without a sender, is refused here, counted and logged.
+        // past its ttl, or without a sender, is refused here, counted and
+        // logged (before dedupe, so only held deliveries enter the window).
         if let Err(err) = envelope.check_arrival(now) {
             reject(via, &err);
-            fire(&shared, ack);
-            continue;
+            fire(shared, ack);
+            return None;
         }
+        let seq = self.next_seq;
+        if let Err(original) = self.window.insert_tagged(envelope.id, seq) {
+            metrics::counter!(telemetry::INBOX_DUPLICATES, "via" => via.as_str()).increment(1);
+            duplicate(shared, original, ack);
+            return None;
+        }
+        self.next_seq += 1;
         let latency =
             Duration::from_micros(now.saturating_sub(envelope.created_at_micros).max(0) as u64);
-        latencies.record(via.as_str(), latency);
+        self.latencies.record(via.as_str(), latency);
         let mut state = shared.state.lock();
-        let seq = state.first + state.pending.len() as u64;
-        state.ids.insert(envelope.id, seq);
+        debug_assert_eq!(seq, state.first + state.pending.len() as u64);
         state.bytes += envelope.size();
         state.pending.push_back(Pending {
             delivery: Delivery {
@@ -394,24 +492,20 @@ async fn feed(shared: Arc<Shared>, mut merged: Merged, dedupe_window: usize) -> 
             },
             acks: ack.into_iter().collect(),
         });
-        drop(state);
-        shared.readable.notify_one();
+        Some(state.pending.len() < shared.capacity && state.bytes < shared.max_bytes)
     }
-    shared.state.lock().closed = true;
-    shared.readable.notify_one();
-    None
 }
 
-/// A duplicate's transport ack waits for the original while the gateway has
-/// not acked that yet (acking it now could commit past the only copy);
-/// otherwise it goes at once.
-fn duplicate(shared: &Shared, id: MessageId, ack: Option<Box<dyn Acknowledge>>) {
+/// A duplicate's transport ack waits for the original (sequence number
+/// `original`) while the gateway has not acked that yet (acking it now
+/// could commit past the only copy); otherwise it goes at once.
+fn duplicate(shared: &Shared, original: u64, ack: Option<Box<dyn Acknowledge>>) {
     let Some(ack) = ack else { return };
     let mut state = shared.state.lock();
-    if let Some(seq) = state.ids.get(&id).copied() {
-        let index = (seq - state.first) as usize;
-        if let Some(original) = state.pending.get_mut(index) {
-            original.acks.push(ack);
+    // Below `first`: the original was acked already.
+    if let Some(index) = original.checked_sub(state.first) {
+        if let Some(pending) = state.pending.get_mut(index as usize) {
+            pending.acks.push(ack);
             return;
         }
     }

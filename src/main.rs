@@ -286,6 +286,13 @@ struct BenchArgs {
     /// Messages per batch.
     #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// Send loops at once, each with a batch in flight (the rate is the total).
+    #[arg(long, default_value_t = 1)]
+    senders: usize,
+    /// Send exactly this many messages per path instead of for --duration
+    /// (a fixed workload, e.g. under callgrind).
+    #[arg(long)]
+    messages: Option<u64>,
     /// Transports to measure, comma-separated (default: every enabled one,
     /// and grpc: direct links on loopback).
     #[arg(long, value_delimiter = ',', value_parser = parse_transport)]
@@ -432,6 +439,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 rate: args.rate,
                 fanout: args.fanout,
                 duration: args.duration,
+                messages: args.messages,
+                senders: args.senders,
                 batch: args.batch,
                 transports: args.transports,
                 raw: args.raw,

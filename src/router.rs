@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
+use foldhash::fast::RandomState;
 use futures::future::{join_all, FutureExt};
 use tokio::sync::mpsc;
 
@@ -231,6 +232,9 @@ fn split(result: Result<(Via, bool), String>) -> (Result<Via, String>, bool) {
         Err(err) => (Err(err), false),
     }
 }
+
+/// One target gateway's route and its (message, target) indices in a batch.
+type Members = (Route, Vec<(usize, usize)>);
 
 /// A message ready to publish.
 struct Planned {
@@ -475,10 +479,15 @@ impl Router {
         // cached in process): those are taken at once, and only plans that
         // wait on a store are joined, overlapping their round trips. A
         // `join_all` of every plan cost a task slot and a wake per message.
+        // One policy for the whole batch (its runs must agree anyway), owned:
+        // plans that wait on a store hold it across that wait.
+        let policy = arc_swap::Guard::into_inner(self.inner.policy.load());
+        let (me, backends) = (&self.inner.me, &self.inner.backends);
+        let max_payload = self.inner.limits.max_payload_bytes;
         let mut plans = Vec::with_capacity(envelopes.len());
         let mut waiting = Vec::new();
         for envelope in envelopes {
-            let mut plan = Box::pin(self.plan(envelope));
+            let mut plan = Box::pin(plan(me, backends, &policy, max_payload, envelope));
             match plan.as_mut().now_or_never() {
                 Some(done) => plans.push(Some(done)),
                 None => {
@@ -507,7 +516,7 @@ impl Router {
         // One batch per target gateway, in input order. Gateways are
         // published to concurrently; within one, runs of the same priority
         // and transports go one after another, so per-pair order holds.
-        let mut batches: HashMap<GatewayId, (Route, Vec<(usize, usize)>)> = HashMap::new();
+        let mut batches: HashMap<GatewayId, Members, RandomState> = HashMap::default();
         for (i, plan) in planned.iter().enumerate() {
             let Some(plan) = plan.as_ref().filter(|p| !p.blocked) else {
                 continue;
@@ -599,18 +608,6 @@ impl Router {
     pub async fn explain(&self, envelope: Envelope) -> Result<Explanation, SendError> {
         let policy = self.inner.policy.load();
         explain(
-            &self.inner.me,
-            &self.inner.backends,
-            &policy,
-            self.inner.limits.max_payload_bytes,
-            envelope,
-        )
-        .await
-    }
-
-    async fn plan(&self, envelope: Envelope) -> Result<Planned, SendError> {
-        let policy = self.inner.policy.load();
-        plan(
             &self.inner.me,
             &self.inner.backends,
             &policy,
@@ -968,15 +965,15 @@ async fn plan(
                         .locate_shared(user)
                         .await
                         .map_err(store_err)?;
-                    let gateways: BTreeSet<(GatewayId, Region)> = sessions
+                    // One target per gateway, in gateway order; a user has
+                    // few sessions, so a sorted Vec beats a set.
+                    let mut gateways: Vec<(GatewayId, Region)> = sessions
                         .iter()
                         .map(|s| (s.gateway.clone(), s.region.clone()))
                         .collect();
-                    (
-                        false,
-                        Found::Sessions(sessions),
-                        gateways.into_iter().collect(),
-                    )
+                    gateways.sort_unstable();
+                    gateways.dedup();
+                    (false, Found::Sessions(sessions), gateways)
                 }
             }
             Destination::Group(group) => {

@@ -1,7 +1,8 @@
 //! The measurement loop every switchyard path shares (library routers or
-//! gateways over sidecars): warm up, send on the [`Schedule`], count what
-//! the receivers see, wait for stragglers. The paths differ only in how
-//! they send a batch ([`Sender`]) and what their receivers yield.
+//! gateways over sidecars): warm up, send on the [`Schedule`] from
+//! `senders` loops at once on the load generator's thread, count what the
+//! receivers see, wait for stragglers. The paths differ only in how they
+//! send a batch ([`Sender`]) and what their receivers yield.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,11 +11,17 @@ use std::time::{Duration, Instant};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use indicatif::ProgressBar;
+use tokio::runtime::Handle;
 
-use super::schedule::{Schedule, Stop};
+use super::generator::Generator;
+use super::schedule::{run_senders, Schedule, Stop};
 use super::{new_histogram, BenchError, BenchOptions, Measured};
 use crate::envelope::now_micros;
 use crate::transport::TransportKind;
+
+/// Deliveries a bench gateway takes before it acks them (with one
+/// cumulative ack), on both paths.
+pub(crate) const ACK_EVERY: u64 = 32;
 
 /// How long receivers wait for stragglers after the last send.
 pub(crate) const SETTLE: Duration = Duration::from_secs(10);
@@ -38,19 +45,24 @@ impl Refused {
     }
 }
 
-/// The sending gateway of a path.
+/// The sending gateway of a path, called on the load generator's thread,
+/// by several send loops at once with `--senders` above 1.
 #[async_trait::async_trait]
-pub(crate) trait Sender: Send {
+pub(crate) trait Sender: Send + Sync {
     /// Sends one message per timestamp (its `created_at`).
-    async fn send(&mut self, stamps: Vec<i64>) -> Refused;
+    async fn send(&self, stamps: Vec<i64>) -> Refused;
 }
 
 /// A path ready to measure: its sender, and per receiving gateway the
-/// latency of each delivery. The sender owns whatever must outlive the run
-/// (receiving routers, sidecars, gateway streams).
+/// latency of each delivery, read on `receive_on` (the routers' runtime
+/// when reading is the library's work, the generator's for gRPC clients).
 pub(crate) struct Ends {
-    pub(crate) sender: Box<dyn Sender>,
+    pub(crate) sender: Arc<dyn Sender>,
     pub(crate) receivers: Vec<BoxStream<'static, Duration>>,
+    pub(crate) receive_on: Handle,
+    /// Whatever must outlive the run (receiving routers, sidecars, gateway
+    /// streams, heartbeats).
+    pub(crate) keep: Box<dyn Send>,
 }
 
 /// Latency of a delivery of an envelope created at `created_at_micros`,
@@ -65,11 +77,14 @@ pub(crate) async fn measure(
     ends: Ends,
     kind: TransportKind,
     options: &BenchOptions,
+    generator: &Generator,
     bar: &ProgressBar,
 ) -> Result<Measured, BenchError> {
     let Ends {
-        mut sender,
+        sender,
         mut receivers,
+        receive_on,
+        keep,
     } = ends;
     // Warm-up: every receiver's subscription (a Kafka consumer joining its
     // group, a direct link opening) is live before the clock starts.
@@ -77,7 +92,11 @@ pub(crate) async fn measure(
         transport: kind,
         reason: format!("{what} did not arrive within {SETTLE:?}"),
     };
-    if let Some(reason) = sender.send(vec![now_micros()]).await.first {
+    let warm = sender.clone();
+    let warmed = generator
+        .run(async move { warm.send(vec![now_micros()]).await })
+        .await?;
+    if let Some(reason) = warmed.first {
         return Err(BenchError::Transport {
             transport: kind,
             reason: format!("the warm-up message was refused: {reason}"),
@@ -97,7 +116,7 @@ pub(crate) async fn measure(
     for mut receiver in receivers {
         let delivered = delivered.clone();
         let mut stopped = stopped.clone();
-        readers.push(tokio::spawn(async move {
+        readers.push(receive_on.spawn(async move {
             let mut latency = new_histogram();
             let mut last = Instant::now();
             loop {
@@ -127,27 +146,45 @@ pub(crate) async fn measure(
             }
         }
     });
-    let mut schedule = Schedule::new(options.rate, options.batch, Stop::After(options.duration));
+    let stop_at = match options.messages {
+        Some(n) => Stop::Count(n),
+        None => Stop::After(options.duration),
+    };
+    let schedule = Schedule::new(options.rate, options.batch, stop_at);
     let start = Instant::now();
-    let mut failed = Refused::default();
-    while let Some(stamps) = schedule.next_batch().await {
-        let refused = sender.send(stamps).await;
-        failed.count += refused.count;
-        failed.first = failed.first.or(refused.first);
-        bar.set_position(schedule.elapsed().as_millis() as u64);
-        bar.set_message(format!(
-            "sent {}  delivered {}",
-            schedule.sent(),
-            delivered.load(Ordering::Relaxed)
-        ));
-    }
+    let (senders, looping, progress) = (options.senders, sender.clone(), bar.clone());
+    let counted = delivered.clone();
+    let (sent, failed) = generator
+        .run(async move {
+            let failed = parking_lot::Mutex::new(Refused::default());
+            let handed = AtomicU64::new(0);
+            let sent = run_senders(schedule, senders, |stamps| async {
+                let n = stamps.len() as u64;
+                let refused = looping.send(stamps).await;
+                let mut failed = failed.lock();
+                failed.count += refused.count;
+                failed.first = failed.first.take().or(refused.first);
+                drop(failed);
+                let sent = handed.fetch_add(n, Ordering::Relaxed) + n;
+                progress.set_position(start.elapsed().as_millis() as u64);
+                progress.set_message(format!(
+                    "sent {sent}  delivered {}",
+                    counted.load(Ordering::Relaxed)
+                ));
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .await;
+            let Ok(sent) = sent;
+            (sent, failed.into_inner())
+        })
+        .await?;
     if let Some(first) = failed.first {
         tracing::warn!(transport = %kind, failed = failed.count, %first, "sends failed during the bench");
     }
     let _ = sent_all.send(());
     let rss_mib = sampler.await.unwrap_or_default();
     // Wait for the expected deliveries (or the settle time).
-    let expected = schedule.sent() * fanout;
+    let expected = sent * fanout;
     let waited = Instant::now();
     while delivered.load(Ordering::Relaxed) < expected && waited.elapsed() < SETTLE {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -163,8 +200,8 @@ pub(crate) async fn measure(
             last = last.max(at);
         }
     }
-    drop(sender);
-    let mut measured = Measured::new(schedule.sent(), latency, last - start);
+    drop((sender, keep));
+    let mut measured = Measured::new(sent, latency, last - start);
     measured.rss_mib = rss_mib;
     Ok(measured)
 }

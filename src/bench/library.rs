@@ -4,12 +4,14 @@
 //! loopback whose Peer API is the receiving end of the direct link, so the
 //! sending router opens a real link to it, as it would to another process.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
+use tokio::runtime::Handle;
 
-use super::drive::{Ends, Refused, Sender};
+use super::drive::{Ends, Refused, Sender, ACK_EVERY};
 use super::layout::Layout;
 use super::BenchError;
 use crate::backends::Backends;
@@ -20,10 +22,18 @@ use crate::sidecar::Sidecar;
 use crate::topology::GatewayInfo;
 use crate::transport::TransportKind;
 
-/// The sending router, and what must live as long as it sends.
+/// The sending router, called from the load generator's thread: it builds
+/// each batch there and runs `send_batch` on the routers' runtime, as a
+/// gateway's request handler would, so the router's CPU is not the
+/// generator's.
 struct Library {
     router: Router,
     layout: Layout,
+    routers: Handle,
+}
+
+/// What must live as long as the library path sends.
+struct Keep {
     /// The sender's own inbox, open as a gateway's would be.
     _inbox: Inbox,
     /// The receiving routers: their inboxes end when they are dropped.
@@ -36,24 +46,52 @@ struct Library {
 
 #[async_trait::async_trait]
 impl Sender for Library {
-    async fn send(&mut self, stamps: Vec<i64>) -> Refused {
+    async fn send(&self, stamps: Vec<i64>) -> Refused {
+        let n = stamps.len() as u64;
         let batch = stamps.into_iter().map(|s| self.layout.message(s)).collect();
+        let router = self.router.clone();
         let mut refused = Refused::default();
-        for result in self.router.send_batch(batch).await {
-            if let Err(err) = result {
-                refused.add(|| err.to_string());
+        match self
+            .routers
+            .spawn(async move { router.send_batch(batch).await })
+            .await
+        {
+            Ok(results) => {
+                for result in results {
+                    if let Err(err) = result {
+                        refused.add(|| err.to_string());
+                    }
+                }
+            }
+            Err(err) => {
+                refused.add(|| format!("send_batch task: {err}"));
+                refused.count = n;
             }
         }
         refused
     }
 }
 
-/// Latencies of an inbox's deliveries, as measured by the inbox.
+/// Latencies of an inbox's deliveries, as measured by the inbox; acked as
+/// the sidecar path's gateways ack (one cumulative ack every
+/// [`ACK_EVERY`] deliveries, and whenever it would otherwise wait), so both
+/// paths pay the same for acks.
 fn latencies(inbox: Inbox) -> BoxStream<'static, Duration> {
-    futures::stream::unfold(inbox, |mut inbox| async move {
-        let delivery = inbox.recv().await?;
-        inbox.ack(delivery.seq);
-        Some((delivery.latency, inbox))
+    futures::stream::unfold((inbox, 0u64), |(mut inbox, mut unacked)| async move {
+        let delivery = match inbox.recv().now_or_never() {
+            Some(delivery) => delivery?,
+            None => {
+                if unacked > 0 {
+                    inbox.ack(unacked);
+                }
+                inbox.recv().await?
+            }
+        };
+        unacked = delivery.seq;
+        if delivery.seq % ACK_EVERY == 0 {
+            inbox.ack(delivery.seq);
+        }
+        Some((delivery.latency, (inbox, unacked)))
     })
     .boxed()
 }
@@ -100,14 +138,19 @@ pub(crate) async fn ends(
         .map(|r| r.keep_alive(every))
         .collect();
     Ok(Ends {
-        sender: Box::new(Library {
+        sender: Arc::new(Library {
             router,
             layout,
+            routers: Handle::current(),
+        }),
+        receivers: inboxes,
+        // Taking and acking deliveries is the library's work.
+        receive_on: Handle::current(),
+        keep: Box::new(Keep {
             _inbox: inbox,
             _receivers: receivers,
             _alive: alive,
             _peer: peer,
         }),
-        receivers: inboxes,
     })
 }

@@ -9,6 +9,8 @@
 //! - [`schedule`]: the send timeline (open loop at a rate, or closed loop).
 //! - `layout`: the fleet's ids and message, the same on every path.
 //! - `drive`: the measurement loop every path shares.
+//! - `generator`: the load generator's own thread, whose CPU is counted
+//!   apart from switchyard's.
 //! - `library`, `sidecar`: the two paths.
 //! - [`raw`]: the raw-client baselines (redis-rs, rdkafka, async-nats, tonic).
 //! - [`process`]: CPU time and RSS of this process from `/proc`.
@@ -19,6 +21,7 @@
 //! behind is charged for the wait (no coordinated omission).
 
 mod drive;
+mod generator;
 mod layout;
 mod library;
 pub mod plot;
@@ -92,6 +95,12 @@ pub struct BenchOptions {
     /// Sending time per transport.
     #[serde(with = "humantime_serde")]
     pub duration: Duration,
+    /// Send exactly this many messages per path instead of for `duration`
+    /// (a fixed workload, for instruction counts under callgrind).
+    pub messages: Option<u64>,
+    /// Send loops at once, each with its own batch in flight, sharing the
+    /// schedule (the offered rate is the total).
+    pub senders: usize,
     /// Messages per `send_batch` call (and per raw pipeline).
     pub batch: usize,
     /// Transports to measure; empty = every enabled one the bench can drive.
@@ -110,6 +119,8 @@ impl Default for BenchOptions {
             rate: 0,
             fanout: 1,
             duration: Duration::from_secs(10),
+            messages: None,
+            senders: 1,
             batch: 100,
             transports: Vec::new(),
             raw: true,
@@ -163,6 +174,9 @@ pub enum BenchError {
         /// What failed.
         reason: String,
     },
+    /// The load generator's thread could not start, or stopped mid-run.
+    #[error("bench load generator: {0}")]
+    Generator(String),
     /// The result could not be written.
     #[error("writing {path}: {reason}")]
     Output {
@@ -184,6 +198,8 @@ pub struct Load {
     pub batch: usize,
     /// Offered messages per second; 0 = closed loop.
     pub rate: u64,
+    /// Batches in flight at once (see [`BenchOptions::senders`]).
+    pub senders: usize,
 }
 
 /// What one load measured at the receivers.
@@ -248,6 +264,14 @@ pub struct Row {
     /// CPU seconds this process spent during the load (router and receivers,
     /// or the raw client; brokers are other processes).
     pub cpu_seconds: f64,
+    /// Of `cpu_seconds`, what the load generator's threads spent (schedule,
+    /// building messages, the sidecar path's gRPC gateway clients).
+    pub generator_cpu_seconds: f64,
+    /// `cpu_seconds` less the generator's: switchyard's own (or the raw
+    /// client's).
+    pub router_cpu_seconds: f64,
+    /// `router_cpu_seconds` per delivery, µs.
+    pub router_cpu_us_per_msg: f64,
     /// Peak RSS of this process by the end of the load, MiB.
     pub peak_rss_mib: f64,
     /// RSS once per second while sending, MiB.
@@ -265,15 +289,9 @@ pub struct Row {
 }
 
 impl Row {
-    fn new(
-        path: &str,
-        transport: &str,
-        route: &str,
-        m: &Measured,
-        cpu: Duration,
-        rate: u64,
-    ) -> Self {
+    fn new(path: &str, transport: &str, route: &str, m: &Measured, cpu: Cpu, rate: u64) -> Self {
         let ms = |q: f64| m.latency.value_at_quantile(q) as f64 / 1000.0;
+        let router = cpu.total.saturating_sub(cpu.generator);
         Self {
             path: path.into(),
             transport: transport.into(),
@@ -286,7 +304,10 @@ impl Row {
             p90_ms: ms(0.9),
             p99_ms: ms(0.99),
             p999_ms: ms(0.999),
-            cpu_seconds: cpu.as_secs_f64(),
+            cpu_seconds: cpu.total.as_secs_f64(),
+            generator_cpu_seconds: cpu.generator.as_secs_f64(),
+            router_cpu_seconds: router.as_secs_f64(),
+            router_cpu_us_per_msg: router.as_secs_f64() * 1e6 / m.latency.len().max(1) as f64,
             peak_rss_mib: process::peak_rss() as f64 / (1024.0 * 1024.0),
             rss_mib: m.rss_mib.clone(),
             rss_drift_mib: m.rss_drift_mib(),
@@ -301,6 +322,32 @@ impl Row {
             self.throughput_ratio = Some(self.delivered_per_sec / raw.delivered_per_sec);
         }
         self.p99_added_ms = Some(self.p99_ms - raw.p99_ms);
+    }
+}
+
+/// CPU spent during one load: the whole process's, and the load
+/// generator's threads' part of it.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    total: Duration,
+    generator: Duration,
+}
+
+impl Cpu {
+    /// Both clocks now; [`Cpu::since`] gives the difference.
+    fn now() -> Self {
+        Self {
+            total: process::cpu_time(),
+            generator: generator::Generator::cpu_time(),
+        }
+    }
+
+    fn since(self) -> Self {
+        let now = Self::now();
+        Self {
+            total: now.total.saturating_sub(self.total),
+            generator: now.generator.saturating_sub(self.generator),
+        }
     }
 }
 
@@ -337,6 +384,8 @@ impl BenchReport {
             "+p99 ms",
             "sidecar +p99 ms",
             "cpu s",
+            "gen cpu s",
+            "router µs/msg",
             "peak RSS MiB",
             "RSS drift MiB",
         ]);
@@ -362,6 +411,8 @@ impl BenchReport {
                 right(opt(r.p99_added_ms, 3)),
                 right(opt(r.sidecar_p99_added_ms, 3)),
                 right(format!("{:.2}", r.cpu_seconds)),
+                right(format!("{:.2}", r.generator_cpu_seconds)),
+                right(format!("{:.2}", r.router_cpu_us_per_msg)),
                 right(format!("{:.0}", r.peak_rss_mib)),
                 right(opt(r.rss_drift_mib, 1)),
             ]);
@@ -463,6 +514,8 @@ pub async fn run(settings: Settings, options: BenchOptions) -> Result<BenchRepor
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         rows: Vec::new(),
     };
+    let generator =
+        generator::Generator::start().map_err(|e| BenchError::Generator(e.to_string()))?;
     let paths = if options.paths.is_empty() {
         vec![PathKind::Library]
     } else {
@@ -478,13 +531,13 @@ pub async fn run(settings: Settings, options: BenchOptions) -> Result<BenchRepor
         let mut sent = 0;
         for &path in &paths {
             let bar = progress_bar(&options, kind, path);
-            let cpu = process::cpu_time();
+            let cpu = Cpu::now();
             let layout = Layout::new(route, options.fanout, options.size);
             let ends = match path {
                 PathKind::Library => library::ends(&routed, kind, layout).await?,
-                PathKind::Sidecar => sidecar::ends(&routed, layout).await?,
+                PathKind::Sidecar => sidecar::ends(&routed, layout, &generator).await?,
             };
-            let measured = drive::measure(ends, kind, &options, &bar).await?;
+            let measured = drive::measure(ends, kind, &options, &generator, &bar).await?;
             bar.finish_and_clear();
             // Raw runs the count the first path sent.
             if sent == 0 {
@@ -495,7 +548,7 @@ pub async fn run(settings: Settings, options: BenchOptions) -> Result<BenchRepor
                 kind.as_str(),
                 route,
                 &measured,
-                process::cpu_time() - cpu,
+                cpu.since(),
                 options.rate,
             ));
         }
@@ -504,9 +557,10 @@ pub async fn run(settings: Settings, options: BenchOptions) -> Result<BenchRepor
             count: sent,
             batch: options.batch,
             rate: options.rate,
+            senders: options.senders,
         };
         let t = &settings.transports;
-        let cpu = process::cpu_time();
+        let cpu = Cpu::now();
         // 1:1 only (the raw loops have one subscriber), so fan-out runs are
         // compared per delivery.
         let raw = match (options.raw, kind, &t.redis, &t.kafka, &t.nats) {
@@ -529,7 +583,7 @@ pub async fn run(settings: Settings, options: BenchOptions) -> Result<BenchRepor
                 kind.as_str(),
                 "-",
                 &measured,
-                process::cpu_time() - cpu,
+                cpu.since(),
                 options.rate,
             );
             for row in &mut rows {

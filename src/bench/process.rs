@@ -9,14 +9,34 @@ const TICKS_PER_SECOND: f64 = 100.0;
 /// User + system CPU time of this process so far; zero where `/proc` is
 /// unreadable (the figure is then reported as 0, not guessed).
 pub fn cpu_time() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| parse_stat(&stat).map(|(_, cpu)| cpu))
+        .unwrap_or(Duration::ZERO)
+}
+
+/// User + system CPU time so far of this process's live threads whose name
+/// starts with `prefix` (a thread that ended no longer counts: read it
+/// while they run).
+pub fn threads_cpu_time(prefix: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return Duration::ZERO;
     };
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the whole line.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return Duration::ZERO;
-    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .filter_map(|stat| {
+            parse_stat(&stat).and_then(|(name, cpu)| name.starts_with(prefix).then_some(cpu))
+        })
+        .sum()
+}
+
+/// The command (thread) name and utime + stime of a `stat` line.
+fn parse_stat(stat: &str) -> Option<(&str, Duration)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let (_, name) = head.split_once('(')?;
+    // Fields after the parenthesised name; utime and stime are the 14th
+    // and 15th fields of the whole line.
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| {
         fields
@@ -24,7 +44,8 @@ pub fn cpu_time() -> Duration {
             .and_then(|f| f.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / TICKS_PER_SECOND)
+    let cpu = Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / TICKS_PER_SECOND);
+    Some((name, cpu))
 }
 
 /// A `/proc/self/status` line in bytes (`VmHWM`: peak RSS, `VmRSS`: now).
@@ -65,5 +86,27 @@ mod tests {
         let now = rss();
         assert!(now > 0);
         assert!(peak_rss() >= now);
+    }
+
+    #[test]
+    fn counts_named_threads_apart() {
+        // Busy until its own counter shows 50 ms (whatever the machine's
+        // load), with a cap in case the counter never moves.
+        let busy = std::thread::Builder::new()
+            .name("sy-test-busy".into())
+            .spawn(|| {
+                let started = std::time::Instant::now();
+                let mut own = Duration::ZERO;
+                while own < Duration::from_millis(50) && started.elapsed() < Duration::from_secs(30)
+                {
+                    own = threads_cpu_time("sy-test-busy");
+                }
+                own
+            })
+            .expect("thread starts");
+        let own = busy.join().expect("thread ran");
+        assert!(own >= Duration::from_millis(50), "{own:?}");
+        assert!(cpu_time() >= own);
+        assert_eq!(threads_cpu_time("sy-no-such-thread"), Duration::ZERO);
     }
 }

@@ -22,7 +22,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Endpoint, Server};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::schedule::{Schedule, Stop};
+use super::schedule::{run_senders, Schedule, Stop};
 use super::{new_histogram, BenchError, Load, Measured};
 use crate::envelope::now_micros;
 use crate::proto::peer_client::PeerClient;
@@ -89,7 +89,7 @@ pub async fn redis(url: &str, load: Load) -> Result<Measured, BenchError> {
         .subscribe(&channel)
         .await
         .map_err(|e| err(e.to_string()))?;
-    let mut publisher = client
+    let publisher = client
         .get_multiplexed_async_connection()
         .await
         .map_err(|e| err(e.to_string()))?;
@@ -100,19 +100,25 @@ pub async fn redis(url: &str, load: Load) -> Result<Measured, BenchError> {
             .map(|m| m.get_payload_bytes().to_vec());
         read(n, payloads).await
     });
-    let mut schedule = Schedule::new(load.rate, load.batch, Stop::Count(n));
+    let schedule = Schedule::new(load.rate, load.batch, Stop::Count(n));
     let start = Instant::now();
-    while let Some(stamps) = schedule.next_batch().await {
-        let mut pipe = redis::pipe();
-        for stamp in stamps {
-            pipe.publish(&channel, stamped(load.size, stamp)).ignore();
+    let sent = run_senders(schedule, load.senders, |stamps| {
+        // The multiplexed connection pipelines every sender's batch.
+        let mut publisher = publisher.clone();
+        let (channel, err) = (&channel, &err);
+        async move {
+            let mut pipe = redis::pipe();
+            for stamp in stamps {
+                pipe.publish(channel, stamped(load.size, stamp)).ignore();
+            }
+            pipe.query_async::<()>(&mut publisher)
+                .await
+                .map_err(|e| err(e.to_string()))
         }
-        pipe.query_async::<()>(&mut publisher)
-            .await
-            .map_err(|e| err(e.to_string()))?;
-    }
+    })
+    .await?;
     let (latency, last) = reader.await.map_err(|e| err(e.to_string()))?;
-    Ok(Measured::new(schedule.sent(), latency, last - start))
+    Ok(Measured::new(sent, latency, last - start))
 }
 
 /// rdkafka alone, with the producer and consumer settings the transport uses.
@@ -175,27 +181,32 @@ pub async fn kafka(config: &KafkaConfig, load: Load) -> Result<Measured, BenchEr
         });
         read(n, payloads).await
     });
-    let mut schedule = Schedule::new(load.rate, load.batch, Stop::Count(n));
+    let schedule = Schedule::new(load.rate, load.batch, Stop::Count(n));
     let start = Instant::now();
-    while let Some(stamps) = schedule.next_batch().await {
-        let mut acks = Vec::with_capacity(stamps.len());
-        for stamp in stamps {
-            let payload = stamped(load.size, stamp);
-            let record = FutureRecord::to(&topic).key("bench").payload(&payload);
-            acks.push(
-                producer
-                    .send_result(record)
-                    .map_err(|(e, _)| err(e.to_string()))?,
-            );
+    let sent = run_senders(schedule, load.senders, |stamps| {
+        let (producer, topic, err) = (&producer, &topic, &err);
+        async move {
+            let mut acks = Vec::with_capacity(stamps.len());
+            for stamp in stamps {
+                let payload = stamped(load.size, stamp);
+                let record = FutureRecord::to(topic).key("bench").payload(&payload);
+                acks.push(
+                    producer
+                        .send_result(record)
+                        .map_err(|(e, _)| err(e.to_string()))?,
+                );
+            }
+            for ack in acks {
+                ack.await
+                    .map_err(|e| err(e.to_string()))?
+                    .map_err(|(e, _)| err(e.to_string()))?;
+            }
+            Ok::<(), BenchError>(())
         }
-        for ack in acks {
-            ack.await
-                .map_err(|e| err(e.to_string()))?
-                .map_err(|(e, _)| err(e.to_string()))?;
-        }
-    }
+    })
+    .await?;
     let (latency, last) = reader.await.map_err(|e| err(e.to_string()))?;
-    Ok(Measured::new(schedule.sent(), latency, last - start))
+    Ok(Measured::new(sent, latency, last - start))
 }
 
 /// async-nats JetStream alone: publish with a message id (as the transport
@@ -249,29 +260,34 @@ pub async fn nats(config: &NatsConfig, load: Load) -> Result<Measured, BenchErro
         });
         read(n, payloads).await
     });
-    let mut schedule = Schedule::new(load.rate, load.batch, Stop::Count(n));
+    let schedule = Schedule::new(load.rate, load.batch, Stop::Count(n));
     let start = Instant::now();
-    while let Some(stamps) = schedule.next_batch().await {
-        let mut acks = Vec::with_capacity(stamps.len());
-        for stamp in stamps {
-            let publish = PublishMessage::build()
-                .payload(Bytes::from(stamped(load.size, stamp)))
-                .message_id(ulid::Ulid::new().to_string());
-            acks.push(
-                jetstream
-                    .send_publish(subject.clone(), publish)
-                    .await
-                    .map_err(|e| err(e.to_string()))?,
-            );
+    let sent = run_senders(schedule, load.senders, |stamps| {
+        let (jetstream, subject, err) = (&jetstream, &subject, &err);
+        async move {
+            let mut acks = Vec::with_capacity(stamps.len());
+            for stamp in stamps {
+                let publish = PublishMessage::build()
+                    .payload(Bytes::from(stamped(load.size, stamp)))
+                    .message_id(ulid::Ulid::new().to_string());
+                acks.push(
+                    jetstream
+                        .send_publish(subject.clone(), publish)
+                        .await
+                        .map_err(|e| err(e.to_string()))?,
+                );
+            }
+            for ack in acks {
+                ack.await.map_err(|e| err(e.to_string()))?;
+            }
+            Ok::<(), BenchError>(())
         }
-        for ack in acks {
-            ack.await.map_err(|e| err(e.to_string()))?;
-        }
-    }
+    })
+    .await?;
     let (latency, last) = reader.await.map_err(|e| err(e.to_string()))?;
     // Best effort: the raw stream's consumer is not needed after the run.
     let _ = stream.delete_consumer(&durable).await;
-    Ok(Measured::new(schedule.sent(), latency, last - start))
+    Ok(Measured::new(sent, latency, last - start))
 }
 
 /// The receiving end of the raw gRPC baseline: the Peer service with no
@@ -320,7 +336,8 @@ impl Peer for Forward {
 /// sends on) between a client and a minimal server on loopback that hands
 /// each batch to a channel and acks it. The client awaits each batch's ack
 /// before the next, as a confirmed publish on the transport does. No
-/// router, registry, envelope codec or inbox.
+/// router, registry, envelope codec or inbox. One batch in flight whatever
+/// `--senders` says: the acks of one stream come back in order.
 pub async fn grpc(load: Load) -> Result<Measured, BenchError> {
     let err = failed("tonic");
     let listener = TcpListener::bind("127.0.0.1:0")

@@ -1,7 +1,11 @@
 //! The send timeline every load in a bench run follows, switchyard's and the
 //! raw clients' alike, so both see the same offered load.
 
+use std::future::Future;
+use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
 
 use crate::envelope::now_micros;
 
@@ -27,6 +31,8 @@ pub struct Schedule {
     start: Instant,
     wall_start: i64,
     next: u64,
+    /// Open loop only: the thread that sleeps until each send time.
+    timer: Option<Timer>,
 }
 
 impl Schedule {
@@ -39,6 +45,7 @@ impl Schedule {
             start: Instant::now(),
             wall_start: now_micros(),
             next: 0,
+            timer: (rate > 0).then(Timer::start),
         }
     }
 
@@ -73,7 +80,9 @@ impl Schedule {
             return Some(vec![now; n as usize]);
         }
         let due_at = |i: u64| Duration::from_secs_f64(i as f64 / self.rate as f64);
-        wait_until(self.start + due_at(self.next)).await;
+        if let Some(timer) = &self.timer {
+            timer.wait_until(self.start + due_at(self.next)).await;
+        }
         // Everything due by now, up to a batch: a late sender catches up in
         // batches rather than one message per wake-up.
         let due_now = (self.start.elapsed().as_secs_f64() * self.rate as f64) as u64 + 1;
@@ -89,22 +98,86 @@ impl Schedule {
     }
 }
 
-/// Tokio's timer has millisecond granularity, so a plain sleep would send
-/// up to 1 ms late and charge that to every message (a floor above the
-/// sub-millisecond targets). Sleep to within [`SPIN`] of `due`, then yield
-/// until it: the sender's worker stays busy for that last stretch, which
-/// shows in the CPU seconds of open-loop runs.
-async fn wait_until(due: Instant) {
-    if let Some(coarse) = due.checked_sub(SPIN) {
-        tokio::time::sleep_until(coarse.into()).await;
+/// Sends on `schedule` from `senders` loops at once (at least one): each
+/// takes the next batch (one loop at a time, so the timeline stays in
+/// order) and sends it with `send` while the others take theirs, so up to
+/// `senders` batches are in flight. Returns the messages handed out, or
+/// the first error (the other loops stop at their next batch).
+pub async fn run_senders<F, Fut, E>(schedule: Schedule, senders: usize, send: F) -> Result<u64, E>
+where
+    F: Fn(Vec<i64>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    let schedule = tokio::sync::Mutex::new(schedule);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let one = || async {
+        loop {
+            let stamps = schedule.lock().await.next_batch().await;
+            let Some(stamps) = stamps else {
+                return Ok(());
+            };
+            if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(());
+            }
+            if let Err(err) = send(stamps).await {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Err(err);
+            }
+        }
+    };
+    let results = futures::future::join_all((0..senders.max(1)).map(|_| one())).await;
+    results.into_iter().collect::<Result<Vec<()>, E>>()?;
+    Ok(schedule.into_inner().sent())
+}
+
+/// Wakes the schedule at each send time without spinning. Tokio's timer
+/// has millisecond granularity, so sleeping on it would send up to 1 ms
+/// late and charge that to every message; yielding until due instead burns
+/// a core. A thread of its own sleeps with `nanosleep` (tens of µs late at
+/// most) and then wakes the waiting task. Its name starts with
+/// [`LOADGEN_THREAD`], so its CPU counts as the load generator's.
+#[derive(Debug)]
+struct Timer {
+    due: std_mpsc::Sender<(Instant, oneshot::Sender<()>)>,
+}
+
+impl Timer {
+    fn start() -> Self {
+        let (due, requests) = std_mpsc::channel::<(Instant, oneshot::Sender<()>)>();
+        let spawned = std::thread::Builder::new()
+            .name(format!("{LOADGEN_THREAD}-tmr"))
+            .spawn(move || {
+                // Ends when the schedule (the sender) is dropped.
+                while let Ok((at, wake)) = requests.recv() {
+                    if let Some(left) = at.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(left);
+                    }
+                    let _ = wake.send(());
+                }
+            });
+        if let Err(err) = spawned {
+            // Without the thread every wait returns at once: the run goes
+            // closed loop at the open-loop stamps, which shows as latency.
+            tracing::warn!(%err, "bench timer thread did not start");
+        }
+        Self { due }
     }
-    while Instant::now() < due {
-        tokio::task::yield_now().await;
+
+    async fn wait_until(&self, at: Instant) {
+        if at <= Instant::now() {
+            return;
+        }
+        let (wake, woken) = oneshot::channel();
+        if self.due.send((at, wake)).is_ok() {
+            let _ = woken.await;
+        }
     }
 }
 
-/// How close to a send time the schedule stops sleeping and starts yielding.
-const SPIN: Duration = Duration::from_millis(2);
+/// The name prefix of every load-generator thread (at most 15 bytes of a
+/// thread name are kept): [`super::process::threads_cpu_time`] counts them
+/// apart from the router's.
+pub const LOADGEN_THREAD: &str = "sy-loadgen";
 
 #[cfg(test)]
 mod tests {
@@ -130,5 +203,37 @@ mod tests {
         assert_eq!(stamps.len(), 10);
         // 1 ms apart, whatever the sender's own pace.
         assert!(stamps.windows(2).all(|w| w[1] - w[0] == 1000));
+    }
+
+    #[tokio::test]
+    async fn senders_overlap_their_batches_and_share_the_count() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (busy, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let seen = parking_lot::Mutex::new(Vec::new());
+        let sent = run_senders(Schedule::new(0, 5, Stop::Count(40)), 3, |stamps| {
+            let (busy, most, seen) = (&busy, &most, &seen);
+            async move {
+                let now = busy.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                seen.lock().push(stamps.len());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                busy.fetch_sub(1, Ordering::SeqCst);
+                Ok::<(), ()>(())
+            }
+        })
+        .await;
+        assert_eq!(sent, Ok(40));
+        assert_eq!(seen.lock().iter().sum::<usize>(), 40);
+        assert_eq!(most.load(Ordering::SeqCst), 3, "three batches in flight");
+    }
+
+    #[tokio::test]
+    async fn open_loop_waits_on_the_timer_thread() {
+        // 200 messages at 20 000/s: 10 ms of timeline, one message per due
+        // time; the sender must not run ahead of it.
+        let mut s = Schedule::new(20_000, 1, Stop::Count(200));
+        let started = Instant::now();
+        while s.next_batch().await.is_some() {}
+        assert!(started.elapsed() >= Duration::from_micros(9_950));
     }
 }

@@ -8,13 +8,15 @@
 //! needs it), each listens on its own loopback port.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use tonic::transport::{Channel, Endpoint};
 
-use super::drive::{since, Ends, Refused, Sender};
+use super::drive::{since, Ends, Refused, Sender, ACK_EVERY};
+use super::generator::Generator;
 use super::layout::Layout;
 use super::BenchError;
 use crate::backends::Backends;
@@ -110,10 +112,14 @@ fn failed(gateway: &str, call: &'static str, reason: String) -> BenchError {
     }
 }
 
-/// The sending gateway, and what must live as long as it sends.
+/// The sending gateway: a gRPC client on the load generator's thread.
 struct ViaSidecar {
     gateway: Gateway,
     layout: Layout,
+}
+
+/// What must live as long as the sidecar path sends.
+struct Keep {
     /// The sender's own Attach stream, open as a gateway's would be.
     _attached: Attachment,
     /// The receiving gateways' connections, which carry their streams.
@@ -135,7 +141,7 @@ fn refusal(outcome: Option<Outcome>) -> String {
 
 #[async_trait::async_trait]
 impl Sender for ViaSidecar {
-    async fn send(&mut self, stamps: Vec<i64>) -> Refused {
+    async fn send(&self, stamps: Vec<i64>) -> Refused {
         let n = stamps.len() as u64;
         let request = proto::SendBatchRequest {
             gateway_id: self.gateway.id.clone(),
@@ -146,7 +152,9 @@ impl Sender for ViaSidecar {
         };
         let mut refused = Refused::default();
         let mut routed = 0;
-        match self.gateway.client.send_batch(request).await {
+        // A tonic client is a handle on one channel: a clone per call lets
+        // several send loops have calls in flight on it at once.
+        match self.gateway.client.clone().send_batch(request).await {
             Ok(response) => {
                 for outcome in response.into_inner().outcomes {
                     match outcome.result {
@@ -162,9 +170,6 @@ impl Sender for ViaSidecar {
         refused
     }
 }
-
-/// Deliveries a bench gateway takes before it acks them (with one ack).
-const ACK_EVERY: u64 = 32;
 
 /// Latencies of the deliveries on an Attach stream, measured on arrival;
 /// acked as a gateway would: every [`ACK_EVERY`] deliveries, and whenever
@@ -200,42 +205,54 @@ fn latencies(stream: Attachment) -> BoxStream<'static, Duration> {
 }
 
 /// Starts two sidecars on `settings` (already routed over one transport)
-/// and attaches the gateways of `layout`: the sender to the first, every
-/// receiver to the second.
-pub(crate) async fn ends(settings: &Settings, layout: Layout) -> Result<Ends, BenchError> {
+/// and attaches the gateways of `layout` from the load generator's thread
+/// (a tonic channel runs its connection on the runtime that opened it): the
+/// sender to the first sidecar, every receiver to the second.
+pub(crate) async fn ends(
+    settings: &Settings,
+    layout: Layout,
+    generator: &Generator,
+) -> Result<Ends, BenchError> {
     let backends = Backends::from_settings(settings).await?;
     let sidecars = [
         start(settings, backends.clone()).await?,
         start(settings, backends).await?,
     ];
-    let mut gateway =
-        Gateway::connect(layout.sender().to_string(), sidecars[0].grpc_addr()).await?;
-    let attached = gateway.attach("eu", layout.sender_user().as_str()).await?;
-    let mut receivers = Vec::new();
-    let mut clients = Vec::new();
-    for (id, user) in layout.receivers() {
-        let mut receiver = Gateway::connect(id, sidecars[1].grpc_addr()).await?;
-        let stream = receiver.attach(layout.to_region, &user).await?;
-        if let Some(group) = layout.group() {
-            receiver.join(&user, group.as_str()).await?;
-        }
-        receivers.push(latencies(stream));
-        clients.push(receiver);
-    }
+    let addrs = [sidecars[0].grpc_addr(), sidecars[1].grpc_addr()];
     let every = settings.heartbeat_interval();
-    let alive = std::iter::once(&gateway)
-        .chain(&clients)
-        .map(|g| g.keep_alive(every))
-        .collect();
+    let (sender, receivers, keep) = generator
+        .run(async move {
+            let mut gateway = Gateway::connect(layout.sender().to_string(), addrs[0]).await?;
+            let attached = gateway.attach("eu", layout.sender_user().as_str()).await?;
+            let mut receivers = Vec::new();
+            let mut clients = Vec::new();
+            for (id, user) in layout.receivers() {
+                let mut receiver = Gateway::connect(id, addrs[1]).await?;
+                let stream = receiver.attach(layout.to_region, &user).await?;
+                if let Some(group) = layout.group() {
+                    receiver.join(&user, group.as_str()).await?;
+                }
+                receivers.push(latencies(stream));
+                clients.push(receiver);
+            }
+            let alive = std::iter::once(&gateway)
+                .chain(&clients)
+                .map(|g| g.keep_alive(every))
+                .collect();
+            let keep = (attached, clients, alive);
+            Ok::<_, BenchError>((ViaSidecar { gateway, layout }, receivers, keep))
+        })
+        .await??;
+    let (attached, clients, alive) = keep;
     Ok(Ends {
-        sender: Box::new(ViaSidecar {
-            gateway,
-            layout,
+        sender: Arc::new(sender),
+        receivers,
+        receive_on: generator.handle().clone(),
+        keep: Box::new(Keep {
             _attached: attached,
             _receivers: clients,
             _alive: alive,
             _sidecars: sidecars,
         }),
-        receivers,
     })
 }

@@ -297,10 +297,15 @@ async fn send_all(
 ) -> Result<Vec<proto::SendOutcome>, Status> {
     let me = router.gateway().id.clone();
     let mut prepared = Vec::with_capacity(wires.len());
+    // A batch mostly comes from one user: check each sender once per run.
+    let mut checked: Option<UserId> = None;
     for wire in wires {
         let envelope = prepare(&me, wire)?;
         if let Ok(envelope) = &envelope {
-            hosted(router, &envelope.sender).await?;
+            if checked.as_ref() != Some(&envelope.sender) {
+                hosted(router, &envelope.sender).await?;
+                checked = Some(envelope.sender.clone());
+            }
         }
         prepared.push(envelope);
     }

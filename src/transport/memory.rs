@@ -81,25 +81,35 @@ impl Transport for MemoryTransport {
             .get(to)
             .cloned()
             .ok_or_else(|| Self::no_subscriber(to))?;
-        for bytes in batch {
-            let incoming = Incoming {
-                bytes: bytes.clone(),
-                ack: None,
-            };
-            match ack {
-                // Waiting applies backpressure to the sender instead of dropping.
-                Ack::Confirmed => sender
-                    .send(incoming)
-                    .await
-                    .map_err(|_| Self::no_subscriber(to))?,
-                Ack::None => sender.try_send(incoming).map_err(|e| match e {
-                    mpsc::error::TrySendError::Closed(_) => Self::no_subscriber(to),
-                    mpsc::error::TrySendError::Full(_) => TransportError::Publish {
-                        transport: TransportKind::Memory,
-                        gateway: to.clone(),
-                        reason: format!("queue full ({} messages)", self.queue),
-                    },
-                })?,
+        let incoming = |bytes: &Bytes| Incoming {
+            bytes: bytes.clone(),
+            ack: None,
+        };
+        match ack {
+            // Waiting applies backpressure to the sender instead of dropping;
+            // one reservation per queue-full of the batch, not per message.
+            Ack::Confirmed => {
+                for chunk in batch.chunks(self.queue) {
+                    let permits = sender
+                        .reserve_many(chunk.len())
+                        .await
+                        .map_err(|_| Self::no_subscriber(to))?;
+                    for (permit, bytes) in permits.zip(chunk) {
+                        permit.send(incoming(bytes));
+                    }
+                }
+            }
+            Ack::None => {
+                for bytes in batch {
+                    sender.try_send(incoming(bytes)).map_err(|e| match e {
+                        mpsc::error::TrySendError::Closed(_) => Self::no_subscriber(to),
+                        mpsc::error::TrySendError::Full(_) => TransportError::Publish {
+                            transport: TransportKind::Memory,
+                            gateway: to.clone(),
+                            reason: format!("queue full ({} messages)", self.queue),
+                        },
+                    })?;
+                }
             }
         }
         Ok(())
