@@ -68,7 +68,12 @@ fn shipped_configs(secrets: &Path) -> Vec<(String, String)> {
     let configmap = std::fs::read_to_string(root.join("deploy/k8s/configmap.yaml")).unwrap();
     let configmap: serde_norway::Value = serde_norway::from_str(&configmap).unwrap();
     let toml = configmap["data"]["switchyard.toml"].as_str().unwrap();
-    configs.push(("deploy/k8s/configmap.yaml".into(), toml.to_owned()));
+    // As statefulset.yaml's `config` init container runs it: with the pod's
+    // own gateway token appended (listening on 0.0.0.0 needs tokens).
+    let toml = format!(
+        "{toml}\n[sidecar.tokens.chat-gateway-0]\nfile = \"/run/secrets/switchyard/gateway-token\"\n"
+    );
+    configs.push(("deploy/k8s/configmap.yaml".into(), toml));
     for (_, text) in &mut configs {
         *text = local(text, secrets);
     }
