@@ -226,84 +226,49 @@ impl Drop for PrivateBroker {
 /// serves clients on `base + N - 1`. Every test passes its own `base`
 /// (below 32768, out of the ephemeral range). Killed on drop.
 pub struct PrivateKafka {
-    base: u16,
-    dir: tempfile::TempDir,
+    script: ServiceScript,
 }
 
 impl PrivateKafka {
     /// Formats and starts the cluster and waits until all three brokers
     /// are in its metadata; panics with the script's output if not.
     pub async fn start(base: u16) -> Self {
-        let cluster = Self {
-            base,
-            dir: tempfile::tempdir().expect("temp dir"),
-        };
-        cluster.script(&["start"]).await;
-        cluster
+        // Several private clusters may run beside the shared one.
+        let script =
+            ServiceScript::new("kafka.sh", &[], "KAFKA", base).with_env("KAFKA_HEAP", "384m");
+        script.run(&["start"]).await;
+        Self { script }
     }
 
     /// The bootstrap list of the three nodes.
     pub fn brokers(&self) -> String {
-        (0..3)
-            .map(|n| format!("127.0.0.1:{}", self.base + n))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.script.addresses("", 0..3)
     }
 
     /// Kills node 1-3 with SIGKILL and waits until it is gone.
     pub async fn kill(&self, node: i32) {
-        self.script(&["kill", &node.to_string()]).await;
+        self.script.run(&["kill", &node.to_string()]).await;
     }
 
     /// Starts node 1-3 again and waits until the cluster lists all three.
     pub async fn start_node(&self, node: i32) {
-        self.script(&["start-node", &node.to_string()]).await;
+        self.script.run(&["start-node", &node.to_string()]).await;
     }
 
     /// Stops every node (SIGTERM, as an operator would).
     pub async fn stop(&self) {
-        self.script(&["stop"]).await;
+        self.script.run(&["stop"]).await;
     }
 
     /// Starts every node that is not running and waits for all three.
     pub async fn start_all(&self) {
-        self.script(&["start"]).await;
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("bash");
-        command
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/scripts/services/kafka.sh"
-            ))
-            .args(args)
-            .env("KAFKA_BASE_PORT", self.base.to_string())
-            .env("KAFKA_DATA", self.dir.path())
-            // Several private clusters may run beside the shared one.
-            .env("KAFKA_HEAP", "384m");
-        command
-    }
-
-    async fn script(&self, args: &[&str]) {
-        let mut command = self.command(args);
-        let what = format!("kafka.sh {} (base port {})", args.join(" "), self.base);
-        let output = tokio::task::spawn_blocking(move || command.output())
-            .await
-            .expect("the script's thread")
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert!(
-            output.status.success(),
-            "{what} failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        self.script.run(&["start"]).await;
     }
 
     /// Kills all three nodes with SIGKILL, as a power cut would; blocks
     /// for the few milliseconds that takes (for sync callers).
     pub fn kill_all(&self) {
-        let _ = self.command(&["kill", "1", "2", "3"]).output();
+        let _ = self.script.command(&["kill", "1", "2", "3"]).output();
     }
 }
 
@@ -322,32 +287,30 @@ impl Drop for PrivateKafka {
 pub struct PrivateSentinel {
     /// The port of node 1, the first master.
     pub base: u16,
-    dir: tempfile::TempDir,
+    script: ServiceScript,
 }
 
 impl PrivateSentinel {
     /// Starts the deployment and waits until the sentinels see the master
     /// and both replicas; panics with the script's output if not.
     pub async fn start(base: u16) -> Self {
-        let deployment = Self {
-            base,
-            dir: tempfile::tempdir().expect("temp dir"),
-        };
-        deployment.script(&["start"]).await;
-        deployment
+        let script = ServiceScript::new("redis-sentinel.sh", &[], "SENTINEL", base);
+        script.run(&["start"]).await;
+        Self { base, script }
     }
 
     /// `redis://127.0.0.1:{port}` of the three sentinels.
     pub fn sentinels(&self) -> Vec<String> {
         (10..13)
-            .map(|n| format!("redis://127.0.0.1:{}", self.base + n))
+            .map(|n| self.script.addresses("redis://", n..n + 1))
             .collect()
     }
 
     /// The node (1-3) the sentinels name master.
     pub async fn master(&self) -> u16 {
         let port: u16 = self
-            .script(&["master"])
+            .script
+            .run(&["master"])
             .await
             .trim()
             .parse()
@@ -357,12 +320,12 @@ impl PrivateSentinel {
 
     /// Kills node 1-3 with SIGKILL and waits until it is gone.
     pub async fn kill(&self, node: u16) {
-        self.script(&["kill", &node.to_string()]).await;
+        self.script.run(&["kill", &node.to_string()]).await;
     }
 
     /// Starts node 1-3 again from its config file.
     pub async fn start_node(&self, node: u16) {
-        self.script(&["start-node", &node.to_string()]).await;
+        self.script.run(&["start-node", &node.to_string()]).await;
     }
 
     /// Asks a sentinel to fail over now (the master is demoted, not killed).
@@ -385,26 +348,130 @@ impl PrivateSentinel {
         let text = String::from_utf8_lossy(&output.stdout);
         text.lines().next().unwrap_or_default().to_owned()
     }
+}
+
+impl Drop for PrivateSentinel {
+    fn drop(&mut self) {
+        let _ = self.script.command(&["stop"]).output();
+    }
+}
+
+/// A three-node NATS JetStream cluster owned by one test, run by
+/// `scripts/services/nats.sh cluster` with its data in a temp dir (so a
+/// restarted node finds its streams) and its own ports: node N (server
+/// name `nN`) serves clients on `base + N - 1`. Every test passes its own
+/// `base` (below 32768). Killed on drop.
+pub struct PrivateNatsCluster {
+    script: ServiceScript,
+}
+
+impl PrivateNatsCluster {
+    /// Starts the three nodes and waits until JetStream is ready on each.
+    pub async fn start(base: u16) -> Self {
+        let script = ServiceScript::new("nats.sh", &["cluster"], "NATS", base);
+        script.run(&["start"]).await;
+        Self { script }
+    }
+
+    /// The client URLs of the three nodes, comma separated.
+    pub fn url(&self) -> String {
+        self.script.addresses("nats://", 0..3)
+    }
+
+    /// The client URL of node 1-3 alone.
+    pub fn node_url(&self, node: u16) -> String {
+        self.script.addresses("nats://", node - 1..node)
+    }
+
+    /// Kills node 1-3 with SIGKILL and waits until it is gone.
+    pub async fn kill(&self, node: u16) {
+        self.script.run(&["kill", &node.to_string()]).await;
+    }
+
+    /// Starts node 1-3 again with its data and waits until it is ready.
+    pub async fn start_node(&self, node: u16) {
+        self.script.run(&["start-node", &node.to_string()]).await;
+    }
+}
+
+impl Drop for PrivateNatsCluster {
+    fn drop(&mut self) {
+        let _ = self.script.command(&["stop"]).output();
+    }
+}
+
+/// One test's private copy of a service that a script of
+/// `scripts/services/` runs: its ports from `base` (below 32768), its data
+/// in a temp dir that goes with it (`{VAR}_BASE_PORT`, `{VAR}_DATA`).
+struct ServiceScript {
+    script: &'static str,
+    /// Arguments before every command (`nats.sh cluster ...`).
+    prefix: &'static [&'static str],
+    var: &'static str,
+    env: Vec<(&'static str, &'static str)>,
+    base: u16,
+    dir: tempfile::TempDir,
+}
+
+impl ServiceScript {
+    fn new(
+        script: &'static str,
+        prefix: &'static [&'static str],
+        var: &'static str,
+        base: u16,
+    ) -> Self {
+        Self {
+            script,
+            prefix,
+            var,
+            env: Vec::new(),
+            base,
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    fn with_env(mut self, name: &'static str, value: &'static str) -> Self {
+        self.env.push((name, value));
+        self
+    }
+
+    /// `{scheme}127.0.0.1:{base + n}` for each offset `n`, comma separated.
+    fn addresses(&self, scheme: &str, offsets: std::ops::Range<u16>) -> String {
+        offsets
+            .map(|n| format!("{scheme}127.0.0.1:{}", self.base + n))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new("bash");
         command
-            .arg(concat!(
+            .arg(format!(
+                "{}/scripts/services/{}",
                 env!("CARGO_MANIFEST_DIR"),
-                "/scripts/services/redis-sentinel.sh"
+                self.script
             ))
+            .args(self.prefix)
             .args(args)
-            .env("SENTINEL_BASE_PORT", self.base.to_string())
-            .env("SENTINEL_DATA", self.dir.path());
+            .env(format!("{}_BASE_PORT", self.var), self.base.to_string())
+            .env(format!("{}_DATA", self.var), self.dir.path())
+            .envs(self.env.iter().copied());
         command
     }
 
-    /// Runs the script; its standard output.
-    async fn script(&self, args: &[&str]) -> String {
+    /// Runs the script and returns its standard output; panics with its
+    /// output if it fails.
+    async fn run(&self, args: &[&str]) -> String {
         let mut command = self.command(args);
         let what = format!(
-            "redis-sentinel.sh {} (base port {})",
-            args.join(" "),
+            "{} {} (base port {})",
+            self.script,
+            self.prefix
+                .iter()
+                .chain(args)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" "),
             self.base
         );
         let output = tokio::task::spawn_blocking(move || command.output())
@@ -418,95 +485,5 @@ impl PrivateSentinel {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-}
-
-impl Drop for PrivateSentinel {
-    fn drop(&mut self) {
-        let _ = self.command(&["stop"]).output();
-    }
-}
-
-/// A three-node NATS JetStream cluster owned by one test, run by
-/// `scripts/services/nats.sh cluster` with its data in a temp dir (so a
-/// restarted node finds its streams) and its own ports: node N (server
-/// name `nN`) serves clients on `base + N - 1`. Every test passes its own
-/// `base` (below 32768). Killed on drop.
-pub struct PrivateNatsCluster {
-    base: u16,
-    dir: tempfile::TempDir,
-}
-
-impl PrivateNatsCluster {
-    /// Starts the three nodes and waits until JetStream is ready on each.
-    pub async fn start(base: u16) -> Self {
-        let cluster = Self {
-            base,
-            dir: tempfile::tempdir().expect("temp dir"),
-        };
-        cluster.script(&["start"]).await;
-        cluster
-    }
-
-    /// The client URLs of the three nodes, comma separated.
-    pub fn url(&self) -> String {
-        (0..3)
-            .map(|n| format!("nats://127.0.0.1:{}", self.base + n))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// The client URL of node 1-3 alone.
-    pub fn node_url(&self, node: u16) -> String {
-        format!("nats://127.0.0.1:{}", self.base + node - 1)
-    }
-
-    /// Kills node 1-3 with SIGKILL and waits until it is gone.
-    pub async fn kill(&self, node: u16) {
-        self.script(&["kill", &node.to_string()]).await;
-    }
-
-    /// Starts node 1-3 again with its data and waits until it is ready.
-    pub async fn start_node(&self, node: u16) {
-        self.script(&["start-node", &node.to_string()]).await;
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("bash");
-        command
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/scripts/services/nats.sh"
-            ))
-            .arg("cluster")
-            .args(args)
-            .env("NATS_BASE_PORT", self.base.to_string())
-            .env("NATS_DATA", self.dir.path());
-        command
-    }
-
-    async fn script(&self, args: &[&str]) {
-        let mut command = self.command(args);
-        let what = format!(
-            "nats.sh cluster {} (base port {})",
-            args.join(" "),
-            self.base
-        );
-        let output = tokio::task::spawn_blocking(move || command.output())
-            .await
-            .expect("the script's thread")
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert!(
-            output.status.success(),
-            "{what} failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-}
-
-impl Drop for PrivateNatsCluster {
-    fn drop(&mut self) {
-        let _ = self.command(&["stop"]).output();
     }
 }
