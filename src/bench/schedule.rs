@@ -231,8 +231,9 @@ mod tests {
     async fn open_loop_waits_on_the_timer_thread() {
         // 200 messages at 20 000/s: 10 ms of timeline, one message per due
         // time; the sender must not run ahead of it.
-        let mut s = Schedule::new(20_000, 1, Stop::Count(200));
+        // Taken before the schedule, whose timeline starts in `new`.
         let started = Instant::now();
+        let mut s = Schedule::new(20_000, 1, Stop::Count(200));
         while s.next_batch().await.is_some() {}
         assert!(started.elapsed() >= Duration::from_micros(9_950));
     }
