@@ -10,13 +10,13 @@ use common::*;
 #[tokio::test]
 async fn metrics_health_and_readiness_after_traffic() {
     let settings = with_direct_links(1.0, 0.5, Duration::from_secs(1));
-    let (_, sidecars) = fleet(&settings, 2).await;
-    let mut a = gateway(sidecars[0].grpc_addr()).await;
-    let mut b = gateway(sidecars[1].grpc_addr()).await;
-    let _a_stream = attach(&mut a, "gw-a", "eu").await;
-    let mut b_stream = attach(&mut b, "gw-b", "eu").await;
-    online(&mut a, "gw-a", "alice").await;
-    online(&mut b, "gw-b", "bob").await;
+    let AliceAndBob {
+        sidecars,
+        mut a,
+        a_stream: _a_stream,
+        mut b_stream,
+        ..
+    } = alice_and_bob(&settings).await;
     send_counting(&mut a, 3).await;
     send(&mut a, "gw-a", message("alice", "nobody", "stored")).await;
     for _ in 0..3 {

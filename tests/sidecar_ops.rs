@@ -106,13 +106,13 @@ async fn auth_refuses_missing_and_wrong_tokens_and_impersonation() {
 async fn a_hot_pair_is_promoted_to_the_direct_link_and_demoted_when_cool() {
     // 10/s over 2 s: the 20th message in the window promotes the pair.
     let settings = with_direct_links(10.0, 5.0, Duration::from_secs(2));
-    let (_, sidecars) = fleet(&settings, 2).await;
-    let mut a = gateway(sidecars[0].grpc_addr()).await;
-    let mut b = gateway(sidecars[1].grpc_addr()).await;
-    let _a_stream = attach(&mut a, "gw-a", "eu").await;
-    let mut b_stream = attach(&mut b, "gw-b", "eu").await;
-    online(&mut a, "gw-a", "alice").await;
-    online(&mut b, "gw-b", "bob").await;
+    let AliceAndBob {
+        sidecars,
+        mut a,
+        a_stream: _a_stream,
+        mut b_stream,
+        ..
+    } = alice_and_bob(&settings).await;
 
     let counts = send_counting(&mut a, 30).await;
     assert_eq!(

@@ -61,13 +61,13 @@ async fn the_status_page_shows_what_admin_state_says() {
     let canary: CanaryConfig =
         toml::from_str("from = \"memory\"\nto = \"grpc\"\nshare = 30\n").unwrap();
     settings.canary = Some(canary);
-    let (_, sidecars) = fleet(&settings, 2).await;
-    let mut a = gateway(sidecars[0].grpc_addr()).await;
-    let mut b = gateway(sidecars[1].grpc_addr()).await;
-    let _a_stream = attach(&mut a, "gw-a", "eu").await;
-    let mut b_stream = attach(&mut b, "gw-b", "eu").await;
-    online(&mut a, "gw-a", "alice").await;
-    online(&mut b, "gw-b", "bob").await;
+    let AliceAndBob {
+        sidecars,
+        mut a,
+        a_stream: _a_stream,
+        mut b_stream,
+        ..
+    } = alice_and_bob(&settings).await;
     send_counting(&mut a, 3).await;
     for _ in 0..3 {
         next(&mut b_stream).await;

@@ -50,6 +50,33 @@ pub async fn fleet(settings: &Settings, n: usize) -> (Backends, Vec<Sidecar>) {
     (backends, sidecars)
 }
 
+/// Two sidecars on one set of backends: gw-a (hosting alice) on the first,
+/// gw-b (hosting bob) on the second, both attached in `eu`.
+pub struct AliceAndBob {
+    pub sidecars: Vec<Sidecar>,
+    pub a: GatewayClient<Channel>,
+    pub b: GatewayClient<Channel>,
+    pub a_stream: Deliveries,
+    pub b_stream: Deliveries,
+}
+
+pub async fn alice_and_bob(settings: &Settings) -> AliceAndBob {
+    let (_, sidecars) = fleet(settings, 2).await;
+    let mut a = gateway(sidecars[0].grpc_addr()).await;
+    let mut b = gateway(sidecars[1].grpc_addr()).await;
+    let a_stream = attach(&mut a, "gw-a", "eu").await;
+    let b_stream = attach(&mut b, "gw-b", "eu").await;
+    online(&mut a, "gw-a", "alice").await;
+    online(&mut b, "gw-b", "bob").await;
+    AliceAndBob {
+        sidecars,
+        a,
+        b,
+        a_stream,
+        b_stream,
+    }
+}
+
 pub async fn channel(addr: SocketAddr) -> Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
