@@ -92,7 +92,10 @@ impl Backends {
         let mut transports = Transports::from_config(&settings.transports).await?;
         let peer_links = settings.transports.grpc.as_ref().map(|config| {
             let grpc = Arc::new(GrpcTransport::new(config, registry.clone()));
-            transports.insert(grpc.clone());
+            transports.insert(crate::transport::compress::wrap(
+                grpc.clone(),
+                &config.envelope_compression,
+            ));
             grpc
         });
         let hot_pairs = Arc::new(HotPairs::new(

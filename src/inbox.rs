@@ -522,6 +522,7 @@ fn fire(shared: &Shared, ack: Option<Box<dyn Acknowledge>>) {
 fn reject(via: Via, err: &EnvelopeError) {
     let reason = match err {
         EnvelopeError::Expired { .. } => "expired",
+        EnvelopeError::Compression { .. } => "compression",
         _ => "malformed",
     };
     tracing::warn!(%via, %err, "inbox rejected a message");

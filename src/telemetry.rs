@@ -54,6 +54,9 @@ pub const REDIS_RESUME_GAPS: &str = "switchyard_redis_resume_gaps_total";
 
 /// Messages waiting in the offline store (its depth), over all users.
 pub const OFFLINE_MESSAGES: &str = "switchyard_offline_messages";
+/// Bytes of compressed envelopes before (`side="raw"`) and after
+/// (`side="wire"`) compression, by `transport` and `codec`.
+pub const COMPRESSION_BYTES: &str = "switchyard_compression_bytes_total";
 /// Sender/receiver gateway pairs currently promoted to a direct link.
 pub const HOT_PAIRS: &str = "switchyard_hot_pairs";
 /// Hot-pair promotions and demotions, by `change`.
@@ -232,6 +235,11 @@ pub const CATALOG: &[Metric] = &[
         Kind::Counter,
         "Redis subscriptions that could not resume where their predecessor left off (messages lost).",
     ),
+    metric(
+        COMPRESSION_BYTES,
+        Kind::Counter,
+        "Bytes of envelopes at least min_bytes long before (side=raw) and after (side=wire) compression, by transport and codec.",
+    ),
     metric(HOT_PAIRS, Kind::Gauge, "Gateway pairs currently promoted to a direct link."),
     metric(HOT_PAIR_CHANGES, Kind::Counter, "Hot-pair promotions and demotions, by change."),
     metric(
@@ -318,6 +326,15 @@ pub fn transport_up(kind: TransportKind, up: bool) {
 /// Counts `n` messages with one outcome.
 pub fn messages(route: &'static str, via: &'static str, outcome: &'static str, n: u64) {
     metrics::counter!(MESSAGES, "route" => route, "via" => via, "outcome" => outcome).increment(n);
+}
+
+/// Counts one batch's envelopes considered for compression: `raw` bytes
+/// in, `wire` bytes out (those it did not shrink count the same on both).
+pub fn compression(transport: &'static str, codec: &'static str, raw: u64, wire: u64) {
+    for (side, bytes) in [("raw", raw), ("wire", wire)] {
+        metrics::counter!(COMPRESSION_BYTES, "transport" => transport, "codec" => codec, "side" => side)
+            .increment(bytes);
+    }
 }
 
 /// Records the Kafka consumer lag of `gateway`'s subscription.

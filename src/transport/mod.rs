@@ -5,6 +5,7 @@
 //! way (a channel, a topic, a subject). Nothing outside this module names a
 //! backend: the router only sees [`TransportKind`] values chosen by policy.
 
+pub mod compress;
 pub mod grpc;
 pub mod kafka;
 pub mod memory;
@@ -432,13 +433,16 @@ impl Transports {
             set.insert(Arc::new(memory::MemoryTransport::new(memory)));
         }
         if let Some(config) = &config.redis {
-            set.insert(Arc::new(redis::RedisTransport::new(config).await?));
+            let redis = Arc::new(redis::RedisTransport::new(config).await?);
+            set.insert(compress::wrap(redis, &config.envelope_compression));
         }
         if let Some(kafka) = &config.kafka {
-            set.insert(Arc::new(kafka::KafkaTransport::connect(kafka).await?));
+            let transport = Arc::new(kafka::KafkaTransport::connect(kafka).await?);
+            set.insert(compress::wrap(transport, &kafka.envelope_compression));
         }
         if let Some(nats) = &config.nats {
-            set.insert(Arc::new(nats::NatsTransport::connect(nats).await?));
+            let transport = Arc::new(nats::NatsTransport::connect(nats).await?);
+            set.insert(compress::wrap(transport, &nats.envelope_compression));
         }
         Ok(set)
     }

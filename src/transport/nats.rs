@@ -97,6 +97,9 @@ pub struct NatsConfig {
     pub connect_timeout: Duration,
     /// Received messages buffered per subscription before reading pauses.
     pub queue: usize,
+    /// `[transports.nats.envelope_compression]`: compresses envelopes of
+    /// at least `min_bytes` (off by default).
+    pub envelope_compression: crate::envelope::compression::CompressionConfig,
 }
 
 impl Default for NatsConfig {
@@ -119,6 +122,7 @@ impl Default for NatsConfig {
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             queue: 1024,
+            envelope_compression: Default::default(),
         }
     }
 }

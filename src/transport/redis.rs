@@ -75,6 +75,9 @@ pub struct RedisTransportConfig {
     /// Messages buffered per subscription; a gateway further behind has the
     /// excess dropped and re-read from the replay stream (bounding memory).
     pub queue: usize,
+    /// `[transports.redis.envelope_compression]`: compresses envelopes of
+    /// at least `min_bytes` (off by default).
+    pub envelope_compression: crate::envelope::compression::CompressionConfig,
 }
 
 impl Default for RedisTransportConfig {
@@ -84,6 +87,7 @@ impl Default for RedisTransportConfig {
             replay_window: Duration::from_secs(30),
             replay_max: 100_000,
             queue: 65_536,
+            envelope_compression: Default::default(),
         }
     }
 }
