@@ -20,20 +20,8 @@ use switchyard::{Destination, Envelope, GatewayInfo, MessageId, Outcome, Router,
 const SIZES: [usize; 3] = [256, 4096, 65536];
 
 /// Chat-like text (words, punctuation, repeats), not random bytes.
-fn chat(len: usize, seed: usize) -> String {
-    const WORDS: [&str; 12] = [
-        "hey", "are", "we", "still", "on", "for", "dinner", "tonight?", "I'll", "bring", "the",
-        "photos",
-    ];
-    let mut text = format!("#{seed} ");
-    let mut i = seed;
-    while text.len() < len {
-        text.push_str(WORDS[i % WORDS.len()]);
-        text.push(if i % 7 == 0 { '\n' } else { ' ' });
-        i = i.wrapping_mul(31).wrapping_add(17);
-    }
-    text.truncate(len);
-    text
+fn chat(len: usize, seed: usize) -> Vec<u8> {
+    switchyard::bench::chat_text(len, seed as u64)
 }
 
 fn compression(codec: Codec) -> CompressionConfig {
