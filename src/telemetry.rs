@@ -37,8 +37,13 @@ pub const INBOX_REDELIVERED: &str = "switchyard_inbox_redelivered_total";
 pub const OFFLINE_STORED: &str = "switchyard_offline_stored_total";
 /// Offline messages dropped because a user's store was full or too old.
 pub const OFFLINE_TRIMMED: &str = "switchyard_offline_trimmed_total";
-/// Offline messages moved to a dead-letter queue after repeated failures.
+/// Offline messages moved to a dead-letter queue, by `reason`
+/// (`unreadable`, `max_deliveries`).
 pub const OFFLINE_DEAD_LETTERED: &str = "switchyard_offline_dead_lettered_total";
+/// Dead letters an operator moved back to the offline queue (Admin API).
+pub const DEAD_LETTERS_REPLAYED: &str = "switchyard_dead_letters_replayed_total";
+/// Dead letters an operator deleted (Admin API).
+pub const DEAD_LETTERS_PURGED: &str = "switchyard_dead_letters_purged_total";
 /// Redis subscription gaps, by `what` (`transport`, `presence`) and `reason`:
 /// `disconnected` (connection dropped, failover, or cut off by the server's
 /// `client-output-buffer-limit pubsub`) or `lagging` (this process fell more
@@ -208,8 +213,14 @@ pub const CATALOG: &[Metric] = &[
     metric(
         OFFLINE_DEAD_LETTERED,
         Kind::Counter,
-        "Offline messages moved to a dead-letter queue after repeated delivery failures.",
+        "Offline messages moved to a dead-letter queue, by reason (unreadable, max_deliveries).",
     ),
+    metric(
+        DEAD_LETTERS_REPLAYED,
+        Kind::Counter,
+        "Dead letters an operator moved back to the offline queue for delivery.",
+    ),
+    metric(DEAD_LETTERS_PURGED, Kind::Counter, "Dead letters an operator deleted."),
     metric(
         OFFLINE_MESSAGES,
         Kind::Gauge,
@@ -335,6 +346,11 @@ pub fn compression(transport: &'static str, codec: &'static str, raw: u64, wire:
         metrics::counter!(COMPRESSION_BYTES, "transport" => transport, "codec" => codec, "side" => side)
             .increment(bytes);
     }
+}
+
+/// Counts one message dead-lettered for `reason`.
+pub fn dead_lettered(reason: crate::offline::DeadLetterReason) {
+    metrics::counter!(OFFLINE_DEAD_LETTERED, "reason" => reason.as_str()).increment(1);
 }
 
 /// Records the Kafka consumer lag of `gateway`'s subscription.

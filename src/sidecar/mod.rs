@@ -23,6 +23,7 @@ pub mod admin;
 pub mod admin_ctl;
 pub mod auth;
 pub mod client;
+mod dead_letters;
 pub mod gateway;
 pub mod http;
 pub mod peer;
