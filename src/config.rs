@@ -227,11 +227,7 @@ impl Settings {
                 problem(&format!("store.{key}"), &problem_text);
             }
         }
-        if let Some(redis) = &self.transports.redis {
-            for (key, problem_text) in redis.connection.problems() {
-                problem(&format!("transports.redis.connection.{key}"), &problem_text);
-            }
-        }
+        problems.extend(self.transports.problems());
         problems.extend(self.routing.hot_pairs.problems());
         problems.extend(self.sidecar.problems());
         if self.transports.grpc.is_some()
