@@ -19,7 +19,7 @@ use switchyard::envelope::compression::{Codec, CompressionConfig};
 use switchyard::redis_conn::RedisConfig;
 use switchyard::transport::kafka::KafkaConfig;
 use switchyard::transport::redis::RedisTransportConfig;
-use switchyard::transport::{Ack, TransportKind, Transports, TransportsConfig};
+use switchyard::transport::{Ack, TransportKind, TransportsConfig};
 use switchyard::{Destination, Envelope, GatewayId};
 
 const SIZES: [usize; 3] = [256, 4096, 65536];
@@ -77,8 +77,14 @@ struct Figure {
 }
 
 async fn run(kind: TransportKind, codec: Codec, size: usize) -> Result<Figure> {
-    let set = Transports::from_config(&config(kind, codec)?).await?;
-    let transport = set.get(kind)?.clone();
+    let mut settings = switchyard::Settings {
+        transports: config(kind, codec)?,
+        ..switchyard::Settings::default()
+    };
+    settings.routing.same_region = kind.as_str().into();
+    settings.routing.cross_region = kind.as_str().into();
+    let backends = switchyard::Backends::from_settings(&settings).await?;
+    let transport = backends.transports.get(kind)?.clone();
     let me: GatewayId = format!("bench-{}", ulid::Ulid::new().to_string().to_lowercase()).into();
     let mut subscription = transport.subscribe(&me).await?;
     let n = count(size);

@@ -2,11 +2,12 @@
 //! Routers in one process (the demo fleet, a sidecar serving several
 //! gateways) share one `Backends`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::blocks::{cache::CachedBlocks, memory::MemoryBlocks, redis::RedisBlocks, BlockList};
+use crate::config::ConfigError;
 use crate::config::{Settings, StoreConfig};
-use crate::error::BuildError;
+use crate::error::StoreError;
 use crate::groups::{memory::MemoryGroups, redis::RedisGroups, Directory, GroupStore};
 use crate::offline::{memory::MemoryOffline, redis::RedisOffline, OfflineStore};
 use crate::policy::hot_pairs::HotPairs;
@@ -16,7 +17,8 @@ use crate::redis_conn::RedisHandle;
 use crate::registry::{
     cache::CachedRegistry, memory::MemoryRegistry, redis::RedisRegistry, Registry,
 };
-use crate::transport::{grpc::GrpcTransport, Transports};
+use crate::topology::IdError;
+use crate::transport::{grpc::GrpcTransport, Dependencies, TransportError, Transports};
 
 /// The state stores and transports of a router node.
 #[derive(Clone)]
@@ -89,19 +91,17 @@ impl Backends {
         let presence = Arc::new(CachedPresence::new(presence, &settings.presence));
         let blocks = Arc::new(CachedBlocks::new(blocks, &settings.blocks));
         let registry: Arc<dyn Registry> = Arc::new(CachedRegistry::new(registry));
-        let mut transports = Transports::from_config(&settings.transports).await?;
-        let peer_links = settings.transports.grpc.as_ref().map(|config| {
-            let grpc = Arc::new(GrpcTransport::new(config, registry.clone()));
-            transports.insert(crate::transport::compress::wrap(
-                grpc.clone(),
-                &config.envelope_compression,
-            ));
-            grpc
-        });
-        let hot_pairs = Arc::new(HotPairs::new(
-            settings.routing.hot_pairs.clone(),
-            peer_links.is_some(),
-        ));
+        let deps = Dependencies {
+            registry: registry.clone(),
+            peer_links: OnceLock::new(),
+        };
+        let transports = settings.transports.build(&deps).await?;
+        let peer_links = deps.peer_links.into_inner();
+        let direct = transports
+            .iter()
+            .find(|t| t.capabilities().direct)
+            .map(|t| t.kind());
+        let hot_pairs = Arc::new(HotPairs::new(settings.routing.hot_pairs.clone(), direct));
         let directory = Directory::new(presence.clone(), groups);
         if let Some((registry, every)) = reaper {
             registry.watch(directory.clone(), every);
@@ -117,4 +117,21 @@ impl Backends {
             hot_pairs,
         })
     }
+}
+
+/// Building a router or its backends failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The settings are invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A transport could not start.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A store could not start.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The gateway's id or region breaks the identifier rules.
+    #[error("gateway: {0}")]
+    Gateway(#[from] IdError),
 }

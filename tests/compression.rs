@@ -14,7 +14,7 @@ use futures::StreamExt;
 use switchyard::envelope::compression::{Codec, CompressionConfig};
 use switchyard::redis_conn::RedisConfig;
 use switchyard::transport::redis::RedisTransportConfig;
-use switchyard::transport::{Ack, TransportKind, Transports, TransportsConfig};
+use switchyard::transport::{Ack, TransportKind, TransportsConfig};
 use switchyard::{Destination, Envelope, GatewayInfo, MessageId, Outcome, Router, Settings, Via};
 
 const SIZES: [usize; 3] = [256, 4096, 65536];
@@ -65,13 +65,24 @@ fn transports(kind: TransportKind, codec: Codec) -> TransportsConfig {
     config
 }
 
+/// Both routes on `kind`, the only transport, compressing with `codec`.
+fn settings(kind: TransportKind, codec: Codec) -> Settings {
+    let mut settings = Settings {
+        transports: transports(kind, codec),
+        ..Settings::default()
+    };
+    settings.routing.same_region = kind.as_str().into();
+    settings.routing.cross_region = kind.as_str().into();
+    settings
+}
+
 /// Publishes one envelope of each size through the compressing transport
 /// and reads the raw bytes its subscription hands over.
 async fn on_the_wire(kind: TransportKind, codec: Codec) {
-    let set = Transports::from_config(&transports(kind, codec))
+    let backends = switchyard::Backends::from_settings(&settings(kind, codec))
         .await
         .expect("transport");
-    let transport = set.get(kind).expect("enabled");
+    let transport = backends.transports.get(kind).expect("enabled");
     let me: switchyard::GatewayId = format!("gw-wire-{}", ulid::Ulid::new()).into();
     let mut subscription = transport.subscribe(&me).await.expect("subscribe");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -117,12 +128,7 @@ async fn on_the_wire(kind: TransportKind, codec: Codec) {
 /// Two routers over `kind`, both compressing with `codec`: 60 messages of
 /// the three sizes, every one confirmed, delivered once, intact.
 async fn end_to_end(kind: TransportKind, codec: Codec) {
-    let mut settings = Settings {
-        transports: transports(kind, codec),
-        ..Settings::default()
-    };
-    settings.routing.same_region = kind.as_str().into();
-    settings.routing.cross_region = kind.as_str().into();
+    let settings = settings(kind, codec);
     let backends = switchyard::Backends::from_settings(&settings)
         .await
         .expect("backends");

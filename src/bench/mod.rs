@@ -42,8 +42,9 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::backends::BuildError;
 use crate::config::{ConfigError, Settings};
-use crate::error::{BuildError, StoreError};
+use crate::error::StoreError;
 use crate::sidecar::{SidecarConfig, SidecarError};
 use crate::telemetry::RecorderError;
 use crate::transport::TransportKind;
@@ -445,17 +446,11 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
 /// transports, and direct links (`grpc`), which need nothing but loopback
 /// (the bench starts the sidecar they link to).
 fn drivable(settings: &Settings) -> Vec<TransportKind> {
-    let t = &settings.transports;
-    [
-        (TransportKind::Memory, t.memory.is_some()),
-        (TransportKind::Redis, t.redis.is_some()),
-        (TransportKind::Kafka, t.kafka.is_some()),
-        (TransportKind::Nats, t.nats.is_some()),
-        (TransportKind::Grpc, true),
-    ]
-    .into_iter()
-    .filter_map(|(kind, on)| on.then_some(kind))
-    .collect()
+    let mut kinds = settings.transports.enabled();
+    if !kinds.contains(&TransportKind::Grpc) {
+        kinds.push(TransportKind::Grpc);
+    }
+    kinds
 }
 
 /// `base` routed over `kind` alone. No fallbacks: a failed publish should

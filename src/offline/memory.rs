@@ -154,7 +154,7 @@ impl OfflineStore for MemoryOffline {
         while letters.len() > self.config.max_per_user {
             letters.pop_front();
         }
-        telemetry::dead_lettered(why);
+        telemetry::dead_lettered(why.as_str());
         Ok(true)
     }
 

@@ -193,7 +193,7 @@ impl RedisOffline {
             .map_err(backend(format!("record failed delivery of {id} to {user}")))?;
         if moved == 1 {
             tracing::warn!(%user, %id, kind = kind.as_str(), reason, "offline message dead-lettered");
-            telemetry::dead_lettered(kind);
+            telemetry::dead_lettered(kind.as_str());
             let index = self.dlq_users_key();
             self.redis
                 .conn()

@@ -39,9 +39,10 @@ use super::redis_resume::{
     entry_id, keep_written, unframe, Place, PlaceAck, SharedProgress, PUBLISH_SCRIPT,
 };
 use super::{
-    Ack, Acknowledge, Capabilities, Health, HealthCell, Incoming, Subscription, Transport,
-    TransportError, TransportKind,
+    Ack, Acknowledge, Capabilities, Dependencies, Health, HealthCell, Incoming, Subscription,
+    Transport, TransportError, TransportFactory, TransportKind,
 };
+use crate::config::problem::Problem;
 use crate::redis_conn::{Pushed, RedisConfig, RedisHandle};
 use crate::telemetry;
 use crate::topology::GatewayId;
@@ -289,6 +290,24 @@ async fn replay_until_done(
 }
 
 #[async_trait]
+impl TransportFactory for RedisTransportConfig {
+    async fn build(&self, _: &Dependencies) -> Result<Arc<dyn Transport>, TransportError> {
+        let redis = Arc::new(RedisTransport::new(self).await?);
+        Ok(super::compress::wrap(redis, &self.envelope_compression))
+    }
+
+    fn problems(&self, key: &str) -> Vec<Problem> {
+        let connection = self.connection.problems().into_iter();
+        connection
+            .map(|(field, reason)| Problem {
+                key: format!("{key}.connection.{field}"),
+                reason,
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
 impl Transport for RedisTransport {
     fn kind(&self) -> TransportKind {
         KIND
@@ -301,6 +320,7 @@ impl Transport for RedisTransport {
             // Within the replay window a successor subscription re-reads
             // what its predecessor's gateway had not acked.
             redelivers: self.replays(),
+            direct: false,
         }
     }
 
