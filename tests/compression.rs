@@ -89,7 +89,14 @@ async fn on_the_wire(kind: TransportKind, codec: Codec) {
     let sent: Vec<Envelope> = SIZES
         .iter()
         .enumerate()
-        .map(|(i, &len)| Envelope::new("alice", "gw-a", Destination::User("bob".into()), chat(len, i)))
+        .map(|(i, &len)| {
+            Envelope::new(
+                "alice",
+                "gw-a",
+                Destination::User("bob".into()),
+                chat(len, i),
+            )
+        })
         .collect();
     let batch: Vec<bytes::Bytes> = sent.iter().map(Envelope::encode).collect();
     transport
@@ -112,7 +119,11 @@ async fn on_the_wire(kind: TransportKind, codec: Codec) {
         let (wire, got) = &seen[&envelope.id];
         assert_eq!(got, envelope, "{kind}/{codec:?}: the same envelope");
         if plain.len() < 1024 {
-            assert_eq!(*wire, plain.len(), "{kind}/{codec:?}: below min_bytes as is");
+            assert_eq!(
+                *wire,
+                plain.len(),
+                "{kind}/{codec:?}: below min_bytes as is"
+            );
         } else {
             // Chat text shrinks to well under 60% with either codec.
             assert!(
@@ -157,7 +168,10 @@ async fn end_to_end(kind: TransportKind, codec: Codec) {
             stored_offline: None,
         } = report.outcome
         else {
-            panic!("{kind}/{codec:?}: message {i} not routed: {:?}", report.outcome)
+            panic!(
+                "{kind}/{codec:?}: message {i} not routed: {:?}",
+                report.outcome
+            )
         };
         assert_eq!(targets[0].result, Ok(Via::Transport(kind)));
         assert!(targets[0].confirmed, "{kind}/{codec:?}: {i} confirmed");

@@ -109,7 +109,10 @@ async fn dead_letters_are_listed_replayed_and_purged(deployment: Deployment) {
         ("garbage-id", "unreadable")
     );
     assert!(unreadable.envelope.is_none());
-    assert!(unreadable.detail.starts_with("unreadable: "), "{unreadable:?}");
+    assert!(
+        unreadable.detail.starts_with("unreadable: "),
+        "{unreadable:?}"
+    );
 
     // The CLI shows one in full.
     let addr = sidecar.grpc_addr().to_string();
@@ -132,19 +135,31 @@ async fn dead_letters_are_listed_replayed_and_purged(deployment: Deployment) {
     assert_eq!(replayed.replayed, 5);
     assert_eq!(replayed.flagged_gateways, ["gw-b"]);
     heartbeat(&mut gateway).await;
-    assert_eq!(received(&mut stream, 5).await, first.iter().cloned().collect());
+    assert_eq!(
+        received(&mut stream, 5).await,
+        first.iter().cloned().collect()
+    );
 
     // The rest through the CLI: the unreadable one stays.
     let out = cli(&["replay", "bob", "--addr", &addr]);
-    assert!(out.contains("7 dead letter(s) back in the offline queue"), "{out}");
+    assert!(
+        out.contains("7 dead letter(s) back in the offline queue"),
+        "{out}"
+    );
     heartbeat(&mut gateway).await;
     let rest: BTreeSet<String> = poisoned[5..].iter().map(|e| e.id.to_string()).collect();
     assert_eq!(received(&mut stream, 7).await, rest);
     quiet(&mut stream).await;
-    assert!(offline.read(&bob, 100).await.unwrap().is_empty(), "acked away");
+    assert!(
+        offline.read(&bob, 100).await.unwrap().is_empty(),
+        "acked away"
+    );
 
     let purge_needs_all = cli_status(&["purge", "bob", "--addr", &addr]);
-    assert!(!purge_needs_all.status.success(), "purge without ids or --all is refused");
+    assert!(
+        !purge_needs_all.status.success(),
+        "purge without ids or --all is refused"
+    );
     let out = cli(&["purge", "bob", "--all", "--addr", &addr]);
     assert!(out.contains("bob: 1 dead letter(s) deleted"), "{out}");
     let out = cli(&["list", "--addr", &addr]);

@@ -5,8 +5,8 @@
 /// Everyday chat words; their mix, not their meaning, is what matters.
 const WORDS: [&str; 24] = [
     "hey", "are", "we", "still", "on", "for", "dinner", "tonight?", "I'll", "bring", "the",
-    "photos", "from", "last", "week,", "and", "you", "said", "Sam", "is", "coming", "too.",
-    "ok", "see",
+    "photos", "from", "last", "week,", "and", "you", "said", "Sam", "is", "coming", "too.", "ok",
+    "see",
 ];
 
 /// `len` bytes of chat text; `seed` picks the word order, so messages differ.

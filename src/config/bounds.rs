@@ -252,11 +252,7 @@ pub(super) fn check(s: &Settings) -> Bounds {
     b
 }
 
-fn compression(
-    b: &mut Bounds,
-    section: &str,
-    c: &crate::envelope::compression::CompressionConfig,
-) {
+fn compression(b: &mut Bounds, section: &str, c: &crate::envelope::compression::CompressionConfig) {
     let key = |name: &str| format!("{section}.envelope_compression.{name}");
     b.count(&key("min_bytes"), c.min_bytes, 0, 64 * MIB as i128);
     // zstd's own range; negative (faster) levels are not offered.

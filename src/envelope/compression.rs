@@ -255,10 +255,7 @@ mod tests {
             .collect();
         let dense = Envelope::new("a", "g", Destination::User("b".into()), noise);
         let plain = dense.encode();
-        assert_eq!(
-            config(Codec::Lz4).pack(&dense.id.to_bytes(), &plain),
-            plain
-        );
+        assert_eq!(config(Codec::Lz4).pack(&dense.id.to_bytes(), &plain), plain);
     }
 
     #[test]

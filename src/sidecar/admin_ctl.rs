@@ -245,10 +245,8 @@ impl AdminCtl {
                     replayed.replayed,
                     match replayed.flagged_gateways.as_slice() {
                         [] => "delivered when the user connects".to_string(),
-                        gateways => format!(
-                            "delivered at the next heartbeat of {}",
-                            gateways.join(", ")
-                        ),
+                        gateways =>
+                            format!("delivered at the next heartbeat of {}", gateways.join(", ")),
                     }
                 ))
             }
@@ -261,7 +259,10 @@ impl AdminCtl {
                     .await
                     .map_err(call("PurgeDeadLetters"))?
                     .into_inner();
-                Ok(format!("{user}: {} dead letter(s) deleted\n", purged.purged))
+                Ok(format!(
+                    "{user}: {} dead letter(s) deleted\n",
+                    purged.purged
+                ))
             }
         }
     }

@@ -29,8 +29,9 @@ fn ids(message_ids: &[String]) -> Result<Vec<MessageId>, Status> {
     message_ids
         .iter()
         .map(|id| {
-            id.parse()
-                .map_err(|e| Status::invalid_argument(format!("message_ids: {id:?} is not a ULID: {e}")))
+            id.parse().map_err(|e| {
+                Status::invalid_argument(format!("message_ids: {id:?} is not a ULID: {e}"))
+            })
         })
         .collect()
 }
@@ -55,7 +56,10 @@ pub(super) async fn list(
     } as usize;
     let offline = &backends.offline;
     if who.is_empty() {
-        let users = offline.dead_letter_users(limit).await.map_err(unavailable)?;
+        let users = offline
+            .dead_letter_users(limit)
+            .await
+            .map_err(unavailable)?;
         return Ok(proto::DeadLettersResponse {
             users: users
                 .into_iter()

@@ -313,7 +313,10 @@ impl TransportFactory for GrpcConfig {
         let links = deps
             .peer_links
             .get_or_init(|| Arc::new(GrpcTransport::new(self, deps.registry.clone())));
-        Ok(super::compress::wrap(links.clone(), &self.envelope_compression))
+        Ok(super::compress::wrap(
+            links.clone(),
+            &self.envelope_compression,
+        ))
     }
 }
 
