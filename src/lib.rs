@@ -28,7 +28,8 @@
 //! The modules follow the data path, one concept each:
 //!
 //! - [`envelope`]: the message, its time-ordered id, priority, destination
-//!   and the protobuf codec every transport carries.
+//!   and the protobuf codec every transport carries; `envelope::compression`
+//!   its lz4/zstd form above a size.
 //! - [`proto`]: the generated wire types and the gRPC codec (a request
 //!   that does not decode is `INVALID_ARGUMENT`).
 //! - [`topology`]: ids of users, groups, gateways, regions, and the rules
@@ -48,11 +49,13 @@
 //!   transport share, and the change channel caches listen on.
 //! - [`groups`]: membership and per-gateway distribution of online members.
 //! - [`blocks`]: block lists, checked before forwarding.
-//! - [`offline`]: per-user queues for recipients with no session.
+//! - [`offline`]: per-user queues for recipients with no session, and
+//!   their dead letters (`offline::dead_letters`: replay, purge).
 //! - [`policy`]: the route decision and transport order per target gateway;
 //!   the canary, its live share and auto-rollback, and the handover that
 //!   keeps per-pair order when a gateway's transport changes.
-//! - [`transport`]: the [`transport::Transport`] trait and its backends.
+//! - [`transport`]: the [`transport::Transport`] trait and its backends
+//!   (and `transport::compress`, the envelope compression layer).
 //! - [`router`]: the send path (validate, block, locate, decide, publish).
 //! - [`inbox`]: the receive path (merge, dedupe, deliver).
 //! - [`dedupe`]: the bounded window of seen message ids.
