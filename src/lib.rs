@@ -52,9 +52,15 @@
 //! - [`policy`]: the route decision and transport order per target gateway;
 //!   the canary, its live share and auto-rollback, and the handover that
 //!   keeps per-pair order when a gateway's transport changes.
-//! - [`transport`]: the [`transport::Transport`] trait and its backends.
-//! - [`router`]: the send path (validate, block, locate, decide, publish).
-//! - [`inbox`]: the receive path (merge, dedupe, deliver).
+//! - [`transport`]: the [`transport::Transport`] trait, the catalog every
+//!   transport is listed in once (kinds, config sections, construction),
+//!   and the backends, one file and one cargo feature each.
+//! - [`router`]: the send path, a file per step: `plan` (validate, block,
+//!   locate, decide), `batch`, `publish`, `stack` (timeout, retry, canary
+//!   feedback and metrics as tower layers around each transport),
+//!   `offline`, `report`.
+//! - [`inbox`]: the receive path, a file per step: `merge` (subscribe),
+//!   `feed` (dedupe, deliver), `ack`, and `replay` of offline messages.
 //! - [`dedupe`]: the bounded window of seen message ids.
 //! - [`telemetry`]: metric names and the Prometheus recorder.
 //! - [`sidecar`]: the gRPC server of `switchyard serve` (Gateway, Admin and
@@ -63,6 +69,11 @@
 //! - [`demo`]: the in-process fleet behind `switchyard demo`.
 //! - [`bench`]: the load generator behind `switchyard bench`, with the
 //!   raw-client baselines it is compared with.
+//!
+//! No module uses one that uses it back (`tests/architecture.rs`). Cargo
+//! features `redis`, `kafka`, `nats`, `grpc` (sidecar and direct links) and
+//! `cli` (bench, demo, the binary) are on by default; without them the
+//! library routes over the in-process memory transport and stores.
 
 #![deny(missing_docs, unsafe_code)]
 
