@@ -36,7 +36,7 @@
 //! - [`config`]: typed settings, layered file + environment, validated with
 //!   the key and reason of every problem, every number within its range.
 //! - [`backends`]: builds every store and transport once from config.
-//! - [`changes`]: change events and the in-process caches (sessions, block
+//! - `changes`: change events and the in-process caches (sessions, block
 //!   lists, gateways) that follow them.
 //! - [`presence`]: who is online where ([`presence::PresenceStore`]), with a
 //!   local cache in front.
@@ -81,7 +81,7 @@ pub mod backends;
 #[cfg(feature = "cli")]
 pub mod bench;
 pub mod blocks;
-pub mod changes;
+pub(crate) mod changes;
 pub mod config;
 pub mod dedupe;
 #[cfg(feature = "cli")]
