@@ -160,6 +160,19 @@ impl ConnectError {
     }
 }
 
+/// Maps a failed command of `store` to [`StoreError::Backend`] naming the
+/// `operation` (and its input): `.map_err(backend(STORE, format!(..)))`.
+pub(crate) fn backend(
+    store: &'static str,
+    operation: String,
+) -> impl FnOnce(redis::RedisError) -> StoreError {
+    move |e| StoreError::Backend {
+        store,
+        operation,
+        reason: e.to_string(),
+    }
+}
+
 /// One multiplexed connection to a standalone Redis or a cluster. Implements
 /// [`ConnectionLike`], so commands, pipelines and scripts do not care which.
 #[derive(Clone)]
@@ -555,11 +568,7 @@ impl RedisChanges {
             .arg(user.as_str())
             .query_async::<i64>(&mut conn)
             .await
-            .map_err(|e| StoreError::Backend {
-                store: self.store,
-                operation: format!("publish change of {user}"),
-                reason: e.to_string(),
-            })?;
+            .map_err(backend(self.store, format!("publish change of {user}")))?;
         Ok(())
     }
 
