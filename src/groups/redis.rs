@@ -137,7 +137,10 @@ impl GroupStore for RedisGroups {
             .arg(delta)
             .invoke_async(&mut self.redis.conn())
             .await
-            .map_err(backend(STORE, format!("count {delta:+} for {group} on {gateway}")))?;
+            .map_err(backend(
+                STORE,
+                format!("count {delta:+} for {group} on {gateway}"),
+            ))?;
         Ok(())
     }
 

@@ -145,7 +145,10 @@ impl RedisOffline {
             .arg(self.config.max_per_user)
             .invoke_async(&mut self.redis.conn())
             .await
-            .map_err(backend(STORE, format!("record failed delivery of {id} to {user}")))?;
+            .map_err(backend(
+                STORE,
+                format!("record failed delivery of {id} to {user}"),
+            ))?;
         if moved == 1 {
             tracing::warn!(%user, %id, reason, "offline message dead-lettered");
             metrics::counter!(telemetry::OFFLINE_DEAD_LETTERED).increment(1);
@@ -242,7 +245,10 @@ impl OfflineStore for RedisOffline {
         let removed: usize = invocation
             .invoke_async(&mut self.redis.conn())
             .await
-            .map_err(backend(STORE, format!("ack {} message(s) of {user}", ids.len())))?;
+            .map_err(backend(
+                STORE,
+                format!("ack {} message(s) of {user}", ids.len()),
+            ))?;
         Ok(removed)
     }
 
@@ -276,9 +282,10 @@ impl OfflineStore for RedisOffline {
             .arg(FLAGGED_PER_TAKE)
             .query_async(&mut self.redis.conn())
             .await
-            .map_err(backend(STORE, format!(
-                "take the users flagged for gateway {gateway}"
-            )))?;
+            .map_err(backend(
+                STORE,
+                format!("take the users flagged for gateway {gateway}"),
+            ))?;
         Ok(users.into_iter().map(UserId::from).collect())
     }
 

@@ -253,10 +253,10 @@ impl PresenceStore for RedisPresence {
             .arg(self.ttl_ms())
             .invoke_async(&mut conn)
             .await
-            .map_err(backend(STORE, format!(
-                "online {}/{}",
-                session.user, session.device
-            )))?;
+            .map_err(backend(
+                STORE,
+                format!("online {}/{}", session.user, session.device),
+            ))?;
         // Not atomic with the script (another slot on a cluster); adding
         // again is harmless and the index only ever over-approximates.
         let gateway_key = self.gateway_key(&session.gateway);
@@ -267,10 +267,10 @@ impl PresenceStore for RedisPresence {
             .ignore()
             .query_async::<()>(&mut conn)
             .await
-            .map_err(backend(STORE, format!(
-                "index {} on {}",
-                session.user, session.gateway
-            )))?;
+            .map_err(backend(
+                STORE,
+                format!("index {} on {}", session.user, session.gateway),
+            ))?;
         self.changed(&session.user).await?;
         Ok(first == 1)
     }
@@ -298,7 +298,10 @@ impl PresenceStore for RedisPresence {
                 .conn()
                 .srem(self.gateway_key(&session.gateway), user.as_str())
                 .await
-                .map_err(backend(STORE, format!("unindex {user} on {}", session.gateway)))?;
+                .map_err(backend(
+                    STORE,
+                    format!("unindex {user} on {}", session.gateway),
+                ))?;
         }
         self.changed(user).await?;
         Ok(Some((session, last == 1)))
