@@ -1,7 +1,8 @@
 //! The cases every transport must pass, modelled on Watermill's universal
-//! pub/sub tests. Each takes a connected transport and asserts exact counts;
-//! a case that needs a capability the transport does not claim prints why
-//! it is skipped and returns.
+//! pub/sub tests. Each takes a connected transport and asserts exact counts.
+//! A case that needs a capability (`order`, `resubscribe`, `redelivery`) is
+//! generated only for transports that claim it, and [`claims`] checks that
+//! what a transport's suite claims is what it reports.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use rand::{Rng, RngCore};
 use switchyard::dedupe::DedupeWindow;
-use switchyard::transport::{Ack, Health, Subscription, Transport, Transports};
+use switchyard::transport::{Ack, Capabilities, Health, Subscription, Transport, Transports};
 use switchyard::{
     Backends, Destination, Envelope, GatewayId, GatewayInfo, MessageId, Priority, Router, Settings,
 };
@@ -150,10 +151,28 @@ fn dedupe(arrivals: &[Envelope]) -> (Vec<MessageId>, usize) {
     (delivered, dropped)
 }
 
-/// A case that does not apply to what the transport promises (checked by
-/// its capabilities): nothing to assert.
-fn skip(t: &dyn Transport, case: &str, why: &str) {
-    eprintln!("{} {case}: does not apply ({why})", t.kind());
+/// A case run on a transport that does not promise what it tests is a
+/// mistake in the suite, not a pass.
+fn needs(t: &dyn Transport, claimed: bool, what: &str) {
+    assert!(claimed, "{}: does not claim {what}", t.kind());
+}
+
+/// The capabilities a transport's `conformance!` call claims (and so the
+/// cases it generates) are the ones the transport reports: a claim it
+/// dropped, or one it gained, fails here instead of silently changing
+/// which cases run.
+pub async fn claims(t: Arc<dyn Transport>, claimed: &[&str]) {
+    let expected = Capabilities {
+        durable: claimed.contains(&"durable"),
+        ordered: claimed.contains(&"ordered"),
+        redelivers: claimed.contains(&"redelivers"),
+    };
+    assert_eq!(
+        t.capabilities(),
+        expected,
+        "{}: reports other capabilities than its suite claims ({claimed:?})",
+        t.kind()
+    );
 }
 
 /// Payload, headers and every envelope field arrive intact, exactly once.
@@ -250,9 +269,7 @@ pub async fn concurrent(t: Arc<dyn Transport>) {
 /// One publisher's messages to one address arrive in publish order, across
 /// batches of varying size and both ack modes.
 pub async fn order(t: Arc<dyn Transport>) {
-    if !t.capabilities().ordered {
-        return skip(&*t, "order", "transport does not claim order");
-    }
+    needs(&*t, t.capabilities().ordered, "order");
     let gw = gateway();
     let mut sub = t.subscribe(&gw).await.expect("subscribe");
     let sent: Vec<Envelope> = (0..300).map(|i| envelope(i, 32)).collect();
@@ -313,9 +330,7 @@ pub async fn isolation(t: Arc<dyn Transport>) {
 /// A durable transport loses nothing when its subscriber goes away and
 /// comes back: messages sent meanwhile, and those received but not acked.
 pub async fn resubscribe(t: Arc<dyn Transport>) {
-    if !t.capabilities().durable {
-        return skip(&*t, "resubscribe", "transport is not durable");
-    }
+    needs(&*t, t.capabilities().durable, "durability");
     let gw = gateway();
     let first: Vec<Envelope> = (0..20).map(|i| envelope(i, 128)).collect();
     let second: Vec<Envelope> = (20..40).map(|i| envelope(i, 128)).collect();
@@ -352,9 +367,7 @@ pub async fn resubscribe(t: Arc<dyn Transport>) {
 
 /// Unacked messages come again to the next subscriber; acked ones do not.
 pub async fn redelivery(t: Arc<dyn Transport>) {
-    if !t.capabilities().redelivers {
-        return skip(&*t, "redelivery", "transport does not redeliver");
-    }
+    needs(&*t, t.capabilities().redelivers, "redelivery");
     let gw = gateway();
     let sent: Vec<Envelope> = (0..5).map(|i| envelope(i, 64)).collect();
     let mut sub = t.subscribe(&gw).await.expect("subscribe");
@@ -623,11 +636,7 @@ pub trait Restartable {
 /// The broker dies mid-stream: publishes fail (so the router falls back),
 /// health goes down, and after the restart the same transport and the same
 /// subscription carry messages again, none lost once confirmed.
-pub async fn broker_restart(broker: Option<Box<dyn Restartable>>) {
-    let Some(mut broker) = broker else {
-        // memory and grpc have no broker to restart.
-        return eprintln!("broker_restart: does not apply (no broker)");
-    };
+pub async fn broker_restart(mut broker: Box<dyn Restartable>) {
     let t = broker.transport();
     let gw = gateway();
     let mut sub = t.subscribe(&gw).await.expect("subscribe");
