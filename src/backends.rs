@@ -14,7 +14,7 @@ use crate::presence::cache::CachedPresence;
 use crate::presence::{memory::MemoryPresence, redis::RedisPresence, PresenceStore};
 use crate::redis_conn::RedisHandle;
 use crate::registry::{
-    cache::CachedRegistry, memory::MemoryRegistry, redis::RedisRegistry, Registry,
+    cache::CachedRegistry, memory::MemoryRegistry, redis::RedisRegistry, Registry, Separate,
 };
 use crate::transport::{grpc::GrpcTransport, Transports};
 
@@ -54,7 +54,7 @@ impl Backends {
     pub async fn from_settings(settings: &Settings) -> Result<Self, BuildError> {
         settings.validate()?;
         // A shared registry expires gateways; someone must clean up after them.
-        let mut reaper = None;
+        let mut clean_up: Option<Box<dyn FnOnce(Directory) + Send>> = None;
         let stores = match &settings.store {
             StoreConfig::Memory => Stores {
                 presence: Arc::new(MemoryPresence::new(settings.presence.session_ttl)),
@@ -68,7 +68,10 @@ impl Backends {
                     .await
                     .map_err(|e| e.for_store("redis"))?;
                 let registry = Arc::new(RedisRegistry::new(redis.clone(), config.gateway_ttl));
-                reaper = Some((registry.clone(), config.gateway_ttl / 2));
+                let (reaper, every) = (registry.clone(), config.gateway_ttl / 2);
+                clean_up = Some(Box::new(move |directory| {
+                    reaper.watch(directory, every);
+                }));
                 let ttl = settings.presence.session_ttl;
                 Stores {
                     presence: Arc::new(RedisPresence::new(redis.clone(), ttl).await?),
@@ -84,8 +87,12 @@ impl Backends {
             groups,
             blocks,
             offline,
-            registry,
+            mut registry,
         } = stores;
+        if let Some(separate) = Separate::connect(&settings.registry).await? {
+            registry = separate.registry;
+            clean_up = Some(separate.clean_up);
+        }
         let presence = Arc::new(CachedPresence::new(presence, &settings.presence));
         let blocks = Arc::new(CachedBlocks::new(blocks, &settings.blocks));
         let registry: Arc<dyn Registry> = Arc::new(CachedRegistry::new(registry));
@@ -100,8 +107,8 @@ impl Backends {
             peer_links.is_some(),
         ));
         let directory = Directory::new(presence.clone(), groups);
-        if let Some((registry, every)) = reaper {
-            registry.watch(directory.clone(), every);
+        if let Some(start) = clean_up {
+            start(directory.clone());
         }
         Ok(Self {
             directory,

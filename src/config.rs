@@ -17,6 +17,7 @@ use crate::policy::hot_pairs::HotPairsConfig;
 use crate::policy::Policy;
 use crate::presence::PresenceConfig;
 use crate::redis_conn::RedisConfig;
+use crate::registry::RegistryConfig;
 use crate::sidecar::SidecarConfig;
 use crate::telemetry::TelemetryConfig;
 use crate::transport::TransportsConfig;
@@ -35,6 +36,8 @@ pub struct Settings {
     /// Where presence, groups, block lists, the registry and offline
     /// messages are kept.
     pub store: StoreConfig,
+    /// The registry of live gateways, when not the store's (etcd).
+    pub registry: RegistryConfig,
     /// Presence TTL and cache.
     pub presence: PresenceConfig,
     /// The block-list cache.
@@ -227,6 +230,9 @@ impl Settings {
         if let StoreConfig::Redis(redis) = &self.store {
             ttl = ttl.min(redis.gateway_ttl);
         }
+        if let Some(registry) = self.registry.gateway_ttl() {
+            ttl = ttl.min(registry);
+        }
         ttl / 3
     }
 
@@ -267,6 +273,7 @@ impl Settings {
                 problem(&format!("transports.redis.connection.{key}"), &problem_text);
             }
         }
+        problems.extend(self.registry.problems());
         problems.extend(self.routing.hot_pairs.problems());
         problems.extend(self.sidecar.problems());
         if self.transports.grpc.is_some()

@@ -8,7 +8,8 @@
 //! gateway, so `registry_expiry`) is not listed, so no test exists for it.
 //!
 //! Needs the servers of `scripts/services/*.sh start`: Redis on
-//! 127.0.0.1:6379 and the Redis Cluster on 7000-7005.
+//! 127.0.0.1:6379, the Redis Cluster on 7000-7005 and, built with
+//! `--features etcd`, etcd on 127.0.0.1:2379 (`SWITCHYARD_TEST_ETCD`).
 //!
 //! [`Deployment`]: cases::Deployment
 
@@ -86,6 +87,44 @@ mod deployments {
             redis_support::node(settings).await
         }
     }
+
+    /// The registry on etcd under a key prefix of its own, the other
+    /// stores in each node's memory (only registry cases run here).
+    #[cfg(feature = "etcd")]
+    pub struct Etcd(switchyard::registry::EtcdConfig);
+
+    #[cfg(feature = "etcd")]
+    pub fn etcd() -> Etcd {
+        Etcd(switchyard::registry::EtcdConfig {
+            endpoints: vec![std::env::var("SWITCHYARD_TEST_ETCD")
+                .unwrap_or_else(|_| "http://127.0.0.1:2379".into())],
+            key_prefix: format!("sy-test-{}", ulid::Ulid::new()),
+            ..Default::default()
+        })
+    }
+
+    #[cfg(feature = "etcd")]
+    #[async_trait::async_trait]
+    impl Deployment for Etcd {
+        fn settings(&self) -> Settings {
+            Settings {
+                registry: switchyard::registry::RegistryConfig::Etcd(self.0.clone()),
+                ..Settings::default()
+            }
+        }
+
+        fn set_gateway_ttl(&self, settings: &mut Settings, ttl: Duration) {
+            if let switchyard::registry::RegistryConfig::Etcd(etcd) = &mut settings.registry {
+                etcd.lease_ttl = ttl;
+            }
+        }
+
+        async fn node(&self, settings: &Settings) -> Backends {
+            Backends::from_settings(settings)
+                .await
+                .expect("backends with the registry on etcd")
+        }
+    }
 }
 
 /// Generates one test per case of each store group a backend provides.
@@ -121,6 +160,7 @@ macro_rules! stores {
     (@group registry, $d:path) => {
         stores!(@cases $d;
             a_registered_gateway_is_found_until_it_leaves,
+            a_registration_reaches_every_node,
             the_ring_is_balanced_and_moves_only_the_changed_share);
     };
     (@group registry_expiry, $d:path) => {
@@ -152,3 +192,5 @@ stores!(
     crate::deployments::redis_cluster,
     [presence, groups, blocks, offline, registry, registry_expiry]
 );
+#[cfg(feature = "etcd")]
+stores!(etcd, crate::deployments::etcd, [registry, registry_expiry]);

@@ -110,26 +110,11 @@ impl RedisRegistry {
     }
 }
 
-pub(crate) fn decode(id: &GatewayId, value: &str) -> Result<GatewayInfo, StoreError> {
-    let (region, address) = value
-        .split_once('\x1f')
-        .ok_or_else(|| StoreError::Backend {
-            store: STORE,
-            operation: format!("read gateway {id}"),
-            reason: format!("malformed value {value:?}"),
-        })?;
-    Ok(GatewayInfo {
-        id: id.clone(),
-        region: region.into(),
-        address: address.into(),
-    })
-}
-
 #[async_trait]
 impl Registry for RedisRegistry {
     async fn register(&self, gateway: &GatewayInfo) -> Result<(), StoreError> {
         let mut conn = self.redis.conn();
-        let value = format!("{}\x1f{}", gateway.region, gateway.address);
+        let value = super::encode(gateway);
         let _: () = conn
             .pset_ex(self.key(&gateway.id), value, self.ttl.as_millis() as u64)
             .await
@@ -161,7 +146,7 @@ impl Registry for RedisRegistry {
             .get(self.key(gateway))
             .await
             .map_err(backend(STORE, format!("get gateway {gateway}")))?;
-        value.map(|v| decode(gateway, &v)).transpose()
+        value.map(|v| super::decode(gateway, &v)).transpose()
     }
 
     async fn list(&self) -> Result<Vec<GatewayInfo>, StoreError> {

@@ -474,6 +474,33 @@ pub async fn a_registered_gateway_is_found_until_it_leaves(d: &dyn Deployment) {
     assert_eq!(registry.list().await.unwrap(), [b]);
 }
 
+/// A gateway registered through one node is found through every other
+/// (no event: within the look-up cache's TTL), and so is its leaving.
+pub async fn a_registration_reaches_every_node(d: &dyn Deployment) {
+    let settings = d.settings();
+    let (a, b) = (d.node(&settings).await, d.node(&settings).await);
+    let gw = GatewayInfo::new("gw-a", "eu");
+    assert_eq!(b.registry.get(&gw.id).await.unwrap(), None);
+    a.registry.register(&gw).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            b.registry.get(&gw.id).await.unwrap().as_ref() == Some(&gw)
+                && ring_ids(&*b.registry).await == ["gw-a"]
+        })
+        .await,
+        "node B does not know gw-a"
+    );
+    a.registry.deregister(&gw.id).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            b.registry.get(&gw.id).await.unwrap().is_none()
+                && ring_ids(&*b.registry).await.is_empty()
+        })
+        .await,
+        "node B still knows gw-a after it left"
+    );
+}
+
 /// 10 gateways, 100 000 users, 160 virtual nodes each: every gateway gets
 /// within ±15% of the mean (measured: -7.9%..+6.5%); adding an 11th moves only users to it (about
 /// 1/11 of them), and removing one moves only that gateway's users.
