@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use crate::blocks::{cache::CachedBlocks, memory::MemoryBlocks, redis::RedisBlocks, BlockList};
+use crate::config::ConfigError;
 use crate::config::{Settings, StoreConfig};
-use crate::error::BuildError;
+use crate::error::StoreError;
 use crate::groups::{memory::MemoryGroups, redis::RedisGroups, Directory, GroupStore};
 use crate::offline::{memory::MemoryOffline, redis::RedisOffline, OfflineStore};
 use crate::policy::hot_pairs::HotPairs;
@@ -16,7 +17,8 @@ use crate::redis_conn::RedisHandle;
 use crate::registry::{
     cache::CachedRegistry, memory::MemoryRegistry, redis::RedisRegistry, Registry, Separate,
 };
-use crate::transport::{grpc::GrpcTransport, Transports};
+use crate::topology::IdError;
+use crate::transport::{grpc::GrpcTransport, TransportError, Transports};
 
 /// The state stores and transports of a router node.
 #[derive(Clone)]
@@ -121,4 +123,21 @@ impl Backends {
             hot_pairs,
         })
     }
+}
+
+/// Building a router or its backends failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The settings are invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A transport could not start.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A store could not start.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The gateway's id or region breaks the identifier rules.
+    #[error("gateway: {0}")]
+    Gateway(#[from] IdError),
 }

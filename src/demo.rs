@@ -15,9 +15,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::backends::Backends;
+use crate::backends::BuildError;
 use crate::config::{ConfigError, Settings};
 use crate::envelope::{now_micros, Destination, Envelope, MessageId, Priority};
-use crate::error::{BuildError, StoreError};
+use crate::error::StoreError;
 use crate::inbox::{Inbox, Via};
 use crate::policy::live::LivePolicy;
 use crate::policy::{Policy, Route};

@@ -92,10 +92,10 @@ pub mod telemetry;
 pub mod topology;
 pub mod transport;
 
-pub use backends::Backends;
+pub use backends::{Backends, BuildError};
 pub use config::Settings;
 pub use envelope::{Destination, Envelope, MessageId, Priority};
-pub use error::{BuildError, SendError, StoreError};
+pub use error::{PublishError, SendError, StoreError};
 pub use inbox::{Delivery, Inbox, Via};
 pub use router::{KeepAlive, Outcome, Router, RouterBuilder, SendReport, TargetReport};
 pub use topology::{DeviceId, GatewayId, GatewayInfo, GroupId, Region, UserId};

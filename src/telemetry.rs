@@ -21,6 +21,8 @@ pub const DELIVERY_LATENCY: &str = "switchyard_delivery_latency_seconds";
 pub const TRANSPORT_UP: &str = "switchyard_transport_up";
 /// Publish attempts that failed and were retried, by transport.
 pub const PUBLISH_RETRIES: &str = "switchyard_publish_retries_total";
+/// Histogram: one publish to one transport, retries included.
+pub const PUBLISH_DURATION: &str = "switchyard_publish_duration_seconds";
 /// Presence lookups by cache result (`hit` or `miss`).
 pub const PRESENCE_LOOKUPS: &str = "switchyard_presence_lookups_total";
 /// Block-list lookups by cache result (`hit` or `miss`).
@@ -186,6 +188,11 @@ pub const CATALOG: &[Metric] = &[
     ),
     metric(TRANSPORT_UP, Kind::Gauge, "1 when a transport can reach its backend, 0 when not."),
     metric(PUBLISH_RETRIES, Kind::Counter, "Publish attempts retried, by transport."),
+    metric(
+        PUBLISH_DURATION,
+        Kind::Histogram,
+        "Time one publish to one transport took, retries included, by transport and outcome (ok, failed).",
+    ),
     metric(
         PRESENCE_LOOKUPS,
         Kind::Counter,

@@ -231,7 +231,7 @@ fn outcome(id: MessageId, result: Result<SendReport, SendError>) -> proto::SendO
                 .map(|t| {
                     let (delivered, via, error) = match t.result {
                         Ok(via) => (true, via.to_string(), String::new()),
-                        Err(error) => (false, String::new(), error),
+                        Err(error) => (false, String::new(), error.to_string()),
                     };
                     proto::TargetOutcome {
                         gateway: t.gateway.to_string(),

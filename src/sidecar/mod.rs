@@ -52,8 +52,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 use crate::backends::Backends;
+use crate::backends::BuildError;
 use crate::config::{Problem, Settings};
-use crate::error::BuildError;
 use crate::policy::live::LivePolicy;
 use crate::proto::{
     admin_server::AdminServer, gateway_server::GatewayServer, peer_server::PeerServer,
