@@ -244,6 +244,11 @@ macro_rules! conformance {
                 low_priority_to_nobody);
             $( conformance!(@claim $claim, $connect); )*
 
+            #[test]
+            fn metrics() {
+                crate::cases::metrics($connect)
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn claims() {
                 crate::cases::claims($connect().await, &[$(stringify!($claim)),*]).await

@@ -11,10 +11,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use rand::{Rng, RngCore};
+use switchyard::config::RoutingConfig;
 use switchyard::dedupe::DedupeWindow;
+use switchyard::policy::live::LivePolicy;
+use switchyard::policy::Policy;
 use switchyard::transport::{Ack, Capabilities, Health, Subscription, Transport, Transports};
 use switchyard::{
-    Backends, Destination, Envelope, GatewayId, GatewayInfo, MessageId, Priority, Router, Settings,
+    Backends, Destination, Envelope, GatewayId, GatewayInfo, MessageId, Outcome, Priority, Router,
+    Settings,
 };
 
 /// How long any wait for messages may take before the case fails.
@@ -619,6 +623,115 @@ pub async fn retried_publish_dedupe(t: Arc<dyn Transport>) {
         ids(&sent).into_iter().collect::<HashSet<_>>(),
         "{}: wrong messages",
         t.kind()
+    );
+}
+
+/// Routes `MESSAGES` high-priority messages from gw-a to bob on gw-b (same
+/// region) over `t` alone, through two routers, and waits until gw-b acked
+/// every one.
+async fn route_through_routers(t: Arc<dyn Transport>) {
+    const MESSAGES: usize = 5;
+    let mut backends = Backends::from_settings(&Settings::default())
+        .await
+        .expect("backends");
+    let mut transports = Transports::default();
+    transports.insert(t.clone());
+    backends.transports = transports;
+    let name = t.kind().as_str().to_owned();
+    let routing = RoutingConfig {
+        same_region: name.clone(),
+        cross_region: name,
+        ..RoutingConfig::default()
+    };
+    let policy = LivePolicy::new(Policy::new(&routing, None, &[t.kind()]).expect("a policy"));
+    let router = |id: GatewayId| {
+        Router::builder(GatewayInfo::new(id, "eu"))
+            .backends(backends.clone())
+            .policy(policy.clone())
+            .build()
+    };
+    let (a, b) = (gateway(), gateway());
+    let (sender, _) = router(a.clone()).await.expect("router a");
+    let (receiver, mut inbox) = router(b.clone()).await.expect("router b");
+    receiver.connect("bob", "phone").await.expect("connect bob");
+    // Read while sending: a direct link confirms once gw-b acked.
+    let reading = async {
+        for _ in 0..MESSAGES {
+            let delivery = tokio::time::timeout(PATIENCE, inbox.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{}: a delivery within {PATIENCE:?}", t.kind()))
+                .expect("the inbox is open");
+            inbox.ack(delivery.seq);
+        }
+    };
+    let sending = async {
+        for i in 0..MESSAGES {
+            let to_bob = Destination::User("bob".into());
+            let envelope = Envelope::new("alice", a.clone(), to_bob, format!("m{i}"))
+                .with_priority(Priority::High);
+            let report = sender.send(envelope).await.expect("send");
+            let confirmed = matches!(&report.outcome, Outcome::Routed { targets, stored_offline: None }
+                if targets.len() == 1 && targets[0].gateway == b && targets[0].confirmed);
+            assert!(confirmed, "{}: not confirmed to {b}: {report:?}", t.kind());
+        }
+    };
+    tokio::join!(reading, sending);
+}
+
+/// The standard metrics, labelled with the transport, are emitted when it
+/// carries messages between routers (Vector's `assert_sink_compliance`):
+/// `switchyard_messages_total{via}`, `switchyard_publish_duration_seconds
+/// {transport, outcome="ok"}`, `switchyard_delivery_latency_seconds{via}`
+/// and `switchyard_transport_up{transport} 1`. The case runs on a runtime
+/// of its own, every task of which records into a recorder of its own, so
+/// other cases running at the same time are not counted.
+pub fn metrics<F, Fut>(connect: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn Transport>>,
+{
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let kind = metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let t = connect().await;
+            route_through_routers(t.clone()).await;
+            t.kind()
+        })
+    });
+    let scrape = handle.render();
+    let name = kind.as_str();
+    let samples = |metric: &str, label: &str| -> f64 {
+        scrape
+            .lines()
+            .filter(|line| line.starts_with(metric) && line.contains(label))
+            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    let expected = [
+        ("switchyard_messages_total{", format!("via=\"{name}\"")),
+        (
+            "switchyard_publish_duration_seconds_count{",
+            format!("transport=\"{name}\""),
+        ),
+        (
+            "switchyard_delivery_latency_seconds_count{",
+            format!("via=\"{name}\""),
+        ),
+        ("switchyard_transport_up{", format!("transport=\"{name}\"")),
+    ];
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|(metric, label)| samples(metric, label) < 1.0)
+        .map(|(metric, label)| format!("{metric}{label}}}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{name}: standard metrics missing or zero: {missing:?}\n{scrape}"
     );
 }
 
