@@ -201,3 +201,49 @@ impl Separate {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{ConfigError, Settings};
+
+    #[test]
+    fn etcd_settings_are_checked_by_key() {
+        let toml = "[registry]\nkind = \"etcd\"\nendpoints = [\"10.0.0.1:2379\"]\n\
+                    key_prefix = \"a/b\"\nlease_ttl = \"1500ms\"\n";
+        let Err(ConfigError::Invalid(problems)) = Settings::from_toml(toml) else {
+            panic!("invalid etcd settings were accepted");
+        };
+        let mut found: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        found.sort();
+        let mut expected = vec![
+            "registry.endpoints[0]: \"10.0.0.1:2379\" is not http://host:port".to_owned(),
+            "registry.key_prefix: \"a/b\" must be non-empty and without '/'".to_owned(),
+            "registry.lease_ttl: 1s 500ms is not whole seconds (etcd leases count seconds)"
+                .to_owned(),
+            "registry.lease_ttl: must be between 2s and 1h, got 1s 500ms".to_owned(),
+        ];
+        if !cfg!(feature = "etcd") {
+            expected.push(
+                "registry.kind: \"etcd\": this binary was built without the `etcd` feature \
+                 (cargo build --features etcd)"
+                    .to_owned(),
+            );
+        }
+        expected.sort();
+        assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn the_lease_ttl_paces_the_heartbeat() {
+        let toml = "[registry]\nkind = \"etcd\"\nlease_ttl = \"3s\"\n";
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .expect("parses");
+        assert_eq!(
+            settings.heartbeat_interval(),
+            std::time::Duration::from_secs(1)
+        );
+    }
+}

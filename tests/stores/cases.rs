@@ -192,7 +192,7 @@ pub async fn membership_and_per_gateway_counts(d: &dyn Deployment) {
     let mut members = groups.members(&room).await.unwrap();
     members.sort();
     assert_eq!(members, [alice.clone(), bob.clone()]);
-    assert_eq!(groups.groups_of(&alice).await.unwrap(), [room.clone()]);
+    assert_eq!(groups.groups_of(&alice).await.unwrap(), vec![room.clone()]);
 
     let (gw_a, gw_b) = (GatewayId::from("gw-a"), GatewayId::from("gw-b"));
     groups.adjust(&room, &gw_a, 2).await.unwrap();
