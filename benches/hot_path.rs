@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use switchyard::config::RoutingConfig;
 use switchyard::dedupe::DedupeWindow;
 use switchyard::policy::canary::{bucket, CanaryConfig};
 use switchyard::policy::hot_pairs::{HotPairs, HotPairsConfig};
 use switchyard::policy::Policy;
+use switchyard::policy::RoutingConfig;
 use switchyard::presence::cache::CachedPresence;
 use switchyard::presence::memory::MemoryPresence;
 use switchyard::presence::{PresenceConfig, PresenceStore, Session};
@@ -58,7 +58,7 @@ fn decision(c: &mut Criterion) {
         handover: switchyard::policy::canary::DEFAULT_HANDOVER,
         mirror_wait: switchyard::policy::canary::DEFAULT_MIRROR_WAIT,
     };
-    let policy = Policy::new(&routing, Some(&canary), &TransportKind::ALL).expect("valid");
+    let policy = Policy::new(&routing, Some(&canary), TransportKind::ALL).expect("valid");
     let me = GatewayInfo::new("gw-eu-1", "eu");
     let to = "gw-eu-2".into();
     let region = "eu".into();
@@ -120,7 +120,10 @@ fn canary_bucket(c: &mut Criterion) {
 
 fn hot_pair_sketch(c: &mut Criterion) {
     // A full sketch: more distinct pairs than its capacity, so updates evict.
-    let pairs = HotPairs::new(HotPairsConfig::default(), true);
+    let pairs = HotPairs::new(
+        HotPairsConfig::default(),
+        Some(switchyard::transport::TransportKind::Grpc),
+    );
     let gateways: Vec<GatewayId> = (0..512)
         .map(|i| GatewayId::new(format!("gw-{i}")))
         .collect();

@@ -2,7 +2,7 @@
 //! Routers in one process (the demo fleet, a sidecar serving several
 //! gateways) share one `Backends`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::blocks::{cache::CachedBlocks, memory::MemoryBlocks, redis::RedisBlocks, BlockList};
 use crate::config::ConfigError;
@@ -18,7 +18,7 @@ use crate::registry::{
     cache::CachedRegistry, memory::MemoryRegistry, redis::RedisRegistry, Registry, Separate,
 };
 use crate::topology::IdError;
-use crate::transport::{grpc::GrpcTransport, TransportError, Transports};
+use crate::transport::{grpc::GrpcTransport, Dependencies, TransportError, Transports};
 
 /// The state stores and transports of a router node.
 #[derive(Clone)]
@@ -98,16 +98,17 @@ impl Backends {
         let presence = Arc::new(CachedPresence::new(presence, &settings.presence));
         let blocks = Arc::new(CachedBlocks::new(blocks, &settings.blocks));
         let registry: Arc<dyn Registry> = Arc::new(CachedRegistry::new(registry));
-        let mut transports = Transports::from_config(&settings.transports).await?;
-        let peer_links = settings.transports.grpc.as_ref().map(|config| {
-            let grpc = Arc::new(GrpcTransport::new(config, registry.clone()));
-            transports.insert(grpc.clone());
-            grpc
-        });
-        let hot_pairs = Arc::new(HotPairs::new(
-            settings.routing.hot_pairs.clone(),
-            peer_links.is_some(),
-        ));
+        let deps = Dependencies {
+            registry: registry.clone(),
+            peer_links: OnceLock::new(),
+        };
+        let transports = settings.transports.build(&deps).await?;
+        let peer_links = deps.peer_links.into_inner();
+        let direct = transports
+            .iter()
+            .find(|t| t.capabilities().direct)
+            .map(|t| t.kind());
+        let hot_pairs = Arc::new(HotPairs::new(settings.routing.hot_pairs.clone(), direct));
         let directory = Directory::new(presence.clone(), groups);
         if let Some(start) = clean_up {
             start(directory.clone());

@@ -44,9 +44,9 @@
 //!   etcd (feature `etcd`); the consistent-hash ring that assigns users to
 //!   gateways.
 //! - [`redis_conn`]: the one Redis connection (standalone, cluster or
-//!   Sentinel) every Redis store and the Redis transport share.
-//! - [`redis_sentinel`]: the Sentinel mode of that connection: finds the
-//!   master by service name, follows failovers, waits for replicas.
+//!   Sentinel, [`redis_conn::sentinel`]: finds the master by service name,
+//!   follows failovers, waits for replicas) every Redis store and the Redis
+//!   transport share, and the change channel caches listen on.
 //! - [`groups`]: membership and per-gateway distribution of online members.
 //! - [`blocks`]: block lists, checked before forwarding.
 //! - [`offline`]: per-user queues for recipients with no session.
@@ -85,7 +85,6 @@ pub mod policy;
 pub mod presence;
 pub mod proto;
 pub mod redis_conn;
-pub mod redis_sentinel;
 pub mod registry;
 pub mod router;
 pub mod sidecar;

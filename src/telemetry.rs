@@ -11,7 +11,6 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 
 use crate::topology::GatewayId;
-use crate::transport::TransportKind;
 
 /// Messages by route, transport (`via`) and outcome.
 pub const MESSAGES: &str = "switchyard_messages_total";
@@ -315,11 +314,6 @@ static PROCESS: LazyLock<metrics_process::Collector> =
 pub fn render(handle: &PrometheusHandle) -> String {
     PROCESS.collect();
     handle.render()
-}
-
-/// Records a transport going up or down.
-pub fn transport_up(kind: TransportKind, up: bool) {
-    metrics::gauge!(TRANSPORT_UP, "transport" => kind.as_str()).set(if up { 1.0 } else { 0.0 });
 }
 
 /// Counts `n` messages with one outcome.

@@ -40,7 +40,7 @@ mod factories {
     use crate::cases::Restartable;
     use crate::redis_support::{redis_config, Deployment};
     use crate::support::{self, PrivateBroker, PrivateKafka};
-    use switchyard::redis_sentinel::SentinelConfig;
+    use switchyard::redis_conn::sentinel::SentinelConfig;
     use switchyard::transport::redis::{RedisTransport, RedisTransportConfig};
 
     pub async fn memory() -> Arc<dyn Transport> {
@@ -265,6 +265,8 @@ macro_rules! conformance {
     (@claim ordered, $connect:path) => { conformance!(@cases $connect; order); };
     (@claim durable, $connect:path) => { conformance!(@cases $connect; resubscribe); };
     (@claim redelivers, $connect:path) => { conformance!(@cases $connect; redelivery); };
+    // What a direct link is for (hot pairs) is the router's: tests/sidecar_ops.rs.
+    (@claim direct, $connect:path) => {};
     (@cases $connect:path; $($case:ident),*) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

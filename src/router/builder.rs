@@ -61,7 +61,7 @@ impl RouterBuilder {
         settings.validate()?;
         let policy = match self.policy {
             Some(policy) => policy,
-            None => LivePolicy::from_settings(&settings)?,
+            None => settings.live_policy()?,
         };
         let backends = match self.backends {
             Some(backends) => backends,

@@ -27,8 +27,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use super::{
-    Ack, Acknowledge, Capabilities, Health, Incoming, Subscription, Transport, TransportError,
-    TransportKind,
+    Ack, Acknowledge, Capabilities, Dependencies, Health, Incoming, Subscription, Transport,
+    TransportError, TransportFactory, TransportKind,
 };
 use crate::proto::{peer_client::PeerClient, PeerBatch};
 use crate::registry::Registry;
@@ -110,7 +110,7 @@ pub struct GrpcTransport {
 impl GrpcTransport {
     /// A transport that finds peers' addresses in `registry`.
     pub fn new(config: &GrpcConfig, registry: Arc<dyn Registry>) -> Self {
-        telemetry::transport_up(TransportKind::Grpc, true);
+        super::record_up(TransportKind::Grpc, true);
         Self {
             config: GrpcConfig {
                 queue: config.queue.max(1),
@@ -206,7 +206,7 @@ impl GrpcTransport {
                 let link = Arc::new(link);
                 let failed = std::mem::take(&mut *self.failures.lock());
                 if failed.in_a_row >= DOWN_AFTER {
-                    telemetry::transport_up(TransportKind::Grpc, true);
+                    super::record_up(TransportKind::Grpc, true);
                 }
                 self.links
                     .lock()
@@ -243,7 +243,7 @@ impl GrpcTransport {
         // The gauge stays 0 from here until a link opens again (health()
         // lets the policy probe again after `retry_after`).
         if all.in_a_row == DOWN_AFTER {
-            telemetry::transport_up(TransportKind::Grpc, false);
+            super::record_up(TransportKind::Grpc, false);
         }
     }
 
@@ -310,6 +310,18 @@ impl GrpcTransport {
     }
 }
 
+/// Also leaves the receiving half in [`Dependencies::peer_links`], for the
+/// sidecar's Peer API.
+#[async_trait]
+impl TransportFactory for GrpcConfig {
+    async fn build(&self, deps: &Dependencies) -> Result<Arc<dyn Transport>, TransportError> {
+        let links = deps
+            .peer_links
+            .get_or_init(|| Arc::new(GrpcTransport::new(self, deps.registry.clone())));
+        Ok(links.clone())
+    }
+}
+
 #[async_trait]
 impl Transport for GrpcTransport {
     fn kind(&self) -> TransportKind {
@@ -321,6 +333,7 @@ impl Transport for GrpcTransport {
             durable: false,
             ordered: true,
             redelivers: false,
+            direct: true,
         }
     }
 

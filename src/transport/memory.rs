@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{
-    Ack, Capabilities, Health, Incoming, Subscription, Transport, TransportError, TransportKind,
+    Ack, Capabilities, Dependencies, Health, Incoming, Subscription, Transport, TransportError,
+    TransportFactory, TransportKind,
 };
 use crate::topology::GatewayId;
 
@@ -38,12 +39,19 @@ pub struct MemoryTransport {
     inboxes: Arc<Mutex<HashMap<GatewayId, mpsc::Sender<Incoming>>>>,
 }
 
+#[async_trait]
+impl TransportFactory for MemoryConfig {
+    async fn build(&self, _: &Dependencies) -> Result<Arc<dyn Transport>, TransportError> {
+        Ok(Arc::new(MemoryTransport::new(self)))
+    }
+}
+
 impl MemoryTransport {
     /// An empty hub.
     pub fn new(config: &MemoryConfig) -> Self {
         // In process, so never down; reported like every transport's health
         // so a dashboard of `switchyard_transport_up` misses none.
-        crate::telemetry::transport_up(TransportKind::Memory, true);
+        super::record_up(TransportKind::Memory, true);
         Self {
             queue: config.queue.max(1),
             inboxes: Arc::default(),
@@ -69,6 +77,7 @@ impl Transport for MemoryTransport {
             durable: false,
             ordered: true,
             redelivers: false,
+            direct: false,
         }
     }
 

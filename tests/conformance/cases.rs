@@ -170,6 +170,7 @@ pub async fn claims(t: Arc<dyn Transport>, claimed: &[&str]) {
         durable: claimed.contains(&"durable"),
         ordered: claimed.contains(&"ordered"),
         redelivers: claimed.contains(&"redelivers"),
+        direct: claimed.contains(&"direct"),
     };
     assert_eq!(
         t.capabilities(),
