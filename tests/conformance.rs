@@ -299,7 +299,11 @@ conformance!(
     connect = crate::factories::redis,
     claims = [ordered, redelivers]
 );
-conformance!(grpc, connect = crate::factories::grpc, claims = [ordered]);
+conformance!(
+    grpc,
+    connect = crate::factories::grpc,
+    claims = [ordered, direct]
+);
 conformance!(
     redis_cluster,
     connect = crate::factories::redis_cluster,

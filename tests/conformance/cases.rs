@@ -11,10 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use rand::{Rng, RngCore};
-use switchyard::config::RoutingConfig;
 use switchyard::dedupe::DedupeWindow;
 use switchyard::policy::live::LivePolicy;
-use switchyard::policy::Policy;
+use switchyard::policy::{Policy, RoutingConfig};
 use switchyard::transport::{Ack, Capabilities, Health, Subscription, Transport, Transports};
 use switchyard::{
     Backends, Destination, Envelope, GatewayId, GatewayInfo, MessageId, Outcome, Priority, Router,
