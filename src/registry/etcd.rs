@@ -42,6 +42,11 @@ use crate::topology::{GatewayId, GatewayInfo};
 const CLAIM_TTL: i64 = 600;
 /// Pause before a broken watch reads the range again.
 const RETRY: Duration = Duration::from_millis(500);
+/// HTTP/2 pings on an idle connection, so a watch on a connection that died
+/// without a reset (a partition) breaks, and is re-established, instead of
+/// waiting for events forever. etcd refuses pings more often than every 5 s
+/// (`--grpc-keepalive-min-time`).
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 /// Live gateways on etcd, with a view kept by a watch.
 pub struct EtcdRegistry {
@@ -182,7 +187,9 @@ impl EtcdRegistry {
         };
         let options = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)
-            .with_timeout(config.request_timeout);
+            .with_timeout(config.request_timeout)
+            .with_keep_alive(KEEP_ALIVE, config.request_timeout)
+            .with_keep_alive_while_idle(true);
         let client = Client::connect(&config.endpoints, Some(options))
             .await
             .map_err(unavailable)?;
