@@ -8,6 +8,7 @@ pub mod cache;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod memory;
+#[cfg(feature = "redis")]
 pub mod redis;
 pub mod ring;
 
@@ -19,7 +20,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Problem;
 use crate::error::StoreError;
-use crate::groups::Directory;
 use crate::topology::{GatewayId, GatewayInfo};
 
 /// Live gateways.
@@ -163,7 +163,7 @@ impl RegistryConfig {
                 "lease_ttl",
                 format!(
                     "{} is not whole seconds (etcd leases count seconds)",
-                    humantime::format_duration(etcd.lease_ttl)
+                    humantime_serde::re::humantime::format_duration(etcd.lease_ttl)
                 ),
             ));
         }
@@ -175,7 +175,7 @@ impl RegistryConfig {
 /// started once the directory it cleans exists.
 pub(crate) struct Separate {
     pub registry: Arc<dyn Registry>,
-    pub clean_up: Box<dyn FnOnce(Directory) + Send>,
+    pub clean_up: crate::backends::Reaper,
 }
 
 impl Separate {
@@ -188,7 +188,7 @@ impl Separate {
                 let registry = Arc::new(etcd::EtcdRegistry::connect(config).await?);
                 Ok(Some(Self {
                     registry: registry.clone(),
-                    clean_up: Box::new(move |directory| registry.clean_up_with(directory)),
+                    clean_up: Box::new(move |directory| registry.clean_up_with(directory.clone())),
                 }))
             }
             // Settings::validate names this first (`registry.kind`).

@@ -6,12 +6,18 @@
 //! backend: the router only sees [`TransportKind`] values chosen by policy.
 
 mod catalog;
+#[cfg(feature = "grpc")]
 pub mod grpc;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod memory;
+#[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(any(feature = "kafka", feature = "nats"))]
 mod pipeline;
+#[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis")]
 pub(crate) mod redis_resume;
 
 use std::collections::BTreeMap;
