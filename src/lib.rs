@@ -40,8 +40,9 @@
 //!   lists, gateways) that follow them.
 //! - [`presence`]: who is online where ([`presence::PresenceStore`]), with a
 //!   local cache in front.
-//! - [`registry`]: live gateways and their regions; the consistent-hash
-//!   ring that assigns users to gateways.
+//! - [`registry`]: live gateways and their regions, in the store or on
+//!   etcd (feature `etcd`); the consistent-hash ring that assigns users to
+//!   gateways.
 //! - [`redis_conn`]: the one Redis connection (standalone, cluster or
 //!   Sentinel, [`redis_conn::sentinel`]: finds the master by service name,
 //!   follows failovers, waits for replicas) every Redis store and the Redis
