@@ -15,7 +15,7 @@ use crate::offline::{memory::MemoryOffline, OfflineStore};
 use crate::policy::hot_pairs::HotPairs;
 use crate::presence::cache::CachedPresence;
 use crate::presence::{memory::MemoryPresence, PresenceStore};
-use crate::registry::{cache::CachedRegistry, memory::MemoryRegistry, Registry, Separate};
+use crate::registry::{cache::CachedRegistry, memory::MemoryRegistry, Reaper, Registry, Separate};
 use crate::topology::IdError;
 #[cfg(feature = "grpc")]
 use crate::transport::grpc::GrpcTransport;
@@ -122,10 +122,6 @@ impl Backends {
         })
     }
 }
-
-/// What cleans up after gateways a shared registry expired, started once
-/// the directory (presence and groups) exists.
-pub(crate) type Reaper = Box<dyn FnOnce(&Directory) + Send>;
 
 /// The stores on Redis (standalone, Cluster or Sentinel), and the reaper of
 /// the gateways its registry expires.
