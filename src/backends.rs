@@ -2,23 +2,29 @@
 //! Routers in one process (the demo fleet, a sidecar serving several
 //! gateways) share one `Backends`.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+#[cfg(feature = "grpc")]
+use std::sync::OnceLock;
 
-use crate::blocks::{cache::CachedBlocks, memory::MemoryBlocks, redis::RedisBlocks, BlockList};
+use crate::blocks::{cache::CachedBlocks, memory::MemoryBlocks, BlockList};
 use crate::config::ConfigError;
 use crate::config::{Settings, StoreConfig};
 use crate::error::StoreError;
-use crate::groups::{memory::MemoryGroups, redis::RedisGroups, Directory, GroupStore};
-use crate::offline::{memory::MemoryOffline, redis::RedisOffline, OfflineStore};
+use crate::groups::{memory::MemoryGroups, Directory, GroupStore};
+use crate::offline::{memory::MemoryOffline, OfflineStore};
 use crate::policy::hot_pairs::HotPairs;
 use crate::presence::cache::CachedPresence;
-use crate::presence::{memory::MemoryPresence, redis::RedisPresence, PresenceStore};
-use crate::redis_conn::RedisHandle;
-use crate::registry::{
-    cache::CachedRegistry, memory::MemoryRegistry, redis::RedisRegistry, Registry,
-};
+use crate::presence::{memory::MemoryPresence, PresenceStore};
+use crate::registry::{cache::CachedRegistry, memory::MemoryRegistry, Reaper, Registry, Separate};
 use crate::topology::IdError;
-use crate::transport::{grpc::GrpcTransport, Dependencies, TransportError, Transports};
+#[cfg(feature = "grpc")]
+use crate::transport::grpc::GrpcTransport;
+use crate::transport::{Dependencies, TransportError, Transports};
+#[cfg(feature = "redis")]
+use crate::{
+    blocks::redis::RedisBlocks, groups::redis::RedisGroups, offline::redis::RedisOffline,
+    presence::redis::RedisPresence, redis_conn::RedisHandle, registry::redis::RedisRegistry,
+};
 
 /// The state stores and transports of a router node.
 #[derive(Clone)]
@@ -37,6 +43,7 @@ pub struct Backends {
     pub transports: Transports,
     /// The `grpc` transport when enabled; the sidecar's Peer API feeds its
     /// receiving half.
+    #[cfg(feature = "grpc")]
     pub peer_links: Option<Arc<GrpcTransport>>,
     /// Hot-pair detection, shared by every router of the process.
     pub hot_pairs: Arc<HotPairs>,
@@ -55,47 +62,43 @@ impl Backends {
     /// Builds the backends `settings` select. Must run inside a Tokio runtime.
     pub async fn from_settings(settings: &Settings) -> Result<Self, BuildError> {
         settings.validate()?;
-        // A shared registry expires gateways; someone must clean up after them.
-        let mut reaper = None;
-        let stores = match &settings.store {
-            StoreConfig::Memory => Stores {
-                presence: Arc::new(MemoryPresence::new(settings.presence.session_ttl)),
-                groups: Arc::new(MemoryGroups::default()),
-                blocks: Arc::new(MemoryBlocks::default()),
-                offline: Arc::new(MemoryOffline::new(settings.offline.clone())),
-                registry: Arc::new(MemoryRegistry::default()),
-            },
-            StoreConfig::Redis(config) => {
-                let redis = RedisHandle::connect(config)
-                    .await
-                    .map_err(|e| e.for_store("redis"))?;
-                let registry = Arc::new(RedisRegistry::new(redis.clone(), config.gateway_ttl));
-                reaper = Some((registry.clone(), config.gateway_ttl / 2));
-                let ttl = settings.presence.session_ttl;
+        let (stores, mut reaper): (Stores, Option<Reaper>) = match &settings.store {
+            StoreConfig::Memory => (
                 Stores {
-                    presence: Arc::new(RedisPresence::new(redis.clone(), ttl).await?),
-                    groups: Arc::new(RedisGroups::new(redis.clone())),
-                    blocks: Arc::new(RedisBlocks::new(redis.clone()).await?),
-                    offline: Arc::new(RedisOffline::new(redis, settings.offline.clone())),
-                    registry,
-                }
-            }
+                    presence: Arc::new(MemoryPresence::new(settings.presence.session_ttl)),
+                    groups: Arc::new(MemoryGroups::default()),
+                    blocks: Arc::new(MemoryBlocks::default()),
+                    offline: Arc::new(MemoryOffline::new(settings.offline.clone())),
+                    registry: Arc::new(MemoryRegistry::default()),
+                },
+                None,
+            ),
+            #[cfg(feature = "redis")]
+            StoreConfig::Redis(config) => redis_stores(config, settings).await?,
         };
         let Stores {
             presence,
             groups,
             blocks,
             offline,
-            registry,
+            mut registry,
         } = stores;
+        // `[registry]` may name a registry of its own (etcd), which then
+        // cleans up after the gateways it expires.
+        if let Some(separate) = Separate::connect(&settings.registry).await? {
+            registry = separate.registry;
+            reaper = Some(separate.clean_up);
+        }
         let presence = Arc::new(CachedPresence::new(presence, &settings.presence));
         let blocks = Arc::new(CachedBlocks::new(blocks, &settings.blocks));
         let registry: Arc<dyn Registry> = Arc::new(CachedRegistry::new(registry));
         let deps = Dependencies {
             registry: registry.clone(),
+            #[cfg(feature = "grpc")]
             peer_links: OnceLock::new(),
         };
         let transports = settings.transports.build(&deps).await?;
+        #[cfg(feature = "grpc")]
         let peer_links = deps.peer_links.into_inner();
         let direct = transports
             .iter()
@@ -103,8 +106,8 @@ impl Backends {
             .map(|t| t.kind());
         let hot_pairs = Arc::new(HotPairs::new(settings.routing.hot_pairs.clone(), direct));
         let directory = Directory::new(presence.clone(), groups);
-        if let Some((registry, every)) = reaper {
-            registry.watch(directory.clone(), every);
+        if let Some(reap) = reaper {
+            reap(&directory);
         }
         Ok(Self {
             directory,
@@ -113,10 +116,38 @@ impl Backends {
             offline,
             registry,
             transports,
+            #[cfg(feature = "grpc")]
             peer_links,
             hot_pairs,
         })
     }
+}
+
+/// The stores on Redis (standalone, Cluster or Sentinel), and the reaper of
+/// the gateways its registry expires.
+#[cfg(feature = "redis")]
+async fn redis_stores(
+    config: &crate::redis_conn::RedisConfig,
+    settings: &Settings,
+) -> Result<(Stores, Option<Reaper>), BuildError> {
+    let redis = RedisHandle::connect(config)
+        .await
+        .map_err(|e| e.for_store("redis"))?;
+    let registry = Arc::new(RedisRegistry::new(redis.clone(), config.gateway_ttl));
+    let (expiring, every) = (registry.clone(), config.gateway_ttl / 2);
+    let reaper: Reaper = Box::new(move |directory| {
+        // Runs for the life of the process, like the registry.
+        drop(expiring.watch(directory.clone(), every));
+    });
+    let ttl = settings.presence.session_ttl;
+    let stores = Stores {
+        presence: Arc::new(RedisPresence::new(redis.clone(), ttl).await?),
+        groups: Arc::new(RedisGroups::new(redis.clone())),
+        blocks: Arc::new(RedisBlocks::new(redis.clone()).await?),
+        offline: Arc::new(RedisOffline::new(redis, settings.offline.clone())),
+        registry,
+    };
+    Ok((stores, Some(reaper)))
 }
 
 /// Building a router or its backends failed.

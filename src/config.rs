@@ -15,7 +15,9 @@ use crate::policy::canary::CanaryConfig;
 use crate::policy::live::LivePolicy;
 use crate::policy::{Policy, RoutingConfig};
 use crate::presence::PresenceConfig;
+#[cfg(feature = "redis")]
 use crate::redis_conn::RedisConfig;
+use crate::registry::RegistryConfig;
 use crate::telemetry::TelemetryConfig;
 use crate::transport::TransportsConfig;
 
@@ -36,6 +38,8 @@ pub struct Settings {
     /// Where presence, groups, block lists, the registry and offline
     /// messages are kept.
     pub store: StoreConfig,
+    /// The registry of live gateways, when not the store's (etcd).
+    pub registry: RegistryConfig,
     /// Presence TTL and cache.
     pub presence: PresenceConfig,
     /// The block-list cache.
@@ -95,6 +99,7 @@ pub enum StoreConfig {
     #[default]
     Memory,
     /// Redis or Redis Cluster, shared by every router node of a deployment.
+    #[cfg(feature = "redis")]
     Redis(RedisConfig),
 }
 
@@ -103,6 +108,7 @@ impl StoreConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             StoreConfig::Memory => "memory",
+            #[cfg(feature = "redis")]
             StoreConfig::Redis(_) => "redis",
         }
     }
@@ -173,9 +179,13 @@ impl Settings {
     /// that a silent gateway loses (its sessions, and on a shared store its
     /// registration), so two missed beats still leave it alive.
     pub fn heartbeat_interval(&self) -> std::time::Duration {
-        let mut ttl = self.presence.session_ttl;
-        if let StoreConfig::Redis(redis) = &self.store {
-            ttl = ttl.min(redis.gateway_ttl);
+        let mut ttl = match &self.store {
+            StoreConfig::Memory => self.presence.session_ttl,
+            #[cfg(feature = "redis")]
+            StoreConfig::Redis(redis) => self.presence.session_ttl.min(redis.gateway_ttl),
+        };
+        if let Some(registry) = self.registry.gateway_ttl() {
+            ttl = ttl.min(registry);
         }
         ttl / 3
     }
@@ -222,14 +232,17 @@ impl Settings {
                 );
             }
         }
+        #[cfg(feature = "redis")]
         if let StoreConfig::Redis(redis) = &self.store {
             for (key, problem_text) in redis.problems() {
                 problem(&format!("store.{key}"), &problem_text);
             }
         }
         problems.extend(self.transports.problems());
+        problems.extend(self.registry.problems());
         problems.extend(self.routing.hot_pairs.problems());
         problems.extend(self.sidecar.problems());
+        #[cfg(feature = "grpc")]
         if self.transports.grpc.is_some()
             && !self.sidecar.tokens.is_empty()
             && self.sidecar.peer_token.is_none()

@@ -31,7 +31,7 @@ pub fn stored_values(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let (device, value) = text.split_once('\n').unwrap_or(("d", &text));
     let _ = crate::presence::redis::decode(&UserId::from("u"), device, value);
-    let _ = crate::registry::redis::decode(&GatewayId::from("g"), &text);
+    let _ = crate::registry::decode(&GatewayId::from("g"), &text);
     let _ = redis_resume::entry_id(&text);
     let mut progress = Progress::default();
     for frame in data.split(|&b| b == b'\n') {
@@ -57,7 +57,7 @@ pub fn sidecar_request(data: &[u8]) {
     };
     let me = GatewayId::from("gw-fuzz");
     for wire in request.envelopes {
-        if let Ok(Ok(envelope)) = crate::sidecar::gateway::prepare(&me, wire) {
+        if let Ok(Ok(envelope)) = crate::sidecar::send::prepare(&me, wire) {
             let _ = envelope.validate(1 << 20, now_micros());
         }
     }

@@ -34,6 +34,7 @@ impl Bounds {
     }
 
     /// Like `count`, but `-1` also means "no limit".
+    #[cfg(any(feature = "kafka", feature = "nats"))]
     fn count_or_unlimited(&mut self, key: &str, value: i64, min: i128, max: i128) {
         if value == -1 {
             self.keys.push(key.to_owned());
@@ -49,9 +50,9 @@ impl Bounds {
                 key,
                 format!(
                     "must be between {} and {}, got {}",
-                    humantime::format_duration(min),
-                    humantime::format_duration(max),
-                    humantime::format_duration(value)
+                    humantime_serde::re::humantime::format_duration(min),
+                    humantime_serde::re::humantime::format_duration(max),
+                    humantime_serde::re::humantime::format_duration(value)
                 ),
             );
         }
@@ -162,13 +163,21 @@ pub(super) fn check(s: &Settings) -> Bounds {
         b.time("canary.rollback.max_down", r.max_down, Duration::ZERO, DAY);
     }
 
+    #[cfg(feature = "redis")]
     if let super::StoreConfig::Redis(redis) = &s.store {
         redis_connection(&mut b, "store", redis);
+    }
+    if let crate::registry::RegistryConfig::Etcd(e) = &s.registry {
+        // etcd grants no lease shorter than about 2 s (1.5 election timeouts).
+        b.time("registry.lease_ttl", e.lease_ttl, 2 * SECOND, HOUR);
+        b.time("registry.connect_timeout", e.connect_timeout, MS, MINUTE);
+        b.time("registry.request_timeout", e.request_timeout, MS, MINUTE);
     }
     let t = &s.transports;
     if let Some(m) = &t.memory {
         b.count("transports.memory.queue", m.queue, 1, max_queue);
     }
+    #[cfg(feature = "redis")]
     if let Some(r) = &t.redis {
         redis_connection(&mut b, "transports.redis.connection", &r.connection);
         b.time(
@@ -186,6 +195,7 @@ pub(super) fn check(s: &Settings) -> Bounds {
         b.count("transports.redis.queue", r.queue, 1, max_queue);
         compression(&mut b, "transports.redis", &r.envelope_compression);
     }
+    #[cfg(feature = "kafka")]
     if let Some(k) = &t.kafka {
         let key = |name: &str| format!("transports.kafka.{name}");
         b.time(&key("linger"), k.linger, Duration::ZERO, 10 * SECOND);
@@ -223,6 +233,7 @@ pub(super) fn check(s: &Settings) -> Bounds {
         );
         compression(&mut b, "transports.kafka", &k.envelope_compression);
     }
+    #[cfg(feature = "nats")]
     if let Some(n) = &t.nats {
         let key = |name: &str| format!("transports.nats.{name}");
         b.time(&key("max_age"), n.max_age, SECOND, 365 * DAY);
@@ -238,6 +249,7 @@ pub(super) fn check(s: &Settings) -> Bounds {
         b.count(&key("queue"), n.queue, 1, max_queue);
         compression(&mut b, "transports.nats", &n.envelope_compression);
     }
+    #[cfg(feature = "grpc")]
     if let Some(g) = &t.grpc {
         b.time(
             "transports.grpc.connect_timeout",
@@ -259,6 +271,7 @@ fn compression(b: &mut Bounds, section: &str, c: &crate::envelope::compression::
     b.count(&key("level"), c.level, 1, 22);
 }
 
+#[cfg(feature = "redis")]
 fn redis_connection(b: &mut Bounds, section: &str, r: &crate::redis_conn::RedisConfig) {
     b.count(&format!("{section}.connections"), r.connections, 1, 1024);
     b.time(
@@ -302,6 +315,7 @@ mod tests {
             sentinel: Some(Box::default()),
             ..Default::default()
         });
+        s.registry = crate::registry::RegistryConfig::Etcd(Default::default());
         s
     }
 

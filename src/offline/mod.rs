@@ -4,6 +4,7 @@
 
 pub mod dead_letters;
 pub mod memory;
+#[cfg(feature = "redis")]
 pub mod redis;
 
 use std::sync::Arc;

@@ -24,7 +24,7 @@ use redis::{AsyncCommands, Script};
 use super::{DeadLetter, DeadLetterReason, Letters, OfflineConfig, OfflineStore};
 use crate::envelope::{now_micros, Envelope, MessageId};
 use crate::error::StoreError;
-use crate::redis_conn::RedisHandle;
+use crate::redis_conn::{backend, RedisHandle};
 use crate::telemetry;
 use crate::topology::{GatewayId, UserId};
 
@@ -163,7 +163,7 @@ impl RedisOffline {
             .arg(limit)
             .query_async(&mut self.redis.conn())
             .await
-            .map_err(backend(format!("read {key}")))
+            .map_err(backend(STORE, format!("read {key}")))
     }
 
     fn dlq_users_key(&self) -> String {
@@ -190,7 +190,10 @@ impl RedisOffline {
             .arg(kind.as_str())
             .invoke_async(&mut self.redis.conn())
             .await
-            .map_err(backend(format!("record failed delivery of {id} to {user}")))?;
+            .map_err(backend(
+                STORE,
+                format!("record failed delivery of {id} to {user}"),
+            ))?;
         if moved == 1 {
             tracing::warn!(%user, %id, kind = kind.as_str(), reason, "offline message dead-lettered");
             telemetry::dead_lettered(kind.as_str());
@@ -237,14 +240,6 @@ impl RedisOffline {
 /// Flagged users taken per heartbeat (the rest wait for the next one).
 const FLAGGED_PER_TAKE: usize = 1000;
 
-fn backend(operation: String) -> impl FnOnce(redis::RedisError) -> StoreError {
-    move |e| StoreError::Backend {
-        store: STORE,
-        operation,
-        reason: e.to_string(),
-    }
-}
-
 /// The value of `name` in an entry's flat field list.
 fn field<'a>(fields: &'a [Vec<u8>], name: &str) -> Option<&'a [u8]> {
     fields
@@ -281,7 +276,7 @@ impl OfflineStore for RedisOffline {
             .ignore()
             .query_async(&mut self.redis.conn())
             .await
-            .map_err(backend(format!("append {} for {user}", envelope.id)))?;
+            .map_err(backend(STORE, format!("append {} for {user}", envelope.id)))?;
         let trimmed = trimmed_len + trimmed_age;
         if trimmed > 0 {
             // Counted, not logged at warn: a user far behind trims on every
@@ -331,7 +326,10 @@ impl OfflineStore for RedisOffline {
         let removed: usize = invocation
             .invoke_async(&mut self.redis.conn())
             .await
-            .map_err(backend(format!("ack {} message(s) of {user}", ids.len())))?;
+            .map_err(backend(
+                STORE,
+                format!("ack {} message(s) of {user}", ids.len()),
+            ))?;
         Ok(removed)
     }
 
@@ -341,7 +339,7 @@ impl OfflineStore for RedisOffline {
             .conn()
             .xlen(&key)
             .await
-            .map_err(backend(format!("length of {key}")))
+            .map_err(backend(STORE, format!("length of {key}")))
     }
 
     async fn flag(&self, gateway: &GatewayId, user: &UserId) -> Result<(), StoreError> {
@@ -353,7 +351,7 @@ impl OfflineStore for RedisOffline {
             .ignore()
             .query_async::<()>(&mut self.redis.conn())
             .await
-            .map_err(backend(format!("flag {user} for gateway {gateway}")))
+            .map_err(backend(STORE, format!("flag {user} for gateway {gateway}")))
     }
 
     async fn take_flagged(&self, gateway: &GatewayId) -> Result<Vec<UserId>, StoreError> {
@@ -365,9 +363,10 @@ impl OfflineStore for RedisOffline {
             .arg(FLAGGED_PER_TAKE)
             .query_async(&mut self.redis.conn())
             .await
-            .map_err(backend(format!(
-                "take the users flagged for gateway {gateway}"
-            )))?;
+            .map_err(backend(
+                STORE,
+                format!("take the users flagged for gateway {gateway}"),
+            ))?;
         Ok(users.into_iter().map(UserId::from).collect())
     }
 

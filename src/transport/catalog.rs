@@ -21,6 +21,7 @@ pub struct Dependencies {
     pub registry: Arc<dyn Registry>,
     /// The receiving half of direct links, which the sidecar's Peer API
     /// feeds; set by the `grpc` transport when it is enabled.
+    #[cfg(feature = "grpc")]
     pub peer_links: std::sync::OnceLock<Arc<super::grpc::GrpcTransport>>,
 }
 
@@ -41,23 +42,24 @@ pub trait TransportFactory: Send + Sync {
 macro_rules! transports {
     ($(
         $(#[$doc:meta])*
-        $kind:ident => $name:ident: $module:ident::$config:ident, default = $on:literal;
+        $kind:ident => $name:ident: $module:ident::$config:ident, default = $on:literal
+        $(, feature = $feature:literal)?;
     )+) => {
         /// Every transport switchyard knows, whether or not it is enabled.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
         pub enum TransportKind {
-            $($(#[$doc])* $kind,)+
+            $($(#[$doc])* $(#[cfg(feature = $feature)])? $kind,)+
         }
 
         impl TransportKind {
             /// All kinds, in the order they are listed in errors.
-            pub const ALL: &[TransportKind] = &[$(TransportKind::$kind),+];
+            pub const ALL: &[TransportKind] = &[$($(#[cfg(feature = $feature)])? TransportKind::$kind),+];
 
             /// The name used in config, metrics and logs.
             pub fn as_str(self) -> &'static str {
                 match self {
-                    $(TransportKind::$kind => stringify!($name),)+
+                    $($(#[cfg(feature = $feature)])? TransportKind::$kind => stringify!($name),)+
                 }
             }
         }
@@ -70,6 +72,7 @@ macro_rules! transports {
         pub struct TransportsConfig {
             $(
                 #[doc = concat!("`[transports.", stringify!($name), "]`.")]
+                $(#[cfg(feature = $feature)])?
                 pub $name: Option<super::$module::$config>,
             )+
         }
@@ -77,7 +80,7 @@ macro_rules! transports {
         impl Default for TransportsConfig {
             fn default() -> Self {
                 Self {
-                    $($name: $on.then(Default::default),)+
+                    $($(#[cfg(feature = $feature)])? $name: $on.then(Default::default),)+
                 }
             }
         }
@@ -86,18 +89,24 @@ macro_rules! transports {
             /// The kinds with a config section.
             pub fn enabled(&self) -> Vec<TransportKind> {
                 let mut kinds = Vec::new();
-                $(if self.$name.is_some() {
-                    kinds.push(TransportKind::$kind);
-                })+
+                $(
+                    $(#[cfg(feature = $feature)])?
+                    if self.$name.is_some() {
+                        kinds.push(TransportKind::$kind);
+                    }
+                )+
                 kinds
             }
 
             /// The section of each enabled transport, by kind.
             fn sections(&self) -> Vec<(TransportKind, &dyn TransportFactory)> {
                 let mut sections: Vec<(TransportKind, &dyn TransportFactory)> = Vec::new();
-                $(if let Some(section) = &self.$name {
-                    sections.push((TransportKind::$kind, section));
-                })+
+                $(
+                    $(#[cfg(feature = $feature)])?
+                    if let Some(section) = &self.$name {
+                        sections.push((TransportKind::$kind, section));
+                    }
+                )+
                 sections
             }
         }
@@ -108,13 +117,13 @@ transports! {
     /// In-process channels: single-node deployments and the embedded default.
     Memory => memory: memory::MemoryConfig, default = true;
     /// Redis Pub/Sub (sharded on a cluster).
-    Redis => redis: redis::RedisTransportConfig, default = false;
+    Redis => redis: redis::RedisTransportConfig, default = false, feature = "redis";
     /// Kafka topics.
-    Kafka => kafka: kafka::KafkaConfig, default = false;
+    Kafka => kafka: kafka::KafkaConfig, default = false, feature = "kafka";
     /// NATS JetStream.
-    Nats => nats: nats::NatsConfig, default = false;
+    Nats => nats: nats::NatsConfig, default = false, feature = "nats";
     /// Direct gRPC links between sidecars (hot pairs).
-    Grpc => grpc: grpc::GrpcConfig, default = false;
+    Grpc => grpc: grpc::GrpcConfig, default = false, feature = "grpc";
 }
 
 impl TransportsConfig {
@@ -139,6 +148,7 @@ impl TransportsConfig {
 }
 
 #[cfg(test)]
+#[cfg(feature = "kafka")]
 mod tests {
     use super::*;
     use crate::transport::kafka::KafkaConfig;

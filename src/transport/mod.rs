@@ -7,12 +7,18 @@
 
 mod catalog;
 pub mod compress;
+#[cfg(feature = "grpc")]
 pub mod grpc;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod memory;
+#[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(any(feature = "kafka", feature = "nats"))]
 mod pipeline;
+#[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis")]
 pub(crate) mod redis_resume;
 
 use std::collections::BTreeMap;
