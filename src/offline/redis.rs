@@ -202,7 +202,7 @@ impl RedisOffline {
                 .conn()
                 .zadd::<_, _, _, ()>(&index, user.as_str(), now_micros() / 1000)
                 .await
-                .map_err(backend(format!("index the dead letters of {user}")))?;
+                .map_err(backend(STORE, format!("index the dead letters of {user}")))?;
         }
         Ok(moved == 1)
     }
@@ -233,7 +233,7 @@ impl RedisOffline {
         invocation
             .invoke_async(&mut self.redis.conn())
             .await
-            .map_err(backend(format!("{mode} dead letters of {user}")))
+            .map_err(backend(STORE, format!("{mode} dead letters of {user}")))
     }
 }
 
@@ -413,7 +413,7 @@ impl OfflineStore for RedisOffline {
             .conn()
             .zrevrange(&index, 0, stop)
             .await
-            .map_err(backend(format!("read {index}")))?;
+            .map_err(backend(STORE, format!("read {index}")))?;
         let mut counted = Vec::with_capacity(users.len());
         for user in users.into_iter().map(UserId::from) {
             let key = self.key(&user, Some("dlq"));
@@ -422,7 +422,7 @@ impl OfflineStore for RedisOffline {
                 .conn()
                 .xlen(&key)
                 .await
-                .map_err(backend(format!("length of {key}")))?;
+                .map_err(backend(STORE, format!("length of {key}")))?;
             if n == 0 {
                 // Purged, replayed or trimmed away: forget it.
                 let _: () = self
@@ -430,7 +430,7 @@ impl OfflineStore for RedisOffline {
                     .conn()
                     .zrem(&index, user.as_str())
                     .await
-                    .map_err(backend(format!("drop {user} from {index}")))?;
+                    .map_err(backend(STORE, format!("drop {user} from {index}")))?;
             } else {
                 counted.push((user, n));
             }
