@@ -19,7 +19,7 @@ pub fn chat_text(len: usize, seed: u64) -> Vec<u8> {
         x ^= x >> 7;
         x ^= x << 17;
         text.extend_from_slice(WORDS[(x % WORDS.len() as u64) as usize].as_bytes());
-        text.push(if x % 11 == 0 { b'\n' } else { b' ' });
+        text.push(if x.is_multiple_of(11) { b'\n' } else { b' ' });
     }
     text.truncate(len);
     text
