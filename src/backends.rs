@@ -13,9 +13,11 @@ use crate::policy::hot_pairs::HotPairs;
 use crate::presence::cache::CachedPresence;
 use crate::presence::{memory::MemoryPresence, redis::RedisPresence, PresenceStore};
 use crate::redis_conn::RedisHandle;
+use crate::regions::{reresolve::Guard, Regions};
 use crate::registry::{
     cache::CachedRegistry, memory::MemoryRegistry, redis::RedisRegistry, Registry,
 };
+use crate::topology::GatewayId;
 use crate::transport::{grpc::GrpcTransport, Transports};
 
 /// The state stores and transports of a router node.
@@ -38,6 +40,8 @@ pub struct Backends {
     pub peer_links: Option<Arc<GrpcTransport>>,
     /// Hot-pair detection, shared by every router of the process.
     pub hot_pairs: Arc<HotPairs>,
+    /// Presence replication between regions, with `[regions]`.
+    pub regions: Option<Arc<Regions>>,
 }
 
 /// The state stores one `[store]` backend provides.
@@ -53,6 +57,8 @@ impl Backends {
     /// Builds the backends `settings` select. Must run inside a Tokio runtime.
     pub async fn from_settings(settings: &Settings) -> Result<Self, BuildError> {
         settings.validate()?;
+        let settings = &crate::regions::localize(settings);
+        let mut regions = None;
         // A shared registry expires gateways; someone must clean up after them.
         let mut reaper = None;
         let stores = match &settings.store {
@@ -70,8 +76,18 @@ impl Backends {
                 let registry = Arc::new(RedisRegistry::new(redis.clone(), config.gateway_ttl));
                 reaper = Some((registry.clone(), config.gateway_ttl / 2));
                 let ttl = settings.presence.session_ttl;
+                let local = Arc::new(RedisPresence::new(redis.clone(), ttl).await?);
+                let presence: Arc<dyn PresenceStore> = match &settings.regions {
+                    Some(config) => {
+                        let r = Regions::connect(settings, config, redis.clone(), local).await?;
+                        let presence = r.presence();
+                        regions = Some(Arc::new(r));
+                        presence
+                    }
+                    None => local,
+                };
                 Stores {
-                    presence: Arc::new(RedisPresence::new(redis.clone(), ttl).await?),
+                    presence,
                     groups: Arc::new(RedisGroups::new(redis.clone())),
                     blocks: Arc::new(RedisBlocks::new(redis.clone()).await?),
                     offline: Arc::new(RedisOffline::new(redis, settings.offline.clone())),
@@ -103,6 +119,13 @@ impl Backends {
         if let Some((registry, every)) = reaper {
             registry.watch(directory.clone(), every);
         }
+        if let Some(regions) = &regions {
+            regions.follow(
+                directory.clone(),
+                offline.clone(),
+                settings.offline.max_per_user,
+            )?;
+        }
         Ok(Self {
             directory,
             presence,
@@ -112,6 +135,14 @@ impl Backends {
             transports,
             peer_links,
             hot_pairs,
+            regions,
         })
+    }
+
+    /// With `[regions]`: the check that routes again what reaches gateway
+    /// `me` for a user who is not there.
+    pub(crate) fn reresolve_guard(&self, me: &GatewayId) -> Option<Arc<Guard>> {
+        let regions = self.regions.as_ref()?;
+        Some(regions.guard(me, self.presence.clone()))
     }
 }

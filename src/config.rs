@@ -17,6 +17,7 @@ use crate::policy::hot_pairs::HotPairsConfig;
 use crate::policy::Policy;
 use crate::presence::PresenceConfig;
 use crate::redis_conn::RedisConfig;
+use crate::regions::RegionsConfig;
 use crate::sidecar::SidecarConfig;
 use crate::telemetry::TelemetryConfig;
 use crate::transport::TransportsConfig;
@@ -53,6 +54,8 @@ pub struct Settings {
     pub sidecar: SidecarConfig,
     /// The metrics and health endpoint.
     pub telemetry: TelemetryConfig,
+    /// This node's region and presence replication between regions, if any.
+    pub regions: Option<RegionsConfig>,
 }
 
 /// `[limits]`.
@@ -268,6 +271,9 @@ impl Settings {
             }
         }
         problems.extend(self.routing.hot_pairs.problems());
+        if let Some(regions) = &self.regions {
+            problems.extend(regions.problems(self));
+        }
         problems.extend(self.sidecar.problems());
         if self.transports.grpc.is_some()
             && !self.sidecar.tokens.is_empty()

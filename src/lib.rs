@@ -46,6 +46,9 @@
 //!   Sentinel) every Redis store and the Redis transport share.
 //! - [`redis_sentinel`]: the Sentinel mode of that connection: finds the
 //!   master by service name, follows failovers, waits for replicas.
+//! - [`regions`]: one Redis per region; presence replicated between
+//!   regions over Kafka; messages that landed on stale presence routed
+//!   again where they landed.
 //! - [`groups`]: membership and per-gateway distribution of online members.
 //! - [`blocks`]: block lists, checked before forwarding.
 //! - [`offline`]: per-user queues for recipients with no session.
@@ -85,6 +88,7 @@ pub mod presence;
 pub mod proto;
 pub mod redis_conn;
 pub mod redis_sentinel;
+pub mod regions;
 pub mod registry;
 pub mod router;
 pub mod sidecar;

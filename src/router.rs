@@ -48,6 +48,18 @@ struct Inner {
     handover: Handover,
 }
 
+/// A router that does not keep its gateway alive (for tasks the gateway's
+/// own inbox or backends hold: `regions`).
+#[derive(Clone)]
+pub(crate) struct WeakRouter(std::sync::Weak<Inner>);
+
+impl WeakRouter {
+    /// The router, while its gateway is still up.
+    pub(crate) fn upgrade(&self) -> Option<Router> {
+        self.0.upgrade().map(|inner| Router { inner })
+    }
+}
+
 /// Heartbeats a gateway until dropped: see [`Router::keep_alive`].
 #[must_use = "the heartbeats stop when this is dropped"]
 pub struct KeepAlive(tokio::task::JoinHandle<()>);
@@ -119,11 +131,13 @@ impl RouterBuilder {
             None => Backends::from_settings(&settings).await?,
         };
         let mut subscriptions = Vec::new();
+        let guard = backends.reresolve_guard(&self.gateway.id);
         for transport in backends.transports.iter() {
-            subscriptions.push((
-                transport.kind(),
-                transport.subscribe(&self.gateway.id).await?,
-            ));
+            let mut subscription = transport.subscribe(&self.gateway.id).await?;
+            if let Some(guard) = &guard {
+                subscription = guard.wrap(subscription);
+            }
+            subscriptions.push((transport.kind(), subscription));
         }
         let (local, local_rx) = mpsc::channel(settings.limits.inbox_queue);
         let inbox = inbox::spawn(
@@ -147,6 +161,9 @@ impl RouterBuilder {
                 handover: Handover::default(),
             }),
         };
+        if let Some(guard) = guard {
+            guard.attach(&router);
+        }
         Ok((router, inbox))
     }
 }
@@ -259,6 +276,11 @@ impl Router {
             backends: None,
             policy: None,
         }
+    }
+
+    /// A handle that does not keep this router alive.
+    pub(crate) fn downgrade(&self) -> WeakRouter {
+        WeakRouter(Arc::downgrade(&self.inner))
     }
 
     /// This gateway.

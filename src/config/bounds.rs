@@ -245,6 +245,13 @@ pub(super) fn check(s: &Settings) -> Bounds {
         b.time("transports.grpc.retry_after", g.retry_after, MS, HOUR);
         b.count("transports.grpc.queue", g.queue, 1, max_queue);
     }
+    if let Some(r) = &s.regions {
+        b.count("regions.partitions", r.partitions, 1, 10_000);
+        b.time("regions.tombstone_ttl", r.tombstone_ttl, MINUTE, 30 * DAY);
+        for (region, redis) in &r.redis {
+            redis_connection(&mut b, &format!("regions.redis.{region}"), redis);
+        }
+    }
     b
 }
 
@@ -289,6 +296,11 @@ mod tests {
         .expect("a valid config");
         s.store = StoreConfig::Redis(crate::redis_conn::RedisConfig {
             sentinel: Some(Box::default()),
+            ..Default::default()
+        });
+        s.regions = Some(crate::regions::RegionsConfig {
+            local: "eu".into(),
+            redis: [("eu".to_owned(), Default::default())].into(),
             ..Default::default()
         });
         s

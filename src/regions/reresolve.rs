@@ -1,0 +1,273 @@
+//! Messages routed on stale presence, caught where they land.
+//!
+//! A sender's region learns of a move only when the user's snapshot has
+//! replicated, so for that lag it may route a message to a gateway the
+//! user has left. The receiving gateway's region is authoritative for its
+//! own sessions: every message that arrives for a user with no session on
+//! this gateway is routed again from here (to where the user is now, or
+//! the offline store), and the transport is acked only once that send is
+//! confirmed. A message re-routed [`MAX_HOPS`] times goes to the offline
+//! store instead, so a flapping user cannot make a message circle.
+//!
+//! The other half: a user who comes online in another region gets the
+//! offline messages stored in this one, sent on as soon as their snapshot
+//! is applied here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use parking_lot::Mutex;
+
+use super::feed::{OnApplied, RemoteSession, Snapshot};
+use super::presence::RegionalPresence;
+use crate::envelope::{Destination, Envelope};
+use crate::groups::Directory;
+use crate::offline::OfflineStore;
+use crate::presence::cache::CachedPresence;
+use crate::router::{Outcome, Router, WeakRouter};
+use crate::telemetry;
+use crate::topology::{GatewayId, UserId};
+use crate::transport::{Incoming, Subscription};
+
+/// The header counting how often a message was routed again.
+pub const HOPS_HEADER: &str = "sy-reresolved";
+/// Re-routes before a misrouted message goes to the offline store.
+pub const MAX_HOPS: u32 = 2;
+/// A sender that looked the user up just before their snapshot was applied
+/// may store a message offline just after the hand-over read the queue:
+/// the queue is read once more this much later.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// The routers of this process, for sending on what arrived or was stored
+/// for users who are elsewhere now.
+#[derive(Default)]
+pub struct Forwarder {
+    routers: Mutex<Vec<WeakRouter>>,
+}
+
+impl Forwarder {
+    /// Remembers a router (without keeping it alive).
+    fn attach(&self, router: &Router) {
+        let mut routers = self.routers.lock();
+        routers.retain(|r| r.upgrade().is_some());
+        routers.push(router.downgrade());
+    }
+
+    /// Any live router of this process.
+    fn any(&self) -> Option<Router> {
+        self.routers.lock().iter().find_map(WeakRouter::upgrade)
+    }
+}
+
+/// The check in front of one gateway's subscriptions.
+pub(crate) struct Guard {
+    me: GatewayId,
+    cache: Arc<CachedPresence>,
+    presence: Arc<RegionalPresence>,
+    forwarder: Arc<Forwarder>,
+    router: std::sync::OnceLock<WeakRouter>,
+}
+
+impl Guard {
+    /// The guard of gateway `me`; inert until [`Guard::attach`].
+    pub(super) fn new(
+        me: GatewayId,
+        cache: Arc<CachedPresence>,
+        presence: Arc<RegionalPresence>,
+        forwarder: Arc<Forwarder>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            me,
+            cache,
+            presence,
+            forwarder,
+            router: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The router that sends misrouted messages on (and this node's
+    /// offline hand-overs).
+    pub(crate) fn attach(&self, router: &Router) {
+        let _ = self.router.set(router.downgrade());
+        self.forwarder.attach(router);
+    }
+
+    /// `subscription` with every message for a user not on this gateway
+    /// routed again instead of delivered.
+    pub(crate) fn wrap(self: &Arc<Self>, subscription: Subscription) -> Subscription {
+        let guard = self.clone();
+        subscription.map_stream(move |stream| {
+            stream
+                .filter_map(move |incoming| {
+                    let guard = guard.clone();
+                    async move { guard.check(incoming).await }
+                })
+                .boxed()
+        })
+    }
+
+    /// `Some` to deliver here, `None` when sent on (and acked).
+    async fn check(&self, incoming: Incoming) -> Option<Incoming> {
+        let Ok(envelope) = Envelope::decode(incoming.bytes.clone()) else {
+            return Some(incoming); // the inbox rejects and counts it
+        };
+        let Destination::User(user) = &envelope.destination else {
+            return Some(incoming);
+        };
+        if self.is_here(user).await {
+            return Some(incoming);
+        }
+        let router = self.router.get().and_then(WeakRouter::upgrade)?;
+        let hops = envelope
+            .headers
+            .get(HOPS_HEADER)
+            .and_then(|h| h.parse::<u32>().ok())
+            .unwrap_or(0);
+        let user = user.clone();
+        let outcome = if hops >= MAX_HOPS {
+            match router.backends().offline.append(&user, &envelope).await {
+                Ok(()) => "offline",
+                Err(err) => {
+                    tracing::warn!(%err, id = %envelope.id, "misrouted message not stored offline");
+                    "failed"
+                }
+            }
+        } else {
+            let mut envelope = envelope;
+            envelope
+                .headers
+                .insert(HOPS_HEADER.into(), (hops + 1).to_string());
+            resend(&router, envelope).await
+        };
+        metrics::counter!(telemetry::RERESOLVED, "outcome" => outcome).increment(1);
+        if outcome == "failed" {
+            // Delivered here after all: the gateway may still know better,
+            // and nothing is acked that was not sent on.
+            return Some(incoming);
+        }
+        if let Some(ack) = incoming.ack {
+            if let Err(err) = ack.ack().await {
+                tracing::debug!(%err, "ack of a re-routed message failed");
+            }
+        }
+        None
+    }
+
+    /// The user has a session on this gateway: the cache first, the
+    /// region's store (authoritative for it) when the cache says no.
+    async fn is_here(&self, user: &UserId) -> bool {
+        let here =
+            |sessions: &[crate::presence::Session]| sessions.iter().any(|s| s.gateway == self.me);
+        match self.cache.locate_shared(user).await {
+            Ok(sessions) if here(&sessions) => return true,
+            Ok(_) => {}
+            Err(_) => return true, // cannot tell: deliver as addressed
+        }
+        match self.presence.locate_local(user).await {
+            Ok(sessions) => here(&sessions),
+            Err(_) => true,
+        }
+    }
+}
+
+/// Routes `envelope` again from `router`; the metric outcome.
+async fn resend(router: &Router, envelope: Envelope) -> &'static str {
+    match router.send(envelope).await {
+        Ok(report) => match report.outcome {
+            Outcome::Routed {
+                stored_offline: Some(_),
+                ..
+            } => "offline",
+            Outcome::Routed { targets, .. } if targets.iter().all(|t| t.confirmed) => "forwarded",
+            // Fire-and-forget (low priority): sent on as the sender asked.
+            Outcome::Routed { targets, .. } if targets.iter().all(|t| t.result.is_ok()) => {
+                "unconfirmed"
+            }
+            _ => "failed",
+        },
+        Err(err) => {
+            tracing::warn!(%err, "misrouted message could not be sent on");
+            "failed"
+        }
+    }
+}
+
+/// What follows an applied remote snapshot: this region's caches drop the
+/// user, the user's groups count them on their new gateways, and a user
+/// now online elsewhere gets what this region stored for them offline.
+pub(super) fn on_applied(
+    presence: Arc<RegionalPresence>,
+    directory: Directory,
+    offline: Arc<dyn OfflineStore>,
+    forwarder: Arc<Forwarder>,
+    limit: usize,
+) -> OnApplied {
+    Arc::new(move |snapshot: Snapshot, before: Vec<RemoteSession>| {
+        let (presence, directory) = (presence.clone(), directory.clone());
+        let (offline, forwarder) = (offline.clone(), forwarder.clone());
+        let fut: BoxFuture<'static, ()> = Box::pin(async move {
+            let user = &snapshot.user;
+            if let Err(err) = presence.changed(user).await {
+                tracing::warn!(%err, %user, "replicated change not announced; caches catch up at their TTL");
+            }
+            let gateways = |sessions: &[RemoteSession]| {
+                sessions
+                    .iter()
+                    .map(|s| s.gateway.clone())
+                    .collect::<std::collections::BTreeSet<_>>()
+            };
+            let (old, new) = (gateways(&before), gateways(&snapshot.sessions));
+            for (gateway, delta) in new
+                .difference(&old)
+                .map(|g| (g, 1))
+                .chain(old.difference(&new).map(|g| (g, -1)))
+            {
+                if let Err(err) = directory.adjust_all(user, gateway, delta).await {
+                    tracing::warn!(%err, %user, %gateway, "group distribution not adjusted");
+                }
+            }
+            if !snapshot.sessions.is_empty() {
+                let user = user.clone();
+                tokio::spawn(async move {
+                    hand_over(&offline, &forwarder, &user, limit).await;
+                    tokio::time::sleep(RECHECK).await;
+                    hand_over(&offline, &forwarder, &user, limit).await;
+                });
+            }
+        });
+        fut
+    })
+}
+
+/// Sends `user`'s offline messages of this region on to wherever they are
+/// online now; each is removed once its send is confirmed (not when it
+/// went back to the offline store: the user left again).
+async fn hand_over(
+    offline: &Arc<dyn OfflineStore>,
+    forwarder: &Forwarder,
+    user: &UserId,
+    limit: usize,
+) {
+    let Some(router) = forwarder.any() else {
+        return;
+    };
+    let stored = match offline.read(user, limit).await {
+        Ok(stored) => stored,
+        Err(err) => {
+            tracing::warn!(%err, %user, "offline messages not handed over");
+            return;
+        }
+    };
+    for envelope in stored {
+        let id = envelope.id;
+        let outcome = resend(&router, envelope).await;
+        metrics::counter!(telemetry::OFFLINE_HANDED_OVER, "outcome" => outcome).increment(1);
+        if outcome == "forwarded" {
+            if let Err(err) = offline.ack(user, &[id]).await {
+                tracing::warn!(%err, %user, %id, "handed-over message not removed; it may come twice");
+            }
+        }
+    }
+}

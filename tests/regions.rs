@@ -1,0 +1,185 @@
+//! Two regions, each with its own Redis (presence, same-region Pub/Sub,
+//! offline queues), Kafka between them, presence replicated over Kafka.
+//! Every message is counted by id: none confirmed may be lost, none may
+//! arrive twice.
+//!
+//! Needs the shared Kafka cluster of `scripts/services/kafka.sh start`; each
+//! test runs its own two `redis-server`s, which it stops.
+
+#[path = "regions_support/mod.rs"]
+mod regions_support;
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use regions_support::{drain, send, Fleet, RegionSpec};
+use switchyard::regions::reresolve::HOPS_HEADER;
+use switchyard::transport::TransportKind;
+use switchyard::{Destination, Envelope, Priority, Via};
+
+/// A user online in `us` is found from `eu` through the replica alone, and
+/// messages reach them over Kafka; same-region messages go over the
+/// region's own Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_online_in_one_region_is_reached_from_the_other() {
+    let fleet = Fleet::start(&[RegionSpec::direct("eu"), RegionSpec::direct("us")]).await;
+    let eu1 = fleet.gateway("eu", "eu1").await;
+    let mut eu2 = fleet.gateway("eu", "eu2").await;
+    let mut us1 = fleet.gateway("us", "us1").await;
+    let alice = fleet.user("alice");
+    let bob = fleet.user("bob");
+    us1.router.connect(alice.as_str(), "phone").await.unwrap();
+    eu2.router.connect(bob.as_str(), "phone").await.unwrap();
+    let lag = fleet
+        .wait_located("eu", &alice, us1.id(), Duration::from_secs(20))
+        .await;
+    println!("alice's presence reached eu in {lag:?}");
+
+    let cross = send(&eu1, &alice, 50, Priority::High).await;
+    let same = send(&eu1, &bob, 50, Priority::High).await;
+    assert!(cross.all_via(TransportKind::Kafka), "{:?}", cross.vias);
+    assert!(same.all_via(TransportKind::Redis), "{:?}", same.vias);
+    let got = drain(&mut us1, &cross.confirmed, Duration::from_secs(30)).await;
+    assert_eq!(
+        got.vias,
+        HashSet::from([Via::Transport(TransportKind::Kafka)])
+    );
+    let got = drain(&mut eu2, &same.confirmed, Duration::from_secs(30)).await;
+    assert_eq!(
+        got.vias,
+        HashSet::from([Via::Transport(TransportKind::Redis)])
+    );
+    // The US Redis never saw an EU gateway: same-region state stays home.
+    assert!(
+        fleet.redis_keys("us", eu2.id()).await.is_empty(),
+        "eu2's keys in the us Redis"
+    );
+}
+
+/// A user moves from `us` to `eu` while `eu1` keeps sending to them: every
+/// confirmed message arrives exactly once, either at the old gateway
+/// (before the move), or at the new one (routed on fresh presence,
+/// re-resolved by the old gateway, or replayed from an offline queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_moving_between_regions_loses_nothing() {
+    let fleet = Fleet::start(&[RegionSpec::direct("eu"), RegionSpec::direct("us")]).await;
+    let eu1 = fleet.gateway("eu", "eu1").await;
+    let mut eu2 = fleet.gateway("eu", "eu2").await;
+    let mut us1 = fleet.gateway("us", "us1").await;
+    let carol = fleet.user("carol");
+    us1.router.connect(carol.as_str(), "phone").await.unwrap();
+    fleet
+        .wait_located("eu", &carol, us1.id(), Duration::from_secs(20))
+        .await;
+
+    let sender = {
+        let (router, carol) = (eu1.router.clone(), carol.clone());
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for i in 0..400 {
+                let envelope = Envelope::new(
+                    "dave",
+                    router.gateway().id.clone(),
+                    Destination::User(carol.as_str().into()),
+                    format!("msg {i}"),
+                )
+                .with_priority(Priority::High);
+                sent.push(router.send(envelope).await.expect("send"));
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    us1.router
+        .disconnect(carol.as_str(), "phone")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    eu2.router.connect(carol.as_str(), "phone").await.unwrap();
+    let reports = sender.await.unwrap();
+    let sent = regions_support::Sent::from_reports(reports);
+    assert_eq!(sent.unconfirmed, 0, "every send was confirmed or stored");
+
+    // Whatever reached us1 before the move, and the rest at eu2.
+    let at_us = regions_support::drain_quiet(&mut us1, Duration::from_secs(3)).await;
+    let rest: HashSet<_> = sent.confirmed.difference(&at_us.ids).copied().collect();
+    let at_eu = drain(&mut eu2, &rest, Duration::from_secs(60)).await;
+    let both: Vec<_> = at_us.ids.intersection(&at_eu.ids).collect();
+    assert!(both.is_empty(), "delivered at both gateways: {both:?}");
+    let reresolved = at_eu
+        .headers
+        .iter()
+        .filter(|h| h.contains_key(HOPS_HEADER))
+        .count();
+    println!(
+        "sent {} | at us1 {} | at eu2 {} (re-resolved {reresolved}, via {:?}) | lost 0",
+        sent.confirmed.len(),
+        at_us.ids.len(),
+        at_eu.ids.len(),
+        at_eu.vias
+    );
+}
+
+/// Messages stored offline in `eu` reach the user when they come online in
+/// `us`: handed over as soon as their presence replicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_messages_follow_the_user_to_another_region() {
+    let fleet = Fleet::start(&[RegionSpec::direct("eu"), RegionSpec::direct("us")]).await;
+    let eu1 = fleet.gateway("eu", "eu1").await;
+    let mut us1 = fleet.gateway("us", "us1").await;
+    let erin = fleet.user("erin");
+    let stored = send(&eu1, &erin, 30, Priority::High).await;
+    assert_eq!(stored.offline, 30, "erin is offline everywhere");
+    us1.router.connect(erin.as_str(), "laptop").await.unwrap();
+    let got = drain(&mut us1, &stored.confirmed, Duration::from_secs(30)).await;
+    assert_eq!(
+        got.vias,
+        HashSet::from([Via::Transport(TransportKind::Kafka)])
+    );
+}
+
+/// A group with members in both regions: one message from `eu` reaches
+/// each member's gateway once, the `us` one over Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_spanning_regions_reaches_every_gateway_once() {
+    let fleet = Fleet::start(&[RegionSpec::direct("eu"), RegionSpec::direct("us")]).await;
+    let eu1 = fleet.gateway("eu", "eu1").await;
+    let mut eu2 = fleet.gateway("eu", "eu2").await;
+    let mut us1 = fleet.gateway("us", "us1").await;
+    let (frank, grace) = (fleet.user("frank"), fleet.user("grace"));
+    let group = fleet.user("team");
+    // Membership is kept per region: each region's gateways join it there.
+    for router in [&eu1.router, &us1.router] {
+        router.join(group.as_str(), frank.as_str()).await.unwrap();
+        router.join(group.as_str(), grace.as_str()).await.unwrap();
+    }
+    eu2.router.connect(frank.as_str(), "phone").await.unwrap();
+    us1.router.connect(grace.as_str(), "phone").await.unwrap();
+    fleet
+        .wait_located("eu", &grace, us1.id(), Duration::from_secs(20))
+        .await;
+    let mut ids = HashSet::new();
+    for i in 0..20 {
+        let envelope = Envelope::new(
+            frank.as_str(),
+            eu1.id().clone(),
+            Destination::Group(group.as_str().into()),
+            format!("hello {i}"),
+        )
+        .with_priority(Priority::High);
+        let report = eu1.router.send(envelope).await.unwrap();
+        let switchyard::Outcome::Routed { targets, .. } = report.outcome else {
+            panic!("blocked")
+        };
+        let mut gateways: Vec<_> = targets.iter().map(|t| t.gateway.to_string()).collect();
+        gateways.sort();
+        assert_eq!(gateways, [eu2.id().to_string(), us1.id().to_string()]);
+        assert!(targets.iter().all(|t| t.confirmed), "{targets:?}");
+        ids.insert(report.id);
+    }
+    drain(&mut eu2, &ids, Duration::from_secs(30)).await;
+    drain(&mut us1, &ids, Duration::from_secs(30)).await;
+}
