@@ -14,8 +14,7 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use regions_support::{drain, send, Fleet, RegionSpec};
-use switchyard::regions::reresolve::HOPS_HEADER;
+use regions_support::{drain, move_user, send, Fleet, RegionSpec};
 use switchyard::transport::TransportKind;
 use switchyard::{Destination, Envelope, Priority, Via};
 
@@ -58,10 +57,8 @@ async fn a_user_online_in_one_region_is_reached_from_the_other() {
     );
 }
 
-/// A user moves from `us` to `eu` while `eu1` keeps sending to them: every
-/// confirmed message arrives exactly once, either at the old gateway
-/// (before the move), or at the new one (routed on fresh presence,
-/// re-resolved by the old gateway, or replayed from an offline queue).
+/// A user moves from `us` to `eu` while `eu1` keeps sending to them:
+/// nothing confirmed is lost or delivered twice (`move_user` checks).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_moving_between_regions_loses_nothing() {
     let fleet = Fleet::start(&[RegionSpec::direct("eu"), RegionSpec::direct("us")]).await;
@@ -73,53 +70,11 @@ async fn a_user_moving_between_regions_loses_nothing() {
     fleet
         .wait_located("eu", &carol, us1.id(), Duration::from_secs(20))
         .await;
-
-    let sender = {
-        let (router, carol) = (eu1.router.clone(), carol.clone());
-        tokio::spawn(async move {
-            let mut sent = Vec::new();
-            for i in 0..400 {
-                let envelope = Envelope::new(
-                    "dave",
-                    router.gateway().id.clone(),
-                    Destination::User(carol.as_str().into()),
-                    format!("msg {i}"),
-                )
-                .with_priority(Priority::High);
-                sent.push(router.send(envelope).await.expect("send"));
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            sent
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    us1.router
-        .disconnect(carol.as_str(), "phone")
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    eu2.router.connect(carol.as_str(), "phone").await.unwrap();
-    let reports = sender.await.unwrap();
-    let sent = regions_support::Sent::from_reports(reports);
-    assert_eq!(sent.unconfirmed, 0, "every send was confirmed or stored");
-
-    // Whatever reached us1 before the move, and the rest at eu2.
-    let at_us = regions_support::drain_quiet(&mut us1, Duration::from_secs(3)).await;
-    let rest: HashSet<_> = sent.confirmed.difference(&at_us.ids).copied().collect();
-    let at_eu = drain(&mut eu2, &rest, Duration::from_secs(60)).await;
-    let both: Vec<_> = at_us.ids.intersection(&at_eu.ids).collect();
-    assert!(both.is_empty(), "delivered at both gateways: {both:?}");
-    let reresolved = at_eu
-        .headers
-        .iter()
-        .filter(|h| h.contains_key(HOPS_HEADER))
-        .count();
+    let moved = move_user(&eu1, &mut us1, &mut eu2, &carol, 400).await;
+    assert_eq!(moved.at_old + moved.at_new, moved.sent);
     println!(
-        "sent {} | at us1 {} | at eu2 {} (re-resolved {reresolved}, via {:?}) | lost 0",
-        sent.confirmed.len(),
-        at_us.ids.len(),
-        at_eu.ids.len(),
-        at_eu.vias
+        "sent {} | at us1 {} | at eu2 {} (re-resolved {}, via {:?}) | lost 0",
+        moved.sent, moved.at_old, moved.at_new, moved.reresolved, moved.vias
     );
 }
 

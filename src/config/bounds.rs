@@ -248,6 +248,7 @@ pub(super) fn check(s: &Settings) -> Bounds {
     if let Some(r) = &s.regions {
         b.count("regions.partitions", r.partitions, 1, 10_000);
         b.time("regions.tombstone_ttl", r.tombstone_ttl, MINUTE, 30 * DAY);
+        b.time("regions.sweep_interval", r.sweep_interval, 10 * MS, HOUR);
         for (region, redis) in &r.redis {
             redis_connection(&mut b, &format!("regions.redis.{region}"), redis);
         }

@@ -57,6 +57,10 @@ pub struct RegionsConfig {
     /// a session of them (it guards against late, older snapshots).
     #[serde(with = "humantime_serde")]
     pub tombstone_ttl: Duration,
+    /// How often messages stored here for users online in another region
+    /// (every transport there had failed) are tried again.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
 }
 
 impl Default for RegionsConfig {
@@ -67,6 +71,7 @@ impl Default for RegionsConfig {
             topic: "sy.presence".into(),
             partitions: 12,
             tombstone_ttl: Duration::from_secs(3600),
+            sweep_interval: Duration::from_secs(2),
         }
     }
 }
@@ -148,7 +153,8 @@ pub struct Regions {
     kafka: feed::Kafka,
     config: RegionsConfig,
     forwarder: Arc<reresolve::Forwarder>,
-    consumer: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The consumer and the sweep, stopped on drop.
+    tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Regions {
@@ -178,7 +184,7 @@ impl Regions {
             kafka,
             config: config.clone(),
             forwarder: Arc::default(),
-            consumer: parking_lot::Mutex::new(None),
+            tasks: parking_lot::Mutex::default(),
         })
     }
 
@@ -204,12 +210,18 @@ impl Regions {
         let applied = reresolve::on_applied(
             self.presence.clone(),
             directory,
-            offline,
+            offline.clone(),
             self.forwarder.clone(),
             offline_limit,
         );
-        let task = feed::follow(&self.kafka, &self.config, self.presence.replica(), applied)?;
-        *self.consumer.lock() = Some(task);
+        let consumer = feed::follow(&self.kafka, &self.config, self.presence.replica(), applied)?;
+        let sweep = reresolve::sweep(
+            offline,
+            self.forwarder.clone(),
+            self.config.sweep_interval,
+            offline_limit,
+        );
+        self.tasks.lock().extend([consumer, sweep]);
         Ok(())
     }
 
@@ -230,7 +242,7 @@ impl Regions {
 
 impl Drop for Regions {
     fn drop(&mut self) {
-        if let Some(task) = self.consumer.lock().take() {
+        for task in self.tasks.lock().drain(..) {
             task.abort();
         }
     }

@@ -11,8 +11,14 @@
 //!
 //! The other half: a user who comes online in another region gets the
 //! offline messages stored in this one, sent on as soon as their snapshot
-//! is applied here.
+//! is applied here. Messages stored here because every transport to an
+//! online user's gateway in another region failed (the link was cut) are
+//! flagged for that gateway, as within a region; since that gateway's
+//! heartbeat reads its own region's store, this region sweeps the flags of
+//! the remote gateways it has seen every `regions.sweep_interval` and
+//! sends the flagged users' messages on.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +51,9 @@ const RECHECK: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub struct Forwarder {
     routers: Mutex<Vec<WeakRouter>>,
+    /// Gateways of other regions seen in applied snapshots: whose flags
+    /// the sweep reads. Grows with the fleet (one id per remote gateway).
+    remote: Mutex<HashSet<GatewayId>>,
 }
 
 impl Forwarder {
@@ -59,6 +68,34 @@ impl Forwarder {
     fn any(&self) -> Option<Router> {
         self.routers.lock().iter().find_map(WeakRouter::upgrade)
     }
+}
+
+/// Every `every`, hands over the messages of users flagged for remote
+/// gateways. Abort the returned task to stop it.
+pub(super) fn sweep(
+    offline: Arc<dyn OfflineStore>,
+    forwarder: Arc<Forwarder>,
+    every: Duration,
+    limit: usize,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let gateways: Vec<GatewayId> = forwarder.remote.lock().iter().cloned().collect();
+            for gateway in gateways {
+                match offline.take_flagged(&gateway).await {
+                    Ok(users) => {
+                        for user in users {
+                            hand_over(&offline, &forwarder, &user, limit).await;
+                        }
+                    }
+                    Err(err) => tracing::warn!(%err, %gateway, "flagged offline messages not read"),
+                }
+            }
+        }
+    })
 }
 
 /// The check in front of one gateway's subscriptions.
@@ -219,6 +256,7 @@ pub(super) fn on_applied(
                     .collect::<std::collections::BTreeSet<_>>()
             };
             let (old, new) = (gateways(&before), gateways(&snapshot.sessions));
+            forwarder.remote.lock().extend(new.iter().cloned());
             for (gateway, delta) in new
                 .difference(&old)
                 .map(|g| (g, 1))

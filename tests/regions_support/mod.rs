@@ -19,6 +19,8 @@ use switchyard::{
 
 use super::support;
 
+pub mod toxiproxy;
+
 /// One region of a fleet: its name and how it reaches Kafka.
 #[derive(Debug, Clone)]
 pub struct RegionSpec {
@@ -84,11 +86,17 @@ pub fn settings(spec: &RegionSpec, redis_url: &str, run: &str) -> Settings {
 impl Fleet {
     /// Starts each region's Redis and backends.
     pub async fn start(specs: &[RegionSpec]) -> Self {
+        Self::start_with(specs, |_| {}).await
+    }
+
+    /// Like [`Fleet::start`], with `tweak` applied to every region's settings.
+    pub async fn start_with(specs: &[RegionSpec], tweak: impl Fn(&mut Settings)) -> Self {
         let run = ulid::Ulid::new().to_string().to_lowercase();
         let mut regions = HashMap::new();
         for spec in specs {
             let redis = support::PrivateBroker::redis().await;
-            let settings = settings(spec, &redis.address(), &run);
+            let mut settings = settings(spec, &redis.address(), &run);
+            tweak(&mut settings);
             let backends = Backends::from_settings(&settings)
                 .await
                 .unwrap_or_else(|e| panic!("region {}: {e}", spec.name));
@@ -312,4 +320,78 @@ pub async fn drain_quiet(to: &mut Gateway, quiet: Duration) -> Got {
         got.take(&gateway, delivery);
     }
     got
+}
+
+/// What [`move_user`] counted.
+pub struct Moved {
+    pub sent: usize,
+    pub at_old: usize,
+    pub at_new: usize,
+    /// Of those at the new gateway: routed again by the old one.
+    pub reresolved: usize,
+    pub vias: HashSet<Via>,
+}
+
+/// `user`, online at `old`, moves to `new` (another region) while `from`
+/// sends `n` messages to them, 2 ms apart. Every confirmed message must
+/// arrive exactly once at one of the two gateways: at the old one before
+/// the move, or at the new one (routed on fresh presence, re-resolved by
+/// the old gateway, or replayed from an offline queue). Panics otherwise.
+pub async fn move_user(
+    from: &Gateway,
+    old: &mut Gateway,
+    new: &mut Gateway,
+    user: &UserId,
+    n: usize,
+) -> Moved {
+    let sender = {
+        let (router, user) = (from.router.clone(), user.clone());
+        tokio::spawn(async move {
+            let mut sent = Sent::default();
+            for i in 0..n {
+                let envelope = Envelope::new(
+                    "mover-friend",
+                    router.gateway().id.clone(),
+                    Destination::User(user.as_str().into()),
+                    format!("msg {i}"),
+                )
+                .with_priority(Priority::High);
+                sent.record(router.send(envelope).await.expect("send"));
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    old.router.disconnect(user.as_str(), "phone").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    new.router.connect(user.as_str(), "phone").await.unwrap();
+    let sent = sender.await.unwrap();
+    assert_eq!(sent.unconfirmed, 0, "every send was confirmed or stored");
+    let at_old = drain_quiet(old, Duration::from_secs(3)).await;
+    let rest: HashSet<_> = sent.confirmed.difference(&at_old.ids).copied().collect();
+    let at_new = drain(new, &rest, Duration::from_secs(60)).await;
+    let reresolved = at_new
+        .headers
+        .iter()
+        .filter(|h| h.contains_key(switchyard::regions::reresolve::HOPS_HEADER))
+        .count();
+    Moved {
+        sent: sent.confirmed.len(),
+        at_old: at_old.ids.len(),
+        at_new: at_new.ids.len(),
+        reresolved,
+        vias: at_new.vias,
+    }
+}
+
+/// The `q` quantile (0..1) of `samples`, in milliseconds.
+pub fn quantile_ms(samples: &[Duration], q: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
 }
