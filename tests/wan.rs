@@ -11,10 +11,10 @@
 //! runs it). Set `SWITCHYARD_WAN_REPORT=dir` to write the figures
 //! (`wan.json`) and their plot (`wan.svg`) there (docs/BENCHMARKS.md).
 
-#[path = "support/mod.rs"]
-mod support;
 #[path = "regions_support/mod.rs"]
 mod regions_support;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -33,7 +33,14 @@ const CUT: Duration = Duration::from_secs(10);
 async fn two_regions_over_a_simulated_wan() {
     let kafka = support::PrivateKafka::start_with_wan(KAFKA_BASE, WAN_BASE).await;
     let links: Vec<Link> = (0..3)
-        .map(|n| Link::new(&format!("eu-kafka-{n}"), WAN_BASE + n, KAFKA_BASE + 200 + n, ONE_WAY))
+        .map(|n| {
+            Link::new(
+                &format!("eu-kafka-{n}"),
+                WAN_BASE + n,
+                KAFKA_BASE + 200 + n,
+                ONE_WAY,
+            )
+        })
         .collect();
     let eu_brokers = links
         .iter()
@@ -72,11 +79,15 @@ async fn two_regions_over_a_simulated_wan() {
     for i in 0..40 {
         let user = fleet.user(&format!("p-us-{i}"));
         us1.router.connect(user.as_str(), "phone").await.unwrap();
-        let lag = fleet.wait_located("eu", &user, us1.id(), Duration::from_secs(20)).await;
+        let lag = fleet
+            .wait_located("eu", &user, us1.id(), Duration::from_secs(20))
+            .await;
         report.lag_us_to_eu.push(lag);
         let user = fleet.user(&format!("p-eu-{i}"));
         eu2.router.connect(user.as_str(), "phone").await.unwrap();
-        let lag = fleet.wait_located("us", &user, eu2.id(), Duration::from_secs(20)).await;
+        let lag = fleet
+            .wait_located("us", &user, eu2.id(), Duration::from_secs(20))
+            .await;
         report.lag_eu_to_us.push(lag);
     }
 
@@ -84,21 +95,31 @@ async fn two_regions_over_a_simulated_wan() {
     let (alice, bob) = (fleet.user("alice"), fleet.user("bob"));
     us1.router.connect(alice.as_str(), "phone").await.unwrap();
     eu2.router.connect(bob.as_str(), "phone").await.unwrap();
-    fleet.wait_located("eu", &alice, us1.id(), Duration::from_secs(20)).await;
-    fleet.wait_located("us", &bob, eu2.id(), Duration::from_secs(20)).await;
+    fleet
+        .wait_located("eu", &alice, us1.id(), Duration::from_secs(20))
+        .await;
+    fleet
+        .wait_located("us", &bob, eu2.id(), Duration::from_secs(20))
+        .await;
     for (from, to, user, samples) in [
         (&eu1, &mut eu2, &bob, &mut report.same_region),
         (&eu1, &mut us1, &alice, &mut report.eu_to_us),
     ] {
         let sent = regions_support::send(from, user, 200, Priority::High).await;
         assert_eq!(sent.unconfirmed, 0);
-        samples.extend(drain(to, &sent.confirmed, Duration::from_secs(60)).await.latencies);
+        samples.extend(
+            drain(to, &sent.confirmed, Duration::from_secs(60))
+                .await
+                .latencies,
+        );
     }
     let sent = regions_support::send(&us1, &bob, 200, Priority::High).await;
     assert!(sent.all_via(TransportKind::Kafka), "{:?}", sent.vias);
-    report
-        .us_to_eu
-        .extend(drain(&mut eu2, &sent.confirmed, Duration::from_secs(60)).await.latencies);
+    report.us_to_eu.extend(
+        drain(&mut eu2, &sent.confirmed, Duration::from_secs(60))
+            .await
+            .latencies,
+    );
 
     // 3. The EU<->US links cut for 10 s while traffic flows three ways.
     let cut_start = Instant::now();
@@ -123,19 +144,40 @@ async fn two_regions_over_a_simulated_wan() {
         assert_eq!(sent.unconfirmed, 0, "a send neither confirmed nor stored");
     }
     let at_us1 = drain(&mut us1, &cross_eu.confirmed, Duration::from_secs(90)).await;
-    let to_bob: HashSet<_> = cross_us.confirmed.union(&same_eu.confirmed).copied().collect();
+    let to_bob: HashSet<_> = cross_us
+        .confirmed
+        .union(&same_eu.confirmed)
+        .copied()
+        .collect();
     let at_eu2 = drain(&mut eu2, &to_bob, Duration::from_secs(90)).await;
     report.cut = vec![
-        ("eu -> us (cut)".into(), cross_eu.confirmed.len(), cross_eu.offline, at_us1.ids.len()),
-        ("us -> eu (cut)".into(), cross_us.confirmed.len(), cross_us.offline, at_eu2.ids.intersection(&cross_us.confirmed).count()),
-        ("eu -> eu (cut)".into(), same_eu.confirmed.len(), same_eu.offline, at_eu2.ids.intersection(&same_eu.confirmed).count()),
+        (
+            "eu -> us (cut)".into(),
+            cross_eu.confirmed.len(),
+            cross_eu.offline,
+            at_us1.ids.len(),
+        ),
+        (
+            "us -> eu (cut)".into(),
+            cross_us.confirmed.len(),
+            cross_us.offline,
+            at_eu2.ids.intersection(&cross_us.confirmed).count(),
+        ),
+        (
+            "eu -> eu (cut)".into(),
+            same_eu.confirmed.len(),
+            same_eu.offline,
+            at_eu2.ids.intersection(&same_eu.confirmed).count(),
+        ),
     ];
     report.recovered_in = restored.elapsed();
 
     // 4. A user moves from us to eu under the WAN delay.
     let carol = fleet.user("carol");
     us1.router.connect(carol.as_str(), "phone").await.unwrap();
-    fleet.wait_located("eu", &carol, us1.id(), Duration::from_secs(20)).await;
+    fleet
+        .wait_located("eu", &carol, us1.id(), Duration::from_secs(20))
+        .await;
     let moved = move_user(&eu1, &mut us1, &mut eu2, &carol, 300).await;
     assert_eq!(moved.at_old + moved.at_new, moved.sent);
     report.moved = Some((moved.sent, moved.at_old, moved.at_new, moved.reresolved));
@@ -158,7 +200,9 @@ async fn paced(from: &Gateway, user: &UserId, during: Duration) -> Sent {
         )
         .with_priority(Priority::High);
         let router = from.router.clone();
-        tasks.push(tokio::spawn(async move { router.send(envelope).await.expect("send") }));
+        tasks.push(tokio::spawn(async move {
+            router.send(envelope).await.expect("send")
+        }));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut sent = Sent::default();
@@ -214,7 +258,10 @@ impl Report {
                 serde_json::json!({ "confirmed": confirmed, "offline": offline, "delivered": delivered }),
             );
         }
-        println!("all delivered {:?} after the links came back", self.recovered_in);
+        println!(
+            "all delivered {:?} after the links came back",
+            self.recovered_in
+        );
         json.insert(
             "recovered_after_s".into(),
             serde_json::json!(self.recovered_in.as_secs_f64()),

@@ -133,7 +133,14 @@ impl Fleet {
             .build()
             .await
             .unwrap_or_else(|e| panic!("gateway {name}: {e}"));
-        Gateway { router, inbox }
+        // Heartbeats, as a gateway runs: sessions and the registration
+        // outlive their TTLs over a long test.
+        let alive = router.keep_alive(r.settings.heartbeat_interval());
+        Gateway {
+            router,
+            inbox,
+            _alive: alive,
+        }
     }
 
     /// Waits until `region` sees `user` online on `gateway` (read from the
@@ -182,6 +189,7 @@ impl Fleet {
 pub struct Gateway {
     pub router: Router,
     pub inbox: Inbox,
+    _alive: switchyard::KeepAlive,
 }
 
 impl Gateway {

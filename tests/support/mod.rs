@@ -240,8 +240,8 @@ impl PrivateKafka {
     /// `base + 200 + N - 1` advertised as `127.0.0.1:{wan + N - 1}`, where
     /// a proxy (the simulated WAN) forwards to it.
     pub async fn start_with_wan(base: u16, wan: u16) -> Self {
-        let script =
-            ServiceScript::new("kafka.sh", &[], "KAFKA", base).with_env("KAFKA_WAN_BASE", wan.to_string());
+        let script = ServiceScript::new("kafka.sh", &[], "KAFKA", base)
+            .with_env("KAFKA_WAN_BASE", wan.to_string());
         Self::start_with(script).await
     }
 
