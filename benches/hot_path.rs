@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use switchyard::config::RoutingConfig;
 use switchyard::dedupe::DedupeWindow;
 use switchyard::policy::canary::{bucket, CanaryConfig};
 use switchyard::policy::hot_pairs::{HotPairs, HotPairsConfig};
 use switchyard::policy::Policy;
+use switchyard::policy::RoutingConfig;
 use switchyard::presence::cache::CachedPresence;
 use switchyard::presence::memory::MemoryPresence;
 use switchyard::presence::{PresenceConfig, PresenceStore, Session};

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use crate::blocks::{cache::CachedBlocks, memory::MemoryBlocks, redis::RedisBlocks, BlockList};
+use crate::config::ConfigError;
 use crate::config::{Settings, StoreConfig};
-use crate::error::BuildError;
+use crate::error::StoreError;
 use crate::groups::{memory::MemoryGroups, redis::RedisGroups, Directory, GroupStore};
 use crate::offline::{memory::MemoryOffline, redis::RedisOffline, OfflineStore};
 use crate::policy::hot_pairs::HotPairs;
@@ -17,8 +18,8 @@ use crate::regions::{reresolve::Guard, Regions};
 use crate::registry::{
     cache::CachedRegistry, memory::MemoryRegistry, redis::RedisRegistry, Registry,
 };
-use crate::topology::GatewayId;
-use crate::transport::{grpc::GrpcTransport, Transports};
+use crate::topology::{GatewayId, IdError};
+use crate::transport::{grpc::GrpcTransport, TransportError, Transports};
 
 /// The state stores and transports of a router node.
 #[derive(Clone)]
@@ -57,7 +58,7 @@ impl Backends {
     /// Builds the backends `settings` select. Must run inside a Tokio runtime.
     pub async fn from_settings(settings: &Settings) -> Result<Self, BuildError> {
         settings.validate()?;
-        let settings = &crate::regions::localize(settings);
+        let settings = &crate::config::regions::localize(settings);
         let mut regions = None;
         // A shared registry expires gateways; someone must clean up after them.
         let mut reaper = None;
@@ -79,7 +80,10 @@ impl Backends {
                 let local = Arc::new(RedisPresence::new(redis.clone(), ttl).await?);
                 let presence: Arc<dyn PresenceStore> = match &settings.regions {
                     Some(config) => {
-                        let r = Regions::connect(settings, config, redis.clone(), local).await?;
+                        let Some(kafka) = &settings.transports.kafka else {
+                            return Err(ConfigError::Invalid(config.problems(settings)).into());
+                        };
+                        let r = Regions::connect(config, kafka, redis.clone(), local).await?;
                         let presence = r.presence();
                         regions = Some(Arc::new(r));
                         presence
@@ -143,6 +147,23 @@ impl Backends {
     /// `me` for a user who is not there.
     pub(crate) fn reresolve_guard(&self, me: &GatewayId) -> Option<Arc<Guard>> {
         let regions = self.regions.as_ref()?;
-        Some(regions.guard(me, self.presence.clone()))
+        Some(regions.guard(me, self.presence.clone(), self.offline.clone()))
     }
+}
+
+/// Building a router or its backends failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The settings are invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A transport could not start.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A store could not start.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The gateway's id or region breaks the identifier rules.
+    #[error("gateway: {0}")]
+    Gateway(#[from] IdError),
 }

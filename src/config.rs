@@ -2,7 +2,6 @@
 //! overrides (`SWITCHYARD__ROUTING__CROSS_REGION=kafka`). Validation reports
 //! every problem at once, each with its key and reason.
 
-use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,18 +12,21 @@ mod bounds;
 use crate::blocks::BlocksConfig;
 use crate::offline::OfflineConfig;
 use crate::policy::canary::CanaryConfig;
-use crate::policy::hot_pairs::HotPairsConfig;
-use crate::policy::Policy;
+use crate::policy::live::LivePolicy;
+use crate::policy::{Policy, RoutingConfig};
 use crate::presence::PresenceConfig;
 use crate::redis_conn::RedisConfig;
-use crate::regions::RegionsConfig;
-use crate::sidecar::SidecarConfig;
 use crate::telemetry::TelemetryConfig;
 use crate::transport::TransportsConfig;
 
 mod check;
+pub mod problem;
+pub mod regions;
 mod show;
+pub mod sidecar;
 pub use check::{env_var, load_checked};
+pub use problem::{ConfigError, Problem};
+pub use regions::RegionsConfig;
 pub use show::{effective_toml, ShowError, EMBEDDED_DEFAULT};
 
 /// Everything a router node is configured with.
@@ -51,7 +53,7 @@ pub struct Settings {
     /// A canary moving traffic between two transports, if any.
     pub canary: Option<CanaryConfig>,
     /// The gRPC sidecar (`switchyard serve`): listen address and auth.
-    pub sidecar: SidecarConfig,
+    pub sidecar: sidecar::SidecarConfig,
     /// The metrics and health endpoint.
     pub telemetry: TelemetryConfig,
     /// This node's region and presence replication between regions, if any.
@@ -110,31 +112,6 @@ impl StoreConfig {
     }
 }
 
-/// `[routing]`: the transport of each route, and what to try when it fails.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RoutingConfig {
-    /// Between gateways of one region.
-    pub same_region: String,
-    /// Between regions.
-    pub cross_region: String,
-    /// Tried in order after the route's own transport fails.
-    pub fallbacks: Vec<String>,
-    /// `[routing.hot_pairs]`: when a gateway pair gets a direct link.
-    pub hot_pairs: HotPairsConfig,
-}
-
-impl Default for RoutingConfig {
-    fn default() -> Self {
-        Self {
-            same_region: "memory".into(),
-            cross_region: "memory".into(),
-            fallbacks: Vec::new(),
-            hot_pairs: HotPairsConfig::default(),
-        }
-    }
-}
-
 /// `[delivery]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -177,32 +154,6 @@ fn sources(file: Option<&Path>) -> config::ConfigBuilder<config::builder::Defaul
     )
 }
 
-/// One thing wrong with the settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Dotted key, e.g. `routing.cross_region`.
-    pub key: String,
-    /// What is wrong with it.
-    pub reason: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.reason)
-    }
-}
-
-/// Settings that could not be loaded or are invalid.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file or environment could not be read or parsed.
-    #[error("cannot load config: {0}")]
-    Load(#[from] config::ConfigError),
-    /// Parsed, but invalid; every problem is listed.
-    #[error("invalid config:\n  {}", .0.iter().map(Problem::to_string).collect::<Vec<_>>().join("\n  "))]
-    Invalid(Vec<Problem>),
-}
-
 impl Settings {
     /// Loads defaults, then `file` if given, then `SWITCHYARD__*` environment
     /// overrides, and validates the result.
@@ -233,10 +184,25 @@ impl Settings {
         ttl / 3
     }
 
+    /// The routing policy `[routing]` and `[canary]` describe, or every
+    /// problem with them: unknown or disabled transports, a bad canary.
+    pub fn policy(&self) -> Result<Policy, Vec<Problem>> {
+        let enabled = self.transports.enabled();
+        Policy::new(&self.routing, self.canary.as_ref(), &enabled)
+    }
+
+    /// That policy, live and watched for auto-rollback: what a process
+    /// (library router, demo fleet, sidecar) starts with.
+    pub fn live_policy(&self) -> Result<std::sync::Arc<LivePolicy>, ConfigError> {
+        let live = LivePolicy::new(self.policy().map_err(ConfigError::Invalid)?);
+        live.watch();
+        Ok(live)
+    }
+
     /// Every problem with these settings, or `Ok`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = bounds::check(self).problems;
-        if let Err(policy) = Policy::from_settings(self) {
+        if let Err(policy) = self.policy() {
             problems.extend(policy);
         }
         let mut problem = |key: &str, reason: &str| {

@@ -15,11 +15,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::backends::Backends;
+use crate::backends::BuildError;
 use crate::config::{ConfigError, Settings};
 use crate::envelope::{now_micros, Destination, Envelope, MessageId, Priority};
-use crate::error::{BuildError, StoreError};
+use crate::error::StoreError;
 use crate::inbox::{Inbox, Via};
-use crate::policy::live::LivePolicy;
 use crate::policy::{Policy, Route};
 use crate::router::{Outcome, Router};
 use crate::topology::{GatewayId, GatewayInfo, GroupId, Region, UserId};
@@ -193,7 +193,7 @@ pub async fn run(
     }
     let mut rng = StdRng::seed_from_u64(options.seed);
     let backends = Backends::from_settings(&settings).await?;
-    let live = LivePolicy::from_settings(&settings)?;
+    let live = settings.live_policy()?;
     // Unique per run, so runs against shared backends (Redis) don't mix.
     let run_id = MessageId::new().to_string().to_lowercase();
 

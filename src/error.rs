@@ -51,30 +51,53 @@ pub enum SendError {
     },
     /// Every transport failed and so did the offline store: the caller still
     /// owns the message and must retry it.
-    #[error("message {id} could not be delivered nor stored offline: {offline}; transports: {transports}")]
+    #[error("message {id} could not be delivered nor stored offline: {offline}; transports: {}", Joined(.transports))]
     Undeliverable {
         /// The message.
         id: MessageId,
         /// Why the offline store failed.
         offline: StoreError,
-        /// The transport errors, joined.
-        transports: String,
+        /// Why each failed target gateway was not reached.
+        transports: Vec<PublishError>,
     },
 }
 
-/// Building a router or its backends failed.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// The settings are invalid.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    /// A transport could not start.
-    #[error(transparent)]
-    Transport(#[from] TransportError),
-    /// A store could not start.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The gateway's id or region breaks the identifier rules.
-    #[error("gateway: {0}")]
-    Gateway(#[from] IdError),
+/// Why nothing took a run of messages to one target gateway.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PublishError {
+    /// The route's decision named no transport.
+    #[error("no transport configured for this route")]
+    NoTransport,
+    /// This gateway's own inbox is closed (the local route).
+    #[error("this gateway's inbox is closed")]
+    InboxClosed,
+    /// Every transport tried failed: their errors, in the order tried (a
+    /// canary mirror's last).
+    #[error("{}", Joined(.0))]
+    Failed(Vec<TransportError>),
+}
+
+impl PublishError {
+    /// The transport errors behind it (none for the other cases).
+    pub fn transport_errors(&self) -> &[TransportError] {
+        match self {
+            PublishError::Failed(errors) => errors,
+            PublishError::NoTransport | PublishError::InboxClosed => &[],
+        }
+    }
+}
+
+/// Displays a list joined with "; ".
+struct Joined<'a, T>(&'a [T]);
+
+impl<T: std::fmt::Display> std::fmt::Display for Joined<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, item) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{item}")?;
+        }
+        Ok(())
+    }
 }

@@ -43,9 +43,9 @@
 //! - [`registry`]: live gateways and their regions; the consistent-hash
 //!   ring that assigns users to gateways.
 //! - [`redis_conn`]: the one Redis connection (standalone, cluster or
-//!   Sentinel) every Redis store and the Redis transport share.
-//! - [`redis_sentinel`]: the Sentinel mode of that connection: finds the
-//!   master by service name, follows failovers, waits for replicas.
+//!   Sentinel, [`redis_conn::sentinel`]: finds the master by service name,
+//!   follows failovers, waits for replicas) every Redis store and the Redis
+//!   transport share, and the change channel caches listen on.
 //! - [`regions`]: one Redis per region; presence replicated between
 //!   regions over Kafka; messages that landed on stale presence routed
 //!   again where they landed.
@@ -87,7 +87,6 @@ pub mod policy;
 pub mod presence;
 pub mod proto;
 pub mod redis_conn;
-pub mod redis_sentinel;
 pub mod regions;
 pub mod registry;
 pub mod router;
@@ -96,10 +95,10 @@ pub mod telemetry;
 pub mod topology;
 pub mod transport;
 
-pub use backends::Backends;
+pub use backends::{Backends, BuildError};
 pub use config::Settings;
 pub use envelope::{Destination, Envelope, MessageId, Priority};
-pub use error::{BuildError, SendError, StoreError};
+pub use error::{PublishError, SendError, StoreError};
 pub use inbox::{Delivery, Inbox, Via};
 pub use router::{KeepAlive, Outcome, Router, RouterBuilder, SendReport, TargetReport};
 pub use topology::{DeviceId, GatewayId, GatewayInfo, GroupId, Region, UserId};

@@ -11,7 +11,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use switchyard::bench::{self, BenchOptions, PathKind};
 use switchyard::config::Problem;
 use switchyard::demo::{self, DemoOptions};
-use switchyard::policy::Policy;
 use switchyard::sidecar::admin_ctl::AdminCtl;
 use switchyard::sidecar::SidecarError;
 use switchyard::transport::TransportKind;
@@ -687,8 +686,9 @@ async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         None => Destination::User(args.to.as_str().into()),
     };
     let envelope = Envelope::new(args.from.as_str(), from.id.clone(), destination, Vec::new());
-    let policy =
-        Policy::from_settings(&settings).map_err(switchyard::config::ConfigError::Invalid)?;
+    let policy = settings
+        .policy()
+        .map_err(switchyard::config::ConfigError::Invalid)?;
     let max_payload = settings.limits.max_payload_bytes;
     print!(
         "{}",

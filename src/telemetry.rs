@@ -11,7 +11,6 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 
 use crate::topology::GatewayId;
-use crate::transport::TransportKind;
 
 /// Messages by route, transport (`via`) and outcome.
 pub const MESSAGES: &str = "switchyard_messages_total";
@@ -21,6 +20,8 @@ pub const DELIVERY_LATENCY: &str = "switchyard_delivery_latency_seconds";
 pub const TRANSPORT_UP: &str = "switchyard_transport_up";
 /// Publish attempts that failed and were retried, by transport.
 pub const PUBLISH_RETRIES: &str = "switchyard_publish_retries_total";
+/// Histogram: one publish to one transport, retries included.
+pub const PUBLISH_DURATION: &str = "switchyard_publish_duration_seconds";
 /// Presence lookups by cache result (`hit` or `miss`).
 pub const PRESENCE_LOOKUPS: &str = "switchyard_presence_lookups_total";
 /// Block-list lookups by cache result (`hit` or `miss`).
@@ -198,6 +199,11 @@ pub const CATALOG: &[Metric] = &[
     metric(TRANSPORT_UP, Kind::Gauge, "1 when a transport can reach its backend, 0 when not."),
     metric(PUBLISH_RETRIES, Kind::Counter, "Publish attempts retried, by transport."),
     metric(
+        PUBLISH_DURATION,
+        Kind::Histogram,
+        "Time one publish to one transport took, retries included, by transport and outcome (ok, failed).",
+    ),
+    metric(
         PRESENCE_LOOKUPS,
         Kind::Counter,
         "Presence lookups by cache result (hit, miss); hit ratio = hit / (hit + miss).",
@@ -344,11 +350,6 @@ static PROCESS: LazyLock<metrics_process::Collector> =
 pub fn render(handle: &PrometheusHandle) -> String {
     PROCESS.collect();
     handle.render()
-}
-
-/// Records a transport going up or down.
-pub fn transport_up(kind: TransportKind, up: bool) {
-    metrics::gauge!(TRANSPORT_UP, "transport" => kind.as_str()).set(if up { 1.0 } else { 0.0 });
 }
 
 /// Counts `n` messages with one outcome.

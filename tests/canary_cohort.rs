@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use support::PrivateBroker;
 use switchyard::policy::live::{LivePolicy, Rollback};
-use switchyard::policy::Policy;
 use switchyard::transport::{Health, TransportKind};
 use switchyard::{
     Backends, Destination, Envelope, GatewayInfo, Inbox, MessageId, Outcome, Router, SendReport,
@@ -90,7 +89,7 @@ max_down = "{max_down}"
 impl Fleet {
     async fn start(settings: Settings) -> Self {
         // Not watched: the test calls `check` itself.
-        let live = LivePolicy::new(Policy::from_settings(&settings).expect("valid policy"));
+        let live = LivePolicy::new(settings.policy().expect("valid policy"));
         let backends = Backends::from_settings(&settings)
             .await
             .expect("backends over Redis and NATS");

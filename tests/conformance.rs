@@ -36,7 +36,7 @@ mod factories {
     use crate::cases::Restartable;
     use crate::redis_support::{redis_config, Deployment};
     use crate::support::{self, PrivateBroker, PrivateKafka};
-    use switchyard::redis_sentinel::SentinelConfig;
+    use switchyard::redis_conn::sentinel::SentinelConfig;
     use switchyard::transport::redis::{RedisTransport, RedisTransportConfig};
 
     pub async fn memory() -> Arc<dyn Transport> {

@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 use redis::Value;
 use redis_support::{account, raw, redis_config, router, settings, steady_send, Deployment};
 use switchyard::presence::PresenceStore;
+use switchyard::redis_conn::sentinel::SentinelConfig;
 use switchyard::redis_conn::RedisConfig;
-use switchyard::redis_sentinel::SentinelConfig;
 use switchyard::{Inbox, MessageId, Router};
 use tokio::sync::Mutex;
 

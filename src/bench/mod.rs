@@ -38,8 +38,9 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::backends::BuildError;
 use crate::config::{ConfigError, Settings};
-use crate::error::{BuildError, StoreError};
+use crate::error::StoreError;
 use crate::sidecar::{SidecarConfig, SidecarError};
 use crate::telemetry::RecorderError;
 use crate::transport::TransportKind;

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::{Decision, Policy};
-use crate::config::Problem;
+use crate::config::problem::Problem;
 use crate::telemetry;
 use crate::topology::{GatewayId, GatewayInfo, Region, UserId};
 use crate::transport::TransportKind;

@@ -23,7 +23,6 @@ use parking_lot::Mutex;
 
 use super::canary::RollbackConfig;
 use super::Policy;
-use crate::config::{ConfigError, Settings};
 use crate::telemetry;
 use crate::transport::{Health, Transport, TransportKind, Transports};
 
@@ -87,14 +86,6 @@ impl LivePolicy {
         });
         live.export();
         live
-    }
-
-    /// The policy `settings` describe, watched for auto-rollback: what a
-    /// process (library router, demo fleet, sidecar) starts with.
-    pub fn from_settings(settings: &Settings) -> Result<Arc<Self>, ConfigError> {
-        let live = Self::new(Policy::from_settings(settings).map_err(ConfigError::Invalid)?);
-        live.watch();
-        Ok(live)
     }
 
     /// The current policy.
@@ -335,8 +326,8 @@ impl LivePolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RoutingConfig;
     use crate::policy::canary::CanaryConfig;
+    use crate::policy::RoutingConfig;
 
     fn live(share: u8, enabled: bool) -> Arc<LivePolicy> {
         let canary: CanaryConfig = toml_canary(share, enabled);

@@ -14,10 +14,13 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
-use crate::config::{Problem, RoutingConfig, Settings};
+use serde::{Deserialize, Serialize};
+
+use crate::config::problem::Problem;
 use crate::topology::{GatewayId, GatewayInfo, Region, UserId};
 use crate::transport::TransportKind;
 use canary::{Canary, CanaryConfig, CanaryMode, RollbackConfig};
+use hot_pairs::HotPairsConfig;
 
 /// How far a message travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -104,14 +107,32 @@ pub struct Policy {
     pub mirror_wait: Duration,
 }
 
-impl Policy {
-    /// Builds the policy from `[routing]` and `[canary]`, or lists every
-    /// problem: unknown or disabled transports, a bad canary.
-    pub fn from_settings(settings: &Settings) -> Result<Self, Vec<Problem>> {
-        let enabled = settings.transports.enabled();
-        Self::new(&settings.routing, settings.canary.as_ref(), &enabled)
-    }
+/// `[routing]`: the transport of each route, and what to try when it fails.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Between gateways of one region.
+    pub same_region: String,
+    /// Between regions.
+    pub cross_region: String,
+    /// Tried in order after the route's own transport fails.
+    pub fallbacks: Vec<String>,
+    /// `[routing.hot_pairs]`: when a gateway pair gets a direct link.
+    pub hot_pairs: HotPairsConfig,
+}
 
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            same_region: "memory".into(),
+            cross_region: "memory".into(),
+            fallbacks: Vec::new(),
+            hot_pairs: HotPairsConfig::default(),
+        }
+    }
+}
+
+impl Policy {
     /// Builds the policy when only the `enabled` transports may be named.
     pub fn new(
         routing: &RoutingConfig,
@@ -284,7 +305,7 @@ mod tests {
 
     /// A policy from TOML with every transport enabled, so policy alone is tested.
     fn from_toml(toml: &str) -> Result<Policy, Vec<Problem>> {
-        let s: Settings = config::Config::builder()
+        let s: crate::Settings = config::Config::builder()
             .add_source(config::File::from_str(toml, config::FileFormat::Toml))
             .build()
             .unwrap()

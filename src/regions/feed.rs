@@ -27,15 +27,14 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::replica::Replica;
+use super::snapshot::{RemoteSession, Snapshot};
 use super::RegionsConfig;
 use crate::envelope::now_micros;
-use crate::presence::Session;
 use crate::telemetry;
-use crate::topology::{DeviceId, GatewayId, Region, UserId};
+use crate::topology::{Region, UserId};
 use crate::transport::kafka::{client_config, millis, KafkaConfig, WithOverrides};
 use crate::transport::{TransportError, TransportKind};
 
@@ -43,46 +42,6 @@ use crate::transport::{TransportError, TransportKind};
 const CONCURRENCY: usize = 64;
 /// The longest wait between attempts at a failing publish or apply.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-
-/// One user's sessions in one region at one version: what replicates.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// The region whose sessions these are.
-    pub region: Region,
-    /// The user.
-    pub user: UserId,
-    /// Grows with every snapshot of this user in `region`.
-    pub version: u64,
-    /// When the snapshot was taken, microseconds since the Unix epoch
-    /// (replication lag is measured from it).
-    pub at_micros: i64,
-    /// Every live session of the user in `region`; empty: none left.
-    pub sessions: Vec<RemoteSession>,
-}
-
-/// A session as replicated (user and region are the snapshot's).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RemoteSession {
-    /// The device.
-    pub device: DeviceId,
-    /// The gateway holding it.
-    pub gateway: GatewayId,
-    /// When it came online, microseconds since the Unix epoch.
-    pub since_micros: i64,
-}
-
-impl RemoteSession {
-    /// The session of `user` in `region`.
-    pub fn session(self, user: &UserId, region: &Region) -> Session {
-        Session {
-            user: user.clone(),
-            device: self.device,
-            gateway: self.gateway,
-            region: region.clone(),
-            since_micros: self.since_micros,
-        }
-    }
-}
 
 /// The publishing half: users whose local sessions changed, sent on by a
 /// task that ends when this is dropped.

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use redis::Script;
 
-use super::feed::{RemoteSession, Snapshot};
+use super::snapshot::{RemoteSession, Snapshot};
 use crate::error::StoreError;
 use crate::presence::redis::PRELUDE;
 use crate::presence::Session;

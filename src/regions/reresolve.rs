@@ -26,13 +26,13 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use parking_lot::Mutex;
 
-use super::feed::{OnApplied, RemoteSession, Snapshot};
+use super::feed::OnApplied;
 use super::presence::RegionalPresence;
+use super::snapshot::{RemoteSession, Snapshot};
 use crate::envelope::{Destination, Envelope};
 use crate::groups::Directory;
 use crate::offline::OfflineStore;
 use crate::presence::cache::CachedPresence;
-use crate::router::{Outcome, Router, WeakRouter};
 use crate::telemetry;
 use crate::topology::{GatewayId, UserId};
 use crate::transport::{Incoming, Subscription};
@@ -46,11 +46,43 @@ pub const MAX_HOPS: u32 = 2;
 /// the queue is read once more this much later.
 const RECHECK: Duration = Duration::from_secs(1);
 
+/// How a message routed again went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resent {
+    /// Every target confirmed it.
+    Forwarded,
+    /// Taken, fire-and-forget (low priority), as the sender asked.
+    Unconfirmed,
+    /// Nobody online (or every transport failed): in the offline store.
+    Offline,
+    /// Neither sent nor stored.
+    Failed,
+}
+
+impl Resent {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resent::Forwarded => "forwarded",
+            Resent::Unconfirmed => "unconfirmed",
+            Resent::Offline => "offline",
+            Resent::Failed => "failed",
+        }
+    }
+}
+
+/// Routes a message again from some gateway: a router that does not keep
+/// its gateway alive (the router implements it; `None` once it is gone).
+pub trait Resend: Send + Sync {
+    /// Sends `envelope` as a new send from this gateway would.
+    fn resend(&self, envelope: Envelope) -> BoxFuture<'static, Option<Resent>>;
+}
+
 /// The routers of this process, for sending on what arrived or was stored
 /// for users who are elsewhere now.
 #[derive(Default)]
 pub struct Forwarder {
-    routers: Mutex<Vec<WeakRouter>>,
+    routers: Mutex<Vec<Arc<dyn Resend>>>,
     /// Gateways of other regions seen in applied snapshots: whose flags
     /// the sweep reads. Grows with the fleet (one id per remote gateway).
     remote: Mutex<HashSet<GatewayId>>,
@@ -58,15 +90,22 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// Remembers a router (without keeping it alive).
-    fn attach(&self, router: &Router) {
-        let mut routers = self.routers.lock();
-        routers.retain(|r| r.upgrade().is_some());
-        routers.push(router.downgrade());
+    fn attach(&self, router: Arc<dyn Resend>) {
+        self.routers.lock().push(router);
     }
 
-    /// Any live router of this process.
-    fn any(&self) -> Option<Router> {
-        self.routers.lock().iter().find_map(WeakRouter::upgrade)
+    /// Routes `envelope` again from the first router still up (routers
+    /// that are gone are forgotten).
+    async fn resend(&self, envelope: Envelope) -> Resent {
+        loop {
+            let Some(router) = self.routers.lock().first().cloned() else {
+                return Resent::Failed;
+            };
+            match router.resend(envelope.clone()).await {
+                Some(resent) => return resent,
+                None => self.routers.lock().retain(|r| !Arc::ptr_eq(r, &router)),
+            }
+        }
     }
 }
 
@@ -103,8 +142,9 @@ pub(crate) struct Guard {
     me: GatewayId,
     cache: Arc<CachedPresence>,
     presence: Arc<RegionalPresence>,
+    offline: Arc<dyn OfflineStore>,
     forwarder: Arc<Forwarder>,
-    router: std::sync::OnceLock<WeakRouter>,
+    router: std::sync::OnceLock<Arc<dyn Resend>>,
 }
 
 impl Guard {
@@ -113,12 +153,14 @@ impl Guard {
         me: GatewayId,
         cache: Arc<CachedPresence>,
         presence: Arc<RegionalPresence>,
+        offline: Arc<dyn OfflineStore>,
         forwarder: Arc<Forwarder>,
     ) -> Arc<Self> {
         Arc::new(Self {
             me,
             cache,
             presence,
+            offline,
             forwarder,
             router: std::sync::OnceLock::new(),
         })
@@ -126,8 +168,8 @@ impl Guard {
 
     /// The router that sends misrouted messages on (and this node's
     /// offline hand-overs).
-    pub(crate) fn attach(&self, router: &Router) {
-        let _ = self.router.set(router.downgrade());
+    pub(crate) fn attach(&self, router: Arc<dyn Resend>) {
+        let _ = self.router.set(router.clone());
         self.forwarder.attach(router);
     }
 
@@ -156,7 +198,9 @@ impl Guard {
         if self.is_here(user).await {
             return Some(incoming);
         }
-        let router = self.router.get().and_then(WeakRouter::upgrade)?;
+        let Some(router) = self.router.get() else {
+            return Some(incoming); // not wired yet: deliver as addressed
+        };
         let hops = envelope
             .headers
             .get(HOPS_HEADER)
@@ -164,11 +208,11 @@ impl Guard {
             .unwrap_or(0);
         let user = user.clone();
         let outcome = if hops >= MAX_HOPS {
-            match router.backends().offline.append(&user, &envelope).await {
-                Ok(()) => "offline",
+            match self.offline.append(&user, &envelope).await {
+                Ok(()) => Resent::Offline,
                 Err(err) => {
                     tracing::warn!(%err, id = %envelope.id, "misrouted message not stored offline");
-                    "failed"
+                    Resent::Failed
                 }
             }
         } else {
@@ -176,10 +220,11 @@ impl Guard {
             envelope
                 .headers
                 .insert(HOPS_HEADER.into(), (hops + 1).to_string());
-            resend(&router, envelope).await
+            // The router gone means the gateway is: deliver as addressed.
+            router.resend(envelope).await.unwrap_or(Resent::Failed)
         };
-        metrics::counter!(telemetry::RERESOLVED, "outcome" => outcome).increment(1);
-        if outcome == "failed" {
+        metrics::counter!(telemetry::RERESOLVED, "outcome" => outcome.as_str()).increment(1);
+        if outcome == Resent::Failed {
             // Delivered here after all: the gateway may still know better,
             // and nothing is acked that was not sent on.
             return Some(incoming);
@@ -205,28 +250,6 @@ impl Guard {
         match self.presence.locate_local(user).await {
             Ok(sessions) => here(&sessions),
             Err(_) => true,
-        }
-    }
-}
-
-/// Routes `envelope` again from `router`; the metric outcome.
-async fn resend(router: &Router, envelope: Envelope) -> &'static str {
-    match router.send(envelope).await {
-        Ok(report) => match report.outcome {
-            Outcome::Routed {
-                stored_offline: Some(_),
-                ..
-            } => "offline",
-            Outcome::Routed { targets, .. } if targets.iter().all(|t| t.confirmed) => "forwarded",
-            // Fire-and-forget (low priority): sent on as the sender asked.
-            Outcome::Routed { targets, .. } if targets.iter().all(|t| t.result.is_ok()) => {
-                "unconfirmed"
-            }
-            _ => "failed",
-        },
-        Err(err) => {
-            tracing::warn!(%err, "misrouted message could not be sent on");
-            "failed"
         }
     }
 }
@@ -288,9 +311,6 @@ async fn hand_over(
     user: &UserId,
     limit: usize,
 ) {
-    let Some(router) = forwarder.any() else {
-        return;
-    };
     let stored = match offline.read(user, limit).await {
         Ok(stored) => stored,
         Err(err) => {
@@ -300,9 +320,10 @@ async fn hand_over(
     };
     for envelope in stored {
         let id = envelope.id;
-        let outcome = resend(&router, envelope).await;
-        metrics::counter!(telemetry::OFFLINE_HANDED_OVER, "outcome" => outcome).increment(1);
-        if outcome == "forwarded" {
+        let outcome = forwarder.resend(envelope).await;
+        metrics::counter!(telemetry::OFFLINE_HANDED_OVER, "outcome" => outcome.as_str())
+            .increment(1);
+        if outcome == Resent::Forwarded {
             if let Err(err) = offline.ack(user, &[id]).await {
                 tracing::warn!(%err, %user, %id, "handed-over message not removed; it may come twice");
             }

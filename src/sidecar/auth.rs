@@ -11,8 +11,9 @@ use arc_swap::ArcSwap;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
 
+use super::secrets::read_secret;
 use super::user_auth::UserTokens;
-use super::{SecretSource, Shared, SidecarConfig, SidecarError};
+use super::{Shared, SidecarConfig, SidecarError};
 use crate::topology::{GatewayId, IdKind};
 
 /// The resolved secrets.
@@ -58,40 +59,6 @@ impl Tokens {
             users,
         })
     }
-}
-
-/// Reads one secret (surrounding whitespace trimmed); the error names the
-/// key and the source, never the value.
-pub(crate) fn read_secret(key: &str, source: &SecretSource) -> Result<String, SidecarError> {
-    let fail = |from: String, reason: String| SidecarError::Secret {
-        key: key.to_owned(),
-        from,
-        reason,
-    };
-    let secret = match (&source.env, &source.file) {
-        (Some(name), _) => {
-            std::env::var(name).map_err(|e| fail(format!("env {name}"), e.to_string()))?
-        }
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|e| fail(format!("file {}", path.display()), e.to_string()))?,
-        (None, None) => return Err(fail("nowhere".into(), "set `env` or `file`".into())),
-    };
-    let secret = secret.trim().to_owned();
-    if secret.is_empty() {
-        let from = source
-            .env
-            .as_ref()
-            .map(|n| format!("env {n}"))
-            .or_else(|| {
-                source
-                    .file
-                    .as_ref()
-                    .map(|p| format!("file {}", p.display()))
-            })
-            .unwrap_or_default();
-        return Err(fail(from, "the secret is empty".into()));
-    }
-    Ok(secret)
 }
 
 /// The tokens in force; swapped by a config reload (secret rotation).
@@ -216,7 +183,7 @@ fn check_secret<T>(request: &Request<T>, expected: Option<&str>, what: &str) -> 
 /// Checks that the call may act as `gateway`: its token is that gateway's
 /// (or no tokens are configured).
 pub fn authorize<T>(request: &Request<T>, gateway: &str) -> Result<GatewayId, Status> {
-    super::gateway::id("gateway_id", IdKind::Name, gateway)?;
+    super::fields::id("gateway_id", IdKind::Name, gateway)?;
     match request.extensions().get::<Caller>() {
         Some(Caller(caller)) if caller.as_str() != gateway => Err(Status::permission_denied(
             format!("the token of gateway {caller:?} cannot act as gateway {gateway:?}"),
@@ -228,6 +195,7 @@ pub fn authorize<T>(request: &Request<T>, gateway: &str) -> Result<GatewayId, St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sidecar::SecretSource;
 
     #[test]
     fn constant_time_compare_is_still_a_compare() {

@@ -11,6 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::authorize;
+use super::fields::{id, text};
 use super::{presence, Shared};
 use crate::envelope::{Envelope, MessageId};
 use crate::error::{SendError, StoreError};
@@ -21,7 +22,7 @@ use crate::presence::PresenceStore;
 use crate::proto::{self, gateway_server::Gateway};
 use crate::router::{Outcome, Router, SendReport};
 use crate::telemetry;
-use crate::topology::{check, GatewayId, GatewayInfo, IdKind, UserId};
+use crate::topology::{GatewayId, GatewayInfo, IdKind, UserId};
 
 /// Offline messages returned by FetchOffline when the request sets no limit.
 const DEFAULT_FETCH_LIMIT: usize = 100;
@@ -169,18 +170,6 @@ async fn hosted(router: &Router, user: &UserId) -> Result<(), Status> {
     }
 }
 
-/// `value` if it keeps the identifier rules of `kind`, else
-/// INVALID_ARGUMENT naming the field and the rule.
-pub(crate) fn id<'a>(field: &'static str, kind: IdKind, value: &'a str) -> Result<&'a str, Status> {
-    check(field, kind, value).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    Ok(value)
-}
-
-/// A user, group or device id of a request.
-fn text<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Status> {
-    id(field, IdKind::Text, value)
-}
-
 /// Fills the defaults a gateway may leave out, then checks that the sender
 /// is this gateway. An envelope that cannot be parsed is returned as the
 /// reason for a `Rejected` outcome.
@@ -231,7 +220,7 @@ fn outcome(id: MessageId, result: Result<SendReport, SendError>) -> proto::SendO
                 .map(|t| {
                     let (delivered, via, error) = match t.result {
                         Ok(via) => (true, via.to_string(), String::new()),
-                        Err(error) => (false, String::new(), error),
+                        Err(error) => (false, String::new(), error.to_string()),
                     };
                     proto::TargetOutcome {
                         gateway: t.gateway.to_string(),

@@ -55,7 +55,7 @@ pub(crate) async fn serve(
 fn scrape(endpoint: &Endpoint) -> String {
     for transport in endpoint.shared.backends.transports.iter() {
         let up = matches!(transport.health(), crate::transport::Health::Up);
-        telemetry::transport_up(transport.kind(), up);
+        crate::transport::record_up(transport.kind(), up);
     }
     telemetry::render(&endpoint.metrics)
 }

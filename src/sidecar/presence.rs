@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Response, Status, Streaming};
 
-use super::gateway::id;
+use super::fields::id;
 use crate::error::StoreError;
 use crate::presence::watch::{Change, PresenceEvent, PresenceWatch, WatchError};
 use crate::presence::{PresenceStore, Session};

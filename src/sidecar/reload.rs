@@ -15,7 +15,6 @@ use tokio::task::JoinHandle;
 use super::auth::Tokens;
 use super::{Shared, SidecarError};
 use crate::config::{ConfigError, Problem, Settings};
-use crate::policy::Policy;
 use crate::telemetry;
 
 /// Editors save in bursts (truncate, write, rename): one reload per burst.
@@ -69,7 +68,7 @@ async fn apply(shared: &Shared) -> ReloadReport {
             }])
         }
     };
-    let policy = match Policy::from_settings(&new) {
+    let policy = match new.policy() {
         Ok(policy) => policy,
         Err(problems) => return refused(problems),
     };

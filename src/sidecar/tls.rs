@@ -2,33 +2,13 @@
 //! and the direct links it opens to peers. With `client_auth`, both sides
 //! present certificates signed by the fleet CA (mutual TLS).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::{Deserialize, Serialize};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use super::SidecarError;
 
-/// `[sidecar.tls]` settings.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// This sidecar's certificate chain (PEM), served to clients and
-    /// presented to peers.
-    pub cert: PathBuf,
-    /// Its private key (PEM).
-    pub key: PathBuf,
-    /// The CA (PEM) that signs the certificates of gateways and sidecars;
-    /// peers' server certificates are verified against it.
-    pub ca: PathBuf,
-    /// Require a client certificate signed by `ca` (mutual TLS).
-    #[serde(default = "yes")]
-    pub client_auth: bool,
-}
-
-fn yes() -> bool {
-    true
-}
+pub use crate::config::sidecar::TlsConfig;
 
 /// Server and client (peer link) TLS built from one [`TlsConfig`].
 pub struct Tls {

@@ -4,46 +4,14 @@
 //! messages. HS256 (a shared secret) or RS256 (the auth service's public
 //! key); `exp` is required and honoured.
 
-use std::time::Duration;
-
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tonic::Status;
 
-use super::auth::read_secret;
-use super::{SecretSource, SidecarError};
+use super::secrets::read_secret;
+use super::SidecarError;
 
-/// `[sidecar.user_tokens]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserTokensConfig {
-    /// How the tokens are signed.
-    pub algorithm: UserTokenAlgorithm,
-    /// HS256: the shared secret. RS256: the public key, PEM.
-    pub key: SecretSource,
-    /// The `iss` every token must carry, if set.
-    #[serde(default)]
-    pub issuer: Option<String>,
-    /// The `aud` every token must carry, if set.
-    #[serde(default)]
-    pub audience: Option<String>,
-    /// Clock skew tolerated on `exp` (and `nbf`).
-    #[serde(default = "default_leeway", with = "humantime_serde")]
-    pub leeway: Duration,
-}
-
-fn default_leeway() -> Duration {
-    Duration::from_secs(30)
-}
-
-/// The signature algorithms accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-pub enum UserTokenAlgorithm {
-    /// HMAC with SHA-256 and a shared secret.
-    HS256,
-    /// RSA PKCS#1 v1.5 with SHA-256; the sidecar holds only the public key.
-    RS256,
-}
+pub use crate::config::sidecar::{UserTokenAlgorithm, UserTokensConfig};
 
 /// The claims read from a token; signature, `exp`, `iss` and `aud` are
 /// checked by `jsonwebtoken`.
@@ -115,7 +83,10 @@ impl UserTokens {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::sidecar::SecretSource;
     use jsonwebtoken::{encode, EncodingKey, Header};
     use serde::Serialize;
 

@@ -324,6 +324,15 @@ pub enum Health {
     Down(String),
 }
 
+/// Sets the `switchyard_transport_up` gauge of `kind`.
+pub(crate) fn record_up(kind: TransportKind, up: bool) {
+    metrics::gauge!(telemetry::TRANSPORT_UP, "transport" => kind.as_str()).set(if up {
+        1.0
+    } else {
+        0.0
+    });
+}
+
 /// Shared up/down state a transport updates as it sees its backend, exported
 /// as the `switchyard_transport_up` gauge.
 #[derive(Debug)]
@@ -336,7 +345,7 @@ pub struct HealthCell {
 impl HealthCell {
     /// Starts up.
     pub fn new(kind: TransportKind) -> Self {
-        telemetry::transport_up(kind, true);
+        record_up(kind, true);
         Self {
             kind,
             up: AtomicBool::new(true),
@@ -348,7 +357,7 @@ impl HealthCell {
     pub fn up(&self) {
         if !self.up.swap(true, Ordering::Relaxed) {
             tracing::info!(transport = %self.kind, "transport is up again");
-            telemetry::transport_up(self.kind, true);
+            record_up(self.kind, true);
         }
     }
 
@@ -357,7 +366,7 @@ impl HealthCell {
         *self.reason.lock() = reason.to_string();
         if self.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(transport = %self.kind, %reason, "transport is down");
-            telemetry::transport_up(self.kind, false);
+            record_up(self.kind, false);
         }
     }
 

@@ -1,5 +1,5 @@
 //! The one place that connects to Redis, standalone, cluster or through
-//! Sentinel ([`crate::redis_sentinel`]), for every
+//! Sentinel ([`sentinel`]), for every
 //! Redis store and the Redis transport: [`RedisConfig`] (the `[store]` and
 //! `[transports.redis.connection]` settings), [`RedisHandle`] (a small pool
 //! of multiplexed connections), [`Conn`] (one connection, either kind, usable
@@ -25,12 +25,14 @@ use redis::{
     RedisResult, Value,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
-use crate::error::StoreError;
-use crate::redis_sentinel::{SentinelConfig, SentinelConn};
+mod changes;
+pub mod sentinel;
+
 use crate::telemetry;
-use crate::topology::UserId;
+pub use changes::RedisChanges;
+use sentinel::{SentinelConfig, SentinelConn};
 
 /// How to reach Redis: `[store] kind = "redis"` and
 /// `[transports.redis.connection]`.
@@ -504,67 +506,4 @@ pub(crate) async fn manager(
             .set_automatic_resubscription();
     }
     ConnectionManager::new_with_config(client, manager).await
-}
-
-/// A store's change events on a Redis channel, re-broadcast in process.
-pub struct RedisChanges {
-    redis: RedisHandle,
-    channel: String,
-    store: &'static str,
-    local: broadcast::Sender<UserId>,
-}
-
-impl RedisChanges {
-    /// Subscribes to `{prefix}:{name}` for `store` (named in errors and
-    /// metrics).
-    pub async fn connect(
-        redis: RedisHandle,
-        name: &str,
-        store: &'static str,
-    ) -> Result<Self, StoreError> {
-        let channel = redis.key(&[name]);
-        let mut pushed = redis
-            .subscribe(channel.clone(), store, crate::changes::BUFFER)
-            .await
-            .map_err(|e| e.for_store(store))?;
-        let local = crate::changes::local();
-        let sender = local.clone();
-        tokio::spawn(async move {
-            while let Some(event) = pushed.recv().await {
-                // Events missed during a gap are bounded by the cache TTL.
-                if let Pushed::Message(user) = event {
-                    if let Ok(user) = std::str::from_utf8(&user) {
-                        let _ = sender.send(UserId::from(user));
-                    }
-                }
-            }
-        });
-        Ok(Self {
-            redis,
-            channel,
-            store,
-            local,
-        })
-    }
-
-    /// Tells every node (this one included) that `user`'s state changed.
-    pub async fn publish(&self, user: &UserId) -> Result<(), StoreError> {
-        let mut conn = self.redis.conn();
-        redis::cmd(conn.publish_command())
-            .arg(&self.channel)
-            .arg(user.as_str())
-            .query_async::<i64>(&mut conn)
-            .await
-            .map_err(|e| StoreError::Backend {
-                store: self.store,
-                operation: format!("publish change of {user}"),
-                reason: e.to_string(),
-            })?;
-        Ok(())
-    }
-
-    /// Users whose state changed, as seen by any node.
-    pub fn subscribe(&self) -> broadcast::Receiver<UserId> {
-        self.local.subscribe()
-    }
 }

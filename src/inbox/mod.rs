@@ -28,6 +28,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
+pub(crate) mod replay;
+
 use crate::dedupe::DedupeWindow;
 use crate::envelope::{now_micros, Envelope, EnvelopeError};
 use crate::telemetry;

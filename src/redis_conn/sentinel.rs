@@ -30,7 +30,7 @@ use redis::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::redis_conn::{manager, ConnectError, PushSender, RedisConfig};
+use super::{manager, ConnectError, PushSender, RedisConfig};
 
 /// `[store.sentinel]` or `[transports.redis.connection.sentinel]`: find the
 /// master through Redis Sentinel instead of `url`.

@@ -1,0 +1,108 @@
+//! Wiring a [`Router`]: settings, backends, policy, the subscriptions its
+//! inbox reads, the publish stacks, and the gateway's registration.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::backends::{Backends, BuildError};
+use crate::config::Settings;
+use crate::inbox::{self, Inbox};
+use crate::policy::handover::Handover;
+use crate::policy::live::LivePolicy;
+use crate::topology::{check, GatewayInfo, IdKind};
+
+use super::stack::Stacks;
+use super::{Inner, Router};
+
+/// Builds a [`Router`] and its [`Inbox`].
+pub struct RouterBuilder {
+    gateway: GatewayInfo,
+    settings: Settings,
+    backends: Option<Backends>,
+    policy: Option<Arc<LivePolicy>>,
+}
+
+impl RouterBuilder {
+    pub(super) fn new(gateway: GatewayInfo) -> Self {
+        Self {
+            gateway,
+            settings: Settings::default(),
+            backends: None,
+            policy: None,
+        }
+    }
+
+    /// Uses these settings instead of the embedded default.
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Shares already-built backends (several gateways in one process).
+    pub fn backends(mut self, backends: Backends) -> Self {
+        self.backends = Some(backends);
+        self
+    }
+
+    /// Shares a live policy (several gateways in one process follow one
+    /// canary). Without it the router builds its own from the settings.
+    pub fn policy(mut self, policy: Arc<LivePolicy>) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// Connects the backends, subscribes to this gateway's address on every
+    /// enabled transport and registers the gateway.
+    pub async fn build(self) -> Result<(Router, Inbox), BuildError> {
+        check("gateway_id", IdKind::Name, self.gateway.id.as_str())?;
+        check("region", IdKind::Name, self.gateway.region.as_str())?;
+        let settings = self.settings;
+        settings.validate()?;
+        let policy = match self.policy {
+            Some(policy) => policy,
+            None => settings.live_policy()?,
+        };
+        let backends = match self.backends {
+            Some(backends) => backends,
+            None => Backends::from_settings(&settings).await?,
+        };
+        let mut subscriptions = Vec::new();
+        let guard = backends.reresolve_guard(&self.gateway.id);
+        for transport in backends.transports.iter() {
+            let mut subscription = transport.subscribe(&self.gateway.id).await?;
+            if let Some(guard) = &guard {
+                subscription = guard.wrap(subscription);
+            }
+            subscriptions.push((transport.kind(), subscription));
+        }
+        let limits = &settings.limits;
+        let (local, local_rx) = mpsc::channel(limits.inbox_queue);
+        let inbox = inbox::spawn(
+            subscriptions,
+            local_rx,
+            limits.dedupe_window,
+            limits.inbox_queue,
+            limits.inbox_bytes,
+        );
+        backends.registry.register(&self.gateway).await?;
+        policy.observe(&backends.transports);
+        let stacks = Stacks::new(&backends.transports, &settings.delivery, &policy);
+        let router = Router {
+            inner: Arc::new(Inner {
+                me: self.gateway,
+                backends,
+                policy,
+                max_payload: limits.max_payload_bytes,
+                replay_limit: settings.offline.max_per_user,
+                local,
+                handover: Handover::default(),
+                stacks,
+            }),
+        };
+        if let Some(guard) = guard {
+            guard.attach(router.resender());
+        }
+        Ok((router, inbox))
+    }
+}
