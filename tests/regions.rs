@@ -114,7 +114,7 @@ async fn a_group_spanning_regions_reaches_every_gateway_once() {
     eu2.router.connect(frank.as_str(), "phone").await.unwrap();
     us1.router.connect(grace.as_str(), "phone").await.unwrap();
     fleet
-        .wait_located("eu", &grace, us1.id(), Duration::from_secs(20))
+        .wait_distribution("eu", group.as_str(), us1.id())
         .await;
     let mut ids = HashSet::new();
     for i in 0..20 {

@@ -299,7 +299,7 @@ mod tests {
             sentinel: Some(Box::default()),
             ..Default::default()
         });
-        s.regions = Some(super::RegionsConfig {
+        s.regions = Some(crate::config::RegionsConfig {
             local: "eu".into(),
             redis: [("eu".to_owned(), Default::default())].into(),
             ..Default::default()

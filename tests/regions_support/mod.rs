@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use switchyard::config::RegionsConfig;
 use switchyard::redis_conn::RedisConfig;
-use switchyard::regions::RegionsConfig;
 use switchyard::transport::redis::RedisTransportConfig;
 use switchyard::transport::TransportKind;
 use switchyard::{
@@ -165,6 +165,27 @@ impl Fleet {
             assert!(
                 start.elapsed() < within,
                 "{region} never saw {user} on {gateway}: {found:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Waits until `region`'s distribution of `group` counts `gateway`
+    /// (applied just after the snapshot that put a member there).
+    pub async fn wait_distribution(&self, region: &str, group: &str, gateway: &GatewayId) {
+        let groups = self.region(region).backends.directory.groups().clone();
+        let start = Instant::now();
+        loop {
+            let found = groups
+                .distribution(&group.into())
+                .await
+                .expect("distribution");
+            if found.iter().any(|(g, _)| g == gateway) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{region}'s distribution of {group} never counted {gateway}: {found:?}"
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
