@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::blocks::{cache::CachedBlocks, memory::MemoryBlocks, redis::RedisBlocks, BlockList};
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Problem};
 use crate::config::{Settings, StoreConfig};
 use crate::error::StoreError;
 use crate::groups::{memory::MemoryGroups, redis::RedisGroups, Directory, GroupStore};
@@ -18,7 +18,7 @@ use crate::regions::{reresolve::Guard, Regions};
 use crate::registry::{
     cache::CachedRegistry, memory::MemoryRegistry, redis::RedisRegistry, Registry,
 };
-use crate::topology::{GatewayId, IdError};
+use crate::topology::{GatewayInfo, IdError};
 use crate::transport::{grpc::GrpcTransport, TransportError, Transports};
 
 /// The state stores and transports of a router node.
@@ -144,10 +144,29 @@ impl Backends {
     }
 
     /// With `[regions]`: the check that routes again what reaches gateway
-    /// `me` for a user who is not there.
-    pub(crate) fn reresolve_guard(&self, me: &GatewayId) -> Option<Arc<Guard>> {
-        let regions = self.regions.as_ref()?;
-        Some(regions.guard(me, self.presence.clone(), self.offline.clone()))
+    /// `me` for a user who is not there; an error when `me` is of another
+    /// region (its sessions would land in this region's store).
+    pub(crate) fn region_guard(&self, me: &GatewayInfo) -> Result<Option<Arc<Guard>>, BuildError> {
+        let Some(regions) = self.regions.as_ref() else {
+            return Ok(None);
+        };
+        if regions.region() != &me.region {
+            return Err(ConfigError::Invalid(vec![Problem {
+                key: "regions.local".into(),
+                reason: format!(
+                    "this node serves region {}; gateway {} is in region {}",
+                    regions.region(),
+                    me.id,
+                    me.region
+                ),
+            }])
+            .into());
+        }
+        Ok(Some(regions.guard(
+            &me.id,
+            self.presence.clone(),
+            self.offline.clone(),
+        )))
     }
 }
 

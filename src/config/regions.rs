@@ -120,3 +120,55 @@ pub fn localize(settings: &Settings) -> Settings {
     }
     settings
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigError;
+
+    fn problems(toml: &str) -> Vec<String> {
+        match Settings::from_toml(toml) {
+            Err(ConfigError::Invalid(p)) => p.iter().map(Problem::to_string).collect(),
+            other => panic!("expected invalid config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_shipped_regions_config_is_valid_and_localizes() {
+        let text = include_str!("../../config/regions.toml");
+        let mut settings = Settings::from_toml(text).expect("config/regions.toml");
+        let us = settings.regions.as_mut().expect("[regions]");
+        us.local = "us".into();
+        let local = localize(&settings);
+        let StoreConfig::Redis(store) = &local.store else {
+            panic!("a Redis store")
+        };
+        assert_eq!(store.url, "redis://127.0.0.1:6380");
+        let transport = local.transports.redis.as_ref().expect("redis transport");
+        assert_eq!(transport.connection.url, "redis://127.0.0.1:6380");
+    }
+
+    #[test]
+    fn regions_need_kafka_a_regional_store_and_their_own_entry() {
+        assert_eq!(
+            problems("[regions]\nlocal = \"eu\"\n[regions.redis.us]\nurl = \"redis://h:1\"\n"),
+            [
+                "regions.redis: has no entry for the local region \"eu\" (listed: us)",
+                "regions.local: presence replicates over Kafka: add a [transports.kafka] section",
+                "regions.local: each region keeps its presence in its own Redis: set [store] kind = \"redis\" or a [regions.redis.<local>] entry",
+            ]
+        );
+        let found = problems(
+            "[transports.memory]\n[transports.kafka]\n[store]\nkind = \"redis\"\n\
+             [regions]\nlocal = \"\"\ntopic = \"bad topic\"\npartitions = 0\n",
+        );
+        assert_eq!(
+            found,
+            [
+                "regions.partitions: must be between 1 and 10000, got 0",
+                "regions.local: `regions.local` is empty",
+                "regions.topic: \"bad topic\" is not a legal Kafka topic name",
+            ]
+        );
+    }
+}

@@ -68,7 +68,7 @@ impl RouterBuilder {
             None => Backends::from_settings(&settings).await?,
         };
         let mut subscriptions = Vec::new();
-        let guard = backends.reresolve_guard(&self.gateway.id);
+        let guard = backends.region_guard(&self.gateway)?;
         for transport in backends.transports.iter() {
             let mut subscription = transport.subscribe(&self.gateway.id).await?;
             if let Some(guard) = &guard {
