@@ -15,6 +15,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use regions_support::{drain, move_user, send, Fleet, RegionSpec};
+use switchyard::regions::reresolve::HOPS_HEADER;
+use switchyard::transport::Ack;
 use switchyard::transport::TransportKind;
 use switchyard::{Destination, Envelope, Priority, Via};
 
@@ -55,6 +57,62 @@ async fn a_user_online_in_one_region_is_reached_from_the_other() {
         fleet.redis_keys("us", eu2.id()).await.is_empty(),
         "eu2's keys in the us Redis"
     );
+    // A node serves its own region's gateways only.
+    let err = fleet.try_gateway("eu", "us9").await.err().expect("refused");
+    assert!(
+        err.to_string()
+            .contains("regions.local: this node serves region eu"),
+        "{err}"
+    );
+}
+
+/// A message that reaches a gateway its user is not on (as one routed on
+/// stale presence does) is routed again from there, to where the user is,
+/// and marked as such; the old gateway never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_on_stale_presence_is_routed_again_where_it_lands() {
+    let fleet = Fleet::start(&[RegionSpec::direct("eu"), RegionSpec::direct("us")]).await;
+    let mut eu2 = fleet.gateway("eu", "eu2").await;
+    let mut us1 = fleet.gateway("us", "us1").await;
+    let dan = fleet.user("dan");
+    eu2.router.connect(dan.as_str(), "phone").await.unwrap();
+    fleet
+        .wait_located("us", &dan, eu2.id(), Duration::from_secs(20))
+        .await;
+    // Straight onto us1's topic, as a sender with a stale cache would.
+    let kafka = us1
+        .router
+        .backends()
+        .transports
+        .get(TransportKind::Kafka)
+        .unwrap()
+        .clone();
+    let mut ids = HashSet::new();
+    let mut batch = Vec::new();
+    for i in 0..10 {
+        let envelope = Envelope::new(
+            "sender",
+            "eu1",
+            Destination::User(dan.as_str().into()),
+            format!("stale {i}"),
+        );
+        ids.insert(envelope.id);
+        batch.push(envelope.encode());
+    }
+    kafka
+        .publish(us1.id(), &batch, Ack::Confirmed)
+        .await
+        .unwrap();
+    let got = drain(&mut eu2, &ids, Duration::from_secs(30)).await;
+    assert!(
+        got.headers
+            .iter()
+            .all(|h| h.get(HOPS_HEADER).map(String::as_str) == Some("1")),
+        "{:?}",
+        got.headers
+    );
+    let at_us = regions_support::drain_quiet(&mut us1, Duration::from_millis(500)).await;
+    assert!(at_us.ids.is_empty(), "us1 delivered {:?}", at_us.ids);
 }
 
 /// A user moves from `us` to `eu` while `eu1` keeps sending to them:

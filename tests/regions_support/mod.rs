@@ -125,22 +125,33 @@ impl Fleet {
 
     /// A gateway `name` in `region`.
     pub async fn gateway(&self, region: &str, name: &str) -> Gateway {
+        self.try_gateway(region, name)
+            .await
+            .unwrap_or_else(|e| panic!("gateway {name}: {e}"))
+    }
+
+    /// A gateway `name` (of the region its name starts with) on
+    /// `region`'s node.
+    pub async fn try_gateway(
+        &self,
+        region: &str,
+        name: &str,
+    ) -> Result<Gateway, switchyard::backends::BuildError> {
         let r = self.region(region);
-        let info = GatewayInfo::new(format!("{name}-{}", self.run), region);
+        let info = GatewayInfo::new(format!("{name}-{}", self.run), &name[..2]);
         let (router, inbox) = Router::builder(info)
             .settings(r.settings.clone())
             .backends(r.backends.clone())
             .build()
-            .await
-            .unwrap_or_else(|e| panic!("gateway {name}: {e}"));
+            .await?;
         // Heartbeats, as a gateway runs: sessions and the registration
         // outlive their TTLs over a long test.
         let alive = router.keep_alive(r.settings.heartbeat_interval());
-        Gateway {
+        Ok(Gateway {
             router,
             inbox,
             _alive: alive,
-        }
+        })
     }
 
     /// Waits until `region` sees `user` online on `gateway` (read from the
