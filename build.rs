@@ -20,7 +20,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("switchyard_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
+    // Without the sidecar (feature `grpc`) only the messages are generated:
+    // the envelope's wire type, and no gRPC service or client.
+    let services = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
     tonic_prost_build::configure()
+        .build_server(services)
+        .build_client(services)
         .codec_path("crate::proto::codec::StrictCodec")
         .bytes(".switchyard.v1.Envelope.payload")
         .bytes(".switchyard.v1.PeerBatch.envelopes")

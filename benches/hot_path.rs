@@ -58,7 +58,7 @@ fn decision(c: &mut Criterion) {
         handover: switchyard::policy::canary::DEFAULT_HANDOVER,
         mirror_wait: switchyard::policy::canary::DEFAULT_MIRROR_WAIT,
     };
-    let policy = Policy::new(&routing, Some(&canary), &TransportKind::ALL).expect("valid");
+    let policy = Policy::new(&routing, Some(&canary), TransportKind::ALL).expect("valid");
     let me = GatewayInfo::new("gw-eu-1", "eu");
     let to = "gw-eu-2".into();
     let region = "eu".into();
@@ -120,7 +120,10 @@ fn canary_bucket(c: &mut Criterion) {
 
 fn hot_pair_sketch(c: &mut Criterion) {
     // A full sketch: more distinct pairs than its capacity, so updates evict.
-    let pairs = HotPairs::new(HotPairsConfig::default(), true);
+    let pairs = HotPairs::new(
+        HotPairsConfig::default(),
+        Some(switchyard::transport::TransportKind::Grpc),
+    );
     let gateways: Vec<GatewayId> = (0..512)
         .map(|i| GatewayId::new(format!("gw-{i}")))
         .collect();

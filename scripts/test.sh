@@ -29,5 +29,10 @@ python3 -m pip install --quiet -r examples/python/requirements.txt
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+# The library builds with any one backend, or none (memory only): an
+# embedding gateway links only what it enables (Cargo.toml [features]).
+for features in "" redis kafka nats grpc; do
+  cargo clippy --lib --no-default-features --features "$features" -- -D warnings
+done
 # Benches are built by clippy above and measured by `cargo bench`, not run here.
 cargo test --no-fail-fast -- --test-threads 4

@@ -3,23 +3,28 @@
 //! gateways) share one `Backends`.
 
 use std::sync::Arc;
+#[cfg(feature = "grpc")]
+use std::sync::OnceLock;
 
-use crate::blocks::{cache::CachedBlocks, memory::MemoryBlocks, redis::RedisBlocks, BlockList};
-use crate::config::{ConfigError, Problem};
+use crate::blocks::{cache::CachedBlocks, memory::MemoryBlocks, BlockList};
+use crate::config::ConfigError;
 use crate::config::{Settings, StoreConfig};
 use crate::error::StoreError;
-use crate::groups::{memory::MemoryGroups, redis::RedisGroups, Directory, GroupStore};
-use crate::offline::{memory::MemoryOffline, redis::RedisOffline, OfflineStore};
+use crate::groups::{memory::MemoryGroups, Directory, GroupStore};
+use crate::offline::{memory::MemoryOffline, OfflineStore};
 use crate::policy::hot_pairs::HotPairs;
 use crate::presence::cache::CachedPresence;
-use crate::presence::{memory::MemoryPresence, redis::RedisPresence, PresenceStore};
-use crate::redis_conn::RedisHandle;
-use crate::regions::{reresolve::Guard, Regions};
-use crate::registry::{
-    cache::CachedRegistry, memory::MemoryRegistry, redis::RedisRegistry, Registry,
+use crate::presence::{memory::MemoryPresence, PresenceStore};
+use crate::registry::{cache::CachedRegistry, memory::MemoryRegistry, Registry};
+use crate::topology::IdError;
+#[cfg(feature = "grpc")]
+use crate::transport::grpc::GrpcTransport;
+use crate::transport::{Dependencies, TransportError, Transports};
+#[cfg(feature = "redis")]
+use crate::{
+    blocks::redis::RedisBlocks, groups::redis::RedisGroups, offline::redis::RedisOffline,
+    presence::redis::RedisPresence, redis_conn::RedisHandle, registry::redis::RedisRegistry,
 };
-use crate::topology::{GatewayInfo, IdError};
-use crate::transport::{grpc::GrpcTransport, TransportError, Transports};
 
 /// The state stores and transports of a router node.
 #[derive(Clone)]
@@ -38,11 +43,13 @@ pub struct Backends {
     pub transports: Transports,
     /// The `grpc` transport when enabled; the sidecar's Peer API feeds its
     /// receiving half.
+    #[cfg(feature = "grpc")]
     pub peer_links: Option<Arc<GrpcTransport>>,
     /// Hot-pair detection, shared by every router of the process.
     pub hot_pairs: Arc<HotPairs>,
     /// Presence replication between regions, with `[regions]`.
-    pub regions: Option<Arc<Regions>>,
+    #[cfg(feature = "regions")]
+    pub regions: Option<Arc<crate::regions::Regions>>,
 }
 
 /// The state stores one `[store]` backend provides.
@@ -58,45 +65,28 @@ impl Backends {
     /// Builds the backends `settings` select. Must run inside a Tokio runtime.
     pub async fn from_settings(settings: &Settings) -> Result<Self, BuildError> {
         settings.validate()?;
+        #[cfg(feature = "regions")]
         let settings = &crate::config::regions::localize(settings);
+        #[cfg(feature = "regions")]
         let mut regions = None;
-        // A shared registry expires gateways; someone must clean up after them.
-        let mut reaper = None;
-        let stores = match &settings.store {
-            StoreConfig::Memory => Stores {
-                presence: Arc::new(MemoryPresence::new(settings.presence.session_ttl)),
-                groups: Arc::new(MemoryGroups::default()),
-                blocks: Arc::new(MemoryBlocks::default()),
-                offline: Arc::new(MemoryOffline::new(settings.offline.clone())),
-                registry: Arc::new(MemoryRegistry::default()),
-            },
-            StoreConfig::Redis(config) => {
-                let redis = RedisHandle::connect(config)
-                    .await
-                    .map_err(|e| e.for_store("redis"))?;
-                let registry = Arc::new(RedisRegistry::new(redis.clone(), config.gateway_ttl));
-                reaper = Some((registry.clone(), config.gateway_ttl / 2));
-                let ttl = settings.presence.session_ttl;
-                let local = Arc::new(RedisPresence::new(redis.clone(), ttl).await?);
-                let presence: Arc<dyn PresenceStore> = match &settings.regions {
-                    Some(config) => {
-                        let Some(kafka) = &settings.transports.kafka else {
-                            return Err(ConfigError::Invalid(config.problems(settings)).into());
-                        };
-                        let r = Regions::connect(config, kafka, redis.clone(), local).await?;
-                        let presence = r.presence();
-                        regions = Some(Arc::new(r));
-                        presence
-                    }
-                    None => local,
-                };
+        let (stores, reaper): (Stores, Option<Reaper>) = match &settings.store {
+            StoreConfig::Memory => (
                 Stores {
-                    presence,
-                    groups: Arc::new(RedisGroups::new(redis.clone())),
-                    blocks: Arc::new(RedisBlocks::new(redis.clone()).await?),
-                    offline: Arc::new(RedisOffline::new(redis, settings.offline.clone())),
-                    registry,
-                }
+                    presence: Arc::new(MemoryPresence::new(settings.presence.session_ttl)),
+                    groups: Arc::new(MemoryGroups::default()),
+                    blocks: Arc::new(MemoryBlocks::default()),
+                    offline: Arc::new(MemoryOffline::new(settings.offline.clone())),
+                    registry: Arc::new(MemoryRegistry::default()),
+                },
+                None,
+            ),
+            #[cfg(all(feature = "redis", not(feature = "regions")))]
+            StoreConfig::Redis(config) => redis_stores(config, settings).await?,
+            #[cfg(feature = "regions")]
+            StoreConfig::Redis(config) => {
+                let (stores, reaper, replication) = redis_stores(config, settings).await?;
+                regions = replication;
+                (stores, reaper)
             }
         };
         let Stores {
@@ -109,26 +99,27 @@ impl Backends {
         let presence = Arc::new(CachedPresence::new(presence, &settings.presence));
         let blocks = Arc::new(CachedBlocks::new(blocks, &settings.blocks));
         let registry: Arc<dyn Registry> = Arc::new(CachedRegistry::new(registry));
-        let mut transports = Transports::from_config(&settings.transports).await?;
-        let peer_links = settings.transports.grpc.as_ref().map(|config| {
-            let grpc = Arc::new(GrpcTransport::new(config, registry.clone()));
-            transports.insert(grpc.clone());
-            grpc
-        });
-        let hot_pairs = Arc::new(HotPairs::new(
-            settings.routing.hot_pairs.clone(),
-            peer_links.is_some(),
-        ));
+        let deps = Dependencies {
+            registry: registry.clone(),
+            #[cfg(feature = "grpc")]
+            peer_links: OnceLock::new(),
+        };
+        let transports = settings.transports.build(&deps).await?;
+        #[cfg(feature = "grpc")]
+        let peer_links = deps.peer_links.into_inner();
+        let direct = transports
+            .iter()
+            .find(|t| t.capabilities().direct)
+            .map(|t| t.kind());
+        let hot_pairs = Arc::new(HotPairs::new(settings.routing.hot_pairs.clone(), direct));
         let directory = Directory::new(presence.clone(), groups);
-        if let Some((registry, every)) = reaper {
-            registry.watch(directory.clone(), every);
+        if let Some(reap) = reaper {
+            reap(&directory);
         }
+        #[cfg(feature = "regions")]
         if let Some(regions) = &regions {
-            regions.follow(
-                directory.clone(),
-                offline.clone(),
-                settings.offline.max_per_user,
-            )?;
+            let limit = settings.offline.max_per_user;
+            regions.follow(directory.clone(), offline.clone(), limit)?;
         }
         Ok(Self {
             directory,
@@ -137,8 +128,10 @@ impl Backends {
             offline,
             registry,
             transports,
+            #[cfg(feature = "grpc")]
             peer_links,
             hot_pairs,
+            #[cfg(feature = "regions")]
             regions,
         })
     }
@@ -146,12 +139,16 @@ impl Backends {
     /// With `[regions]`: the check that routes again what reaches gateway
     /// `me` for a user who is not there; an error when `me` is of another
     /// region (its sessions would land in this region's store).
-    pub(crate) fn region_guard(&self, me: &GatewayInfo) -> Result<Option<Arc<Guard>>, BuildError> {
+    #[cfg(feature = "regions")]
+    pub(crate) fn region_guard(
+        &self,
+        me: &crate::topology::GatewayInfo,
+    ) -> Result<Option<Arc<crate::regions::reresolve::Guard>>, BuildError> {
         let Some(regions) = self.regions.as_ref() else {
             return Ok(None);
         };
         if regions.region() != &me.region {
-            return Err(ConfigError::Invalid(vec![Problem {
+            return Err(ConfigError::Invalid(vec![crate::config::Problem {
                 key: "regions.local".into(),
                 reason: format!(
                     "this node serves region {}; gateway {} is in region {}",
@@ -162,13 +159,63 @@ impl Backends {
             }])
             .into());
         }
-        Ok(Some(regions.guard(
-            &me.id,
-            self.presence.clone(),
-            self.offline.clone(),
-        )))
+        let (presence, offline) = (self.presence.clone(), self.offline.clone());
+        Ok(Some(regions.guard(&me.id, presence, offline)))
     }
 }
+
+/// What cleans up after gateways a shared registry expired, started once
+/// the directory (presence and groups) exists.
+type Reaper = Box<dyn FnOnce(&Directory) + Send>;
+
+/// The stores on Redis (standalone, Cluster or Sentinel), and the reaper of
+/// the gateways its registry expires; with `[regions]`, presence is the
+/// region's (local and replicated) and its replication comes along.
+#[cfg(feature = "redis")]
+async fn redis_stores(
+    config: &crate::redis_conn::RedisConfig,
+    settings: &Settings,
+) -> Result<RedisStores, BuildError> {
+    let redis = RedisHandle::connect(config)
+        .await
+        .map_err(|e| e.for_store("redis"))?;
+    let registry = Arc::new(RedisRegistry::new(redis.clone(), config.gateway_ttl));
+    let (expiring, every) = (registry.clone(), config.gateway_ttl / 2);
+    let reaper: Reaper = Box::new(move |directory| {
+        // Runs for the life of the process, like the registry.
+        drop(expiring.watch(directory.clone(), every));
+    });
+    let ttl = settings.presence.session_ttl;
+    let presence = Arc::new(RedisPresence::new(redis.clone(), ttl).await?);
+    #[cfg(feature = "regions")]
+    let (presence, regions): (Arc<dyn PresenceStore>, _) = match &settings.regions {
+        Some(regions) => {
+            let Some(kafka) = &settings.transports.kafka else {
+                return Err(ConfigError::Invalid(regions.problems(settings)).into());
+            };
+            let running =
+                crate::regions::Regions::connect(regions, kafka, redis.clone(), presence).await?;
+            (running.presence(), Some(Arc::new(running)))
+        }
+        None => (presence, None),
+    };
+    let stores = Stores {
+        presence,
+        groups: Arc::new(RedisGroups::new(redis.clone())),
+        blocks: Arc::new(RedisBlocks::new(redis.clone()).await?),
+        offline: Arc::new(RedisOffline::new(redis, settings.offline.clone())),
+        registry,
+    };
+    #[cfg(feature = "regions")]
+    return Ok((stores, Some(reaper), regions));
+    #[cfg(not(feature = "regions"))]
+    Ok((stores, Some(reaper)))
+}
+
+#[cfg(all(feature = "redis", not(feature = "regions")))]
+type RedisStores = (Stores, Option<Reaper>);
+#[cfg(feature = "regions")]
+type RedisStores = (Stores, Option<Reaper>, Option<Arc<crate::regions::Regions>>);
 
 /// Building a router or its backends failed.
 #[derive(Debug, thiserror::Error)]

@@ -15,17 +15,20 @@ use crate::policy::canary::CanaryConfig;
 use crate::policy::live::LivePolicy;
 use crate::policy::{Policy, RoutingConfig};
 use crate::presence::PresenceConfig;
+#[cfg(feature = "redis")]
 use crate::redis_conn::RedisConfig;
 use crate::telemetry::TelemetryConfig;
 use crate::transport::TransportsConfig;
 
 mod check;
 pub mod problem;
+#[cfg(feature = "regions")]
 pub mod regions;
 mod show;
 pub mod sidecar;
 pub use check::{env_var, load_checked};
 pub use problem::{ConfigError, Problem};
+#[cfg(feature = "regions")]
 pub use regions::RegionsConfig;
 pub use show::{effective_toml, ShowError, EMBEDDED_DEFAULT};
 
@@ -57,6 +60,7 @@ pub struct Settings {
     /// The metrics and health endpoint.
     pub telemetry: TelemetryConfig,
     /// This node's region and presence replication between regions, if any.
+    #[cfg(feature = "regions")]
     pub regions: Option<RegionsConfig>,
 }
 
@@ -99,6 +103,7 @@ pub enum StoreConfig {
     #[default]
     Memory,
     /// Redis or Redis Cluster, shared by every router node of a deployment.
+    #[cfg(feature = "redis")]
     Redis(RedisConfig),
 }
 
@@ -107,6 +112,7 @@ impl StoreConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             StoreConfig::Memory => "memory",
+            #[cfg(feature = "redis")]
             StoreConfig::Redis(_) => "redis",
         }
     }
@@ -177,10 +183,11 @@ impl Settings {
     /// that a silent gateway loses (its sessions, and on a shared store its
     /// registration), so two missed beats still leave it alive.
     pub fn heartbeat_interval(&self) -> std::time::Duration {
-        let mut ttl = self.presence.session_ttl;
-        if let StoreConfig::Redis(redis) = &self.store {
-            ttl = ttl.min(redis.gateway_ttl);
-        }
+        let ttl = match &self.store {
+            StoreConfig::Memory => self.presence.session_ttl,
+            #[cfg(feature = "redis")]
+            StoreConfig::Redis(redis) => self.presence.session_ttl.min(redis.gateway_ttl),
+        };
         ttl / 3
     }
 
@@ -226,21 +233,20 @@ impl Settings {
                 );
             }
         }
+        #[cfg(feature = "redis")]
         if let StoreConfig::Redis(redis) = &self.store {
             for (key, problem_text) in redis.problems() {
                 problem(&format!("store.{key}"), &problem_text);
             }
         }
-        if let Some(redis) = &self.transports.redis {
-            for (key, problem_text) in redis.connection.problems() {
-                problem(&format!("transports.redis.connection.{key}"), &problem_text);
-            }
-        }
+        problems.extend(self.transports.problems());
         problems.extend(self.routing.hot_pairs.problems());
+        #[cfg(feature = "regions")]
         if let Some(regions) = &self.regions {
             problems.extend(regions.problems(self));
         }
         problems.extend(self.sidecar.problems());
+        #[cfg(feature = "grpc")]
         if self.transports.grpc.is_some()
             && !self.sidecar.tokens.is_empty()
             && self.sidecar.peer_token.is_none()

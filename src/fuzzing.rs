@@ -57,7 +57,7 @@ pub fn sidecar_request(data: &[u8]) {
     };
     let me = GatewayId::from("gw-fuzz");
     for wire in request.envelopes {
-        if let Ok(Ok(envelope)) = crate::sidecar::gateway::prepare(&me, wire) {
+        if let Ok(Ok(envelope)) = crate::sidecar::send::prepare(&me, wire) {
             let _ = envelope.validate(1 << 20, now_micros());
         }
     }

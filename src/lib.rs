@@ -70,15 +70,17 @@
 #![deny(missing_docs, unsafe_code)]
 
 pub mod backends;
+#[cfg(feature = "cli")]
 pub mod bench;
 pub mod blocks;
 pub mod changes;
 pub mod config;
 pub mod dedupe;
+#[cfg(feature = "cli")]
 pub mod demo;
 pub mod envelope;
 pub mod error;
-#[cfg(fuzzing)]
+#[cfg(all(fuzzing, feature = "grpc"))]
 pub mod fuzzing;
 pub mod groups;
 pub mod inbox;
@@ -86,10 +88,13 @@ pub mod offline;
 pub mod policy;
 pub mod presence;
 pub mod proto;
+#[cfg(feature = "redis")]
 pub mod redis_conn;
+#[cfg(feature = "regions")]
 pub mod regions;
 pub mod registry;
 pub mod router;
+#[cfg(feature = "grpc")]
 pub mod sidecar;
 pub mod telemetry;
 pub mod topology;
@@ -97,8 +102,14 @@ pub mod transport;
 
 pub use backends::{Backends, BuildError};
 pub use config::Settings;
+pub use envelope::EnvelopeError;
 pub use envelope::{Destination, Envelope, MessageId, Priority};
 pub use error::{PublishError, SendError, StoreError};
 pub use inbox::{Delivery, Inbox, Via};
-pub use router::{KeepAlive, Outcome, Router, RouterBuilder, SendReport, TargetReport};
+pub use offline::OfflineReason;
+pub use policy::{Decision, Route};
+pub use router::{
+    Explanation, KeepAlive, Outcome, Router, RouterBuilder, SendReport, TargetReport,
+};
 pub use topology::{DeviceId, GatewayId, GatewayInfo, GroupId, Region, UserId};
+pub use transport::{TransportError, TransportKind};

@@ -3,6 +3,7 @@
 
 #![allow(missing_docs, clippy::all)]
 
+#[cfg(feature = "grpc")]
 pub mod codec;
 
 include!(concat!(env!("OUT_DIR"), "/switchyard.v1.rs"));

@@ -442,17 +442,11 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
 /// transports, and direct links (`grpc`), which need nothing but loopback
 /// (the bench starts the sidecar they link to).
 fn drivable(settings: &Settings) -> Vec<TransportKind> {
-    let t = &settings.transports;
-    [
-        (TransportKind::Memory, t.memory.is_some()),
-        (TransportKind::Redis, t.redis.is_some()),
-        (TransportKind::Kafka, t.kafka.is_some()),
-        (TransportKind::Nats, t.nats.is_some()),
-        (TransportKind::Grpc, true),
-    ]
-    .into_iter()
-    .filter_map(|(kind, on)| on.then_some(kind))
-    .collect()
+    let mut kinds = settings.transports.enabled();
+    if !kinds.contains(&TransportKind::Grpc) {
+        kinds.push(TransportKind::Grpc);
+    }
+    kinds
 }
 
 /// `base` routed over `kind` alone. No fallbacks: a failed publish should

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod memory;
+#[cfg(feature = "redis")]
 pub mod redis;
 
 use std::time::Duration;

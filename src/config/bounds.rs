@@ -34,6 +34,7 @@ impl Bounds {
     }
 
     /// Like `count`, but `-1` also means "no limit".
+    #[cfg(any(feature = "kafka", feature = "nats"))]
     fn count_or_unlimited(&mut self, key: &str, value: i64, min: i128, max: i128) {
         if value == -1 {
             self.keys.push(key.to_owned());
@@ -49,9 +50,9 @@ impl Bounds {
                 key,
                 format!(
                     "must be between {} and {}, got {}",
-                    humantime::format_duration(min),
-                    humantime::format_duration(max),
-                    humantime::format_duration(value)
+                    humantime_serde::re::humantime::format_duration(min),
+                    humantime_serde::re::humantime::format_duration(max),
+                    humantime_serde::re::humantime::format_duration(value)
                 ),
             );
         }
@@ -162,6 +163,7 @@ pub(super) fn check(s: &Settings) -> Bounds {
         b.time("canary.rollback.max_down", r.max_down, Duration::ZERO, DAY);
     }
 
+    #[cfg(feature = "redis")]
     if let super::StoreConfig::Redis(redis) = &s.store {
         redis_connection(&mut b, "store", redis);
     }
@@ -169,6 +171,7 @@ pub(super) fn check(s: &Settings) -> Bounds {
     if let Some(m) = &t.memory {
         b.count("transports.memory.queue", m.queue, 1, max_queue);
     }
+    #[cfg(feature = "redis")]
     if let Some(r) = &t.redis {
         redis_connection(&mut b, "transports.redis.connection", &r.connection);
         b.time(
@@ -185,6 +188,7 @@ pub(super) fn check(s: &Settings) -> Bounds {
         );
         b.count("transports.redis.queue", r.queue, 1, max_queue);
     }
+    #[cfg(feature = "kafka")]
     if let Some(k) = &t.kafka {
         let key = |name: &str| format!("transports.kafka.{name}");
         b.time(&key("linger"), k.linger, Duration::ZERO, 10 * SECOND);
@@ -221,6 +225,7 @@ pub(super) fn check(s: &Settings) -> Bounds {
             100,
         );
     }
+    #[cfg(feature = "nats")]
     if let Some(n) = &t.nats {
         let key = |name: &str| format!("transports.nats.{name}");
         b.time(&key("max_age"), n.max_age, SECOND, 365 * DAY);
@@ -235,6 +240,7 @@ pub(super) fn check(s: &Settings) -> Bounds {
         b.time(&key("connect_timeout"), n.connect_timeout, MS, MINUTE);
         b.count(&key("queue"), n.queue, 1, max_queue);
     }
+    #[cfg(feature = "grpc")]
     if let Some(g) = &t.grpc {
         b.time(
             "transports.grpc.connect_timeout",
@@ -245,6 +251,7 @@ pub(super) fn check(s: &Settings) -> Bounds {
         b.time("transports.grpc.retry_after", g.retry_after, MS, HOUR);
         b.count("transports.grpc.queue", g.queue, 1, max_queue);
     }
+    #[cfg(feature = "regions")]
     if let Some(r) = &s.regions {
         b.count("regions.partitions", r.partitions, 1, 10_000);
         b.time("regions.tombstone_ttl", r.tombstone_ttl, MINUTE, 30 * DAY);
@@ -256,6 +263,7 @@ pub(super) fn check(s: &Settings) -> Bounds {
     b
 }
 
+#[cfg(feature = "redis")]
 fn redis_connection(b: &mut Bounds, section: &str, r: &crate::redis_conn::RedisConfig) {
     b.count(&format!("{section}.connections"), r.connections, 1, 1024);
     b.time(
@@ -299,11 +307,14 @@ mod tests {
             sentinel: Some(Box::default()),
             ..Default::default()
         });
-        s.regions = Some(crate::config::RegionsConfig {
-            local: "eu".into(),
-            redis: [("eu".to_owned(), Default::default())].into(),
-            ..Default::default()
-        });
+        #[cfg(feature = "regions")]
+        {
+            s.regions = Some(crate::config::RegionsConfig {
+                local: "eu".into(),
+                redis: [("eu".to_owned(), Default::default())].into(),
+                ..Default::default()
+            });
+        }
         s
     }
 

@@ -4,6 +4,7 @@
 //! presence; the [`GroupStore`] only stores it.
 
 pub mod memory;
+#[cfg(feature = "redis")]
 pub mod redis;
 
 use std::collections::BTreeSet;

@@ -3,6 +3,7 @@
 //! removed when the gateway acknowledges them.
 
 pub mod memory;
+#[cfg(feature = "redis")]
 pub mod redis;
 
 use std::sync::Arc;

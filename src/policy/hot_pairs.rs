@@ -97,8 +97,9 @@ pub struct HotPair {
 
 /// The detector shared by every router of a process.
 pub struct HotPairs {
-    /// Off when the `grpc` transport is not enabled: nothing is counted.
-    enabled: bool,
+    /// The direct-link transport hot pairs are promoted to (the enabled
+    /// one whose capabilities say `direct`); without one nothing is counted.
+    direct: Option<TransportKind>,
     state: Mutex<State>,
 }
 
@@ -112,21 +113,21 @@ struct State {
 }
 
 impl HotPairs {
-    /// A detector; `enabled` is whether a direct-link transport exists.
-    pub fn new(config: HotPairsConfig, enabled: bool) -> Self {
-        if enabled {
+    /// A detector promoting hot pairs to `direct`, if there is one.
+    pub fn new(config: HotPairsConfig, direct: Option<TransportKind>) -> Self {
+        if direct.is_some() {
             // Shown (at 0) before the first promotion.
             metrics::gauge!(telemetry::HOT_PAIRS).increment(0.0);
         }
         Self {
-            enabled,
+            direct,
             state: Mutex::new(State::new(config)),
         }
     }
 
     /// Whether pairs are counted at all.
     pub fn enabled(&self) -> bool {
-        self.enabled
+        self.direct.is_some()
     }
 
     /// The thresholds in force.
@@ -149,7 +150,7 @@ impl HotPairs {
 
     /// Counts one message from `from` to `to`; returns whether the pair is hot.
     pub fn observe(&self, from: &GatewayId, to: &GatewayId) -> bool {
-        if !self.enabled {
+        if self.direct.is_none() {
             return false;
         }
         let mut state = self.state.lock();
@@ -192,14 +193,14 @@ impl HotPairs {
         is_up: impl Fn(TransportKind) -> bool,
     ) -> Decision {
         let mut decision = policy.decide(from, to, to_region, recipient, &is_up);
-        if decision.transports.is_empty()
-            || !self.observe(&from.id, to)
-            || !is_up(TransportKind::Grpc)
-        {
+        let Some(direct) = self.direct else {
+            return decision;
+        };
+        if decision.transports.is_empty() || !self.observe(&from.id, to) || !is_up(direct) {
             return decision;
         }
-        decision.transports.retain(|k| *k != TransportKind::Grpc);
-        decision.transports.insert(0, TransportKind::Grpc);
+        decision.transports.retain(|k| *k != direct);
+        decision.transports.insert(0, direct);
         decision.reason = "hot pair: direct link first, then the route's transports";
         decision
     }
@@ -342,7 +343,7 @@ mod tests {
             window: Duration::from_secs(1),
             capacity: 8,
         };
-        let hot = HotPairs::new(config, true);
+        let hot = HotPairs::new(config, Some(TransportKind::Grpc));
         let (a, b) = (GatewayId::from("a"), GatewayId::from("b"));
         // 9 messages in one second: below 10/s.
         let seen: Vec<bool> = (0..10).map(|_| hot.observe(&a, &b)).collect();
@@ -363,7 +364,7 @@ mod tests {
 
     #[test]
     fn disabled_detection_counts_nothing() {
-        let hot = HotPairs::new(HotPairsConfig::default(), false);
+        let hot = HotPairs::new(HotPairsConfig::default(), None);
         assert!(!hot.observe(&"a".into(), &"b".into()));
         assert!(hot.hot().is_empty());
     }

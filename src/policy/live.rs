@@ -331,12 +331,8 @@ mod tests {
 
     fn live(share: u8, enabled: bool) -> Arc<LivePolicy> {
         let canary: CanaryConfig = toml_canary(share, enabled);
-        let policy = Policy::new(
-            &RoutingConfig::default(),
-            Some(&canary),
-            &TransportKind::ALL,
-        )
-        .expect("valid canary");
+        let policy = Policy::new(&RoutingConfig::default(), Some(&canary), TransportKind::ALL)
+            .expect("valid canary");
         LivePolicy::new(policy)
     }
 

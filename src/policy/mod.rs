@@ -311,7 +311,7 @@ mod tests {
             .unwrap()
             .try_deserialize()
             .unwrap();
-        Policy::new(&s.routing, s.canary.as_ref(), &TransportKind::ALL)
+        Policy::new(&s.routing, s.canary.as_ref(), TransportKind::ALL)
     }
 
     #[test]

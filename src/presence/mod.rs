@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod memory;
+#[cfg(feature = "redis")]
 pub mod redis;
 pub mod watch;
 

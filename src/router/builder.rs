@@ -68,9 +68,12 @@ impl RouterBuilder {
             None => Backends::from_settings(&settings).await?,
         };
         let mut subscriptions = Vec::new();
+        #[cfg(feature = "regions")]
         let guard = backends.region_guard(&self.gateway)?;
         for transport in backends.transports.iter() {
+            #[cfg_attr(not(feature = "regions"), allow(unused_mut))]
             let mut subscription = transport.subscribe(&self.gateway.id).await?;
+            #[cfg(feature = "regions")]
             if let Some(guard) = &guard {
                 subscription = guard.wrap(subscription);
             }
@@ -100,6 +103,7 @@ impl RouterBuilder {
                 stacks,
             }),
         };
+        #[cfg(feature = "regions")]
         if let Some(guard) = guard {
             guard.attach(router.resender());
         }

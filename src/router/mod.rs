@@ -21,6 +21,7 @@ mod offline;
 mod plan;
 mod publish;
 mod report;
+#[cfg(feature = "regions")]
 mod resend;
 mod sessions;
 mod stack;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{gateway, reload, Shared};
+use super::{attached, reload, Shared};
 use crate::policy::canary::{CanaryMode, CanaryUnit};
 use crate::policy::live::{LivePolicy, Rollback};
 use crate::proto::{self, admin_server::Admin};
@@ -142,7 +142,7 @@ pub(crate) async fn state(shared: &Shared) -> proto::StateResponse {
         transports,
         routing: Some(routing),
         hot_pairs,
-        gateways: gateway::attached(shared).await,
+        gateways: attached::attached(shared).await,
         config_path: shared
             .config_path
             .as_ref()

@@ -14,7 +14,8 @@ use tonic::{Request, Status};
 use super::secrets::read_secret;
 use super::user_auth::UserTokens;
 use super::{Shared, SidecarConfig, SidecarError};
-use crate::topology::{GatewayId, IdKind};
+use crate::router::Router;
+use crate::topology::{GatewayId, IdKind, UserId};
 
 /// The resolved secrets.
 #[derive(Default)]
@@ -189,6 +190,24 @@ pub fn authorize<T>(request: &Request<T>, gateway: &str) -> Result<GatewayId, St
             format!("the token of gateway {caller:?} cannot act as gateway {gateway:?}"),
         )),
         _ => Ok(GatewayId::from(gateway)),
+    }
+}
+
+/// Refuses unless `user` has a session on the router's gateway.
+pub(super) async fn hosted(router: &Router, user: &UserId) -> Result<(), Status> {
+    let me = &router.gateway().id;
+    let sessions = router
+        .backends()
+        .presence
+        .locate_shared(user)
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    if sessions.iter().any(|s| &s.gateway == me) {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "user {user:?} has no session on gateway {me:?}: a gateway acts only for the users it hosts"
+        )))
     }
 }
 

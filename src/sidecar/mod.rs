@@ -2,11 +2,15 @@
 //! over gRPC. One process serves any number of attached gateways, one
 //! [`Router`](crate::Router) each, all sharing one [`Backends`].
 //!
-//! - [`gateway`]: the Gateway API (attach, send, presence, groups, offline).
+//! - [`gateway`]: the Gateway API (attach, send, presence, groups, offline);
+//!   `attached` (the gateways attached here, idle eviction), `send` (wire
+//!   envelopes in, send outcomes out), `stream` (the Attach stream's
+//!   delivery pump and drain), `fields` (request ids checked).
 //! - [`admin`]: the Admin API (state, reload, canary status/share/rollback).
 //! - [`peer`]: the Peer API, the receiving half of the `grpc` transport.
 //! - `presence`: the Gateway API's presence and group queries and watches.
-//! - [`auth`]: bearer tokens per gateway, for admin and for peers.
+//! - [`auth`]: bearer tokens per gateway, for admin and for peers; a
+//!   gateway acts only for users it hosts. `secrets` reads the tokens.
 //! - [`user_auth`]: optional user tokens (JWT) that `Online` must carry.
 //! - [`admin_ctl`]: the CLI's client for the Admin API (state, canary).
 //! - [`client`]: the gateway's half of an Attach stream, for Rust callers.
@@ -21,6 +25,7 @@
 
 pub mod admin;
 pub mod admin_ctl;
+mod attached;
 pub mod auth;
 pub mod client;
 mod fields;
@@ -32,7 +37,9 @@ mod reflection;
 pub mod reload;
 mod rpc_metrics;
 mod secrets;
+mod send;
 mod status_page;
+mod stream;
 pub mod tls;
 pub mod user_auth;
 
@@ -149,7 +156,7 @@ pub(crate) struct Shared {
     pub(crate) settings: ArcSwap<Settings>,
     pub(crate) config_path: Option<PathBuf>,
     pub(crate) auth: auth::Auth,
-    pub(crate) gateways: tokio::sync::Mutex<HashMap<GatewayId, gateway::Attached>>,
+    pub(crate) gateways: tokio::sync::Mutex<HashMap<GatewayId, attached::Attached>>,
     /// Registered for gateways that attach without an address.
     pub(crate) advertise: String,
     /// Flips to true when the sidecar starts draining.
@@ -412,7 +419,7 @@ impl Sidecar {
                 Ok(())
             }
         };
-        let gateways: Vec<(GatewayId, gateway::Attached)> =
+        let gateways: Vec<(GatewayId, attached::Attached)> =
             self.shared.gateways.lock().await.drain().collect();
         for (gateway, attached) in gateways {
             if let Err(err) = self.shared.backends.registry.deregister(&gateway).await {
@@ -443,7 +450,7 @@ async fn evict_idle_gateways(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                gateway::evict_idle(&shared, idle).await;
+                attached::evict_idle(&shared, idle).await;
             }
             _ = async { drop(stopping.wait_for(|stop| *stop).await) } => return,
         }

@@ -27,8 +27,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use super::{
-    Ack, Acknowledge, Capabilities, Health, Incoming, Subscription, Transport, TransportError,
-    TransportKind,
+    Ack, Acknowledge, Capabilities, Dependencies, Health, Incoming, Subscription, Transport,
+    TransportError, TransportFactory, TransportKind,
 };
 use crate::proto::{peer_client::PeerClient, PeerBatch};
 use crate::registry::Registry;
@@ -301,6 +301,18 @@ impl GrpcTransport {
     }
 }
 
+/// Also leaves the receiving half in [`Dependencies::peer_links`], for the
+/// sidecar's Peer API.
+#[async_trait]
+impl TransportFactory for GrpcConfig {
+    async fn build(&self, deps: &Dependencies) -> Result<Arc<dyn Transport>, TransportError> {
+        let links = deps
+            .peer_links
+            .get_or_init(|| Arc::new(GrpcTransport::new(self, deps.registry.clone())));
+        Ok(links.clone())
+    }
+}
+
 #[async_trait]
 impl Transport for GrpcTransport {
     fn kind(&self) -> TransportKind {
@@ -312,6 +324,7 @@ impl Transport for GrpcTransport {
             durable: false,
             ordered: true,
             redelivers: false,
+            direct: true,
         }
     }
 

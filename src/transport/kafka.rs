@@ -42,9 +42,10 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::pipeline::{enqueue_then_confirm, spawn_subscription};
 use super::{
-    Ack, Acknowledge, Capabilities, Health, HealthCell, Incoming, Subscription, Transport,
-    TransportError, TransportKind,
+    Ack, Acknowledge, Capabilities, Dependencies, Health, HealthCell, Incoming, Subscription,
+    Transport, TransportError, TransportFactory, TransportKind,
 };
+use crate::config::problem::Problem;
 use crate::telemetry;
 use crate::topology::GatewayId;
 
@@ -535,6 +536,24 @@ impl Acknowledge for OffsetAck {
 }
 
 #[async_trait]
+impl TransportFactory for KafkaConfig {
+    async fn build(&self, _: &Dependencies) -> Result<Arc<dyn Transport>, TransportError> {
+        Ok(Arc::new(KafkaTransport::connect(self).await?))
+    }
+
+    fn problems(&self, key: &str) -> Vec<Problem> {
+        if self.brokers.trim().is_empty() {
+            return vec![Problem {
+                key: format!("{key}.brokers"),
+                reason: "must not be empty: a comma-separated list of host:port bootstrap brokers"
+                    .into(),
+            }];
+        }
+        Vec::new()
+    }
+}
+
+#[async_trait]
 impl Transport for KafkaTransport {
     fn kind(&self) -> TransportKind {
         KIND
@@ -545,6 +564,7 @@ impl Transport for KafkaTransport {
             durable: true,
             ordered: true,
             redelivers: true,
+            direct: false,
         }
     }
 

@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{
-    Ack, Capabilities, Health, Incoming, Subscription, Transport, TransportError, TransportKind,
+    Ack, Capabilities, Dependencies, Health, Incoming, Subscription, Transport, TransportError,
+    TransportFactory, TransportKind,
 };
 use crate::topology::GatewayId;
 
@@ -36,6 +37,13 @@ impl Default for MemoryConfig {
 pub struct MemoryTransport {
     queue: usize,
     inboxes: Arc<Mutex<HashMap<GatewayId, mpsc::Sender<Incoming>>>>,
+}
+
+#[async_trait]
+impl TransportFactory for MemoryConfig {
+    async fn build(&self, _: &Dependencies) -> Result<Arc<dyn Transport>, TransportError> {
+        Ok(Arc::new(MemoryTransport::new(self)))
+    }
 }
 
 impl MemoryTransport {
@@ -66,6 +74,7 @@ impl Transport for MemoryTransport {
             durable: false,
             ordered: true,
             redelivers: false,
+            direct: false,
         }
     }
 

@@ -5,12 +5,19 @@
 //! way (a channel, a topic, a subject). Nothing outside this module names a
 //! backend: the router only sees [`TransportKind`] values chosen by policy.
 
+mod catalog;
+#[cfg(feature = "grpc")]
 pub mod grpc;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod memory;
+#[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(any(feature = "kafka", feature = "nats"))]
 mod pipeline;
+#[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis")]
 pub(crate) mod redis_resume;
 
 use std::collections::BTreeMap;
@@ -22,56 +29,25 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 
 use crate::telemetry;
-use crate::topology::GatewayId;
 
-/// Every transport switchyard knows, whether or not it is enabled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TransportKind {
-    /// In-process channels: single-node deployments and the embedded default.
-    Memory,
-    /// Redis Pub/Sub (sharded on a cluster).
-    Redis,
-    /// Kafka topics.
-    Kafka,
-    /// NATS JetStream.
-    Nats,
-    /// Direct gRPC links between sidecars (hot pairs).
-    Grpc,
-}
+use crate::topology::GatewayId;
+pub use catalog::{Dependencies, TransportFactory, TransportKind, TransportsConfig};
 
 impl TransportKind {
-    /// All kinds, in the order they are listed in errors.
-    pub const ALL: [TransportKind; 5] = [
-        TransportKind::Memory,
-        TransportKind::Redis,
-        TransportKind::Kafka,
-        TransportKind::Nats,
-        TransportKind::Grpc,
-    ];
-
-    /// The name used in config, metrics and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TransportKind::Memory => "memory",
-            TransportKind::Redis => "redis",
-            TransportKind::Kafka => "kafka",
-            TransportKind::Nats => "nats",
-            TransportKind::Grpc => "grpc",
-        }
-    }
-
     /// Parses a config name; `None` for an unknown one.
     pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == name)
+        Self::ALL.iter().copied().find(|k| k.as_str() == name)
     }
 
     /// The known names, comma separated, for error messages.
     pub fn known() -> String {
-        Self::ALL.map(Self::as_str).join(", ")
+        Self::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -213,6 +189,7 @@ impl Subscription {
 
     /// The same subscription with its stream passed through `f` (what
     /// settles it is kept).
+    #[cfg(feature = "regions")]
     pub(crate) fn map_stream(
         self,
         f: impl FnOnce(BoxStream<'static, Incoming>) -> BoxStream<'static, Incoming>,
@@ -280,6 +257,9 @@ pub struct Capabilities {
     pub ordered: bool,
     /// Unacknowledged messages are delivered again.
     pub redelivers: bool,
+    /// A link straight to the target gateway's node, no broker between:
+    /// what hot pairs are promoted to.
+    pub direct: bool,
 }
 
 /// One way of moving envelopes between gateways.
@@ -380,58 +360,6 @@ impl HealthCell {
     }
 }
 
-/// Per-transport settings; a transport is enabled by having a section.
-/// With no `[transports]` section at all, only memory is enabled.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TransportsConfig {
-    /// `[transports.memory]`: in-process channels.
-    pub memory: Option<memory::MemoryConfig>,
-    /// `[transports.redis]`: Redis Pub/Sub (sharded on a cluster).
-    pub redis: Option<redis::RedisTransportConfig>,
-    /// `[transports.kafka]`: Kafka topics.
-    pub kafka: Option<kafka::KafkaConfig>,
-    /// `[transports.nats]`: NATS JetStream.
-    pub nats: Option<nats::NatsConfig>,
-    /// `[transports.grpc]`: direct links between sidecars (hot pairs).
-    pub grpc: Option<grpc::GrpcConfig>,
-}
-
-impl Default for TransportsConfig {
-    fn default() -> Self {
-        Self {
-            memory: Some(memory::MemoryConfig::default()),
-            redis: None,
-            kafka: None,
-            nats: None,
-            grpc: None,
-        }
-    }
-}
-
-impl TransportsConfig {
-    /// The kinds with a config section.
-    pub fn enabled(&self) -> Vec<TransportKind> {
-        let mut kinds = Vec::new();
-        if self.memory.is_some() {
-            kinds.push(TransportKind::Memory);
-        }
-        if self.redis.is_some() {
-            kinds.push(TransportKind::Redis);
-        }
-        if self.kafka.is_some() {
-            kinds.push(TransportKind::Kafka);
-        }
-        if self.nats.is_some() {
-            kinds.push(TransportKind::Nats);
-        }
-        if self.grpc.is_some() {
-            kinds.push(TransportKind::Grpc);
-        }
-        kinds
-    }
-}
-
 /// The transports enabled in config, built once at start-up.
 #[derive(Clone, Default)]
 pub struct Transports {
@@ -445,25 +373,6 @@ impl fmt::Debug for Transports {
 }
 
 impl Transports {
-    /// Builds every transport that has a config section, except `grpc`,
-    /// which needs the registry and is added by [`crate::Backends`].
-    pub async fn from_config(config: &TransportsConfig) -> Result<Self, TransportError> {
-        let mut set = Self::default();
-        if let Some(memory) = &config.memory {
-            set.insert(Arc::new(memory::MemoryTransport::new(memory)));
-        }
-        if let Some(config) = &config.redis {
-            set.insert(Arc::new(redis::RedisTransport::new(config).await?));
-        }
-        if let Some(kafka) = &config.kafka {
-            set.insert(Arc::new(kafka::KafkaTransport::connect(kafka).await?));
-        }
-        if let Some(nats) = &config.nats {
-            set.insert(Arc::new(nats::NatsTransport::connect(nats).await?));
-        }
-        Ok(set)
-    }
-
     /// Adds (or replaces) a transport.
     pub fn insert(&mut self, transport: Arc<dyn Transport>) {
         self.by_kind.insert(transport.kind(), transport);

@@ -28,9 +28,10 @@ use serde::{Deserialize, Serialize};
 
 use super::pipeline::{enqueue_then_confirm, spawn_subscription};
 use super::{
-    Ack, Acknowledge, Capabilities, Health, HealthCell, Incoming, Subscription, Transport,
-    TransportError, TransportKind,
+    Ack, Acknowledge, Capabilities, Dependencies, Health, HealthCell, Incoming, Subscription,
+    Transport, TransportError, TransportFactory, TransportKind,
 };
+use crate::config::problem::Problem;
 use crate::envelope::{Envelope, MessageId};
 use crate::topology::GatewayId;
 
@@ -266,6 +267,23 @@ impl Acknowledge for MessageAck {
 }
 
 #[async_trait]
+impl TransportFactory for NatsConfig {
+    async fn build(&self, _: &Dependencies) -> Result<Arc<dyn Transport>, TransportError> {
+        Ok(Arc::new(NatsTransport::connect(self).await?))
+    }
+
+    fn problems(&self, key: &str) -> Vec<Problem> {
+        if self.url.trim().is_empty() {
+            return vec![Problem {
+                key: format!("{key}.url"),
+                reason: "must not be empty: the NATS server URL, e.g. nats://127.0.0.1:4222".into(),
+            }];
+        }
+        Vec::new()
+    }
+}
+
+#[async_trait]
 impl Transport for NatsTransport {
     fn kind(&self) -> TransportKind {
         KIND
@@ -276,6 +294,7 @@ impl Transport for NatsTransport {
             durable: true,
             ordered: true,
             redelivers: true,
+            direct: false,
         }
     }
 

@@ -39,9 +39,10 @@ use super::redis_resume::{
     entry_id, keep_written, unframe, Place, PlaceAck, SharedProgress, PUBLISH_SCRIPT,
 };
 use super::{
-    Ack, Acknowledge, Capabilities, Health, HealthCell, Incoming, Subscription, Transport,
-    TransportError, TransportKind,
+    Ack, Acknowledge, Capabilities, Dependencies, Health, HealthCell, Incoming, Subscription,
+    Transport, TransportError, TransportFactory, TransportKind,
 };
+use crate::config::problem::Problem;
 use crate::redis_conn::{Pushed, RedisConfig, RedisHandle};
 use crate::telemetry;
 use crate::topology::GatewayId;
@@ -285,6 +286,23 @@ async fn replay_until_done(
 }
 
 #[async_trait]
+impl TransportFactory for RedisTransportConfig {
+    async fn build(&self, _: &Dependencies) -> Result<Arc<dyn Transport>, TransportError> {
+        Ok(Arc::new(RedisTransport::new(self).await?))
+    }
+
+    fn problems(&self, key: &str) -> Vec<Problem> {
+        let connection = self.connection.problems().into_iter();
+        connection
+            .map(|(field, reason)| Problem {
+                key: format!("{key}.connection.{field}"),
+                reason,
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
 impl Transport for RedisTransport {
     fn kind(&self) -> TransportKind {
         KIND
@@ -297,6 +315,7 @@ impl Transport for RedisTransport {
             // Within the replay window a successor subscription re-reads
             // what its predecessor's gateway had not acked.
             redelivers: self.replays(),
+            direct: false,
         }
     }
 

@@ -1,0 +1,189 @@
+//! The one list of transports. Each entry names its [`TransportKind`]
+//! variant, its config name, its module's config type and whether it is on
+//! by default; the kind, [`TransportKind::ALL`], the names, the
+//! `[transports.*]` sections, `enabled()`, validation and construction are
+//! all generated from it. A transport is its file, one entry here and one
+//! [`TransportFactory`] impl on its config: leave any out and the crate
+//! does not compile.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::{Transport, TransportError};
+use crate::config::problem::Problem;
+use crate::registry::Registry;
+
+/// What a transport may need from the rest of the node when it is built.
+pub struct Dependencies {
+    /// Live gateways and their addresses (direct links look peers up).
+    pub registry: Arc<dyn Registry>,
+    /// The receiving half of direct links, which the sidecar's Peer API
+    /// feeds; set by the `grpc` transport when it is enabled.
+    #[cfg(feature = "grpc")]
+    pub peer_links: std::sync::OnceLock<Arc<super::grpc::GrpcTransport>>,
+}
+
+/// Builds one transport from its config section; implemented by each
+/// transport's config type.
+#[async_trait]
+pub trait TransportFactory: Send + Sync {
+    /// Connects the transport.
+    async fn build(&self, deps: &Dependencies) -> Result<Arc<dyn Transport>, TransportError>;
+
+    /// What is wrong with this section, keyed under `key`
+    /// (`transports.<name>`), beyond the numeric ranges every setting has.
+    fn problems(&self, _key: &str) -> Vec<Problem> {
+        Vec::new()
+    }
+}
+
+macro_rules! transports {
+    ($(
+        $(#[$doc:meta])*
+        $kind:ident => $name:ident: $module:ident::$config:ident, default = $on:literal
+        $(, feature = $feature:literal)?;
+    )+) => {
+        /// Every transport switchyard knows, whether or not it is enabled.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum TransportKind {
+            $($(#[$doc])* $(#[cfg(feature = $feature)])? $kind,)+
+        }
+
+        impl TransportKind {
+            /// All kinds, in the order they are listed in errors.
+            pub const ALL: &[TransportKind] = &[$($(#[cfg(feature = $feature)])? TransportKind::$kind),+];
+
+            /// The name used in config, metrics and logs.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($(#[cfg(feature = $feature)])? TransportKind::$kind => stringify!($name),)+
+                }
+            }
+        }
+
+        /// Per-transport settings; a transport is enabled by having a
+        /// section. With no `[transports]` section at all, only memory is
+        /// enabled.
+        #[derive(Debug, Clone, Deserialize, Serialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct TransportsConfig {
+            $(
+                #[doc = concat!("`[transports.", stringify!($name), "]`.")]
+                $(#[cfg(feature = $feature)])?
+                pub $name: Option<super::$module::$config>,
+            )+
+        }
+
+        impl Default for TransportsConfig {
+            fn default() -> Self {
+                Self {
+                    $($(#[cfg(feature = $feature)])? $name: $on.then(Default::default),)+
+                }
+            }
+        }
+
+        impl TransportsConfig {
+            /// The kinds with a config section.
+            pub fn enabled(&self) -> Vec<TransportKind> {
+                let mut kinds = Vec::new();
+                $(
+                    $(#[cfg(feature = $feature)])?
+                    if self.$name.is_some() {
+                        kinds.push(TransportKind::$kind);
+                    }
+                )+
+                kinds
+            }
+
+            /// The section of each enabled transport, by kind.
+            fn sections(&self) -> Vec<(TransportKind, &dyn TransportFactory)> {
+                let mut sections: Vec<(TransportKind, &dyn TransportFactory)> = Vec::new();
+                $(
+                    $(#[cfg(feature = $feature)])?
+                    if let Some(section) = &self.$name {
+                        sections.push((TransportKind::$kind, section));
+                    }
+                )+
+                sections
+            }
+        }
+    };
+}
+
+transports! {
+    /// In-process channels: single-node deployments and the embedded default.
+    Memory => memory: memory::MemoryConfig, default = true;
+    /// Redis Pub/Sub (sharded on a cluster).
+    Redis => redis: redis::RedisTransportConfig, default = false, feature = "redis";
+    /// Kafka topics.
+    Kafka => kafka: kafka::KafkaConfig, default = false, feature = "kafka";
+    /// NATS JetStream.
+    Nats => nats: nats::NatsConfig, default = false, feature = "nats";
+    /// Direct gRPC links between sidecars (hot pairs).
+    Grpc => grpc: grpc::GrpcConfig, default = false, feature = "grpc";
+}
+
+impl TransportsConfig {
+    /// What is wrong with any enabled section.
+    pub fn problems(&self) -> Vec<Problem> {
+        self.sections()
+            .into_iter()
+            .flat_map(|(kind, section)| section.problems(&format!("transports.{kind}")))
+            .collect()
+    }
+
+    /// Builds every enabled transport.
+    pub async fn build(&self, deps: &Dependencies) -> Result<super::Transports, TransportError> {
+        let mut built = super::Transports::default();
+        for (kind, section) in self.sections() {
+            let transport = section.build(deps).await?;
+            debug_assert_eq!(transport.kind(), kind, "a factory built another kind");
+            built.insert(transport);
+        }
+        Ok(built)
+    }
+}
+
+#[cfg(test)]
+#[cfg(feature = "kafka")]
+mod tests {
+    use super::*;
+    use crate::transport::kafka::KafkaConfig;
+
+    #[test]
+    fn every_kind_parses_from_its_name_and_has_a_section() {
+        for &kind in TransportKind::ALL {
+            assert_eq!(TransportKind::parse(kind.as_str()), Some(kind));
+        }
+        let toml: String = TransportKind::ALL
+            .iter()
+            .map(|k| format!("[{k}]\n"))
+            .collect();
+        let all: TransportsConfig = toml::from_str(&toml).expect("a section per kind");
+        assert_eq!(all.enabled(), TransportKind::ALL);
+        assert_eq!(
+            TransportsConfig::default().enabled(),
+            [TransportKind::Memory]
+        );
+    }
+
+    #[test]
+    fn a_section_names_its_own_problems() {
+        let config = TransportsConfig {
+            kafka: Some(KafkaConfig {
+                brokers: " ".into(),
+                ..KafkaConfig::default()
+            }),
+            ..TransportsConfig::default()
+        };
+        let problems: Vec<String> = config.problems().iter().map(Problem::to_string).collect();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("transports.kafka.brokers: must not be empty"),
+            "{problems:?}"
+        );
+    }
+}
