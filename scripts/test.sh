@@ -31,7 +31,7 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 # The library builds with any one backend, or none (memory only): an
 # embedding gateway links only what it enables (Cargo.toml [features]).
-for features in "" redis kafka nats grpc; do
+for features in "" redis kafka nats grpc regions; do
   cargo clippy --lib --no-default-features --features "$features" -- -D warnings
 done
 # Benches are built by clippy above and measured by `cargo bench`, not run here.
