@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs and starts the services
 # the integration tests talk to (Redis, Redis Cluster, NATS JetStream, a
-# three-node Apache Kafka cluster), then runs fmt, clippy and every test.
+# three-node Apache Kafka cluster, etcd), then runs fmt, clippy and every
+# test, with every optional backend compiled in (`--features etcd`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shopt -s nullglob
@@ -14,10 +15,12 @@ trap 'for s in scripts/services/*.sh; do bash "$s" stop || true; done' EXIT
 # promtool checks the Prometheus config, the alert rules and a /metrics
 # scrape per shipped config (tests/sidecar_deploy.rs, tests/sidecar_process.rs,
 # tests/sidecar_metrics.rs); headless Chromium loads the status page
-# (tests/status_page.rs). Both are Debian packages.
+# (tests/status_page.rs); the etcd registry's client compiles etcd's protos
+# with protoc. All are Debian packages.
 missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -29,10 +32,11 @@ python3 -m pip install --quiet -r examples/python/requirements.txt
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+cargo clippy --all-targets --features etcd -- -D warnings
 # The library builds with any one backend, or none (memory only): an
 # embedding gateway links only what it enables (Cargo.toml [features]).
-for features in "" redis kafka nats grpc regions; do
+for features in "" redis kafka nats grpc etcd regions; do
   cargo clippy --lib --no-default-features --features "$features" -- -D warnings
 done
 # Benches are built by clippy above and measured by `cargo bench`, not run here.
-cargo test --no-fail-fast -- --test-threads 4
+cargo test --features etcd --no-fail-fast -- --test-threads 4

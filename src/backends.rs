@@ -15,7 +15,7 @@ use crate::offline::{memory::MemoryOffline, OfflineStore};
 use crate::policy::hot_pairs::HotPairs;
 use crate::presence::cache::CachedPresence;
 use crate::presence::{memory::MemoryPresence, PresenceStore};
-use crate::registry::{cache::CachedRegistry, memory::MemoryRegistry, Registry};
+use crate::registry::{cache::CachedRegistry, memory::MemoryRegistry, Reaper, Registry, Separate};
 use crate::topology::IdError;
 #[cfg(feature = "grpc")]
 use crate::transport::grpc::GrpcTransport;
@@ -69,7 +69,7 @@ impl Backends {
         let settings = &crate::config::regions::localize(settings);
         #[cfg(feature = "regions")]
         let mut regions = None;
-        let (stores, reaper): (Stores, Option<Reaper>) = match &settings.store {
+        let (stores, mut reaper): (Stores, Option<Reaper>) = match &settings.store {
             StoreConfig::Memory => (
                 Stores {
                     presence: Arc::new(MemoryPresence::new(settings.presence.session_ttl)),
@@ -94,8 +94,14 @@ impl Backends {
             groups,
             blocks,
             offline,
-            registry,
+            mut registry,
         } = stores;
+        // `[registry]` may name a registry of its own (etcd), which then
+        // cleans up after the gateways it expires.
+        if let Some(separate) = Separate::connect(&settings.registry).await? {
+            registry = separate.registry;
+            reaper = Some(separate.clean_up);
+        }
         let presence = Arc::new(CachedPresence::new(presence, &settings.presence));
         let blocks = Arc::new(CachedBlocks::new(blocks, &settings.blocks));
         let registry: Arc<dyn Registry> = Arc::new(CachedRegistry::new(registry));
@@ -163,10 +169,6 @@ impl Backends {
         Ok(Some(regions.guard(&me.id, presence, offline)))
     }
 }
-
-/// What cleans up after gateways a shared registry expired, started once
-/// the directory (presence and groups) exists.
-type Reaper = Box<dyn FnOnce(&Directory) + Send>;
 
 /// The stores on Redis (standalone, Cluster or Sentinel), and the reaper of
 /// the gateways its registry expires; with `[regions]`, presence is the

@@ -17,6 +17,7 @@ use crate::policy::{Policy, RoutingConfig};
 use crate::presence::PresenceConfig;
 #[cfg(feature = "redis")]
 use crate::redis_conn::RedisConfig;
+use crate::registry::RegistryConfig;
 use crate::telemetry::TelemetryConfig;
 use crate::transport::TransportsConfig;
 
@@ -41,6 +42,8 @@ pub struct Settings {
     /// Where presence, groups, block lists, the registry and offline
     /// messages are kept.
     pub store: StoreConfig,
+    /// The registry of live gateways, when not the store's (etcd).
+    pub registry: RegistryConfig,
     /// Presence TTL and cache.
     pub presence: PresenceConfig,
     /// The block-list cache.
@@ -183,11 +186,14 @@ impl Settings {
     /// that a silent gateway loses (its sessions, and on a shared store its
     /// registration), so two missed beats still leave it alive.
     pub fn heartbeat_interval(&self) -> std::time::Duration {
-        let ttl = match &self.store {
+        let mut ttl = match &self.store {
             StoreConfig::Memory => self.presence.session_ttl,
             #[cfg(feature = "redis")]
             StoreConfig::Redis(redis) => self.presence.session_ttl.min(redis.gateway_ttl),
         };
+        if let Some(registry) = self.registry.gateway_ttl() {
+            ttl = ttl.min(registry);
+        }
         ttl / 3
     }
 
@@ -240,6 +246,7 @@ impl Settings {
             }
         }
         problems.extend(self.transports.problems());
+        problems.extend(self.registry.problems());
         problems.extend(self.routing.hot_pairs.problems());
         #[cfg(feature = "regions")]
         if let Some(regions) = &self.regions {

@@ -31,7 +31,7 @@ pub fn stored_values(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let (device, value) = text.split_once('\n').unwrap_or(("d", &text));
     let _ = crate::presence::redis::decode(&UserId::from("u"), device, value);
-    let _ = crate::registry::redis::decode(&GatewayId::from("g"), &text);
+    let _ = crate::registry::decode(&GatewayId::from("g"), &text);
     let _ = redis_resume::entry_id(&text);
     let mut progress = Progress::default();
     for frame in data.split(|&b| b == b'\n') {

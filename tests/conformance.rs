@@ -1,8 +1,12 @@
 //! One conformance suite, run against every transport over real servers.
 //!
 //! Adding a transport is one line at the bottom: a `conformance!` call with
-//! a function that connects it, and one that starts a private broker for
-//! the restart case (or `factories::no_private_broker`).
+//! a function that connects it, the capabilities it claims (each claim
+//! generates the case that tests it; the `claims` case checks the list
+//! against what the transport reports), and either a function that starts a
+//! private broker for the restart case or the fault tests that cover its
+//! failover. A transport with neither (memory, gRPC links: no broker) gets
+//! no restart case.
 //!
 //! Needs the servers of `scripts/services/*.sh start` (NATS JetStream on
 //! 127.0.0.1:4222 and its three-node cluster on 22400-22402, the three-node
@@ -149,11 +153,6 @@ mod factories {
         transport
     }
 
-    /// For transports with no broker to restart (memory).
-    pub async fn no_private_broker() -> Option<Box<dyn Restartable>> {
-        None
-    }
-
     struct Private {
         broker: PrivateBroker,
         transport: Arc<dyn Transport>,
@@ -178,31 +177,31 @@ mod factories {
 
     /// A private `nats-server -js` with file storage, so the stream and the
     /// consumer survive the restart as they would in production.
-    pub async fn nats_private() -> Option<Box<dyn Restartable>> {
+    pub async fn nats_private() -> Box<dyn Restartable> {
         let broker = PrivateBroker::nats().await;
         let mut config = support::nats_config(&broker.address());
         config.storage = Storage::File;
         let transport = NatsTransport::connect(&config)
             .await
             .expect("connect to the private NATS");
-        Some(Box::new(Private {
+        Box::new(Private {
             broker,
             transport: Arc::new(transport),
-        }))
+        })
     }
 
     /// A private three-node cluster (base port 21000): the case kills
     /// every node, so the shared cluster other tests use is not touched.
     /// Topics, committed offsets and producer ids survive, as on any Kafka.
-    pub async fn kafka_private() -> Option<Box<dyn Restartable>> {
+    pub async fn kafka_private() -> Box<dyn Restartable> {
         let cluster = PrivateKafka::start(21000).await;
         let transport = KafkaTransport::connect(&support::kafka_config(&cluster.brokers()))
             .await
             .expect("connect to the private Kafka cluster");
-        Some(Box::new(PrivateCluster {
+        Box::new(PrivateCluster {
             cluster,
             transport: Arc::new(transport),
-        }))
+        })
     }
 
     struct PrivateCluster {
@@ -226,31 +225,48 @@ mod factories {
     }
 }
 
-/// Generates one test per case for a transport.
+/// Generates one test per case for a transport: the cases every transport
+/// passes, one per claimed capability, `claims`, and `broker_restart` when
+/// there is a private broker to restart. Node failures of an HA deployment
+/// have fault tests of their own (`failover = ` names them) instead.
 macro_rules! conformance {
-    ($name:ident, connect = $connect:path, private_broker = $private:path) => {
+    (
+        $name:ident,
+        connect = $connect:path,
+        claims = [$($claim:ident),* $(,)?]
+        $(, private_broker = $private:path)?
+        $(, failover = $tests:literal)?
+    ) => {
         mod $name {
             conformance!(@cases $connect;
-                integrity, concurrent, order, isolation, resubscribe, redelivery,
-                large_payloads, close_under_load, retried_publish_dedupe,
-                to_two_gateways, to_ten_gateways, low_priority_to_nobody);
+                integrity, concurrent, isolation, large_payloads, close_under_load,
+                retried_publish_dedupe, to_two_gateways, to_ten_gateways,
+                low_priority_to_nobody);
+            $( conformance!(@claim $claim, $connect); )*
+
+            #[test]
+            fn metrics() {
+                crate::cases::metrics($connect)
+            }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn broker_restart() {
-                crate::cases::broker_restart($private().await).await
+            async fn claims() {
+                crate::cases::claims($connect().await, &[$(stringify!($claim)),*]).await
             }
+
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn broker_restart() {
+                    crate::cases::broker_restart($private().await).await
+                }
+            )?
         }
     };
-    // Node failures of an HA deployment have fault tests of their own
-    // (`failover = ` names them), not the all-nodes restart case.
-    ($name:ident, connect = $connect:path, failover = $tests:literal) => {
-        mod $name {
-            conformance!(@cases $connect;
-                integrity, concurrent, order, isolation, resubscribe, redelivery,
-                large_payloads, close_under_load, retried_publish_dedupe,
-                to_two_gateways, to_ten_gateways, low_priority_to_nobody);
-        }
-    };
+    (@claim ordered, $connect:path) => { conformance!(@cases $connect; order); };
+    (@claim durable, $connect:path) => { conformance!(@cases $connect; resubscribe); };
+    (@claim redelivers, $connect:path) => { conformance!(@cases $connect; redelivery); };
+    // What a direct link is for (hot pairs) is the router's: tests/sidecar_ops.rs.
+    (@claim direct, $connect:path) => {};
     (@cases $connect:path; $($case:ident),*) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,40 +280,44 @@ macro_rules! conformance {
 conformance!(
     memory,
     connect = crate::factories::memory,
-    private_broker = crate::factories::no_private_broker
+    claims = [ordered]
 );
 conformance!(
     kafka,
     connect = crate::factories::kafka,
+    claims = [durable, ordered, redelivers],
     private_broker = crate::factories::kafka_private
 );
 conformance!(
     nats,
     connect = crate::factories::nats,
+    claims = [durable, ordered, redelivers],
     private_broker = crate::factories::nats_private
 );
 conformance!(
     redis,
     connect = crate::factories::redis,
-    private_broker = crate::factories::no_private_broker
+    claims = [ordered, redelivers]
 );
 conformance!(
     grpc,
     connect = crate::factories::grpc,
-    private_broker = crate::factories::no_private_broker
+    claims = [ordered, direct]
 );
 conformance!(
     redis_cluster,
     connect = crate::factories::redis_cluster,
-    private_broker = crate::factories::no_private_broker
+    claims = [ordered, redelivers]
 );
 conformance!(
     redis_sentinel,
     connect = crate::factories::redis_sentinel,
+    claims = [ordered, redelivers],
     failover = "tests/redis_faults.rs"
 );
 conformance!(
     nats_cluster,
     connect = crate::factories::nats_cluster,
+    claims = [durable, ordered, redelivers],
     failover = "tests/nats_faults.rs"
 );

@@ -15,8 +15,7 @@ use crate::topology::UserId;
 /// Wraps a store; changes go straight through and drop the cached list.
 pub struct CachedBlocks {
     store: Arc<dyn BlockList>,
-    cache: Option<FollowingCache<UserId, Arc<[UserId]>>>,
-    lookups: telemetry::LookupCounters,
+    cache: FollowingCache<UserId, Arc<[UserId]>>,
 }
 
 impl CachedBlocks {
@@ -26,18 +25,9 @@ impl CachedBlocks {
             config.cache_capacity,
             config.cache_ttl,
             Some(store.changes()),
+            Some(telemetry::BLOCK_LOOKUPS),
         );
-        Self {
-            store,
-            cache,
-            lookups: telemetry::LookupCounters::new(telemetry::BLOCK_LOOKUPS),
-        }
-    }
-
-    fn invalidate(&self, user: &UserId) {
-        if let Some(cache) = &self.cache {
-            cache.invalidate(user);
-        }
+        Self { store, cache }
     }
 }
 
@@ -45,20 +35,20 @@ impl CachedBlocks {
 impl BlockList for CachedBlocks {
     async fn block(&self, user: &UserId, blocked: &UserId) -> Result<(), StoreError> {
         self.store.block(user, blocked).await?;
-        self.invalidate(user);
+        self.cache.invalidate(user);
         Ok(())
     }
 
     async fn unblock(&self, user: &UserId, blocked: &UserId) -> Result<(), StoreError> {
         self.store.unblock(user, blocked).await?;
-        self.invalidate(user);
+        self.cache.invalidate(user);
         Ok(())
     }
 
     async fn is_blocked(&self, recipient: &UserId, sender: &UserId) -> Result<bool, StoreError> {
-        let Some(cache) = &self.cache else {
+        if !self.cache.enabled() {
             return self.store.is_blocked(recipient, sender).await;
-        };
+        }
         // Sorted once per load: a user who blocked thousands costs a binary
         // search per message, not a scan.
         let load = async {
@@ -66,8 +56,7 @@ impl BlockList for CachedBlocks {
             blocked.sort_unstable();
             Ok::<_, StoreError>(Arc::from(blocked))
         };
-        let (blocked, hit) = cache.get_or_load(recipient, load).await?;
-        self.lookups.record(hit);
+        let blocked = self.cache.get_or_load(recipient, load).await?;
         Ok(blocked.binary_search(sender).is_ok())
     }
 

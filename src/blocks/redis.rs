@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 
 use super::BlockList;
 use crate::error::StoreError;
-use crate::redis_conn::{RedisChanges, RedisHandle};
+use crate::redis_conn::{backend, RedisChanges, RedisHandle};
 use crate::topology::UserId;
 
 const STORE: &str = "blocks";
@@ -32,14 +32,6 @@ impl RedisBlocks {
     }
 }
 
-fn backend(operation: String) -> impl FnOnce(redis::RedisError) -> StoreError {
-    move |e| StoreError::Backend {
-        store: STORE,
-        operation,
-        reason: e.to_string(),
-    }
-}
-
 #[async_trait]
 impl BlockList for RedisBlocks {
     async fn block(&self, user: &UserId, blocked: &UserId) -> Result<(), StoreError> {
@@ -48,7 +40,7 @@ impl BlockList for RedisBlocks {
             .conn()
             .sadd(self.key(user), blocked.as_str())
             .await
-            .map_err(backend(format!("{user} blocks {blocked}")))?;
+            .map_err(backend(STORE, format!("{user} blocks {blocked}")))?;
         self.changes.publish(user).await
     }
 
@@ -58,7 +50,7 @@ impl BlockList for RedisBlocks {
             .conn()
             .srem(self.key(user), blocked.as_str())
             .await
-            .map_err(backend(format!("{user} unblocks {blocked}")))?;
+            .map_err(backend(STORE, format!("{user} unblocks {blocked}")))?;
         self.changes.publish(user).await
     }
 
@@ -67,7 +59,7 @@ impl BlockList for RedisBlocks {
             .conn()
             .sismember(self.key(recipient), sender.as_str())
             .await
-            .map_err(backend(format!("has {recipient} blocked {sender}")))
+            .map_err(backend(STORE, format!("has {recipient} blocked {sender}")))
     }
 
     async fn blocked_by(&self, user: &UserId) -> Result<Vec<UserId>, StoreError> {
@@ -76,7 +68,7 @@ impl BlockList for RedisBlocks {
             .conn()
             .smembers(self.key(user))
             .await
-            .map_err(backend(format!("list whom {user} blocked")))?;
+            .map_err(backend(STORE, format!("list whom {user} blocked")))?;
         Ok(blocked.into_iter().map(UserId::from).collect())
     }
 

@@ -167,6 +167,12 @@ pub(super) fn check(s: &Settings) -> Bounds {
     if let super::StoreConfig::Redis(redis) = &s.store {
         redis_connection(&mut b, "store", redis);
     }
+    if let crate::registry::RegistryConfig::Etcd(e) = &s.registry {
+        // etcd grants no lease shorter than about 2 s (1.5 election timeouts).
+        b.time("registry.lease_ttl", e.lease_ttl, 2 * SECOND, HOUR);
+        b.time("registry.connect_timeout", e.connect_timeout, MS, MINUTE);
+        b.time("registry.request_timeout", e.request_timeout, MS, MINUTE);
+    }
     let t = &s.transports;
     if let Some(m) = &t.memory {
         b.count("transports.memory.queue", m.queue, 1, max_queue);
@@ -307,6 +313,7 @@ mod tests {
             sentinel: Some(Box::default()),
             ..Default::default()
         });
+        s.registry = crate::registry::RegistryConfig::Etcd(Default::default());
         #[cfg(feature = "regions")]
         {
             s.regions = Some(crate::config::RegionsConfig {

@@ -14,7 +14,7 @@ use redis::{AsyncCommands, Script};
 
 use super::GroupStore;
 use crate::error::StoreError;
-use crate::redis_conn::RedisHandle;
+use crate::redis_conn::{backend, RedisHandle};
 use crate::topology::{GatewayId, GroupId, UserId};
 
 const STORE: &str = "groups";
@@ -68,14 +68,6 @@ impl RedisGroups {
     }
 }
 
-fn backend(operation: String) -> impl FnOnce(redis::RedisError) -> StoreError {
-    move |e| StoreError::Backend {
-        store: STORE,
-        operation,
-        reason: e.to_string(),
-    }
-}
-
 #[async_trait]
 impl GroupStore for RedisGroups {
     async fn join(&self, group: &GroupId, user: &UserId) -> Result<bool, StoreError> {
@@ -83,11 +75,11 @@ impl GroupStore for RedisGroups {
         let new: i64 = conn
             .sadd(self.members_key(group), user.as_str())
             .await
-            .map_err(backend(format!("join {user} to {group}")))?;
+            .map_err(backend(STORE, format!("join {user} to {group}")))?;
         let _: i64 = conn
             .sadd(self.groups_of_key(user), group.as_str())
             .await
-            .map_err(backend(format!("record {group} for {user}")))?;
+            .map_err(backend(STORE, format!("record {group} for {user}")))?;
         Ok(new == 1)
     }
 
@@ -100,11 +92,11 @@ impl GroupStore for RedisGroups {
             .arg(user.as_str())
             .invoke_async(&mut conn)
             .await
-            .map_err(backend(format!("remove {user} from {group}")))?;
+            .map_err(backend(STORE, format!("remove {user} from {group}")))?;
         let _: i64 = conn
             .srem(self.groups_of_key(user), group.as_str())
             .await
-            .map_err(backend(format!("forget {group} for {user}")))?;
+            .map_err(backend(STORE, format!("forget {group} for {user}")))?;
         Ok(was == 1)
     }
 
@@ -114,7 +106,7 @@ impl GroupStore for RedisGroups {
             .conn()
             .smembers(self.members_key(group))
             .await
-            .map_err(backend(format!("members of {group}")))?;
+            .map_err(backend(STORE, format!("members of {group}")))?;
         if members.is_empty() {
             return Err(StoreError::UnknownGroup(group.clone()));
         }
@@ -127,7 +119,7 @@ impl GroupStore for RedisGroups {
             .conn()
             .smembers(self.groups_of_key(user))
             .await
-            .map_err(backend(format!("groups of {user}")))?;
+            .map_err(backend(STORE, format!("groups of {user}")))?;
         Ok(groups.into_iter().map(GroupId::from).collect())
     }
 
@@ -145,7 +137,10 @@ impl GroupStore for RedisGroups {
             .arg(delta)
             .invoke_async(&mut self.redis.conn())
             .await
-            .map_err(backend(format!("count {delta:+} for {group} on {gateway}")))?;
+            .map_err(backend(
+                STORE,
+                format!("count {delta:+} for {group} on {gateway}"),
+            ))?;
         Ok(())
     }
 
@@ -156,7 +151,7 @@ impl GroupStore for RedisGroups {
             .hgetall(self.gateways_key(group))
             .query_async(&mut self.redis.conn())
             .await
-            .map_err(backend(format!("distribution of {group}")))?;
+            .map_err(backend(STORE, format!("distribution of {group}")))?;
         if !exists {
             return Err(StoreError::UnknownGroup(group.clone()));
         }

@@ -18,7 +18,7 @@ use redis::{AsyncCommands, Script};
 use super::{OfflineConfig, OfflineStore};
 use crate::envelope::{now_micros, Envelope, MessageId};
 use crate::error::StoreError;
-use crate::redis_conn::RedisHandle;
+use crate::redis_conn::{backend, RedisHandle};
 use crate::telemetry;
 use crate::topology::{GatewayId, UserId};
 
@@ -124,7 +124,7 @@ impl RedisOffline {
             .arg(limit)
             .query_async(&mut self.redis.conn())
             .await
-            .map_err(backend(format!("read {key}")))
+            .map_err(backend(STORE, format!("read {key}")))
     }
 
     async fn move_to_dlq(
@@ -145,7 +145,10 @@ impl RedisOffline {
             .arg(self.config.max_per_user)
             .invoke_async(&mut self.redis.conn())
             .await
-            .map_err(backend(format!("record failed delivery of {id} to {user}")))?;
+            .map_err(backend(
+                STORE,
+                format!("record failed delivery of {id} to {user}"),
+            ))?;
         if moved == 1 {
             tracing::warn!(%user, %id, reason, "offline message dead-lettered");
             metrics::counter!(telemetry::OFFLINE_DEAD_LETTERED).increment(1);
@@ -156,14 +159,6 @@ impl RedisOffline {
 
 /// Flagged users taken per heartbeat (the rest wait for the next one).
 const FLAGGED_PER_TAKE: usize = 1000;
-
-fn backend(operation: String) -> impl FnOnce(redis::RedisError) -> StoreError {
-    move |e| StoreError::Backend {
-        store: STORE,
-        operation,
-        reason: e.to_string(),
-    }
-}
 
 /// The value of `name` in an entry's flat field list.
 fn field<'a>(fields: &'a [Vec<u8>], name: &str) -> Option<&'a [u8]> {
@@ -201,7 +196,7 @@ impl OfflineStore for RedisOffline {
             .ignore()
             .query_async(&mut self.redis.conn())
             .await
-            .map_err(backend(format!("append {} for {user}", envelope.id)))?;
+            .map_err(backend(STORE, format!("append {} for {user}", envelope.id)))?;
         let trimmed = trimmed_len + trimmed_age;
         if trimmed > 0 {
             // Counted, not logged at warn: a user far behind trims on every
@@ -250,7 +245,10 @@ impl OfflineStore for RedisOffline {
         let removed: usize = invocation
             .invoke_async(&mut self.redis.conn())
             .await
-            .map_err(backend(format!("ack {} message(s) of {user}", ids.len())))?;
+            .map_err(backend(
+                STORE,
+                format!("ack {} message(s) of {user}", ids.len()),
+            ))?;
         Ok(removed)
     }
 
@@ -260,7 +258,7 @@ impl OfflineStore for RedisOffline {
             .conn()
             .xlen(&key)
             .await
-            .map_err(backend(format!("length of {key}")))
+            .map_err(backend(STORE, format!("length of {key}")))
     }
 
     async fn flag(&self, gateway: &GatewayId, user: &UserId) -> Result<(), StoreError> {
@@ -272,7 +270,7 @@ impl OfflineStore for RedisOffline {
             .ignore()
             .query_async::<()>(&mut self.redis.conn())
             .await
-            .map_err(backend(format!("flag {user} for gateway {gateway}")))
+            .map_err(backend(STORE, format!("flag {user} for gateway {gateway}")))
     }
 
     async fn take_flagged(&self, gateway: &GatewayId) -> Result<Vec<UserId>, StoreError> {
@@ -284,9 +282,10 @@ impl OfflineStore for RedisOffline {
             .arg(FLAGGED_PER_TAKE)
             .query_async(&mut self.redis.conn())
             .await
-            .map_err(backend(format!(
-                "take the users flagged for gateway {gateway}"
-            )))?;
+            .map_err(backend(
+                STORE,
+                format!("take the users flagged for gateway {gateway}"),
+            ))?;
         Ok(users.into_iter().map(UserId::from).collect())
     }
 

@@ -18,8 +18,7 @@ use crate::topology::{DeviceId, GatewayId, UserId};
 /// Wraps a store; every call but `locate` goes straight through.
 pub struct CachedPresence {
     store: Arc<dyn PresenceStore>,
-    cache: Option<FollowingCache<UserId, Arc<[Session]>>>,
-    lookups: telemetry::LookupCounters,
+    cache: FollowingCache<UserId, Arc<[Session]>>,
 }
 
 impl CachedPresence {
@@ -29,29 +28,15 @@ impl CachedPresence {
             config.cache_capacity,
             config.cache_ttl,
             Some(store.changes()),
+            Some(telemetry::PRESENCE_LOOKUPS),
         );
-        Self {
-            store,
-            cache,
-            lookups: telemetry::LookupCounters::new(telemetry::PRESENCE_LOOKUPS),
-        }
-    }
-
-    fn invalidate(&self, user: &UserId) {
-        if let Some(cache) = &self.cache {
-            cache.invalidate(user);
-        }
+        Self { store, cache }
     }
 
     /// Sessions of a user, shared; avoids a copy on a cache hit.
     pub async fn locate_shared(&self, user: &UserId) -> Result<Arc<[Session]>, StoreError> {
-        let Some(cache) = &self.cache else {
-            return Ok(self.store.locate(user).await?.into());
-        };
         let load = async { self.store.locate(user).await.map(Arc::from) };
-        let (sessions, hit) = cache.get_or_load(user, load).await?;
-        self.lookups.record(hit);
-        Ok(sessions)
+        self.cache.get_or_load(user, load).await
     }
 
     /// The sessions of each of `users` from the store itself, for a
@@ -70,7 +55,7 @@ impl PresenceStore for CachedPresence {
     async fn online(&self, session: Session) -> Result<bool, StoreError> {
         let user = session.user.clone();
         let first = self.store.online(session).await?;
-        self.invalidate(&user);
+        self.cache.invalidate(&user);
         Ok(first)
     }
 
@@ -80,7 +65,7 @@ impl PresenceStore for CachedPresence {
         device: &DeviceId,
     ) -> Result<Option<(Session, bool)>, StoreError> {
         let removed = self.store.offline(user, device).await?;
-        self.invalidate(user);
+        self.cache.invalidate(user);
         Ok(removed)
     }
 
@@ -104,7 +89,7 @@ impl PresenceStore for CachedPresence {
     async fn remove_gateway(&self, gateway: &GatewayId) -> Result<Vec<Session>, StoreError> {
         let removed = self.store.remove_gateway(gateway).await?;
         for session in &removed {
-            self.invalidate(&session.user);
+            self.cache.invalidate(&session.user);
         }
         Ok(removed)
     }

@@ -26,7 +26,7 @@ use tokio::sync::broadcast;
 
 use super::{PresenceStore, Session};
 use crate::error::StoreError;
-use crate::redis_conn::{RedisChanges, RedisHandle};
+use crate::redis_conn::{backend, RedisChanges, RedisHandle};
 use crate::telemetry;
 use crate::topology::{DeviceId, GatewayId, UserId};
 
@@ -194,15 +194,7 @@ impl RedisPresence {
             .conn()
             .smembers(self.gateway_key(gateway))
             .await
-            .map_err(backend(format!("list users on gateway {gateway}")))
-    }
-}
-
-fn backend(operation: String) -> impl FnOnce(redis::RedisError) -> StoreError {
-    move |e| StoreError::Backend {
-        store: STORE,
-        operation,
-        reason: e.to_string(),
+            .map_err(backend(STORE, format!("list users on gateway {gateway}")))
     }
 }
 
@@ -262,10 +254,10 @@ impl PresenceStore for RedisPresence {
             .arg(self.ttl_ms())
             .invoke_async(&mut conn)
             .await
-            .map_err(backend(format!(
-                "online {}/{}",
-                session.user, session.device
-            )))?;
+            .map_err(backend(
+                STORE,
+                format!("online {}/{}", session.user, session.device),
+            ))?;
         // Not atomic with the script (another slot on a cluster); adding
         // again is harmless and the index only ever over-approximates.
         let gateway_key = self.gateway_key(&session.gateway);
@@ -276,10 +268,10 @@ impl PresenceStore for RedisPresence {
             .ignore()
             .query_async::<()>(&mut conn)
             .await
-            .map_err(backend(format!(
-                "index {} on {}",
-                session.user, session.gateway
-            )))?;
+            .map_err(backend(
+                STORE,
+                format!("index {} on {}", session.user, session.gateway),
+            ))?;
         self.changed(&session.user).await?;
         Ok(first == 1)
     }
@@ -296,7 +288,7 @@ impl PresenceStore for RedisPresence {
             .arg(device.as_str())
             .invoke_async(&mut self.redis.conn())
             .await
-            .map_err(backend(format!("offline {user}/{device}")))?;
+            .map_err(backend(STORE, format!("offline {user}/{device}")))?;
         let Some((value, last)) = removed else {
             return Ok(None);
         };
@@ -307,7 +299,10 @@ impl PresenceStore for RedisPresence {
                 .conn()
                 .srem(self.gateway_key(&session.gateway), user.as_str())
                 .await
-                .map_err(backend(format!("unindex {user} on {}", session.gateway)))?;
+                .map_err(backend(
+                    STORE,
+                    format!("unindex {user} on {}", session.gateway),
+                ))?;
         }
         self.changed(user).await?;
         Ok(Some((session, last == 1)))
@@ -320,7 +315,7 @@ impl PresenceStore for RedisPresence {
             .key(self.user_key(user))
             .invoke_async(&mut self.redis.conn())
             .await
-            .map_err(backend(format!("locate {user}")))?;
+            .map_err(backend(STORE, format!("locate {user}")))?;
         Ok(decode_pairs(user, pairs))
     }
 
@@ -337,7 +332,7 @@ impl PresenceStore for RedisPresence {
                     .arg(self.ttl_ms())
                     .invoke_async(&mut conn)
                     .await
-                    .map_err(backend(format!("refresh {user} on {gateway}")))?;
+                    .map_err(backend(STORE, format!("refresh {user} on {gateway}")))?;
                 Ok::<_, StoreError>((n == 0).then_some(user))
             })
             .buffer_unordered(CONCURRENCY)
@@ -352,7 +347,7 @@ impl PresenceStore for RedisPresence {
         pipe.pexpire(&key, self.ttl_ms() as i64).ignore();
         pipe.query_async::<()>(&mut self.redis.conn())
             .await
-            .map_err(backend(format!("refresh index of {gateway}")))
+            .map_err(backend(STORE, format!("refresh index of {gateway}")))
     }
 
     async fn remove_gateway(&self, gateway: &GatewayId) -> Result<Vec<Session>, StoreError> {
@@ -367,7 +362,7 @@ impl PresenceStore for RedisPresence {
                     .arg(gateway.as_str())
                     .invoke_async(&mut self.redis.conn())
                     .await
-                    .map_err(backend(format!("remove {user} from {gateway}")))?;
+                    .map_err(backend(STORE, format!("remove {user} from {gateway}")))?;
                 if !pairs.is_empty() {
                     self.changed(&user).await?;
                 }
@@ -381,7 +376,7 @@ impl PresenceStore for RedisPresence {
             .conn()
             .del(self.gateway_key(gateway))
             .await
-            .map_err(backend(format!("drop index of {gateway}")))?;
+            .map_err(backend(STORE, format!("drop index of {gateway}")))?;
         Ok(removed.into_iter().flatten().collect())
     }
 
@@ -392,7 +387,7 @@ impl PresenceStore for RedisPresence {
             .conn()
             .scard(self.gateway_key(gateway))
             .await
-            .map_err(backend(format!("count users on gateway {gateway}")))
+            .map_err(backend(STORE, format!("count users on gateway {gateway}")))
     }
 
     fn changes(&self) -> broadcast::Receiver<UserId> {

@@ -6,7 +6,7 @@ use tokio::sync::broadcast;
 use crate::error::StoreError;
 use crate::topology::UserId;
 
-use super::{Pushed, RedisHandle};
+use super::{backend, Pushed, RedisHandle};
 
 /// A store's change events on a Redis channel, re-broadcast in process.
 pub struct RedisChanges {
@@ -57,11 +57,7 @@ impl RedisChanges {
             .arg(user.as_str())
             .query_async::<i64>(&mut conn)
             .await
-            .map_err(|e| StoreError::Backend {
-                store: self.store,
-                operation: format!("publish change of {user}"),
-                reason: e.to_string(),
-            })?;
+            .map_err(backend(self.store, format!("publish change of {user}")))?;
         Ok(())
     }
 

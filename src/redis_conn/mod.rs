@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 mod changes;
 pub mod sentinel;
 
+use crate::error::StoreError;
 use crate::telemetry;
 pub use changes::RedisChanges;
 use sentinel::{SentinelConfig, SentinelConn};
@@ -159,6 +160,19 @@ impl ConnectError {
             address: self.address,
             reason: self.reason,
         }
+    }
+}
+
+/// Maps a failed command of `store` to [`StoreError::Backend`] naming the
+/// `operation` (and its input): `.map_err(backend(STORE, format!(..)))`.
+pub(crate) fn backend(
+    store: &'static str,
+    operation: String,
+) -> impl FnOnce(redis::RedisError) -> StoreError {
+    move |e| StoreError::Backend {
+        store,
+        operation,
+        reason: e.to_string(),
     }
 }
 

@@ -25,20 +25,14 @@ const CAPACITY: u64 = 100_000;
 /// (registries publish no change events: other nodes rely on [`TTL`]).
 pub struct CachedRegistry {
     store: Arc<dyn Registry>,
-    cache: Option<FollowingCache<GatewayId, GatewayInfo>>,
+    cache: FollowingCache<GatewayId, GatewayInfo>,
 }
 
 impl CachedRegistry {
     /// Wraps `store`.
     pub fn new(store: Arc<dyn Registry>) -> Self {
-        let cache = FollowingCache::new(CAPACITY, TTL, None);
+        let cache = FollowingCache::new(CAPACITY, TTL, None, None);
         Self { store, cache }
-    }
-
-    fn changed(&self, gateway: &GatewayId) {
-        if let Some(cache) = &self.cache {
-            cache.invalidate(gateway);
-        }
     }
 }
 
@@ -54,20 +48,17 @@ enum Miss {
 impl Registry for CachedRegistry {
     async fn register(&self, gateway: &GatewayInfo) -> Result<(), StoreError> {
         self.store.register(gateway).await?;
-        self.changed(&gateway.id);
+        self.cache.invalidate(&gateway.id);
         Ok(())
     }
 
     async fn deregister(&self, gateway: &GatewayId) -> Result<(), StoreError> {
         self.store.deregister(gateway).await?;
-        self.changed(gateway);
+        self.cache.invalidate(gateway);
         Ok(())
     }
 
     async fn get(&self, gateway: &GatewayId) -> Result<Option<GatewayInfo>, StoreError> {
-        let Some(cache) = &self.cache else {
-            return self.store.get(gateway).await;
-        };
         let load = async {
             match self.store.get(gateway).await {
                 Ok(Some(info)) => Ok(info),
@@ -75,8 +66,8 @@ impl Registry for CachedRegistry {
                 Err(err) => Err(Miss::Store(err)),
             }
         };
-        match cache.get_or_load(gateway, load).await {
-            Ok((info, _)) => Ok(Some(info)),
+        match self.cache.get_or_load(gateway, load).await {
+            Ok(info) => Ok(Some(info)),
             Err(Miss::Absent) => Ok(None),
             Err(Miss::Store(err)) => Err(err),
         }

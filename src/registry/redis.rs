@@ -22,10 +22,10 @@ use tokio::task::JoinHandle;
 use super::Registry;
 use crate::error::StoreError;
 use crate::groups::Directory;
-use crate::redis_conn::RedisHandle;
+use crate::redis_conn::{backend, RedisHandle};
 use crate::topology::{GatewayId, GatewayInfo};
 
-const STORE: &str = "registry";
+use super::STORE;
 
 /// Registrations with a TTL in Redis.
 pub struct RedisRegistry {
@@ -52,7 +52,7 @@ impl RedisRegistry {
             .conn()
             .smembers(self.set_key())
             .await
-            .map_err(backend("list gateway ids".into()))
+            .map_err(backend(STORE, "list gateway ids".into()))
     }
 
     /// Finds gateways whose registration expired and claims them; returns
@@ -65,14 +65,14 @@ impl RedisRegistry {
             let alive: bool = conn
                 .exists(self.key(&gateway))
                 .await
-                .map_err(backend(format!("check gateway {gateway}")))?;
+                .map_err(backend(STORE, format!("check gateway {gateway}")))?;
             if alive {
                 continue;
             }
             let claimed: i64 = conn
                 .srem(self.set_key(), &id)
                 .await
-                .map_err(backend(format!("claim dead gateway {gateway}")))?;
+                .map_err(backend(STORE, format!("claim dead gateway {gateway}")))?;
             if claimed == 1 {
                 dead.push(gateway);
             }
@@ -110,42 +110,19 @@ impl RedisRegistry {
     }
 }
 
-fn backend(operation: String) -> impl FnOnce(redis::RedisError) -> StoreError {
-    move |e| StoreError::Backend {
-        store: STORE,
-        operation,
-        reason: e.to_string(),
-    }
-}
-
-pub(crate) fn decode(id: &GatewayId, value: &str) -> Result<GatewayInfo, StoreError> {
-    let (region, address) = value
-        .split_once('\x1f')
-        .ok_or_else(|| StoreError::Backend {
-            store: STORE,
-            operation: format!("read gateway {id}"),
-            reason: format!("malformed value {value:?}"),
-        })?;
-    Ok(GatewayInfo {
-        id: id.clone(),
-        region: region.into(),
-        address: address.into(),
-    })
-}
-
 #[async_trait]
 impl Registry for RedisRegistry {
     async fn register(&self, gateway: &GatewayInfo) -> Result<(), StoreError> {
         let mut conn = self.redis.conn();
-        let value = format!("{}\x1f{}", gateway.region, gateway.address);
+        let value = super::encode(gateway);
         let _: () = conn
             .pset_ex(self.key(&gateway.id), value, self.ttl.as_millis() as u64)
             .await
-            .map_err(backend(format!("register gateway {}", gateway.id)))?;
+            .map_err(backend(STORE, format!("register gateway {}", gateway.id)))?;
         let _: i64 = conn
             .sadd(self.set_key(), gateway.id.as_str())
             .await
-            .map_err(backend(format!("list gateway {}", gateway.id)))?;
+            .map_err(backend(STORE, format!("list gateway {}", gateway.id)))?;
         Ok(())
     }
 
@@ -154,11 +131,11 @@ impl Registry for RedisRegistry {
         let _: i64 = conn
             .del(self.key(gateway))
             .await
-            .map_err(backend(format!("deregister gateway {gateway}")))?;
+            .map_err(backend(STORE, format!("deregister gateway {gateway}")))?;
         let _: i64 = conn
             .srem(self.set_key(), gateway.as_str())
             .await
-            .map_err(backend(format!("unlist gateway {gateway}")))?;
+            .map_err(backend(STORE, format!("unlist gateway {gateway}")))?;
         Ok(())
     }
 
@@ -168,8 +145,8 @@ impl Registry for RedisRegistry {
             .conn()
             .get(self.key(gateway))
             .await
-            .map_err(backend(format!("get gateway {gateway}")))?;
-        value.map(|v| decode(gateway, &v)).transpose()
+            .map_err(backend(STORE, format!("get gateway {gateway}")))?;
+        value.map(|v| super::decode(gateway, &v)).transpose()
     }
 
     async fn list(&self) -> Result<Vec<GatewayInfo>, StoreError> {

@@ -50,8 +50,9 @@ pub(crate) async fn serve(
     }
 }
 
-/// The scrape, with every transport's health read now: the direct link and
-/// the in-memory transport keep no gauge of their own.
+/// The scrape, with every transport's health read now: transports set the
+/// gauge as their health changes, but the direct link's comes back up by
+/// time (`retry_after`), which no event marks.
 fn scrape(endpoint: &Endpoint) -> String {
     for transport in endpoint.shared.backends.transports.iter() {
         let up = matches!(transport.health(), crate::transport::Health::Up);

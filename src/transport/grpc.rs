@@ -110,6 +110,7 @@ pub struct GrpcTransport {
 impl GrpcTransport {
     /// A transport that finds peers' addresses in `registry`.
     pub fn new(config: &GrpcConfig, registry: Arc<dyn Registry>) -> Self {
+        super::record_up(TransportKind::Grpc, true);
         Self {
             config: GrpcConfig {
                 queue: config.queue.max(1),
@@ -203,7 +204,10 @@ impl GrpcTransport {
         match self.open(address).await {
             Ok(link) => {
                 let link = Arc::new(link);
-                *self.failures.lock() = Failures::default();
+                let failed = std::mem::take(&mut *self.failures.lock());
+                if failed.in_a_row >= DOWN_AFTER {
+                    super::record_up(TransportKind::Grpc, true);
+                }
                 self.links
                     .lock()
                     .insert(address.to_owned(), LinkState::Open(link.clone()));
@@ -236,6 +240,11 @@ impl GrpcTransport {
         let mut all = self.failures.lock();
         all.in_a_row += 1;
         all.latest = Some((now, format!("{address}: {reason}")));
+        // The gauge stays 0 from here until a link opens again (health()
+        // lets the policy probe again after `retry_after`).
+        if all.in_a_row == DOWN_AFTER {
+            super::record_up(TransportKind::Grpc, false);
+        }
     }
 
     async fn open(&self, address: &str) -> Result<Link, String> {

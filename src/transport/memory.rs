@@ -49,6 +49,9 @@ impl TransportFactory for MemoryConfig {
 impl MemoryTransport {
     /// An empty hub.
     pub fn new(config: &MemoryConfig) -> Self {
+        // In process, so never down; reported like every transport's health
+        // so a dashboard of `switchyard_transport_up` misses none.
+        super::record_up(TransportKind::Memory, true);
         Self {
             queue: config.queue.max(1),
             inboxes: Arc::default(),

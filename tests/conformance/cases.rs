@@ -1,7 +1,8 @@
 //! The cases every transport must pass, modelled on Watermill's universal
-//! pub/sub tests. Each takes a connected transport and asserts exact counts;
-//! a case that needs a capability the transport does not claim prints why
-//! it is skipped and returns.
+//! pub/sub tests. Each takes a connected transport and asserts exact counts.
+//! A case that needs a capability (`order`, `resubscribe`, `redelivery`) is
+//! generated only for transports that claim it, and [`claims`] checks that
+//! what a transport's suite claims is what it reports.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -11,9 +12,12 @@ use bytes::Bytes;
 use futures::StreamExt;
 use rand::{Rng, RngCore};
 use switchyard::dedupe::DedupeWindow;
-use switchyard::transport::{Ack, Health, Subscription, Transport, Transports};
+use switchyard::policy::live::LivePolicy;
+use switchyard::policy::{Policy, RoutingConfig};
+use switchyard::transport::{Ack, Capabilities, Health, Subscription, Transport, Transports};
 use switchyard::{
-    Backends, Destination, Envelope, GatewayId, GatewayInfo, MessageId, Priority, Router, Settings,
+    Backends, Destination, Envelope, GatewayId, GatewayInfo, MessageId, Outcome, Priority, Router,
+    Settings,
 };
 
 /// How long any wait for messages may take before the case fails.
@@ -150,10 +154,29 @@ fn dedupe(arrivals: &[Envelope]) -> (Vec<MessageId>, usize) {
     (delivered, dropped)
 }
 
-/// A case that does not apply to what the transport promises (checked by
-/// its capabilities): nothing to assert.
-fn skip(t: &dyn Transport, case: &str, why: &str) {
-    eprintln!("{} {case}: does not apply ({why})", t.kind());
+/// A case run on a transport that does not promise what it tests is a
+/// mistake in the suite, not a pass.
+fn needs(t: &dyn Transport, claimed: bool, what: &str) {
+    assert!(claimed, "{}: does not claim {what}", t.kind());
+}
+
+/// The capabilities a transport's `conformance!` call claims (and so the
+/// cases it generates) are the ones the transport reports: a claim it
+/// dropped, or one it gained, fails here instead of silently changing
+/// which cases run.
+pub async fn claims(t: Arc<dyn Transport>, claimed: &[&str]) {
+    let expected = Capabilities {
+        durable: claimed.contains(&"durable"),
+        ordered: claimed.contains(&"ordered"),
+        redelivers: claimed.contains(&"redelivers"),
+        direct: claimed.contains(&"direct"),
+    };
+    assert_eq!(
+        t.capabilities(),
+        expected,
+        "{}: reports other capabilities than its suite claims ({claimed:?})",
+        t.kind()
+    );
 }
 
 /// Payload, headers and every envelope field arrive intact, exactly once.
@@ -250,9 +273,7 @@ pub async fn concurrent(t: Arc<dyn Transport>) {
 /// One publisher's messages to one address arrive in publish order, across
 /// batches of varying size and both ack modes.
 pub async fn order(t: Arc<dyn Transport>) {
-    if !t.capabilities().ordered {
-        return skip(&*t, "order", "transport does not claim order");
-    }
+    needs(&*t, t.capabilities().ordered, "order");
     let gw = gateway();
     let mut sub = t.subscribe(&gw).await.expect("subscribe");
     let sent: Vec<Envelope> = (0..300).map(|i| envelope(i, 32)).collect();
@@ -313,9 +334,7 @@ pub async fn isolation(t: Arc<dyn Transport>) {
 /// A durable transport loses nothing when its subscriber goes away and
 /// comes back: messages sent meanwhile, and those received but not acked.
 pub async fn resubscribe(t: Arc<dyn Transport>) {
-    if !t.capabilities().durable {
-        return skip(&*t, "resubscribe", "transport is not durable");
-    }
+    needs(&*t, t.capabilities().durable, "durability");
     let gw = gateway();
     let first: Vec<Envelope> = (0..20).map(|i| envelope(i, 128)).collect();
     let second: Vec<Envelope> = (20..40).map(|i| envelope(i, 128)).collect();
@@ -352,9 +371,7 @@ pub async fn resubscribe(t: Arc<dyn Transport>) {
 
 /// Unacked messages come again to the next subscriber; acked ones do not.
 pub async fn redelivery(t: Arc<dyn Transport>) {
-    if !t.capabilities().redelivers {
-        return skip(&*t, "redelivery", "transport does not redeliver");
-    }
+    needs(&*t, t.capabilities().redelivers, "redelivery");
     let gw = gateway();
     let sent: Vec<Envelope> = (0..5).map(|i| envelope(i, 64)).collect();
     let mut sub = t.subscribe(&gw).await.expect("subscribe");
@@ -609,6 +626,115 @@ pub async fn retried_publish_dedupe(t: Arc<dyn Transport>) {
     );
 }
 
+/// Routes `MESSAGES` high-priority messages from gw-a to bob on gw-b (same
+/// region) over `t` alone, through two routers, and waits until gw-b acked
+/// every one.
+async fn route_through_routers(t: Arc<dyn Transport>) {
+    const MESSAGES: usize = 5;
+    let mut backends = Backends::from_settings(&Settings::default())
+        .await
+        .expect("backends");
+    let mut transports = Transports::default();
+    transports.insert(t.clone());
+    backends.transports = transports;
+    let name = t.kind().as_str().to_owned();
+    let routing = RoutingConfig {
+        same_region: name.clone(),
+        cross_region: name,
+        ..RoutingConfig::default()
+    };
+    let policy = LivePolicy::new(Policy::new(&routing, None, &[t.kind()]).expect("a policy"));
+    let router = |id: GatewayId| {
+        Router::builder(GatewayInfo::new(id, "eu"))
+            .backends(backends.clone())
+            .policy(policy.clone())
+            .build()
+    };
+    let (a, b) = (gateway(), gateway());
+    let (sender, _) = router(a.clone()).await.expect("router a");
+    let (receiver, mut inbox) = router(b.clone()).await.expect("router b");
+    receiver.connect("bob", "phone").await.expect("connect bob");
+    // Read while sending: a direct link confirms once gw-b acked.
+    let reading = async {
+        for _ in 0..MESSAGES {
+            let delivery = tokio::time::timeout(PATIENCE, inbox.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{}: a delivery within {PATIENCE:?}", t.kind()))
+                .expect("the inbox is open");
+            inbox.ack(delivery.seq);
+        }
+    };
+    let sending = async {
+        for i in 0..MESSAGES {
+            let to_bob = Destination::User("bob".into());
+            let envelope = Envelope::new("alice", a.clone(), to_bob, format!("m{i}"))
+                .with_priority(Priority::High);
+            let report = sender.send(envelope).await.expect("send");
+            let confirmed = matches!(&report.outcome, Outcome::Routed { targets, stored_offline: None }
+                if targets.len() == 1 && targets[0].gateway == b && targets[0].confirmed);
+            assert!(confirmed, "{}: not confirmed to {b}: {report:?}", t.kind());
+        }
+    };
+    tokio::join!(reading, sending);
+}
+
+/// The standard metrics, labelled with the transport, are emitted when it
+/// carries messages between routers (Vector's `assert_sink_compliance`):
+/// `switchyard_messages_total{via}`, `switchyard_publish_duration_seconds
+/// {transport, outcome="ok"}`, `switchyard_delivery_latency_seconds{via}`
+/// and `switchyard_transport_up{transport} 1`. The case runs on a runtime
+/// of its own, every task of which records into a recorder of its own, so
+/// other cases running at the same time are not counted.
+pub fn metrics<F, Fut>(connect: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn Transport>>,
+{
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let kind = metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let t = connect().await;
+            route_through_routers(t.clone()).await;
+            t.kind()
+        })
+    });
+    let scrape = handle.render();
+    let name = kind.as_str();
+    let samples = |metric: &str, label: &str| -> f64 {
+        scrape
+            .lines()
+            .filter(|line| line.starts_with(metric) && line.contains(label))
+            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    let expected = [
+        ("switchyard_messages_total{", format!("via=\"{name}\"")),
+        (
+            "switchyard_publish_duration_seconds_count{",
+            format!("transport=\"{name}\""),
+        ),
+        (
+            "switchyard_delivery_latency_seconds_count{",
+            format!("via=\"{name}\""),
+        ),
+        ("switchyard_transport_up{", format!("transport=\"{name}\"")),
+    ];
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|(metric, label)| samples(metric, label) < 1.0)
+        .map(|(metric, label)| format!("{metric}{label}}}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{name}: standard metrics missing or zero: {missing:?}\n{scrape}"
+    );
+}
+
 /// A broker a test can stop and start again, with a transport connected to it.
 #[async_trait::async_trait(?Send)]
 pub trait Restartable {
@@ -623,11 +749,7 @@ pub trait Restartable {
 /// The broker dies mid-stream: publishes fail (so the router falls back),
 /// health goes down, and after the restart the same transport and the same
 /// subscription carry messages again, none lost once confirmed.
-pub async fn broker_restart(broker: Option<Box<dyn Restartable>>) {
-    let Some(mut broker) = broker else {
-        // memory and grpc have no broker to restart.
-        return eprintln!("broker_restart: does not apply (no broker)");
-    };
+pub async fn broker_restart(mut broker: Box<dyn Restartable>) {
     let t = broker.transport();
     let gw = gateway();
     let mut sub = t.subscribe(&gw).await.expect("subscribe");
