@@ -48,6 +48,9 @@
 //!   Sentinel, [`redis_conn::sentinel`]: finds the master by service name,
 //!   follows failovers, waits for replicas) every Redis store and the Redis
 //!   transport share, and the change channel caches listen on.
+//! - [`regions`]: one Redis per region; presence replicated between
+//!   regions over Kafka; messages that landed on stale presence routed
+//!   again where they landed.
 //! - [`groups`]: membership and per-gateway distribution of online members.
 //! - [`blocks`]: block lists, checked before forwarding.
 //! - [`offline`]: per-user queues for recipients with no session, and
@@ -102,6 +105,8 @@ pub mod presence;
 pub mod proto;
 #[cfg(feature = "redis")]
 pub mod redis_conn;
+#[cfg(feature = "regions")]
+pub mod regions;
 pub mod registry;
 pub mod router;
 #[cfg(feature = "grpc")]

@@ -45,6 +45,17 @@ pub const OFFLINE_DEAD_LETTERED: &str = "switchyard_offline_dead_lettered_total"
 pub const DEAD_LETTERS_REPLAYED: &str = "switchyard_dead_letters_replayed_total";
 /// Dead letters an operator deleted (Admin API).
 pub const DEAD_LETTERS_PURGED: &str = "switchyard_dead_letters_purged_total";
+/// Presence snapshots produced for other regions, by outcome (`sent`, `failed`).
+pub const PRESENCE_REPLICATED: &str = "switchyard_presence_replicated_total";
+/// Other regions' presence snapshots read, by outcome (`applied`, `stale`).
+pub const PRESENCE_APPLIED: &str = "switchyard_presence_applied_total";
+/// From a presence snapshot's taking in its region to its application here, by region (`from`).
+pub const PRESENCE_REPLICATION_LAG: &str = "switchyard_presence_replication_lag_seconds";
+/// Messages that reached a gateway their user had left, routed again, by
+/// outcome (`forwarded`, `unconfirmed`, `offline`, `failed`).
+pub const RERESOLVED: &str = "switchyard_reresolved_total";
+/// Offline messages of this region sent on to a user online in another, by outcome.
+pub const OFFLINE_HANDED_OVER: &str = "switchyard_offline_handed_over_total";
 /// Redis subscription gaps, by `what` (`transport`, `presence`) and `reason`:
 /// `disconnected` (connection dropped, failover, or cut off by the server's
 /// `client-output-buffer-limit pubsub`) or `lagging` (this process fell more
@@ -227,6 +238,31 @@ pub const CATALOG: &[Metric] = &[
         "Dead letters an operator moved back to the offline queue for delivery.",
     ),
     metric(DEAD_LETTERS_PURGED, Kind::Counter, "Dead letters an operator deleted."),
+    metric(
+        PRESENCE_REPLICATED,
+        Kind::Counter,
+        "Presence snapshots produced for other regions, by outcome (sent, failed).",
+    ),
+    metric(
+        PRESENCE_APPLIED,
+        Kind::Counter,
+        "Other regions' presence snapshots read, by outcome (applied, stale: a newer one was applied).",
+    ),
+    metric(
+        PRESENCE_REPLICATION_LAG,
+        Kind::Histogram,
+        "From a presence snapshot in its region (from) to its application in this one.",
+    ),
+    metric(
+        RERESOLVED,
+        Kind::Counter,
+        "Messages that reached a gateway their user had left, routed again, by outcome (forwarded, unconfirmed, offline, failed).",
+    ),
+    metric(
+        OFFLINE_HANDED_OVER,
+        Kind::Counter,
+        "Offline messages of this region sent on to a user now online in another, by outcome.",
+    ),
     metric(
         OFFLINE_MESSAGES,
         Kind::Gauge,

@@ -261,9 +261,24 @@ pub(super) fn check(s: &Settings) -> Bounds {
         b.count("transports.grpc.queue", g.queue, 1, max_queue);
         compression(&mut b, "transports.grpc", &g.envelope_compression);
     }
+    #[cfg(feature = "regions")]
+    if let Some(r) = &s.regions {
+        b.count("regions.partitions", r.partitions, 1, 10_000);
+        b.time("regions.tombstone_ttl", r.tombstone_ttl, MINUTE, 30 * DAY);
+        b.time("regions.sweep_interval", r.sweep_interval, 10 * MS, HOUR);
+        for (region, redis) in &r.redis {
+            redis_connection(&mut b, &format!("regions.redis.{region}"), redis);
+        }
+    }
     b
 }
 
+#[cfg(any(
+    feature = "redis",
+    feature = "kafka",
+    feature = "nats",
+    feature = "grpc"
+))]
 fn compression(b: &mut Bounds, section: &str, c: &crate::envelope::compression::CompressionConfig) {
     let key = |name: &str| format!("{section}.envelope_compression.{name}");
     b.count(&key("min_bytes"), c.min_bytes, 0, 64 * MIB as i128);
@@ -316,6 +331,14 @@ mod tests {
             ..Default::default()
         });
         s.registry = crate::registry::RegistryConfig::Etcd(Default::default());
+        #[cfg(feature = "regions")]
+        {
+            s.regions = Some(crate::config::RegionsConfig {
+                local: "eu".into(),
+                redis: [("eu".to_owned(), Default::default())].into(),
+                ..Default::default()
+            });
+        }
         s
     }
 

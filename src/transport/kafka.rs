@@ -430,7 +430,7 @@ fn producer(
 }
 
 /// Settings every client shares.
-fn client_config(config: &KafkaConfig) -> ClientConfig {
+pub(crate) fn client_config(config: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.brokers)
         .set("client.id", &config.client_id)
@@ -443,7 +443,7 @@ fn client_config(config: &KafkaConfig) -> ClientConfig {
 }
 
 /// Applies the pass-through properties last, so they win.
-trait WithOverrides {
+pub(crate) trait WithOverrides {
     fn with_overrides(&mut self, config: &KafkaConfig) -> &mut Self;
 }
 
@@ -456,7 +456,7 @@ impl WithOverrides for ClientConfig {
     }
 }
 
-fn millis(d: Duration) -> String {
+pub(crate) fn millis(d: Duration) -> String {
     d.as_millis().to_string()
 }
 

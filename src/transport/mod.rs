@@ -188,6 +188,19 @@ impl Subscription {
         }
     }
 
+    /// The same subscription with its stream passed through `f` (what
+    /// settles it is kept).
+    #[cfg(feature = "regions")]
+    pub(crate) fn map_stream(
+        self,
+        f: impl FnOnce(BoxStream<'static, Incoming>) -> BoxStream<'static, Incoming>,
+    ) -> Self {
+        Self {
+            stream: f(self.stream),
+            settled: self.settled,
+        }
+    }
+
     /// A subscription whose transport signals `settled` (or drops it) once
     /// it has settled after the stream was dropped.
     pub fn settling(
