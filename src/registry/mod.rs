@@ -40,14 +40,18 @@ pub trait Registry: Send + Sync + 'static {
     }
 }
 
+/// The registry's name in errors of the shared backends.
+#[cfg(any(feature = "redis", feature = "etcd"))]
 const STORE: &str = "registry";
 
 /// A registration's stored value: `region \x1f address` (Redis and etcd).
+#[cfg(any(feature = "redis", feature = "etcd"))]
 pub(crate) fn encode(gateway: &GatewayInfo) -> String {
     format!("{}\x1f{}", gateway.region, gateway.address)
 }
 
 /// Reads [`encode`]'s value back; a malformed one names the gateway.
+#[cfg(any(feature = "redis", feature = "etcd"))]
 pub(crate) fn decode(id: &GatewayId, value: &str) -> Result<GatewayInfo, StoreError> {
     let (region, address) = value
         .split_once('\x1f')
