@@ -35,7 +35,7 @@ cargo clippy --all-targets -- -D warnings
 cargo clippy --all-targets --features etcd -- -D warnings
 # The library builds with any one backend, or none (memory only): an
 # embedding gateway links only what it enables (Cargo.toml [features]).
-for features in "" redis kafka nats grpc etcd; do
+for features in "" redis kafka nats grpc etcd regions; do
   cargo clippy --lib --no-default-features --features "$features" -- -D warnings
 done
 # Benches are built by clippy above and measured by `cargo bench`, not run here.

@@ -15,7 +15,7 @@ use crate::offline::{memory::MemoryOffline, OfflineStore};
 use crate::policy::hot_pairs::HotPairs;
 use crate::presence::cache::CachedPresence;
 use crate::presence::{memory::MemoryPresence, PresenceStore};
-use crate::registry::{cache::CachedRegistry, memory::MemoryRegistry, Registry, Separate};
+use crate::registry::{cache::CachedRegistry, memory::MemoryRegistry, Reaper, Registry, Separate};
 use crate::topology::IdError;
 #[cfg(feature = "grpc")]
 use crate::transport::grpc::GrpcTransport;
@@ -47,6 +47,9 @@ pub struct Backends {
     pub peer_links: Option<Arc<GrpcTransport>>,
     /// Hot-pair detection, shared by every router of the process.
     pub hot_pairs: Arc<HotPairs>,
+    /// Presence replication between regions, with `[regions]`.
+    #[cfg(feature = "regions")]
+    pub regions: Option<Arc<crate::regions::Regions>>,
 }
 
 /// The state stores one `[store]` backend provides.
@@ -62,6 +65,10 @@ impl Backends {
     /// Builds the backends `settings` select. Must run inside a Tokio runtime.
     pub async fn from_settings(settings: &Settings) -> Result<Self, BuildError> {
         settings.validate()?;
+        #[cfg(feature = "regions")]
+        let settings = &crate::config::regions::localize(settings);
+        #[cfg(feature = "regions")]
+        let mut regions = None;
         let (stores, mut reaper): (Stores, Option<Reaper>) = match &settings.store {
             StoreConfig::Memory => (
                 Stores {
@@ -73,8 +80,14 @@ impl Backends {
                 },
                 None,
             ),
-            #[cfg(feature = "redis")]
+            #[cfg(all(feature = "redis", not(feature = "regions")))]
             StoreConfig::Redis(config) => redis_stores(config, settings).await?,
+            #[cfg(feature = "regions")]
+            StoreConfig::Redis(config) => {
+                let (stores, reaper, replication) = redis_stores(config, settings).await?;
+                regions = replication;
+                (stores, reaper)
+            }
         };
         let Stores {
             presence,
@@ -109,6 +122,11 @@ impl Backends {
         if let Some(reap) = reaper {
             reap(&directory);
         }
+        #[cfg(feature = "regions")]
+        if let Some(regions) = &regions {
+            let limit = settings.offline.max_per_user;
+            regions.follow(directory.clone(), offline.clone(), limit)?;
+        }
         Ok(Self {
             directory,
             presence,
@@ -119,21 +137,47 @@ impl Backends {
             #[cfg(feature = "grpc")]
             peer_links,
             hot_pairs,
+            #[cfg(feature = "regions")]
+            regions,
         })
+    }
+
+    /// With `[regions]`: the check that routes again what reaches gateway
+    /// `me` for a user who is not there; an error when `me` is of another
+    /// region (its sessions would land in this region's store).
+    #[cfg(feature = "regions")]
+    pub(crate) fn region_guard(
+        &self,
+        me: &crate::topology::GatewayInfo,
+    ) -> Result<Option<Arc<crate::regions::reresolve::Guard>>, BuildError> {
+        let Some(regions) = self.regions.as_ref() else {
+            return Ok(None);
+        };
+        if regions.region() != &me.region {
+            return Err(ConfigError::Invalid(vec![crate::config::Problem {
+                key: "regions.local".into(),
+                reason: format!(
+                    "this node serves region {}; gateway {} is in region {}",
+                    regions.region(),
+                    me.id,
+                    me.region
+                ),
+            }])
+            .into());
+        }
+        let (presence, offline) = (self.presence.clone(), self.offline.clone());
+        Ok(Some(regions.guard(&me.id, presence, offline)))
     }
 }
 
-/// What cleans up after gateways a shared registry expired, started once
-/// the directory (presence and groups) exists.
-pub(crate) type Reaper = Box<dyn FnOnce(&Directory) + Send>;
-
 /// The stores on Redis (standalone, Cluster or Sentinel), and the reaper of
-/// the gateways its registry expires.
+/// the gateways its registry expires; with `[regions]`, presence is the
+/// region's (local and replicated) and its replication comes along.
 #[cfg(feature = "redis")]
 async fn redis_stores(
     config: &crate::redis_conn::RedisConfig,
     settings: &Settings,
-) -> Result<(Stores, Option<Reaper>), BuildError> {
+) -> Result<RedisStores, BuildError> {
     let redis = RedisHandle::connect(config)
         .await
         .map_err(|e| e.for_store("redis"))?;
@@ -144,15 +188,36 @@ async fn redis_stores(
         drop(expiring.watch(directory.clone(), every));
     });
     let ttl = settings.presence.session_ttl;
+    let presence = Arc::new(RedisPresence::new(redis.clone(), ttl).await?);
+    #[cfg(feature = "regions")]
+    let (presence, regions): (Arc<dyn PresenceStore>, _) = match &settings.regions {
+        Some(regions) => {
+            let Some(kafka) = &settings.transports.kafka else {
+                return Err(ConfigError::Invalid(regions.problems(settings)).into());
+            };
+            let running =
+                crate::regions::Regions::connect(regions, kafka, redis.clone(), presence).await?;
+            (running.presence(), Some(Arc::new(running)))
+        }
+        None => (presence, None),
+    };
     let stores = Stores {
-        presence: Arc::new(RedisPresence::new(redis.clone(), ttl).await?),
+        presence,
         groups: Arc::new(RedisGroups::new(redis.clone())),
         blocks: Arc::new(RedisBlocks::new(redis.clone()).await?),
         offline: Arc::new(RedisOffline::new(redis, settings.offline.clone())),
         registry,
     };
+    #[cfg(feature = "regions")]
+    return Ok((stores, Some(reaper), regions));
+    #[cfg(not(feature = "regions"))]
     Ok((stores, Some(reaper)))
 }
+
+#[cfg(all(feature = "redis", not(feature = "regions")))]
+type RedisStores = (Stores, Option<Reaper>);
+#[cfg(feature = "regions")]
+type RedisStores = (Stores, Option<Reaper>, Option<Arc<crate::regions::Regions>>);
 
 /// Building a router or its backends failed.
 #[derive(Debug, thiserror::Error)]

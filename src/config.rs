@@ -23,10 +23,14 @@ use crate::transport::TransportsConfig;
 
 mod check;
 pub mod problem;
+#[cfg(feature = "regions")]
+pub mod regions;
 mod show;
 pub mod sidecar;
 pub use check::{env_var, load_checked};
 pub use problem::{ConfigError, Problem};
+#[cfg(feature = "regions")]
+pub use regions::RegionsConfig;
 pub use show::{effective_toml, ShowError, EMBEDDED_DEFAULT};
 
 /// Everything a router node is configured with.
@@ -58,6 +62,9 @@ pub struct Settings {
     pub sidecar: sidecar::SidecarConfig,
     /// The metrics and health endpoint.
     pub telemetry: TelemetryConfig,
+    /// This node's region and presence replication between regions, if any.
+    #[cfg(feature = "regions")]
+    pub regions: Option<RegionsConfig>,
 }
 
 /// `[limits]`.
@@ -241,6 +248,10 @@ impl Settings {
         problems.extend(self.transports.problems());
         problems.extend(self.registry.problems());
         problems.extend(self.routing.hot_pairs.problems());
+        #[cfg(feature = "regions")]
+        if let Some(regions) = &self.regions {
+            problems.extend(regions.problems(self));
+        }
         problems.extend(self.sidecar.problems());
         #[cfg(feature = "grpc")]
         if self.transports.grpc.is_some()

@@ -36,7 +36,7 @@
 //! - [`config`]: typed settings, layered file + environment, validated with
 //!   the key and reason of every problem, every number within its range.
 //! - [`backends`]: builds every store and transport once from config.
-//! - [`changes`]: change events and the in-process caches (sessions, block
+//! - `changes`: change events and the in-process caches (sessions, block
 //!   lists, gateways) that follow them.
 //! - [`presence`]: who is online where ([`presence::PresenceStore`]), with a
 //!   local cache in front.
@@ -47,15 +47,24 @@
 //!   Sentinel, [`redis_conn::sentinel`]: finds the master by service name,
 //!   follows failovers, waits for replicas) every Redis store and the Redis
 //!   transport share, and the change channel caches listen on.
+//! - [`regions`]: one Redis per region; presence replicated between
+//!   regions over Kafka; messages that landed on stale presence routed
+//!   again where they landed.
 //! - [`groups`]: membership and per-gateway distribution of online members.
 //! - [`blocks`]: block lists, checked before forwarding.
 //! - [`offline`]: per-user queues for recipients with no session.
 //! - [`policy`]: the route decision and transport order per target gateway;
 //!   the canary, its live share and auto-rollback, and the handover that
 //!   keeps per-pair order when a gateway's transport changes.
-//! - [`transport`]: the [`transport::Transport`] trait and its backends.
-//! - [`router`]: the send path (validate, block, locate, decide, publish).
-//! - [`inbox`]: the receive path (merge, dedupe, deliver).
+//! - [`transport`]: the [`transport::Transport`] trait, the catalog every
+//!   transport is listed in once (kinds, config sections, construction),
+//!   and the backends, one file and one cargo feature each.
+//! - [`router`]: the send path, a file per step: `plan` (validate, block,
+//!   locate, decide), `batch`, `publish`, `stack` (timeout, retry, canary
+//!   feedback and metrics as tower layers around each transport),
+//!   `offline`, `report`.
+//! - [`inbox`]: the receive path, a file per step: `merge` (subscribe),
+//!   `feed` (dedupe, deliver), `ack`, and `replay` of offline messages.
 //! - [`dedupe`]: the bounded window of seen message ids.
 //! - [`telemetry`]: metric names and the Prometheus recorder.
 //! - [`sidecar`]: the gRPC server of `switchyard serve` (Gateway, Admin and
@@ -64,6 +73,11 @@
 //! - [`demo`]: the in-process fleet behind `switchyard demo`.
 //! - [`bench`]: the load generator behind `switchyard bench`, with the
 //!   raw-client baselines it is compared with.
+//!
+//! No module uses one that uses it back (`tests/architecture.rs`). Cargo
+//! features `redis`, `kafka`, `nats`, `grpc` (sidecar and direct links) and
+//! `cli` (bench, demo, the binary) are on by default; without them the
+//! library routes over the in-process memory transport and stores.
 
 #![deny(missing_docs, unsafe_code)]
 
@@ -71,7 +85,7 @@ pub mod backends;
 #[cfg(feature = "cli")]
 pub mod bench;
 pub mod blocks;
-pub mod changes;
+pub(crate) mod changes;
 pub mod config;
 pub mod dedupe;
 #[cfg(feature = "cli")]
@@ -88,6 +102,8 @@ pub mod presence;
 pub mod proto;
 #[cfg(feature = "redis")]
 pub mod redis_conn;
+#[cfg(feature = "regions")]
+pub mod regions;
 pub mod registry;
 pub mod router;
 #[cfg(feature = "grpc")]

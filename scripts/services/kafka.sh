@@ -17,11 +17,16 @@
 # place a second, private cluster: node N listens for clients on
 # BASE+N-1 and for controllers on BASE+100+N-1. Tests that kill nodes use
 # one of their own (tests/support/mod.rs, `PrivateKafka`); keep ports below
-# 32768, out of the kernel's ephemeral range.
+# 32768, out of the kernel's ephemeral range. KAFKA_WAN_BASE adds a second
+# listener per node on BASE+200+N-1 whose advertised address is
+# 127.0.0.1:KAFKA_WAN_BASE+N-1: a proxy there forwarding to it (the
+# simulated WAN of tests/wan.rs) keeps the clients of a remote region on the
+# proxy, while the first listener stays direct for the local one.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 base=${KAFKA_BASE_PORT:-9092}
+wan=${KAFKA_WAN_BASE:-}
 data=${KAFKA_DATA:-$PWD/.services/kafka}
 here=$PWD/scripts/services/kafka
 nodes=(1 2 3)
@@ -72,16 +77,22 @@ broker_count() {
 
 config() {
   local n=$1 voters=() m
+  local listeners="PLAINTEXT://127.0.0.1:$(client_port "$n"),CONTROLLER://127.0.0.1:$(controller_port "$n")"
+  local advertised="PLAINTEXT://127.0.0.1:$(client_port "$n")"
+  if [[ -n $wan ]]; then
+    listeners+=",WAN://127.0.0.1:$((base + 200 + n - 1))"
+    advertised+=",WAN://127.0.0.1:$((wan + n - 1))"
+  fi
   for m in "${nodes[@]}"; do voters+=("$m@127.0.0.1:$(controller_port "$m")"); done
   cat <<EOF
 process.roles=broker,controller
 node.id=$n
 controller.quorum.voters=$(IFS=,; echo "${voters[*]}")
-listeners=PLAINTEXT://127.0.0.1:$(client_port "$n"),CONTROLLER://127.0.0.1:$(controller_port "$n")
-advertised.listeners=PLAINTEXT://127.0.0.1:$(client_port "$n")
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,WAN:PLAINTEXT
 log.dirs=$data/node$n/log
 num.partitions=1
 default.replication.factor=3

@@ -120,7 +120,9 @@ impl Directory {
         Ok(sessions.into_iter().map(|s| s.gateway).collect())
     }
 
-    async fn adjust_all(
+    /// Adds `delta` to `user`'s count on `gateway` in each of their groups
+    /// (also for sessions replicated from another region).
+    pub(crate) async fn adjust_all(
         &self,
         user: &UserId,
         gateway: &GatewayId,

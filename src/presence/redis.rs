@@ -37,7 +37,8 @@ const CONCURRENCY: usize = 64;
 /// Drops expired sessions of KEYS[1] and returns the live ones as
 /// [device, value, ...]; with ARGV[1] = gateway, only that gateway's.
 /// Shared head of every script: `now` is the server's clock in ms.
-const PRELUDE: &str = r#"
+/// (`regions::replica` takes its snapshots with it too.)
+pub(crate) const PRELUDE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function parse(v)
@@ -170,7 +171,7 @@ impl RedisPresence {
         })
     }
 
-    fn user_key(&self, user: &UserId) -> String {
+    pub(crate) fn user_key(&self, user: &UserId) -> String {
         self.redis.key(&["presence", &format!("{{{user}}}")])
     }
 
@@ -183,7 +184,7 @@ impl RedisPresence {
     }
 
     /// Tells every node (this one included) that a user's sessions changed.
-    async fn changed(&self, user: &UserId) -> Result<(), StoreError> {
+    pub(crate) async fn changed(&self, user: &UserId) -> Result<(), StoreError> {
         self.changes.publish(user).await
     }
 
@@ -221,7 +222,7 @@ pub(crate) fn decode(user: &UserId, device: &str, value: &str) -> Result<Session
 /// The sessions that decode; an entry that does not (written by an older
 /// version, or by hand) is skipped and counted, so one bad entry cannot
 /// make a user unreachable. It expires with its TTL like any other.
-fn decode_pairs(user: &UserId, pairs: Vec<String>) -> Vec<Session> {
+pub(crate) fn decode_pairs(user: &UserId, pairs: Vec<String>) -> Vec<Session> {
     pairs
         .chunks_exact(2)
         .filter_map(|p| match decode(user, &p[0], &p[1]) {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Problem;
+use crate::config::problem::Problem;
 use crate::error::StoreError;
 use crate::topology::{GatewayId, GatewayInfo};
 
@@ -175,11 +175,15 @@ impl RegistryConfig {
     }
 }
 
+/// What cleans up after gateways a shared registry expired, started once
+/// the directory (presence and groups) exists.
+pub(crate) type Reaper = Box<dyn FnOnce(&crate::groups::Directory) + Send>;
+
 /// A registry of its own and how it cleans up after gateways that expire,
 /// started once the directory it cleans exists.
 pub(crate) struct Separate {
     pub registry: Arc<dyn Registry>,
-    pub clean_up: crate::backends::Reaper,
+    pub clean_up: Reaper,
 }
 
 impl Separate {

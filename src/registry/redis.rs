@@ -25,7 +25,7 @@ use crate::groups::Directory;
 use crate::redis_conn::{backend, RedisHandle};
 use crate::topology::{GatewayId, GatewayInfo};
 
-const STORE: &str = "registry";
+use super::STORE;
 
 /// Registrations with a TTL in Redis.
 pub struct RedisRegistry {

@@ -68,11 +68,16 @@ impl RouterBuilder {
             None => Backends::from_settings(&settings).await?,
         };
         let mut subscriptions = Vec::new();
+        #[cfg(feature = "regions")]
+        let guard = backends.region_guard(&self.gateway)?;
         for transport in backends.transports.iter() {
-            subscriptions.push((
-                transport.kind(),
-                transport.subscribe(&self.gateway.id).await?,
-            ));
+            #[cfg_attr(not(feature = "regions"), allow(unused_mut))]
+            let mut subscription = transport.subscribe(&self.gateway.id).await?;
+            #[cfg(feature = "regions")]
+            if let Some(guard) = &guard {
+                subscription = guard.wrap(subscription);
+            }
+            subscriptions.push((transport.kind(), subscription));
         }
         let limits = &settings.limits;
         let (local, local_rx) = mpsc::channel(limits.inbox_queue);
@@ -98,6 +103,10 @@ impl RouterBuilder {
                 stacks,
             }),
         };
+        #[cfg(feature = "regions")]
+        if let Some(guard) = guard {
+            guard.attach(router.resender());
+        }
         Ok((router, inbox))
     }
 }

@@ -21,6 +21,8 @@ mod offline;
 mod plan;
 mod publish;
 mod report;
+#[cfg(feature = "regions")]
+mod resend;
 mod sessions;
 mod stack;
 

@@ -1,4 +1,4 @@
-//! The Gateway API: one [`Router`] per attached gateway, its [`Inbox`]
+//! The Gateway API: one [`Router`] per attached gateway, its [`Inbox`](crate::Inbox)
 //! streamed to the gateway, and every other call checked to act only as that
 //! gateway and only for users it hosts.
 

@@ -6,6 +6,7 @@
 //! backend: the router only sees [`TransportKind`] values chosen by policy.
 
 mod catalog;
+pub mod compress;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 #[cfg(feature = "kafka")]
@@ -184,6 +185,19 @@ impl Subscription {
         Self {
             stream,
             settled: None,
+        }
+    }
+
+    /// The same subscription with its stream passed through `f` (what
+    /// settles it is kept).
+    #[cfg(feature = "regions")]
+    pub(crate) fn map_stream(
+        self,
+        f: impl FnOnce(BoxStream<'static, Incoming>) -> BoxStream<'static, Incoming>,
+    ) -> Self {
+        Self {
+            stream: f(self.stream),
+            settled: self.settled,
         }
     }
 

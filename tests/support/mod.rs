@@ -233,9 +233,21 @@ impl PrivateKafka {
     /// Formats and starts the cluster and waits until all three brokers
     /// are in its metadata; panics with the script's output if not.
     pub async fn start(base: u16) -> Self {
+        Self::start_with(ServiceScript::new("kafka.sh", &[], "KAFKA", base)).await
+    }
+
+    /// Like [`PrivateKafka::start`], with a second listener per node on
+    /// `base + 200 + N - 1` advertised as `127.0.0.1:{wan + N - 1}`, where
+    /// a proxy (the simulated WAN) forwards to it.
+    pub async fn start_with_wan(base: u16, wan: u16) -> Self {
+        let script = ServiceScript::new("kafka.sh", &[], "KAFKA", base)
+            .with_env("KAFKA_WAN_BASE", wan.to_string());
+        Self::start_with(script).await
+    }
+
+    async fn start_with(script: ServiceScript) -> Self {
         // Several private clusters may run beside the shared one.
-        let script =
-            ServiceScript::new("kafka.sh", &[], "KAFKA", base).with_env("KAFKA_HEAP", "384m");
+        let script = script.with_env("KAFKA_HEAP", "384m");
         script.run(&["start"]).await;
         Self { script }
     }
@@ -408,7 +420,7 @@ struct ServiceScript {
     /// Arguments before every command (`nats.sh cluster ...`).
     prefix: &'static [&'static str],
     var: &'static str,
-    env: Vec<(&'static str, &'static str)>,
+    env: Vec<(&'static str, String)>,
     base: u16,
     dir: tempfile::TempDir,
 }
@@ -430,8 +442,8 @@ impl ServiceScript {
         }
     }
 
-    fn with_env(mut self, name: &'static str, value: &'static str) -> Self {
-        self.env.push((name, value));
+    fn with_env(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.env.push((name, value.into()));
         self
     }
 
@@ -455,7 +467,7 @@ impl ServiceScript {
             .args(args)
             .env(format!("{}_BASE_PORT", self.var), self.base.to_string())
             .env(format!("{}_DATA", self.var), self.dir.path())
-            .envs(self.env.iter().copied());
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())));
         command
     }
 

@@ -1,0 +1,332 @@
+//! Presence changes between regions over Kafka.
+//!
+//! Every change of a local session marks its user; a background task takes
+//! a [`Snapshot`] of each marked user (the user's sessions in this region
+//! and a version, read in one script) and produces it to the presence
+//! topic, keyed `region/user`: one partition per (region, user), so a
+//! region's snapshots of one user stay in order, and log compaction keeps
+//! the latest of each. A user changed again while a snapshot is in flight
+//! is marked again; one whose publish failed stays marked and is retried,
+//! so the last snapshot sent always describes the current state.
+//!
+//! Each region reads the topic in its own consumer group (every sidecar of
+//! the region shares the partitions), skips its own snapshots and applies
+//! the others to its [`Replica`]; the version makes that idempotent, so a
+//! replay after a crash or rebalance changes nothing. The offset is stored
+//! only once a snapshot is applied (at-least-once).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use parking_lot::Mutex;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use tokio::sync::Notify;
+
+use super::replica::Replica;
+use super::snapshot::{RemoteSession, Snapshot};
+use super::RegionsConfig;
+use crate::envelope::now_micros;
+use crate::telemetry;
+use crate::topology::{Region, UserId};
+use crate::transport::kafka::{client_config, millis, KafkaConfig, WithOverrides};
+use crate::transport::{TransportError, TransportKind};
+
+/// Snapshots produced at once by the publishing task.
+const CONCURRENCY: usize = 64;
+/// The longest wait between attempts at a failing publish or apply.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The publishing half: users whose local sessions changed, sent on by a
+/// task that ends when this is dropped.
+pub struct Publisher {
+    marks: Arc<Marks>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Marks {
+    marked: Mutex<HashSet<UserId>>,
+    wake: Notify,
+}
+
+impl Marks {
+    fn mark(&self, user: &UserId) {
+        self.marked.lock().insert(user.clone());
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> Vec<UserId> {
+        self.marked.lock().drain().collect()
+    }
+}
+
+impl Publisher {
+    /// Marks `user` for a snapshot.
+    pub fn mark(&self, user: &UserId) {
+        self.marks.mark(user);
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What the feed needs from Kafka.
+pub(super) struct Kafka {
+    config: KafkaConfig,
+    producer: FutureProducer,
+}
+
+impl Kafka {
+    /// Connects the producer and creates the presence topic (compacted)
+    /// if it does not exist.
+    pub(super) async fn connect(
+        kafka: &KafkaConfig,
+        regions: &RegionsConfig,
+    ) -> Result<Self, TransportError> {
+        let connect_err = |reason: String| TransportError::Connect {
+            transport: TransportKind::Kafka,
+            address: kafka.brokers.clone(),
+            reason,
+        };
+        let producer: FutureProducer = client_config(kafka)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", millis(kafka.linger))
+            .set("message.timeout.ms", millis(kafka.delivery_timeout))
+            .with_overrides(kafka)
+            .create()
+            .map_err(|e| connect_err(format!("bad producer settings: {e}")))?;
+        let admin: AdminClient<DefaultClientContext> = client_config(kafka)
+            .with_overrides(kafka)
+            .create()
+            .map_err(|e| connect_err(format!("bad admin settings: {e}")))?;
+        let topic = NewTopic::new(
+            &regions.topic,
+            regions.partitions,
+            TopicReplication::Fixed(kafka.topics.replication),
+        )
+        .set("cleanup.policy", "compact");
+        let options = AdminOptions::new().operation_timeout(Some(kafka.connect_timeout));
+        let results = tokio::time::timeout(
+            kafka.connect_timeout,
+            admin.create_topics([&topic], &options),
+        )
+        .await
+        .map_err(|_| {
+            connect_err(format!(
+                "no broker answered within {:?}",
+                kafka.connect_timeout
+            ))
+        })?
+        .map_err(|e| connect_err(format!("create topic {}: {e}", regions.topic)))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(connect_err(format!("create topic {name}: {code}")))
+                }
+            }
+        }
+        Ok(Self {
+            config: kafka.clone(),
+            producer,
+        })
+    }
+}
+
+/// Starts the publishing task; it ends when the returned publisher is
+/// dropped.
+pub(super) fn publish(
+    kafka: &Kafka,
+    replica: Arc<Replica>,
+    region: Region,
+    topic: String,
+) -> Arc<Publisher> {
+    let marks = Arc::new(Marks::default());
+    let producer = kafka.producer.clone();
+    let publisher = marks.clone();
+    let task = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let users = publisher.take();
+            if users.is_empty() {
+                publisher.wake.notified().await;
+                continue;
+            }
+            let failed: Vec<UserId> = futures::stream::iter(users)
+                .map(|user| {
+                    let (replica, producer) = (replica.clone(), producer.clone());
+                    let (region, topic) = (region.clone(), topic.clone());
+                    async move {
+                        match send(&replica, &producer, &region, &topic, &user).await {
+                            Ok(()) => None,
+                            Err(reason) => {
+                                tracing::warn!(%user, reason, "presence snapshot not replicated; retrying");
+                                Some(user)
+                            }
+                        }
+                    }
+                })
+                .buffer_unordered(CONCURRENCY)
+                .filter_map(std::future::ready)
+                .collect()
+                .await;
+            for user in &failed {
+                metrics::counter!(telemetry::PRESENCE_REPLICATED, "outcome" => "failed")
+                    .increment(1);
+                publisher.mark(user);
+            }
+            if failed.is_empty() {
+                backoff = Duration::from_millis(50);
+            } else {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    });
+    Arc::new(Publisher { marks, task })
+}
+
+/// Takes one snapshot of `user` and produces it.
+async fn send(
+    replica: &Replica,
+    producer: &FutureProducer,
+    region: &Region,
+    topic: &str,
+    user: &UserId,
+) -> Result<(), String> {
+    let (version, sessions) = replica.snapshot(user).await.map_err(|e| e.to_string())?;
+    let snapshot = Snapshot {
+        region: region.clone(),
+        user: user.clone(),
+        version,
+        at_micros: now_micros(),
+        sessions: sessions
+            .into_iter()
+            .map(|s| RemoteSession {
+                device: s.device,
+                gateway: s.gateway,
+                since_micros: s.since_micros,
+            })
+            .collect(),
+    };
+    let payload = serde_json::to_vec(&snapshot).map_err(|e| e.to_string())?;
+    let key = format!("{region}/{user}");
+    producer
+        .send(
+            FutureRecord::to(topic).key(&key).payload(&payload),
+            Duration::ZERO,
+        )
+        .await
+        .map_err(|(e, _)| format!("produce to {topic}: {e}"))?;
+    metrics::counter!(telemetry::PRESENCE_REPLICATED, "outcome" => "sent").increment(1);
+    Ok(())
+}
+
+/// Called with each applied remote snapshot and the region's sessions of
+/// the user before it.
+pub(super) type OnApplied = Arc<
+    dyn Fn(Snapshot, Vec<RemoteSession>) -> futures::future::BoxFuture<'static, ()> + Send + Sync,
+>;
+
+/// Starts the consuming task of this region: applies every other region's
+/// snapshots to `replica`, then calls `applied`. Abort the returned task to
+/// stop it.
+pub(super) fn follow(
+    kafka: &Kafka,
+    regions: &RegionsConfig,
+    replica: Arc<Replica>,
+    applied: OnApplied,
+) -> Result<tokio::task::JoinHandle<()>, TransportError> {
+    let config = &kafka.config;
+    let group = format!("{}presence.{}", config.group_prefix, regions.local);
+    let consumer: StreamConsumer = client_config(config)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", millis(config.commit_interval))
+        .set("enable.auto.offset.store", "false")
+        // A region that joins rebuilds its replica from the compacted log.
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", millis(config.fetch_wait_max))
+        .set("session.timeout.ms", millis(config.session_timeout))
+        .with_overrides(config)
+        .create()
+        .map_err(|e| TransportError::Connect {
+            transport: TransportKind::Kafka,
+            address: config.brokers.clone(),
+            reason: format!("bad consumer settings for group {group}: {e}"),
+        })?;
+    consumer
+        .subscribe(&[&regions.topic])
+        .map_err(|e| TransportError::Connect {
+            transport: TransportKind::Kafka,
+            address: config.brokers.clone(),
+            reason: format!("subscribe to {}: {e}", regions.topic),
+        })?;
+    let local = Region::from(regions.local.as_str());
+    Ok(tokio::spawn(async move {
+        loop {
+            let message = match consumer.recv().await {
+                Ok(message) => message,
+                Err(err) => {
+                    tracing::debug!(%err, "presence feed: receive failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let decoded = message.payload().map(serde_json::from_slice::<Snapshot>);
+            match decoded {
+                Some(Ok(snapshot)) if snapshot.region != local => {
+                    apply(&replica, &applied, snapshot).await;
+                }
+                Some(Ok(_)) => {}
+                _ => {
+                    metrics::counter!(telemetry::STORE_MALFORMED, "store" => "presence-feed")
+                        .increment(1);
+                    tracing::warn!(
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        "skipping a presence snapshot that cannot be read"
+                    );
+                }
+            }
+            if let Err(err) = consumer.store_offset_from_message(&message) {
+                tracing::debug!(%err, "presence feed: store offset failed");
+            }
+        }
+    }))
+}
+
+/// Applies one snapshot, retrying while the region's Redis fails (a
+/// skipped snapshot would leave the replica stale until the next change).
+async fn apply(replica: &Replica, applied: &OnApplied, snapshot: Snapshot) {
+    let mut backoff = Duration::from_millis(50);
+    let before = loop {
+        match replica.apply(&snapshot).await {
+            Ok(before) => break before,
+            Err(err) => {
+                tracing::warn!(%err, "presence snapshot not applied; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    };
+    let Some(before) = before else {
+        metrics::counter!(telemetry::PRESENCE_APPLIED, "outcome" => "stale").increment(1);
+        return;
+    };
+    metrics::counter!(telemetry::PRESENCE_APPLIED, "outcome" => "applied").increment(1);
+    let lag = (now_micros() - snapshot.at_micros).max(0) as f64 / 1e6;
+    metrics::histogram!(telemetry::PRESENCE_REPLICATION_LAG, "from" => snapshot.region.to_string())
+        .record(lag);
+    applied(snapshot, before).await;
+}

@@ -1,0 +1,139 @@
+//! Several regions, each with its own Redis: presence, same-region Pub/Sub
+//! and offline queues stay in the region; what other regions need to know
+//! of a user (where they are online) is replicated to them asynchronously
+//! over Kafka, so no message waits on a cross-region lookup.
+//!
+//! - [`presence::RegionalPresence`]: the presence store of a region: local
+//!   sessions in the region's Redis, other regions' from the replica,
+//!   every local change marked for replication.
+//! - `feed`: the Kafka side (snapshots of a user's sessions, versioned,
+//!   produced on change; each region's consumer group applies the others).
+//! - `replica`: the region's Redis side (snapshot and apply scripts);
+//!   `snapshot` what both carry.
+//! - `reresolve`: a message that reached a gateway on stale presence (the
+//!   user moved on) is routed again from there, and a user who comes online
+//!   in another region gets the offline messages stored here.
+//!
+//! docs/OPERATIONS.md ("Regions") has the deployment and its limits.
+
+mod feed;
+pub mod presence;
+mod replica;
+pub mod reresolve;
+mod snapshot;
+
+use std::sync::Arc;
+
+pub use reresolve::{Resend, Resent};
+pub use snapshot::{RemoteSession, Snapshot};
+
+use crate::config::RegionsConfig;
+use crate::groups::Directory;
+use crate::offline::OfflineStore;
+use crate::presence::cache::CachedPresence;
+use crate::presence::redis::RedisPresence;
+use crate::redis_conn::RedisHandle;
+use crate::topology::{GatewayId, Region};
+use crate::transport::kafka::KafkaConfig;
+use crate::transport::TransportError;
+
+/// The running replication of one node: its publisher and its consumer.
+pub struct Regions {
+    region: Region,
+    presence: Arc<presence::RegionalPresence>,
+    kafka: feed::Kafka,
+    config: RegionsConfig,
+    forwarder: Arc<reresolve::Forwarder>,
+    /// The consumer and the sweep, stopped on drop.
+    tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Regions {
+    /// Connects the presence feed and wraps the region's presence store.
+    pub(crate) async fn connect(
+        config: &RegionsConfig,
+        kafka: &KafkaConfig,
+        redis: RedisHandle,
+        local: Arc<RedisPresence>,
+    ) -> Result<Self, TransportError> {
+        let kafka = feed::Kafka::connect(kafka, config).await?;
+        let region = Region::from(config.local.as_str());
+        let replica = Arc::new(replica::Replica::new(redis, config.tombstone_ttl));
+        let publisher = feed::publish(
+            &kafka,
+            replica.clone(),
+            region.clone(),
+            config.topic.clone(),
+        );
+        let presence = Arc::new(presence::RegionalPresence::new(local, replica, publisher));
+        Ok(Self {
+            region,
+            presence,
+            kafka,
+            config: config.clone(),
+            forwarder: Arc::default(),
+            tasks: parking_lot::Mutex::default(),
+        })
+    }
+
+    /// This node's region.
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// The region's presence store (local and replicated sessions).
+    pub fn presence(&self) -> Arc<presence::RegionalPresence> {
+        self.presence.clone()
+    }
+
+    /// Starts applying other regions' snapshots: the replica, then the
+    /// group distributions of `directory`, then the hand-over of
+    /// `offline` messages to users who came online elsewhere.
+    pub(crate) fn follow(
+        &self,
+        directory: Directory,
+        offline: Arc<dyn OfflineStore>,
+        offline_limit: usize,
+    ) -> Result<(), TransportError> {
+        let applied = reresolve::on_applied(
+            self.presence.clone(),
+            directory,
+            offline.clone(),
+            self.forwarder.clone(),
+            offline_limit,
+        );
+        let consumer = feed::follow(&self.kafka, &self.config, self.presence.replica(), applied)?;
+        let sweep = reresolve::sweep(
+            offline,
+            self.forwarder.clone(),
+            self.config.sweep_interval,
+            offline_limit,
+        );
+        self.tasks.lock().extend([consumer, sweep]);
+        Ok(())
+    }
+
+    /// The check in front of gateway `me`'s subscriptions.
+    pub(crate) fn guard(
+        &self,
+        me: &GatewayId,
+        cache: Arc<CachedPresence>,
+        offline: Arc<dyn OfflineStore>,
+    ) -> Arc<reresolve::Guard> {
+        reresolve::Guard::new(
+            me.clone(),
+            cache,
+            self.presence.clone(),
+            offline,
+            self.forwarder.clone(),
+        )
+    }
+}
+
+impl Drop for Regions {
+    fn drop(&mut self) {
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+    }
+}

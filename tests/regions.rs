@@ -1,0 +1,198 @@
+//! Two regions, each with its own Redis (presence, same-region Pub/Sub,
+//! offline queues), Kafka between them, presence replicated over Kafka.
+//! Every message is counted by id: none confirmed may be lost, none may
+//! arrive twice.
+//!
+//! Needs the shared Kafka cluster of `scripts/services/kafka.sh start`; each
+//! test runs its own two `redis-server`s, which it stops.
+
+#[path = "regions_support/mod.rs"]
+mod regions_support;
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use regions_support::{drain, move_user, send, Fleet, RegionSpec};
+use switchyard::regions::reresolve::HOPS_HEADER;
+use switchyard::transport::Ack;
+use switchyard::transport::TransportKind;
+use switchyard::{Destination, Envelope, Priority, Via};
+
+/// A user online in `us` is found from `eu` through the replica alone, and
+/// messages reach them over Kafka; same-region messages go over the
+/// region's own Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_online_in_one_region_is_reached_from_the_other() {
+    let fleet = Fleet::start(&[RegionSpec::direct("eu"), RegionSpec::direct("us")]).await;
+    let eu1 = fleet.gateway("eu", "eu1").await;
+    let mut eu2 = fleet.gateway("eu", "eu2").await;
+    let mut us1 = fleet.gateway("us", "us1").await;
+    let alice = fleet.user("alice");
+    let bob = fleet.user("bob");
+    us1.router.connect(alice.as_str(), "phone").await.unwrap();
+    eu2.router.connect(bob.as_str(), "phone").await.unwrap();
+    let lag = fleet
+        .wait_located("eu", &alice, us1.id(), Duration::from_secs(20))
+        .await;
+    println!("alice's presence reached eu in {lag:?}");
+
+    let cross = send(&eu1, &alice, 50, Priority::High).await;
+    let same = send(&eu1, &bob, 50, Priority::High).await;
+    assert!(cross.all_via(TransportKind::Kafka), "{:?}", cross.vias);
+    assert!(same.all_via(TransportKind::Redis), "{:?}", same.vias);
+    let got = drain(&mut us1, &cross.confirmed, Duration::from_secs(30)).await;
+    assert_eq!(
+        got.vias,
+        HashSet::from([Via::Transport(TransportKind::Kafka)])
+    );
+    let got = drain(&mut eu2, &same.confirmed, Duration::from_secs(30)).await;
+    assert_eq!(
+        got.vias,
+        HashSet::from([Via::Transport(TransportKind::Redis)])
+    );
+    // The US Redis never saw an EU gateway: same-region state stays home.
+    assert!(
+        fleet.redis_keys("us", eu2.id()).await.is_empty(),
+        "eu2's keys in the us Redis"
+    );
+    // A node serves its own region's gateways only.
+    let err = fleet.try_gateway("eu", "us9").await.err().expect("refused");
+    assert!(
+        err.to_string()
+            .contains("regions.local: this node serves region eu"),
+        "{err}"
+    );
+}
+
+/// A message that reaches a gateway its user is not on (as one routed on
+/// stale presence does) is routed again from there, to where the user is,
+/// and marked as such; the old gateway never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_on_stale_presence_is_routed_again_where_it_lands() {
+    let fleet = Fleet::start(&[RegionSpec::direct("eu"), RegionSpec::direct("us")]).await;
+    let mut eu2 = fleet.gateway("eu", "eu2").await;
+    let mut us1 = fleet.gateway("us", "us1").await;
+    let dan = fleet.user("dan");
+    eu2.router.connect(dan.as_str(), "phone").await.unwrap();
+    fleet
+        .wait_located("us", &dan, eu2.id(), Duration::from_secs(20))
+        .await;
+    // Straight onto us1's topic, as a sender with a stale cache would.
+    let kafka = us1
+        .router
+        .backends()
+        .transports
+        .get(TransportKind::Kafka)
+        .unwrap()
+        .clone();
+    let mut ids = HashSet::new();
+    let mut batch = Vec::new();
+    for i in 0..10 {
+        let envelope = Envelope::new(
+            "sender",
+            "eu1",
+            Destination::User(dan.as_str().into()),
+            format!("stale {i}"),
+        );
+        ids.insert(envelope.id);
+        batch.push(envelope.encode());
+    }
+    kafka
+        .publish(us1.id(), &batch, Ack::Confirmed)
+        .await
+        .unwrap();
+    let got = drain(&mut eu2, &ids, Duration::from_secs(30)).await;
+    assert!(
+        got.headers
+            .iter()
+            .all(|h| h.get(HOPS_HEADER).map(String::as_str) == Some("1")),
+        "{:?}",
+        got.headers
+    );
+    let at_us = regions_support::drain_quiet(&mut us1, Duration::from_millis(500)).await;
+    assert!(at_us.ids.is_empty(), "us1 delivered {:?}", at_us.ids);
+}
+
+/// A user moves from `us` to `eu` while `eu1` keeps sending to them:
+/// nothing confirmed is lost or delivered twice (`move_user` checks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_moving_between_regions_loses_nothing() {
+    let fleet = Fleet::start(&[RegionSpec::direct("eu"), RegionSpec::direct("us")]).await;
+    let eu1 = fleet.gateway("eu", "eu1").await;
+    let mut eu2 = fleet.gateway("eu", "eu2").await;
+    let mut us1 = fleet.gateway("us", "us1").await;
+    let carol = fleet.user("carol");
+    us1.router.connect(carol.as_str(), "phone").await.unwrap();
+    fleet
+        .wait_located("eu", &carol, us1.id(), Duration::from_secs(20))
+        .await;
+    let moved = move_user(&eu1, &mut us1, &mut eu2, &carol, 400).await;
+    assert_eq!(moved.at_old + moved.at_new, moved.sent);
+    println!(
+        "sent {} | at us1 {} | at eu2 {} (re-resolved {}, via {:?}) | lost 0",
+        moved.sent, moved.at_old, moved.at_new, moved.reresolved, moved.vias
+    );
+}
+
+/// Messages stored offline in `eu` reach the user when they come online in
+/// `us`: handed over as soon as their presence replicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_messages_follow_the_user_to_another_region() {
+    let fleet = Fleet::start(&[RegionSpec::direct("eu"), RegionSpec::direct("us")]).await;
+    let eu1 = fleet.gateway("eu", "eu1").await;
+    let mut us1 = fleet.gateway("us", "us1").await;
+    let erin = fleet.user("erin");
+    let stored = send(&eu1, &erin, 30, Priority::High).await;
+    assert_eq!(stored.offline, 30, "erin is offline everywhere");
+    us1.router.connect(erin.as_str(), "laptop").await.unwrap();
+    let got = drain(&mut us1, &stored.confirmed, Duration::from_secs(30)).await;
+    assert_eq!(
+        got.vias,
+        HashSet::from([Via::Transport(TransportKind::Kafka)])
+    );
+}
+
+/// A group with members in both regions: one message from `eu` reaches
+/// each member's gateway once, the `us` one over Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_spanning_regions_reaches_every_gateway_once() {
+    let fleet = Fleet::start(&[RegionSpec::direct("eu"), RegionSpec::direct("us")]).await;
+    let eu1 = fleet.gateway("eu", "eu1").await;
+    let mut eu2 = fleet.gateway("eu", "eu2").await;
+    let mut us1 = fleet.gateway("us", "us1").await;
+    let (frank, grace) = (fleet.user("frank"), fleet.user("grace"));
+    let group = fleet.user("team");
+    // Membership is kept per region: each region's gateways join it there.
+    for router in [&eu1.router, &us1.router] {
+        router.join(group.as_str(), frank.as_str()).await.unwrap();
+        router.join(group.as_str(), grace.as_str()).await.unwrap();
+    }
+    eu2.router.connect(frank.as_str(), "phone").await.unwrap();
+    us1.router.connect(grace.as_str(), "phone").await.unwrap();
+    fleet
+        .wait_distribution("eu", group.as_str(), us1.id())
+        .await;
+    let mut ids = HashSet::new();
+    for i in 0..20 {
+        let envelope = Envelope::new(
+            frank.as_str(),
+            eu1.id().clone(),
+            Destination::Group(group.as_str().into()),
+            format!("hello {i}"),
+        )
+        .with_priority(Priority::High);
+        let report = eu1.router.send(envelope).await.unwrap();
+        let switchyard::Outcome::Routed { targets, .. } = report.outcome else {
+            panic!("blocked")
+        };
+        let mut gateways: Vec<_> = targets.iter().map(|t| t.gateway.to_string()).collect();
+        gateways.sort();
+        assert_eq!(gateways, [eu2.id().to_string(), us1.id().to_string()]);
+        assert!(targets.iter().all(|t| t.confirmed), "{targets:?}");
+        ids.insert(report.id);
+    }
+    drain(&mut eu2, &ids, Duration::from_secs(30)).await;
+    drain(&mut us1, &ids, Duration::from_secs(30)).await;
+}
