@@ -40,6 +40,7 @@ pub trait Registry: Send + Sync + 'static {
     }
 }
 
+/// The registry's name in errors of the shared backends.
 #[cfg(any(feature = "redis", feature = "etcd"))]
 const STORE: &str = "registry";
 
