@@ -10,6 +10,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use ulid::Ulid;
 
+pub mod compression;
+
 use crate::proto;
 use crate::topology::{check, GatewayId, GroupId, IdError, IdKind, UserId};
 
@@ -202,6 +204,14 @@ pub enum EnvelopeError {
     /// The bytes are not an envelope at all.
     #[error("malformed envelope bytes: {0}")]
     Malformed(String),
+    /// A compressed envelope whose body does not open.
+    #[error("envelope {id}: {source}")]
+    Compression {
+        /// The message id (from the outer envelope).
+        id: MessageId,
+        /// Why the body does not open.
+        source: compression::CompressionError,
+    },
 }
 
 /// How far in the future a `created_at` may lie (senders' clocks drift).
@@ -420,13 +430,42 @@ impl Envelope {
                 Destination::User(u) => proto::envelope::Destination::User(u.as_str().to_owned()),
                 Destination::Group(g) => proto::envelope::Destination::Group(g.as_str().to_owned()),
             }),
+            // Compression is a transport's business, never the gRPC API's.
+            compression: proto::Compression::None as i32,
+            compressed: Vec::new(),
         }
     }
 
-    /// Parses wire bytes; the payload shares the input buffer (no copy),
-    /// and each id is copied once, straight into its shared string.
+    /// Parses wire bytes, compressed ([`compression`]) or not; the payload
+    /// shares the input buffer (no copy), and each id is copied once,
+    /// straight into its shared string.
     pub fn decode(bytes: Bytes) -> Result<Self, EnvelopeError> {
         let frame = codec::Frame::parse(&bytes).map_err(EnvelopeError::Malformed)?;
+        let Some(body) = frame.compressed else {
+            return Self::from_frame(frame, &bytes);
+        };
+        let id = MessageId::from_slice(frame.id)?;
+        let inner = compression::unpack(frame.compression, body)
+            .map_err(|source| EnvelopeError::Compression { id, source })?;
+        let inner = Bytes::from(inner);
+        let frame = codec::Frame::parse(&inner).map_err(EnvelopeError::Malformed)?;
+        if frame.compressed.is_some() {
+            return Err(EnvelopeError::Malformed(format!(
+                "envelope {id} is compressed twice"
+            )));
+        }
+        let envelope = Self::from_frame(frame, &inner)?;
+        if envelope.id != id {
+            return Err(EnvelopeError::Malformed(format!(
+                "compressed envelope {id} holds envelope {}",
+                envelope.id
+            )));
+        }
+        Ok(envelope)
+    }
+
+    /// The envelope `frame` (parsed from `bytes`) describes.
+    fn from_frame(frame: codec::Frame<'_>, bytes: &Bytes) -> Result<Self, EnvelopeError> {
         let id = MessageId::from_slice(frame.id)?;
         let text = codec::text;
         let destination = match frame.destination {
@@ -520,6 +559,10 @@ mod codec {
         pub(super) created_at_unix_micros: i64,
         pub(super) ttl_ms: u32,
         pub(super) headers: BTreeMap<String, String>,
+        /// The codec of a compressed envelope (field 11).
+        pub(super) compression: u64,
+        /// A compressed envelope's body (field 12): the rest is in there.
+        pub(super) compressed: Option<&'a [u8]>,
     }
 
     /// A cursor over protobuf fields.
@@ -607,7 +650,9 @@ mod codec {
                         let (k, v) = entry(b)?;
                         frame.headers.insert(k, v);
                     }
-                    (1..=10, _) => return Err(format!("field {tag} has the wrong wire type")),
+                    (11, Value::Varint(v)) => frame.compression = v,
+                    (12, Value::Len(b, _)) => frame.compressed = Some(b),
+                    (1..=12, _) => return Err(format!("field {tag} has the wrong wire type")),
                     _ => {}
                 }
             }
@@ -698,6 +743,18 @@ mod codec {
         if !b.is_empty() {
             put_len_delimited(buf, tag, b);
         }
+    }
+
+    /// The length of a compressed envelope: id, codec and a body of `body` bytes.
+    pub(super) fn compressed_len(id: &[u8; 16], codec: u64, body: usize) -> usize {
+        bytes_len(1, id.len()) + varint_field_len(11, codec) + bytes_len(12, body)
+    }
+
+    /// Writes a compressed envelope (see [`super::compression`]).
+    pub(super) fn put_compressed(buf: &mut Vec<u8>, id: &[u8; 16], codec: u64, body: &[u8]) {
+        put_bytes(buf, 1, id);
+        put_varint_field(buf, 11, codec);
+        put_bytes(buf, 12, body);
     }
 
     /// A varint field, left out when 0.

@@ -95,6 +95,12 @@ enum Command {
         after_help = "Example:\n  switchyard state --addr sidecar-1:50051,sidecar-2:50051 --token-env SY_ADMIN"
     )]
     State(AdminArgs),
+    /// List, inspect, replay or purge the offline store's dead letters
+    /// through a sidecar's Admin API.
+    #[command(
+        after_help = "Examples:\n  switchyard dead-letters list --addr sidecar-1:50051\n  switchyard dead-letters list bob\n  switchyard dead-letters show bob 01JF3...\n  switchyard dead-letters replay bob\n  switchyard dead-letters purge bob --all"
+    )]
+    DeadLetters(DeadLetterArgs),
     /// Show where a user is online (sessions: device, gateway, region),
     /// read from the presence store of the config.
     #[command(after_help = "Example:\n  switchyard presence alice --config config/redis.toml")]
@@ -224,6 +230,52 @@ enum CanaryAction {
         /// Why, recorded in the admin state.
         #[arg(long, default_value = "")]
         reason: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct DeadLetterArgs {
+    #[command(subcommand)]
+    action: DeadLetterAction,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// The users with dead letters, or with USER that user's.
+    List {
+        /// Whose dead letters.
+        user: Option<String>,
+        /// At most this many users or letters (default 100).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+    },
+    /// One dead letter in full, payload included.
+    Show {
+        /// Whose.
+        user: String,
+        /// Its message id.
+        id: String,
+    },
+    /// Move dead letters back to the user's offline queue: delivered at the
+    /// next heartbeat of the gateways the user is online on, else on connect.
+    Replay {
+        /// Whose.
+        user: String,
+        /// Which (default: every readable one).
+        ids: Vec<String>,
+    },
+    /// Delete dead letters.
+    Purge {
+        /// Whose.
+        user: String,
+        /// Which.
+        #[arg(required_unless_present = "all")]
+        ids: Vec<String>,
+        /// Every one of the user's dead letters.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
     },
 }
 
@@ -394,6 +446,21 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             on_each_sidecar(&args.admin, |mut ctl| {
                 let command = command.clone();
                 async move { Ok(ctl.canary(command).await?) }
+            })
+            .await
+        }
+        Command::DeadLetters(args) => {
+            use switchyard::sidecar::admin_ctl::DeadLetterCommand;
+            let command = match args.action {
+                DeadLetterAction::List { user, limit } => DeadLetterCommand::List { user, limit },
+                DeadLetterAction::Show { user, id } => DeadLetterCommand::Show { user, id },
+                DeadLetterAction::Replay { user, ids } => DeadLetterCommand::Replay { user, ids },
+                // Empty ids mean all: clap required --all for that.
+                DeadLetterAction::Purge { user, ids, .. } => DeadLetterCommand::Purge { user, ids },
+            };
+            on_each_sidecar(&args.admin, |mut ctl| {
+                let command = command.clone();
+                async move { Ok(ctl.dead_letters(command).await?) }
             })
             .await
         }

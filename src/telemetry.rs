@@ -38,8 +38,13 @@ pub const INBOX_REDELIVERED: &str = "switchyard_inbox_redelivered_total";
 pub const OFFLINE_STORED: &str = "switchyard_offline_stored_total";
 /// Offline messages dropped because a user's store was full or too old.
 pub const OFFLINE_TRIMMED: &str = "switchyard_offline_trimmed_total";
-/// Offline messages moved to a dead-letter queue after repeated failures.
+/// Offline messages moved to a dead-letter queue, by `reason`
+/// (`unreadable`, `max_deliveries`).
 pub const OFFLINE_DEAD_LETTERED: &str = "switchyard_offline_dead_lettered_total";
+/// Dead letters an operator moved back to the offline queue (Admin API).
+pub const DEAD_LETTERS_REPLAYED: &str = "switchyard_dead_letters_replayed_total";
+/// Dead letters an operator deleted (Admin API).
+pub const DEAD_LETTERS_PURGED: &str = "switchyard_dead_letters_purged_total";
 /// Presence snapshots produced for other regions, by outcome (`sent`, `failed`).
 pub const PRESENCE_REPLICATED: &str = "switchyard_presence_replicated_total";
 /// Other regions' presence snapshots read, by outcome (`applied`, `stale`).
@@ -66,6 +71,9 @@ pub const REDIS_RESUME_GAPS: &str = "switchyard_redis_resume_gaps_total";
 
 /// Messages waiting in the offline store (its depth), over all users.
 pub const OFFLINE_MESSAGES: &str = "switchyard_offline_messages";
+/// Bytes of compressed envelopes before (`side="raw"`) and after
+/// (`side="wire"`) compression, by `transport` and `codec`.
+pub const COMPRESSION_BYTES: &str = "switchyard_compression_bytes_total";
 /// Sender/receiver gateway pairs currently promoted to a direct link.
 pub const HOT_PAIRS: &str = "switchyard_hot_pairs";
 /// Hot-pair promotions and demotions, by `change`.
@@ -222,8 +230,14 @@ pub const CATALOG: &[Metric] = &[
     metric(
         OFFLINE_DEAD_LETTERED,
         Kind::Counter,
-        "Offline messages moved to a dead-letter queue after repeated delivery failures.",
+        "Offline messages moved to a dead-letter queue, by reason (unreadable, max_deliveries).",
     ),
+    metric(
+        DEAD_LETTERS_REPLAYED,
+        Kind::Counter,
+        "Dead letters an operator moved back to the offline queue for delivery.",
+    ),
+    metric(DEAD_LETTERS_PURGED, Kind::Counter, "Dead letters an operator deleted."),
     metric(
         PRESENCE_REPLICATED,
         Kind::Counter,
@@ -273,6 +287,11 @@ pub const CATALOG: &[Metric] = &[
         REDIS_RESUME_GAPS,
         Kind::Counter,
         "Redis subscriptions that could not resume where their predecessor left off (messages lost).",
+    ),
+    metric(
+        COMPRESSION_BYTES,
+        Kind::Counter,
+        "Bytes of envelopes at least min_bytes long before (side=raw) and after (side=wire) compression, by transport and codec.",
     ),
     metric(HOT_PAIRS, Kind::Gauge, "Gateway pairs currently promoted to a direct link."),
     metric(HOT_PAIR_CHANGES, Kind::Counter, "Hot-pair promotions and demotions, by change."),
@@ -355,6 +374,20 @@ pub fn render(handle: &PrometheusHandle) -> String {
 /// Counts `n` messages with one outcome.
 pub fn messages(route: &'static str, via: &'static str, outcome: &'static str, n: u64) {
     metrics::counter!(MESSAGES, "route" => route, "via" => via, "outcome" => outcome).increment(n);
+}
+
+/// Counts one batch's envelopes considered for compression: `raw` bytes
+/// in, `wire` bytes out (those it did not shrink count the same on both).
+pub fn compression(transport: &'static str, codec: &'static str, raw: u64, wire: u64) {
+    for (side, bytes) in [("raw", raw), ("wire", wire)] {
+        metrics::counter!(COMPRESSION_BYTES, "transport" => transport, "codec" => codec, "side" => side)
+            .increment(bytes);
+    }
+}
+
+/// Counts one message dead-lettered for `reason` (a `DeadLetterReason` name).
+pub fn dead_lettered(reason: &'static str) {
+    metrics::counter!(OFFLINE_DEAD_LETTERED, "reason" => reason).increment(1);
 }
 
 /// Records the Kafka consumer lag of `gateway`'s subscription.

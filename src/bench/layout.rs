@@ -41,7 +41,7 @@ impl Layout {
             run,
             fanout,
             to_region: if route == "cross_region" { "us" } else { "eu" },
-            payload: Bytes::from(vec![7u8; size]),
+            payload: Bytes::from(super::chat_text(size, 1)),
         }
     }
 

@@ -15,6 +15,7 @@
 //! - [`raw`]: the raw-client baselines (redis-rs, rdkafka, async-nats, tonic).
 //! - [`process`]: CPU time and RSS of this process from `/proc`.
 //! - [`plot`]: the SVG of latency percentiles and throughput.
+//! - [`chat_text`]: the chat-like payload every path sends.
 //!
 //! Latency is measured at the receiver from the envelope timestamp. In open
 //! loop the timestamp is the *intended* send time, so a router that falls
@@ -29,6 +30,9 @@ pub mod process;
 pub mod raw;
 pub mod schedule;
 mod sidecar;
+mod text;
+
+pub use text::chat_text;
 
 use std::net::SocketAddr;
 use std::time::Duration;

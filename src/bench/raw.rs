@@ -39,9 +39,20 @@ fn failed(client: &'static str) -> impl Fn(String) -> BenchError {
     move |reason| BenchError::Raw { client, reason }
 }
 
-/// A payload of `size` bytes (at least 8) starting with `stamp`.
+/// A chat-like payload of `size` bytes (at least 8) starting with `stamp`:
+/// a copy of the text the switchyard rows send (made once per thread, so
+/// the baseline pays a copy per message, not the text's making).
 fn stamped(size: usize, stamp: i64) -> Vec<u8> {
-    let mut payload = vec![7u8; size.max(8)];
+    thread_local! {
+        static TEXT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let mut payload = TEXT.with(|text| {
+        let mut text = text.borrow_mut();
+        if text.len() != size.max(8) {
+            *text = super::chat_text(size.max(8), 1);
+        }
+        text.clone()
+    });
     payload[..8].copy_from_slice(&stamp.to_be_bytes());
     payload
 }

@@ -193,6 +193,7 @@ pub(super) fn check(s: &Settings) -> Bounds {
             10 * max_queue,
         );
         b.count("transports.redis.queue", r.queue, 1, max_queue);
+        compression(&mut b, "transports.redis", &r.envelope_compression);
     }
     #[cfg(feature = "kafka")]
     if let Some(k) = &t.kafka {
@@ -230,6 +231,7 @@ pub(super) fn check(s: &Settings) -> Bounds {
             1,
             100,
         );
+        compression(&mut b, "transports.kafka", &k.envelope_compression);
     }
     #[cfg(feature = "nats")]
     if let Some(n) = &t.nats {
@@ -245,6 +247,7 @@ pub(super) fn check(s: &Settings) -> Bounds {
         b.time(&key("request_timeout"), n.request_timeout, MS, 10 * MINUTE);
         b.time(&key("connect_timeout"), n.connect_timeout, MS, MINUTE);
         b.count(&key("queue"), n.queue, 1, max_queue);
+        compression(&mut b, "transports.nats", &n.envelope_compression);
     }
     #[cfg(feature = "grpc")]
     if let Some(g) = &t.grpc {
@@ -256,6 +259,7 @@ pub(super) fn check(s: &Settings) -> Bounds {
         );
         b.time("transports.grpc.retry_after", g.retry_after, MS, HOUR);
         b.count("transports.grpc.queue", g.queue, 1, max_queue);
+        compression(&mut b, "transports.grpc", &g.envelope_compression);
     }
     #[cfg(feature = "regions")]
     if let Some(r) = &s.regions {
@@ -267,6 +271,19 @@ pub(super) fn check(s: &Settings) -> Bounds {
         }
     }
     b
+}
+
+#[cfg(any(
+    feature = "redis",
+    feature = "kafka",
+    feature = "nats",
+    feature = "grpc"
+))]
+fn compression(b: &mut Bounds, section: &str, c: &crate::envelope::compression::CompressionConfig) {
+    let key = |name: &str| format!("{section}.envelope_compression.{name}");
+    b.count(&key("min_bytes"), c.min_bytes, 0, 64 * MIB as i128);
+    // zstd's own range; negative (faster) levels are not offered.
+    b.count(&key("level"), c.level, 1, 22);
 }
 
 #[cfg(feature = "redis")]

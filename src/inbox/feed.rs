@@ -178,6 +178,7 @@ pub(super) fn fire(shared: &Shared, ack: Option<Box<dyn Acknowledge>>) {
 pub(super) fn reject(via: Via, err: &EnvelopeError) {
     let reason = match err {
         EnvelopeError::Expired { .. } => "expired",
+        EnvelopeError::Compression { .. } => "compression",
         _ => "malformed",
     };
     tracing::warn!(%via, %err, "inbox rejected a message");

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{OfflineConfig, OfflineStore};
+use super::{DeadLetter, DeadLetterReason, Letters, OfflineConfig, OfflineStore};
 use crate::envelope::{now_micros, Envelope, MessageId};
 use crate::error::StoreError;
 use crate::telemetry;
@@ -23,7 +23,7 @@ pub struct MemoryOffline {
 #[derive(Default)]
 struct DeadLetters {
     failures: HashMap<(UserId, MessageId), u32>,
-    queues: HashMap<UserId, VecDeque<(Envelope, String)>>,
+    queues: HashMap<UserId, VecDeque<DeadLetter>>,
 }
 
 impl MemoryOffline {
@@ -142,12 +142,19 @@ impl OfflineStore for MemoryOffline {
             return Ok(false);
         };
         let letters = dead.queues.entry(user.clone()).or_default();
-        letters.push_back((envelope, reason.to_owned()));
+        let why = DeadLetterReason::MaxDeliveries;
+        letters.push_back(DeadLetter {
+            id: id.to_string(),
+            reason: why,
+            detail: reason.to_owned(),
+            dead_at_micros: now_micros(),
+            envelope: Some(envelope),
+        });
         // The dead-letter queue has the same bound as the queue itself.
         while letters.len() > self.config.max_per_user {
             letters.pop_front();
         }
-        metrics::counter!(telemetry::OFFLINE_DEAD_LETTERED).increment(1);
+        telemetry::dead_lettered(why.as_str());
         Ok(true)
     }
 
@@ -160,8 +167,82 @@ impl OfflineStore for MemoryOffline {
         Ok(dead
             .queues
             .get(user)
+            .map(|q| {
+                q.iter()
+                    .take(limit)
+                    .filter_map(|l| Some((l.envelope.clone()?, l.detail.clone())))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn dead_letter_users(&self, limit: usize) -> Result<Vec<(UserId, usize)>, StoreError> {
+        let dead = self.dead.lock();
+        let mut users: Vec<(i64, UserId, usize)> = dead
+            .queues
+            .iter()
+            .filter_map(|(user, q)| Some((q.back()?.dead_at_micros, user.clone(), q.len())))
+            .collect();
+        users.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(users
+            .into_iter()
+            .take(limit)
+            .map(|(_, user, n)| (user, n))
+            .collect())
+    }
+
+    async fn dead_letter_entries(
+        &self,
+        user: &UserId,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let dead = self.dead.lock();
+        Ok(dead
+            .queues
+            .get(user)
             .map(|q| q.iter().take(limit).cloned().collect())
             .unwrap_or_default())
+    }
+
+    async fn restore_dead_letters(
+        &self,
+        user: &UserId,
+        which: Letters<'_>,
+    ) -> Result<usize, StoreError> {
+        let taken = self.take_letters(user, which, true);
+        let restored = taken.len();
+        let mut queues = self.queues.lock();
+        let queue = queues.entry(user.clone()).or_default();
+        queue.extend(taken.into_iter().filter_map(|l| l.envelope));
+        metrics::gauge!(telemetry::OFFLINE_MESSAGES).increment(restored as f64);
+        Ok(restored)
+    }
+
+    async fn purge_dead_letters(
+        &self,
+        user: &UserId,
+        which: Letters<'_>,
+    ) -> Result<usize, StoreError> {
+        Ok(self.take_letters(user, which, false).len())
+    }
+}
+
+impl MemoryOffline {
+    /// Removes and returns `which` of `user`'s dead letters (only readable
+    /// ones when `readable`).
+    fn take_letters(&self, user: &UserId, which: Letters<'_>, readable: bool) -> Vec<DeadLetter> {
+        let mut dead = self.dead.lock();
+        let Some(letters) = dead.queues.get_mut(user) else {
+            return Vec::new();
+        };
+        let (taken, kept): (VecDeque<DeadLetter>, VecDeque<DeadLetter>) = std::mem::take(letters)
+            .into_iter()
+            .partition(|l| which.takes(&l.id) && (!readable || l.envelope.is_some()));
+        *letters = kept;
+        if letters.is_empty() {
+            dead.queues.remove(user);
+        }
+        taken.into()
     }
 }
 

@@ -2,6 +2,7 @@
 //! Per user, bounded by count and age; replayed oldest first on attach and
 //! removed when the gateway acknowledges them.
 
+pub mod dead_letters;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -32,6 +33,67 @@ impl OfflineReason {
         match self {
             OfflineReason::NoSession => "no_session",
             OfflineReason::TransportsFailed => "transports_failed",
+        }
+    }
+}
+
+/// Why a stored message was given up on and set aside as a dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadLetterReason {
+    /// Its stored bytes do not decode: it would block the user's replay.
+    Unreadable,
+    /// Its delivery failed `offline.max_deliveries` times.
+    MaxDeliveries,
+}
+
+impl DeadLetterReason {
+    /// The name used in metrics, the Admin API and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::Unreadable => "unreadable",
+            DeadLetterReason::MaxDeliveries => "max_deliveries",
+        }
+    }
+
+    /// The reason named `name`; entries written before reasons were named
+    /// had none and were given up on after failed deliveries.
+    pub fn parse(name: &str) -> Self {
+        match name {
+            "unreadable" => DeadLetterReason::Unreadable,
+            _ => DeadLetterReason::MaxDeliveries,
+        }
+    }
+}
+
+/// One dead letter, as an operator inspects it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The message id as stored (text: an unreadable entry may hold anything).
+    pub id: String,
+    /// Why it was set aside.
+    pub reason: DeadLetterReason,
+    /// What failed, in words (the decode error, the delivery failure).
+    pub detail: String,
+    /// When it was set aside, microseconds since the Unix epoch.
+    pub dead_at_micros: i64,
+    /// The message; `None` when its bytes do not decode.
+    pub envelope: Option<Envelope>,
+}
+
+/// Which of a user's dead letters an operation takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Letters<'a> {
+    /// Every one.
+    All,
+    /// Those with these message ids.
+    Ids(&'a [MessageId]),
+}
+
+impl Letters<'_> {
+    fn takes(&self, id: &str) -> bool {
+        match self {
+            Letters::All => true,
+            Letters::Ids(ids) => ids.iter().any(|m| m.to_string() == id),
         }
     }
 }
@@ -68,6 +130,30 @@ pub trait OfflineStore: Send + Sync + 'static {
         user: &UserId,
         limit: usize,
     ) -> Result<Vec<(Envelope, String)>, StoreError>;
+    /// Users with dead letters and how many each holds, up to `limit`
+    /// users, most recently dead-lettered first.
+    async fn dead_letter_users(&self, limit: usize) -> Result<Vec<(UserId, usize)>, StoreError>;
+    /// Up to `limit` of `user`'s dead letters, oldest first, unreadable
+    /// ones included.
+    async fn dead_letter_entries(
+        &self,
+        user: &UserId,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
+    /// Moves `which` of `user`'s readable dead letters back to the end of
+    /// their offline queue, failure count reset, in one step (a crash
+    /// leaves each in one place or the other); returns how many moved.
+    async fn restore_dead_letters(
+        &self,
+        user: &UserId,
+        which: Letters<'_>,
+    ) -> Result<usize, StoreError>;
+    /// Deletes `which` of `user`'s dead letters; returns how many.
+    async fn purge_dead_letters(
+        &self,
+        user: &UserId,
+        which: Letters<'_>,
+    ) -> Result<usize, StoreError>;
 }
 
 /// Removes one replayed message from its user's queue once the gateway

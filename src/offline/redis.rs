@@ -8,14 +8,20 @@
 //!   lets Redis trim whole nodes, so a few more may be kept) and
 //!   `XTRIM MINID ~` (age); the key expires `max_age` after the last append.
 //! - `sy:offline:{user}:fails`: hash, message id -> failed deliveries.
-//! - `sy:offline:{user}:dlq`: stream of dead letters, fields `m`, `e` and
-//!   `reason`, capped like the queue.
+//! - `sy:offline:{user}:dlq`: stream of dead letters, fields `m`, `e`,
+//!   `kind` (the named [`DeadLetterReason`]) and `reason` (the detail),
+//!   capped like the queue.
+//!
+//! And one index, outside the users' slots: `sy:offline-dlq-users`, a
+//! sorted set of users with dead letters by the time of their latest (what
+//! `dead_letter_users` lists; a user whose dead letters are gone is dropped
+//! from it when listed).
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::{AsyncCommands, Script};
 
-use super::{OfflineConfig, OfflineStore};
+use super::{DeadLetter, DeadLetterReason, Letters, OfflineConfig, OfflineStore};
 use crate::envelope::{now_micros, Envelope, MessageId};
 use crate::error::StoreError;
 use crate::redis_conn::{backend, RedisHandle};
@@ -65,7 +71,7 @@ return removed
 "#;
 
 /// KEYS: stream, fails, dlq. ARGV: message id, reason, max deliveries, dlq
-/// cap. Returns 1 when the message moved to the dead-letter stream.
+/// cap, kind. Returns 1 when the message moved to the dead-letter stream.
 const FAILED: &str = r#"
 local n = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 if n < tonumber(ARGV[3]) then return 0 end
@@ -73,11 +79,42 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 local moved = 0
 scan({[ARGV[1]] = true}, 1, function(id, fields)
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
-    'm', ARGV[1], 'e', field(fields, 'e') or '', 'reason', ARGV[2])
+    'm', ARGV[1], 'e', field(fields, 'e') or '', 'reason', ARGV[2], 'kind', ARGV[5])
   redis.call('XDEL', KEYS[1], id)
   moved = 1
 end)
 return moved
+"#;
+
+/// KEYS: stream, fails, dlq. ARGV: `restore` or `purge`, `all` or `ids`,
+/// queue cap, queue ttl in ms, then the message ids. Takes the chosen dead
+/// letters out of the dlq, and for `restore` appends each readable one to
+/// the queue (unreadable ones stay). Returns how many were taken.
+const TAKE_DEAD: &str = r#"
+local want = {}
+for i = 5, #ARGV do want[ARGV[i]] = true end
+local restore = ARGV[1] == 'restore'
+local taken = 0
+local start = '-'
+while true do
+  local batch = redis.call('XRANGE', KEYS[3], start, '+', 'COUNT', 256)
+  if #batch == 0 then break end
+  for _, entry in ipairs(batch) do
+    local m = field(entry[2], 'm') or ''
+    local readable = field(entry[2], 'kind') ~= 'unreadable'
+    if (ARGV[2] == 'all' or want[m]) and (readable or not restore) then
+      if restore then
+        redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'm', m, 'e', field(entry[2], 'e') or '')
+        redis.call('HDEL', KEYS[2], m)
+      end
+      redis.call('XDEL', KEYS[3], entry[1])
+      taken = taken + 1
+    end
+  end
+  start = '(' .. batch[#batch][1]
+end
+if restore and taken > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+return taken
 "#;
 
 /// One stream per user.
@@ -86,6 +123,7 @@ pub struct RedisOffline {
     config: OfflineConfig,
     ack: Script,
     failed: Script,
+    take_dead: Script,
 }
 
 /// A stream entry as XRANGE returns it: id, then flat field/value pairs.
@@ -99,6 +137,7 @@ impl RedisOffline {
             config,
             ack: Script::new(&format!("{SCAN}{ACK}")),
             failed: Script::new(&format!("{SCAN}{FAILED}")),
+            take_dead: Script::new(&format!("{SCAN}{TAKE_DEAD}")),
         }
     }
 
@@ -127,10 +166,15 @@ impl RedisOffline {
             .map_err(backend(STORE, format!("read {key}")))
     }
 
+    fn dlq_users_key(&self) -> String {
+        self.redis.key(&["offline-dlq-users"])
+    }
+
     async fn move_to_dlq(
         &self,
         user: &UserId,
         id: &str,
+        kind: DeadLetterReason,
         reason: &str,
         threshold: u32,
     ) -> Result<bool, StoreError> {
@@ -143,6 +187,7 @@ impl RedisOffline {
             .arg(reason)
             .arg(threshold)
             .arg(self.config.max_per_user)
+            .arg(kind.as_str())
             .invoke_async(&mut self.redis.conn())
             .await
             .map_err(backend(
@@ -150,10 +195,45 @@ impl RedisOffline {
                 format!("record failed delivery of {id} to {user}"),
             ))?;
         if moved == 1 {
-            tracing::warn!(%user, %id, reason, "offline message dead-lettered");
-            metrics::counter!(telemetry::OFFLINE_DEAD_LETTERED).increment(1);
+            tracing::warn!(%user, %id, kind = kind.as_str(), reason, "offline message dead-lettered");
+            telemetry::dead_lettered(kind.as_str());
+            let index = self.dlq_users_key();
+            self.redis
+                .conn()
+                .zadd::<_, _, _, ()>(&index, user.as_str(), now_micros() / 1000)
+                .await
+                .map_err(backend(STORE, format!("index the dead letters of {user}")))?;
         }
         Ok(moved == 1)
+    }
+
+    async fn take_dead(
+        &self,
+        user: &UserId,
+        mode: &str,
+        which: Letters<'_>,
+    ) -> Result<usize, StoreError> {
+        let mut invocation = self.take_dead.prepare_invoke();
+        invocation
+            .key(self.key(user, None))
+            .key(self.key(user, Some("fails")))
+            .key(self.key(user, Some("dlq")))
+            .arg(mode)
+            .arg(match which {
+                Letters::All => "all",
+                Letters::Ids(_) => "ids",
+            })
+            .arg(self.config.max_per_user)
+            .arg(self.config.max_age.as_millis() as u64);
+        if let Letters::Ids(ids) = which {
+            for id in ids {
+                invocation.arg(id.to_string());
+            }
+        }
+        invocation
+            .invoke_async(&mut self.redis.conn())
+            .await
+            .map_err(backend(STORE, format!("{mode} dead letters of {user}")))
     }
 }
 
@@ -223,7 +303,8 @@ impl OfflineStore for RedisOffline {
                         .map(|m| String::from_utf8_lossy(m).into_owned())
                         .unwrap_or_default();
                     tracing::warn!(%user, %stream_id, %reason, "unreadable offline entry");
-                    self.move_to_dlq(user, &id, &format!("unreadable: {reason}"), 1)
+                    let detail = format!("unreadable: {reason}");
+                    self.move_to_dlq(user, &id, DeadLetterReason::Unreadable, &detail, 1)
                         .await?;
                 }
             }
@@ -295,7 +376,9 @@ impl OfflineStore for RedisOffline {
         id: MessageId,
         reason: &str,
     ) -> Result<bool, StoreError> {
-        self.move_to_dlq(user, &id.to_string(), reason, self.config.max_deliveries)
+        let threshold = self.config.max_deliveries;
+        let kind = DeadLetterReason::MaxDeliveries;
+        self.move_to_dlq(user, &id.to_string(), kind, reason, threshold)
             .await
     }
 
@@ -320,5 +403,85 @@ impl OfflineStore for RedisOffline {
             }
         }
         Ok(letters)
+    }
+
+    async fn dead_letter_users(&self, limit: usize) -> Result<Vec<(UserId, usize)>, StoreError> {
+        let index = self.dlq_users_key();
+        let stop = limit.saturating_sub(1) as isize;
+        let users: Vec<String> = self
+            .redis
+            .conn()
+            .zrevrange(&index, 0, stop)
+            .await
+            .map_err(backend(STORE, format!("read {index}")))?;
+        let mut counted = Vec::with_capacity(users.len());
+        for user in users.into_iter().map(UserId::from) {
+            let key = self.key(&user, Some("dlq"));
+            let n: usize = self
+                .redis
+                .conn()
+                .xlen(&key)
+                .await
+                .map_err(backend(STORE, format!("length of {key}")))?;
+            if n == 0 {
+                // Purged, replayed or trimmed away: forget it.
+                let _: () = self
+                    .redis
+                    .conn()
+                    .zrem(&index, user.as_str())
+                    .await
+                    .map_err(backend(STORE, format!("drop {user} from {index}")))?;
+            } else {
+                counted.push((user, n));
+            }
+        }
+        Ok(counted)
+    }
+
+    async fn dead_letter_entries(
+        &self,
+        user: &UserId,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let key = self.key(user, Some("dlq"));
+        let text = |fields: &[Vec<u8>], name| {
+            field(fields, name)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        Ok(self
+            .range(key, limit)
+            .await?
+            .into_iter()
+            .map(|(stream_id, fields)| DeadLetter {
+                id: text(&fields, "m"),
+                reason: DeadLetterReason::parse(&text(&fields, "kind")),
+                detail: text(&fields, "reason"),
+                // A stream id is `<ms>-<seq>`, stamped when the entry was added.
+                dead_at_micros: stream_id
+                    .split('-')
+                    .next()
+                    .and_then(|ms| ms.parse::<i64>().ok())
+                    .map_or(0, |ms| ms * 1000),
+                envelope: field(&fields, "e")
+                    .and_then(|e| Envelope::decode(Bytes::copy_from_slice(e)).ok()),
+            })
+            .collect())
+    }
+
+    async fn restore_dead_letters(
+        &self,
+        user: &UserId,
+        which: Letters<'_>,
+    ) -> Result<usize, StoreError> {
+        self.take_dead(user, "restore", which).await
+    }
+
+    async fn purge_dead_letters(
+        &self,
+        user: &UserId,
+        which: Letters<'_>,
+    ) -> Result<usize, StoreError> {
+        self.take_dead(user, "purge", which).await
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{attached, reload, Shared};
+use super::{attached, dead_letters, reload, Shared};
 use crate::policy::canary::{CanaryMode, CanaryUnit};
 use crate::policy::live::{LivePolicy, Rollback};
 use crate::proto::{self, admin_server::Admin};
@@ -74,6 +74,36 @@ impl Admin for AdminService {
         Ok(Response::new(proto::RollbackCanaryResponse {
             old_share: u32::from(rollback.from_share),
         }))
+    }
+
+    async fn dead_letters(
+        &self,
+        request: Request<proto::DeadLettersRequest>,
+    ) -> Result<Response<proto::DeadLettersResponse>, Status> {
+        let proto::DeadLettersRequest { user, limit } = request.into_inner();
+        Ok(Response::new(
+            dead_letters::list(&self.shared.backends, &user, limit).await?,
+        ))
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        request: Request<proto::ReplayDeadLettersRequest>,
+    ) -> Result<Response<proto::ReplayDeadLettersResponse>, Status> {
+        let proto::ReplayDeadLettersRequest { user, message_ids } = request.into_inner();
+        Ok(Response::new(
+            dead_letters::replay(&self.shared.backends, &user, &message_ids).await?,
+        ))
+    }
+
+    async fn purge_dead_letters(
+        &self,
+        request: Request<proto::PurgeDeadLettersRequest>,
+    ) -> Result<Response<proto::PurgeDeadLettersResponse>, Status> {
+        let proto::PurgeDeadLettersRequest { user, message_ids } = request.into_inner();
+        Ok(Response::new(
+            dead_letters::purge(&self.shared.backends, &user, &message_ids).await?,
+        ))
     }
 
     async fn reload(

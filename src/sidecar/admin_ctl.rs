@@ -1,7 +1,7 @@
 //! The operator's side of the Admin API: `switchyard canary
-//! status|set|rollback` and `switchyard state` connect to a sidecar, make
-//! one call and render the answer as text (durations as `30s`, times in
-//! RFC 3339).
+//! status|set|rollback`, `switchyard state` and `switchyard dead-letters
+//! list|show|replay|purge` connect to a sidecar, make one call and render
+//! the answer as text (durations as `30s`, times in RFC 3339).
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -23,6 +23,39 @@ pub enum CanaryCommand {
     Set(u32),
     /// Roll back to 0%, with the operator's reason.
     Rollback(String),
+}
+
+/// What the operator asks of the dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterCommand {
+    /// The users with dead letters, or one user's (summary lines).
+    List {
+        /// Whose; `None` for the users.
+        user: Option<String>,
+        /// At most this many (0: the sidecar's default, 100).
+        limit: u32,
+    },
+    /// One dead letter in full: reason, detail, every field, the payload.
+    Show {
+        /// Whose.
+        user: String,
+        /// Its message id.
+        id: String,
+    },
+    /// Back to the offline queue and on to the user's gateways.
+    Replay {
+        /// Whose.
+        user: String,
+        /// Which; empty for every readable one.
+        ids: Vec<String>,
+    },
+    /// Delete.
+    Purge {
+        /// Whose.
+        user: String,
+        /// Which; empty for every one.
+        ids: Vec<String>,
+    },
 }
 
 /// Why an admin command failed.
@@ -51,6 +84,14 @@ pub enum AdminCtlError {
         env: String,
         /// What is wrong with it.
         reason: String,
+    },
+    /// `dead-letters show` named a letter the user does not have.
+    #[error("user {user} has no dead letter {id}")]
+    NoSuchLetter {
+        /// The user.
+        user: String,
+        /// The message id asked for.
+        id: String,
     },
     /// The sidecar refused or failed the call.
     #[error("{rpc} failed: {} ({:?})", .status.message(), .status.code())]
@@ -158,6 +199,74 @@ impl AdminCtl {
         }
     }
 
+    /// Runs a dead-letter command; returns the text to print.
+    pub async fn dead_letters(
+        &mut self,
+        command: DeadLetterCommand,
+    ) -> Result<String, AdminCtlError> {
+        let call = |rpc| move |status| AdminCtlError::Call { rpc, status };
+        let client = &mut self.client;
+        let list = |user: String, limit| proto::DeadLettersRequest { user, limit };
+        match command {
+            DeadLetterCommand::List { user, limit } => {
+                let listed = client
+                    .dead_letters(list(user.unwrap_or_default(), limit))
+                    .await
+                    .map_err(call("DeadLetters"))?
+                    .into_inner();
+                Ok(render_dead_letters(&listed))
+            }
+            DeadLetterCommand::Show { user, id } => {
+                // The most one call lists: a dead-letter queue is capped
+                // like the offline queue (offline.max_per_user).
+                let listed = client
+                    .dead_letters(list(user.clone(), 10_000))
+                    .await
+                    .map_err(call("DeadLetters"))?
+                    .into_inner();
+                let letter = listed
+                    .letters
+                    .iter()
+                    .find(|l| l.message_id.eq_ignore_ascii_case(&id))
+                    .ok_or(AdminCtlError::NoSuchLetter { user, id })?;
+                Ok(render_dead_letter(letter))
+            }
+            DeadLetterCommand::Replay { user, ids } => {
+                let replayed = client
+                    .replay_dead_letters(proto::ReplayDeadLettersRequest {
+                        user: user.clone(),
+                        message_ids: ids,
+                    })
+                    .await
+                    .map_err(call("ReplayDeadLetters"))?
+                    .into_inner();
+                Ok(format!(
+                    "{user}: {} dead letter(s) back in the offline queue; {}\n",
+                    replayed.replayed,
+                    match replayed.flagged_gateways.as_slice() {
+                        [] => "delivered when the user connects".to_string(),
+                        gateways =>
+                            format!("delivered at the next heartbeat of {}", gateways.join(", ")),
+                    }
+                ))
+            }
+            DeadLetterCommand::Purge { user, ids } => {
+                let purged = client
+                    .purge_dead_letters(proto::PurgeDeadLettersRequest {
+                        user: user.clone(),
+                        message_ids: ids,
+                    })
+                    .await
+                    .map_err(call("PurgeDeadLetters"))?
+                    .into_inner();
+                Ok(format!(
+                    "{user}: {} dead letter(s) deleted\n",
+                    purged.purged
+                ))
+            }
+        }
+    }
+
     /// The sidecar's Admin `State` as text.
     pub async fn state(&mut self) -> Result<String, AdminCtlError> {
         let state = self
@@ -236,6 +345,74 @@ pub fn render_state(state: &proto::StateResponse) -> String {
         );
     }
     out + &render(state.canary.as_ref())
+}
+
+fn rfc3339_micros(micros: i64) -> String {
+    let at = UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0));
+    format_rfc3339_seconds(at).to_string()
+}
+
+/// `DeadLetters` as text: a line per user, or a line per letter.
+pub fn render_dead_letters(listed: &proto::DeadLettersResponse) -> String {
+    let mut out = String::new();
+    for u in &listed.users {
+        out += &format!("{}  {} dead letter(s)\n", u.user, u.count);
+    }
+    for l in &listed.letters {
+        let summary = l.envelope.as_ref().map_or_else(
+            || "(unreadable)".to_string(),
+            |e| format!("from {}  {} B", e.sender_user, e.payload.len()),
+        );
+        out += &format!(
+            "{}  {}  {}  {}: {}\n",
+            l.message_id,
+            rfc3339_micros(l.dead_at_unix_micros),
+            summary,
+            l.reason,
+            l.detail
+        );
+    }
+    if out.is_empty() {
+        out = "no dead letters\n".into();
+    }
+    out
+}
+
+/// One dead letter in full.
+pub fn render_dead_letter(l: &proto::DeadLetter) -> String {
+    let mut out = format!(
+        "message {}\nreason: {}\ndetail: {}\ndead-lettered at: {}\n",
+        l.message_id,
+        l.reason,
+        l.detail,
+        rfc3339_micros(l.dead_at_unix_micros)
+    );
+    let Some(e) = &l.envelope else {
+        return out + "envelope: unreadable (replay skips it; purge deletes it)\n";
+    };
+    let to = match &e.destination {
+        Some(proto::envelope::Destination::User(u)) => format!("user {u}"),
+        Some(proto::envelope::Destination::Group(g)) => format!("group {g}"),
+        None => "nobody".into(),
+    };
+    out += &format!(
+        "from: {} on gateway {}\nto: {to}\ncreated at: {}\nttl: {}\n",
+        e.sender_user,
+        e.sender_gateway,
+        rfc3339_micros(e.created_at_unix_micros),
+        match e.ttl_ms {
+            0 => "none".to_string(),
+            ms => format_duration(Duration::from_millis(u64::from(ms))).to_string(),
+        }
+    );
+    for (k, v) in &e.headers {
+        out += &format!("header {k}: {v}\n");
+    }
+    out + &format!(
+        "payload ({} B): {}\n",
+        e.payload.len(),
+        String::from_utf8_lossy(&e.payload)
+    )
 }
 
 /// The canary state as `key: value` lines.

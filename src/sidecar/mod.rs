@@ -28,6 +28,7 @@ pub mod admin_ctl;
 mod attached;
 pub mod auth;
 pub mod client;
+mod dead_letters;
 mod fields;
 pub mod gateway;
 pub mod http;

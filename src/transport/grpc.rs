@@ -48,6 +48,9 @@ pub struct GrpcConfig {
     pub retry_after: Duration,
     /// Messages queued per local gateway, and batches in flight per link.
     pub queue: usize,
+    /// `[transports.grpc.envelope_compression]`: compresses envelopes of
+    /// at least `min_bytes` (off by default).
+    pub envelope_compression: crate::envelope::compression::CompressionConfig,
 }
 
 impl Default for GrpcConfig {
@@ -56,6 +59,7 @@ impl Default for GrpcConfig {
             connect_timeout: Duration::from_secs(1),
             retry_after: Duration::from_secs(1),
             queue: 4096,
+            envelope_compression: Default::default(),
         }
     }
 }
@@ -318,7 +322,10 @@ impl TransportFactory for GrpcConfig {
         let links = deps
             .peer_links
             .get_or_init(|| Arc::new(GrpcTransport::new(self, deps.registry.clone())));
-        Ok(links.clone())
+        Ok(super::compress::wrap(
+            links.clone(),
+            &self.envelope_compression,
+        ))
     }
 }
 

@@ -124,8 +124,11 @@ pub struct KafkaConfig {
     pub linger: Duration,
     /// Largest producer batch in bytes (`batch.size`).
     pub batch_size: usize,
-    /// Producer compression.
+    /// Producer compression of whole record batches (librdkafka's).
     pub compression: Compression,
+    /// `[transports.kafka.envelope_compression]`: compresses envelopes of
+    /// at least `min_bytes` (off by default).
+    pub envelope_compression: crate::envelope::compression::CompressionConfig,
     /// Messages librdkafka may hold unsent (`queue.buffering.max.messages`):
     /// the bound of fire-and-forget publishing; past it a publish fails.
     pub max_in_flight: usize,
@@ -177,6 +180,7 @@ impl Default for KafkaConfig {
             linger: Duration::from_millis(1),
             batch_size: 1_000_000,
             compression: Compression::None,
+            envelope_compression: Default::default(),
             max_in_flight: 100_000,
             max_message_bytes: 2 * 1024 * 1024,
             delivery_timeout: Duration::from_secs(10),
@@ -538,7 +542,8 @@ impl Acknowledge for OffsetAck {
 #[async_trait]
 impl TransportFactory for KafkaConfig {
     async fn build(&self, _: &Dependencies) -> Result<Arc<dyn Transport>, TransportError> {
-        Ok(Arc::new(KafkaTransport::connect(self).await?))
+        let kafka = Arc::new(KafkaTransport::connect(self).await?);
+        Ok(super::compress::wrap(kafka, &self.envelope_compression))
     }
 
     fn problems(&self, key: &str) -> Vec<Problem> {

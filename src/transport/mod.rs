@@ -6,6 +6,7 @@
 //! backend: the router only sees [`TransportKind`] values chosen by policy.
 
 mod catalog;
+pub mod compress;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 #[cfg(feature = "kafka")]

@@ -98,6 +98,9 @@ pub struct NatsConfig {
     pub connect_timeout: Duration,
     /// Received messages buffered per subscription before reading pauses.
     pub queue: usize,
+    /// `[transports.nats.envelope_compression]`: compresses envelopes of
+    /// at least `min_bytes` (off by default).
+    pub envelope_compression: crate::envelope::compression::CompressionConfig,
 }
 
 impl Default for NatsConfig {
@@ -120,6 +123,7 @@ impl Default for NatsConfig {
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             queue: 1024,
+            envelope_compression: Default::default(),
         }
     }
 }
@@ -269,7 +273,8 @@ impl Acknowledge for MessageAck {
 #[async_trait]
 impl TransportFactory for NatsConfig {
     async fn build(&self, _: &Dependencies) -> Result<Arc<dyn Transport>, TransportError> {
-        Ok(Arc::new(NatsTransport::connect(self).await?))
+        let nats = Arc::new(NatsTransport::connect(self).await?);
+        Ok(super::compress::wrap(nats, &self.envelope_compression))
     }
 
     fn problems(&self, key: &str) -> Vec<Problem> {

@@ -76,6 +76,9 @@ pub struct RedisTransportConfig {
     /// Messages buffered per subscription; a gateway further behind has the
     /// excess dropped and re-read from the replay stream (bounding memory).
     pub queue: usize,
+    /// `[transports.redis.envelope_compression]`: compresses envelopes of
+    /// at least `min_bytes` (off by default).
+    pub envelope_compression: crate::envelope::compression::CompressionConfig,
 }
 
 impl Default for RedisTransportConfig {
@@ -85,6 +88,7 @@ impl Default for RedisTransportConfig {
             replay_window: Duration::from_secs(30),
             replay_max: 100_000,
             queue: 65_536,
+            envelope_compression: Default::default(),
         }
     }
 }
@@ -288,7 +292,8 @@ async fn replay_until_done(
 #[async_trait]
 impl TransportFactory for RedisTransportConfig {
     async fn build(&self, _: &Dependencies) -> Result<Arc<dyn Transport>, TransportError> {
-        Ok(Arc::new(RedisTransport::new(self).await?))
+        let redis = Arc::new(RedisTransport::new(self).await?);
+        Ok(super::compress::wrap(redis, &self.envelope_compression))
     }
 
     fn problems(&self, key: &str) -> Vec<Problem> {
