@@ -143,8 +143,7 @@ impl Router {
         user: impl Into<UserId>,
     ) -> Result<(), StoreError> {
         let (group, user) = (group.into(), user.into());
-        check("group", IdKind::Text, group.as_str())?;
-        check("user", IdKind::Text, user.as_str())?;
+        texts([("group", group.as_str()), ("user", user.as_str())])?;
         self.inner.backends.directory.join(&group, &user).await
     }
 
@@ -155,8 +154,7 @@ impl Router {
         user: impl Into<UserId>,
     ) -> Result<(), StoreError> {
         let (group, user) = (group.into(), user.into());
-        check("group", IdKind::Text, group.as_str())?;
-        check("user", IdKind::Text, user.as_str())?;
+        texts([("group", group.as_str()), ("user", user.as_str())])?;
         self.inner.backends.directory.leave(&group, &user).await
     }
 
@@ -167,8 +165,7 @@ impl Router {
         blocked: impl Into<UserId>,
     ) -> Result<(), StoreError> {
         let (user, blocked) = (user.into(), blocked.into());
-        check("user", IdKind::Text, user.as_str())?;
-        check("blocked", IdKind::Text, blocked.as_str())?;
+        texts([("user", user.as_str()), ("blocked", blocked.as_str())])?;
         self.inner.backends.blocks.block(&user, &blocked).await
     }
 
@@ -179,8 +176,14 @@ impl Router {
         blocked: impl Into<UserId>,
     ) -> Result<(), StoreError> {
         let (user, blocked) = (user.into(), blocked.into());
-        check("user", IdKind::Text, user.as_str())?;
-        check("blocked", IdKind::Text, blocked.as_str())?;
+        texts([("user", user.as_str()), ("blocked", blocked.as_str())])?;
         self.inner.backends.blocks.unblock(&user, &blocked).await
     }
+}
+
+/// Checks user, group or device ids of one call, naming the first bad field.
+fn texts(fields: [(&'static str, &str); 2]) -> Result<(), crate::topology::IdError> {
+    fields
+        .into_iter()
+        .try_for_each(|(field, value)| check(field, IdKind::Text, value))
 }

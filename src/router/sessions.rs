@@ -11,7 +11,7 @@ use crate::presence::{PresenceStore, Session};
 use crate::telemetry;
 use crate::topology::{check, DeviceId, GatewayInfo, IdKind, UserId};
 
-use super::{Inner, Router};
+use super::{texts, Inner, Router};
 
 /// Heartbeats a gateway until dropped: see [`Router::keep_alive`].
 #[must_use = "the heartbeats stop when this is dropped"]
@@ -53,8 +53,7 @@ impl Router {
         device: impl Into<DeviceId>,
     ) -> Result<usize, StoreError> {
         let (user, device) = (user.into(), device.into());
-        check("user", IdKind::Text, user.as_str())?;
-        check("device", IdKind::Text, device.as_str())?;
+        texts([("user", user.as_str()), ("device", device.as_str())])?;
         let session = Session {
             user,
             device,
@@ -85,8 +84,7 @@ impl Router {
         device: impl Into<DeviceId>,
     ) -> Result<(), StoreError> {
         let (user, device) = (user.into(), device.into());
-        check("user", IdKind::Text, user.as_str())?;
-        check("device", IdKind::Text, device.as_str())?;
+        texts([("user", user.as_str()), ("device", device.as_str())])?;
         let directory = &self.inner.backends.directory;
         directory.offline(&user, &device).await.map(drop)
     }
