@@ -39,4 +39,7 @@ for features in "" redis kafka nats grpc etcd regions; do
   cargo clippy --lib --no-default-features --features "$features" -- -D warnings
 done
 # Benches are built by clippy above and measured by `cargo bench`, not run here.
-cargo test --features etcd --no-fail-fast -- --test-threads 4
+# A test that hangs is a failure with its name on the screen (cargo prints
+# "has been running for over 60 seconds"), not a CI run that never ends.
+timeout --kill-after=30s "${SWITCHYARD_TEST_TIMEOUT:-45m}" \
+  cargo test --features etcd --no-fail-fast -- --test-threads 4

@@ -168,6 +168,10 @@ mod factories {
             self.broker.kill();
         }
 
+        fn freeze(&mut self) {
+            self.broker.freeze();
+        }
+
         async fn start(&mut self) {
             if let Err(e) = self.broker.run().await {
                 panic!("restarting the private broker failed: {e}");
@@ -219,6 +223,10 @@ mod factories {
             self.cluster.kill_all();
         }
 
+        fn freeze(&mut self) {
+            self.cluster.freeze_all();
+        }
+
         async fn start(&mut self) {
             self.cluster.start_all().await;
         }
@@ -255,9 +263,11 @@ macro_rules! conformance {
             }
 
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn broker_restart() {
-                    crate::cases::broker_restart($private().await).await
+                #[test]
+                fn broker_restart() {
+                    crate::cases::and_shut_down(async {
+                        crate::cases::broker_restart($private().await).await
+                    })
                 }
             )?
         }

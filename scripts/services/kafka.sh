@@ -10,6 +10,7 @@
 #   stop         stop the nodes this script started (pid files), SIGTERM
 #                then SIGKILL after 30 s.
 #   kill N...    SIGKILL nodes N (1-3) at once, as a crash would.
+#   freeze N...  SIGSTOP nodes N: sockets stay open, nothing answers (a partition).
 #   start-node N start node N again and wait until the cluster has all three.
 #   brokers      print the bootstrap list.
 #
@@ -179,7 +180,7 @@ gone() {
 }
 
 node_arg() {
-  [[ ${1:-} =~ ^[123]$ ]] || { echo "usage: $0 kill|start-node 1|2|3" >&2; exit 2; }
+  [[ ${1:-} =~ ^[123]$ ]] || { echo "usage: $0 kill|freeze|start-node 1|2|3" >&2; exit 2; }
 }
 
 # Java 17 and Maven are on the project's machines; install them if not.
@@ -236,6 +237,15 @@ kill)
     gone "${pids[@]}" 600 || true
   fi
   ;;
+freeze)
+  # SIGSTOP: the node keeps its sockets and answers nothing (a partition
+  # without resets); kill or stop ends it as usual.
+  shift
+  for n in "$@"; do
+    node_arg "$n"
+    if alive "$n"; then kill -STOP "$(cat "$data/node$n/pid")"; fi
+  done
+  ;;
 start-node)
   node_arg "${2:-}"
   start_node "$2"
@@ -245,7 +255,7 @@ brokers)
   brokers
   ;;
 *)
-  echo "usage: $0 start|stop|kill N...|start-node N|brokers" >&2
+  echo "usage: $0 start|stop|kill N...|freeze N...|start-node N|brokers" >&2
   exit 2
   ;;
 esac

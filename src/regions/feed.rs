@@ -35,7 +35,7 @@ use super::RegionsConfig;
 use crate::envelope::now_micros;
 use crate::telemetry;
 use crate::topology::{Region, UserId};
-use crate::transport::kafka::{client_config, millis, KafkaConfig, WithOverrides};
+use crate::transport::kafka::{client_config, millis, GroupConsumer, KafkaConfig, WithOverrides};
 use crate::transport::{TransportError, TransportKind};
 
 /// Snapshots produced at once by the publishing task.
@@ -272,6 +272,8 @@ pub(super) fn follow(
             address: config.brokers.clone(),
             reason: format!("subscribe to {}: {e}", regions.topic),
         })?;
+    // The task is aborted to stop: the consumer closes off the runtime.
+    let (consumer, _closed) = GroupConsumer::new(consumer);
     let local = Region::from(regions.local.as_str());
     Ok(tokio::spawn(async move {
         loop {

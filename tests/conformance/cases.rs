@@ -742,6 +742,9 @@ pub trait Restartable {
     fn transport(&self) -> Arc<dyn Transport>;
     /// Kills the broker.
     fn stop(&mut self);
+    /// Stops the broker with SIGSTOP: connections stay open and nothing
+    /// answers, as in a network partition. Dropping the broker kills it.
+    fn freeze(&mut self);
     /// Starts it again on the same address.
     async fn start(&mut self);
 }
@@ -824,5 +827,31 @@ pub async fn broker_restart(mut broker: Box<dyn Restartable>) {
         Health::Up,
         "{}: health did not come back",
         t.kind()
+    );
+
+    // A gateway may stop while its broker hangs: the subscription still
+    // closes, and `and_shut_down` checks that nothing waits for the broker.
+    broker.freeze();
+    drop(sub);
+}
+
+/// Runs a case on a runtime of its own and fails if that runtime does not
+/// shut down soon after: a transport that closes on a runtime thread and
+/// waits there for a broker that is gone would hang a gateway's exit.
+pub fn and_shut_down(case: impl std::future::Future<Output = ()>) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(case);
+    let (stopped, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(runtime);
+        let _ = stopped.send(());
+    });
+    assert!(
+        wait.recv_timeout(Duration::from_secs(30)).is_ok(),
+        "the runtime did not shut down within 30 s after the case: a close blocks one of its threads"
     );
 }

@@ -205,6 +205,18 @@ impl PrivateBroker {
         }
     }
 
+    /// Stops the process with SIGSTOP: it keeps its connections and
+    /// answers nothing, as behind a network partition.
+    pub fn freeze(&mut self) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args(["-STOP", &child.id().to_string()])
+                .status()
+                .expect("kill -STOP");
+            assert!(status.success(), "kill -STOP {}", child.id());
+        }
+    }
+
     /// Kills the process (as a crash would) and waits for it to exit.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -275,6 +287,17 @@ impl PrivateKafka {
     /// Starts every node that is not running and waits for all three.
     pub async fn start_all(&self) {
         self.script.run(&["start"]).await;
+    }
+
+    /// Stops all three nodes with SIGSTOP: connections stay open and no
+    /// node answers, as behind a network partition. Drop still kills them.
+    pub fn freeze_all(&self) {
+        let output = self
+            .script
+            .command(&["freeze", "1", "2", "3"])
+            .output()
+            .expect("kafka.sh freeze");
+        assert!(output.status.success(), "kafka.sh freeze: {output:?}");
     }
 
     /// Kills all three nodes with SIGKILL, as a power cut would; blocks
