@@ -35,7 +35,8 @@ use super::RegionsConfig;
 use crate::envelope::now_micros;
 use crate::telemetry;
 use crate::topology::{Region, UserId};
-use crate::transport::kafka::{client_config, millis, GroupConsumer, KafkaConfig, WithOverrides};
+use crate::transport::kafka::group_consumer::GroupConsumer;
+use crate::transport::kafka::{client_config, millis, KafkaConfig, WithOverrides};
 use crate::transport::{TransportError, TransportKind};
 
 /// Snapshots produced at once by the publishing task.

@@ -47,11 +47,10 @@ use crate::topology::GatewayId;
 
 mod config;
 mod consume;
-mod group_consumer;
+pub(crate) mod group_consumer;
 
 pub(crate) use config::{client_config, millis, WithOverrides};
 pub use config::{Compression, KafkaConfig, KafkaTopicsConfig};
-pub(crate) use group_consumer::GroupConsumer;
 
 const KIND: TransportKind = TransportKind::Kafka;
 
