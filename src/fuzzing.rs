@@ -8,7 +8,7 @@ use prost::Message as _;
 
 use crate::envelope::{now_micros, Envelope};
 use crate::topology::{GatewayId, UserId};
-use crate::transport::redis_resume::{self, Progress};
+use crate::transport::redis::resume::{self as redis_resume, Progress};
 use crate::{proto, Settings};
 
 /// Envelope bytes as every transport carries them: decode, check as the

@@ -18,8 +18,6 @@ pub mod nats;
 mod pipeline;
 #[cfg(feature = "redis")]
 pub mod redis;
-#[cfg(feature = "redis")]
-pub(crate) mod redis_resume;
 
 use std::collections::BTreeMap;
 use std::fmt;
