@@ -7,10 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 shopt -s nullglob
 
+# Each phase's wall time, so a slow CI run says where its time went.
+phase() { echo "== test.sh: $1 done at $SECONDS s"; }
+
 for service in scripts/services/*.sh; do
   bash "$service" start
 done
 trap 'for s in scripts/services/*.sh; do bash "$s" stop || true; done' EXIT
+phase "services"
 
 # promtool checks the Prometheus config, the alert rules and a /metrics
 # scrape per shipped config (tests/sidecar_deploy.rs, tests/sidecar_process.rs,
@@ -29,6 +33,7 @@ fi
 # The non-Rust clients the suite runs (tests/sidecar_python.rs): the example
 # client and grpcio-reflection.
 python3 -m pip install --quiet -r examples/python/requirements.txt
+phase "installs"
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
@@ -38,8 +43,10 @@ cargo clippy --all-targets --features etcd -- -D warnings
 for features in "" redis kafka nats grpc etcd regions; do
   cargo clippy --lib --no-default-features --features "$features" -- -D warnings
 done
+phase "fmt and clippy"
 # Benches are built by clippy above and measured by `cargo bench`, not run here.
 # A test that hangs is a failure with its name on the screen (cargo prints
 # "has been running for over 60 seconds"), not a CI run that never ends.
 timeout --kill-after=30s "${SWITCHYARD_TEST_TIMEOUT:-45m}" \
   cargo test --features etcd --no-fail-fast -- --test-threads 4
+phase "tests"
