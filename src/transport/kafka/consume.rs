@@ -95,6 +95,7 @@ impl KafkaTransport {
             },
         ))
     }
+
     /// Waits until the previous subscription of this consumer group in this
     /// process has committed and left, and returns the membership to hold
     /// until this one has. A predecessor still open after `session_timeout`
