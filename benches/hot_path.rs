@@ -10,8 +10,9 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use switchyard::dedupe::DedupeWindow;
 use switchyard::policy::canary::{bucket, CanaryConfig};
 use switchyard::policy::hot_pairs::{HotPairs, HotPairsConfig};
-use switchyard::policy::Policy;
+use switchyard::policy::quality::Quality;
 use switchyard::policy::RoutingConfig;
+use switchyard::policy::{Conditions, Policy};
 use switchyard::presence::cache::CachedPresence;
 use switchyard::presence::memory::MemoryPresence;
 use switchyard::presence::{PresenceConfig, PresenceStore, Session};
@@ -63,8 +64,13 @@ fn decision(c: &mut Criterion) {
     let to = "gw-eu-2".into();
     let region = "eu".into();
     let user = UserId::from("bob");
+    let quality = Quality::default();
+    let now = Conditions {
+        is_up: &|_| true,
+        quality: &quality,
+    };
     c.bench_function("policy decide (canary, fallbacks)", |b| {
-        b.iter(|| policy.decide(&me, black_box(&to), &region, Some(&user), |_| true))
+        b.iter(|| policy.decide(&me, black_box(&to), &region, Some(&user), now))
     });
 
     // Locate (cache hit) + decide per session: what the router does per message.
@@ -92,7 +98,7 @@ fn decision(c: &mut Criterion) {
                 .await
                 .expect("memory");
             for s in sessions.iter() {
-                black_box(policy.decide(&me, &s.gateway, &s.region, Some(&user), |_| true));
+                black_box(policy.decide(&me, &s.gateway, &s.region, Some(&user), now));
             }
         })
     });

@@ -74,6 +74,16 @@ pub const OFFLINE_MESSAGES: &str = "switchyard_offline_messages";
 /// Bytes of compressed envelopes before (`side="raw"`) and after
 /// (`side="wire"`) compression, by `transport` and `codec`.
 pub const COMPRESSION_BYTES: &str = "switchyard_compression_bytes_total";
+/// A quality rule's transport: p99 time to confirm over its window, by
+/// `transport` and target `region`.
+pub const ROUTE_QUALITY_P99: &str = "switchyard_route_quality_p99_seconds";
+/// ...and the fraction of its publishes that failed.
+pub const ROUTE_QUALITY_ERRORS: &str = "switchyard_route_quality_error_ratio";
+/// 1 while a route to a `region` has left its transport for the rule's
+/// `otherwise`, else 0.
+pub const ROUTE_DEGRADED: &str = "switchyard_route_degraded";
+/// Quality changes of a route, by `route`, `region` and the transport it moved `to`.
+pub const ROUTE_QUALITY_CHANGES: &str = "switchyard_route_quality_changes_total";
 /// Sender/receiver gateway pairs currently promoted to a direct link.
 pub const HOT_PAIRS: &str = "switchyard_hot_pairs";
 /// Hot-pair promotions and demotions, by `change`.
@@ -292,6 +302,26 @@ pub const CATALOG: &[Metric] = &[
         COMPRESSION_BYTES,
         Kind::Counter,
         "Bytes of envelopes at least min_bytes long before (side=raw) and after (side=wire) compression, by transport and codec.",
+    ),
+    metric(
+        ROUTE_QUALITY_P99,
+        Kind::Gauge,
+        "p99 seconds to confirm a publish over the quality rule's window, by transport and target region.",
+    ),
+    metric(
+        ROUTE_QUALITY_ERRORS,
+        Kind::Gauge,
+        "Fraction of publishes that failed over the quality rule's window, by transport and target region.",
+    ),
+    metric(
+        ROUTE_DEGRADED,
+        Kind::Gauge,
+        "1 while a route to a region has left its transport for the quality rule's otherwise.",
+    ),
+    metric(
+        ROUTE_QUALITY_CHANGES,
+        Kind::Counter,
+        "Routes leaving (to=otherwise) or returning to (to=the route's transport) their transport, by route and region.",
     ),
     metric(HOT_PAIRS, Kind::Gauge, "Gateway pairs currently promoted to a direct link."),
     metric(HOT_PAIR_CHANGES, Kind::Counter, "Hot-pair promotions and demotions, by change."),

@@ -147,6 +147,21 @@ pub(super) fn check(s: &Settings) -> Bounds {
     b.count("routing.hot_pairs.capacity", h.capacity, 1, max_queue);
     b.time("routing.hot_pairs.window", h.window, MS, HOUR);
 
+    let q = &s.routing.quality;
+    for (route, rule) in [
+        ("same_region", &q.same_region),
+        ("cross_region", &q.cross_region),
+    ] {
+        let Some(r) = rule else { continue };
+        let key = |name: &str| format!("routing.quality.{route}.{name}");
+        b.time(&key("max_p99"), r.max_p99, MS, HOUR);
+        b.ratio(&key("max_error_rate"), r.max_error_rate, 0.0, 1.0);
+        b.time(&key("window"), r.window, SECOND, HOUR);
+        b.count(&key("min_samples"), r.min_samples, 1, 1_000_000_000);
+        b.time(&key("recover_after"), r.recover_after, Duration::ZERO, DAY);
+        b.time(&key("probe_every"), r.probe_every, 10 * MS, HOUR);
+    }
+
     if let Some(c) = &s.canary {
         b.time("canary.handover", c.handover, Duration::ZERO, MINUTE);
         b.time("canary.mirror_wait", c.mirror_wait, Duration::ZERO, MINUTE);
@@ -323,7 +338,9 @@ mod tests {
     fn everything() -> Settings {
         let mut s: Settings = Settings::from_toml(
             "[transports.memory]\n[transports.redis]\n[transports.kafka]\n[transports.nats]\n[transports.grpc]\n\
-             [canary]\nfrom = \"memory\"\nto = \"redis\"\nshare = 10\n",
+             [canary]\nfrom = \"memory\"\nto = \"redis\"\nshare = 10\n\
+             [routing.quality.same_region]\notherwise = \"redis\"\n\
+             [routing.quality.cross_region]\notherwise = \"redis\"\n",
         )
         .expect("a valid config");
         s.store = StoreConfig::Redis(crate::redis_conn::RedisConfig {

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{Decision, Policy};
+use super::{Conditions, Decision, Policy};
 use crate::config::problem::Problem;
 use crate::telemetry;
 use crate::topology::{GatewayId, GatewayInfo, Region, UserId};
@@ -190,13 +190,13 @@ impl HotPairs {
         to: &GatewayId,
         to_region: &Region,
         recipient: Option<&UserId>,
-        is_up: impl Fn(TransportKind) -> bool,
+        now: Conditions<'_>,
     ) -> Decision {
-        let mut decision = policy.decide(from, to, to_region, recipient, &is_up);
+        let mut decision = policy.decide(from, to, to_region, recipient, now);
         let Some(direct) = self.direct else {
             return decision;
         };
-        if decision.transports.is_empty() || !self.observe(&from.id, to) || !is_up(direct) {
+        if decision.transports.is_empty() || !self.observe(&from.id, to) || !(now.is_up)(direct) {
             return decision;
         }
         decision.transports.retain(|k| *k != direct);

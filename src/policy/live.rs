@@ -13,17 +13,17 @@
 //! tell a cohort message from another without a marker in every envelope,
 //! and its own watchdog steers its own sends, not the sender's.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
-use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 
-use super::canary::RollbackConfig;
+use super::quality::{Quality, RouteQuality};
+use super::window::{Sample, SampleWindow, WindowStats};
 use super::Policy;
 use crate::telemetry;
+use crate::topology::Region;
 use crate::transport::{Health, Transport, TransportKind, Transports};
 
 /// Why and when the canary was rolled back (by the router itself or an operator).
@@ -37,52 +37,35 @@ pub struct Rollback {
     pub at_unix_secs: u64,
 }
 
-/// The canary cohort's figures on the canary transport over the rollback window.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CohortStats {
-    /// Cohort publishes attempted on the canary transport.
-    pub published: u64,
-    /// Of which failed.
-    pub failed: u64,
-    /// Of which the transport confirmed (fire-and-forget publishes are not
-    /// confirmed): the samples of `p99`.
-    pub confirmed: u64,
-    /// The p99 time from publish to the transport's confirmation.
-    pub p99: Duration,
-}
-
-/// One second of samples of the canary cohort on the canary transport.
-struct Slot {
-    at: Instant,
-    published: u64,
-    failed: u64,
-    latency: Histogram<u64>,
-}
-
-/// The live policy and its canary watchdog.
+/// The live policy, its canary watchdog and its quality scores.
 pub struct LivePolicy {
     policy: ArcSwap<Policy>,
-    slots: Mutex<VecDeque<Slot>>,
+    /// The canary cohort's publishes on the canary transport.
+    cohort: Mutex<SampleWindow>,
     rollback: Mutex<Option<Rollback>>,
     /// Transports whose health the `max_down` limit reads.
     observed: Mutex<Vec<Weak<dyn Transport>>>,
     /// Since when the canary transport has been seen down, without a break.
     down_since: Mutex<Option<Instant>>,
-}
-
-fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 600_000_000, 2).expect("constant bounds are valid")
+    /// Scores and verdicts of the quality rules.
+    quality: Quality,
 }
 
 impl LivePolicy {
     /// Starts with `policy`. Call [`LivePolicy::watch`] to enable auto-rollback.
     pub fn new(policy: Policy) -> Arc<Self> {
         let live = Arc::new(Self {
+            cohort: Mutex::new(SampleWindow::new(
+                policy
+                    .rollback
+                    .as_ref()
+                    .map_or(Duration::ZERO, |r| r.window),
+            )),
             policy: ArcSwap::from_pointee(policy),
-            slots: Mutex::default(),
             rollback: Mutex::default(),
             observed: Mutex::default(),
             down_since: Mutex::default(),
+            quality: Quality::default(),
         });
         live.export();
         live
@@ -103,9 +86,12 @@ impl LivePolicy {
                 new = %new.canary.as_ref().map_or("none".into(), |c| c.to_string()),
                 "canary changed"
             );
-            self.slots.lock().clear();
+            self.cohort.lock().clear();
             *self.down_since.lock() = None;
         }
+        self.cohort
+            .lock()
+            .set_span(new.rollback.as_ref().map_or(Duration::ZERO, |r| r.window));
         self.export();
     }
 
@@ -140,15 +126,52 @@ impl LivePolicy {
         if self.policy.load().canary.as_ref().map(|c| c.to) != Some(kind) {
             return;
         }
-        self.with_slot(|slot| {
-            slot.published += n;
-            if !ok {
-                slot.failed += n;
-            }
-            if let Some(latency) = confirmed_in {
-                let _ = slot.latency.record_n(latency.as_micros().max(1) as u64, n);
-            }
+        self.cohort.lock().record(Sample {
+            at: Instant::now(),
+            ok,
+            n,
+            confirmed_in,
         });
+    }
+
+    /// Records a publish of `n` messages on `kind` to a gateway in
+    /// `region` for the quality rules that watch `kind` (either of a rule's
+    /// transports); nothing when none does.
+    pub fn record_quality(
+        &self,
+        kind: TransportKind,
+        region: &Region,
+        ok: bool,
+        n: u64,
+        confirmed_in: Option<Duration>,
+    ) {
+        let policy = self.policy.load();
+        let span = policy
+            .quality_rules()
+            .iter()
+            .filter(|r| r.prefer == kind || r.otherwise == kind)
+            .map(|r| r.limits.window)
+            .max();
+        if let Some(span) = span {
+            let sample = Sample {
+                at: Instant::now(),
+                ok,
+                n,
+                confirmed_in,
+            };
+            self.quality.record(kind, region, span, sample);
+        }
+    }
+
+    /// The verdicts of the quality rules, for decisions.
+    pub fn quality(&self) -> &Quality {
+        &self.quality
+    }
+
+    /// Every route's quality verdict per target region seen so far.
+    pub fn route_quality(&self) -> Vec<RouteQuality> {
+        let policy = self.policy.load();
+        self.quality.routes(policy.quality_rules(), Instant::now())
     }
 
     /// Reads these transports' health for the `max_down` limit (every
@@ -164,23 +187,9 @@ impl LivePolicy {
         }
     }
 
-    /// The cohort's figures on the canary transport over the window.
-    pub fn canary_stats(&self) -> CohortStats {
-        let Some(window) = self.rollback_config().map(|r| r.window) else {
-            return CohortStats::default();
-        };
-        let mut slots = self.slots.lock();
-        Self::expire(&mut slots, window);
-        let mut stats = CohortStats::default();
-        let mut latency = latency_histogram();
-        for slot in slots.iter() {
-            stats.published += slot.published;
-            stats.failed += slot.failed;
-            let _ = latency.add(&slot.latency);
-        }
-        stats.confirmed = latency.len();
-        stats.p99 = Duration::from_micros(latency.value_at_quantile(0.99));
-        stats
+    /// The cohort's figures on the canary transport over the rollback window.
+    pub fn canary_stats(&self) -> WindowStats {
+        self.cohort.lock().stats(Instant::now())
     }
 
     /// Checks the canary against its limits once a second while the
@@ -203,7 +212,7 @@ impl LivePolicy {
         let canary = policy.canary.as_ref().filter(|c| c.share > 0)?;
         let limits = policy.rollback.as_ref().filter(|r| r.enabled)?;
         let stats = self.canary_stats();
-        let error_rate = stats.failed as f64 / stats.published.max(1) as f64;
+        let error_rate = stats.error_rate();
         let down = self.down_for(canary.to);
         let reason = if let Some((down_for, why)) =
             down.filter(|(d, _)| !limits.max_down.is_zero() && *d >= limits.max_down)
@@ -252,10 +261,6 @@ impl LivePolicy {
         Some(rollback)
     }
 
-    fn rollback_config(&self) -> Option<RollbackConfig> {
-        self.policy.load().rollback.clone()
-    }
-
     /// How long `kind` has been down without a break, and why, when every
     /// observed instance of it is down now; called by each check, so the
     /// time is measured in watchdog ticks.
@@ -283,34 +288,6 @@ impl LivePolicy {
                 *since = None;
                 None
             }
-        }
-    }
-
-    fn with_slot(&self, f: impl FnOnce(&mut Slot)) {
-        let now = Instant::now();
-        let mut slots = self.slots.lock();
-        let fresh = slots
-            .back()
-            .is_some_and(|s| now.duration_since(s.at) < Duration::from_secs(1));
-        if !fresh {
-            if let Some(window) = self.rollback_config().map(|r| r.window) {
-                Self::expire(&mut slots, window);
-            }
-            slots.push_back(Slot {
-                at: now,
-                published: 0,
-                failed: 0,
-                latency: latency_histogram(),
-            });
-        }
-        if let Some(slot) = slots.back_mut() {
-            f(slot);
-        }
-    }
-
-    fn expire(slots: &mut VecDeque<Slot>, window: Duration) {
-        while slots.front().is_some_and(|s| s.at.elapsed() > window) {
-            slots.pop_front();
         }
     }
 

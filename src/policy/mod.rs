@@ -1,16 +1,19 @@
 //! The route decision: given the sending gateway and a target gateway, which
 //! route applies and which transports to try, in order, after the canary.
 //! [`hot_pairs`] puts the direct link first for pairs with heavy traffic;
-//! [`live::LivePolicy`] holds the policy a process runs with;
+//! [`quality`] takes a route's other transport while its own is slow or
+//! failing; [`live::LivePolicy`] holds the policy a process runs with;
 //! [`handover::Handover`] keeps per-pair order when a gateway's transport changes.
 
 pub mod canary;
 pub mod handover;
 pub mod hot_pairs;
 pub mod live;
+pub mod quality;
+pub mod window;
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
 
@@ -21,6 +24,7 @@ use crate::topology::{GatewayId, GatewayInfo, Region, UserId};
 use crate::transport::TransportKind;
 use canary::{Canary, CanaryConfig, CanaryMode, RollbackConfig};
 use hot_pairs::HotPairsConfig;
+use quality::{Quality, QualityConfig, QualityRule, QualityRuleConfig, Steer};
 
 /// How far a message travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -48,6 +52,15 @@ impl fmt::Display for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// What a decision reads of the transports' state at the time.
+#[derive(Clone, Copy)]
+pub struct Conditions<'a> {
+    /// Which transports can currently reach their backend.
+    pub is_up: &'a dyn Fn(TransportKind) -> bool,
+    /// The verdicts of the quality rules.
+    pub quality: &'a Quality,
 }
 
 /// Transports to try, in order; inline up to four, so deciding does not allocate.
@@ -90,12 +103,55 @@ fn parse_enabled(
     None
 }
 
+/// Validates the quality rule of `route`, whose transport is `prefer`.
+fn quality_rule(
+    problems: &mut Vec<Problem>,
+    enabled: &[TransportKind],
+    route: Route,
+    prefer: TransportKind,
+    rule: &QualityRuleConfig,
+) -> Option<QualityRule> {
+    let key = |name: &str| format!("routing.quality.{route}.{name}");
+    let otherwise = parse_enabled(problems, enabled, key("otherwise"), &rule.otherwise)?;
+    let mut problem = |name: &str, reason: String| {
+        problems.push(Problem {
+            key: key(name),
+            reason,
+        })
+    };
+    if otherwise == prefer {
+        problem(
+            "otherwise",
+            format!("is the route's own transport (routing.{route} = \"{prefer}\")"),
+        );
+        return None;
+    }
+    if rule.probe_every >= rule.window {
+        problem(
+            "probe_every",
+            format!(
+                "{:?} must be shorter than the window ({:?}), or the window of a degraded transport holds no probe",
+                rule.probe_every, rule.window
+            ),
+        );
+        return None;
+    }
+    Some(QualityRule {
+        route,
+        prefer,
+        otherwise,
+        limits: rule.clone(),
+    })
+}
+
 /// Routing rules and the canary, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     same_region: TransportKind,
     cross_region: TransportKind,
     fallbacks: TransportList,
+    /// Quality rules, at most one per route.
+    quality: Vec<QualityRule>,
     /// The canary in force, if one is configured (share may be 0).
     pub canary: Option<Canary>,
     /// Its automatic rollback limits.
@@ -119,6 +175,8 @@ pub struct RoutingConfig {
     pub fallbacks: Vec<String>,
     /// `[routing.hot_pairs]`: when a gateway pair gets a direct link.
     pub hot_pairs: HotPairsConfig,
+    /// `[routing.quality]`: when a route leaves its transport for another.
+    pub quality: QualityConfig,
 }
 
 impl Default for RoutingConfig {
@@ -128,6 +186,7 @@ impl Default for RoutingConfig {
             cross_region: "memory".into(),
             fallbacks: Vec::new(),
             hot_pairs: HotPairsConfig::default(),
+            quality: QualityConfig::default(),
         }
     }
 }
@@ -150,6 +209,19 @@ impl Policy {
             .enumerate()
             .filter_map(|(i, name)| parse(&format!("routing.fallbacks[{i}]"), name))
             .collect();
+        let quality = [
+            (Route::SameRegion, same_region, &routing.quality.same_region),
+            (
+                Route::CrossRegion,
+                cross_region,
+                &routing.quality.cross_region,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(route, prefer, rule)| {
+            quality_rule(&mut problems, enabled, route, prefer?, rule.as_ref()?)
+        })
+        .collect();
         let canary_config = canary;
         let canary = canary.and_then(|c| {
             let from = parse_enabled(&mut problems, enabled, "canary.from".into(), &c.from);
@@ -195,6 +267,7 @@ impl Policy {
                 same_region,
                 cross_region,
                 fallbacks,
+                quality,
                 rollback: canary
                     .as_ref()
                     .and(canary_config)
@@ -205,6 +278,11 @@ impl Policy {
             }),
             _ => Err(problems),
         }
+    }
+
+    /// The quality rules, at most one per route.
+    pub fn quality_rules(&self) -> &[QualityRule] {
+        &self.quality
     }
 
     /// The route from `from` to a gateway in `to_region`.
@@ -220,17 +298,19 @@ impl Policy {
 
     /// Decides the route and transport order for one target gateway.
     /// `recipient` is the user for 1:1 messages (canary by user).
-    /// `is_up` tells which transports can currently reach their backend:
-    /// those that cannot are moved to the end rather than removed, so a
-    /// message still has somewhere to go if health is wrong.
+    /// Transports that cannot reach their backend (`now.is_up`) are moved
+    /// to the end rather than removed, so a message still has somewhere to
+    /// go if health is wrong; `now.quality` holds the verdicts of the
+    /// route's quality rule, if it has one.
     pub fn decide(
         &self,
         from: &GatewayInfo,
         to: &GatewayId,
         to_region: &Region,
         recipient: Option<&UserId>,
-        is_up: impl Fn(TransportKind) -> bool,
+        now: Conditions<'_>,
     ) -> Decision {
+        let Conditions { is_up, quality } = now;
         let route = Self::route(from, to, to_region);
         let primary = match route {
             Route::Local => {
@@ -245,10 +325,22 @@ impl Policy {
             Route::SameRegion => self.same_region,
             Route::CrossRegion => self.cross_region,
         };
+        let mut reason = "route's transport first, then fallbacks";
+        let rule = self.quality.iter().find(|r| r.route == route);
+        let primary = match rule.map(|r| (r, quality.steer(r, to_region, Instant::now()))) {
+            Some((rule, Steer::Otherwise)) => {
+                reason = "quality: the route's transport is degraded for this region, the other one first";
+                rule.otherwise
+            }
+            Some((_, Steer::Probe)) => {
+                reason = "quality: probing the route's degraded transport, the other one next";
+                primary
+            }
+            _ => primary,
+        };
         let mut transports = TransportList::new();
         let mut mirror = None;
         let mut cohort = false;
-        let mut reason = "route's transport first, then fallbacks";
         match &self.canary {
             Some(c)
                 if c.from == primary && c.selects(to.as_str(), recipient.map(UserId::as_str)) =>
@@ -270,7 +362,9 @@ impl Policy {
             }
             _ => transports.push(primary),
         }
-        for kind in &self.fallbacks {
+        // Both of a rule's transports stay in line, whichever leads.
+        let rule_pair = rule.map(|r| [r.prefer, r.otherwise]);
+        for kind in rule_pair.iter().flatten().chain(&self.fallbacks) {
             if !transports.contains(kind) {
                 transports.push(*kind);
             }
@@ -294,6 +388,13 @@ impl Policy {
 mod tests {
     use super::*;
     use TransportKind::*;
+
+    fn all_up(quality: &Quality) -> Conditions<'_> {
+        Conditions {
+            is_up: &|_| true,
+            quality,
+        }
+    }
 
     fn policy(fallbacks: &[&str]) -> Policy {
         let fallbacks = format!("{fallbacks:?}");
@@ -359,7 +460,16 @@ mod tests {
             (&[], "gw-2", "eu", &redis_down, Route::SameRegion, &[Redis]),
         ];
         for (fallbacks, to, region, is_up, route, transports) in cases {
-            let d = policy(fallbacks).decide(&me, &(*to).into(), &(*region).into(), None, is_up);
+            let d = policy(fallbacks).decide(
+                &me,
+                &(*to).into(),
+                &(*region).into(),
+                None,
+                Conditions {
+                    is_up: *is_up,
+                    quality: &Quality::default(),
+                },
+            );
             assert_eq!(d.route, *route, "{fallbacks:?} -> {to}");
             assert_eq!(
                 d.transports.as_slice(),
@@ -373,6 +483,7 @@ mod tests {
     fn a_canary_moves_only_its_buckets_and_keeps_the_old_transport() {
         let me = GatewayInfo::new("gw-1", "eu");
         let base = "[routing]\nsame_region = \"redis\"\ncross_region = \"kafka\"\n";
+        let quality = Quality::default();
         let gateways: Vec<GatewayId> = (0..400)
             .map(|i| GatewayId::new(format!("target-{i}")))
             .collect();
@@ -386,7 +497,7 @@ mod tests {
             .unwrap();
             let mut moved = 0;
             for gw in &gateways {
-                let d = p.decide(&me, gw, &"eu".into(), None, |_| true);
+                let d = p.decide(&me, gw, &"eu".into(), None, all_up(&quality));
                 if canary::bucket(gw.as_str()) < 30 {
                     assert_eq!(
                         (d.transports.to_vec(), d.mirror),
@@ -401,7 +512,7 @@ mod tests {
                 }
                 // Cross-region traffic is on kafka already: the canary leaves
                 // it alone, and it is not the canary's cohort.
-                let d = p.decide(&me, gw, &"us".into(), None, |_| true);
+                let d = p.decide(&me, gw, &"us".into(), None, all_up(&quality));
                 assert_eq!((d.transports.to_vec(), d.mirror), (vec![Kafka], None));
                 assert!(!d.cohort, "{mode} {gw} cross region");
             }

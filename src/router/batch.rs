@@ -80,11 +80,12 @@ impl Router {
         // plans that wait on a store hold it across that wait.
         let policy = arc_swap::Guard::into_inner(self.inner.policy.load());
         let (me, backends) = (&self.inner.me, &self.inner.backends);
+        let quality = self.inner.policy.quality();
         let max_payload = self.inner.max_payload;
         let mut plans = Vec::with_capacity(envelopes.len());
         let mut waiting = Vec::new();
         for envelope in envelopes {
-            let mut plan = Box::pin(plan(me, backends, &policy, max_payload, envelope));
+            let mut plan = Box::pin(plan(me, backends, &policy, quality, max_payload, envelope));
             match plan.as_mut().now_or_never() {
                 Some(done) => plans.push(Some(done)),
                 None => {
@@ -128,8 +129,8 @@ impl Router {
                 self.deliver_locally(&plans).await
             } else {
                 let batch: Vec<Bytes> = plans.iter().map(|p| p.bytes.clone()).collect();
-                let decision = &first.targets[run[0].1].2;
-                self.publish(&gateway, decision, &batch, first.envelope.priority)
+                let (_, region, decision) = &first.targets[run[0].1];
+                self.publish(&gateway, region, decision, &batch, first.envelope.priority)
                     .await
             };
             let outcome = if sent.result.is_ok() {

@@ -6,7 +6,9 @@ use std::fmt;
 use crate::backends::Backends;
 use crate::envelope::{Destination, Envelope};
 use crate::error::SendError;
-use crate::policy::{Decision, Policy};
+use crate::policy::live::LivePolicy;
+use crate::policy::quality::RouteQuality;
+use crate::policy::Decision;
 use crate::presence::Session;
 use crate::topology::{GatewayId, GatewayInfo, Region};
 use crate::transport::Health;
@@ -28,6 +30,8 @@ pub struct Explanation {
     pub distribution: Vec<(GatewayId, u64)>,
     /// The decision per target gateway, with each transport's health.
     pub targets: Vec<(GatewayId, Region, Decision, Vec<Health>)>,
+    /// The quality rules' verdicts per route and target region.
+    pub quality: Vec<RouteQuality>,
 }
 
 /// What sending `envelope` from gateway `from` would do, without sending it
@@ -35,11 +39,20 @@ pub struct Explanation {
 pub async fn explain(
     from: &GatewayInfo,
     backends: &Backends,
-    policy: &Policy,
+    live: &LivePolicy,
     max_payload: usize,
     envelope: Envelope,
 ) -> Result<Explanation, SendError> {
-    let plan = plan(from, backends, policy, max_payload, envelope).await?;
+    let policy = live.load();
+    let plan = plan(
+        from,
+        backends,
+        &policy,
+        live.quality(),
+        max_payload,
+        envelope,
+    )
+    .await?;
     let transports = &backends.transports;
     let (sessions, distribution) = match plan.found {
         Found::Sessions(s) => (s.to_vec(), Vec::new()),
@@ -67,6 +80,7 @@ pub async fn explain(
                 (gateway, region, decision, health)
             })
             .collect(),
+        quality: live.route_quality(),
     })
 }
 
@@ -132,6 +146,9 @@ impl fmt::Display for Explanation {
                 order.join(", "),
                 decision.reason
             )?;
+        }
+        for quality in &self.quality {
+            writeln!(f, "quality: {quality}")?;
         }
         writeln!(f, "if every transport fails: stored offline")
     }

@@ -108,12 +108,11 @@ impl Router {
 
     /// What `send` would do with this message, without sending it.
     pub async fn explain(&self, envelope: Envelope) -> Result<Explanation, SendError> {
-        let policy = self.inner.policy.load();
         let inner = &self.inner;
         explain(
             &inner.me,
             &inner.backends,
-            &policy,
+            &inner.policy,
             inner.max_payload,
             envelope,
         )

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use crate::backends::Backends;
 use crate::envelope::{now_micros, Destination, Envelope};
 use crate::error::{SendError, StoreError};
-use crate::policy::{Decision, Policy};
+use crate::policy::quality::Quality;
+use crate::policy::{Conditions, Decision, Policy};
 use crate::presence::Session;
 use crate::topology::{GatewayId, GatewayInfo, Region, UserId};
 use crate::transport::Health;
@@ -34,6 +35,7 @@ pub(super) async fn plan(
     me: &GatewayInfo,
     backends: &Backends,
     policy: &Policy,
+    quality: &Quality,
     max_payload: usize,
     mut envelope: Envelope,
 ) -> Result<Planned, SendError> {
@@ -71,7 +73,7 @@ pub(super) async fn plan(
         Destination::User(user) => Some(user),
         Destination::Group(_) => None,
     };
-    let targets = decide(me, backends, policy, gateways, recipient);
+    let targets = decide(me, backends, policy, quality, gateways, recipient);
     Ok(Planned {
         bytes: envelope.encode(),
         envelope,
@@ -114,23 +116,28 @@ async fn regions_of(
     Ok(gateways)
 }
 
-/// The route and transport order per target: the policy's rules, a hot
-/// pair's direct link while its transport is up.
+/// The route and transport order per target: the policy's rules and
+/// their quality verdicts, a hot pair's direct link while its transport is up.
 fn decide(
     me: &GatewayInfo,
     backends: &Backends,
     policy: &Policy,
+    quality: &Quality,
     gateways: Vec<(GatewayId, Region)>,
     recipient: Option<&UserId>,
 ) -> Vec<(GatewayId, Region, Decision)> {
     let transports = &backends.transports;
     let is_up = |kind| transports.get(kind).is_ok_and(|t| t.health() == Health::Up);
+    let now = Conditions {
+        is_up: &is_up,
+        quality,
+    };
     gateways
         .into_iter()
         .map(|(gateway, region)| {
             let decision = backends
                 .hot_pairs
-                .decide(policy, me, &gateway, &region, recipient, is_up);
+                .decide(policy, me, &gateway, &region, recipient, now);
             (gateway, region, decision)
         })
         .collect()

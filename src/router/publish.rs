@@ -12,7 +12,7 @@ use crate::error::PublishError;
 use crate::inbox::{Handed, Via};
 use crate::policy::Decision;
 use crate::telemetry;
-use crate::topology::GatewayId;
+use crate::topology::{GatewayId, Region};
 use crate::transport::{TransportError, TransportKind};
 
 use super::plan::Planned;
@@ -56,6 +56,7 @@ impl Router {
     pub(super) async fn publish(
         &self,
         to: &GatewayId,
+        region: &Region,
         decision: &Decision,
         batch: &[Bytes],
         priority: Priority,
@@ -73,7 +74,7 @@ impl Router {
                 tokio::time::sleep(wait).await;
             }
         }
-        let chain = self.publish_chain(to, decision, batch, priority);
+        let chain = self.publish_chain(to, region, decision, batch, priority);
         let Some(mirror) = decision.mirror else {
             let (result, confirmed) = split(chain.await);
             return Sent {
@@ -87,11 +88,12 @@ impl Router {
         // watchdog, and a late copy is dropped by the receiver's dedupe.
         let mut mirroring = Box::pin({
             let stack = self.inner.stacks.get(mirror).cloned();
-            let (to, batch) = (to.clone(), batch.to_vec());
+            let (to, region, batch) = (to.clone(), region.clone(), batch.to_vec());
             let route = decision.route.as_str();
             async move {
                 let publish = Publish {
                     to: &to,
+                    region: &region,
                     batch: &batch,
                     priority,
                     cohort: true,
@@ -153,6 +155,7 @@ impl Router {
     async fn publish_chain(
         &self,
         to: &GatewayId,
+        region: &Region,
         decision: &Decision,
         batch: &[Bytes],
         priority: Priority,
@@ -162,6 +165,7 @@ impl Router {
         }
         let publish = Publish {
             to,
+            region,
             batch,
             priority,
             cohort: decision.cohort,

@@ -16,7 +16,7 @@ use crate::config::DeliveryConfig;
 use crate::envelope::Priority;
 use crate::policy::live::LivePolicy;
 use crate::telemetry;
-use crate::topology::GatewayId;
+use crate::topology::{GatewayId, Region};
 use crate::transport::{Ack, Transport, TransportError, TransportKind, Transports};
 
 /// One publish as the router asks it: a run of encoded envelopes of one
@@ -24,6 +24,8 @@ use crate::transport::{Ack, Transport, TransportError, TransportKind, Transports
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Publish<'a> {
     pub to: &'a GatewayId,
+    /// The gateway's region: what the quality scores are kept per.
+    pub region: &'a Region,
     pub batch: &'a [Bytes],
     pub priority: Priority,
     /// Part of the canary cohort (or its mirror): feeds the watchdog.
@@ -204,8 +206,9 @@ impl<P: Publisher> Publisher for Retry<P> {
     }
 }
 
-/// Reports the canary cohort's publishes (outcome, count, time to
-/// confirm, retries included) to the live policy's watchdog.
+/// Reports publishes (outcome, count, time to confirm, retries included)
+/// to the live policy: the canary cohort's to its watchdog, every one to
+/// the quality scores (which keep those of the transports a rule watches).
 pub(crate) struct FeedbackLayer(pub Arc<LivePolicy>);
 
 /// See [`FeedbackLayer`].
@@ -230,18 +233,15 @@ impl<P: Publisher> Publisher for Feedback<P> {
     }
 
     async fn publish(&self, publish: Publish<'_>) -> Result<bool, TransportError> {
-        if !publish.cohort {
-            return self.inner.publish(publish).await;
-        }
         let started = Instant::now();
         let result = self.inner.publish(publish).await;
-        let confirmed = matches!(result, Ok(true));
-        self.policy.record_publish(
-            self.kind(),
-            result.is_ok(),
-            publish.batch.len() as u64,
-            confirmed.then(|| started.elapsed()),
-        );
+        let confirmed_in = matches!(result, Ok(true)).then(|| started.elapsed());
+        let (kind, ok, n) = (self.kind(), result.is_ok(), publish.batch.len() as u64);
+        if publish.cohort {
+            self.policy.record_publish(kind, ok, n, confirmed_in);
+        }
+        self.policy
+            .record_quality(kind, publish.region, ok, n, confirmed_in);
         result
     }
 }
@@ -327,9 +327,10 @@ mod tests {
         })
     }
 
-    fn publish(to: &GatewayId, priority: Priority) -> Publish<'_> {
+    fn publish<'a>(to: &'a GatewayId, region: &'a Region, priority: Priority) -> Publish<'a> {
         Publish {
             to,
+            region,
             batch: &[],
             priority,
             cohort: false,
@@ -338,7 +339,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn high_priority_is_retried_and_normal_is_not() {
-        let to = GatewayId::new("gw-2");
+        let (to, eu) = (GatewayId::new("gw-2"), Region::new("eu"));
         let retry = RetryLayer {
             retries: 3,
             backoff: Duration::from_millis(10),
@@ -346,7 +347,7 @@ mod tests {
         let high = flaky(2, Duration::ZERO);
         let stacked = retry.layer(high.clone());
         assert_eq!(
-            stacked.publish(publish(&to, Priority::High)).await,
+            stacked.publish(publish(&to, &eu, Priority::High)).await,
             Ok(true)
         );
         assert_eq!(high.attempts.load(Ordering::Relaxed), 3);
@@ -354,7 +355,7 @@ mod tests {
         let normal = flaky(2, Duration::ZERO);
         let stacked = retry.layer(normal.clone());
         assert!(stacked
-            .publish(publish(&to, Priority::Normal))
+            .publish(publish(&to, &eu, Priority::Normal))
             .await
             .is_err());
         assert_eq!(normal.attempts.load(Ordering::Relaxed), 1);
@@ -362,11 +363,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_attempt_times_out_naming_the_gateway_and_limit() {
-        let to = GatewayId::new("gw-2");
+        let (to, eu) = (GatewayId::new("gw-2"), Region::new("eu"));
         let stacked =
             TimeoutLayer(Duration::from_millis(50)).layer(flaky(0, Duration::from_secs(1)));
         let err = stacked
-            .publish(publish(&to, Priority::Normal))
+            .publish(publish(&to, &eu, Priority::Normal))
             .await
             .unwrap_err();
         assert_eq!(

@@ -179,6 +179,29 @@ pub(crate) async fn state(shared: &Shared) -> proto::StateResponse {
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         canary: canary_state(&shared.policy),
+        route_quality: shared
+            .policy
+            .route_quality()
+            .into_iter()
+            .map(|q| {
+                let (to, since, why) = q
+                    .degraded
+                    .map(|(to, since, why)| (to.to_string(), since, why))
+                    .unwrap_or_default();
+                proto::RouteQuality {
+                    route: q.route.to_string(),
+                    region: q.region.to_string(),
+                    transport: q.prefer.to_string(),
+                    p99_micros: q.stats.p99.as_micros() as u64,
+                    published: q.stats.published,
+                    failed: q.stats.failed,
+                    degraded_to: to,
+                    degraded_reason: why,
+                    degraded_for_millis: since.as_millis() as u64,
+                    changes: q.changes,
+                }
+            })
+            .collect(),
     }
 }
 

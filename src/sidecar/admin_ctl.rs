@@ -344,6 +344,27 @@ pub fn render_state(state: &proto::StateResponse) -> String {
             p.from_gateway, p.to_gateway, p.per_second
         );
     }
+    for q in &state.route_quality {
+        out += &format!(
+            "quality: {} to region {}: {} p99 {:.1} ms, {} of {} failed; {}\n",
+            q.route,
+            q.region,
+            q.transport,
+            q.p99_micros as f64 / 1000.0,
+            q.failed,
+            q.published,
+            if q.degraded_to.is_empty() {
+                "within the limits".to_owned()
+            } else {
+                format!(
+                    "degraded for {:.1} s ({}): {} first",
+                    q.degraded_for_millis as f64 / 1000.0,
+                    q.degraded_reason,
+                    q.degraded_to
+                )
+            }
+        );
+    }
     out + &render(state.canary.as_ref())
 }
 

@@ -2,6 +2,8 @@
 //! driven through its HTTP API. Each [`Link`] is one proxied TCP port with
 //! a latency each way; it can be cut and restored, and is deleted on drop.
 
+#![allow(dead_code)] // each test file uses its own part
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -78,6 +80,18 @@ impl Link {
         Self {
             name: name.to_owned(),
             listen,
+        }
+    }
+
+    /// Changes the latency added each way, on open connections too.
+    pub fn set_latency(&self, latency: Duration) {
+        let ms = latency.as_millis();
+        for stream in ["upstream", "downstream"] {
+            expect(
+                "POST",
+                &format!("/proxies/{}/toxics/latency_{stream}", self.name),
+                &format!(r#"{{"attributes":{{"latency":{ms},"jitter":0}}}}"#),
+            );
         }
     }
 

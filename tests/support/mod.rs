@@ -217,6 +217,17 @@ impl PrivateBroker {
         }
     }
 
+    /// Resumes a frozen process (SIGCONT).
+    pub fn thaw(&mut self) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status()
+                .expect("kill -CONT");
+            assert!(status.success(), "kill -CONT {}", child.id());
+        }
+    }
+
     /// Kills the process (as a crash would) and waits for it to exit.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

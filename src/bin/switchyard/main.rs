@@ -242,9 +242,13 @@ async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         None => Destination::User(args.to.as_str().into()),
     };
     let envelope = Envelope::new(args.from.as_str(), from.id.clone(), destination, Vec::new());
-    let policy = settings
-        .policy()
-        .map_err(switchyard::config::ConfigError::Invalid)?;
+    // A fresh policy: the quality verdicts of a running sidecar are in its
+    // metrics and `switchyard admin state`, not in this process.
+    let policy = switchyard::policy::live::LivePolicy::new(
+        settings
+            .policy()
+            .map_err(switchyard::config::ConfigError::Invalid)?,
+    );
     let max_payload = settings.limits.max_payload_bytes;
     print!(
         "{}",
