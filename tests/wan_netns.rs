@@ -151,8 +151,6 @@ async fn run() {
     });
 
     report.print_and_write(&ports);
-    drop((us1, eu1, eu2));
-    drop(fleet);
 }
 
 /// The network, not the config, keeps the regions apart: from `sy-eu`

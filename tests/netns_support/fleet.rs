@@ -27,7 +27,8 @@ pub struct NsFleet {
     pub run: String,
     pub ports: Ports,
     sidecars: HashMap<&'static str, (&'static Namespace, Served)>,
-    links: Vec<Link>,
+    /// Held for their drop, which deletes the proxies.
+    _links: Vec<Link>,
     kafka: PrivateKafka,
     pub redis: HashMap<&'static str, NsRedis>,
     configs: tempfile::TempDir,
@@ -65,7 +66,7 @@ impl NsFleet {
             run,
             ports,
             sidecars: HashMap::new(),
-            links,
+            _links: links,
             kafka,
             redis,
             configs: tempfile::tempdir().expect("temp dir"),

@@ -7,8 +7,6 @@
 //! `10.77.2.0/30` exists (its own end and the root namespace's), so the
 //! only way to `us` is a proxy listening on the root side, 10.77.2.1.
 
-#![allow(dead_code)] // Shared with the helpers beside it; each uses a part.
-
 pub mod count;
 pub mod fleet;
 
