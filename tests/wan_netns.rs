@@ -31,7 +31,7 @@ mod support;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use netns_support::count::{drain, drain_quiet, drain_within, Sent};
 use netns_support::fleet::{Gw, NsFleet};
@@ -54,9 +54,11 @@ async fn two_regions_in_network_namespaces() {
 }
 
 async fn run() {
+    let started = Instant::now();
     let fleet = NsFleet::start(&[(&US, "us1"), (&EU, "eu1"), (&EU, "eu2")]).await;
     let ports = fleet.ports;
     assert_isolated(&fleet);
+    println!("fleet up and isolated after {:?}", started.elapsed());
 
     let mut us1 = fleet.gateway("us1").await;
     let mut eu1 = fleet.gateway("eu1").await;
@@ -151,6 +153,7 @@ async fn run() {
     });
 
     report.print_and_write(&ports);
+    println!("done after {:?}", started.elapsed());
 }
 
 /// The network, not the config, keeps the regions apart: from `sy-eu`
