@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs and starts the services
 # the integration tests talk to (Redis, Redis Cluster, NATS JetStream, a
-# three-node Apache Kafka cluster, etcd), then runs fmt, clippy and every
-# test, with every optional backend compiled in (`--features etcd`).
+# three-node Apache Kafka cluster, etcd, Toxiproxy, and the two region
+# network namespaces of tests/wan_netns.rs: every scripts/services/*.sh),
+# then runs fmt, clippy and every test, with every optional backend
+# compiled in (`--features etcd`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shopt -s nullglob
@@ -10,10 +12,12 @@ shopt -s nullglob
 # Each phase's wall time, so a slow CI run says where its time went.
 phase() { echo "== test.sh: $1 done at $SECONDS s"; }
 
+# Set before the starts: a start that fails still stops what the others
+# started (each script stops only what it started itself).
+trap 'for s in scripts/services/*.sh; do bash "$s" stop || true; done' EXIT
 for service in scripts/services/*.sh; do
   bash "$service" start
 done
-trap 'for s in scripts/services/*.sh; do bash "$s" stop || true; done' EXIT
 phase "services"
 
 # promtool checks the Prometheus config, the alert rules and a /metrics

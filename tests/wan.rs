@@ -44,7 +44,7 @@ async fn two_regions_over_a_simulated_wan() {
         .collect();
     let eu_brokers = links
         .iter()
-        .map(|l| format!("127.0.0.1:{}", l.listen))
+        .map(|l| l.listen.to_string())
         .collect::<Vec<_>>()
         .join(",");
     let eu = RegionSpec {

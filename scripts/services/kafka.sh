@@ -23,11 +23,17 @@
 # 127.0.0.1:KAFKA_WAN_BASE+N-1: a proxy there forwarding to it (the
 # simulated WAN of tests/wan.rs) keeps the clients of a remote region on the
 # proxy, while the first listener stays direct for the local one.
+# KAFKA_WAN_HOST (default 127.0.0.1) is the address that listener binds and
+# KAFKA_WAN_ADVERTISED_HOST (default 127.0.0.1) the host it advertises: in
+# tests/wan_netns.rs the cluster runs in namespace sy-us, binds WAN on its
+# veth (10.77.1.2) and advertises the proxy eu reaches (10.77.2.1).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 base=${KAFKA_BASE_PORT:-9092}
 wan=${KAFKA_WAN_BASE:-}
+wan_host=${KAFKA_WAN_HOST:-127.0.0.1}
+wan_advertised=${KAFKA_WAN_ADVERTISED_HOST:-127.0.0.1}
 data=${KAFKA_DATA:-$PWD/.services/kafka}
 here=$PWD/scripts/services/kafka
 nodes=(1 2 3)
@@ -81,8 +87,8 @@ config() {
   local listeners="PLAINTEXT://127.0.0.1:$(client_port "$n"),CONTROLLER://127.0.0.1:$(controller_port "$n")"
   local advertised="PLAINTEXT://127.0.0.1:$(client_port "$n")"
   if [[ -n $wan ]]; then
-    listeners+=",WAN://127.0.0.1:$((base + 200 + n - 1))"
-    advertised+=",WAN://127.0.0.1:$((wan + n - 1))"
+    listeners+=",WAN://$wan_host:$((base + 200 + n - 1))"
+    advertised+=",WAN://$wan_advertised:$((wan + n - 1))"
   fi
   for m in "${nodes[@]}"; do voters+=("$m@127.0.0.1:$(controller_port "$m")"); done
   cat <<EOF

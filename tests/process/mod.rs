@@ -26,7 +26,22 @@ impl Served {
     /// Serves `config` (none: the embedded default) with `env` on top, both
     /// listeners on port 0, and waits until it says where it listens.
     pub fn start(config: Option<&Path>, env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        Self::spawn(Command::new(env!("CARGO_BIN_EXE_switchyard")), config, env)
+    }
+
+    /// Like [`Served::start`], inside network namespace `netns`
+    /// (`ip netns exec`, which execs the binary: the child is the sidecar
+    /// itself, so drop still kills it). Its listeners default to the
+    /// namespace's loopback; `env` moves them.
+    pub fn start_in_netns(netns: &str, config: Option<&Path>, env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", netns])
+            .arg(env!("CARGO_BIN_EXE_switchyard"));
+        Self::spawn(command, config, env)
+    }
+
+    fn spawn(mut command: Command, config: Option<&Path>, env: &[(&str, &str)]) -> Self {
         command.arg("serve");
         if let Some(config) = config {
             command.arg("--config").arg(config);

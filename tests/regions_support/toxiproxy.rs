@@ -5,7 +5,7 @@
 #![allow(dead_code)] // each test file uses its own part
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// Where the Toxiproxy API listens (`TOXIPROXY_PORT` in the script).
@@ -53,18 +53,31 @@ fn expect(method: &str, path: &str, body: &str) {
 /// A proxied port: `listen` forwards to `upstream`, `latency` added each way.
 pub struct Link {
     pub name: String,
-    pub listen: u16,
+    pub listen: SocketAddr,
 }
 
 impl Link {
-    /// Creates the proxy (replacing a leftover of the same name).
+    /// A link on loopback: `127.0.0.1:{listen}` to `127.0.0.1:{upstream}`.
     pub fn new(name: &str, listen: u16, upstream: u16, latency: Duration) -> Self {
+        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Self::between(name, loopback(listen), loopback(upstream), latency)
+    }
+
+    /// Creates the proxy (replacing a leftover of the same name). The
+    /// addresses may be any the root namespace has: tests/wan_netns.rs
+    /// listens on a region namespace's veth peer.
+    pub fn between(
+        name: &str,
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        latency: Duration,
+    ) -> Self {
         let _ = request("DELETE", &format!("/proxies/{name}"), "");
         expect(
             "POST",
             "/proxies",
             &format!(
-                r#"{{"name":"{name}","listen":"127.0.0.1:{listen}","upstream":"127.0.0.1:{upstream}","enabled":true}}"#
+                r#"{{"name":"{name}","listen":"{listen}","upstream":"{upstream}","enabled":true}}"#
             ),
         );
         let ms = latency.as_millis();

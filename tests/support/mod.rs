@@ -268,6 +268,27 @@ impl PrivateKafka {
         Self::start_with(script).await
     }
 
+    /// Like [`PrivateKafka::start_with_wan`], run inside network namespace
+    /// `netns` (every node, so the first listener is that namespace's
+    /// loopback), the WAN listeners bound on `wan_host` (the namespace's
+    /// veth address, where the proxy in the root namespace connects) and
+    /// advertised as `{wan_advertised}:{wan + N - 1}` (the proxy, where the
+    /// remote region's namespace reaches it).
+    pub async fn start_in_netns(
+        netns: &'static str,
+        base: u16,
+        wan: u16,
+        wan_host: &str,
+        wan_advertised: &str,
+    ) -> Self {
+        let mut script = ServiceScript::new("kafka.sh", &[], "KAFKA", base)
+            .with_env("KAFKA_WAN_BASE", wan.to_string())
+            .with_env("KAFKA_WAN_HOST", wan_host)
+            .with_env("KAFKA_WAN_ADVERTISED_HOST", wan_advertised);
+        script.netns = Some(netns);
+        Self::start_with(script).await
+    }
+
     async fn start_with(script: ServiceScript) -> Self {
         // Several private clusters may run beside the shared one.
         let script = script.with_env("KAFKA_HEAP", "384m");
@@ -457,6 +478,9 @@ struct ServiceScript {
     env: Vec<(&'static str, String)>,
     base: u16,
     dir: tempfile::TempDir,
+    /// The network namespace the script runs in (`ip netns exec`), if not
+    /// the test's own.
+    netns: Option<&'static str>,
 }
 
 impl ServiceScript {
@@ -473,6 +497,7 @@ impl ServiceScript {
             env: Vec::new(),
             base,
             dir: tempfile::tempdir().expect("temp dir"),
+            netns: None,
         }
     }
 
@@ -490,7 +515,14 @@ impl ServiceScript {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("bash");
+        let mut command = match self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns, "bash"]);
+                command
+            }
+            None => Command::new("bash"),
+        };
         command
             .arg(format!(
                 "{}/scripts/services/{}",
