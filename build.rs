@@ -29,6 +29,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::proto::codec::StrictCodec")
         .bytes(".switchyard.v1.Envelope.payload")
         .bytes(".switchyard.v1.PeerBatch.envelopes")
+        // Written by hand (src/proto/delivery.rs): the sidecar sends each
+        // envelope as the envelope codec encoded it.
+        .extern_path(
+            ".switchyard.v1.Delivery",
+            "crate::proto::delivery::Delivery",
+        )
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -5,6 +5,9 @@
 
 #[cfg(feature = "grpc")]
 pub mod codec;
+pub mod delivery;
+
+pub use delivery::Delivery;
 
 include!(concat!(env!("OUT_DIR"), "/switchyard.v1.rs"));
 

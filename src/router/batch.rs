@@ -46,7 +46,10 @@ impl Router {
         ))
         .await;
 
-        let mut targets: Vec<Vec<TargetReport>> = vec![Vec::new(); plans.len()];
+        let mut targets: Vec<Vec<TargetReport>> = plans
+            .iter()
+            .map(|p| Vec::with_capacity(p.as_ref().map_or(0, |p| p.targets.len())))
+            .collect();
         for (gateway, route, runs) in published {
             for (members, sent) in runs {
                 for i in members {
@@ -98,7 +101,10 @@ impl Router {
         for (slot, done) in slots.into_iter().zip(join_all(waiting).await) {
             plans[slot] = Some(done);
         }
-        plans.into_iter().flatten().collect()
+        // Sized up front: `flatten` hints no length, and a plan is large.
+        let mut done = Vec::with_capacity(plans.len());
+        done.extend(plans.into_iter().flatten());
+        done
     }
 
     /// Publishes one gateway's batch as runs of messages that share a

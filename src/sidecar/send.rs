@@ -125,31 +125,33 @@ pub(super) async fn send_all(
     wires: Vec<proto::Envelope>,
 ) -> Result<Vec<proto::SendOutcome>, Status> {
     let me = router.gateway().id.clone();
-    let mut prepared = Vec::with_capacity(wires.len());
+    // Each request slot's id (or why it was rejected), and the valid
+    // envelopes moved out in order for one `send_batch`.
+    let mut slots = Vec::with_capacity(wires.len());
+    let mut valid = Vec::with_capacity(wires.len());
     // A batch mostly comes from one user: check each sender once per run.
     let mut checked: Option<UserId> = None;
     for wire in wires {
-        let envelope = prepare(&me, wire)?;
-        if let Ok(envelope) = &envelope {
-            if checked.as_ref() != Some(&envelope.sender) {
-                hosted(router, &envelope.sender).await?;
-                checked = Some(envelope.sender.clone());
+        match prepare(&me, wire)? {
+            Ok(envelope) => {
+                if checked.as_ref() != Some(&envelope.sender) {
+                    hosted(router, &envelope.sender).await?;
+                    checked = Some(envelope.sender.clone());
+                }
+                slots.push(Ok(envelope.id));
+                valid.push(envelope);
             }
+            Err(rejected) => slots.push(Err(rejected)),
         }
-        prepared.push(envelope);
     }
-    let valid: Vec<Envelope> = prepared
-        .iter()
-        .filter_map(|p| p.as_ref().ok().cloned())
-        .collect();
     let mut sent = router.send_batch(valid).await.into_iter();
-    Ok(prepared
+    Ok(slots
         .into_iter()
-        .map(|p| match p {
-            Ok(envelope) => match sent.next() {
-                Some(result) => outcome(envelope.id, result),
+        .map(|slot| match slot {
+            Ok(id) => match sent.next() {
+                Some(result) => outcome(id, result),
                 None => rejected(
-                    envelope.id.to_bytes().to_vec(),
+                    id.to_bytes().to_vec(),
                     "internal: the router returned no outcome".into(),
                 ),
             },

@@ -104,11 +104,11 @@ pub(super) async fn next_delivery<'a>(
 )> {
     let permit = out.reserve().await.ok()?;
     let d = inbox.recv().await?;
-    let delivery = proto::Delivery {
-        envelope: Some(d.envelope.to_wire()),
-        via: d.via.to_string(),
-        latency_micros: d.latency.as_micros().min(u128::from(u64::MAX)) as u64,
-        seq: d.seq,
-    };
+    let delivery = proto::Delivery::encoded(
+        d.envelope.encode(),
+        d.via.to_string(),
+        d.latency.as_micros().min(u128::from(u64::MAX)) as u64,
+        d.seq,
+    );
     Some((permit, delivery))
 }
