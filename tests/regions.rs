@@ -14,7 +14,9 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use regions_support::{drain, move_user, send, Fleet, RegionSpec};
+use regions_support::{drain, drain_quiet, move_user, send, Fleet, RegionSpec};
+use switchyard::presence::Session;
+use switchyard::regions::Snapshot;
 use switchyard::regions::reresolve::HOPS_HEADER;
 use switchyard::transport::Ack;
 use switchyard::transport::TransportKind;
@@ -111,7 +113,7 @@ async fn a_message_on_stale_presence_is_routed_again_where_it_lands() {
         "{:?}",
         got.headers
     );
-    let at_us = regions_support::drain_quiet(&mut us1, Duration::from_millis(500)).await;
+    let at_us = drain_quiet(&mut us1, Duration::from_millis(500)).await;
     assert!(at_us.ids.is_empty(), "us1 delivered {:?}", at_us.ids);
 }
 
@@ -195,4 +197,99 @@ async fn a_group_spanning_regions_reaches_every_gateway_once() {
     }
     drain(&mut eu2, &ids, Duration::from_secs(30)).await;
     drain(&mut us1, &ids, Duration::from_secs(30)).await;
+}
+
+/// How often the re-sync tests re-sync.
+const RESYNC: Duration = Duration::from_secs(2);
+
+fn with_resync(settings: &mut switchyard::Settings) {
+    settings.regions.as_mut().expect("[regions]").resync_interval = RESYNC;
+}
+
+/// A node that wrote a session and crashed before producing its snapshot
+/// (here: the session written to `us`'s store, never marked) leaves `eu`
+/// unaware of it; the periodic re-sync repairs that within its interval,
+/// and messages from `eu` then reach the user, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_snapshot_is_repaired_by_the_resync() {
+    let regions = [RegionSpec::direct("eu"), RegionSpec::direct("us")];
+    let fleet = Fleet::start_with(&regions, with_resync).await;
+    let eu1 = fleet.gateway("eu", "eu1").await;
+    let mut us1 = fleet.gateway("us", "us1").await;
+    let hana = fleet.user("hana");
+    let session = Session {
+        user: hana.clone(),
+        device: "phone".into(),
+        gateway: us1.id().clone(),
+        region: "us".into(),
+        since_micros: switchyard::envelope::now_micros(),
+    };
+    fleet.write_unreplicated("us", session).await;
+    assert!(
+        fleet.replicated("eu", &hana).await.is_empty(),
+        "no snapshot of hana was produced"
+    );
+    let lag = fleet
+        .wait_located("eu", &hana, us1.id(), RESYNC + Duration::from_secs(5))
+        .await;
+    println!("the re-sync ({RESYNC:?}) repaired hana's presence in eu after {lag:?}");
+
+    let sent = send(&eu1, &hana, 30, Priority::High).await;
+    assert_eq!(sent.confirmed.len(), 30, "{sent:?}");
+    assert!(sent.all_via(TransportKind::Kafka), "{:?}", sent.vias);
+    drain(&mut us1, &sent.confirmed, Duration::from_secs(30)).await;
+}
+
+/// A snapshot of a user's old state that arrives after a newer one (as a
+/// re-sync's, taken before the user moved and held up, would) changes
+/// nothing where it is applied, and the re-syncs after it keep the new
+/// state: `eu` never sees the user back on the gateway they left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_snapshot_of_old_state_never_overwrites_a_newer_one() {
+    let regions = [RegionSpec::direct("eu"), RegionSpec::direct("us")];
+    let fleet = Fleet::start_with(&regions, with_resync).await;
+    let us1 = fleet.gateway("us", "us1").await;
+    let us2 = fleet.gateway("us", "us2").await;
+    let ivy = fleet.user("ivy");
+    us1.router.connect(ivy.as_str(), "phone").await.unwrap();
+    fleet
+        .wait_located("eu", &ivy, us1.id(), Duration::from_secs(20))
+        .await;
+    let (old_version, old_sessions) = fleet.replicated("eu", &ivy).await["us"].clone();
+
+    us1.router.disconnect(ivy.as_str(), "phone").await.unwrap();
+    us2.router.connect(ivy.as_str(), "phone").await.unwrap();
+    fleet
+        .wait_located("eu", &ivy, us2.id(), Duration::from_secs(20))
+        .await;
+    let late = Snapshot {
+        region: "us".into(),
+        user: ivy.clone(),
+        version: old_version,
+        at_micros: switchyard::envelope::now_micros(),
+        sessions: serde_json::from_str(&old_sessions).unwrap(),
+    };
+    fleet.produce_snapshot(&late).await;
+    let produced = switchyard::envelope::now_micros() as u64;
+
+    // A snapshot taken after the late one was on the log lands after it
+    // in the same partition: once eu has applied one, it has read both.
+    let start = std::time::Instant::now();
+    let presence = &fleet.regions["eu"].backends.presence;
+    loop {
+        let found = presence
+            .locate_many_uncached(std::slice::from_ref(&ivy))
+            .await
+            .unwrap();
+        let gateways: Vec<_> = found[0].iter().map(|s| s.gateway.clone()).collect();
+        assert_eq!(&gateways, &[us2.id().clone()], "eu's view of ivy");
+        if fleet.replicated("eu", &ivy).await["us"].0 > produced {
+            break;
+        }
+        assert!(
+            start.elapsed() < RESYNC * 2 + Duration::from_secs(5),
+            "no re-sync of ivy reached eu"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

@@ -36,6 +36,12 @@ pub struct RegionsConfig {
     /// (every transport there had failed) are tried again.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
+    /// How often each node snapshots again every user on its gateways, in
+    /// pages spread over the period, so a snapshot that was lost (a node
+    /// crashed before producing it, a replica was wiped) is repaired within
+    /// it. `0s`: never.
+    #[serde(with = "humantime_serde")]
+    pub resync_interval: Duration,
 }
 
 impl Default for RegionsConfig {
@@ -47,6 +53,7 @@ impl Default for RegionsConfig {
             partitions: 12,
             tombstone_ttl: Duration::from_secs(3600),
             sweep_interval: Duration::from_secs(2),
+            resync_interval: Duration::from_secs(300),
         }
     }
 }

@@ -10,6 +10,8 @@
 //!   produced on change; each region's consumer group applies the others).
 //! - `replica`: the region's Redis side (snapshot and apply scripts);
 //!   `snapshot` what both carry.
+//! - `resync`: every user on this node's gateways snapshotted again every
+//!   `regions.resync_interval`, so a lost snapshot is repaired.
 //! - `reresolve`: a message that reached a gateway on stale presence (the
 //!   user moved on) is routed again from there, and a user who comes online
 //!   in another region gets the offline messages stored here.
@@ -20,6 +22,7 @@ mod feed;
 pub mod presence;
 mod replica;
 pub mod reresolve;
+mod resync;
 mod snapshot;
 
 use std::sync::Arc;
@@ -44,7 +47,9 @@ pub struct Regions {
     kafka: feed::Kafka,
     config: RegionsConfig,
     forwarder: Arc<reresolve::Forwarder>,
-    /// The consumer and the sweep, stopped on drop.
+    /// This node's gateways, which the re-sync walks.
+    hosted: Arc<resync::Hosted>,
+    /// The consumer, the sweep and the re-sync, stopped on drop.
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -66,13 +71,20 @@ impl Regions {
             config.topic.clone(),
         );
         let presence = Arc::new(presence::RegionalPresence::new(local, replica, publisher));
+        let hosted = Arc::new(resync::Hosted::default());
+        let mut tasks = Vec::new();
+        if !config.resync_interval.is_zero() {
+            let every = config.resync_interval;
+            tasks.push(resync::start(hosted.clone(), presence.clone(), every));
+        }
         Ok(Self {
             region,
             presence,
             kafka,
             config: config.clone(),
             forwarder: Arc::default(),
-            tasks: parking_lot::Mutex::default(),
+            hosted,
+            tasks: parking_lot::Mutex::new(tasks),
         })
     }
 
@@ -113,20 +125,23 @@ impl Regions {
         Ok(())
     }
 
-    /// The check in front of gateway `me`'s subscriptions.
+    /// The check in front of gateway `me`'s subscriptions; while it lives,
+    /// the re-sync walks `me`'s users.
     pub(crate) fn guard(
         &self,
         me: &GatewayId,
         cache: Arc<CachedPresence>,
         offline: Arc<dyn OfflineStore>,
     ) -> Arc<reresolve::Guard> {
-        reresolve::Guard::new(
+        let guard = reresolve::Guard::new(
             me.clone(),
             cache,
             self.presence.clone(),
             offline,
             self.forwarder.clone(),
-        )
+        );
+        self.hosted.add(&guard);
+        guard
     }
 }
 

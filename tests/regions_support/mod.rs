@@ -8,8 +8,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use switchyard::config::RegionsConfig;
-use switchyard::redis_conn::RedisConfig;
+use switchyard::presence::redis::RedisPresence;
+use switchyard::presence::{PresenceStore, Session};
+use switchyard::redis_conn::{RedisConfig, RedisHandle};
+use switchyard::regions::Snapshot;
 use switchyard::transport::redis::RedisTransportConfig;
 use switchyard::transport::TransportKind;
 use switchyard::{
@@ -200,6 +204,64 @@ impl Fleet {
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    /// Writes `session` to `region`'s store as a node does before it marks
+    /// the user for replication, and nothing else: what is left when that
+    /// node crashes before producing the snapshot.
+    pub async fn write_unreplicated(&self, region: &str, session: Session) {
+        let r = self.region(region);
+        let config = RedisConfig {
+            url: r.redis.address(),
+            ..RedisConfig::default()
+        };
+        let redis = RedisHandle::connect(&config).await.expect("connect");
+        let store = RedisPresence::new(redis, r.settings.presence.session_ttl)
+            .await
+            .expect("presence store");
+        store.online(session).await.expect("online");
+    }
+
+    /// Each region's entry for `user` in `region`'s replica: region ->
+    /// (version, sessions json).
+    pub async fn replicated(&self, region: &str, user: &UserId) -> BTreeMap<String, (u64, String)> {
+        let client = redis::Client::open(self.region(region).redis.address()).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let entries: BTreeMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("sy:presence-remote:{{{user}}}"))
+            .query_async(&mut conn)
+            .await
+            .expect("HGETALL");
+        entries
+            .into_iter()
+            .map(|(region, value)| {
+                let (version, json) = value.split_once('|').expect("version|sessions");
+                (region, (version.parse().expect("version"), json.to_owned()))
+            })
+            .collect()
+    }
+
+    /// Produces `snapshot` on the presence topic as a node would (keyed
+    /// `region/user`), e.g. one that was held up and arrives late.
+    pub async fn produce_snapshot(&self, snapshot: &Snapshot) {
+        let any = self.regions.values().next().expect("a region");
+        let regions = any.settings.regions.as_ref().expect("[regions]");
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", support::KAFKA)
+            .create()
+            .expect("producer");
+        let key = format!("{}/{}", snapshot.region, snapshot.user);
+        let payload = serde_json::to_vec(snapshot).expect("json");
+        producer
+            .send(
+                FutureRecord::to(&regions.topic).key(&key).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produced");
     }
 
     /// Keys of `region`'s Redis that name `needle`.
