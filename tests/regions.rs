@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use regions_support::{drain, drain_quiet, move_user, send, Fleet, RegionSpec};
 use switchyard::presence::Session;
-use switchyard::regions::Snapshot;
 use switchyard::regions::reresolve::HOPS_HEADER;
+use switchyard::regions::Snapshot;
 use switchyard::transport::Ack;
 use switchyard::transport::TransportKind;
 use switchyard::{Destination, Envelope, Priority, Via};
@@ -166,11 +166,9 @@ async fn a_group_spanning_regions_reaches_every_gateway_once() {
     let mut us1 = fleet.gateway("us", "us1").await;
     let (frank, grace) = (fleet.user("frank"), fleet.user("grace"));
     let group = fleet.user("team");
-    // Membership is kept per region: each region's gateways join it there.
-    for router in [&eu1.router, &us1.router] {
-        router.join(group.as_str(), frank.as_str()).await.unwrap();
-        router.join(group.as_str(), grace.as_str()).await.unwrap();
-    }
+    // Each joins in one region; membership replicates to the other.
+    eu1.router.join(group.as_str(), frank.as_str()).await.unwrap();
+    us1.router.join(group.as_str(), grace.as_str()).await.unwrap();
     eu2.router.connect(frank.as_str(), "phone").await.unwrap();
     us1.router.connect(grace.as_str(), "phone").await.unwrap();
     fleet
@@ -203,7 +201,11 @@ async fn a_group_spanning_regions_reaches_every_gateway_once() {
 const RESYNC: Duration = Duration::from_secs(2);
 
 fn with_resync(settings: &mut switchyard::Settings) {
-    settings.regions.as_mut().expect("[regions]").resync_interval = RESYNC;
+    settings
+        .regions
+        .as_mut()
+        .expect("[regions]")
+        .resync_interval = RESYNC;
 }
 
 /// A node that wrote a session and crashed before producing its snapshot
@@ -292,4 +294,69 @@ async fn a_late_snapshot_of_old_state_never_overwrites_a_newer_one() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Group messages from `from` to `group`: each must be confirmed at
+/// exactly `gateways`; returns their ids.
+async fn send_to_group(
+    from: &regions_support::Gateway,
+    group: &switchyard::UserId,
+    n: usize,
+    gateways: &[&switchyard::GatewayId],
+) -> HashSet<switchyard::MessageId> {
+    let mut expected: Vec<String> = gateways.iter().map(|g| g.to_string()).collect();
+    expected.sort();
+    let mut ids = HashSet::new();
+    for i in 0..n {
+        let envelope = Envelope::new(
+            "sender",
+            from.id().clone(),
+            Destination::Group(group.as_str().into()),
+            format!("to the group {i}"),
+        )
+        .with_priority(Priority::High);
+        let report = from.router.send(envelope).await.unwrap();
+        let switchyard::Outcome::Routed { targets, .. } = report.outcome else {
+            panic!("blocked")
+        };
+        let mut got: Vec<_> = targets.iter().map(|t| t.gateway.to_string()).collect();
+        got.sort();
+        assert_eq!(got, expected);
+        assert!(targets.iter().all(|t| t.confirmed), "{targets:?}");
+        ids.insert(report.id);
+    }
+    ids
+}
+
+/// A member who joins a group in `eu` only is a member in `us` too: a
+/// group message sent from `us` reaches their gateway in `eu`, none lost.
+/// Their leave, written in `us`, replicates back: newer, it wins in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_in_one_region_lets_the_other_reach_the_member() {
+    let fleet = Fleet::start(&[RegionSpec::direct("eu"), RegionSpec::direct("us")]).await;
+    let mut eu1 = fleet.gateway("eu", "eu1").await;
+    let mut us1 = fleet.gateway("us", "us1").await;
+    let (kim, leo) = (fleet.user("kim"), fleet.user("leo"));
+    let team = fleet.user("team");
+    eu1.router.connect(kim.as_str(), "phone").await.unwrap();
+    us1.router.connect(leo.as_str(), "phone").await.unwrap();
+    eu1.router.join(team.as_str(), kim.as_str()).await.unwrap();
+    us1.router.join(team.as_str(), leo.as_str()).await.unwrap();
+    fleet.wait_distribution("us", team.as_str(), eu1.id()).await;
+
+    let ids = send_to_group(&us1, &team, 30, &[eu1.id(), us1.id()]).await;
+    let got = drain(&mut eu1, &ids, Duration::from_secs(30)).await;
+    assert_eq!(
+        got.vias,
+        HashSet::from([Via::Transport(TransportKind::Kafka)])
+    );
+    drain(&mut us1, &ids, Duration::from_secs(30)).await;
+
+    us1.router.leave(team.as_str(), kim.as_str()).await.unwrap();
+    fleet.wait_members("eu", team.as_str(), &[&leo]).await;
+    fleet.wait_members("us", team.as_str(), &[&leo]).await;
+    let ids = send_to_group(&us1, &team, 10, &[us1.id()]).await;
+    drain(&mut us1, &ids, Duration::from_secs(30)).await;
+    let at_eu = drain_quiet(&mut eu1, Duration::from_millis(500)).await;
+    assert!(at_eu.ids.is_empty(), "eu1 got {:?} after kim left", at_eu.ids);
 }

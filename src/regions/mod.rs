@@ -10,6 +10,9 @@
 //!   produced on change; each region's consumer group applies the others).
 //! - `replica`: the region's Redis side (snapshot and apply scripts);
 //!   `snapshot` what both carry.
+//! - [`groups::RegionalGroups`]: the region's group store: joins and
+//!   leaves versioned and marked; `membership` replicates them over Kafka
+//!   as `feed` does presence (`marks` is what both have to send).
 //! - `resync`: every user on this node's gateways snapshotted again every
 //!   `regions.resync_interval`, so a lost snapshot is repaired.
 //! - `reresolve`: a message that reached a gateway on stale presence (the
@@ -19,6 +22,9 @@
 //! docs/OPERATIONS.md ("Regions") has the deployment and its limits.
 
 mod feed;
+pub mod groups;
+mod marks;
+mod membership;
 pub mod presence;
 mod replica;
 pub mod reresolve;
@@ -27,6 +33,7 @@ mod snapshot;
 
 use std::sync::Arc;
 
+pub use membership::Membership;
 pub use reresolve::{Resend, Resent};
 pub use snapshot::{RemoteSession, Snapshot};
 
@@ -44,6 +51,7 @@ use crate::transport::TransportError;
 pub struct Regions {
     region: Region,
     presence: Arc<presence::RegionalPresence>,
+    groups: Arc<groups::RegionalGroups>,
     kafka: feed::Kafka,
     config: RegionsConfig,
     forwarder: Arc<reresolve::Forwarder>,
@@ -63,7 +71,7 @@ impl Regions {
     ) -> Result<Self, TransportError> {
         let kafka = feed::Kafka::connect(kafka, config).await?;
         let region = Region::from(config.local.as_str());
-        let replica = Arc::new(replica::Replica::new(redis, config.tombstone_ttl));
+        let replica = Arc::new(replica::Replica::new(redis.clone(), config.tombstone_ttl));
         let publisher = feed::publish(
             &kafka,
             replica.clone(),
@@ -72,7 +80,14 @@ impl Regions {
         );
         let presence = Arc::new(presence::RegionalPresence::new(local, replica, publisher));
         let hosted = Arc::new(resync::Hosted::default());
-        let mut tasks = Vec::new();
+        let members = membership::Marks::default();
+        let groups = Arc::new(groups::RegionalGroups::new(
+            redis,
+            region.clone(),
+            members.clone(),
+        ));
+        let topic = feed::groups_topic(config);
+        let mut tasks = vec![membership::publish(&kafka, &members, groups.clone(), topic)];
         if !config.resync_interval.is_zero() {
             let every = config.resync_interval;
             tasks.push(resync::start(hosted.clone(), presence.clone(), every));
@@ -80,6 +95,7 @@ impl Regions {
         Ok(Self {
             region,
             presence,
+            groups,
             kafka,
             config: config.clone(),
             forwarder: Arc::default(),
@@ -98,7 +114,13 @@ impl Regions {
         self.presence.clone()
     }
 
-    /// Starts applying other regions' snapshots: the replica, then the
+    /// The region's group store (joins and leaves replicated).
+    pub fn groups(&self) -> Arc<groups::RegionalGroups> {
+        self.groups.clone()
+    }
+
+    /// Starts applying other regions' memberships, and their snapshots:
+    /// the replica, then the
     /// group distributions of `directory`, then the hand-over of
     /// `offline` messages to users who came online elsewhere.
     pub(crate) fn follow(
@@ -121,7 +143,14 @@ impl Regions {
             self.config.sweep_interval,
             offline_limit,
         );
-        self.tasks.lock().extend([consumer, sweep]);
+        let members = membership::follow(
+            &self.kafka,
+            &self.config,
+            &feed::groups_topic(&self.config),
+            self.groups.clone(),
+            self.presence.clone(),
+        )?;
+        self.tasks.lock().extend([consumer, sweep, members]);
         Ok(())
     }
 

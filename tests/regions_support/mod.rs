@@ -264,6 +264,26 @@ impl Fleet {
             .expect("produced");
     }
 
+    /// Waits until `region`'s members of `group` are `members`.
+    pub async fn wait_members(&self, region: &str, group: &str, members: &[&UserId]) {
+        let groups = self.region(region).backends.directory.groups().clone();
+        let mut expected: Vec<UserId> = members.iter().map(|&u| u.clone()).collect();
+        expected.sort();
+        let start = Instant::now();
+        loop {
+            let mut found = groups.members(&group.into()).await.unwrap_or_default();
+            found.sort();
+            if found == expected {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{region}'s members of {group} are {found:?}, not {expected:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// Keys of `region`'s Redis that name `needle`.
     pub async fn redis_keys(&self, region: &str, needle: &GatewayId) -> Vec<String> {
         let client = redis::Client::open(self.region(region).redis.address()).expect("client");
