@@ -17,7 +17,7 @@ use std::time::Duration;
 use regions_support::{drain, drain_quiet, move_user, send, Fleet, RegionSpec};
 use switchyard::presence::Session;
 use switchyard::regions::reresolve::HOPS_HEADER;
-use switchyard::regions::Snapshot;
+use switchyard::regions::{Membership, Snapshot};
 use switchyard::transport::Ack;
 use switchyard::transport::TransportKind;
 use switchyard::{Destination, Envelope, Priority, Via};
@@ -167,8 +167,14 @@ async fn a_group_spanning_regions_reaches_every_gateway_once() {
     let (frank, grace) = (fleet.user("frank"), fleet.user("grace"));
     let group = fleet.user("team");
     // Each joins in one region; membership replicates to the other.
-    eu1.router.join(group.as_str(), frank.as_str()).await.unwrap();
-    us1.router.join(group.as_str(), grace.as_str()).await.unwrap();
+    eu1.router
+        .join(group.as_str(), frank.as_str())
+        .await
+        .unwrap();
+    us1.router
+        .join(group.as_str(), grace.as_str())
+        .await
+        .unwrap();
     eu2.router.connect(frank.as_str(), "phone").await.unwrap();
     us1.router.connect(grace.as_str(), "phone").await.unwrap();
     fleet
@@ -358,5 +364,61 @@ async fn a_join_in_one_region_lets_the_other_reach_the_member() {
     let ids = send_to_group(&us1, &team, 10, &[us1.id()]).await;
     drain(&mut us1, &ids, Duration::from_secs(30)).await;
     let at_eu = drain_quiet(&mut eu1, Duration::from_millis(500)).await;
-    assert!(at_eu.ids.is_empty(), "eu1 got {:?} after kim left", at_eu.ids);
+    assert!(
+        at_eu.ids.is_empty(),
+        "eu1 got {:?} after kim left",
+        at_eu.ids
+    );
+}
+
+/// `eu`'s join of a member, held up and arriving after the leave written
+/// in `us` since, does not bring them back in `us`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_join_loses_to_a_newer_leave() {
+    let fleet = Fleet::start(&[RegionSpec::direct("eu"), RegionSpec::direct("us")]).await;
+    let eu1 = fleet.gateway("eu", "eu1").await;
+    let us1 = fleet.gateway("us", "us1").await;
+    let (mia, ned) = (fleet.user("mia"), fleet.user("ned"));
+    let crew = fleet.user("crew");
+    us1.router.join(crew.as_str(), ned.as_str()).await.unwrap();
+    eu1.router.join(crew.as_str(), mia.as_str()).await.unwrap();
+    fleet.wait_members("us", crew.as_str(), &[&mia, &ned]).await;
+    let versions = format!("sy:group:{{{crew}}}:versions");
+    let joined = fleet.redis_hash("us", &versions).await[mia.as_str()].clone();
+    let (join_version, _) = joined.split_once('|').unwrap();
+
+    us1.router.leave(crew.as_str(), mia.as_str()).await.unwrap();
+    fleet.wait_members("eu", crew.as_str(), &[&ned]).await;
+    let left = fleet.redis_hash("us", &versions).await[mia.as_str()].clone();
+    let (leave_version, _) = left.split_once('|').unwrap();
+    let leave_version: u64 = leave_version.parse().unwrap();
+    let write = |member, version| Membership {
+        region: "eu".into(),
+        group: crew.as_str().into(),
+        user: mia.clone(),
+        member,
+        version,
+    };
+    fleet
+        .produce_membership(&write(true, join_version.parse().unwrap()))
+        .await;
+    // A marker after it under the same key (same partition): once `us`
+    // has it, it has read the late join too.
+    let marker = write(false, leave_version + 1);
+    fleet.produce_membership(&marker).await;
+    let groups = fleet.regions["us"].backends.directory.groups().clone();
+    let start = std::time::Instant::now();
+    loop {
+        let members = groups.members(&crew.as_str().into()).await.unwrap();
+        assert_eq!(members, [ned.clone()], "us's members of crew");
+        let entry = fleet.redis_hash("us", &versions).await[mia.as_str()].clone();
+        if entry == format!("{}|0|eu", marker.version) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "us never read the marker: {entry}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

@@ -13,7 +13,7 @@ use switchyard::config::RegionsConfig;
 use switchyard::presence::redis::RedisPresence;
 use switchyard::presence::{PresenceStore, Session};
 use switchyard::redis_conn::{RedisConfig, RedisHandle};
-use switchyard::regions::Snapshot;
+use switchyard::regions::{Membership, Snapshot};
 use switchyard::transport::redis::RedisTransportConfig;
 use switchyard::transport::TransportKind;
 use switchyard::{
@@ -225,17 +225,9 @@ impl Fleet {
     /// Each region's entry for `user` in `region`'s replica: region ->
     /// (version, sessions json).
     pub async fn replicated(&self, region: &str, user: &UserId) -> BTreeMap<String, (u64, String)> {
-        let client = redis::Client::open(self.region(region).redis.address()).expect("client");
-        let mut conn = client
-            .get_multiplexed_async_connection()
+        let key = format!("sy:presence-remote:{{{user}}}");
+        self.redis_hash(region, &key)
             .await
-            .expect("connect");
-        let entries: BTreeMap<String, String> = redis::cmd("HGETALL")
-            .arg(format!("sy:presence-remote:{{{user}}}"))
-            .query_async(&mut conn)
-            .await
-            .expect("HGETALL");
-        entries
             .into_iter()
             .map(|(region, value)| {
                 let (version, json) = value.split_once('|').expect("version|sessions");
@@ -247,21 +239,51 @@ impl Fleet {
     /// Produces `snapshot` on the presence topic as a node would (keyed
     /// `region/user`), e.g. one that was held up and arrives late.
     pub async fn produce_snapshot(&self, snapshot: &Snapshot) {
+        let key = format!("{}/{}", snapshot.region, snapshot.user);
+        self.produce("", &key, serde_json::to_vec(snapshot).expect("json"))
+            .await;
+    }
+
+    /// Produces `membership` on the membership topic as a node would
+    /// (keyed `region/group/user`).
+    pub async fn produce_membership(&self, membership: &Membership) {
+        let m = membership;
+        let key = format!("{}/{}/{}", m.region, m.group, m.user);
+        self.produce(".groups", &key, serde_json::to_vec(m).expect("json"))
+            .await;
+    }
+
+    async fn produce(&self, suffix: &str, key: &str, payload: Vec<u8>) {
         let any = self.regions.values().next().expect("a region");
-        let regions = any.settings.regions.as_ref().expect("[regions]");
+        let topic = format!(
+            "{}{suffix}",
+            any.settings.regions.as_ref().expect("[regions]").topic
+        );
         let producer: FutureProducer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", support::KAFKA)
             .create()
             .expect("producer");
-        let key = format!("{}/{}", snapshot.region, snapshot.user);
-        let payload = serde_json::to_vec(snapshot).expect("json");
         producer
             .send(
-                FutureRecord::to(&regions.topic).key(&key).payload(&payload),
+                FutureRecord::to(&topic).key(key).payload(&payload),
                 Duration::from_secs(10),
             )
             .await
             .expect("produced");
+    }
+
+    /// The hash at `key` in `region`'s Redis.
+    pub async fn redis_hash(&self, region: &str, key: &str) -> BTreeMap<String, String> {
+        let client = redis::Client::open(self.region(region).redis.address()).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .expect("HGETALL")
     }
 
     /// Waits until `region`'s members of `group` are `members`.
