@@ -410,7 +410,7 @@ async fn a_late_join_loses_to_a_newer_leave() {
     let start = std::time::Instant::now();
     loop {
         let members = groups.members(&crew.as_str().into()).await.unwrap();
-        assert_eq!(members, [ned.clone()], "us's members of crew");
+        assert_eq!(members, std::slice::from_ref(&ned), "us's members of crew");
         let entry = fleet.redis_hash("us", &versions).await[mia.as_str()].clone();
         if entry == format!("{}|0|eu", marker.version) {
             break;
