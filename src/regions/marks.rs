@@ -76,7 +76,7 @@ where
                         match send(key.clone()).await {
                             Ok(()) => None,
                             Err(reason) => {
-                                tracing::warn!(%key, reason, "not replicated; retrying");
+                                tracing::warn!(feed = failed, %key, reason, "not replicated; retrying");
                                 Some(key)
                             }
                         }
