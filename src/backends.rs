@@ -190,20 +190,25 @@ async fn redis_stores(
     let ttl = settings.presence.session_ttl;
     let presence = Arc::new(RedisPresence::new(redis.clone(), ttl).await?);
     #[cfg(feature = "regions")]
-    let (presence, regions): (Arc<dyn PresenceStore>, _) = match &settings.regions {
-        Some(regions) => {
-            let Some(kafka) = &settings.transports.kafka else {
-                return Err(ConfigError::Invalid(regions.problems(settings)).into());
-            };
-            let running =
-                crate::regions::Regions::connect(regions, kafka, redis.clone(), presence).await?;
-            (running.presence(), Some(Arc::new(running)))
-        }
-        None => (presence, None),
-    };
+    let (presence, groups, regions): (Arc<dyn PresenceStore>, Arc<dyn GroupStore>, _) =
+        match &settings.regions {
+            Some(regions) => {
+                let Some(kafka) = &settings.transports.kafka else {
+                    return Err(ConfigError::Invalid(regions.problems(settings)).into());
+                };
+                let running =
+                    crate::regions::Regions::connect(regions, kafka, redis.clone(), presence)
+                        .await?;
+                let groups: Arc<dyn GroupStore> = running.groups();
+                (running.presence(), groups, Some(Arc::new(running)))
+            }
+            None => (presence, Arc::new(RedisGroups::new(redis.clone())), None),
+        };
+    #[cfg(not(feature = "regions"))]
+    let groups = Arc::new(RedisGroups::new(redis.clone()));
     let stores = Stores {
         presence,
-        groups: Arc::new(RedisGroups::new(redis.clone())),
+        groups,
         blocks: Arc::new(RedisBlocks::new(redis.clone()).await?),
         offline: Arc::new(RedisOffline::new(redis, settings.offline.clone())),
         registry,

@@ -49,6 +49,12 @@ pub const DEAD_LETTERS_PURGED: &str = "switchyard_dead_letters_purged_total";
 pub const PRESENCE_REPLICATED: &str = "switchyard_presence_replicated_total";
 /// Other regions' presence snapshots read, by outcome (`applied`, `stale`).
 pub const PRESENCE_APPLIED: &str = "switchyard_presence_applied_total";
+/// Group joins and leaves produced for other regions, by outcome (`sent`, `failed`).
+pub const MEMBERSHIPS_REPLICATED: &str = "switchyard_group_memberships_replicated_total";
+/// Other regions' group joins and leaves read, by outcome (`applied`, `unchanged`).
+pub const MEMBERSHIPS_APPLIED: &str = "switchyard_group_memberships_applied_total";
+/// Users a periodic re-sync snapshotted again for other regions.
+pub const PRESENCE_RESYNCED: &str = "switchyard_presence_resynced_total";
 /// From a presence snapshot's taking in its region to its application here, by region (`from`).
 pub const PRESENCE_REPLICATION_LAG: &str = "switchyard_presence_replication_lag_seconds";
 /// Messages that reached a gateway their user had left, routed again, by
@@ -257,6 +263,21 @@ pub const CATALOG: &[Metric] = &[
         PRESENCE_APPLIED,
         Kind::Counter,
         "Other regions' presence snapshots read, by outcome (applied, stale: a newer one was applied).",
+    ),
+    metric(
+        MEMBERSHIPS_REPLICATED,
+        Kind::Counter,
+        "Group joins and leaves produced for other regions, by outcome (sent, failed).",
+    ),
+    metric(
+        MEMBERSHIPS_APPLIED,
+        Kind::Counter,
+        "Other regions' group joins and leaves read, by outcome (applied, unchanged: a newer write was there or nothing changed).",
+    ),
+    metric(
+        PRESENCE_RESYNCED,
+        Kind::Counter,
+        "Users a periodic re-sync (regions.resync_interval) snapshotted again for other regions.",
     ),
     metric(
         PRESENCE_REPLICATION_LAG,

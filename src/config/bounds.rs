@@ -58,6 +58,16 @@ impl Bounds {
         }
     }
 
+    /// Like `time`, but zero also means "off".
+    #[cfg(feature = "regions")]
+    fn time_or_off(&mut self, key: &str, value: Duration, min: Duration, max: Duration) {
+        if value.is_zero() {
+            self.keys.push(key.to_owned());
+        } else {
+            self.time(key, value, min, max);
+        }
+    }
+
     fn ratio(&mut self, key: &str, value: f64, min: f64, max: f64) {
         self.keys.push(key.to_owned());
         if !(min..=max).contains(&value) {
@@ -281,6 +291,7 @@ pub(super) fn check(s: &Settings) -> Bounds {
         b.count("regions.partitions", r.partitions, 1, 10_000);
         b.time("regions.tombstone_ttl", r.tombstone_ttl, MINUTE, 30 * DAY);
         b.time("regions.sweep_interval", r.sweep_interval, 10 * MS, HOUR);
+        b.time_or_off("regions.resync_interval", r.resync_interval, SECOND, DAY);
         for (region, redis) in &r.redis {
             redis_connection(&mut b, &format!("regions.redis.{region}"), redis);
         }

@@ -23,8 +23,9 @@ pub struct RegionsConfig {
     /// listed, its entry replaces `[store]` and
     /// `[transports.redis.connection]`, so one file serves every region.
     pub redis: BTreeMap<String, RedisConfig>,
-    /// The Kafka topic presence snapshots replicate on (created compacted
-    /// on `[transports.kafka]`'s brokers if missing).
+    /// The Kafka topic presence snapshots replicate on, group memberships
+    /// on `{topic}.groups` (both created compacted on `[transports.kafka]`'s
+    /// brokers if missing).
     pub topic: String,
     /// Partitions of that topic when it is created.
     pub partitions: i32,
@@ -36,6 +37,12 @@ pub struct RegionsConfig {
     /// (every transport there had failed) are tried again.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
+    /// How often each node snapshots again every user on its gateways, in
+    /// pages spread over the period, so a snapshot that was lost (a node
+    /// crashed before producing it, a replica was wiped) is repaired within
+    /// it. `0s`: never.
+    #[serde(with = "humantime_serde")]
+    pub resync_interval: Duration,
 }
 
 impl Default for RegionsConfig {
@@ -47,6 +54,7 @@ impl Default for RegionsConfig {
             partitions: 12,
             tombstone_ttl: Duration::from_secs(3600),
             sweep_interval: Duration::from_secs(2),
+            resync_interval: Duration::from_secs(300),
         }
     }
 }
@@ -95,7 +103,9 @@ impl RegionsConfig {
             );
         }
         let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-        if self.topic.is_empty() || self.topic.len() > 249 || !self.topic.chars().all(legal) {
+        // Memberships replicate on `{topic}.groups`, which must be legal too.
+        let longest = 249 - ".groups".len();
+        if self.topic.is_empty() || self.topic.len() > longest || !self.topic.chars().all(legal) {
             problem(
                 "topic",
                 format!("{:?} is not a legal Kafka topic name", self.topic),

@@ -53,17 +53,20 @@ impl RedisGroups {
         }
     }
 
-    fn members_key(&self, group: &GroupId) -> String {
+    /// The group's members (`regions::groups` writes it too).
+    pub(crate) fn members_key(&self, group: &GroupId) -> String {
         self.redis
             .key(&["group", &format!("{{{group}}}"), "members"])
     }
 
-    fn gateways_key(&self, group: &GroupId) -> String {
+    /// The group's distribution.
+    pub(crate) fn gateways_key(&self, group: &GroupId) -> String {
         self.redis
             .key(&["group", &format!("{{{group}}}"), "gateways"])
     }
 
-    fn groups_of_key(&self, user: &UserId) -> String {
+    /// The user's groups.
+    pub(crate) fn groups_of_key(&self, user: &UserId) -> String {
         self.redis.key(&["groups-of", &format!("{{{user}}}")])
     }
 }

@@ -15,20 +15,17 @@
 //! replay after a crash or rebalance changes nothing. The offset is stored
 //! only once a snapshot is applied (at-least-once).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use parking_lot::Mutex;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
-use tokio::sync::Notify;
 
+use super::marks::{send_marked, Marks};
 use super::replica::Replica;
 use super::snapshot::{RemoteSession, Snapshot};
 use super::RegionsConfig;
@@ -39,39 +36,20 @@ use crate::transport::kafka::group_consumer::GroupConsumer;
 use crate::transport::kafka::{client_config, millis, KafkaConfig, WithOverrides};
 use crate::transport::{TransportError, TransportKind};
 
-/// Snapshots produced at once by the publishing task.
-const CONCURRENCY: usize = 64;
-/// The longest wait between attempts at a failing publish or apply.
+/// The longest wait between attempts at a failing apply.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The publishing half: users whose local sessions changed, sent on by a
 /// task that ends when this is dropped.
 pub struct Publisher {
-    marks: Arc<Marks>,
+    marks: Arc<Marks<UserId>>,
     task: tokio::task::JoinHandle<()>,
-}
-
-#[derive(Default)]
-struct Marks {
-    marked: Mutex<HashSet<UserId>>,
-    wake: Notify,
-}
-
-impl Marks {
-    fn mark(&self, user: &UserId) {
-        self.marked.lock().insert(user.clone());
-        self.wake.notify_one();
-    }
-
-    fn take(&self) -> Vec<UserId> {
-        self.marked.lock().drain().collect()
-    }
 }
 
 impl Publisher {
     /// Marks `user` for a snapshot.
     pub fn mark(&self, user: &UserId) {
-        self.marks.mark(user);
+        self.marks.mark(user.clone());
     }
 }
 
@@ -88,8 +66,8 @@ pub(super) struct Kafka {
 }
 
 impl Kafka {
-    /// Connects the producer and creates the presence topic (compacted)
-    /// if it does not exist.
+    /// Connects the producer and creates the presence and membership
+    /// topics (compacted) if they do not exist.
     pub(super) async fn connect(
         kafka: &KafkaConfig,
         regions: &RegionsConfig,
@@ -110,16 +88,22 @@ impl Kafka {
             .with_overrides(kafka)
             .create()
             .map_err(|e| connect_err(format!("bad admin settings: {e}")))?;
-        let topic = NewTopic::new(
-            &regions.topic,
-            regions.partitions,
-            TopicReplication::Fixed(kafka.topics.replication),
-        )
-        .set("cleanup.policy", "compact");
+        let groups = groups_topic(regions);
+        let topics: Vec<NewTopic> = [regions.topic.as_str(), groups.as_str()]
+            .into_iter()
+            .map(|name| {
+                NewTopic::new(
+                    name,
+                    regions.partitions,
+                    TopicReplication::Fixed(kafka.topics.replication),
+                )
+                .set("cleanup.policy", "compact")
+            })
+            .collect();
         let options = AdminOptions::new().operation_timeout(Some(kafka.connect_timeout));
         let results = tokio::time::timeout(
             kafka.connect_timeout,
-            admin.create_topics([&topic], &options),
+            admin.create_topics(&topics, &options),
         )
         .await
         .map_err(|_| {
@@ -128,7 +112,7 @@ impl Kafka {
                 kafka.connect_timeout
             ))
         })?
-        .map_err(|e| connect_err(format!("create topic {}: {e}", regions.topic)))?;
+        .map_err(|e| connect_err(format!("create topics {}, {groups}: {e}", regions.topic)))?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -142,6 +126,54 @@ impl Kafka {
             producer,
         })
     }
+
+    /// The producer both feeds share.
+    pub(super) fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+
+    /// A consumer of `topic` in this region's consumer group `{kind}.{region}`
+    /// (the region's nodes share the partitions), reading a new group's
+    /// log from the start and storing offsets only when told.
+    pub(super) fn consumer(
+        &self,
+        regions: &RegionsConfig,
+        kind: &str,
+        topic: &str,
+    ) -> Result<GroupConsumer<rdkafka::consumer::DefaultConsumerContext>, TransportError> {
+        let config = &self.config;
+        let group = format!("{}{kind}.{}", config.group_prefix, regions.local);
+        let consumer: StreamConsumer = client_config(config)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", millis(config.commit_interval))
+            .set("enable.auto.offset.store", "false")
+            // A region that joins rebuilds its replica from the compacted log.
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", millis(config.fetch_wait_max))
+            .set("session.timeout.ms", millis(config.session_timeout))
+            .with_overrides(config)
+            .create()
+            .map_err(|e| TransportError::Connect {
+                transport: TransportKind::Kafka,
+                address: config.brokers.clone(),
+                reason: format!("bad consumer settings for group {group}: {e}"),
+            })?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(|e| TransportError::Connect {
+                transport: TransportKind::Kafka,
+                address: config.brokers.clone(),
+                reason: format!("subscribe to {topic}: {e}"),
+            })?;
+        // The task owning it is aborted to stop: it closes off the runtime.
+        Ok(GroupConsumer::new(consumer).0)
+    }
+}
+
+/// The topic group memberships replicate on: `{regions.topic}.groups`.
+pub(super) fn groups_topic(regions: &RegionsConfig) -> String {
+    format!("{}.groups", regions.topic)
 }
 
 /// Starts the publishing task; it ends when the returned publisher is
@@ -154,45 +186,10 @@ pub(super) fn publish(
 ) -> Arc<Publisher> {
     let marks = Arc::new(Marks::default());
     let producer = kafka.producer.clone();
-    let publisher = marks.clone();
-    let task = tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let users = publisher.take();
-            if users.is_empty() {
-                publisher.wake.notified().await;
-                continue;
-            }
-            let failed: Vec<UserId> = futures::stream::iter(users)
-                .map(|user| {
-                    let (replica, producer) = (replica.clone(), producer.clone());
-                    let (region, topic) = (region.clone(), topic.clone());
-                    async move {
-                        match send(&replica, &producer, &region, &topic, &user).await {
-                            Ok(()) => None,
-                            Err(reason) => {
-                                tracing::warn!(%user, reason, "presence snapshot not replicated; retrying");
-                                Some(user)
-                            }
-                        }
-                    }
-                })
-                .buffer_unordered(CONCURRENCY)
-                .filter_map(std::future::ready)
-                .collect()
-                .await;
-            for user in &failed {
-                metrics::counter!(telemetry::PRESENCE_REPLICATED, "outcome" => "failed")
-                    .increment(1);
-                publisher.mark(user);
-            }
-            if failed.is_empty() {
-                backoff = Duration::from_millis(50);
-            } else {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
+    let task = send_marked(marks.clone(), telemetry::PRESENCE_REPLICATED, move |user| {
+        let (replica, producer) = (replica.clone(), producer.clone());
+        let (region, topic) = (region.clone(), topic.clone());
+        async move { send(&replica, &producer, &region, &topic, &user).await }
     });
     Arc::new(Publisher { marks, task })
 }
@@ -248,33 +245,7 @@ pub(super) fn follow(
     replica: Arc<Replica>,
     applied: OnApplied,
 ) -> Result<tokio::task::JoinHandle<()>, TransportError> {
-    let config = &kafka.config;
-    let group = format!("{}presence.{}", config.group_prefix, regions.local);
-    let consumer: StreamConsumer = client_config(config)
-        .set("group.id", &group)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", millis(config.commit_interval))
-        .set("enable.auto.offset.store", "false")
-        // A region that joins rebuilds its replica from the compacted log.
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", millis(config.fetch_wait_max))
-        .set("session.timeout.ms", millis(config.session_timeout))
-        .with_overrides(config)
-        .create()
-        .map_err(|e| TransportError::Connect {
-            transport: TransportKind::Kafka,
-            address: config.brokers.clone(),
-            reason: format!("bad consumer settings for group {group}: {e}"),
-        })?;
-    consumer
-        .subscribe(&[&regions.topic])
-        .map_err(|e| TransportError::Connect {
-            transport: TransportKind::Kafka,
-            address: config.brokers.clone(),
-            reason: format!("subscribe to {}: {e}", regions.topic),
-        })?;
-    // The task is aborted to stop: the consumer closes off the runtime.
-    let (consumer, _closed) = GroupConsumer::new(consumer);
+    let consumer = kafka.consumer(regions, "presence", &regions.topic)?;
     let local = Region::from(regions.local.as_str());
     Ok(tokio::spawn(async move {
         loop {

@@ -10,6 +10,11 @@
 //!   produced on change; each region's consumer group applies the others).
 //! - `replica`: the region's Redis side (snapshot and apply scripts);
 //!   `snapshot` what both carry.
+//! - [`groups::RegionalGroups`]: the region's group store: joins and
+//!   leaves versioned and marked; `membership` replicates them over Kafka
+//!   as `feed` does presence (`marks` is what both have to send).
+//! - `resync`: every user on this node's gateways snapshotted again every
+//!   `regions.resync_interval`, so a lost snapshot is repaired.
 //! - `reresolve`: a message that reached a gateway on stale presence (the
 //!   user moved on) is routed again from there, and a user who comes online
 //!   in another region gets the offline messages stored here.
@@ -17,13 +22,18 @@
 //! docs/OPERATIONS.md ("Regions") has the deployment and its limits.
 
 mod feed;
+pub mod groups;
+mod marks;
+mod membership;
 pub mod presence;
 mod replica;
 pub mod reresolve;
+mod resync;
 mod snapshot;
 
 use std::sync::Arc;
 
+pub use membership::Membership;
 pub use reresolve::{Resend, Resent};
 pub use snapshot::{RemoteSession, Snapshot};
 
@@ -41,10 +51,13 @@ use crate::transport::TransportError;
 pub struct Regions {
     region: Region,
     presence: Arc<presence::RegionalPresence>,
+    groups: Arc<groups::RegionalGroups>,
     kafka: feed::Kafka,
     config: RegionsConfig,
     forwarder: Arc<reresolve::Forwarder>,
-    /// The consumer and the sweep, stopped on drop.
+    /// This node's gateways, which the re-sync walks.
+    hosted: Arc<resync::Hosted>,
+    /// The consumer, the sweep and the re-sync, stopped on drop.
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -58,7 +71,7 @@ impl Regions {
     ) -> Result<Self, TransportError> {
         let kafka = feed::Kafka::connect(kafka, config).await?;
         let region = Region::from(config.local.as_str());
-        let replica = Arc::new(replica::Replica::new(redis, config.tombstone_ttl));
+        let replica = Arc::new(replica::Replica::new(redis.clone(), config.tombstone_ttl));
         let publisher = feed::publish(
             &kafka,
             replica.clone(),
@@ -66,13 +79,28 @@ impl Regions {
             config.topic.clone(),
         );
         let presence = Arc::new(presence::RegionalPresence::new(local, replica, publisher));
+        let hosted = Arc::new(resync::Hosted::default());
+        let members = membership::Marks::default();
+        let groups = Arc::new(groups::RegionalGroups::new(
+            redis,
+            region.clone(),
+            members.clone(),
+        ));
+        let topic = feed::groups_topic(config);
+        let mut tasks = vec![membership::publish(&kafka, &members, groups.clone(), topic)];
+        if !config.resync_interval.is_zero() {
+            let every = config.resync_interval;
+            tasks.push(resync::start(hosted.clone(), presence.clone(), every));
+        }
         Ok(Self {
             region,
             presence,
+            groups,
             kafka,
             config: config.clone(),
             forwarder: Arc::default(),
-            tasks: parking_lot::Mutex::default(),
+            hosted,
+            tasks: parking_lot::Mutex::new(tasks),
         })
     }
 
@@ -86,7 +114,13 @@ impl Regions {
         self.presence.clone()
     }
 
-    /// Starts applying other regions' snapshots: the replica, then the
+    /// The region's group store (joins and leaves replicated).
+    pub fn groups(&self) -> Arc<groups::RegionalGroups> {
+        self.groups.clone()
+    }
+
+    /// Starts applying other regions' memberships, and their snapshots:
+    /// the replica, then the
     /// group distributions of `directory`, then the hand-over of
     /// `offline` messages to users who came online elsewhere.
     pub(crate) fn follow(
@@ -109,24 +143,34 @@ impl Regions {
             self.config.sweep_interval,
             offline_limit,
         );
-        self.tasks.lock().extend([consumer, sweep]);
+        let members = membership::follow(
+            &self.kafka,
+            &self.config,
+            &feed::groups_topic(&self.config),
+            self.groups.clone(),
+            self.presence.clone(),
+        )?;
+        self.tasks.lock().extend([consumer, sweep, members]);
         Ok(())
     }
 
-    /// The check in front of gateway `me`'s subscriptions.
+    /// The check in front of gateway `me`'s subscriptions; while it lives,
+    /// the re-sync walks `me`'s users.
     pub(crate) fn guard(
         &self,
         me: &GatewayId,
         cache: Arc<CachedPresence>,
         offline: Arc<dyn OfflineStore>,
     ) -> Arc<reresolve::Guard> {
-        reresolve::Guard::new(
+        let guard = reresolve::Guard::new(
             me.clone(),
             cache,
             self.presence.clone(),
             offline,
             self.forwarder.clone(),
-        )
+        );
+        self.hosted.add(&guard);
+        guard
     }
 }
 

@@ -39,6 +39,11 @@ impl RegionalPresence {
         self.replica.clone()
     }
 
+    /// Marks `user` for a snapshot, as a change of their sessions does.
+    pub(super) fn mark(&self, user: &UserId) {
+        self.publisher.mark(user);
+    }
+
     /// This region's sessions of `user` only: where a message that arrived
     /// here may be delivered.
     pub async fn locate_local(&self, user: &UserId) -> Result<Vec<Session>, StoreError> {

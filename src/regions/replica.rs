@@ -24,7 +24,7 @@ use crate::presence::redis::PRELUDE;
 use crate::presence::Session;
 use crate::redis_conn::RedisHandle;
 use crate::telemetry;
-use crate::topology::{Region, UserId};
+use crate::topology::{GatewayId, Region, UserId};
 
 const STORE: &str = "presence";
 
@@ -138,6 +138,28 @@ impl Replica {
             return Ok(None);
         }
         Ok(Some(decode_sessions(&old).unwrap_or_default()))
+    }
+
+    /// One page of the users indexed on `gateway` in this region (an
+    /// over-approximation: the index outlives expired sessions until the
+    /// gateway's next heartbeat) and the cursor of the next; `0`: done.
+    pub async fn users_on(
+        &self,
+        gateway: &GatewayId,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<UserId>), StoreError> {
+        // The key `RedisPresence` indexes a gateway's users under.
+        let key = self.redis.key(&["presence-gw", &format!("{{{gateway}}}")]);
+        let (next, users): (u64, Vec<String>) = redis::cmd("SSCAN")
+            .arg(key)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.redis.conn())
+            .await
+            .map_err(backend(format!("list users on gateway {gateway}")))?;
+        Ok((next, users.into_iter().map(UserId::from).collect()))
     }
 
     /// The user's sessions in every other region, as last replicated. An

@@ -166,6 +166,11 @@ impl Guard {
         })
     }
 
+    /// The gateway this guard is in front of.
+    pub(super) fn gateway(&self) -> &GatewayId {
+        &self.me
+    }
+
     /// The router that sends misrouted messages on (and this node's
     /// offline hand-overs).
     pub(crate) fn attach(&self, router: Arc<dyn Resend>) {
@@ -269,9 +274,6 @@ pub(super) fn on_applied(
         let (offline, forwarder) = (offline.clone(), forwarder.clone());
         let fut: BoxFuture<'static, ()> = Box::pin(async move {
             let user = &snapshot.user;
-            if let Err(err) = presence.changed(user).await {
-                tracing::warn!(%err, %user, "replicated change not announced; caches catch up at their TTL");
-            }
             let gateways = |sessions: &[RemoteSession]| {
                 sessions
                     .iter()
@@ -279,7 +281,15 @@ pub(super) fn on_applied(
                     .collect::<std::collections::BTreeSet<_>>()
             };
             let (old, new) = (gateways(&before), gateways(&snapshot.sessions));
+            // Even unchanged: a node that restarted learns its sweep's
+            // remote gateways again from re-synced snapshots.
             forwarder.remote.lock().extend(new.iter().cloned());
+            if unchanged(&before, &snapshot.sessions) {
+                return; // a re-sync: caches, counts and queues are right
+            }
+            if let Err(err) = presence.changed(user).await {
+                tracing::warn!(%err, %user, "replicated change not announced; caches catch up at their TTL");
+            }
             for (gateway, delta) in new
                 .difference(&old)
                 .map(|g| (g, 1))
@@ -300,6 +310,11 @@ pub(super) fn on_applied(
         });
         fut
     })
+}
+
+/// The same sessions (a device is in a snapshot once).
+fn unchanged(before: &[RemoteSession], after: &[RemoteSession]) -> bool {
+    before.len() == after.len() && after.iter().all(|s| before.contains(s))
 }
 
 /// Sends `user`'s offline messages of this region on to wherever they are

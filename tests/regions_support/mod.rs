@@ -8,8 +8,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use switchyard::config::RegionsConfig;
-use switchyard::redis_conn::RedisConfig;
+use switchyard::presence::redis::RedisPresence;
+use switchyard::presence::{PresenceStore, Session};
+use switchyard::redis_conn::{RedisConfig, RedisHandle};
+use switchyard::regions::{Membership, Snapshot};
 use switchyard::transport::redis::RedisTransportConfig;
 use switchyard::transport::TransportKind;
 use switchyard::{
@@ -197,6 +201,106 @@ impl Fleet {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "{region}'s distribution of {group} never counted {gateway}: {found:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Writes `session` to `region`'s store as a node does before it marks
+    /// the user for replication, and nothing else: what is left when that
+    /// node crashes before producing the snapshot.
+    pub async fn write_unreplicated(&self, region: &str, session: Session) {
+        let r = self.region(region);
+        let config = RedisConfig {
+            url: r.redis.address(),
+            ..RedisConfig::default()
+        };
+        let redis = RedisHandle::connect(&config).await.expect("connect");
+        let store = RedisPresence::new(redis, r.settings.presence.session_ttl)
+            .await
+            .expect("presence store");
+        store.online(session).await.expect("online");
+    }
+
+    /// Each region's entry for `user` in `region`'s replica: region ->
+    /// (version, sessions json).
+    pub async fn replicated(&self, region: &str, user: &UserId) -> BTreeMap<String, (u64, String)> {
+        let key = format!("sy:presence-remote:{{{user}}}");
+        self.redis_hash(region, &key)
+            .await
+            .into_iter()
+            .map(|(region, value)| {
+                let (version, json) = value.split_once('|').expect("version|sessions");
+                (region, (version.parse().expect("version"), json.to_owned()))
+            })
+            .collect()
+    }
+
+    /// Produces `snapshot` on the presence topic as a node would (keyed
+    /// `region/user`), e.g. one that was held up and arrives late.
+    pub async fn produce_snapshot(&self, snapshot: &Snapshot) {
+        let key = format!("{}/{}", snapshot.region, snapshot.user);
+        self.produce("", &key, serde_json::to_vec(snapshot).expect("json"))
+            .await;
+    }
+
+    /// Produces `membership` on the membership topic as a node would
+    /// (keyed `region/group/user`).
+    pub async fn produce_membership(&self, membership: &Membership) {
+        let m = membership;
+        let key = format!("{}/{}/{}", m.region, m.group, m.user);
+        self.produce(".groups", &key, serde_json::to_vec(m).expect("json"))
+            .await;
+    }
+
+    async fn produce(&self, suffix: &str, key: &str, payload: Vec<u8>) {
+        let any = self.regions.values().next().expect("a region");
+        let topic = format!(
+            "{}{suffix}",
+            any.settings.regions.as_ref().expect("[regions]").topic
+        );
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", support::KAFKA)
+            .create()
+            .expect("producer");
+        producer
+            .send(
+                FutureRecord::to(&topic).key(key).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produced");
+    }
+
+    /// The hash at `key` in `region`'s Redis.
+    pub async fn redis_hash(&self, region: &str, key: &str) -> BTreeMap<String, String> {
+        let client = redis::Client::open(self.region(region).redis.address()).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .expect("HGETALL")
+    }
+
+    /// Waits until `region`'s members of `group` are `members`.
+    pub async fn wait_members(&self, region: &str, group: &str, members: &[&UserId]) {
+        let groups = self.region(region).backends.directory.groups().clone();
+        let mut expected: Vec<UserId> = members.iter().map(|&u| u.clone()).collect();
+        expected.sort();
+        let start = Instant::now();
+        loop {
+            let mut found = groups.members(&group.into()).await.unwrap_or_default();
+            found.sort();
+            if found == expected {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{region}'s members of {group} are {found:?}, not {expected:?}"
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }

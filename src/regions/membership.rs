@@ -1,0 +1,205 @@
+//! Group memberships between regions over Kafka, as presence is.
+//!
+//! A join or leave written in a region marks the member; a task reads the
+//! member's last write (its version, see [`super::groups`]) and produces
+//! it on `{regions.topic}.groups`, keyed `region/group/user`, so the
+//! compacted log keeps each region's last write of each member and a
+//! region that joins later still finds the newest. Each region consumes
+//! the topic in its own consumer group, skips its own writes and applies
+//! the others unless a newer write of the member is there (idempotent and
+//! order-proof); a changed membership is counted on the member's gateways
+//! in every region, as a local join is. The offset is stored only after.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use serde::{Deserialize, Serialize};
+
+use super::feed::Kafka;
+use super::groups::RegionalGroups;
+use super::marks::{self, send_marked};
+use super::presence::RegionalPresence;
+use super::RegionsConfig;
+use crate::groups::GroupStore;
+use crate::presence::PresenceStore;
+use crate::telemetry;
+use crate::topology::{GroupId, Region, UserId};
+use crate::transport::TransportError;
+
+/// The longest wait between attempts at a failing apply.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// One region's last write of one member: what replicates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// The region the write was made in.
+    pub region: Region,
+    /// The group.
+    pub group: GroupId,
+    /// The member.
+    pub user: UserId,
+    /// Joined (`true`) or left.
+    pub member: bool,
+    /// Grows with every write of this member, in any region (ties go to
+    /// the greater region name).
+    pub version: u64,
+}
+
+/// A member of a group: what a join or leave marks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct Member {
+    group: GroupId,
+    user: UserId,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} in {}", self.user, self.group)
+    }
+}
+
+/// The members whose writes here are still to be produced.
+#[derive(Default, Clone)]
+pub(super) struct Marks(Arc<marks::Marks<Member>>);
+
+impl Marks {
+    /// Marks `user` in `group` for replication.
+    pub(super) fn mark(&self, group: &GroupId, user: &UserId) {
+        self.0.mark(Member {
+            group: group.clone(),
+            user: user.clone(),
+        });
+    }
+}
+
+/// Starts producing the marked members' last writes. Abort the returned
+/// task to stop it.
+pub(super) fn publish(
+    kafka: &Kafka,
+    marks: &Marks,
+    groups: Arc<RegionalGroups>,
+    topic: String,
+) -> tokio::task::JoinHandle<()> {
+    let producer = kafka.producer().clone();
+    send_marked(
+        marks.0.clone(),
+        telemetry::MEMBERSHIPS_REPLICATED,
+        move |member| {
+            let (groups, producer, topic) = (groups.clone(), producer.clone(), topic.clone());
+            async move { send(&groups, &producer, &topic, &member).await }
+        },
+    )
+}
+
+/// Produces the member's last write, when it was made here (a write
+/// replicated from elsewhere since is that region's to send).
+async fn send(
+    groups: &RegionalGroups,
+    producer: &FutureProducer,
+    topic: &str,
+    member: &Member,
+) -> Result<(), String> {
+    let last = groups
+        .last_write(&member.group, &member.user)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(membership) = last else {
+        return Ok(());
+    };
+    let payload = serde_json::to_vec(&membership).map_err(|e| e.to_string())?;
+    let key = format!("{}/{}/{}", membership.region, member.group, member.user);
+    producer
+        .send(
+            FutureRecord::to(topic).key(&key).payload(&payload),
+            Duration::ZERO,
+        )
+        .await
+        .map_err(|(e, _)| format!("produce to {topic}: {e}"))?;
+    metrics::counter!(telemetry::MEMBERSHIPS_REPLICATED, "outcome" => "sent").increment(1);
+    Ok(())
+}
+
+/// Starts applying the other regions' memberships to `groups`, counting a
+/// changed one on the member's gateways (from `presence`: every region's).
+/// Abort the returned task to stop it.
+pub(super) fn follow(
+    kafka: &Kafka,
+    regions: &RegionsConfig,
+    topic: &str,
+    groups: Arc<RegionalGroups>,
+    presence: Arc<RegionalPresence>,
+) -> Result<tokio::task::JoinHandle<()>, TransportError> {
+    let consumer = kafka.consumer(regions, "groups", topic)?;
+    let local = Region::from(regions.local.as_str());
+    Ok(tokio::spawn(async move {
+        loop {
+            let message = match consumer.recv().await {
+                Ok(message) => message,
+                Err(err) => {
+                    tracing::debug!(%err, "membership feed: receive failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let decoded = message.payload().map(serde_json::from_slice::<Membership>);
+            match decoded {
+                Some(Ok(membership)) if membership.region != local => {
+                    apply(&groups, &presence, &membership).await;
+                }
+                Some(Ok(_)) => {}
+                _ => {
+                    metrics::counter!(telemetry::STORE_MALFORMED, "store" => "groups-feed")
+                        .increment(1);
+                    tracing::warn!(
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        "skipping a group membership that cannot be read"
+                    );
+                }
+            }
+            if let Err(err) = consumer.store_offset_from_message(&message) {
+                tracing::debug!(%err, "membership feed: store offset failed");
+            }
+        }
+    }))
+}
+
+/// Applies one membership, retrying while the region's Redis fails (a
+/// skipped one would leave the group wrong until the member's next write).
+async fn apply(groups: &RegionalGroups, presence: &RegionalPresence, membership: &Membership) {
+    let mut backoff = Duration::from_millis(50);
+    let changed = loop {
+        match groups.apply(membership).await {
+            Ok(changed) => break changed,
+            Err(err) => {
+                tracing::warn!(%err, "group membership not applied; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    };
+    let outcome = if changed { "applied" } else { "unchanged" };
+    metrics::counter!(telemetry::MEMBERSHIPS_APPLIED, "outcome" => outcome).increment(1);
+    if !changed {
+        return;
+    }
+    let (group, user) = (&membership.group, &membership.user);
+    let sessions = match presence.locate(user).await {
+        Ok(sessions) => sessions,
+        Err(err) => {
+            tracing::warn!(%err, %user, %group, "member's gateways not counted");
+            return;
+        }
+    };
+    let gateways: std::collections::BTreeSet<_> = sessions.into_iter().map(|s| s.gateway).collect();
+    let delta = if membership.member { 1 } else { -1 };
+    for gateway in gateways {
+        if let Err(err) = groups.adjust(group, &gateway, delta).await {
+            tracing::warn!(%err, %user, %group, %gateway, "group distribution not adjusted");
+        }
+    }
+}
