@@ -32,6 +32,7 @@ use anyhow::{Context, Result};
 use futures::{stream, StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::Zipf;
@@ -99,12 +100,45 @@ fn counted(metrics: &PrometheusHandle, result: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The same lookups through an unbounded TTL cache that the same change
+/// events invalidate, loads taking no time: the hit rate the TTL and the
+/// churn allow, with no capacity and no in-flight load to lose.
+#[derive(Default)]
+struct Ceiling {
+    /// Rank -> millisecond loaded.
+    loaded: Mutex<HashMap<u64, u64>>,
+}
+
+impl Ceiling {
+    /// Whether a lookup of `rank` at `now_ms` hits.
+    fn lookup(&self, rank: u64, now_ms: u64, ttl_ms: u64, refresh_after_ms: u64) -> bool {
+        let mut loaded = self.loaded.lock();
+        match loaded.get_mut(&rank) {
+            Some(at) if now_ms - *at < ttl_ms => {
+                if now_ms - *at >= refresh_after_ms {
+                    *at = now_ms;
+                }
+                true
+            }
+            _ => {
+                loaded.insert(rank, now_ms);
+                false
+            }
+        }
+    }
+
+    fn invalidate(&self, rank: u64) {
+        self.loaded.lock().remove(&rank);
+    }
+}
+
 /// One worker's measurements after the warm-up.
 struct Tally {
     hits: Histogram<u64>,
     misses: Histogram<u64>,
     all: Histogram<u64>,
     expired: u64,
+    ceiling_hits: u64,
 }
 
 impl Tally {
@@ -114,6 +148,7 @@ impl Tally {
             misses: histogram(),
             all: histogram(),
             expired: 0,
+            ceiling_hits: 0,
         }
     }
 
@@ -122,6 +157,7 @@ impl Tally {
         self.misses.add(&other.misses)?;
         self.all.add(&other.all)?;
         self.expired += other.expired;
+        self.ceiling_hits += other.ceiling_hits;
         Ok(())
     }
 }
@@ -134,15 +170,28 @@ struct Params {
     measured: Duration,
 }
 
+/// When a run starts and stops, and its cache's timing.
+#[derive(Clone, Copy)]
+struct Run {
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+    ttl_ms: u64,
+    refresh_after_ms: u64,
+}
+
 /// Lookups at `rate / WORKERS` per second until `end`, timed after `measure_from`.
 async fn worker(
     cache: Arc<CachedPresence>,
+    ceiling: Arc<Ceiling>,
     zipf: Zipf<f64>,
     seed: u64,
     interval: Duration,
-    measure_from: Instant,
-    end: Instant,
+    run: Run,
 ) -> Result<Tally> {
+    let Run {
+        measure_from, end, ..
+    } = run;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut tally = Tally::new();
     let mut next = Instant::now() + interval.mul_f64(rng.random::<f64>());
@@ -153,9 +202,12 @@ async fn worker(
         let start = Instant::now();
         let (_, lookup) = cache.locate_traced(&user(rank)).await?;
         let took = start.elapsed().as_nanos() as u64;
+        let now_ms = (start - run.start).as_millis() as u64;
+        let ideal = ceiling.lookup(rank, now_ms, run.ttl_ms, run.refresh_after_ms);
         if start < measure_from {
             continue;
         }
+        tally.ceiling_hits += u64::from(ideal);
         tally.all.record(took)?;
         match lookup {
             Lookup::Hit => tally.hits.record(took)?,
@@ -170,17 +222,20 @@ async fn worker(
 }
 
 /// Another node connecting and disconnecting users until `end`.
+#[allow(clippy::too_many_arguments)]
 async fn churn(
-    other: Arc<RedisPresence>,
+    other: &RedisPresence,
+    ceiling: &Ceiling,
+    rng: &mut StdRng,
     zipf: Zipf<f64>,
     rate: u64,
     end: Instant,
     state: &mut HashMap<u64, bool>,
 ) -> Result<u64> {
     if rate == 0 {
+        tokio::time::sleep_until(end).await;
         return Ok(0);
     }
-    let mut rng = StdRng::seed_from_u64(rate);
     let interval = Duration::from_secs(1) / rate as u32;
     let (mut next, mut changes) = (Instant::now(), 0);
     while next < end {
@@ -194,6 +249,7 @@ async fn churn(
             other.online(session(rank)).await?;
         }
         *online = !*online;
+        ceiling.invalidate(rank);
         changes += 1;
     }
     Ok(changes)
@@ -213,23 +269,35 @@ async fn measure(
     let cache = Arc::new(CachedPresence::new(store, &config));
     let zipf = Zipf::new(p.users as f64, exponent).context("zipf")?;
     let start = Instant::now();
-    let (measure_from, end) = (start + p.warmup, start + p.warmup + p.measured);
+    let ms = |d: Duration| d.as_millis() as u64;
+    let run = Run {
+        start,
+        measure_from: start + p.warmup,
+        end: start + p.warmup + p.measured,
+        ttl_ms: ms(config.cache_ttl),
+        refresh_after_ms: ms(config.cache_ttl.saturating_sub(config.cache_refresh_ahead)),
+    };
+    let ceiling = Arc::new(Ceiling::default());
     let interval = Duration::from_secs(WORKERS) / p.rate as u32;
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
-            tokio::spawn(worker(
-                cache.clone(),
-                zipf,
-                w * 7919 + 1,
-                interval,
-                measure_from,
-                end,
-            ))
+            let (cache, ceiling) = (cache.clone(), ceiling.clone());
+            tokio::spawn(worker(cache, ceiling, zipf, w * 7919 + 1, interval, run))
         })
         .collect();
-    tokio::time::sleep_until(measure_from).await;
+    let mut rng = StdRng::seed_from_u64(p.churn);
+    churn(
+        other,
+        &ceiling,
+        &mut rng,
+        zipf,
+        p.churn,
+        run.measure_from,
+        state,
+    )
+    .await?;
     let (hits0, misses0) = (counted(metrics, "hit"), counted(metrics, "miss"));
-    let changes = churn(other.clone(), zipf, p.churn, end, state).await?;
+    let changes = churn(other, &ceiling, &mut rng, zipf, p.churn, run.end, state).await?;
     let mut tally = Tally::new();
     for w in workers {
         tally.add(&w.await??)?;
@@ -239,14 +307,16 @@ async fn measure(
         counted(metrics, "miss") - misses0,
     );
     let lookups = tally.all.len();
+    let share = |n: u64| 100.0 * n as f64 / lookups.max(1) as f64;
     let secs = p.measured.as_secs_f64();
     println!(
-        "| {exponent:.1} | {} | {} | {} | {:.1} % | {:.1} % | {:.0} % | {:.1} / {:.0} | {:.0} / {:.0} | {:.1} / {:.0} | {:.0} | {:.0} |",
+        "| {exponent:.1} | {} | {} | {} | {:.1} % | {:.1} % | {:.1} % | {:.0} % | {:.1} / {:.0} | {:.0} / {:.0} | {:.1} / {:.0} | {:.0} | {:.0} |",
         config.cache_capacity,
         humantime_serde::re::humantime::format_duration(config.cache_ttl),
         humantime_serde::re::humantime::format_duration(config.cache_refresh_ahead),
         100.0 * hits as f64 / (hits + misses).max(1) as f64,
-        100.0 * tally.hits.len() as f64 / lookups.max(1) as f64,
+        share(tally.hits.len()),
+        share(tally.ceiling_hits),
         100.0 * tally.expired as f64 / tally.misses.len().max(1) as f64,
         us(&tally.hits, 0.5),
         us(&tally.hits, 0.99),
@@ -316,8 +386,8 @@ async fn main() -> Result<()> {
         p.warmup.as_secs(),
         p.measured.as_secs()
     );
-    println!("| s | capacity | TTL | refresh-ahead | hit rate (metric) | hit rate (per lookup) | misses expired | hit p50 / p99 µs | miss p50 / p99 µs | all p50 / p99 µs | lookups/s | changes/s |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| s | capacity | TTL | refresh-ahead | hit rate (metric) | hit rate (per lookup) | ceiling | misses expired | hit p50 / p99 µs | miss p50 / p99 µs | all p50 / p99 µs | lookups/s | changes/s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut state = HashMap::new();
     for &exponent in &exponents {
         for &capacity in &capacities {

@@ -10,11 +10,12 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use foldhash::fast::FixedState;
 use parking_lot::Mutex;
 use quick_cache::sync::Cache;
 use tokio::sync::broadcast;
@@ -71,9 +72,45 @@ struct Entries<K, V> {
     /// once, not on every hit of its last moments.
     refreshing: Arc<Mutex<HashSet<K>>>,
     start: Instant,
-    /// Bumped on every invalidation: a load that overlapped one may have
-    /// read the old state, so its result is returned but not cached.
-    epoch: Arc<AtomicU64>,
+    epochs: Arc<Epochs>,
+}
+
+/// Stripes of invalidation counters, a key's stripe bumped when it is
+/// invalidated: a load that overlapped an invalidation of its stripe may
+/// have read the old state, so its result is returned but not cached.
+/// Striped, not one counter for the cache: with one, every change anywhere
+/// (hundreds a second for a million users) kept every load then in flight
+/// from being cached (docs/BENCHMARKS.md, "Presence cache under a skewed
+/// workload").
+struct Epochs {
+    stripes: Box<[AtomicU64]>,
+    hasher: FixedState,
+}
+
+/// Stripes per cache: 8 KiB, and a change spoils 1 in 1024 loads in flight.
+const STRIPES: usize = 1024;
+
+impl Epochs {
+    fn new() -> Self {
+        Self {
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            hasher: FixedState::default(),
+        }
+    }
+
+    fn of<K: Hash>(&self, key: &K) -> &AtomicU64 {
+        &self.stripes[self.hasher.hash_one(key) as usize % STRIPES]
+    }
+
+    fn bump<K: Hash>(&self, key: &K) {
+        self.of(key).fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn bump_all(&self) {
+        for stripe in self.stripes.iter() {
+            stripe.fetch_add(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl<K, V> FollowingCache<K, V>
@@ -158,7 +195,7 @@ where
     /// Drops `key`'s entry now (this node changed it; its own event follows).
     pub fn invalidate(&self, key: &K) {
         if let Some(entries) = &self.entries {
-            entries.epoch.fetch_add(1, Ordering::AcqRel);
+            entries.epochs.bump(key);
             entries.cache.remove(key);
         }
     }
@@ -171,24 +208,27 @@ where
 {
     fn new(capacity: u64, ttl: Duration, changes: Option<broadcast::Receiver<K>>) -> Self {
         let cache = Arc::new(Cache::new(usize::try_from(capacity).unwrap_or(usize::MAX)));
-        let epoch = Arc::new(AtomicU64::new(0));
+        let epochs = Arc::new(Epochs::new());
         if let Some(mut changes) = changes {
             // Weak: a dropped cache ends its follower at the next event
             // instead of being kept alive by it.
-            let (follower, bump) = (Arc::downgrade(&cache), epoch.clone());
+            let (follower, epochs) = (Arc::downgrade(&cache), epochs.clone());
             tokio::spawn(async move {
                 loop {
                     let event = changes.recv().await;
                     let Some(follower) = follower.upgrade() else {
                         break;
                     };
-                    bump.fetch_add(1, Ordering::AcqRel);
                     match event {
                         Ok(key) => {
+                            epochs.bump(&key);
                             follower.remove(&key);
                         }
                         // Missed events: anything may be stale, start over.
-                        Err(broadcast::error::RecvError::Lagged(_)) => follower.clear(),
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            epochs.bump_all();
+                            follower.clear();
+                        }
                         Err(broadcast::error::RecvError::Closed) => break,
                     }
                 }
@@ -201,7 +241,7 @@ where
             refresh_after_ms: ttl_ms,
             refreshing: Arc::default(),
             start: Instant::now(),
-            epoch,
+            epochs,
         }
     }
 
@@ -234,12 +274,10 @@ where
             }
             lookup = Lookup::Expired;
         }
-        let epoch = self.epoch.load(Ordering::Acquire);
+        let epoch = self.epochs.of(key).load(Ordering::Acquire);
         let loaded = self.now_ms();
         let value = load.await?;
-        if self.epoch.load(Ordering::Acquire) == epoch {
-            self.cache.insert(key.clone(), (value.clone(), loaded));
-        }
+        keep(&self.cache, &self.epochs, key, value.clone(), loaded, epoch);
         Ok((value, lookup))
     }
 
@@ -256,20 +294,44 @@ where
         }
         let (cache, epochs, refreshing) = (
             self.cache.clone(),
-            self.epoch.clone(),
+            self.epochs.clone(),
             self.refreshing.clone(),
         );
         let (key, start) = (key.clone(), self.start);
         tokio::spawn(async move {
-            let epoch = epochs.load(Ordering::Acquire);
+            let epoch = epochs.of(&key).load(Ordering::Acquire);
             let loaded = start.elapsed().as_millis() as u64;
             if let Ok(value) = reload.await {
-                if epochs.load(Ordering::Acquire) == epoch {
-                    cache.insert(key.clone(), (value, loaded));
-                }
+                keep(&cache, &epochs, &key, value, loaded, epoch);
             }
             refreshing.lock().remove(&key);
         });
+    }
+}
+
+/// Caches a value loaded at `loaded` unless `key`'s stripe was bumped since
+/// it read `epoch`. Checked again after the insert: an invalidation landing
+/// between the check and the insert would otherwise have its removal
+/// overwritten by the old value. (Either the second check sees its bump,
+/// or its removal comes after the insert: both take the cache shard's lock.)
+fn keep<K, V>(
+    cache: &Cache<K, (V, u64)>,
+    epochs: &Epochs,
+    key: &K,
+    value: V,
+    loaded: u64,
+    epoch: u64,
+) where
+    K: Eq + Hash + Clone,
+    V: Clone,
+{
+    let stripe = epochs.of(key);
+    if stripe.load(Ordering::Acquire) != epoch {
+        return;
+    }
+    cache.insert(key.clone(), (value, loaded));
+    if stripe.load(Ordering::Acquire) != epoch {
+        cache.remove(key);
     }
 }
 
@@ -325,6 +387,38 @@ mod tests {
         }
     }
 
+    /// Loads `key` while `changed` is invalidated, then looks `key` up again.
+    async fn load_across_a_change(key: u64, changed: u64) -> Lookup {
+        let cache: FollowingCache<u64, u64> =
+            FollowingCache::new(10, Duration::from_secs(60), None, None);
+        let load = async {
+            cache.invalidate(&changed);
+            Ok::<_, ()>(key)
+        };
+        cache.get_or_load(&key, load).await.unwrap();
+        looked_up(&cache, key).await
+    }
+
+    /// How a lookup of `key` (loading the key itself) is answered.
+    async fn looked_up(cache: &FollowingCache<u64, u64>, key: u64) -> Lookup {
+        let load = async { Ok::<_, ()>(key) };
+        cache
+            .lookup(&key, load, || async { Err(()) })
+            .await
+            .unwrap()
+            .1
+    }
+
+    #[tokio::test]
+    async fn a_load_across_its_keys_invalidation_is_not_cached() {
+        assert_eq!(load_across_a_change(1, 1).await, Lookup::Miss);
+    }
+
+    #[tokio::test]
+    async fn a_load_across_another_keys_invalidation_is_cached() {
+        assert_eq!(load_across_a_change(1, 2).await, Lookup::Hit);
+    }
+
     #[tokio::test]
     async fn an_invalidation_evicts_only_its_key() {
         let cache: FollowingCache<u64, u64> =
@@ -336,9 +430,7 @@ mod tests {
                 .unwrap();
         }
         cache.invalidate(&1);
-        let again =
-            |key: u64| cache.lookup(&key, async move { Ok::<_, ()>(key) }, || async { Err(()) });
-        assert_eq!(again(1).await, Ok((1, Lookup::Miss)));
-        assert_eq!(again(2).await, Ok((2, Lookup::Hit)));
+        assert_eq!(looked_up(&cache, 1).await, Lookup::Miss);
+        assert_eq!(looked_up(&cache, 2).await, Lookup::Hit);
     }
 }

@@ -9,7 +9,7 @@ mod redis_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis_support::{eventually, raw, redis_config, Deployment};
+use redis_support::{raw, redis_config, Deployment};
 use switchyard::presence::cache::{CachedPresence, Lookup};
 use switchyard::presence::redis::RedisPresence;
 use switchyard::presence::{PresenceConfig, PresenceStore, Session};
@@ -44,17 +44,18 @@ fn session(user: &str) -> Session {
     }
 }
 
-/// Looks `user` up on `node` until it has `sessions` sessions, and returns
-/// how the lookup that saw them was answered.
+/// Looks `user` up on `node` every 50 ms until it has `sessions` sessions
+/// (for at most 5 s), and returns how the lookup that saw them was answered.
 async fn settles(node: &CachedPresence, user: &UserId, sessions: usize) -> Option<Lookup> {
-    let mut seen = None;
-    let settled = eventually(Duration::from_secs(5), || async {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
         let (found, lookup) = node.locate_traced(user).await.expect("lookup");
-        seen = Some(lookup);
-        found.len() == sessions
-    })
-    .await;
-    settled.then_some(seen).flatten()
+        if found.len() == sessions {
+            return Some(lookup);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
 }
 
 async fn an_entry_is_cached_and_a_change_elsewhere_evicts_it(
