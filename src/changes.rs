@@ -136,8 +136,8 @@ where
     }
 
     /// Reloads an entry in the background when it is hit within `ahead`
-    /// of its expiry (zero, the default, turns it off): hot keys stay
-    /// cached, at the cost of one load per hot key and TTL.
+    /// of its expiry (zero, as [`new`](Self::new) builds it, turns it off):
+    /// hot keys stay cached, at the cost of one load per hot key and TTL.
     pub fn refresh_ahead(mut self, ahead: Duration) -> Self {
         if let Some(entries) = &mut self.entries {
             let ahead_ms = u64::try_from(ahead.as_millis()).unwrap_or(u64::MAX);

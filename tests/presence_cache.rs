@@ -2,7 +2,8 @@
 //! negative (offline), is answered from the cache, and a change on another
 //! node evicts it through the change events, with refresh-ahead on or off.
 //!
-//! Needs `scripts/services/redis.sh start` (127.0.0.1:6379).
+//! Needs `scripts/services/redis.sh start` (127.0.0.1:6379) and
+//! `scripts/services/redis-cluster.sh start` (7000-7005).
 
 mod redis_support;
 
@@ -111,23 +112,15 @@ async fn an_entry_is_cached_and_a_change_elsewhere_evicts_it(
     }
 }
 
-mod standalone {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn without_refresh_ahead() {
-        an_entry_is_cached_and_a_change_elsewhere_evicts_it(Deployment::Standalone, Duration::ZERO)
-            .await
-    }
-
-    /// Refresh-ahead over the whole TTL: every hit reloads in the
-    /// background, the case where a reload most often races an event.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn with_refresh_ahead() {
-        an_entry_is_cached_and_a_change_elsewhere_evicts_it(
-            Deployment::Standalone,
-            Duration::from_secs(60),
-        )
-        .await
-    }
+async fn without_refresh_ahead(deployment: Deployment) {
+    an_entry_is_cached_and_a_change_elsewhere_evicts_it(deployment, Duration::ZERO).await
 }
+
+/// Refresh-ahead over the whole TTL: every hit reloads in the background,
+/// the case where a reload most often races an event.
+async fn with_refresh_ahead(deployment: Deployment) {
+    let whole_ttl = Duration::from_secs(60);
+    an_entry_is_cached_and_a_change_elsewhere_evicts_it(deployment, whole_ttl).await
+}
+
+on_both!(without_refresh_ahead, with_refresh_ahead);
