@@ -8,12 +8,15 @@
 //! ([`RedisChanges`](crate::redis_conn::RedisChanges)). An event missed
 //! during a subscription gap is bounded by the cache's TTL.
 
+use std::collections::HashSet;
 use std::future::Future;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use foldhash::fast::FixedState;
+use parking_lot::Mutex;
 use quick_cache::sync::Cache;
 use tokio::sync::broadcast;
 
@@ -36,6 +39,10 @@ pub fn local<K: Clone>() -> broadcast::Sender<K> {
 /// the entry itself (docs/BENCHMARKS.md). quick_cache has no TTL, so each
 /// entry carries the millisecond it was loaded and a stale one reads as a
 /// miss.
+///
+/// With [refresh-ahead](Self::refresh_ahead), a hit on an entry close to
+/// its expiry reloads it in the background, so a key asked for often never
+/// expires into a miss; its entry is still at most one TTL old.
 pub struct FollowingCache<K, V> {
     /// `None` with capacity 0: caching off, every lookup loads.
     entries: Option<Entries<K, V>>,
@@ -43,13 +50,67 @@ pub struct FollowingCache<K, V> {
     lookups: Option<LookupCounters>,
 }
 
+/// How a lookup was answered; the metric counts `Expired` as a miss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// From the cache.
+    Hit,
+    /// Loaded: not cached (never loaded, evicted, invalidated, or the cache
+    /// is off).
+    Miss,
+    /// Loaded: the cached entry had outlived the TTL.
+    Expired,
+}
+
 struct Entries<K, V> {
     cache: Arc<Cache<K, (V, u64)>>,
     ttl_ms: u64,
+    /// A hit on an entry older than this reloads it in the background
+    /// (`ttl_ms` when refresh-ahead is off: never).
+    refresh_after_ms: u64,
+    /// Keys being reloaded in the background, so a hot key is reloaded
+    /// once, not on every hit of its last moments.
+    refreshing: Arc<Mutex<HashSet<K>>>,
     start: Instant,
-    /// Bumped on every invalidation: a load that overlapped one may have
-    /// read the old state, so its result is returned but not cached.
-    epoch: Arc<AtomicU64>,
+    epochs: Arc<Epochs>,
+}
+
+/// Stripes of invalidation counters, a key's stripe bumped when it is
+/// invalidated: a load that overlapped an invalidation of its stripe may
+/// have read the old state, so its result is returned but not cached.
+/// Striped, not one counter for the cache: with one, every change anywhere
+/// (hundreds a second for a million users) kept every load then in flight
+/// from being cached (docs/BENCHMARKS.md, "Presence cache under a skewed
+/// workload").
+struct Epochs {
+    stripes: Box<[AtomicU64]>,
+    hasher: FixedState,
+}
+
+/// Stripes per cache: 8 KiB, and a change spoils 1 in 1024 loads in flight.
+const STRIPES: usize = 1024;
+
+impl Epochs {
+    fn new() -> Self {
+        Self {
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            hasher: FixedState::default(),
+        }
+    }
+
+    fn of<K: Hash>(&self, key: &K) -> &AtomicU64 {
+        &self.stripes[self.hasher.hash_one(key) as usize % STRIPES]
+    }
+
+    fn bump<K: Hash>(&self, key: &K) {
+        self.of(key).fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn bump_all(&self) {
+        for stripe in self.stripes.iter() {
+            stripe.fetch_add(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl<K, V> FollowingCache<K, V>
@@ -74,6 +135,17 @@ where
         }
     }
 
+    /// Reloads an entry in the background when it is hit within `ahead`
+    /// of its expiry (zero, as [`new`](Self::new) builds it, turns it off):
+    /// hot keys stay cached, at the cost of one load per hot key and TTL.
+    pub fn refresh_ahead(mut self, ahead: Duration) -> Self {
+        if let Some(entries) = &mut self.entries {
+            let ahead_ms = u64::try_from(ahead.as_millis()).unwrap_or(u64::MAX);
+            entries.refresh_after_ms = entries.ttl_ms.saturating_sub(ahead_ms);
+        }
+        self
+    }
+
     /// Whether lookups are cached at all.
     pub fn enabled(&self) -> bool {
         self.entries.is_some()
@@ -84,21 +156,46 @@ where
     pub async fn get_or_load<E, F>(&self, key: &K, load: F) -> Result<V, E>
     where
         F: Future<Output = Result<V, E>>,
+        E: Send + 'static,
     {
         let Some(entries) = &self.entries else {
             return load.await;
         };
-        let (value, hit) = entries.get_or_load(key, load).await?;
-        if let Some(lookups) = &self.lookups {
-            lookups.record(hit);
-        }
+        // No reload: refresh-ahead is for callers that give one (`lookup`).
+        let no_reload = None::<fn() -> std::future::Ready<Result<V, E>>>;
+        let (value, lookup) = entries.get_or_load(key, load, no_reload).await?;
+        self.record(lookup);
         Ok(value)
+    }
+
+    /// [`get_or_load`](Self::get_or_load), saying how the value was found
+    /// (what a benchmark or a test needs per lookup; the metric only counts
+    /// them). `reload` makes the future that refreshes a hot entry ahead of
+    /// its expiry, in the background; it is called only then.
+    pub async fn lookup<E, F, R, G>(&self, key: &K, load: F, reload: R) -> Result<(V, Lookup), E>
+    where
+        F: Future<Output = Result<V, E>>,
+        R: FnOnce() -> G,
+        G: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        let Some(entries) = &self.entries else {
+            return Ok((load.await?, Lookup::Miss));
+        };
+        let (value, lookup) = entries.get_or_load(key, load, Some(reload)).await?;
+        self.record(lookup);
+        Ok((value, lookup))
+    }
+
+    fn record(&self, lookup: Lookup) {
+        if let Some(lookups) = &self.lookups {
+            lookups.record(lookup == Lookup::Hit);
+        }
     }
 
     /// Drops `key`'s entry now (this node changed it; its own event follows).
     pub fn invalidate(&self, key: &K) {
         if let Some(entries) = &self.entries {
-            entries.epoch.fetch_add(1, Ordering::AcqRel);
+            entries.epochs.bump(key);
             entries.cache.remove(key);
         }
     }
@@ -111,29 +208,40 @@ where
 {
     fn new(capacity: u64, ttl: Duration, changes: Option<broadcast::Receiver<K>>) -> Self {
         let cache = Arc::new(Cache::new(usize::try_from(capacity).unwrap_or(usize::MAX)));
-        let epoch = Arc::new(AtomicU64::new(0));
+        let epochs = Arc::new(Epochs::new());
         if let Some(mut changes) = changes {
-            let (follower, bump) = (cache.clone(), epoch.clone());
+            // Weak: a dropped cache ends its follower at the next event
+            // instead of being kept alive by it.
+            let (follower, epochs) = (Arc::downgrade(&cache), epochs.clone());
             tokio::spawn(async move {
                 loop {
                     let event = changes.recv().await;
-                    bump.fetch_add(1, Ordering::AcqRel);
+                    let Some(follower) = follower.upgrade() else {
+                        break;
+                    };
                     match event {
                         Ok(key) => {
+                            epochs.bump(&key);
                             follower.remove(&key);
                         }
                         // Missed events: anything may be stale, start over.
-                        Err(broadcast::error::RecvError::Lagged(_)) => follower.clear(),
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            epochs.bump_all();
+                            follower.clear();
+                        }
                         Err(broadcast::error::RecvError::Closed) => break,
                     }
                 }
             });
         }
+        let ttl_ms = ttl.as_millis().try_into().unwrap_or(u64::MAX);
         Self {
             cache,
-            ttl_ms: ttl.as_millis().try_into().unwrap_or(u64::MAX),
+            ttl_ms,
+            refresh_after_ms: ttl_ms,
+            refreshing: Arc::default(),
             start: Instant::now(),
-            epoch,
+            epochs,
         }
     }
 
@@ -141,22 +249,188 @@ where
         self.start.elapsed().as_millis() as u64
     }
 
-    /// The value and whether it was a hit.
-    async fn get_or_load<E, F>(&self, key: &K, load: F) -> Result<(V, bool), E>
+    /// The value and how it was found.
+    async fn get_or_load<E, F, R, G>(
+        &self,
+        key: &K,
+        load: F,
+        reload: Option<R>,
+    ) -> Result<(V, Lookup), E>
     where
         F: Future<Output = Result<V, E>>,
+        R: FnOnce() -> G,
+        G: Future<Output = Result<V, E>> + Send + 'static,
     {
+        let mut lookup = Lookup::Miss;
         if let Some((hit, loaded)) = self.cache.get(key) {
-            if self.now_ms().saturating_sub(loaded) < self.ttl_ms {
-                return Ok((hit, true));
+            let age = self.now_ms().saturating_sub(loaded);
+            if age < self.ttl_ms {
+                if age >= self.refresh_after_ms {
+                    if let Some(reload) = reload {
+                        self.refresh(key, reload());
+                    }
+                }
+                return Ok((hit, Lookup::Hit));
             }
+            lookup = Lookup::Expired;
         }
-        let epoch = self.epoch.load(Ordering::Acquire);
+        let epoch = self.epochs.of(key).load(Ordering::Acquire);
         let loaded = self.now_ms();
         let value = load.await?;
-        if self.epoch.load(Ordering::Acquire) == epoch {
-            self.cache.insert(key.clone(), (value.clone(), loaded));
+        keep(&self.cache, &self.epochs, key, value.clone(), loaded, epoch);
+        Ok((value, lookup))
+    }
+
+    /// Reloads `key` in the background unless a reload of it is running;
+    /// cached under the same rule as a load (not across an invalidation).
+    /// A failed reload leaves the entry to expire, and the lookup after
+    /// that reports the error.
+    fn refresh<E, G>(&self, key: &K, reload: G)
+    where
+        G: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        if !self.refreshing.lock().insert(key.clone()) {
+            return;
         }
-        Ok((value, false))
+        let (cache, epochs, refreshing) = (
+            self.cache.clone(),
+            self.epochs.clone(),
+            self.refreshing.clone(),
+        );
+        let (key, start) = (key.clone(), self.start);
+        tokio::spawn(async move {
+            let epoch = epochs.of(&key).load(Ordering::Acquire);
+            let loaded = start.elapsed().as_millis() as u64;
+            if let Ok(value) = reload.await {
+                keep(&cache, &epochs, &key, value, loaded, epoch);
+            }
+            refreshing.lock().remove(&key);
+        });
+    }
+}
+
+/// Caches a value loaded at `loaded` unless `key`'s stripe was bumped since
+/// it read `epoch`. Checked again after the insert: an invalidation landing
+/// between the check and the insert would otherwise have its removal
+/// overwritten by the old value. (Either the second check sees its bump,
+/// or its removal comes after the insert: both take the cache shard's lock.)
+fn keep<K, V>(
+    cache: &Cache<K, (V, u64)>,
+    epochs: &Epochs,
+    key: &K,
+    value: V,
+    loaded: u64,
+    epoch: u64,
+) where
+    K: Eq + Hash + Clone,
+    V: Clone,
+{
+    let stripe = epochs.of(key);
+    if stripe.load(Ordering::Acquire) != epoch {
+        return;
+    }
+    cache.insert(key.clone(), (value, loaded));
+    if stripe.load(Ordering::Acquire) != epoch {
+        cache.remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{FollowingCache, Lookup};
+
+    type Cache = FollowingCache<&'static str, u64>;
+
+    /// Looks `key` up with a load (and reload) of `source`'s current value.
+    async fn lookup(cache: &Cache, source: &Arc<AtomicU64>) -> (u64, Lookup) {
+        let read = |s: Arc<AtomicU64>| async move { Ok::<_, ()>(s.load(Ordering::SeqCst)) };
+        let reload = || read(source.clone());
+        cache
+            .lookup(&"k", read(source.clone()), reload)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_hit_near_expiry_reloads_in_the_background() {
+        let source = Arc::new(AtomicU64::new(1));
+        // Refresh-ahead over the whole TTL: every hit reloads.
+        let cache = Cache::new(10, Duration::from_secs(60), None, None)
+            .refresh_ahead(Duration::from_secs(60));
+        assert_eq!(lookup(&cache, &source).await, (1, Lookup::Miss));
+        source.store(2, Ordering::SeqCst);
+        assert_eq!(lookup(&cache, &source).await, (1, Lookup::Hit));
+        let mut seen = (1, Lookup::Hit);
+        for _ in 0..100 {
+            seen = lookup(&cache, &source).await;
+            if seen.0 == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(seen, (2, Lookup::Hit), "reloaded without a miss");
+    }
+
+    #[tokio::test]
+    async fn without_refresh_ahead_a_hit_reloads_nothing() {
+        let source = Arc::new(AtomicU64::new(1));
+        let cache = Cache::new(10, Duration::from_secs(60), None, None);
+        assert_eq!(lookup(&cache, &source).await, (1, Lookup::Miss));
+        source.store(2, Ordering::SeqCst);
+        for _ in 0..10 {
+            assert_eq!(lookup(&cache, &source).await, (1, Lookup::Hit));
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Loads `key` while `changed` is invalidated, then looks `key` up again.
+    async fn load_across_a_change(key: u64, changed: u64) -> Lookup {
+        let cache: FollowingCache<u64, u64> =
+            FollowingCache::new(10, Duration::from_secs(60), None, None);
+        let load = async {
+            cache.invalidate(&changed);
+            Ok::<_, ()>(key)
+        };
+        cache.get_or_load(&key, load).await.unwrap();
+        looked_up(&cache, key).await
+    }
+
+    /// How a lookup of `key` (loading the key itself) is answered.
+    async fn looked_up(cache: &FollowingCache<u64, u64>, key: u64) -> Lookup {
+        let load = async { Ok::<_, ()>(key) };
+        cache
+            .lookup(&key, load, || async { Err(()) })
+            .await
+            .unwrap()
+            .1
+    }
+
+    #[tokio::test]
+    async fn a_load_across_its_keys_invalidation_is_not_cached() {
+        assert_eq!(load_across_a_change(1, 1).await, Lookup::Miss);
+    }
+
+    #[tokio::test]
+    async fn a_load_across_another_keys_invalidation_is_cached() {
+        assert_eq!(load_across_a_change(1, 2).await, Lookup::Hit);
+    }
+
+    #[tokio::test]
+    async fn an_invalidation_evicts_only_its_key() {
+        let cache: FollowingCache<u64, u64> =
+            FollowingCache::new(10, Duration::from_secs(60), None, None);
+        for key in [1, 2] {
+            cache
+                .get_or_load(&key, async { Ok::<_, ()>(key) })
+                .await
+                .unwrap();
+        }
+        cache.invalidate(&1);
+        assert_eq!(looked_up(&cache, 1).await, Lookup::Miss);
+        assert_eq!(looked_up(&cache, 2).await, Lookup::Hit);
     }
 }

@@ -118,6 +118,12 @@ pub(super) fn check(s: &Settings) -> Bounds {
         Duration::ZERO,
         HOUR,
     );
+    b.time(
+        "presence.cache_refresh_ahead",
+        s.presence.cache_refresh_ahead,
+        Duration::ZERO,
+        s.presence.cache_ttl,
+    );
     b.count(
         "blocks.cache_capacity",
         s.blocks.cache_capacity,

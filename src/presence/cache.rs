@@ -11,6 +11,7 @@ use futures::{stream, StreamExt, TryStreamExt};
 
 use super::{PresenceConfig, PresenceStore, Session, LOCATE_CONCURRENCY};
 use crate::changes::FollowingCache;
+pub use crate::changes::Lookup;
 use crate::error::StoreError;
 use crate::telemetry;
 use crate::topology::{DeviceId, GatewayId, UserId};
@@ -29,14 +30,28 @@ impl CachedPresence {
             config.cache_ttl,
             Some(store.changes()),
             Some(telemetry::PRESENCE_LOOKUPS),
-        );
+        )
+        .refresh_ahead(config.cache_refresh_ahead);
         Self { store, cache }
     }
 
     /// Sessions of a user, shared; avoids a copy on a cache hit.
     pub async fn locate_shared(&self, user: &UserId) -> Result<Arc<[Session]>, StoreError> {
+        Ok(self.locate_traced(user).await?.0)
+    }
+
+    /// [`locate_shared`](Self::locate_shared), saying whether the cache
+    /// answered (benches/presence_zipf.rs, tests/presence_cache.rs).
+    pub async fn locate_traced(
+        &self,
+        user: &UserId,
+    ) -> Result<(Arc<[Session]>, Lookup), StoreError> {
         let load = async { self.store.locate(user).await.map(Arc::from) };
-        self.cache.get_or_load(user, load).await
+        let reload = || {
+            let (store, user) = (self.store.clone(), user.clone());
+            async move { store.locate(&user).await.map(Arc::from) }
+        };
+        self.cache.lookup(user, load, reload).await
     }
 
     /// The sessions of each of `users` from the store itself, for a

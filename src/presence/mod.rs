@@ -95,6 +95,12 @@ pub struct PresenceConfig {
     /// an event is missed.
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// A lookup that hits an entry this close to its TTL reloads it in the
+    /// background, so a user looked up at least this often never expires
+    /// into a miss (0 turns it off; at most `cache_ttl`). Entries stay at
+    /// most `cache_ttl` old: this adds hits, not staleness.
+    #[serde(with = "humantime_serde")]
+    pub cache_refresh_ahead: Duration,
 }
 
 impl Default for PresenceConfig {
@@ -103,6 +109,7 @@ impl Default for PresenceConfig {
             session_ttl: Duration::from_secs(60),
             cache_capacity: 1_000_000,
             cache_ttl: Duration::from_secs(5),
+            cache_refresh_ahead: Duration::from_secs(1),
         }
     }
 }
