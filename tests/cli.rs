@@ -300,6 +300,90 @@ fn bench_runs_on_the_memory_default_and_writes_json_and_svg() {
 }
 
 #[test]
+fn bench_spreads_targets_over_gateways_and_counts_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = switchyard(
+        &[
+            "bench",
+            "--transports",
+            "memory",
+            "--paths",
+            "library,sidecar",
+            "--targets",
+            "3",
+            "--messages",
+            "1000",
+            "--batch",
+            "30",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["options"]["targets"], 3);
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        2,
+        "library and sidecar, no raw baseline for memory"
+    );
+    for row in rows {
+        // Message i to user i mod 3: 334, 333, 333, each delivered once.
+        assert_eq!(row["sent"], 1000, "{row}");
+        assert_eq!(row["expected"], 1000, "{row}");
+        assert_eq!(row["delivered"], 1000, "{row}");
+        let receivers: Vec<(u64, u64)> = row["receivers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["delivered"].as_u64().unwrap(),
+                    r["expected"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(receivers, [(334, 334), (333, 333), (333, 333)], "{row}");
+        // Each batch of 30 went to all three gateways.
+        assert_eq!(row["gateways_per_batch"], 3.0, "{row}");
+    }
+}
+
+#[test]
+fn bench_refuses_gateway_counts_out_of_range_naming_the_flag() {
+    for (args, expected) in [
+        (
+            &["--targets", "0"][..],
+            "--targets: must be between 1 and 1000",
+        ),
+        (
+            &["--targets", "1000000"],
+            "--targets: must be between 1 and 1000",
+        ),
+        (&["--fanout", "0"], "--fanout: must be between 1 and 1000"),
+        (
+            &["--fanout", "3", "--targets", "3"],
+            "--targets: spreads 1:1 messages",
+        ),
+    ] {
+        let mut all = vec!["bench", "--duration", "1s"];
+        all.extend(args);
+        let out = switchyard(&all, &[]);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let text = stderr(&out);
+        assert!(text.contains(expected), "{args:?}: {text}");
+    }
+    let out = switchyard(&["bench", "--targets", "many"], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--targets"), "{}", stderr(&out));
+}
+
+#[test]
 fn bench_drives_direct_links_and_the_sidecar_path() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");

@@ -1,8 +1,9 @@
 //! The measurement loop every switchyard path shares (library routers or
 //! gateways over sidecars): warm up, send on the [`Schedule`] from
 //! `senders` loops at once on the load generator's thread, count what the
-//! receivers see, wait for stragglers. The paths differ only in how they
-//! send a batch ([`Sender`]) and what their receivers yield.
+//! receivers see, per receiving gateway, and wait for stragglers. The
+//! paths differ only in how they send a batch ([`Sender`]) and what their
+//! receivers yield.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,8 +15,9 @@ use indicatif::ProgressBar;
 use tokio::runtime::Handle;
 
 use super::generator::Generator;
+use super::layout::Spread;
 use super::schedule::{run_senders, Schedule, Stop};
-use super::{new_histogram, BenchError, BenchOptions, Measured};
+use super::{new_histogram, BenchError, BenchOptions, Measured, Receiver};
 use crate::envelope::now_micros;
 use crate::transport::TransportKind;
 
@@ -45,12 +47,23 @@ impl Refused {
     }
 }
 
+/// What a path did with one batch.
+#[derive(Debug, Default)]
+pub(crate) struct Handled {
+    /// The messages it did not accept.
+    pub(crate) refused: Refused,
+    /// Distinct gateways the router's reports name for the batch: the
+    /// per-gateway publishes it split the batch into.
+    pub(crate) gateways: u64,
+}
+
 /// The sending gateway of a path, called on the load generator's thread,
 /// by several send loops at once with `--senders` above 1.
 #[async_trait::async_trait]
 pub(crate) trait Sender: Send + Sync {
-    /// Sends one message per timestamp (its `created_at`).
-    async fn send(&self, stamps: Vec<i64>) -> Refused;
+    /// Sends one message per timestamp (its `created_at`), each to the
+    /// layout's next destination.
+    async fn send(&self, stamps: Vec<i64>) -> Handled;
 }
 
 /// A path ready to measure: its sender, and per receiving gateway the
@@ -60,6 +73,8 @@ pub(crate) struct Ends {
     pub(crate) sender: Arc<dyn Sender>,
     pub(crate) receivers: Vec<BoxStream<'static, Duration>>,
     pub(crate) receive_on: Handle,
+    /// How the layout's messages reach `receivers` (in the same order).
+    pub(crate) spread: Spread,
     /// Whatever must outlive the run (receiving routers, sidecars, gateway
     /// streams, heartbeats).
     pub(crate) keep: Box<dyn Send>,
@@ -84,6 +99,7 @@ pub(crate) async fn measure(
         sender,
         mut receivers,
         receive_on,
+        spread,
         keep,
     } = ends;
     // Warm-up: every receiver's subscription (a Kafka consumer joining its
@@ -92,11 +108,13 @@ pub(crate) async fn measure(
         transport: kind,
         reason: format!("{what} did not arrive within {SETTLE:?}"),
     };
+    // One round: a delivery at every receiver, and the measured messages
+    // start again at the first user.
     let warm = sender.clone();
     let warmed = generator
-        .run(async move { warm.send(vec![now_micros()]).await })
+        .run(async move { warm.send(vec![now_micros(); spread.round()]).await })
         .await?;
-    if let Some(reason) = warmed.first {
+    if let Some(reason) = warmed.refused.first {
         return Err(BenchError::Transport {
             transport: kind,
             reason: format!("the warm-up message was refused: {reason}"),
@@ -119,21 +137,22 @@ pub(crate) async fn measure(
         readers.push(receive_on.spawn(async move {
             let mut latency = new_histogram();
             let mut last = Instant::now();
+            let mut count = 0u64;
             loop {
                 tokio::select! {
                     d = receiver.next() => {
                         let Some(d) = d else { break };
                         latency.saturating_record(d.as_micros() as u64);
                         last = Instant::now();
+                        count += 1;
                         delivered.fetch_add(1, Ordering::Relaxed);
                     }
                     _ = stopped.changed() => break,
                 }
             }
-            (latency, last)
+            (latency, last, count)
         }));
     }
-    let fanout = readers.len() as u64;
     // RSS once a second while sending: growth under a steady load is a leak.
     let (sent_all, mut sending_done) = tokio::sync::oneshot::channel::<()>();
     let sampler = tokio::spawn(async move {
@@ -154,13 +173,19 @@ pub(crate) async fn measure(
     let start = Instant::now();
     let (senders, looping, progress) = (options.senders, sender.clone(), bar.clone());
     let counted = delivered.clone();
-    let (sent, failed) = generator
+    let (sent, failed, gateways_per_batch) = generator
         .run(async move {
             let failed = parking_lot::Mutex::new(Refused::default());
             let handed = AtomicU64::new(0);
+            let (batches, gateways) = (AtomicU64::new(0), AtomicU64::new(0));
             let sent = run_senders(schedule, senders, |stamps| async {
                 let n = stamps.len() as u64;
-                let refused = looping.send(stamps).await;
+                let Handled {
+                    refused,
+                    gateways: published,
+                } = looping.send(stamps).await;
+                batches.fetch_add(1, Ordering::Relaxed);
+                gateways.fetch_add(published, Ordering::Relaxed);
                 let mut failed = failed.lock();
                 failed.count += refused.count;
                 failed.first = failed.first.take().or(refused.first);
@@ -175,7 +200,8 @@ pub(crate) async fn measure(
             })
             .await;
             let Ok(sent) = sent;
-            (sent, failed.into_inner())
+            let per_batch = gateways.into_inner() as f64 / batches.into_inner().max(1) as f64;
+            (sent, failed.into_inner(), per_batch)
         })
         .await?;
     if let Some(first) = failed.first {
@@ -184,7 +210,8 @@ pub(crate) async fn measure(
     let _ = sent_all.send(());
     let rss_mib = sampler.await.unwrap_or_default();
     // Wait for the expected deliveries (or the settle time).
-    let expected = sent * fanout;
+    let expected_per_gateway = spread.expected(sent);
+    let expected: u64 = expected_per_gateway.iter().sum();
     let waited = Instant::now();
     while delivered.load(Ordering::Relaxed) < expected && waited.elapsed() < SETTLE {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -193,15 +220,27 @@ pub(crate) async fn measure(
     let _ = stop.send(true);
     let mut latency = new_histogram();
     let mut last = start;
-    for reader in readers {
-        if let Ok((histogram, at)) = reader.await {
-            // Same bounds on both sides, so adding cannot fail.
-            let _ = latency.add(&histogram);
-            last = last.max(at);
-        }
+    let mut receivers = Vec::with_capacity(readers.len());
+    for (reader, expected) in readers.into_iter().zip(expected_per_gateway) {
+        // A reader that panicked saw nothing we can count.
+        let delivered = match reader.await {
+            Ok((histogram, at, count)) => {
+                // Same bounds on both sides, so adding cannot fail.
+                let _ = latency.add(&histogram);
+                last = last.max(at);
+                count
+            }
+            Err(_) => 0,
+        };
+        receivers.push(Receiver {
+            delivered,
+            expected,
+        });
     }
     drop((sender, keep));
     let mut measured = Measured::new(sent, latency, last - start);
     measured.rss_mib = rss_mib;
+    measured.receivers = receivers;
+    measured.gateways_per_batch = Some(gateways_per_batch);
     Ok(measured)
 }

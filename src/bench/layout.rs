@@ -1,19 +1,65 @@
-//! The fleet one measured path drives: one sending gateway and `fanout`
-//! receiving gateways, each hosting one user (all in one group when
-//! `fanout > 1`), and the message sent. Every path builds it the same way;
-//! only who hosts the gateways (routers here, or sidecars) differs.
+//! The fleet one measured path drives: one sending gateway and N receiving
+//! gateways, each hosting one user, and the messages sent. How messages
+//! reach the receivers is the run's [`Spread`]: every message to a group
+//! with a member on each gateway (`--fanout`), or each message to one user,
+//! round robin over the gateways (`--targets`). Every path builds it the
+//! same way; only who hosts the gateways (routers here, or sidecars)
+//! differs.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
 use crate::envelope::{Destination, Envelope, MessageId};
 use crate::topology::{GatewayId, GroupId, UserId};
 
-/// Ids and message of one path's run.
-#[derive(Debug, Clone)]
+/// How a run's messages reach its receiving gateways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Spread {
+    /// Every message to a group with one member on each of N gateways
+    /// (N = 1: to the one user): N deliveries per message.
+    Group(usize),
+    /// Message i to user i mod N, each on its own gateway: one delivery per
+    /// message, and a batch splits into up to N per-gateway publishes.
+    Users(usize),
+}
+
+impl Spread {
+    /// Receiving gateways.
+    pub(crate) fn gateways(self) -> usize {
+        match self {
+            Spread::Group(n) | Spread::Users(n) => n.max(1),
+        }
+    }
+
+    /// Messages that give every receiving gateway one delivery: the
+    /// warm-up, so the measured messages start again at the first user.
+    pub(crate) fn round(self) -> usize {
+        match self {
+            Spread::Group(_) => 1,
+            Spread::Users(n) => n.max(1),
+        }
+    }
+
+    /// Deliveries each receiving gateway should see for `sent` messages
+    /// sent after one [`Self::round`].
+    pub(crate) fn expected(self, sent: u64) -> Vec<u64> {
+        let n = self.gateways() as u64;
+        (0..n)
+            .map(|j| match self {
+                Spread::Group(_) => sent,
+                Spread::Users(_) => sent / n + u64::from(j < sent % n),
+            })
+            .collect()
+    }
+}
+
+/// Ids and messages of one path's run.
+#[derive(Debug)]
 pub(crate) struct Layout {
     /// Unique per run, so runs against shared backends don't mix.
     run: String,
-    fanout: usize,
+    spread: Spread,
     /// Region of the receiving gateways: the sender is in `eu`, so this
     /// picks the route.
     pub(crate) to_region: &'static str,
@@ -21,28 +67,39 @@ pub(crate) struct Layout {
     /// Built once: ids are shared, so each message only clones pointers.
     sender: GatewayId,
     sender_user: UserId,
-    destination: Destination,
+    /// The group, or each receiving user in gateway order.
+    destinations: Vec<Destination>,
+    /// Index of the next message, which picks its destination.
+    next: AtomicU64,
 }
 
 impl Layout {
     /// A fresh layout for `route` (`same_region` or `cross_region`).
-    pub(crate) fn new(route: &str, fanout: usize, size: usize) -> Self {
+    pub(crate) fn new(route: &str, spread: Spread, size: usize) -> Self {
         let run = MessageId::new().to_string().to_lowercase();
-        let fanout = fanout.max(1);
-        let destination = if fanout > 1 {
-            Destination::Group(GroupId::new(format!("bench-{run}-g")))
-        } else {
-            Destination::User(format!("bench-{run}-u0").into())
+        let destinations = match spread {
+            Spread::Group(n) if n > 1 => {
+                vec![Destination::Group(GroupId::new(format!("bench-{run}-g")))]
+            }
+            _ => (0..spread.round())
+                .map(|i| Destination::User(format!("bench-{run}-u{i}").into()))
+                .collect(),
         };
         Self {
             sender: format!("bench-{run}-a").into(),
             sender_user: format!("bench-{run}-s").into(),
-            destination,
+            destinations,
             run,
-            fanout,
+            spread,
             to_region: if route == "cross_region" { "us" } else { "eu" },
             payload: Bytes::from(super::chat_text(size, 1)),
+            next: AtomicU64::new(0),
         }
+    }
+
+    /// How the messages reach the receivers.
+    pub(crate) fn spread(&self) -> Spread {
+        self.spread
     }
 
     /// The sending gateway, in `eu`.
@@ -57,7 +114,7 @@ impl Layout {
 
     /// Each receiving gateway and the user it hosts.
     pub(crate) fn receivers(&self) -> impl Iterator<Item = (String, String)> + '_ {
-        (0..self.fanout).map(|i| {
+        (0..self.spread.gateways()).map(|i| {
             (
                 format!("bench-{}-b{i}", self.run),
                 format!("bench-{}-u{i}", self.run),
@@ -65,23 +122,62 @@ impl Layout {
         })
     }
 
-    /// The group of all receiving users, when there is more than one.
+    /// The group of all receiving users, in a fan-out run.
     pub(crate) fn group(&self) -> Option<&GroupId> {
-        match &self.destination {
-            Destination::Group(group) => Some(group),
-            Destination::User(_) => None,
+        match self.destinations.first() {
+            Some(Destination::Group(group)) => Some(group),
+            _ => None,
         }
     }
 
-    /// The message, created at `stamp` (the schedule's intended send time).
+    /// The next message, created at `stamp` (the schedule's intended send
+    /// time): to the group, or to the next user in turn. Send loops share
+    /// the counter, so the users' shares differ by one at most.
     pub(crate) fn message(&self, stamp: i64) -> Envelope {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize;
         let mut e = Envelope::new(
             self.sender_user.clone(),
             self.sender.clone(),
-            self.destination.clone(),
+            self.destinations[i % self.destinations.len()].clone(),
             self.payload.clone(),
         );
         e.created_at_micros = stamp;
         e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_go_round_robin_and_the_warm_up_is_one_round() {
+        let layout = Layout::new("same_region", Spread::Users(3), 16);
+        let spread = layout.spread();
+        let to = |e: Envelope| match e.destination {
+            Destination::User(user) => user.to_string(),
+            Destination::Group(group) => panic!("a group: {group}"),
+        };
+        let users: Vec<String> = layout.receivers().map(|(_, user)| user).collect();
+        let sent: Vec<String> = (0..spread.round() + 7)
+            .map(|_| to(layout.message(0)))
+            .collect();
+        // After the warm-up round, message i goes to user i mod 3 again.
+        for (i, user) in sent.iter().enumerate() {
+            assert_eq!(user, &users[i % 3]);
+        }
+        assert_eq!(spread.expected(7), [3, 2, 2]);
+        assert!(layout.group().is_none());
+    }
+
+    #[test]
+    fn fanout_sends_every_message_to_one_group() {
+        let layout = Layout::new("same_region", Spread::Group(4), 16);
+        assert!(layout.group().is_some());
+        assert_eq!(layout.receivers().count(), 4);
+        assert_eq!(layout.spread().round(), 1);
+        assert_eq!(layout.spread().expected(5), [5, 5, 5, 5]);
+        let single = Layout::new("same_region", Spread::Group(1), 16);
+        assert!(single.group().is_none(), "fan-out 1 is one user");
     }
 }

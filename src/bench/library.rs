@@ -11,13 +11,13 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use tokio::runtime::Handle;
 
-use super::drive::{Ends, Refused, Sender, ACK_EVERY};
+use super::drive::{Ends, Handled, Sender, ACK_EVERY};
 use super::layout::Layout;
 use super::BenchError;
 use crate::backends::Backends;
 use crate::config::Settings;
 use crate::inbox::Inbox;
-use crate::router::{KeepAlive, Router};
+use crate::router::{KeepAlive, Outcome, Router};
 use crate::sidecar::Sidecar;
 use crate::topology::GatewayInfo;
 use crate::transport::TransportKind;
@@ -46,29 +46,36 @@ struct Keep {
 
 #[async_trait::async_trait]
 impl Sender for Library {
-    async fn send(&self, stamps: Vec<i64>) -> Refused {
+    async fn send(&self, stamps: Vec<i64>) -> Handled {
         let n = stamps.len() as u64;
         let batch = stamps.into_iter().map(|s| self.layout.message(s)).collect();
         let router = self.router.clone();
-        let mut refused = Refused::default();
+        let mut handled = Handled::default();
         match self
             .routers
             .spawn(async move { router.send_batch(batch).await })
             .await
         {
             Ok(results) => {
-                for result in results {
-                    if let Err(err) = result {
-                        refused.add(|| err.to_string());
+                let mut gateways = std::collections::HashSet::new();
+                for result in &results {
+                    match result {
+                        Ok(report) => {
+                            if let Outcome::Routed { targets, .. } = &report.outcome {
+                                gateways.extend(targets.iter().map(|t| &t.gateway));
+                            }
+                        }
+                        Err(err) => handled.refused.add(|| err.to_string()),
                     }
                 }
+                handled.gateways = gateways.len() as u64;
             }
             Err(err) => {
-                refused.add(|| format!("send_batch task: {err}"));
-                refused.count = n;
+                handled.refused.add(|| format!("send_batch task: {err}"));
+                handled.refused.count = n;
             }
         }
-        refused
+        handled
     }
 }
 
@@ -133,6 +140,7 @@ pub(crate) async fn ends(
         inboxes.push(latencies(inbox));
     }
     let every = settings.heartbeat_interval();
+    let layout_spread = layout.spread();
     let alive = std::iter::once(&router)
         .chain(&receivers)
         .map(|r| r.keep_alive(every))
@@ -146,6 +154,7 @@ pub(crate) async fn ends(
         receivers: inboxes,
         // Taking and acking deliveries is the library's work.
         receive_on: Handle::current(),
+        spread: layout_spread,
         keep: Box::new(Keep {
             _inbox: inbox,
             _receivers: receivers,

@@ -1,5 +1,6 @@
 //! `switchyard bench`: a load generator that drives a small fleet per
-//! transport (one sending gateway, `fanout` receiving gateways) and, in the
+//! transport (one sending gateway, `fanout` or `targets` receiving
+//! gateways) and, in the
 //! same run, the raw client alone with the same messages on the same
 //! timeline, so every switchyard figure reads as a ratio to the machine's
 //! physical limit. The fleet runs on the library path (routers in this
@@ -7,7 +8,8 @@
 //! this process), or both, one after the other.
 //!
 //! - [`schedule`]: the send timeline (open loop at a rate, or closed loop).
-//! - `layout`: the fleet's ids and message, the same on every path.
+//! - `layout`: the fleet's ids and messages, the same on every path, and
+//!   how the messages spread over the receivers (a group, or round robin).
 //! - `drive`: the measurement loop every path shares.
 //! - `generator`: the load generator's own thread, whose CPU is counted
 //!   apart from switchyard's.
@@ -35,7 +37,7 @@ mod sidecar;
 mod text;
 
 pub(crate) use report::new_histogram;
-pub use report::{BenchReport, Load, Measured, Row};
+pub use report::{BenchReport, Load, Measured, Receiver, Row};
 pub use text::chat_text;
 
 use std::net::SocketAddr;
@@ -50,7 +52,12 @@ use crate::error::StoreError;
 use crate::sidecar::{SidecarConfig, SidecarError};
 use crate::telemetry::RecorderError;
 use crate::transport::TransportKind;
-use layout::Layout;
+use layout::{Layout, Spread};
+
+/// Most receiving gateways a run may have: each is a router (or a gRPC
+/// client and a sidecar session) with its own inbox and subscription in
+/// this one process.
+pub const MAX_GATEWAYS: usize = 1000;
 
 /// Where the bench's gateways run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -99,6 +106,10 @@ pub struct BenchOptions {
     /// Receiving gateways per message: 1 = one user, N = a group with one
     /// member on each of N gateways.
     pub fanout: usize,
+    /// Receiving gateways of 1:1 messages: message i goes to user i mod N,
+    /// each user on its own gateway, so each batch splits into up to N
+    /// per-gateway publishes. Above 1 only with `fanout` 1.
+    pub targets: usize,
     /// Sending time per transport.
     #[serde(with = "humantime_serde")]
     pub duration: Duration,
@@ -125,6 +136,7 @@ impl Default for BenchOptions {
             size: 256,
             rate: 0,
             fanout: 1,
+            targets: 1,
             duration: Duration::from_secs(10),
             messages: None,
             senders: 1,
@@ -184,6 +196,14 @@ pub enum BenchError {
     /// The load generator's thread could not start, or stopped mid-run.
     #[error("bench load generator: {0}")]
     Generator(String),
+    /// An option is out of range, or options conflict.
+    #[error("{flag}: {reason}")]
+    Option {
+        /// The command-line flag of the option.
+        flag: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
     /// The result could not be written.
     #[error("writing {path}: {reason}")]
     Output {
@@ -231,6 +251,34 @@ fn drivable(settings: &Settings) -> Vec<TransportKind> {
     kinds
 }
 
+impl BenchOptions {
+    /// How the messages reach the receivers, once `fanout` and `targets`
+    /// are in range and do not conflict: checked before anything starts,
+    /// since every receiving gateway is a router of its own.
+    fn spread(&self) -> Result<Spread, BenchError> {
+        for (flag, n) in [("--fanout", self.fanout), ("--targets", self.targets)] {
+            if !(1..=MAX_GATEWAYS).contains(&n) {
+                return Err(BenchError::Option {
+                    flag,
+                    reason: format!(
+                        "must be between 1 and {MAX_GATEWAYS} receiving gateways, got {n}"
+                    ),
+                });
+            }
+        }
+        match (self.fanout, self.targets) {
+            (fanout, 1) => Ok(Spread::Group(fanout)),
+            (1, targets) => Ok(Spread::Users(targets)),
+            (fanout, _) => Err(BenchError::Option {
+                flag: "--targets",
+                reason: format!(
+                    "spreads 1:1 messages over gateways, so it needs --fanout 1 (got --fanout {fanout})"
+                ),
+            }),
+        }
+    }
+}
+
 /// `base` routed over `kind` alone. No fallbacks: a failed publish should
 /// show as a loss, not as another transport. No canary. Direct links only
 /// when measured (with the config's `[transports.grpc]` or its defaults),
@@ -258,6 +306,7 @@ fn settings_for(base: &Settings, kind: TransportKind) -> Settings {
 /// Runs every requested transport in turn (each path, then the raw
 /// baseline), with a progress bar on stderr.
 pub async fn run(settings: Settings, options: BenchOptions) -> Result<BenchReport, BenchError> {
+    let spread = options.spread()?;
     let enabled = drivable(&settings);
     let kinds = if options.transports.is_empty() {
         enabled.clone()
@@ -309,7 +358,7 @@ pub async fn run(settings: Settings, options: BenchOptions) -> Result<BenchRepor
         for &path in &paths {
             let bar = progress_bar(&options, kind, path);
             let cpu = Cpu::now();
-            let layout = Layout::new(route, options.fanout, options.size);
+            let layout = Layout::new(route, spread, options.size);
             let ends = match path {
                 PathKind::Library => library::ends(&routed, kind, layout).await?,
                 PathKind::Sidecar => sidecar::ends(&routed, layout, &generator).await?,
@@ -338,7 +387,7 @@ pub async fn run(settings: Settings, options: BenchOptions) -> Result<BenchRepor
         };
         let t = &settings.transports;
         let cpu = Cpu::now();
-        // 1:1 only (the raw loops have one subscriber), so fan-out runs are
+        // 1:1 to one subscriber only, so fan-out and `--targets` runs are
         // compared per delivery.
         let raw = match (options.raw, kind, &t.redis, &t.kafka, &t.nats) {
             (false, ..) => None,

@@ -24,6 +24,16 @@ pub struct Load {
     pub senders: usize,
 }
 
+/// Deliveries at one receiving gateway, against its share of the messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Receiver {
+    /// Deliveries it saw.
+    pub delivered: u64,
+    /// Deliveries it should have seen: every message in a fan-out run, its
+    /// round-robin share with `--targets`.
+    pub expected: u64,
+}
+
 /// What one load measured at the receivers.
 #[derive(Debug)]
 pub struct Measured {
@@ -36,16 +46,28 @@ pub struct Measured {
     /// This process's RSS once per second while sending, MiB (switchyard
     /// paths only: the raw loops are not watched for growth).
     pub rss_mib: Vec<f64>,
+    /// Per receiving gateway, in layout order (a raw loop: its one
+    /// subscriber, expected to see every message).
+    pub receivers: Vec<Receiver>,
+    /// Distinct target gateways per `send_batch`, from the router's reports
+    /// (switchyard paths only).
+    pub gateways_per_batch: Option<f64>,
 }
 
 impl Measured {
     /// Bundles a finished load.
     pub fn new(sent: u64, latency: Histogram<u64>, elapsed: Duration) -> Self {
+        let receiver = Receiver {
+            delivered: latency.len(),
+            expected: sent,
+        };
         Self {
             sent,
             latency,
             elapsed,
             rss_mib: Vec::new(),
+            receivers: vec![receiver],
+            gateways_per_batch: None,
         }
     }
 
@@ -71,8 +93,15 @@ pub struct Row {
     pub offered_per_sec: u64,
     /// Messages sent.
     pub sent: u64,
-    /// Deliveries seen (sent x fanout when nothing is lost).
+    /// Deliveries seen (`expected` when nothing is lost).
     pub delivered: u64,
+    /// Deliveries due: sent x fan-out, or sent with `--targets`.
+    pub expected: u64,
+    /// Each receiving gateway's deliveries and share.
+    pub receivers: Vec<Receiver>,
+    /// Distinct target gateways per batch (the router's per-gateway
+    /// publishes); `None` for raw rows.
+    pub gateways_per_batch: Option<f64>,
     /// Deliveries per second, from the first send to the last delivery.
     pub delivered_per_sec: f64,
     /// Latency percentiles, milliseconds.
@@ -128,6 +157,9 @@ impl Row {
             offered_per_sec: rate,
             sent: m.sent,
             delivered: m.latency.len(),
+            expected: m.receivers.iter().map(|r| r.expected).sum(),
+            receivers: m.receivers.clone(),
+            gateways_per_batch: m.gateways_per_batch,
             delivered_per_sec: m.latency.len() as f64 / m.elapsed.as_secs_f64().max(1e-9),
             p50_ms: ms(0.5),
             p90_ms: ms(0.9),
@@ -177,7 +209,8 @@ impl BenchReport {
             "transport",
             "route",
             "offered/s",
-            "delivered",
+            "delivered/due",
+            "gw/batch",
             "msg/s",
             "x raw",
             "p50 ms",
@@ -204,7 +237,8 @@ impl BenchReport {
                 } else {
                     r.offered_per_sec.to_string()
                 }),
-                right(format!("{}/{}", r.delivered, r.sent)),
+                right(format!("{}/{}", r.delivered, r.expected)),
+                right(opt(r.gateways_per_batch, 1)),
                 right(format!("{:.0}", r.delivered_per_sec)),
                 right(opt(r.throughput_ratio, 2)),
                 right(format!("{:.3}", r.p50_ms)),

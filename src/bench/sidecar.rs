@@ -15,7 +15,7 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use tonic::transport::{Channel, Endpoint};
 
-use super::drive::{since, Ends, Refused, Sender, ACK_EVERY};
+use super::drive::{since, Ends, Handled, Sender, ACK_EVERY};
 use super::generator::Generator;
 use super::layout::Layout;
 use super::BenchError;
@@ -141,7 +141,7 @@ fn refusal(outcome: Option<Outcome>) -> String {
 
 #[async_trait::async_trait]
 impl Sender for ViaSidecar {
-    async fn send(&self, stamps: Vec<i64>) -> Refused {
+    async fn send(&self, stamps: Vec<i64>) -> Handled {
         let n = stamps.len() as u64;
         let request = proto::SendBatchRequest {
             gateway_id: self.gateway.id.clone(),
@@ -150,24 +150,31 @@ impl Sender for ViaSidecar {
                 .map(|s| self.layout.message(s).to_wire())
                 .collect(),
         };
-        let mut refused = Refused::default();
+        let mut handled = Handled::default();
         let mut routed = 0;
+        let mut gateways = std::collections::HashSet::new();
         // A tonic client is a handle on one channel: a clone per call lets
         // several send loops have calls in flight on it at once.
         match self.gateway.client.clone().send_batch(request).await {
             Ok(response) => {
                 for outcome in response.into_inner().outcomes {
                     match outcome.result {
-                        Some(Outcome::Routed(_)) => routed += 1,
-                        other => refused.add(|| refusal(other)),
+                        Some(Outcome::Routed(r)) => {
+                            routed += 1;
+                            gateways.extend(r.targets.into_iter().map(|t| t.gateway));
+                        }
+                        other => handled.refused.add(|| refusal(other)),
                     }
                 }
             }
-            Err(status) => refused.add(|| format!("SendBatch: {}", status.message())),
+            Err(status) => handled
+                .refused
+                .add(|| format!("SendBatch: {}", status.message())),
         }
         // Messages the sidecar gave no outcome for were not routed either.
-        refused.count = n.saturating_sub(routed);
-        refused
+        handled.refused.count = n.saturating_sub(routed);
+        handled.gateways = gateways.len() as u64;
+        handled
     }
 }
 
@@ -220,6 +227,7 @@ pub(crate) async fn ends(
     ];
     let addrs = [sidecars[0].grpc_addr(), sidecars[1].grpc_addr()];
     let every = settings.heartbeat_interval();
+    let spread = layout.spread();
     let (sender, receivers, keep) = generator
         .run(async move {
             let mut gateway = Gateway::connect(layout.sender().to_string(), addrs[0]).await?;
@@ -248,6 +256,7 @@ pub(crate) async fn ends(
         sender: Arc::new(sender),
         receivers,
         receive_on: generator.handle().clone(),
+        spread,
         keep: Box::new(Keep {
             _attached: attached,
             _receivers: clients,

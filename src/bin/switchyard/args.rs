@@ -59,7 +59,7 @@ pub(crate) enum Command {
     Explain(ExplainArgs),
     /// Measure throughput and latency per transport next to the raw clients.
     #[command(
-        after_help = "Example:\n  switchyard bench --config config/local.toml --transports redis,kafka --rate 5000 --duration 30s --json out.json --plot out.svg"
+        after_help = "Examples:\n  switchyard bench --config config/local.toml --transports redis,kafka --rate 5000 --duration 30s --json out.json --plot out.svg\n  switchyard bench --transports memory --targets 100 --duration 5s   # 1:1 over 100 receiving gateways"
     )]
     Bench(BenchArgs),
     /// Run the gRPC sidecar (the embedded default when no --config is given).
@@ -270,9 +270,15 @@ pub(crate) struct BenchArgs {
     /// Offered messages per second (open loop); 0 = max throughput (closed loop).
     #[arg(long, default_value_t = 0)]
     pub(crate) rate: u64,
-    /// Receiving gateways per message (1 = one user; N = a group over N gateways).
+    /// Receiving gateways per message (1 = one user; N = a group over N
+    /// gateways), 1 to 1000.
     #[arg(long, default_value_t = 1)]
     pub(crate) fanout: usize,
+    /// Receiving gateways of 1:1 messages: message i goes to user i mod N,
+    /// each on its own gateway, so a batch splits into up to N per-gateway
+    /// publishes (1 to 1000; only with --fanout 1).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) targets: usize,
     /// Sending time per transport, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = humantime_serde::re::humantime::parse_duration)]
     pub(crate) duration: std::time::Duration,

@@ -143,6 +143,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 size: args.size,
                 rate: args.rate,
                 fanout: args.fanout,
+                targets: args.targets,
                 duration: args.duration,
                 messages: args.messages,
                 senders: args.senders,
