@@ -49,7 +49,7 @@ total() {
 }
 
 # Instructions of one run: "ALL GENERATOR" (the generator's thread is the
-# only one that blocks on a current-thread Tokio runtime).
+# one that runs the bench's send loops, `bench::schedule::run_senders`).
 measure() {
     local path=$1 n=$2 prefix=$out/$1-$2
     rm -f "$prefix".*
@@ -58,7 +58,7 @@ measure() {
         >"$prefix.log" 2>&1 || { echo "bench under valgrind failed, see $prefix.log" >&2; exit 1; }
     local files=("$prefix".*-[0-9]*) gen=()
     for f in "${files[@]}"; do
-        if grep -q 'current_thread::CurrentThread::block_on' "$f"; then gen+=("$f"); fi
+        if grep -q 'bench::schedule::run_senders' "$f"; then gen+=("$f"); fi
     done
     echo "$(total "${files[@]}") $(total "${gen[@]}")"
 }
