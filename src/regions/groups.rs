@@ -18,7 +18,7 @@
 use async_trait::async_trait;
 use redis::{AsyncCommands, Script};
 
-use super::membership::{Marks, Membership};
+use super::member::{Marks, Membership};
 use crate::error::StoreError;
 use crate::groups::redis::RedisGroups;
 use crate::groups::GroupStore;

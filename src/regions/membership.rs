@@ -10,71 +10,27 @@
 //! order-proof); a changed membership is counted on the member's gateways
 //! in every region, as a local join is. The offset is stored only after.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
-use serde::{Deserialize, Serialize};
 
 use super::feed::Kafka;
 use super::groups::RegionalGroups;
-use super::marks::{self, send_marked};
+use super::marks::send_marked;
+use super::member::{Marks, Member, Membership};
 use super::presence::RegionalPresence;
 use super::RegionsConfig;
 use crate::groups::GroupStore;
 use crate::presence::PresenceStore;
 use crate::telemetry;
-use crate::topology::{GroupId, Region, UserId};
+use crate::topology::Region;
 use crate::transport::TransportError;
 
 /// The longest wait between attempts at a failing apply.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-
-/// One region's last write of one member: what replicates.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Membership {
-    /// The region the write was made in.
-    pub region: Region,
-    /// The group.
-    pub group: GroupId,
-    /// The member.
-    pub user: UserId,
-    /// Joined (`true`) or left.
-    pub member: bool,
-    /// Grows with every write of this member, in any region (ties go to
-    /// the greater region name).
-    pub version: u64,
-}
-
-/// A member of a group: what a join or leave marks.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) struct Member {
-    group: GroupId,
-    user: UserId,
-}
-
-impl fmt::Display for Member {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} in {}", self.user, self.group)
-    }
-}
-
-/// The members whose writes here are still to be produced.
-#[derive(Default, Clone)]
-pub(super) struct Marks(Arc<marks::Marks<Member>>);
-
-impl Marks {
-    /// Marks `user` in `group` for replication.
-    pub(super) fn mark(&self, group: &GroupId, user: &UserId) {
-        self.0.mark(Member {
-            group: group.clone(),
-            user: user.clone(),
-        });
-    }
-}
 
 /// Starts producing the marked members' last writes. Abort the returned
 /// task to stop it.

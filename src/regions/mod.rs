@@ -24,6 +24,7 @@
 mod feed;
 pub mod groups;
 mod marks;
+mod member;
 mod membership;
 pub mod presence;
 mod replica;
@@ -33,7 +34,7 @@ mod snapshot;
 
 use std::sync::Arc;
 
-pub use membership::Membership;
+pub use member::Membership;
 pub use reresolve::{Resend, Resent};
 pub use snapshot::{RemoteSession, Snapshot};
 
@@ -80,7 +81,7 @@ impl Regions {
         );
         let presence = Arc::new(presence::RegionalPresence::new(local, replica, publisher));
         let hosted = Arc::new(resync::Hosted::default());
-        let members = membership::Marks::default();
+        let members = member::Marks::default();
         let groups = Arc::new(groups::RegionalGroups::new(
             redis,
             region.clone(),
