@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 use futures::{stream, StreamExt, TryStreamExt};
 
 use super::{PresenceConfig, PresenceStore, Session, LOCATE_CONCURRENCY};
-use crate::changes::FollowingCache;
+use crate::changes::{Changed, FollowingCache};
 pub use crate::changes::Lookup;
 use crate::error::StoreError;
 use crate::telemetry;
@@ -113,7 +113,7 @@ impl PresenceStore for CachedPresence {
         self.store.hosted_users(gateway).await
     }
 
-    fn changes(&self) -> broadcast::Receiver<UserId> {
+    fn changes(&self) -> broadcast::Receiver<Changed<UserId>> {
         self.store.changes()
     }
 }

@@ -16,6 +16,7 @@ use futures::{stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::changes::Changed;
 use crate::error::StoreError;
 use crate::topology::{DeviceId, GatewayId, Region, UserId};
 
@@ -76,9 +77,10 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// Removes every session on a gateway that died; returns them.
     async fn remove_gateway(&self, gateway: &GatewayId) -> Result<Vec<Session>, StoreError>;
 
-    /// Users whose sessions changed, as seen by any node; used to invalidate
-    /// local caches.
-    fn changes(&self) -> broadcast::Receiver<UserId>;
+    /// Users whose sessions changed, as seen by any node, and
+    /// [`Changed::All`] when the feed may have missed some; used to
+    /// invalidate local caches and to follow watches.
+    fn changes(&self) -> broadcast::Receiver<Changed<UserId>>;
 }
 
 /// `[presence]` settings.
