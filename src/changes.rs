@@ -218,11 +218,7 @@ where
     K: Eq + Hash + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    fn new(
-        capacity: u64,
-        ttl: Duration,
-        changes: Option<broadcast::Receiver<Changed<K>>>,
-    ) -> Self {
+    fn new(capacity: u64, ttl: Duration, changes: Option<broadcast::Receiver<Changed<K>>>) -> Self {
         let cache = Arc::new(Cache::new(usize::try_from(capacity).unwrap_or(usize::MAX)));
         let epochs = Arc::new(Epochs::new());
         if let Some(mut changes) = changes {
@@ -485,6 +481,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_gap_in_the_feed_evicts_every_key() {
-        assert_eq!(after_event(Changed::All).await, [Lookup::Miss, Lookup::Miss]);
+        assert_eq!(
+            after_event(Changed::All).await,
+            [Lookup::Miss, Lookup::Miss]
+        );
     }
 }

@@ -10,8 +10,8 @@ use tokio::sync::broadcast;
 use futures::{stream, StreamExt, TryStreamExt};
 
 use super::{PresenceConfig, PresenceStore, Session, LOCATE_CONCURRENCY};
-use crate::changes::{Changed, FollowingCache};
 pub use crate::changes::Lookup;
+use crate::changes::{Changed, FollowingCache};
 use crate::error::StoreError;
 use crate::telemetry;
 use crate::topology::{DeviceId, GatewayId, UserId};
