@@ -43,7 +43,8 @@ pub fn local<K: Clone>() -> broadcast::Sender<Changed<K>> {
 }
 
 /// A bounded, TTL'd cache of per-key values (per user, per gateway) that
-/// drops a key's entry when its change event arrives; the one cache behind
+/// drops a key's entry when its change event arrives, and every entry when
+/// the feed reports a gap ([`Changed::All`]); the one cache behind
 /// presence, block lists and the registry, each wrapping its store with it.
 ///
 /// quick_cache rather than moka: a million cached users is an ordinary
