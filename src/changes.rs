@@ -5,8 +5,10 @@
 //! every node drops its cached copy when the event arrives. Stores in this
 //! process send events on a [`local`] broadcast channel; the Redis stores
 //! carry them between nodes on a Pub/Sub channel
-//! ([`RedisChanges`](crate::redis_conn::RedisChanges)). An event missed
-//! during a subscription gap is bounded by the cache's TTL.
+//! ([`RedisChanges`](crate::redis_conn::RedisChanges)). A feed that may
+//! have missed events (its Redis subscription dropped, or it fell behind)
+//! says so with [`Changed::All`], and every follower starts over, so a
+//! missed event does not leave a stale entry to be served until its TTL.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -25,13 +27,24 @@ use crate::telemetry::LookupCounters;
 /// Events buffered per follower before it has to start over.
 pub(crate) const BUFFER: usize = 4096;
 
+/// One event of a store's change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed<K> {
+    /// This key's state changed.
+    Key(K),
+    /// The feed had a gap (its Redis subscription dropped, or this process
+    /// fell behind it): any key it covers may have changed unheard.
+    All,
+}
+
 /// In-process change events, for stores that live in this process.
-pub fn local<K: Clone>() -> broadcast::Sender<K> {
+pub fn local<K: Clone>() -> broadcast::Sender<Changed<K>> {
     broadcast::channel(BUFFER).0
 }
 
 /// A bounded, TTL'd cache of per-key values (per user, per gateway) that
-/// drops a key's entry when its change event arrives; the one cache behind
+/// drops a key's entry when its change event arrives, and every entry when
+/// the feed reports a gap ([`Changed::All`]); the one cache behind
 /// presence, block lists and the registry, each wrapping its store with it.
 ///
 /// quick_cache rather than moka: a million cached users is an ordinary
@@ -125,7 +138,7 @@ where
     pub fn new(
         capacity: u64,
         ttl: Duration,
-        changes: Option<broadcast::Receiver<K>>,
+        changes: Option<broadcast::Receiver<Changed<K>>>,
         lookups: Option<&'static str>,
     ) -> Self {
         let entries = (capacity > 0).then(|| Entries::new(capacity, ttl, changes));
@@ -206,7 +219,7 @@ where
     K: Eq + Hash + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    fn new(capacity: u64, ttl: Duration, changes: Option<broadcast::Receiver<K>>) -> Self {
+    fn new(capacity: u64, ttl: Duration, changes: Option<broadcast::Receiver<Changed<K>>>) -> Self {
         let cache = Arc::new(Cache::new(usize::try_from(capacity).unwrap_or(usize::MAX)));
         let epochs = Arc::new(Epochs::new());
         if let Some(mut changes) = changes {
@@ -220,12 +233,14 @@ where
                         break;
                     };
                     match event {
-                        Ok(key) => {
+                        Ok(Changed::Key(key)) => {
                             epochs.bump(&key);
                             follower.remove(&key);
                         }
-                        // Missed events: anything may be stale, start over.
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Missed events, upstream or here: anything may be
+                        // stale, start over. The bump keeps a load begun
+                        // before the gap from caching what it read.
+                        Ok(Changed::All) | Err(broadcast::error::RecvError::Lagged(_)) => {
                             epochs.bump_all();
                             follower.clear();
                         }
@@ -341,7 +356,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::{FollowingCache, Lookup};
+    use super::{Changed, FollowingCache, Lookup};
 
     type Cache = FollowingCache<&'static str, u64>;
 
@@ -432,5 +447,44 @@ mod tests {
         cache.invalidate(&1);
         assert_eq!(looked_up(&cache, 1).await, Lookup::Miss);
         assert_eq!(looked_up(&cache, 2).await, Lookup::Hit);
+    }
+
+    /// Lookups of 1 and 2 after `event` arrives on the feed (both cached
+    /// before it).
+    async fn after_event(event: Changed<u64>) -> [Lookup; 2] {
+        let feed = super::local();
+        let cache: FollowingCache<u64, u64> =
+            FollowingCache::new(10, Duration::from_secs(600), Some(feed.subscribe()), None);
+        for key in [1, 2] {
+            cache
+                .get_or_load(&key, async { Ok::<_, ()>(key) })
+                .await
+                .unwrap();
+        }
+        feed.send(event).unwrap();
+        // The follower runs on its own task; give it the event.
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if looked_up(&cache, 1).await == Lookup::Miss {
+                return [Lookup::Miss, looked_up(&cache, 2).await];
+            }
+        }
+        [Lookup::Hit, looked_up(&cache, 2).await]
+    }
+
+    #[tokio::test]
+    async fn a_key_event_evicts_its_key() {
+        assert_eq!(
+            after_event(Changed::Key(1)).await,
+            [Lookup::Miss, Lookup::Hit]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_gap_in_the_feed_evicts_every_key() {
+        assert_eq!(
+            after_event(Changed::All).await,
+            [Lookup::Miss, Lookup::Miss]
+        );
     }
 }

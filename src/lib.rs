@@ -116,6 +116,7 @@ pub mod topology;
 pub mod transport;
 
 pub use backends::{Backends, BuildError};
+pub use changes::Changed;
 pub use config::Settings;
 pub use envelope::EnvelopeError;
 pub use envelope::{Destination, Envelope, MessageId, Priority};

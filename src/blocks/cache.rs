@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use super::{BlockList, BlocksConfig};
-use crate::changes::FollowingCache;
+use crate::changes::{Changed, FollowingCache};
 use crate::error::StoreError;
 use crate::telemetry;
 use crate::topology::UserId;
@@ -64,7 +64,7 @@ impl BlockList for CachedBlocks {
         self.store.blocked_by(user).await
     }
 
-    fn changes(&self) -> broadcast::Receiver<UserId> {
+    fn changes(&self) -> broadcast::Receiver<Changed<UserId>> {
         self.store.changes()
     }
 }

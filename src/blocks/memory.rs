@@ -7,13 +7,14 @@ use parking_lot::RwLock;
 use tokio::sync::broadcast;
 
 use super::BlockList;
+use crate::changes::Changed;
 use crate::error::StoreError;
 use crate::topology::UserId;
 
 /// Each user's blocked senders.
 pub struct MemoryBlocks {
     lists: RwLock<HashMap<UserId, HashSet<UserId>>>,
-    changes: broadcast::Sender<UserId>,
+    changes: broadcast::Sender<Changed<UserId>>,
 }
 
 impl Default for MemoryBlocks {
@@ -28,7 +29,7 @@ impl Default for MemoryBlocks {
 impl MemoryBlocks {
     fn changed(&self, user: &UserId) {
         // No receiver is fine: nobody caches.
-        let _ = self.changes.send(user.clone());
+        let _ = self.changes.send(Changed::Key(user.clone()));
     }
 }
 
@@ -74,7 +75,7 @@ impl BlockList for MemoryBlocks {
             .unwrap_or_default())
     }
 
-    fn changes(&self) -> broadcast::Receiver<UserId> {
+    fn changes(&self) -> broadcast::Receiver<Changed<UserId>> {
         self.changes.subscribe()
     }
 }

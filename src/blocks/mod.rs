@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::changes::Changed;
 use crate::error::StoreError;
 use crate::topology::UserId;
 
@@ -27,9 +28,10 @@ pub trait BlockList: Send + Sync + 'static {
     async fn is_blocked(&self, recipient: &UserId, sender: &UserId) -> Result<bool, StoreError>;
     /// Everyone `user` has blocked.
     async fn blocked_by(&self, user: &UserId) -> Result<Vec<UserId>, StoreError>;
-    /// Users whose block list changed, as seen by any node; used to
+    /// Users whose block list changed, as seen by any node, and
+    /// [`Changed::All`] when the feed may have missed some; used to
     /// invalidate caches.
-    fn changes(&self) -> broadcast::Receiver<UserId>;
+    fn changes(&self) -> broadcast::Receiver<Changed<UserId>>;
 }
 
 /// `[blocks]` settings.

@@ -8,6 +8,7 @@ use redis::AsyncCommands;
 use tokio::sync::broadcast;
 
 use super::BlockList;
+use crate::changes::Changed;
 use crate::error::StoreError;
 use crate::redis_conn::{backend, RedisChanges, RedisHandle};
 use crate::topology::UserId;
@@ -72,7 +73,7 @@ impl BlockList for RedisBlocks {
         Ok(blocked.into_iter().map(UserId::from).collect())
     }
 
-    fn changes(&self) -> broadcast::Receiver<UserId> {
+    fn changes(&self) -> broadcast::Receiver<Changed<UserId>> {
         self.changes.subscribe()
     }
 }

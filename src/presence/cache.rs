@@ -10,8 +10,8 @@ use tokio::sync::broadcast;
 use futures::{stream, StreamExt, TryStreamExt};
 
 use super::{PresenceConfig, PresenceStore, Session, LOCATE_CONCURRENCY};
-use crate::changes::FollowingCache;
 pub use crate::changes::Lookup;
+use crate::changes::{Changed, FollowingCache};
 use crate::error::StoreError;
 use crate::telemetry;
 use crate::topology::{DeviceId, GatewayId, UserId};
@@ -113,7 +113,7 @@ impl PresenceStore for CachedPresence {
         self.store.hosted_users(gateway).await
     }
 
-    fn changes(&self) -> broadcast::Receiver<UserId> {
+    fn changes(&self) -> broadcast::Receiver<Changed<UserId>> {
         self.store.changes()
     }
 }

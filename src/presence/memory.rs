@@ -9,6 +9,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::{PresenceStore, Session};
+use crate::changes::Changed;
 use crate::error::StoreError;
 use crate::topology::{DeviceId, GatewayId, UserId};
 
@@ -40,7 +41,7 @@ impl State {
 pub struct MemoryPresence {
     ttl: Duration,
     state: Mutex<State>,
-    changes: broadcast::Sender<UserId>,
+    changes: broadcast::Sender<Changed<UserId>>,
 }
 
 impl MemoryPresence {
@@ -55,7 +56,7 @@ impl MemoryPresence {
 
     fn changed(&self, user: &UserId) {
         // No receiver is fine: nobody caches.
-        let _ = self.changes.send(user.clone());
+        let _ = self.changes.send(Changed::Key(user.clone()));
     }
 }
 
@@ -184,7 +185,7 @@ impl PresenceStore for MemoryPresence {
         Ok(live)
     }
 
-    fn changes(&self) -> broadcast::Receiver<UserId> {
+    fn changes(&self) -> broadcast::Receiver<Changed<UserId>> {
         self.changes.subscribe()
     }
 }

@@ -16,6 +16,7 @@ use futures::{stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::changes::Changed;
 use crate::error::StoreError;
 use crate::topology::{DeviceId, GatewayId, Region, UserId};
 
@@ -76,9 +77,10 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// Removes every session on a gateway that died; returns them.
     async fn remove_gateway(&self, gateway: &GatewayId) -> Result<Vec<Session>, StoreError>;
 
-    /// Users whose sessions changed, as seen by any node; used to invalidate
-    /// local caches.
-    fn changes(&self) -> broadcast::Receiver<UserId>;
+    /// Users whose sessions changed, as seen by any node, and
+    /// [`Changed::All`] when the feed may have missed some; used to
+    /// invalidate local caches and to follow watches.
+    fn changes(&self) -> broadcast::Receiver<Changed<UserId>>;
 }
 
 /// `[presence]` settings.
@@ -91,8 +93,12 @@ pub struct PresenceConfig {
     /// Users kept in the in-process cache (0 turns the cache off).
     pub cache_capacity: u64,
     /// How long a cached lookup may be served without asking the store.
-    /// Change events invalidate entries earlier; this bounds staleness when
-    /// an event is missed.
+    /// Change events invalidate entries earlier, and a gap in the change
+    /// feed (a Redis subscription dropped) clears the cache, so this only
+    /// bounds an event lost without a detected gap: a write whose publish
+    /// failed, or a subscriber connection dead without the client knowing.
+    /// Minutes, not seconds, by default: under Zipf lookups the TTL is what
+    /// caps the hit rate (5 s: 67 %, 5 min: 90 %, docs/BENCHMARKS.md).
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
     /// A lookup that hits an entry this close to its TTL reloads it in the
@@ -108,7 +114,7 @@ impl Default for PresenceConfig {
         Self {
             session_ttl: Duration::from_secs(60),
             cache_capacity: 1_000_000,
-            cache_ttl: Duration::from_secs(5),
+            cache_ttl: Duration::from_secs(300),
             cache_refresh_ahead: Duration::from_secs(1),
         }
     }

@@ -25,6 +25,7 @@ use redis::{AsyncCommands, Script};
 use tokio::sync::broadcast;
 
 use super::{PresenceStore, Session};
+use crate::changes::Changed;
 use crate::error::StoreError;
 use crate::redis_conn::{backend, RedisChanges, RedisHandle};
 use crate::telemetry;
@@ -390,7 +391,7 @@ impl PresenceStore for RedisPresence {
             .map_err(backend(STORE, format!("count users on gateway {gateway}")))
     }
 
-    fn changes(&self) -> broadcast::Receiver<UserId> {
+    fn changes(&self) -> broadcast::Receiver<Changed<UserId>> {
         self.changes.subscribe()
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::cache::CachedPresence;
 use super::{PresenceStore, Session};
+use crate::changes::Changed;
 use crate::error::StoreError;
 use crate::topology::{DeviceId, GatewayId, UserId};
 
@@ -64,7 +65,7 @@ type Known = BTreeMap<(DeviceId, GatewayId), Session>;
 /// The watch of one gateway.
 pub struct PresenceWatch {
     presence: Arc<CachedPresence>,
-    changes: broadcast::Receiver<UserId>,
+    changes: broadcast::Receiver<Changed<UserId>>,
     known: HashMap<UserId, Known>,
     dirty: HashSet<UserId>,
     max: usize,
@@ -172,18 +173,18 @@ impl PresenceWatch {
         }
     }
 
-    /// Marks the user of a change event dirty; after missed events every
-    /// watched user is. False when the feed closed.
-    fn take(&mut self, event: Result<UserId, RecvError>) -> bool {
+    /// Marks the user of a change event dirty; after missed events (a gap
+    /// in the feed, or this watch lagging) every watched user is. False when the feed closed.
+    fn take(&mut self, event: Result<Changed<UserId>, RecvError>) -> bool {
         match event {
-            Ok(user) => {
+            Ok(Changed::Key(user)) => {
                 if self.known.contains_key(&user) {
                     self.dirty.insert(user);
                 }
                 true
             }
-            Err(RecvError::Lagged(missed)) => {
-                tracing::debug!(missed, "presence watch lagged; looking everyone up again");
+            Ok(Changed::All) | Err(RecvError::Lagged(_)) => {
+                tracing::debug!("presence watch missed events; looking everyone up again");
                 self.dirty.extend(self.known.keys().cloned());
                 true
             }

@@ -1,8 +1,10 @@
 //! A store's change events on one Redis channel (`{prefix}:{name}`),
-//! re-broadcast in process: how every node's caches hear of a change.
+//! re-broadcast in process: how every node's caches hear of a change, and
+//! of a gap in the subscription, when they may have missed one.
 
 use tokio::sync::broadcast;
 
+use crate::changes::Changed;
 use crate::error::StoreError;
 use crate::topology::UserId;
 
@@ -13,7 +15,7 @@ pub struct RedisChanges {
     redis: RedisHandle,
     channel: String,
     store: &'static str,
-    local: broadcast::Sender<UserId>,
+    local: broadcast::Sender<Changed<UserId>>,
 }
 
 impl RedisChanges {
@@ -33,12 +35,18 @@ impl RedisChanges {
         let sender = local.clone();
         tokio::spawn(async move {
             while let Some(event) = pushed.recv().await {
-                // Events missed during a gap are bounded by the cache TTL.
-                if let Pushed::Message(user) = event {
-                    if let Ok(user) = std::str::from_utf8(&user) {
-                        let _ = sender.send(UserId::from(user));
-                    }
-                }
+                let change = match event {
+                    Pushed::Message(user) => match std::str::from_utf8(&user) {
+                        Ok(user) => Changed::Key(UserId::from(user)),
+                        Err(_) => continue,
+                    },
+                    // Events published from the drop until the resubscribe
+                    // are lost: on the drop, what was cached before it may
+                    // already be stale; on the resume, so may what was
+                    // loaded during the gap. Followers start over at both.
+                    Pushed::Dropped | Pushed::Resumed { .. } => Changed::All,
+                };
+                let _ = sender.send(change);
             }
         });
         Ok(Self {
@@ -61,8 +69,9 @@ impl RedisChanges {
         Ok(())
     }
 
-    /// Users whose state changed, as seen by any node.
-    pub fn subscribe(&self) -> broadcast::Receiver<UserId> {
+    /// Users whose state changed, as seen by any node, and the gaps in
+    /// this node's subscription ([`Changed::All`]).
+    pub fn subscribe(&self) -> broadcast::Receiver<Changed<UserId>> {
         self.local.subscribe()
     }
 }

@@ -7,6 +7,7 @@ use tokio::sync::broadcast;
 
 use super::feed::Publisher;
 use super::replica::Replica;
+use crate::changes::Changed;
 use crate::error::StoreError;
 use crate::presence::redis::RedisPresence;
 use crate::presence::{PresenceStore, Session};
@@ -101,7 +102,7 @@ impl PresenceStore for RegionalPresence {
         Ok(removed)
     }
 
-    fn changes(&self) -> broadcast::Receiver<UserId> {
+    fn changes(&self) -> broadcast::Receiver<Changed<UserId>> {
         // Applied remote snapshots are announced on the same channel.
         self.local.changes()
     }
