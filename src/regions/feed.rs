@@ -245,36 +245,75 @@ pub(super) fn follow(
     replica: Arc<Replica>,
     applied: OnApplied,
 ) -> Result<tokio::task::JoinHandle<()>, TransportError> {
-    let consumer = kafka.consumer(regions, "presence", &regions.topic)?;
+    consume(
+        kafka,
+        regions,
+        "presence",
+        &regions.topic,
+        move |snapshot: Snapshot| {
+            let (replica, applied) = (replica.clone(), applied.clone());
+            async move { apply(&replica, &applied, snapshot).await }
+        },
+    )
+}
+
+/// A record one region writes on a regions topic for the others.
+pub(super) trait FromRegion: serde::de::DeserializeOwned + Send + 'static {
+    /// The region that wrote it.
+    fn region(&self) -> &Region;
+}
+
+impl FromRegion for Snapshot {
+    fn region(&self) -> &Region {
+        &self.region
+    }
+}
+
+/// Consumes `topic` as this region's `name` feed: each record decoded as
+/// `T`, the local region's own skipped, the others handed to `apply`
+/// (which retries as it needs), and each offset stored only after. A record
+/// that cannot be read is counted and skipped. Abort the returned task to
+/// stop it.
+pub(super) fn consume<T, F, Fut>(
+    kafka: &Kafka,
+    regions: &RegionsConfig,
+    name: &'static str,
+    topic: &str,
+    apply: F,
+) -> Result<tokio::task::JoinHandle<()>, TransportError>
+where
+    T: FromRegion,
+    F: Fn(T) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let consumer = kafka.consumer(regions, name, topic)?;
     let local = Region::from(regions.local.as_str());
     Ok(tokio::spawn(async move {
         loop {
             let message = match consumer.recv().await {
                 Ok(message) => message,
                 Err(err) => {
-                    tracing::debug!(%err, "presence feed: receive failed");
+                    tracing::debug!(feed = name, %err, "regions feed: receive failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
-            let decoded = message.payload().map(serde_json::from_slice::<Snapshot>);
-            match decoded {
-                Some(Ok(snapshot)) if snapshot.region != local => {
-                    apply(&replica, &applied, snapshot).await;
-                }
+            match message.payload().map(serde_json::from_slice::<T>) {
+                Some(Ok(record)) if *record.region() != local => apply(record).await,
                 Some(Ok(_)) => {}
                 _ => {
-                    metrics::counter!(telemetry::STORE_MALFORMED, "store" => "presence-feed")
+                    metrics::counter!(telemetry::STORE_MALFORMED, "store" => format!("{name}-feed"))
                         .increment(1);
                     tracing::warn!(
+                        feed = name,
                         partition = message.partition(),
                         offset = message.offset(),
-                        "skipping a presence snapshot that cannot be read"
+                        "skipping a record that cannot be read"
                     );
                 }
             }
             if let Err(err) = consumer.store_offset_from_message(&message) {
-                tracing::debug!(%err, "presence feed: store offset failed");
+                tracing::debug!(feed = name, %err, "regions feed: store offset failed");
             }
         }
     }))

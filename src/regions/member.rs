@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::feed::FromRegion;
 use super::marks;
 use crate::topology::{GroupId, Region, UserId};
 
@@ -52,5 +53,11 @@ impl Marks {
             group: group.clone(),
             user: user.clone(),
         });
+    }
+}
+
+impl FromRegion for Membership {
+    fn region(&self) -> &Region {
+        &self.region
     }
 }

@@ -13,11 +13,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::Consumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Message;
 
-use super::feed::Kafka;
+use super::feed::{consume, Kafka};
 use super::groups::RegionalGroups;
 use super::marks::send_marked;
 use super::member::{Marks, Member, Membership};
@@ -26,7 +24,6 @@ use super::RegionsConfig;
 use crate::groups::GroupStore;
 use crate::presence::PresenceStore;
 use crate::telemetry;
-use crate::topology::Region;
 use crate::transport::TransportError;
 
 /// The longest wait between attempts at a failing apply.
@@ -89,39 +86,16 @@ pub(super) fn follow(
     groups: Arc<RegionalGroups>,
     presence: Arc<RegionalPresence>,
 ) -> Result<tokio::task::JoinHandle<()>, TransportError> {
-    let consumer = kafka.consumer(regions, "groups", topic)?;
-    let local = Region::from(regions.local.as_str());
-    Ok(tokio::spawn(async move {
-        loop {
-            let message = match consumer.recv().await {
-                Ok(message) => message,
-                Err(err) => {
-                    tracing::debug!(%err, "membership feed: receive failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let decoded = message.payload().map(serde_json::from_slice::<Membership>);
-            match decoded {
-                Some(Ok(membership)) if membership.region != local => {
-                    apply(&groups, &presence, &membership).await;
-                }
-                Some(Ok(_)) => {}
-                _ => {
-                    metrics::counter!(telemetry::STORE_MALFORMED, "store" => "groups-feed")
-                        .increment(1);
-                    tracing::warn!(
-                        partition = message.partition(),
-                        offset = message.offset(),
-                        "skipping a group membership that cannot be read"
-                    );
-                }
-            }
-            if let Err(err) = consumer.store_offset_from_message(&message) {
-                tracing::debug!(%err, "membership feed: store offset failed");
-            }
-        }
-    }))
+    consume(
+        kafka,
+        regions,
+        "groups",
+        topic,
+        move |membership: Membership| {
+            let (groups, presence) = (groups.clone(), presence.clone());
+            async move { apply(&groups, &presence, &membership).await }
+        },
+    )
 }
 
 /// Applies one membership, retrying while the region's Redis fails (a
