@@ -217,16 +217,26 @@ async fn send(
             })
             .collect(),
     };
-    let payload = serde_json::to_vec(&snapshot).map_err(|e| e.to_string())?;
-    let key = format!("{region}/{user}");
+    produce_json(producer, topic, &format!("{region}/{user}"), &snapshot).await?;
+    metrics::counter!(telemetry::PRESENCE_REPLICATED, "outcome" => "sent").increment(1);
+    Ok(())
+}
+
+/// Produces `record` as JSON under `key` on a regions topic.
+pub(super) async fn produce_json(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    record: &impl serde::Serialize,
+) -> Result<(), String> {
+    let payload = serde_json::to_vec(record).map_err(|e| e.to_string())?;
     producer
         .send(
-            FutureRecord::to(topic).key(&key).payload(&payload),
+            FutureRecord::to(topic).key(key).payload(&payload),
             Duration::ZERO,
         )
         .await
         .map_err(|(e, _)| format!("produce to {topic}: {e}"))?;
-    metrics::counter!(telemetry::PRESENCE_REPLICATED, "outcome" => "sent").increment(1);
     Ok(())
 }
 

@@ -13,9 +13,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 
-use super::feed::{consume, Kafka};
+use super::feed::{consume, produce_json, Kafka};
 use super::groups::RegionalGroups;
 use super::marks::send_marked;
 use super::member::{Marks, Member, Membership};
@@ -63,15 +63,8 @@ async fn send(
     let Some(membership) = last else {
         return Ok(());
     };
-    let payload = serde_json::to_vec(&membership).map_err(|e| e.to_string())?;
     let key = format!("{}/{}/{}", membership.region, member.group, member.user);
-    producer
-        .send(
-            FutureRecord::to(topic).key(&key).payload(&payload),
-            Duration::ZERO,
-        )
-        .await
-        .map_err(|(e, _)| format!("produce to {topic}: {e}"))?;
+    produce_json(producer, topic, &key, &membership).await?;
     metrics::counter!(telemetry::MEMBERSHIPS_REPLICATED, "outcome" => "sent").increment(1);
     Ok(())
 }
