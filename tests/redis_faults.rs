@@ -463,7 +463,7 @@ async fn a_demoted_sentinel_master_is_left_for_the_promoted_one() {
     );
     let message = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            match pushed.recv().await {
+            match futures::StreamExt::next(&mut pushed).await {
                 Some(switchyard::redis_conn::Pushed::Message(bytes)) => return bytes,
                 Some(_) => continue,
                 None => panic!("the subscription ended"),

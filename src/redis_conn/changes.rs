@@ -2,6 +2,7 @@
 //! re-broadcast in process: how every node's caches hear of a change, and
 //! of a gap in the subscription, when they may have missed one.
 
+use futures::StreamExt;
 use tokio::sync::broadcast;
 
 use crate::changes::Changed;
@@ -34,7 +35,7 @@ impl RedisChanges {
         let local = crate::changes::local();
         let sender = local.clone();
         tokio::spawn(async move {
-            while let Some(event) = pushed.recv().await {
+            while let Some(event) = pushed.next().await {
                 let change = match event {
                     Pushed::Message(user) => match std::str::from_utf8(&user) {
                         Ok(user) => Changed::Key(UserId::from(user)),

@@ -12,11 +12,13 @@
 //! (SPUBLISH/SSUBSCRIBE): a message only travels to the shard that owns its
 //! channel instead of being broadcast to every node.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -62,6 +64,11 @@ pub enum Conn {
 }
 
 impl Conn {
+    /// A cluster: a pipeline or a script must stay within one slot.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+
     /// `PUBLISH` on a standalone server, `SPUBLISH` (sharded) on a cluster.
     pub fn publish_command(&self) -> &'static str {
         match self {
@@ -183,14 +190,14 @@ impl RedisHandle {
     /// process falls more than `queue` messages behind, the messages that do
     /// not fit are dropped here (not left to grow without bound) and the gap
     /// reported. Drops and gaps are counted in metrics under `what`. Ends,
-    /// closing the connection, when the receiver is dropped.
+    /// closing the connection, when the stream is dropped.
     pub async fn subscribe(
         &self,
         channel: String,
         what: &'static str,
         queue: usize,
-    ) -> Result<mpsc::Receiver<Pushed>, ConnectError> {
-        let (push_tx, mut push_rx) = mpsc::channel::<PushInfo>(queue.max(1));
+    ) -> Result<BoxStream<'static, Pushed>, ConnectError> {
+        let (push_tx, pushes) = mpsc::channel::<PushInfo>(queue.max(1));
         // When this process first fell behind since the last report.
         let lagging: Arc<parking_lot::Mutex<Option<Instant>>> = Arc::default();
         let overflow = lagging.clone();
@@ -206,71 +213,101 @@ impl RedisHandle {
         conn.subscribe(&channel)
             .await
             .map_err(|e| connect_error(&self.config, e))?;
-        let (tx, rx) = mpsc::channel(queue.max(1));
-        tokio::spawn(async move {
-            let mut backoff = Backoff::default();
-            // Ends (closing the connection, so PUBLISH stops counting this
-            // subscriber) as soon as the reader is gone, not at the next push.
-            while let Some(push) = tokio::select! {
-                push = push_rx.recv() => push,
-                () = tx.closed() => None,
-            } {
-                let fell_behind = lagging.lock().take();
-                if let Some(since) = fell_behind {
-                    metrics::counter!(telemetry::REDIS_SUBSCRIBER_DROPS, "what" => what, "reason" => "lagging")
-                        .increment(1);
-                    tracing::warn!(%channel, queue, "subscriber fell behind: messages dropped locally");
-                    let gap = since.elapsed();
-                    if tx.send(Pushed::Dropped).await.is_err()
-                        || tx.send(Pushed::Resumed { gap }).await.is_err()
-                    {
-                        return;
-                    }
-                }
-                match push.kind {
-                    PushKind::Message | PushKind::SMessage => {
-                        // [channel, payload]
-                        let Some(Value::BulkString(payload)) = push.data.into_iter().nth(1) else {
-                            continue;
-                        };
-                        if tx.send(Pushed::Message(payload.into())).await.is_err() {
-                            return;
-                        }
-                    }
-                    // The library reports a closed socket as `Disconnection`
-                    // (a lagging subscriber cut off by the server's
-                    // `client-output-buffer-limit pubsub` looks the same);
-                    // a cluster node that loses the slot sends `sunsubscribe`.
-                    PushKind::Disconnection | PushKind::SUnsubscribe | PushKind::Unsubscribe => {
-                        let dropped = Instant::now();
-                        metrics::counter!(telemetry::REDIS_SUBSCRIBER_DROPS, "what" => what, "reason" => "disconnected")
-                            .increment(1);
-                        tracing::warn!(%channel, kind = %push.kind, "Redis subscription lost, resubscribing");
-                        if tx.send(Pushed::Dropped).await.is_err() {
-                            return;
-                        }
-                        // The library resubscribes too; subscribing again is
-                        // idempotent and tells us when it is back.
-                        while let Err(err) = conn.subscribe(&channel).await {
-                            if tx.is_closed() {
-                                return;
-                            }
-                            tracing::debug!(%channel, %err, "resubscribe failed, retrying");
-                            tokio::time::sleep(backoff.next()).await;
-                        }
-                        backoff = Backoff::default();
-                        let gap = dropped.elapsed();
-                        metrics::histogram!(telemetry::REDIS_SUBSCRIBE_GAP, "what" => what)
-                            .record(gap.as_secs_f64());
-                        if tx.send(Pushed::Resumed { gap }).await.is_err() {
-                            return;
-                        }
-                    }
-                    _ => {}
-                }
+        let follower = Follower {
+            conn,
+            pushes,
+            lagging,
+            channel,
+            what,
+            queue,
+            ahead: VecDeque::new(),
+            dropped: None,
+        };
+        // Read straight from the connection's pushes (no task or channel of
+        // its own: one hand-off less per message). Dropping the stream drops
+        // the connection, so PUBLISH stops counting this subscriber at once.
+        Ok(
+            futures::stream::unfold(follower, |mut follower| async move {
+                let pushed = follower.next().await?;
+                Some((pushed, follower))
+            })
+            .boxed(),
+        )
+    }
+}
+
+/// One subscription's connection and what it has yet to report.
+struct Follower {
+    conn: Conn,
+    pushes: mpsc::Receiver<PushInfo>,
+    lagging: Arc<parking_lot::Mutex<Option<Instant>>>,
+    channel: String,
+    what: &'static str,
+    queue: usize,
+    /// Reported before anything else is read.
+    ahead: VecDeque<Pushed>,
+    /// The subscription dropped then, and is to be made again.
+    dropped: Option<Instant>,
+}
+
+impl Follower {
+    /// The next message or gap; `None` once the connection is gone for good.
+    async fn next(&mut self) -> Option<Pushed> {
+        loop {
+            if let Some(pushed) = self.ahead.pop_front() {
+                return Some(pushed);
             }
-        });
-        Ok(rx)
+            if let Some(dropped) = self.dropped.take() {
+                return Some(self.resubscribe(dropped).await);
+            }
+            let push = self.pushes.recv().await?;
+            let fell_behind = self.lagging.lock().take();
+            if let Some(since) = fell_behind {
+                metrics::counter!(telemetry::REDIS_SUBSCRIBER_DROPS, "what" => self.what, "reason" => "lagging")
+                    .increment(1);
+                tracing::warn!(channel = %self.channel, queue = self.queue, "subscriber fell behind: messages dropped locally");
+                let gap = since.elapsed();
+                self.ahead.push_back(Pushed::Dropped);
+                self.ahead.push_back(Pushed::Resumed { gap });
+            }
+            match push.kind {
+                PushKind::Message | PushKind::SMessage => {
+                    // [channel, payload]
+                    if let Some(Value::BulkString(payload)) = push.data.into_iter().nth(1) {
+                        self.ahead.push_back(Pushed::Message(payload.into()));
+                    }
+                }
+                // The library reports a closed socket as `Disconnection` (a
+                // lagging subscriber cut off by the server's
+                // `client-output-buffer-limit pubsub` looks the same); a
+                // cluster node that loses the slot sends `sunsubscribe`.
+                // The drop is reported before the resubscribe, which may
+                // take a while.
+                PushKind::Disconnection | PushKind::SUnsubscribe | PushKind::Unsubscribe => {
+                    metrics::counter!(telemetry::REDIS_SUBSCRIBER_DROPS, "what" => self.what, "reason" => "disconnected")
+                        .increment(1);
+                    tracing::warn!(channel = %self.channel, kind = %push.kind, "Redis subscription lost, resubscribing");
+                    self.ahead.push_back(Pushed::Dropped);
+                    self.dropped = Some(Instant::now());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Subscribes again until Redis answers (the library resubscribes too;
+    /// subscribing again is idempotent and tells us when it is back), and
+    /// reports the resume.
+    async fn resubscribe(&mut self, dropped: Instant) -> Pushed {
+        let mut backoff = Backoff::default();
+        while let Err(err) = self.conn.subscribe(&self.channel).await {
+            tracing::debug!(channel = %self.channel, %err, "resubscribe failed, retrying");
+            tokio::time::sleep(backoff.next()).await;
+        }
+        let gap = dropped.elapsed();
+        metrics::histogram!(telemetry::REDIS_SUBSCRIBE_GAP, "what" => self.what)
+            .record(gap.as_secs_f64());
+        Pushed::Resumed { gap }
     }
 }
 

@@ -1,6 +1,7 @@
-//! Publishing one run of messages to one target gateway: this gateway's
-//! own inbox for the local route; otherwise the decision's transports in
-//! order (each through its [`super::stack`]), with the canary mirror
+//! Publishing runs of messages that share a decision, one run per target
+//! gateway, all at once: this gateway's own inbox for the local route;
+//! otherwise the decision's transports in order (each through its
+//! [`super::stack`], every target in one call), with the canary mirror
 //! alongside, after waiting out a handover when the primary changed.
 
 use std::time::Instant;
@@ -13,7 +14,7 @@ use crate::inbox::{Handed, Via};
 use crate::policy::Decision;
 use crate::telemetry;
 use crate::topology::{GatewayId, Region};
-use crate::transport::{TransportError, TransportKind};
+use crate::transport::{Outgoing, TransportError, TransportKind};
 
 use super::plan::Planned;
 use super::stack::{Publish, Publisher};
@@ -51,63 +52,92 @@ impl Router {
     }
 
     /// Tries the decision's transports in order (and its canary mirror
-    /// alongside); the message is out once either path took it. After a
-    /// change of primary it first waits out the handover (per-pair order).
+    /// alongside) for every target at once; a target's run is out once
+    /// either path took it. After a change of primary it first waits out
+    /// the handover (per-pair order). One [`Sent`] per target, in order.
     pub(super) async fn publish(
         &self,
-        to: &GatewayId,
-        region: &Region,
+        targets: &[Outgoing<'_>],
+        regions: &[Region],
         decision: &Decision,
-        batch: &[Bytes],
         priority: Priority,
-    ) -> Sent {
+    ) -> Vec<Sent> {
         let policy = self.inner.policy.load();
         let (quiet, mirror_wait) = (policy.handover, policy.mirror_wait);
         drop(policy);
         if let Some(&primary) = decision.transports.first() {
-            let wait = self
-                .inner
-                .handover
-                .steer(to, primary, quiet, Instant::now());
+            // One wait for all: the longest any target needs (they all
+            // changed primary together, on the same policy change).
+            let now = Instant::now();
+            let wait = targets
+                .iter()
+                .map(|t| self.inner.handover.steer(t.to, primary, quiet, now))
+                .max()
+                .unwrap_or_default();
             if !wait.is_zero() {
-                tracing::debug!(gateway = %to, transport = %primary, ?wait, "transport changed: waiting for the old one to go quiet");
+                tracing::debug!(gateways = targets.len(), transport = %primary, ?wait, "transport changed: waiting for the old one to go quiet");
                 tokio::time::sleep(wait).await;
             }
         }
-        let chain = self.publish_chain(to, region, decision, batch, priority);
+        let chain = self.publish_chain(targets, regions, decision, priority);
         let Some(mirror) = decision.mirror else {
-            let (result, confirmed) = split(chain.await);
-            return Sent {
-                result,
-                confirmed,
-                mirrored: None,
-            };
+            return chain
+                .await
+                .into_iter()
+                .map(|primary| match primary {
+                    Ok((via, confirmed)) => Sent {
+                        result: Ok(via),
+                        confirmed,
+                        mirrored: None,
+                    },
+                    Err(err) => Sent {
+                        result: Err(err),
+                        confirmed: false,
+                        mirrored: None,
+                    },
+                })
+                .collect();
         };
         // Owned, so that a mirror publish still unconfirmed when the wait
         // ends can finish in the background: its outcome still feeds the
         // watchdog, and a late copy is dropped by the receiver's dedupe.
         let mut mirroring = Box::pin({
             let stack = self.inner.stacks.get(mirror).cloned();
-            let (to, region, batch) = (to.clone(), region.clone(), batch.to_vec());
+            let owned: Vec<(GatewayId, Vec<Bytes>)> = targets
+                .iter()
+                .map(|t| (t.to.clone(), t.batch.to_vec()))
+                .collect();
+            let regions = regions.to_vec();
             let route = decision.route.as_str();
             async move {
+                let targets: Vec<Outgoing<'_>> = owned
+                    .iter()
+                    .map(|(to, batch)| Outgoing { to, batch })
+                    .collect();
                 let publish = Publish {
-                    to: &to,
-                    region: &region,
-                    batch: &batch,
+                    targets: &targets,
+                    regions: &regions,
                     priority,
                     cohort: true,
                 };
                 let mirrored = match stack {
                     Ok(stack) => stack.publish(publish).await,
-                    Err(err) => Err(err),
+                    Err(err) => vec![Err(err); targets.len()],
                 };
-                let outcome = if mirrored.is_ok() {
-                    "mirrored"
-                } else {
-                    "failed"
-                };
-                telemetry::messages(route, mirror.as_str(), outcome, batch.len() as u64);
+                let (mut ok, mut failed) = (0, 0);
+                for (result, target) in mirrored.iter().zip(&targets) {
+                    let n = target.batch.len() as u64;
+                    if result.is_ok() {
+                        ok += n;
+                    } else {
+                        failed += n;
+                    }
+                }
+                for (outcome, n) in [("mirrored", ok), ("failed", failed)] {
+                    if n > 0 {
+                        telemetry::messages(route, mirror.as_str(), outcome, n);
+                    }
+                }
                 mirrored
             }
         });
@@ -122,76 +152,104 @@ impl Router {
         };
         let mirrored = match mirrored {
             Some(done) => Some(done),
-            // The primary took it: the mirror gets `mirror_wait`, not the
-            // whole publish timeout (a canary broker that is down would
+            // The primary took them all: the mirror gets `mirror_wait`, not
+            // the whole publish timeout (a canary broker that is down would
             // otherwise hold every cohort send for that long).
-            None if primary.is_ok() => tokio::time::timeout(mirror_wait, &mut mirroring).await.ok(),
+            None if primary.iter().all(Result::is_ok) => {
+                tokio::time::timeout(mirror_wait, &mut mirroring).await.ok()
+            }
             None => Some((&mut mirroring).await),
         };
         if mirrored.is_none() {
-            tracing::debug!(gateway = %to, transport = %mirror, ?mirror_wait, "mirror publish not confirmed in time; finishing in the background");
+            tracing::debug!(gateways = targets.len(), transport = %mirror, ?mirror_wait, "mirror publish not confirmed in time; finishing in the background");
             tokio::spawn(mirroring);
         }
-        let mirror_confirmed = matches!(mirrored, Some(Ok(true)));
-        let (result, confirmed) = match (primary, mirrored) {
-            (Ok((via, confirmed)), _) => (Ok(via), confirmed || mirror_confirmed),
-            (Err(_), Some(Ok(confirmed))) => (Ok(Via::Transport(mirror)), confirmed),
-            (Err(primary), Some(Err(mirrored))) => {
-                let mut errors = primary.transport_errors().to_vec();
-                errors.push(mirrored);
-                (Err(PublishError::Failed(errors)), false)
-            }
-            (Err(primary), None) => (Err(primary), false),
-        };
-        Sent {
-            result,
-            confirmed,
-            mirrored: mirror_confirmed.then_some(mirror),
-        }
+        let mut mirrored = mirrored.map(Vec::into_iter);
+        primary
+            .into_iter()
+            .map(|primary| {
+                let mirrored = mirrored.as_mut().and_then(Iterator::next);
+                let mirror_confirmed = matches!(mirrored, Some(Ok(true)));
+                let (result, confirmed) = match (primary, mirrored) {
+                    (Ok((via, confirmed)), _) => (Ok(via), confirmed || mirror_confirmed),
+                    (Err(_), Some(Ok(confirmed))) => (Ok(Via::Transport(mirror)), confirmed),
+                    (Err(primary), Some(Err(mirrored))) => {
+                        let mut errors = primary.transport_errors().to_vec();
+                        errors.push(mirrored);
+                        (Err(PublishError::Failed(errors)), false)
+                    }
+                    (Err(primary), None) => (Err(primary), false),
+                };
+                Sent {
+                    result,
+                    confirmed,
+                    mirrored: mirror_confirmed.then_some(mirror),
+                }
+            })
+            .collect()
     }
 
-    /// Tries each transport of the decision in order until one takes the
-    /// batch; returns it and whether it confirmed.
+    /// Tries each transport of the decision in order, each with the
+    /// targets no earlier one took; per target, the transport that took
+    /// its run and whether it confirmed, or every transport's error.
     async fn publish_chain(
         &self,
-        to: &GatewayId,
-        region: &Region,
+        targets: &[Outgoing<'_>],
+        regions: &[Region],
         decision: &Decision,
-        batch: &[Bytes],
         priority: Priority,
-    ) -> Result<(Via, bool), PublishError> {
+    ) -> Vec<Result<(Via, bool), PublishError>> {
         if decision.transports.is_empty() {
-            return Err(PublishError::NoTransport);
+            return vec![Err(PublishError::NoTransport); targets.len()];
         }
-        let publish = Publish {
-            to,
-            region,
-            batch,
-            priority,
-            cohort: decision.cohort,
-        };
-        let mut errors: Vec<TransportError> = Vec::new();
+        let mut taken: Vec<Option<(Via, bool)>> = vec![None; targets.len()];
+        let mut errors: Vec<Vec<TransportError>> = vec![Vec::new(); targets.len()];
+        // The targets no transport took yet, in order.
+        let mut left: Vec<usize> = (0..targets.len()).collect();
         for &kind in &decision.transports {
-            let result = match self.inner.stacks.get(kind) {
-                Ok(stack) => stack.publish(publish).await,
-                Err(err) => Err(err),
+            if left.is_empty() {
+                break;
+            }
+            // All of them (the first transport, or every one failed): no copy.
+            let subset: (Vec<Outgoing<'_>>, Vec<Region>) = if left.len() == targets.len() {
+                Default::default()
+            } else {
+                left.iter()
+                    .map(|&i| (targets[i], regions[i].clone()))
+                    .unzip()
             };
-            match result {
-                Ok(confirmed) => return Ok((Via::Transport(kind), confirmed)),
-                Err(err) => {
-                    tracing::warn!(transport = %kind, gateway = %to, %err, "publish failed, trying the next transport");
-                    errors.push(err);
+            let (these, their_regions) = if left.len() == targets.len() {
+                (targets, regions)
+            } else {
+                (&subset.0[..], &subset.1[..])
+            };
+            let publish = Publish {
+                targets: these,
+                regions: their_regions,
+                priority,
+                cohort: decision.cohort,
+            };
+            let results = match self.inner.stacks.get(kind) {
+                Ok(stack) => stack.publish(publish).await,
+                Err(err) => vec![Err(err); these.len()],
+            };
+            let mut failed = Vec::new();
+            for (i, result) in left.into_iter().zip(results) {
+                match result {
+                    Ok(confirmed) => taken[i] = Some((Via::Transport(kind), confirmed)),
+                    Err(err) => {
+                        tracing::warn!(transport = %kind, gateway = %targets[i].to, %err, "publish failed, trying the next transport");
+                        errors[i].push(err);
+                        failed.push(i);
+                    }
                 }
             }
+            left = failed;
         }
-        Err(PublishError::Failed(errors))
-    }
-}
-
-/// A chain's result as a report's `result` and `confirmed`.
-fn split(result: Result<(Via, bool), PublishError>) -> (Result<Via, PublishError>, bool) {
-    match result {
-        Ok((via, confirmed)) => (Ok(via), confirmed),
-        Err(err) => (Err(err), false),
+        taken
+            .into_iter()
+            .zip(errors)
+            .map(|(taken, errors)| taken.ok_or(PublishError::Failed(errors)))
+            .collect()
     }
 }

@@ -7,8 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use backon::{ExponentialBuilder, Retryable};
-use bytes::Bytes;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use metrics::Histogram;
 use tower::{Layer, ServiceBuilder};
 
@@ -16,33 +15,35 @@ use crate::config::DeliveryConfig;
 use crate::envelope::Priority;
 use crate::policy::live::LivePolicy;
 use crate::telemetry;
-use crate::topology::{GatewayId, Region};
-use crate::transport::{Ack, Transport, TransportError, TransportKind, Transports};
+use crate::topology::Region;
+use crate::transport::{Ack, Outgoing, Transport, TransportError, TransportKind, Transports};
 
-/// One publish as the router asks it: a run of encoded envelopes of one
-/// priority to one gateway.
+/// One publish as the router asks it: runs of encoded envelopes of one
+/// priority, one run per target gateway, all on one transport.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Publish<'a> {
-    pub to: &'a GatewayId,
-    /// The gateway's region: what the quality scores are kept per.
-    pub region: &'a Region,
-    pub batch: &'a [Bytes],
+    pub targets: &'a [Outgoing<'a>],
+    /// Each target's region, in `targets` order: what the quality scores
+    /// are kept per.
+    pub regions: &'a [Region],
     pub priority: Priority,
     /// Part of the canary cohort (or its mirror): feeds the watchdog.
     pub cohort: bool,
 }
 
-/// Something that publishes and says whether the publish was confirmed
-/// ([`Transport::confirms`]). Statically dispatched: a stack is one type.
+/// Per target, in order: `Ok(confirmed)` ([`Transport::confirms`]) or why
+/// that gateway's run was not taken.
+pub(crate) type Published = Vec<Result<bool, TransportError>>;
+
+/// Something that publishes to several gateways at once and says, per
+/// gateway, whether the publish was confirmed. Statically dispatched: a
+/// stack is one type.
 pub(crate) trait Publisher: Send + Sync + 'static {
     /// The transport at the bottom of the stack.
     fn kind(&self) -> TransportKind;
 
-    /// Publishes; `Ok(confirmed)`.
-    fn publish(
-        &self,
-        publish: Publish<'_>,
-    ) -> impl Future<Output = Result<bool, TransportError>> + Send;
+    /// Publishes every target's run; one result per target.
+    fn publish(&self, publish: Publish<'_>) -> impl Future<Output = Published> + Send;
 }
 
 /// The bottom of every stack, the transport itself: low priority does not
@@ -55,13 +56,14 @@ impl Publisher for Bare {
         self.0.kind()
     }
 
-    async fn publish(&self, publish: Publish<'_>) -> Result<bool, TransportError> {
+    async fn publish(&self, publish: Publish<'_>) -> Published {
         let ack = match publish.priority {
             Priority::Low => Ack::None,
             Priority::Normal | Priority::High => Ack::Confirmed,
         };
-        self.0.publish(publish.to, publish.batch, ack).await?;
-        Ok(self.0.confirms(ack))
+        let confirms = self.0.confirms(ack);
+        let results = self.0.publish_many(publish.targets, ack).await;
+        results.into_iter().map(|r| r.map(|()| confirms)).collect()
     }
 }
 
@@ -142,16 +144,23 @@ impl<P: Publisher> Publisher for Timeout<P> {
         self.inner.kind()
     }
 
-    async fn publish(&self, publish: Publish<'_>) -> Result<bool, TransportError> {
-        tokio::time::timeout(self.after, self.inner.publish(publish))
-            .await
-            .unwrap_or_else(|_| {
-                Err(TransportError::Timeout {
-                    transport: self.kind(),
-                    gateway: publish.to.clone(),
-                    after: self.after,
+    /// One limit for the whole publish: its targets share a round trip, so
+    /// a publish that ran out fails every target (each then falls back).
+    async fn publish(&self, publish: Publish<'_>) -> Published {
+        match tokio::time::timeout(self.after, self.inner.publish(publish)).await {
+            Ok(results) => results,
+            Err(_) => publish
+                .targets
+                .iter()
+                .map(|target| {
+                    Err(TransportError::Timeout {
+                        transport: self.kind(),
+                        gateway: target.to.clone(),
+                        after: self.after,
+                    })
                 })
-            })
+                .collect(),
+        }
     }
 }
 
@@ -186,23 +195,46 @@ impl<P: Publisher> Publisher for Retry<P> {
         self.inner.kind()
     }
 
-    async fn publish(&self, publish: Publish<'_>) -> Result<bool, TransportError> {
+    /// Only the targets that failed are published again.
+    async fn publish(&self, publish: Publish<'_>) -> Published {
+        let mut results = self.inner.publish(publish).await;
         if publish.priority != Priority::High || self.retries == 0 {
-            return self.inner.publish(publish).await;
+            return results;
         }
         let kind = self.kind();
-        (|| self.inner.publish(publish))
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(self.backoff)
-                    .with_max_times(self.retries),
-            )
-            .notify(|err, delay| {
-                tracing::debug!(transport = %kind, gateway = %publish.to, %err, ?delay, "publish failed, retrying");
-                metrics::counter!(telemetry::PUBLISH_RETRIES, "transport" => kind.as_str())
-                    .increment(1);
-            })
-            .await
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(self.backoff)
+            .with_max_times(self.retries)
+            .build();
+        loop {
+            let failed: Vec<usize> = (0..results.len())
+                .filter(|&i| results[i].is_err())
+                .collect();
+            if failed.is_empty() {
+                return results;
+            }
+            let Some(delay) = delays.next() else {
+                return results;
+            };
+            for &i in &failed {
+                if let Err(err) = &results[i] {
+                    tracing::debug!(transport = %kind, gateway = %publish.targets[i].to, %err, ?delay, "publish failed, retrying");
+                }
+            }
+            metrics::counter!(telemetry::PUBLISH_RETRIES, "transport" => kind.as_str())
+                .increment(failed.len() as u64);
+            tokio::time::sleep(delay).await;
+            let targets: Vec<Outgoing<'_>> = failed.iter().map(|&i| publish.targets[i]).collect();
+            let regions: Vec<Region> = failed.iter().map(|&i| publish.regions[i].clone()).collect();
+            let again = Publish {
+                targets: &targets,
+                regions: &regions,
+                ..publish
+            };
+            for (i, result) in failed.into_iter().zip(self.inner.publish(again).await) {
+                results[i] = result;
+            }
+        }
     }
 }
 
@@ -232,17 +264,43 @@ impl<P: Publisher> Publisher for Feedback<P> {
         self.inner.kind()
     }
 
-    async fn publish(&self, publish: Publish<'_>) -> Result<bool, TransportError> {
+    /// One sample per region and outcome, counting its messages: a
+    /// publish to a hundred gateways is not a hundred samples' work.
+    async fn publish(&self, publish: Publish<'_>) -> Published {
         let started = Instant::now();
-        let result = self.inner.publish(publish).await;
-        let confirmed_in = matches!(result, Ok(true)).then(|| started.elapsed());
-        let (kind, ok, n) = (self.kind(), result.is_ok(), publish.batch.len() as u64);
-        if publish.cohort {
-            self.policy.record_publish(kind, ok, n, confirmed_in);
+        let results = self.inner.publish(publish).await;
+        let elapsed = started.elapsed();
+        let kind = self.kind();
+        let mut from = 0;
+        while from < results.len() {
+            let region = &publish.regions[from];
+            let end = (from..results.len())
+                .find(|&i| publish.regions[i] != *region)
+                .unwrap_or(results.len());
+            // [failed, unconfirmed, confirmed] messages of this region.
+            let mut counts = [0u64; 3];
+            for (result, target) in results[from..end].iter().zip(&publish.targets[from..end]) {
+                let slot = match result {
+                    Err(_) => 0,
+                    Ok(false) => 1,
+                    Ok(true) => 2,
+                };
+                counts[slot] += target.batch.len() as u64;
+            }
+            for (slot, n) in counts.into_iter().enumerate() {
+                if n == 0 {
+                    continue;
+                }
+                let (ok, confirmed_in) = (slot > 0, (slot == 2).then_some(elapsed));
+                if publish.cohort {
+                    self.policy.record_publish(kind, ok, n, confirmed_in);
+                }
+                self.policy
+                    .record_quality(kind, region, ok, n, confirmed_in);
+            }
+            from = end;
         }
-        self.policy
-            .record_quality(kind, publish.region, ok, n, confirmed_in);
-        result
+        results
     }
 }
 
@@ -273,9 +331,11 @@ impl<P: Publisher> Publisher for Metered<P> {
         self.inner.kind()
     }
 
-    async fn publish(&self, publish: Publish<'_>) -> Result<bool, TransportError> {
+    /// One observation per outcome the publish had (a publish to many
+    /// gateways can have both).
+    async fn publish(&self, publish: Publish<'_>) -> Published {
         let started = Instant::now();
-        let result = self.inner.publish(publish).await;
+        let results = self.inner.publish(publish).await;
         let [ok, failed] = self.histograms.get_or_init(|| {
             let transport = self.kind().as_str();
             [
@@ -283,8 +343,14 @@ impl<P: Publisher> Publisher for Metered<P> {
                 metrics::histogram!(telemetry::PUBLISH_DURATION, "transport" => transport, "outcome" => "failed"),
             ]
         });
-        if result.is_ok() { ok } else { failed }.record(started.elapsed().as_secs_f64());
-        result
+        let seconds = started.elapsed().as_secs_f64();
+        if results.iter().any(Result::is_ok) {
+            ok.record(seconds);
+        }
+        if results.iter().any(Result::is_err) {
+            failed.record(seconds);
+        }
+        results
     }
 }
 
@@ -293,11 +359,14 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use crate::topology::GatewayId;
 
-    /// Fails its first `fail` publishes, then confirms; counts attempts.
+    /// Fails its first `fail` attempts per target, then confirms; counts
+    /// attempts per target.
     struct Flaky {
         fail: usize,
-        attempts: AtomicUsize,
+        attempts: parking_lot::Mutex<std::collections::HashMap<GatewayId, usize>>,
+        calls: AtomicUsize,
         delay: Duration,
     }
 
@@ -306,32 +375,46 @@ mod tests {
             TransportKind::Memory
         }
 
-        async fn publish(&self, publish: Publish<'_>) -> Result<bool, TransportError> {
+        async fn publish(&self, publish: Publish<'_>) -> Published {
             tokio::time::sleep(self.delay).await;
-            if self.attempts.fetch_add(1, Ordering::Relaxed) < self.fail {
-                return Err(TransportError::Publish {
-                    transport: TransportKind::Memory,
-                    gateway: publish.to.clone(),
-                    reason: "flaky".into(),
-                });
-            }
-            Ok(true)
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let mut attempts = self.attempts.lock();
+            publish
+                .targets
+                .iter()
+                .map(|target| {
+                    let tried = attempts.entry(target.to.clone()).or_default();
+                    *tried += 1;
+                    if *tried <= self.fail {
+                        return Err(TransportError::Publish {
+                            transport: TransportKind::Memory,
+                            gateway: target.to.clone(),
+                            reason: "flaky".into(),
+                        });
+                    }
+                    Ok(true)
+                })
+                .collect()
         }
     }
 
     fn flaky(fail: usize, delay: Duration) -> Arc<Flaky> {
         Arc::new(Flaky {
             fail,
-            attempts: AtomicUsize::new(0),
+            attempts: Default::default(),
+            calls: AtomicUsize::new(0),
             delay,
         })
     }
 
-    fn publish<'a>(to: &'a GatewayId, region: &'a Region, priority: Priority) -> Publish<'a> {
+    fn publish<'a>(
+        targets: &'a [Outgoing<'a>],
+        regions: &'a [Region],
+        priority: Priority,
+    ) -> Publish<'a> {
         Publish {
-            to,
-            region,
-            batch: &[],
+            targets,
+            regions,
             priority,
             cohort: false,
         }
@@ -340,6 +423,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn high_priority_is_retried_and_normal_is_not() {
         let (to, eu) = (GatewayId::new("gw-2"), Region::new("eu"));
+        let targets = [Outgoing {
+            to: &to,
+            batch: &[],
+        }];
+        let regions = [eu];
         let retry = RetryLayer {
             retries: 3,
             backoff: Duration::from_millis(10),
@@ -347,36 +435,75 @@ mod tests {
         let high = flaky(2, Duration::ZERO);
         let stacked = retry.layer(high.clone());
         assert_eq!(
-            stacked.publish(publish(&to, &eu, Priority::High)).await,
-            Ok(true)
+            stacked
+                .publish(publish(&targets, &regions, Priority::High))
+                .await,
+            vec![Ok(true)]
         );
-        assert_eq!(high.attempts.load(Ordering::Relaxed), 3);
+        assert_eq!(high.calls.load(Ordering::Relaxed), 3);
 
         let normal = flaky(2, Duration::ZERO);
         let stacked = retry.layer(normal.clone());
         assert!(stacked
-            .publish(publish(&to, &eu, Priority::Normal))
-            .await
+            .publish(publish(&targets, &regions, Priority::Normal))
+            .await[0]
             .is_err());
-        assert_eq!(normal.attempts.load(Ordering::Relaxed), 1);
+        assert_eq!(normal.calls.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_publishes_again_only_to_the_gateways_that_failed() {
+        let (ok, bad) = (GatewayId::new("gw-ok"), GatewayId::new("gw-bad"));
+        let targets = [
+            Outgoing {
+                to: &ok,
+                batch: &[],
+            },
+            Outgoing {
+                to: &bad,
+                batch: &[],
+            },
+        ];
+        let regions = [Region::new("eu"), Region::new("eu")];
+        // Every target fails its first two attempts, but gw-ok counts two
+        // already: it is taken at once, gw-bad on its third attempt.
+        let inner = flaky(2, Duration::ZERO);
+        inner.attempts.lock().insert(ok.clone(), 2);
+        let stacked = RetryLayer {
+            retries: 3,
+            backoff: Duration::from_millis(10),
+        }
+        .layer(inner.clone());
+        let results = stacked
+            .publish(publish(&targets, &regions, Priority::High))
+            .await;
+        assert_eq!(results, vec![Ok(true), Ok(true)]);
+        let attempts = inner.attempts.lock();
+        assert_eq!(attempts[&ok], 3, "gw-ok published once");
+        assert_eq!(attempts[&bad], 3, "gw-bad published three times");
+        assert_eq!(inner.calls.load(Ordering::Relaxed), 3);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_attempt_times_out_naming_the_gateway_and_limit() {
         let (to, eu) = (GatewayId::new("gw-2"), Region::new("eu"));
+        let targets = [Outgoing {
+            to: &to,
+            batch: &[],
+        }];
+        let regions = [eu];
         let stacked =
             TimeoutLayer(Duration::from_millis(50)).layer(flaky(0, Duration::from_secs(1)));
-        let err = stacked
-            .publish(publish(&to, &eu, Priority::Normal))
-            .await
-            .unwrap_err();
+        let results = stacked
+            .publish(publish(&targets, &regions, Priority::Normal))
+            .await;
         assert_eq!(
-            err,
-            TransportError::Timeout {
+            results,
+            vec![Err(TransportError::Timeout {
                 transport: TransportKind::Memory,
                 gateway: to,
                 after: Duration::from_millis(50),
-            }
+            })]
         );
     }
 }

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
 use super::attached::Parked;
-use crate::inbox::Inbox;
+use crate::inbox::{Delivery, Inbox};
 use crate::proto;
 use crate::telemetry;
 use crate::topology::GatewayId;
@@ -32,6 +32,7 @@ pub(super) async fn pump(
     gateway: GatewayId,
 ) {
     let mut inbox = inbox;
+    let mut burst = Vec::new();
     let end = loop {
         tokio::select! {
             biased;
@@ -55,9 +56,8 @@ pub(super) async fn pump(
                     break None;
                 }
             },
-            next = next_delivery(&mut inbox, &out) => match next {
-                Some((permit, delivery)) => permit.send(Ok(delivery)),
-                None => break None,
+            more = next_deliveries(&mut inbox, &out, &mut burst) => if !more {
+                break None;
             },
         }
     };
@@ -93,22 +93,40 @@ pub(super) async fn drain(
     }
 }
 
-/// Waits for room on the stream, then for a delivery; `None` when the
-/// gateway is gone or the inbox closed. Both waits are cancel-safe.
-pub(super) async fn next_delivery<'a>(
+/// Waits for room on the stream, then for deliveries, and puts every one
+/// ready (as many as there is room for) on the stream: a burst costs one
+/// pass of the pump, not one per message. `false` when the gateway is gone
+/// or the inbox closed. Both waits are cancel-safe.
+pub(super) async fn next_deliveries(
     inbox: &mut Inbox,
-    out: &'a mpsc::Sender<Result<proto::Delivery, Status>>,
-) -> Option<(
-    mpsc::Permit<'a, Result<proto::Delivery, Status>>,
-    proto::Delivery,
-)> {
-    let permit = out.reserve().await.ok()?;
-    let d = inbox.recv().await?;
-    let delivery = proto::Delivery::encoded(
-        d.envelope.encode(),
-        d.via.to_string(),
-        d.latency.as_micros().min(u128::from(u64::MAX)) as u64,
-        d.seq,
-    );
-    Some((permit, delivery))
+    out: &mpsc::Sender<Result<proto::Delivery, Status>>,
+    burst: &mut Vec<Delivery>,
+) -> bool {
+    let Ok(first) = out.reserve().await else {
+        return false;
+    };
+    // This pump is the stream's only sender until it ends: the room seen
+    // now stays free.
+    let room = 1 + out.capacity();
+    if inbox.recv_many(burst, room).await == 0 {
+        return false;
+    }
+    let Ok(mut permits) = out.try_reserve_many(burst.len() - 1) else {
+        return false;
+    };
+    let mut deliveries = burst.drain(..).map(|d| {
+        Ok(proto::Delivery::encoded(
+            d.envelope.encode(),
+            d.via.to_string(),
+            d.latency.as_micros().min(u128::from(u64::MAX)) as u64,
+            d.seq,
+        ))
+    });
+    if let Some(delivery) = deliveries.next() {
+        first.send(delivery);
+    }
+    for (permit, delivery) in permits.by_ref().zip(deliveries) {
+        permit.send(delivery);
+    }
+    true
 }

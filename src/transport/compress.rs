@@ -9,7 +9,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Ack, Capabilities, Health, Subscription, Transport, TransportError, TransportKind};
+use super::{
+    Ack, Capabilities, Health, Outgoing, Subscription, Transport, TransportError, TransportKind,
+};
 use crate::envelope::compression::{Codec, CompressionConfig};
 use crate::envelope::Envelope;
 use crate::telemetry;
@@ -80,6 +82,20 @@ impl Transport for Compressing {
     ) -> Result<(), TransportError> {
         let packed = self.pack(batch);
         self.inner.publish(to, &packed, ack).await
+    }
+
+    async fn publish_many(
+        &self,
+        targets: &[Outgoing<'_>],
+        ack: Ack,
+    ) -> Vec<Result<(), TransportError>> {
+        let packed: Vec<_> = targets.iter().map(|t| self.pack(t.batch)).collect();
+        let targets: Vec<Outgoing<'_>> = targets
+            .iter()
+            .zip(&packed)
+            .map(|(t, batch)| Outgoing { to: t.to, batch })
+            .collect();
+        self.inner.publish_many(&targets, ack).await
     }
 
     async fn subscribe(&self, me: &GatewayId) -> Result<Subscription, TransportError> {

@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{
-    Ack, Capabilities, Dependencies, Health, Incoming, Subscription, Transport, TransportError,
-    TransportFactory, TransportKind,
+    Ack, Capabilities, Dependencies, Health, Incoming, Outgoing, Subscription, Transport,
+    TransportError, TransportFactory, TransportKind,
 };
 use crate::topology::GatewayId;
 
@@ -58,6 +58,63 @@ impl MemoryTransport {
         }
     }
 
+    fn sender(&self, to: &GatewayId) -> Result<mpsc::Sender<Incoming>, TransportError> {
+        self.inboxes
+            .lock()
+            .get(to)
+            .cloned()
+            .ok_or_else(|| Self::no_subscriber(to))
+    }
+
+    /// Puts `batch` on one gateway's queue. Confirmed publishes wait for
+    /// room (backpressure instead of a drop), one reservation per
+    /// queue-full of the batch, and only when the queue is full;
+    /// fire-and-forget ones fail over instead of waiting.
+    async fn enqueue(
+        &self,
+        sender: &mpsc::Sender<Incoming>,
+        to: &GatewayId,
+        batch: &[Bytes],
+        ack: Ack,
+    ) -> Result<(), TransportError> {
+        let incoming = |bytes: &Bytes| Incoming {
+            bytes: bytes.clone(),
+            ack: None,
+        };
+        match ack {
+            Ack::Confirmed => {
+                for chunk in batch.chunks(self.queue) {
+                    let permits = match sender.try_reserve_many(chunk.len()) {
+                        Ok(permits) => permits,
+                        Err(mpsc::error::TrySendError::Full(())) => sender
+                            .reserve_many(chunk.len())
+                            .await
+                            .map_err(|_| Self::no_subscriber(to))?,
+                        Err(mpsc::error::TrySendError::Closed(())) => {
+                            return Err(Self::no_subscriber(to))
+                        }
+                    };
+                    for (permit, bytes) in permits.zip(chunk) {
+                        permit.send(incoming(bytes));
+                    }
+                }
+            }
+            Ack::None => {
+                for bytes in batch {
+                    sender.try_send(incoming(bytes)).map_err(|e| match e {
+                        mpsc::error::TrySendError::Closed(_) => Self::no_subscriber(to),
+                        mpsc::error::TrySendError::Full(_) => TransportError::Publish {
+                            transport: TransportKind::Memory,
+                            gateway: to.clone(),
+                            reason: format!("queue full ({} messages)", self.queue),
+                        },
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn no_subscriber(to: &GatewayId) -> TransportError {
         TransportError::NoSubscriber {
             transport: TransportKind::Memory,
@@ -87,44 +144,28 @@ impl Transport for MemoryTransport {
         batch: &[Bytes],
         ack: Ack,
     ) -> Result<(), TransportError> {
-        let sender = self
-            .inboxes
-            .lock()
-            .get(to)
-            .cloned()
-            .ok_or_else(|| Self::no_subscriber(to))?;
-        let incoming = |bytes: &Bytes| Incoming {
-            bytes: bytes.clone(),
-            ack: None,
+        let sender = self.sender(to)?;
+        self.enqueue(&sender, to, batch, ack).await
+    }
+
+    /// One lock for every target's queue, and no wait while they have room.
+    async fn publish_many(
+        &self,
+        targets: &[Outgoing<'_>],
+        ack: Ack,
+    ) -> Vec<Result<(), TransportError>> {
+        let senders: Vec<Option<mpsc::Sender<Incoming>>> = {
+            let inboxes = self.inboxes.lock();
+            targets.iter().map(|t| inboxes.get(t.to).cloned()).collect()
         };
-        match ack {
-            // Waiting applies backpressure to the sender instead of dropping;
-            // one reservation per queue-full of the batch, not per message.
-            Ack::Confirmed => {
-                for chunk in batch.chunks(self.queue) {
-                    let permits = sender
-                        .reserve_many(chunk.len())
-                        .await
-                        .map_err(|_| Self::no_subscriber(to))?;
-                    for (permit, bytes) in permits.zip(chunk) {
-                        permit.send(incoming(bytes));
-                    }
-                }
-            }
-            Ack::None => {
-                for bytes in batch {
-                    sender.try_send(incoming(bytes)).map_err(|e| match e {
-                        mpsc::error::TrySendError::Closed(_) => Self::no_subscriber(to),
-                        mpsc::error::TrySendError::Full(_) => TransportError::Publish {
-                            transport: TransportKind::Memory,
-                            gateway: to.clone(),
-                            reason: format!("queue full ({} messages)", self.queue),
-                        },
-                    })?;
-                }
-            }
+        let mut results = Vec::with_capacity(targets.len());
+        for (target, sender) in targets.iter().zip(senders) {
+            results.push(match sender {
+                Some(sender) => self.enqueue(&sender, target.to, target.batch, ack).await,
+                None => Err(Self::no_subscriber(target.to)),
+            });
         }
-        Ok(())
+        results
     }
 
     async fn subscribe(&self, me: &GatewayId) -> Result<Subscription, TransportError> {

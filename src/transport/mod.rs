@@ -261,6 +261,15 @@ pub struct Capabilities {
     pub direct: bool,
 }
 
+/// One gateway's part of a publish to several gateways at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// The target gateway.
+    pub to: &'a GatewayId,
+    /// Its encoded envelopes, in order.
+    pub batch: &'a [Bytes],
+}
+
 /// One way of moving envelopes between gateways.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
@@ -277,6 +286,19 @@ pub trait Transport: Send + Sync + 'static {
         batch: &[Bytes],
         ack: Ack,
     ) -> Result<(), TransportError>;
+
+    /// Publishes to several gateways at once, each batch in order; one
+    /// result per target, in `targets` order. A sender's batch of 1:1
+    /// messages spreads over many gateways, so broker transports override
+    /// this to carry every gateway's messages in one round trip (one
+    /// pipeline, one flush); the default publishes to each concurrently.
+    async fn publish_many(
+        &self,
+        targets: &[Outgoing<'_>],
+        ack: Ack,
+    ) -> Vec<Result<(), TransportError>> {
+        futures::future::join_all(targets.iter().map(|t| self.publish(t.to, t.batch, ack))).await
+    }
 
     /// Subscribes to this gateway's own address.
     async fn subscribe(&self, me: &GatewayId) -> Result<Subscription, TransportError>;

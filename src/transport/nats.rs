@@ -26,10 +26,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::pipeline::{enqueue_then_confirm, spawn_subscription};
+use super::pipeline::{confirm_all, spawn_subscription};
 use super::{
-    Ack, Acknowledge, Capabilities, Dependencies, Health, HealthCell, Incoming, Subscription,
-    Transport, TransportError, TransportFactory, TransportKind,
+    Ack, Acknowledge, Capabilities, Dependencies, Health, HealthCell, Incoming, Outgoing,
+    Subscription, Transport, TransportError, TransportFactory, TransportKind,
 };
 use crate::config::problem::Problem;
 use crate::envelope::{Envelope, MessageId};
@@ -309,35 +309,67 @@ impl Transport for NatsTransport {
         batch: &[Bytes],
         ack: Ack,
     ) -> Result<(), TransportError> {
-        let publish_err = |reason: String| TransportError::Publish {
-            transport: KIND,
-            gateway: to.clone(),
-            reason,
-        };
-        let (subject, _) = self.names(to).map_err(publish_err)?;
-        enqueue_then_confirm(batch, ack, |bytes| {
-            let subject = subject.clone();
-            let bytes = bytes.clone();
-            async move {
-                let id = Envelope::peek_id(&bytes)
-                    .map_err(|e| publish_err(format!("no message id for Nats-Msg-Id: {e}")))?;
+        let mut results = self.publish_many(&[Outgoing { to, batch }], ack).await;
+        results.pop().unwrap_or(Ok(()))
+    }
+
+    /// Every target's messages written to the connection, then every
+    /// JetStream ack awaited together.
+    async fn publish_many(
+        &self,
+        targets: &[Outgoing<'_>],
+        ack: Ack,
+    ) -> Vec<Result<(), TransportError>> {
+        let mut results = Vec::with_capacity(targets.len());
+        let mut confirmations = Vec::new();
+        for (i, target) in targets.iter().enumerate() {
+            let publish_err = |reason: String| TransportError::Publish {
+                transport: KIND,
+                gateway: target.to.clone(),
+                reason,
+            };
+            let subject = match self.names(target.to) {
+                Ok((subject, _)) => subject,
+                Err(reason) => {
+                    results.push(Err(publish_err(reason)));
+                    continue;
+                }
+            };
+            results.push(Ok(()));
+            for bytes in target.batch {
+                let id = match Envelope::peek_id(bytes) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        results[i] =
+                            Err(publish_err(format!("no message id for Nats-Msg-Id: {e}")));
+                        break;
+                    }
+                };
                 let publish = PublishMessage::build()
-                    .payload(bytes)
-                    .message_id(msg_id(id, to));
-                let confirmation = self
-                    .jetstream
-                    .send_publish(subject.clone(), publish)
-                    .await
-                    .map_err(|e| publish_err(format!("publish to {subject}: {e}")))?;
-                Ok(async move {
-                    confirmation
-                        .await
-                        .map(drop)
-                        .map_err(|e| publish_err(format!("ack from {subject}: {e}")))
-                })
+                    .payload(bytes.clone())
+                    .message_id(msg_id(id, target.to));
+                match self.jetstream.send_publish(subject.clone(), publish).await {
+                    Ok(confirmation) => {
+                        let subject = subject.clone();
+                        confirmations.push((i, async move {
+                            confirmation
+                                .await
+                                .map(drop)
+                                .map_err(|e| publish_err(format!("ack from {subject}: {e}")))
+                        }));
+                    }
+                    Err(e) => {
+                        // The rest of this gateway's batch waits: nothing overtakes it.
+                        results[i] = Err(publish_err(format!("publish to {subject}: {e}")));
+                        break;
+                    }
+                }
             }
-        })
-        .await
+        }
+        if ack == Ack::Confirmed {
+            confirm_all(&mut results, confirmations).await;
+        }
+        results
     }
 
     async fn subscribe(&self, me: &GatewayId) -> Result<Subscription, TransportError> {

@@ -1,41 +1,40 @@
-//! What every broker transport does the same way: publish a batch by
-//! enqueueing every message in order and only then awaiting the broker's
-//! confirmations (one round trip per batch, not per message), and run a
+//! What every broker transport does the same way: publish by enqueueing
+//! every message of every target gateway in order and only then awaiting
+//! the broker's confirmations, all together ([`confirm_all`]), and run a
 //! subscription as a task that feeds a bounded channel and stops when the
 //! subscriber drops its [`Subscription`].
 
 use std::future::Future;
 
-use bytes::Bytes;
-use futures::future::try_join_all;
-use futures::StreamExt;
+use futures::future::join_all;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Ack, Incoming, Subscription, TransportError};
+use super::{Incoming, Subscription, TransportError};
 
-/// Enqueues each message of `batch` in order with `enqueue`, which returns
-/// the message's confirmation future. With [`Ack::Confirmed`] every
-/// confirmation is awaited (the first error wins); with [`Ack::None`] they
-/// are dropped, and the client library's bounded queue is the only limit.
-pub(crate) async fn enqueue_then_confirm<E, EFut, C>(
-    batch: &[Bytes],
-    ack: Ack,
-    mut enqueue: E,
-) -> Result<(), TransportError>
-where
-    E: FnMut(&Bytes) -> EFut,
-    EFut: Future<Output = Result<C, TransportError>>,
+/// Awaits every target's confirmations together, after every message of
+/// every target was enqueued (one broker round trip for a batch however
+/// many gateways it spreads over, not one per gateway or per message).
+/// `confirmations` pairs each with its target's index in `results`; a
+/// target's first failure becomes its result.
+pub(crate) async fn confirm_all<C>(
+    results: &mut [Result<(), TransportError>],
+    confirmations: Vec<(usize, C)>,
+) where
     C: Future<Output = Result<(), TransportError>>,
 {
-    let mut confirmations = Vec::with_capacity(batch.len());
-    for bytes in batch {
-        confirmations.push(enqueue(bytes).await?);
+    let confirmed = join_all(
+        confirmations
+            .into_iter()
+            .map(|(i, confirmation)| confirmation.map(move |result| (i, result))),
+    )
+    .await;
+    for (i, result) in confirmed {
+        if let (Err(err), Ok(())) = (result, &results[i]) {
+            results[i] = Err(err);
+        }
     }
-    if ack == Ack::Confirmed {
-        try_join_all(confirmations).await?;
-    }
-    Ok(())
 }
 
 /// Spawns `feed` with the sending half of a channel of `capacity` messages

@@ -36,10 +36,10 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 
-use super::pipeline::enqueue_then_confirm;
+use super::pipeline::confirm_all;
 use super::{
-    Ack, Capabilities, Dependencies, Health, HealthCell, Subscription, Transport, TransportError,
-    TransportFactory, TransportKind,
+    Ack, Capabilities, Dependencies, Health, HealthCell, Outgoing, Subscription, Transport,
+    TransportError, TransportFactory, TransportKind,
 };
 use crate::config::problem::Problem;
 use crate::telemetry;
@@ -259,6 +259,14 @@ impl TransportFactory for KafkaConfig {
     }
 }
 
+fn publish_err(to: &GatewayId, reason: String) -> TransportError {
+    TransportError::Publish {
+        transport: KIND,
+        gateway: to.clone(),
+        reason,
+    }
+}
+
 #[async_trait]
 impl Transport for KafkaTransport {
     fn kind(&self) -> TransportKind {
@@ -280,42 +288,84 @@ impl Transport for KafkaTransport {
         batch: &[Bytes],
         ack: Ack,
     ) -> Result<(), TransportError> {
-        let publish_err = |reason: String| TransportError::Publish {
-            transport: KIND,
-            gateway: to.clone(),
-            reason,
+        let mut results = self.publish_many(&[Outgoing { to, batch }], ack).await;
+        results.pop().unwrap_or(Ok(()))
+    }
+
+    /// Every target's records produced, then every delivery awaited
+    /// together: one flush for the whole batch.
+    async fn publish_many(
+        &self,
+        targets: &[Outgoing<'_>],
+        ack: Ack,
+    ) -> Vec<Result<(), TransportError>> {
+        let producer = match self.live_producer() {
+            Ok(producer) => producer,
+            Err(reason) => {
+                return targets
+                    .iter()
+                    .map(|t| Err(publish_err(t.to, reason.clone())))
+                    .collect()
+            }
         };
-        let topic = self.topic(to).map_err(publish_err)?;
-        self.ensure_topic(&topic).await.map_err(publish_err)?;
-        let producer = self.live_producer().map_err(publish_err)?;
-        let key = to.as_str();
-        let topic = topic.as_str();
-        enqueue_then_confirm(batch, ack, |bytes| {
-            let record = FutureRecord::to(topic).key(key).payload(bytes.as_ref());
-            // Never block on a full queue: the error lets the router fall back.
-            let enqueued = producer
-                .send_result(record)
-                .map_err(|(e, _)| publish_err(format!("enqueue to {topic}: {e}")))
-                .map(|delivery| async move {
-                    match delivery.await {
-                        Ok(Ok(_)) => {
-                            self.health.up();
-                            Ok(())
+        let mut topics = Vec::with_capacity(targets.len());
+        for target in targets {
+            let topic = match self.topic(target.to) {
+                Ok(topic) => self.ensure_topic(&topic).await.map(|()| topic),
+                Err(reason) => Err(reason),
+            };
+            topics.push(topic.map_err(|reason| publish_err(target.to, reason)));
+        }
+        let mut results = Vec::with_capacity(targets.len());
+        let mut confirmations = Vec::new();
+        for (i, (target, topic)) in targets.iter().zip(&topics).enumerate() {
+            let topic = match topic {
+                Ok(topic) => topic.as_str(),
+                Err(err) => {
+                    results.push(Err(err.clone()));
+                    continue;
+                }
+            };
+            results.push(Ok(()));
+            for bytes in target.batch {
+                let record = FutureRecord::to(topic)
+                    .key(target.to.as_str())
+                    .payload(bytes.as_ref());
+                // Never block on a full queue: the error lets the router
+                // fall back (and the rest of this gateway's batch waits,
+                // so nothing overtakes it).
+                match producer.send_result(record) {
+                    Ok(delivery) => confirmations.push((i, async move {
+                        match delivery.await {
+                            Ok(Ok(_)) => {
+                                self.health.up();
+                                Ok(())
+                            }
+                            Ok(Err((e, _))) => {
+                                // The topic may be gone (deleted, or lost by a
+                                // broker that restarted empty): check it again
+                                // next time.
+                                self.ensured.lock().remove(topic);
+                                Err(publish_err(target.to, format!("delivery to {topic}: {e}")))
+                            }
+                            Err(_) => Err(publish_err(
+                                target.to,
+                                format!("delivery to {topic}: producer shut down"),
+                            )),
                         }
-                        Ok(Err((e, _))) => {
-                            // The topic may be gone (deleted, or lost by a broker
-                            // that restarted empty): check it again next time.
-                            self.ensured.lock().remove(topic);
-                            Err(publish_err(format!("delivery to {topic}: {e}")))
-                        }
-                        Err(_) => Err(publish_err(format!(
-                            "delivery to {topic}: producer shut down"
-                        ))),
+                    })),
+                    Err((e, _)) => {
+                        results[i] =
+                            Err(publish_err(target.to, format!("enqueue to {topic}: {e}")));
+                        break;
                     }
-                });
-            std::future::ready(enqueued)
-        })
-        .await
+                }
+            }
+        }
+        if ack == Ack::Confirmed {
+            confirm_all(&mut results, confirmations).await;
+        }
+        results
     }
 
     async fn subscribe(&self, me: &GatewayId) -> Result<Subscription, TransportError> {

@@ -42,11 +42,11 @@ use replay::{replay_until_done, stream_end, From};
 use resume::{keep_written, unframe, PlaceAck, SharedProgress, PUBLISH_SCRIPT};
 
 use super::{
-    Ack, Acknowledge, Capabilities, Dependencies, Health, HealthCell, Incoming, Subscription,
-    Transport, TransportError, TransportFactory, TransportKind,
+    Ack, Acknowledge, Capabilities, Dependencies, Health, HealthCell, Incoming, Outgoing,
+    Subscription, Transport, TransportError, TransportFactory, TransportKind,
 };
 use crate::config::problem::Problem;
-use crate::redis_conn::{Pushed, RedisConfig, RedisHandle};
+use crate::redis_conn::{Conn, Pushed, RedisConfig, RedisHandle};
 use crate::topology::GatewayId;
 
 const KIND: TransportKind = TransportKind::Redis;
@@ -58,7 +58,8 @@ const REPLAY_MARGIN: Duration = Duration::from_secs(1);
 const PREDECESSOR_WAIT: Duration = Duration::from_secs(2);
 /// Replay entries read per XRANGE.
 const REPLAY_CHUNK: usize = 1000;
-/// Messages per publish script: Lua unpacks at most ~8000 values at once.
+/// Messages per publish script call: Lua unpacks at most ~8000 values at
+/// once (a gateway's XADD takes two per message).
 const SCRIPT_CHUNK: usize = 1000;
 
 /// `[transports.redis]` settings.
@@ -143,18 +144,152 @@ impl RedisTransport {
     }
 }
 
-/// Flattens the publish replies (one integer per plain publish, one array
-/// of integers per script) into one receiver count per message.
-fn receiver_counts(replies: &[redis::Value]) -> redis::RedisResult<Vec<i64>> {
-    let mut counts = Vec::with_capacity(replies.len());
-    for reply in replies {
-        match reply {
-            redis::Value::Array(inner) => {
-                for value in inner {
-                    counts.push(redis::from_redis_value(value.clone())?);
+impl RedisTransport {
+    /// Publishes every target's batch in one pipeline on `conn`: per
+    /// message, its receiver count decides (0 fails that gateway with
+    /// [`TransportError::NoSubscriber`]).
+    async fn publish_on(
+        &self,
+        mut conn: Conn,
+        targets: &[Outgoing<'_>],
+        ack: Ack,
+    ) -> Vec<Result<(), TransportError>> {
+        let pipe = self.pipeline(&conn, targets, ack);
+        let mut result: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(&mut conn).await;
+        if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        {
+            // First use on this server (or it restarted): load, then retry once.
+            result = async {
+                self.publish_script
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await?;
+                pipe.query_async(&mut conn).await
+            }
+            .await;
+        }
+        let receivers = match result.and_then(|replies| receiver_counts(&replies)) {
+            Ok(receivers) => receivers,
+            Err(err) => {
+                if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
+                    self.health.down(&err);
+                }
+                let reason = err.to_string();
+                return targets
+                    .iter()
+                    .map(|t| Err(publish_failed(t.to, reason.clone())))
+                    .collect();
+            }
+        };
+        self.health.up();
+        let messages: usize = targets.iter().map(|t| t.batch.len()).sum();
+        let mut at = 0;
+        targets
+            .iter()
+            .map(|t| {
+                let counts = receivers.get(at..at + t.batch.len());
+                at += t.batch.len();
+                match counts {
+                    // PUBLISH answers with its receiver count at any
+                    // priority: a low-priority message nobody receives fails
+                    // (and falls back) at no extra cost instead of vanishing.
+                    Some(counts) if counts.contains(&0) => Err(TransportError::NoSubscriber {
+                        transport: KIND,
+                        gateway: t.to.clone(),
+                    }),
+                    Some(_) => Ok(()),
+                    None => Err(publish_failed(
+                        t.to,
+                        format!(
+                            "Redis answered {} receiver counts for {messages} messages",
+                            receivers.len()
+                        ),
+                    )),
+                }
+            })
+            .collect()
+    }
+
+    /// The commands publishing `targets`: confirmed messages through the
+    /// replay script (see `resume`), each call carrying up to
+    /// [`SCRIPT_CHUNK`] messages of one or more gateways; fire-and-forget
+    /// ones as plain (S)PUBLISH.
+    fn pipeline(&self, conn: &Conn, targets: &[Outgoing<'_>], ack: Ack) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        if ack != Ack::Confirmed || !self.replays() {
+            for target in targets {
+                let channel = self.channel(target.to);
+                for bytes in target.batch {
+                    pipe.cmd(conn.publish_command())
+                        .arg(&channel)
+                        .arg(bytes.as_ref());
                 }
             }
-            value => counts.push(redis::from_redis_value(value.clone())?),
+            return pipe;
+        }
+        // Each gateway's batch in chunks of at most SCRIPT_CHUNK, packed in
+        // order into calls of at most SCRIPT_CHUNK messages.
+        let pieces: Vec<(&GatewayId, &[Bytes])> = targets
+            .iter()
+            .flat_map(|t| t.batch.chunks(SCRIPT_CHUNK).map(move |chunk| (t.to, chunk)))
+            .collect();
+        let mut from = 0;
+        while from < pieces.len() {
+            let mut until = from;
+            let mut messages = 0;
+            while until < pieces.len()
+                && (until == from || messages + pieces[until].1.len() <= SCRIPT_CHUNK)
+            {
+                messages += pieces[until].1.len();
+                until += 1;
+            }
+            let call = &pieces[from..until];
+            let invocation = pipe
+                .cmd("EVALSHA")
+                .arg(self.publish_script.get_hash())
+                .arg(call.len());
+            for (to, _) in call {
+                invocation.arg(self.replay_key(to));
+            }
+            invocation
+                .arg(self.config.replay_window.as_millis() as u64)
+                .arg(conn.publish_command())
+                .arg(self.config.replay_max);
+            for (to, chunk) in call {
+                invocation.arg(self.channel(to)).arg(chunk.len());
+                for bytes in *chunk {
+                    invocation.arg(bytes.as_ref());
+                }
+            }
+            from = until;
+        }
+        pipe
+    }
+}
+
+fn publish_failed(to: &GatewayId, reason: String) -> TransportError {
+    TransportError::Publish {
+        transport: KIND,
+        gateway: to.clone(),
+        reason,
+    }
+}
+
+/// Flattens the publish replies (one integer per plain publish, one array
+/// of integers per script call) into one receiver count per message.
+fn receiver_counts(replies: &[redis::Value]) -> redis::RedisResult<Vec<i64>> {
+    let mut counts = Vec::with_capacity(replies.len());
+    let mut push = |value: &redis::Value| -> redis::RedisResult<()> {
+        counts.push(match value {
+            redis::Value::Int(n) => *n,
+            value => redis::from_redis_value(value.clone())?,
+        });
+        Ok(())
+    };
+    for reply in replies {
+        match reply {
+            redis::Value::Array(inner) => inner.iter().try_for_each(&mut push)?,
+            value => push(value)?,
         }
     }
     Ok(counts)
@@ -201,73 +336,34 @@ impl Transport for RedisTransport {
         batch: &[Bytes],
         ack: Ack,
     ) -> Result<(), TransportError> {
-        let mut conn = self.redis.conn();
-        let channel = self.channel(to);
-        let mut pipe = redis::pipe();
-        if ack == Ack::Confirmed && self.replays() {
-            // One script per chunk: XADD the chunk as one entry, then publish
-            // each message framed with its place in the stream, so a
-            // successor can resume exactly (see `resume`).
-            let replay_key = self.replay_key(to);
-            for chunk in batch.chunks(SCRIPT_CHUNK) {
-                let maxlen = (self.config.replay_max / chunk.len()).max(1);
-                let invocation = pipe
-                    .cmd("EVALSHA")
-                    .arg(self.publish_script.get_hash())
-                    .arg(1)
-                    .arg(&replay_key)
-                    .arg(&channel)
-                    .arg(maxlen)
-                    .arg(self.config.replay_window.as_millis() as u64)
-                    .arg(conn.publish_command());
-                for bytes in chunk {
-                    invocation.arg(bytes.as_ref());
-                }
-            }
-        } else {
-            for bytes in batch {
-                pipe.cmd(conn.publish_command())
-                    .arg(&channel)
-                    .arg(bytes.as_ref());
-            }
-        }
-        let mut result: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(&mut conn).await;
-        if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
-        {
-            // First use on this server (or it restarted): load, then retry once.
-            result = async {
-                self.publish_script
-                    .prepare_invoke()
-                    .load_async(&mut conn)
-                    .await?;
-                pipe.query_async(&mut conn).await
-            }
+        let mut results = self
+            .publish_on(self.redis.conn(), &[Outgoing { to, batch }], ack)
             .await;
+        results.pop().unwrap_or(Ok(()))
+    }
+
+    /// One pipeline, and for confirmed messages one script call per
+    /// [`SCRIPT_CHUNK`] messages, for every target together. A cluster
+    /// keeps a pipeline (and a script) within one slot, and each gateway's
+    /// keys are a slot of their own, so there each gateway gets its own
+    /// pipeline, all sent at once over the nodes' multiplexed connections.
+    async fn publish_many(
+        &self,
+        targets: &[Outgoing<'_>],
+        ack: Ack,
+    ) -> Vec<Result<(), TransportError>> {
+        let conn = self.redis.conn();
+        if conn.is_cluster() && targets.len() > 1 {
+            let per_gateway = targets
+                .iter()
+                .map(|t| self.publish_on(conn.clone(), std::slice::from_ref(t), ack));
+            return futures::future::join_all(per_gateway)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
         }
-        let receivers: Vec<i64> = match result.and_then(|replies| receiver_counts(&replies)) {
-            Ok(receivers) => receivers,
-            Err(err) => {
-                if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
-                    self.health.down(&err);
-                }
-                return Err(TransportError::Publish {
-                    transport: KIND,
-                    gateway: to.clone(),
-                    reason: err.to_string(),
-                });
-            }
-        };
-        self.health.up();
-        // PUBLISH answers with its receiver count at any priority: a
-        // low-priority message nobody receives fails (and falls back) at no
-        // extra cost instead of vanishing.
-        if receivers.contains(&0) {
-            return Err(TransportError::NoSubscriber {
-                transport: KIND,
-                gateway: to.clone(),
-            });
-        }
-        Ok(())
+        self.publish_on(conn, targets, ack).await
     }
 
     async fn subscribe(&self, me: &GatewayId) -> Result<Subscription, TransportError> {
@@ -351,7 +447,7 @@ impl Transport for RedisTransport {
         let health = self.health.clone();
         let gateway = me.clone();
         let live_progress = progress.clone();
-        let live = ReceiverStream::new(pushed).filter_map(move |event| {
+        let live = pushed.filter_map(move |event| {
             let incoming = match event {
                 Pushed::Message(bytes) => Some(match unframe(&bytes) {
                     Some((place, bytes)) => {

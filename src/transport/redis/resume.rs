@@ -30,22 +30,34 @@ use crate::topology::GatewayId;
 /// never a loss. Writes follow acks as they come, coalesced.
 const WRITE_SPACING: Duration = Duration::from_millis(5);
 
-/// The Lua script of a confirmed publish: one XADD for the batch, then one
-/// (S)PUBLISH per message framed as `\0{entry id}:{index}:{count}\0{bytes}`.
-/// Returns the receiver count of each publish.
+/// The Lua script of a confirmed publish to one or more gateways: per
+/// gateway, one XADD for its batch, then one (S)PUBLISH per message framed
+/// as `\0{entry id}:{index}:{count}\0{bytes}`. `KEYS[g]` is gateway g's
+/// replay stream; `ARGV` is the window in ms, the publish command, the
+/// stream's cap in messages, then per gateway its channel, its count n and
+/// its n envelopes. Returns the receiver count of each publish, in order.
+/// One call carries a whole batch however many gateways it spreads over
+/// (on a cluster, where a script stays in one slot, one call per gateway).
 pub(crate) const PUBLISH_SCRIPT: &str = r"
-local n = #ARGV - 4
-local fields = {}
-for i = 1, n do
-  fields[2 * i - 1] = 'e'
-  fields[2 * i] = ARGV[4 + i]
-end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local window, publish, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local at = 4
 local receivers = {}
-for i = 1, n do
-  local frame = '\0' .. id .. ':' .. (i - 1) .. ':' .. n .. '\0' .. ARGV[4 + i]
-  receivers[i] = redis.call(ARGV[4], ARGV[1], frame)
+for g = 1, #KEYS do
+  local channel, n = ARGV[at], tonumber(ARGV[at + 1])
+  at = at + 2
+  local fields = {}
+  for i = 1, n do
+    fields[2 * i - 1] = 'e'
+    fields[2 * i] = ARGV[at + i - 1]
+  end
+  local maxlen = math.max(1, math.floor(cap / n))
+  local id = redis.call('XADD', KEYS[g], 'MAXLEN', '~', maxlen, '*', unpack(fields))
+  redis.call('PEXPIRE', KEYS[g], window)
+  for i = 1, n do
+    local frame = '\0' .. id .. ':' .. (i - 1) .. ':' .. n .. '\0' .. ARGV[at + i - 1]
+    receivers[#receivers + 1] = redis.call(publish, channel, frame)
+  end
+  at = at + n
 end
 return receivers
 ";
