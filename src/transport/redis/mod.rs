@@ -128,15 +128,32 @@ impl RedisTransport {
     }
 
     fn channel(&self, gateway: &GatewayId) -> String {
-        self.redis.key(&["gw", &format!("{{{gateway}}}")])
+        let mut key = String::new();
+        self.gateway_key(&mut key, gateway, "");
+        key
     }
 
     fn replay_key(&self, gateway: &GatewayId) -> String {
-        self.redis.key(&["gw", &format!("{{{gateway}}}"), "replay"])
+        let mut key = String::new();
+        self.gateway_key(&mut key, gateway, ":replay");
+        key
     }
 
     fn resume_key(&self, gateway: &GatewayId) -> String {
-        self.redis.key(&["gw", &format!("{{{gateway}}}"), "resume"])
+        let mut key = String::new();
+        self.gateway_key(&mut key, gateway, ":resume");
+        key
+    }
+
+    /// Writes `{prefix}:gw:{gateway}{suffix}` into `key` (reused across
+    /// the gateways of a publish: no allocation per gateway).
+    fn gateway_key(&self, key: &mut String, gateway: &GatewayId, suffix: &str) {
+        key.clear();
+        key.push_str(&self.redis.config().key_prefix);
+        key.push_str(":gw:{");
+        key.push_str(gateway.as_str());
+        key.push('}');
+        key.push_str(suffix);
     }
 
     fn replays(&self) -> bool {
@@ -217,8 +234,9 @@ impl RedisTransport {
     fn pipeline(&self, conn: &Conn, targets: &[Outgoing<'_>], ack: Ack) -> redis::Pipeline {
         let mut pipe = redis::pipe();
         if ack != Ack::Confirmed || !self.replays() {
+            let mut channel = String::new();
             for target in targets {
-                let channel = self.channel(target.to);
+                self.gateway_key(&mut channel, target.to, "");
                 for bytes in target.batch {
                     pipe.cmd(conn.publish_command())
                         .arg(&channel)
@@ -233,6 +251,7 @@ impl RedisTransport {
             .iter()
             .flat_map(|t| t.batch.chunks(SCRIPT_CHUNK).map(move |chunk| (t.to, chunk)))
             .collect();
+        let mut key = String::new();
         let mut from = 0;
         while from < pieces.len() {
             let mut until = from;
@@ -249,14 +268,16 @@ impl RedisTransport {
                 .arg(self.publish_script.get_hash())
                 .arg(call.len());
             for (to, _) in call {
-                invocation.arg(self.replay_key(to));
+                self.gateway_key(&mut key, to, ":replay");
+                invocation.arg(&key);
             }
             invocation
                 .arg(self.config.replay_window.as_millis() as u64)
                 .arg(conn.publish_command())
                 .arg(self.config.replay_max);
             for (to, chunk) in call {
-                invocation.arg(self.channel(to)).arg(chunk.len());
+                self.gateway_key(&mut key, to, "");
+                invocation.arg(&key).arg(chunk.len());
                 for bytes in *chunk {
                     invocation.arg(bytes.as_ref());
                 }

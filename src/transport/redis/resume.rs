@@ -27,8 +27,12 @@ use crate::topology::GatewayId;
 
 /// Shortest time between two writes of a moved resume position. A crash
 /// loses at most this much progress: a few more duplicates on restart,
-/// never a loss. Writes follow acks as they come, coalesced.
-const WRITE_SPACING: Duration = Duration::from_millis(5);
+/// never a loss. Writes follow acks as they come, coalesced. Each
+/// subscribed gateway writes up to 1/spacing times a second, so a process
+/// hosting many gateways pays it per gateway: at 5 ms and 100 busy
+/// gateways that was 20,000 SETs a second, more than a fifth of the
+/// process's instructions per message (callgrind, docs/BENCHMARKS.md).
+const WRITE_SPACING: Duration = Duration::from_millis(50);
 
 /// The Lua script of a confirmed publish to one or more gateways: per
 /// gateway, one XADD for its batch, then one (S)PUBLISH per message framed
