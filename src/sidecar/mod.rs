@@ -465,8 +465,9 @@ pub async fn serve(
     config_path: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SidecarError> {
+    let hangups = reload::Hangups::hook();
     let sidecar = Sidecar::start(settings, config_path).await?;
-    let hangups = reload::on_sighup(sidecar.shared.clone());
+    let hangups = hangups.reload_on_each(sidecar.shared.clone());
     shutdown.await;
     if let Some(hangups) = hangups {
         hangups.abort();

@@ -191,28 +191,44 @@ pub(crate) fn watch_file(
     Ok(watcher)
 }
 
-/// Reloads on every SIGHUP (Unix); `None` elsewhere or when the signal
-/// cannot be hooked.
-pub(crate) fn on_sighup(shared: Arc<Shared>) -> Option<JoinHandle<()>> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::hangup()) {
-            Ok(mut hangups) => Some(tokio::spawn(async move {
+/// SIGHUP, hooked now (before the sidecar says it is serving, so an early
+/// SIGHUP reloads instead of killing the process); `None` elsewhere or when
+/// the signal cannot be hooked.
+pub(crate) struct Hangups(#[cfg(unix)] Option<tokio::signal::unix::Signal>);
+
+impl Hangups {
+    pub(crate) fn hook() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::hangup()) {
+                Ok(hangups) => Self(Some(hangups)),
+                Err(err) => {
+                    tracing::warn!(%err, "cannot listen for SIGHUP; reload with the Admin API");
+                    Self(None)
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        Self()
+    }
+
+    /// Reloads on every SIGHUP.
+    pub(crate) fn reload_on_each(self, shared: Arc<Shared>) -> Option<JoinHandle<()>> {
+        #[cfg(unix)]
+        {
+            let mut hangups = self.0?;
+            Some(tokio::spawn(async move {
                 while hangups.recv().await.is_some() {
                     tracing::info!("SIGHUP: reloading config");
                     reload(&shared).await;
                 }
-            })),
-            Err(err) => {
-                tracing::warn!(%err, "cannot listen for SIGHUP; reload with the Admin API");
-                None
-            }
+            }))
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = shared;
-        None
+        #[cfg(not(unix))]
+        {
+            let _ = shared;
+            None
+        }
     }
 }

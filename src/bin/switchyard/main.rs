@@ -168,7 +168,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Serve { config } => {
             let settings = config.load()?;
-            switchyard::sidecar::serve(settings, config.config, terminated()).await?;
+            // Hooked before the sidecar starts: a SIGTERM that arrives right
+            // after "sidecar serving" drains instead of killing the process.
+            let terminated = terminated();
+            switchyard::sidecar::serve(settings, config.config, terminated).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -258,19 +261,23 @@ async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Completes on SIGTERM or Ctrl-C: the sidecar then drains and exits.
-async fn terminated() {
+/// Completes on SIGTERM or Ctrl-C: the sidecar then drains and exits. The
+/// SIGTERM handler is installed when this is called, not when first polled.
+fn terminated() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    let term = signal(SignalKind::terminate());
+    async move {
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
             }
-        }
-        Err(err) => {
-            tracing::warn!(%err, "cannot listen for SIGTERM; Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
+            Err(err) => {
+                tracing::warn!(%err, "cannot listen for SIGTERM; Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
