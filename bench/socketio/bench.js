@@ -2,7 +2,12 @@
 // Socket.IO + @socket.io/redis-adapter baseline for `switchyard bench --targets N`.
 //
 // One process hosts N+1 Socket.IO servers ("gateways") on 127.0.0.1, each with
-// its own redis adapter (own pub and sub node-redis clients). Gateway 0 is the
+// its own redis adapter (own pub and sub node-redis clients): either the
+// classic createAdapter(pub, sub) (PUBLISH to one channel per room, every node
+// PSUBSCRIBEs socket.io#/#*, so every message reaches every node) or, with
+// --adapter sharded, createShardedAdapter(pub, sub, { subscriptionMode:
+// 'dynamic' }) (Redis 7 SPUBLISH; each node SSUBSCRIBEs one channel per room it
+// holds, so a message reaches only the node that has the target's room). Gateway 0 is the
 // sender's node; gateways 1..N each hold one socket.io-client (websocket only)
 // whose socket joins room `user:<i>`. Message k goes, from gateway 0's server,
 // to room `user:<1 + k % N>`: 1:1 messages round robin over N target gateways.
@@ -12,8 +17,8 @@
 // until the receivers have caught up enough for it. Every delivery is counted by id at the receivers (delivered, lost, duplicated,
 // misrouted) and timed (receive - send, same process, performance.now()).
 //
-// Usage: node bench.js [--targets N] [--duration S] [--size B] [--redis URL]
-//                      [--batch 100] [--inflight 200] [--drain S]
+// Usage: node bench.js [--adapter classic|sharded] [--targets N] [--duration S]
+//                      [--size B] [--redis URL] [--batch 100] [--inflight 200] [--drain S]
 'use strict';
 
 const http = require('node:http');
@@ -22,12 +27,13 @@ const { performance } = require('node:perf_hooks');
 const { setImmediate: yieldImmediate } = require('node:timers/promises');
 const { Server } = require('socket.io');
 const { io: ioClient } = require('socket.io-client');
-const { createAdapter } = require('@socket.io/redis-adapter');
+const { createAdapter, createShardedAdapter } = require('@socket.io/redis-adapter');
 const { createClient } = require('redis');
 
 // ---------- arguments ----------
 function parseArgs(argv) {
   const opts = {
+    adapter: 'classic',
     targets: 1,
     duration: 5,
     size: 256,
@@ -61,12 +67,16 @@ function parseArgs(argv) {
     }
   }
   if (opts.inflight < opts.batch) usage('--inflight must be at least --batch');
+  if (opts.adapter !== 'classic' && opts.adapter !== 'sharded') {
+    usage(`--adapter takes 'classic' or 'sharded', got '${opts.adapter}'`);
+  }
   return opts;
 }
 
 function usage(err) {
-  const text = 'usage: node bench.js [--targets N (1)] [--duration S (5)] [--size BYTES (256)]\n' +
-    '                     [--redis URL (redis://127.0.0.1:6379)] [--batch 100] [--inflight 200] [--drain S (10)]';
+  const text = 'usage: node bench.js [--adapter classic|sharded (classic)] [--targets N (1)] [--duration S (5)]\n' +
+    '                     [--size BYTES (256)] [--redis URL (redis://127.0.0.1:6379)] [--batch 100]\n' +
+    '                     [--inflight 200] [--drain S (10)]';
   if (err) { console.error(`bench.js: ${err}\n${text}`); process.exit(2); }
   console.log(text); process.exit(0);
 }
@@ -152,6 +162,20 @@ async function main() {
   admin.on('error', onRedisError);
   await admin.connect();
   const redisVersion = ((await admin.info('server')).match(/^redis_version:(\S+)/m) || [])[1];
+  if (opts.adapter === 'sharded' && !(Number((redisVersion || '0').split('.')[0]) >= 7)) {
+    // the sharded adapter issues SSUBSCRIBE without awaiting it: fail here, not
+    // with an unhandled rejection later
+    console.error(`bench.js: --adapter sharded needs Redis 7.0 or later (SPUBLISH/SSUBSCRIBE), found ${redisVersion}`);
+    await admin.quit().catch(() => {});
+    process.exit(2);
+  }
+  // classic: one pattern subscription per node, every message to every node.
+  // sharded/dynamic: one SSUBSCRIBE per room a node holds (here user:<g> on
+  // gateway g only) plus two per-namespace channels; a single-room emit without
+  // ack SPUBLISHes to socket.io#/#<room># only.
+  const makeAdapter = opts.adapter === 'sharded'
+    ? (pub, sub) => createShardedAdapter(pub, sub, { subscriptionMode: 'dynamic' })
+    : (pub, sub) => createAdapter(pub, sub);
 
   for (let g = 0; g <= N; g++) {
     const pub = createClient({ url: opts.redis });
@@ -160,7 +184,7 @@ async function main() {
     await Promise.all([pub.connect(), sub.connect()]);
     redisClients.push(pub, sub);
     const httpServer = http.createServer();
-    const io = new Server(httpServer, { adapter: createAdapter(pub, sub), serveClient: false });
+    const io = new Server(httpServer, { adapter: makeAdapter(pub, sub), serveClient: false });
     if (g > 0) {
       io.on('connection', (socket) => {
         socket.join(`user:${g}`);
@@ -188,7 +212,8 @@ async function main() {
   const senderPub = gateways[0].pub;
 
   // ---------- warm up: each receiver gets one message before the clock ----------
-  // The adapters' PSUBSCRIBEs are issued without being awaited, so resend to
+  // The adapters' PSUBSCRIBEs (classic) or the per-room SSUBSCRIBEs issued on
+  // join (sharded) are not awaited, so resend to
   // the receivers that have not had theirs yet until every one has (max 15 s).
   {
     const deadline = performance.now() + 15000;
@@ -255,7 +280,8 @@ async function main() {
   const tSendEnd = performance.now();
 
   // make sure every publish has reached Redis (node-redis keeps order per
-  // connection, so the PING's reply comes after every earlier PUBLISH's)
+  // connection, so the PING's reply comes after every earlier PUBLISH's or
+  // SPUBLISH's)
   await senderPub.ping();
 
   // ---------- stragglers ----------
@@ -275,6 +301,7 @@ async function main() {
   const elapsed = ((lastDelivery > t0 ? lastDelivery : tSendEnd) - t0) / 1000;
   const delivered = deliveredUnique;
   const result = {
+    adapter: opts.adapter,
     targets: N,
     sent,
     delivered,
@@ -305,7 +332,7 @@ async function main() {
   };
   const ok = lost === 0 && misrouted === 0 && !stalled && process.exitCode !== 1 && deliveries === delivered + duplicates;
   console.log(
-    `socket.io redis-adapter targets=${N}: sent ${sent} delivered ${delivered} lost ${lost} dup ${duplicates}` +
+    `socket.io redis-adapter ${opts.adapter} targets=${N}: sent ${sent} delivered ${delivered} lost ${lost} dup ${duplicates}` +
     ` misrouted ${misrouted} | ${result.msgs_per_s} msg/s over ${result.elapsed_s} s | p50 ${result.p50_ms} ms` +
     ` p99 ${result.p99_ms} ms | node cpu user ${result.cpu_user_s} s sys ${result.cpu_sys_s} s` +
     ` (${result.cpu_us_per_msg} us/msg) redis cpu ${result.redis_cpu_s} s | load ${result.load_average}` +

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Socket.IO + @socket.io/redis-adapter baseline: targets 1, then targets 100.
+# Socket.IO + @socket.io/redis-adapter baseline, four points in this order:
+#   classic adapter at targets 1 and 100, then sharded adapter at targets 1 and 100.
 #   bash bench/socketio/run.sh [extra bench.js flags, e.g. --duration 5]
+# Extra flags go to every run (passing --adapter or --targets here would clash
+# with the ones this script sets: bench.js keeps the last value of a repeated
+# flag, so yours would win and the four points would not be the four above).
 # Works from any directory. Installs the pinned packages (npm ci), makes sure
 # Redis answers on 127.0.0.1:6379 via scripts/services/redis.sh, and stops
 # Redis at the end only if this script's call is the one that started it.
@@ -21,7 +25,9 @@ cleanup() {
 trap cleanup EXIT
 
 rc=0
-for n in 1 100; do
-  node bench.js --targets "$n" "$@" || rc=$?
+for adapter in classic sharded; do
+  for n in 1 100; do
+    node bench.js --adapter "$adapter" --targets "$n" "$@" || rc=$?
+  done
 done
 exit "$rc"
