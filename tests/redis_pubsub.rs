@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use redis_support::{redis_config, router, settings, to_bob, Deployment};
 use switchyard::transport::{TransportError, TransportKind};
-use switchyard::{Outcome, Priority, Via};
+use switchyard::{Destination, Envelope, GatewayInfo, Outcome, Priority, Router, Via};
 
 on_both!(
     two_routers_in_one_region_talk_over_redis,
@@ -165,4 +165,135 @@ async fn a_gateway_that_falls_behind_loses_no_confirmed_message(deployment: Depl
         delivered.len()
     );
     assert_eq!(missing, 0);
+}
+
+on_both!(gateways_of_one_process_share_a_subscription_connection_and_leave_alone);
+
+/// Ten gateways over one set of backends (as a sidecar hosts them) share
+/// one pub/sub connection: each receives only its own messages, one that
+/// leaves stops counting as a subscriber while the others keep receiving,
+/// and a successor of it receives again.
+async fn gateways_of_one_process_share_a_subscription_connection_and_leave_alone(
+    deployment: Deployment,
+) {
+    let settings = settings(&redis_config(deployment));
+    let backends = switchyard::Backends::from_settings(&settings)
+        .await
+        .expect("backends over Redis");
+    let build = |id: String| {
+        Router::builder(GatewayInfo::new(id, "eu"))
+            .settings(settings.clone())
+            .backends(backends.clone())
+            .build()
+    };
+    let (sender, _) = build("gw-sender".into()).await.unwrap();
+    let mut gateways = Vec::new();
+    for i in 0..10 {
+        let (router, inbox) = build(format!("gw-{i}")).await.unwrap();
+        router
+            .connect(format!("u{i}").as_str(), "d0")
+            .await
+            .unwrap();
+        gateways.push(Some((router, inbox)));
+    }
+    let to = |i: usize, n: usize| {
+        Envelope::new(
+            "alice",
+            "gw-sender",
+            Destination::User(format!("u{i}").as_str().into()),
+            format!("m{n}"),
+        )
+        .with_priority(Priority::High)
+    };
+    let batch: Vec<_> = (0..10).map(|i| to(i, 0)).collect();
+    for report in sender.send_batch(batch).await {
+        let report = report.unwrap();
+        assert!(matches!(
+            report.outcome,
+            Outcome::Routed {
+                stored_offline: None,
+                ..
+            }
+        ));
+    }
+    for (i, gateway) in gateways.iter_mut().enumerate() {
+        let (_, inbox) = gateway.as_mut().unwrap();
+        let delivery = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+            .await
+            .expect("delivery within 5 s")
+            .expect("inbox open");
+        inbox.ack(delivery.seq);
+        assert_eq!(
+            delivery.envelope.destination,
+            Destination::User(format!("u{i}").as_str().into()),
+            "gw-{i} got only its own user's message"
+        );
+    }
+    // gw-3 leaves (its session stays, as after a crash): sends to u3 go
+    // offline once Redis no longer counts it, the others still arrive.
+    drop(gateways[3].take());
+    let stored = redis_support::eventually(Duration::from_secs(5), || async {
+        let report = sender.send(to(3, 1)).await.unwrap();
+        matches!(
+            report.outcome,
+            Outcome::Routed {
+                stored_offline: Some(_),
+                ..
+            }
+        )
+    })
+    .await;
+    assert!(
+        stored,
+        "publishes to the gateway that left still counted a subscriber"
+    );
+    for i in (0..10).filter(|&i| i != 3) {
+        let report = sender.send(to(i, 2)).await.unwrap();
+        assert!(
+            matches!(
+                report.outcome,
+                Outcome::Routed {
+                    stored_offline: None,
+                    ..
+                }
+            ),
+            "gw-{i} stopped counting with gw-3: {:?}",
+            report.outcome
+        );
+        let (_, inbox) = gateways[i].as_mut().unwrap();
+        let delivery = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+            .await
+            .expect("delivery within 5 s")
+            .expect("inbox open");
+        inbox.ack(delivery.seq);
+        assert_eq!(delivery.envelope.payload, "m2", "gw-{i}");
+    }
+    // A successor of gw-3 in the same process subscribes again.
+    let (_successor, mut inbox) = build("gw-3".into()).await.unwrap();
+    let routed = redis_support::eventually(Duration::from_secs(5), || async {
+        let report = sender.send(to(3, 3)).await.unwrap();
+        matches!(
+            report.outcome,
+            Outcome::Routed {
+                stored_offline: None,
+                ..
+            }
+        )
+    })
+    .await;
+    assert!(
+        routed,
+        "the successor of gw-3 is not counted as a subscriber"
+    );
+    let delivery = loop {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+            .await
+            .expect("delivery within 5 s")
+            .expect("inbox open");
+        inbox.ack(delivery.seq);
+        if delivery.envelope.payload == "m3" {
+            break delivery;
+        }
+    };
+    assert_eq!(delivery.via, Via::Transport(TransportKind::Redis));
 }

@@ -4,7 +4,8 @@
 //! `[transports.redis.connection]` settings), [`RedisHandle`] (a small pool
 //! of multiplexed connections), [`Conn`] (one connection, either kind, usable
 //! with any `redis::cmd`, pipeline or script), [`RedisHandle::subscribe`]
-//! (a channel subscription that survives connection drops) and
+//! (a channel subscription that survives connection drops; all of a
+//! handle's subscriptions share one connection, `subscriber.rs`) and
 //! [`RedisChanges`] (the change events of a Redis store, between nodes).
 //!
 //! On a cluster, keys carry hash tags (`sy:presence:{alice}`) so one user's,
@@ -12,10 +13,9 @@
 //! (SPUBLISH/SSUBSCRIBE): a message only travels to the shard that owns its
 //! channel instead of being broadcast to every node.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
@@ -23,20 +23,19 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{
-    Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, PushKind, RedisFuture,
-    RedisResult, Value,
+    Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, RedisFuture, RedisResult, Value,
 };
-use tokio::sync::mpsc;
 
 mod changes;
 mod config;
 pub mod sentinel;
+mod subscriber;
 
 use crate::error::StoreError;
-use crate::telemetry;
 pub use changes::RedisChanges;
 pub use config::{ConnectError, RedisConfig};
 use sentinel::SentinelConn;
+use subscriber::Subscriber;
 
 /// Maps a failed command of `store` to [`StoreError::Backend`] naming the
 /// `operation` (and its input): `.map_err(backend(STORE, format!(..)))`.
@@ -84,6 +83,15 @@ impl Conn {
             Conn::Single(c) => c.subscribe(channel).await,
             Conn::Cluster(c) => c.ssubscribe(channel).await,
             Conn::Sentinel(c) => c.subscribe(channel).await,
+        }
+    }
+
+    /// Ends a subscription made with [`Conn::subscribe`].
+    async fn unsubscribe(&mut self, channel: &str) -> RedisResult<()> {
+        match self {
+            Conn::Single(c) => c.unsubscribe(channel).await,
+            Conn::Cluster(c) => c.sunsubscribe(channel).await,
+            Conn::Sentinel(c) => c.unsubscribe(channel).await,
         }
     }
 }
@@ -140,6 +148,8 @@ pub struct RedisHandle {
     config: Arc<RedisConfig>,
     conns: Arc<[Conn]>,
     next: Arc<AtomicUsize>,
+    /// Every subscription's shared push connection.
+    subscriber: Arc<Subscriber>,
 }
 
 impl RedisHandle {
@@ -160,6 +170,7 @@ impl RedisHandle {
             config,
             conns: conns.into(),
             next: Arc::default(),
+            subscriber: Arc::default(),
         })
     }
 
@@ -184,48 +195,27 @@ impl RedisHandle {
         self.conns[i].clone()
     }
 
-    /// Subscribes to `channel` on a dedicated connection. The stream yields
-    /// its messages and reports every gap: after a dropped connection it
+    /// Subscribes to `channel` on the handle's one push connection, shared
+    /// by all its subscriptions (`subscriber`). The stream yields its
+    /// messages and reports every gap: after a dropped connection it
     /// resubscribes (retrying with backoff until Redis answers); when this
-    /// process falls more than `queue` messages behind, the messages that do
-    /// not fit are dropped here (not left to grow without bound) and the gap
-    /// reported. Drops and gaps are counted in metrics under `what`. Ends,
-    /// closing the connection, when the stream is dropped.
+    /// subscription falls more than `queue` messages behind, the messages
+    /// that do not fit are dropped here (not left to grow without bound)
+    /// and the gap reported. Drops and gaps are counted in metrics under
+    /// `what`. Dropping the stream unsubscribes (once no other stream of
+    /// this handle follows the channel).
     pub async fn subscribe(
         &self,
         channel: String,
         what: &'static str,
         queue: usize,
     ) -> Result<BoxStream<'static, Pushed>, ConnectError> {
-        let (push_tx, pushes) = mpsc::channel::<PushInfo>(queue.max(1));
-        // When this process first fell behind since the last report.
-        let lagging: Arc<parking_lot::Mutex<Option<Instant>>> = Arc::default();
-        let overflow = lagging.clone();
-        let sender = move |push: PushInfo| match push_tx.try_send(push) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                overflow.lock().get_or_insert_with(Instant::now);
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(redis::aio::SendError),
-        };
-        let mut conn = open(&self.config, Some(Arc::new(sender))).await?;
-        conn.subscribe(&channel)
-            .await
-            .map_err(|e| connect_error(&self.config, e))?;
-        let follower = Follower {
-            conn,
-            pushes,
-            lagging,
-            channel,
-            what,
-            queue,
-            ahead: VecDeque::new(),
-            dropped: None,
-        };
-        // Read straight from the connection's pushes (no task or channel of
-        // its own: one hand-off less per message). Dropping the stream drops
-        // the connection, so PUBLISH stops counting this subscriber at once.
+        let follower = self
+            .subscriber
+            .follow(&self.config, channel, what, queue)
+            .await?;
+        // Read straight from the follower's queue (no task or channel of
+        // its own: one hand-off less per message).
         Ok(
             futures::stream::unfold(follower, |mut follower| async move {
                 let pushed = follower.next().await?;
@@ -233,101 +223,6 @@ impl RedisHandle {
             })
             .boxed(),
         )
-    }
-}
-
-/// One subscription's connection and what it has yet to report.
-struct Follower {
-    conn: Conn,
-    pushes: mpsc::Receiver<PushInfo>,
-    lagging: Arc<parking_lot::Mutex<Option<Instant>>>,
-    channel: String,
-    what: &'static str,
-    queue: usize,
-    /// Reported before anything else is read.
-    ahead: VecDeque<Pushed>,
-    /// The subscription dropped then, and is to be made again.
-    dropped: Option<Instant>,
-}
-
-impl Follower {
-    /// The next message or gap; `None` once the connection is gone for good.
-    async fn next(&mut self) -> Option<Pushed> {
-        loop {
-            if let Some(pushed) = self.ahead.pop_front() {
-                return Some(pushed);
-            }
-            if let Some(dropped) = self.dropped.take() {
-                return Some(self.resubscribe(dropped).await);
-            }
-            let push = self.pushes.recv().await?;
-            let fell_behind = self.lagging.lock().take();
-            if let Some(since) = fell_behind {
-                metrics::counter!(telemetry::REDIS_SUBSCRIBER_DROPS, "what" => self.what, "reason" => "lagging")
-                    .increment(1);
-                tracing::warn!(channel = %self.channel, queue = self.queue, "subscriber fell behind: messages dropped locally");
-                let gap = since.elapsed();
-                self.ahead.push_back(Pushed::Dropped);
-                self.ahead.push_back(Pushed::Resumed { gap });
-            }
-            match push.kind {
-                PushKind::Message | PushKind::SMessage => {
-                    // [channel, payload]
-                    if let Some(Value::BulkString(payload)) = push.data.into_iter().nth(1) {
-                        self.ahead.push_back(Pushed::Message(payload.into()));
-                    }
-                }
-                // The library reports a closed socket as `Disconnection` (a
-                // lagging subscriber cut off by the server's
-                // `client-output-buffer-limit pubsub` looks the same); a
-                // cluster node that loses the slot sends `sunsubscribe`.
-                // The drop is reported before the resubscribe, which may
-                // take a while.
-                PushKind::Disconnection | PushKind::SUnsubscribe | PushKind::Unsubscribe => {
-                    metrics::counter!(telemetry::REDIS_SUBSCRIBER_DROPS, "what" => self.what, "reason" => "disconnected")
-                        .increment(1);
-                    tracing::warn!(channel = %self.channel, kind = %push.kind, "Redis subscription lost, resubscribing");
-                    self.ahead.push_back(Pushed::Dropped);
-                    self.dropped = Some(Instant::now());
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Subscribes again until Redis answers (the library resubscribes too;
-    /// subscribing again is idempotent and tells us when it is back), and
-    /// reports the resume.
-    async fn resubscribe(&mut self, dropped: Instant) -> Pushed {
-        let mut backoff = Backoff::default();
-        while let Err(err) = self.conn.subscribe(&self.channel).await {
-            tracing::debug!(channel = %self.channel, %err, "resubscribe failed, retrying");
-            tokio::time::sleep(backoff.next()).await;
-        }
-        let gap = dropped.elapsed();
-        metrics::histogram!(telemetry::REDIS_SUBSCRIBE_GAP, "what" => self.what)
-            .record(gap.as_secs_f64());
-        Pushed::Resumed { gap }
-    }
-}
-
-/// Exponential delay between resubscribe attempts: 50 ms doubling to
-/// 500 ms. Each attempt is one connect (cheap), and every step of the cap is
-/// added to the time a gateway is unreachable after a failover (the new
-/// master counts no subscriber until this one is back).
-struct Backoff(Duration);
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self(Duration::from_millis(50))
-    }
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let now = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_millis(500));
-        now
     }
 }
 

@@ -200,6 +200,13 @@ impl SentinelConn {
         result
     }
 
+    /// Ends a subscription on the current master (one on a master left
+    /// behind went with its connection).
+    pub(crate) async fn unsubscribe(&mut self, channel: &str) -> RedisResult<()> {
+        let (_, mut conn) = self.current();
+        conn.unsubscribe(channel).await
+    }
+
     /// The current master, and a handle to it.
     fn current(&self) -> (Arc<Master>, ConnectionManager) {
         let master = self.0.master.load_full();
