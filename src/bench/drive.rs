@@ -5,7 +5,7 @@
 //! paths differ only in how they send a batch ([`Sender`]) and what their
 //! receivers yield.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -97,51 +97,39 @@ pub(crate) async fn measure(
 ) -> Result<Measured, BenchError> {
     let Ends {
         sender,
-        mut receivers,
+        receivers,
         receive_on,
         spread,
         keep,
     } = ends;
-    // Warm-up: every receiver's subscription (a Kafka consumer joining its
-    // group, a direct link opening) is live before the clock starts.
-    let timeout_err = |what: &str| BenchError::Transport {
-        transport: kind,
-        reason: format!("{what} did not arrive within {SETTLE:?}"),
-    };
-    // One round: a delivery at every receiver, and the measured messages
-    // start again at the first user.
-    let warm = sender.clone();
-    let warmed = generator
-        .run(async move { warm.send(vec![now_micros(); spread.round()]).await })
-        .await?;
-    if let Some(reason) = warmed.refused.first {
-        return Err(BenchError::Transport {
-            transport: kind,
-            reason: format!("the warm-up message was refused: {reason}"),
-        });
-    }
-    for receiver in &mut receivers {
-        tokio::time::timeout(SETTLE, receiver.next())
-            .await
-            .ok()
-            .flatten()
-            .ok_or_else(|| timeout_err("the warm-up message"))?;
-    }
-
+    // Readers run from the start: a confirmed direct-link send waits for
+    // the receivers' acks, which they send only while read (awaiting the
+    // warm-up send before reading stalled it for the publish timeout, and
+    // its retry delivered the warm-up message twice).
     let delivered = Arc::new(AtomicU64::new(0));
+    let warmed = Arc::new(AtomicU64::new(0));
+    let measuring = Arc::new(AtomicBool::new(false));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut readers = Vec::new();
     for mut receiver in receivers {
-        let delivered = delivered.clone();
+        let (delivered, warmed, measuring) = (delivered.clone(), warmed.clone(), measuring.clone());
         let mut stopped = stopped.clone();
         readers.push(receive_on.spawn(async move {
             let mut latency = new_histogram();
             let mut last = Instant::now();
             let mut count = 0u64;
+            let mut warm = false;
             loop {
                 tokio::select! {
                     d = receiver.next() => {
                         let Some(d) = d else { break };
+                        if !measuring.load(Ordering::Acquire) {
+                            if !warm {
+                                warm = true;
+                                warmed.fetch_add(1, Ordering::Release);
+                            }
+                            continue;
+                        }
                         latency.saturating_record(d.as_micros() as u64);
                         last = Instant::now();
                         count += 1;
@@ -153,6 +141,31 @@ pub(crate) async fn measure(
             (latency, last, count)
         }));
     }
+    // Warm-up: one round, a delivery at every receiver (every
+    // subscription, a Kafka consumer joining its group, a direct link
+    // opening, is live before the clock starts), and the measured messages
+    // start again at the first user.
+    let warm = sender.clone();
+    let warmed_up = generator
+        .run(async move { warm.send(vec![now_micros(); spread.round()]).await })
+        .await?;
+    if let Some(reason) = warmed_up.refused.first {
+        return Err(BenchError::Transport {
+            transport: kind,
+            reason: format!("the warm-up message was refused: {reason}"),
+        });
+    }
+    let waited = Instant::now();
+    while warmed.load(Ordering::Acquire) < readers.len() as u64 {
+        if waited.elapsed() > SETTLE {
+            return Err(BenchError::Transport {
+                transport: kind,
+                reason: format!("the warm-up message did not arrive within {SETTLE:?}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    measuring.store(true, Ordering::Release);
     // RSS once a second while sending: growth under a steady load is a leak.
     let (sent_all, mut sending_done) = tokio::sync::oneshot::channel::<()>();
     let sampler = tokio::spawn(async move {

@@ -128,6 +128,11 @@ pub struct BenchOptions {
     pub raw: bool,
     /// The paths to measure, in this order, per transport; empty = library.
     pub paths: Vec<PathKind>,
+    /// Sidecar path: the receiving gateways' gRPC clients share one HTTP/2
+    /// connection to their sidecar, a cheap stand-in for N gateway
+    /// processes with a connection each (the sidecar's writes and the
+    /// clients' reads and acks then carry several gateways at once).
+    pub shared_connection: bool,
 }
 
 impl Default for BenchOptions {
@@ -144,6 +149,7 @@ impl Default for BenchOptions {
             transports: Vec::new(),
             raw: true,
             paths: vec![PathKind::Library],
+            shared_connection: false,
         }
     }
 }
@@ -361,7 +367,9 @@ pub async fn run(settings: Settings, options: BenchOptions) -> Result<BenchRepor
             let layout = Layout::new(route, spread, options.size);
             let ends = match path {
                 PathKind::Library => library::ends(&routed, kind, layout).await?,
-                PathKind::Sidecar => sidecar::ends(&routed, layout, &generator).await?,
+                PathKind::Sidecar => {
+                    sidecar::ends(&routed, layout, &generator, options.shared_connection).await?
+                }
             };
             let measured = drive::measure(ends, kind, &options, &generator, &bar).await?;
             bar.finish_and_clear();
@@ -384,34 +392,38 @@ pub async fn run(settings: Settings, options: BenchOptions) -> Result<BenchRepor
             batch: options.batch,
             rate: options.rate,
             senders: options.senders,
+            targets: options.targets,
         };
         let t = &settings.transports;
         let cpu = Cpu::now();
-        // 1:1 to one subscriber only, so fan-out and `--targets` runs are
-        // compared per delivery.
-        let raw = match (options.raw, kind, &t.redis, &t.kafka, &t.nats) {
-            (false, ..) => None,
+        // 1:1 over the same number of receivers as `--targets` (one for
+        // fan-out runs, compared per delivery). On Redis also the confirmed
+        // route's durability done by hand, which the rows are compared with.
+        let mut raws = Vec::new();
+        match (options.raw, kind, &t.redis, &t.kafka, &t.nats) {
+            (false, ..) => {}
             (true, TransportKind::Redis, Some(r), ..) => {
-                Some(("raw redis-rs", raw::redis(&r.connection.url, load).await?))
+                let url = &r.connection.url;
+                let plain = raw::redis(url, load, raw::RedisDurability::Publish).await?;
+                raws.push(("raw redis-rs", plain, cpu.since()));
+                let cpu = Cpu::now();
+                let durable = raw::redis(url, load, raw::RedisDurability::Stream).await?;
+                raws.push(("raw redis-rs xadd", durable, cpu.since()));
             }
             (true, TransportKind::Kafka, _, Some(k), _) => {
-                Some(("raw rdkafka", raw::kafka(k, load).await?))
+                raws.push(("raw rdkafka", raw::kafka(k, load).await?, cpu.since()));
             }
             (true, TransportKind::Nats, .., Some(n)) => {
-                Some(("raw async-nats", raw::nats(n, load).await?))
+                raws.push(("raw async-nats", raw::nats(n, load).await?, cpu.since()));
             }
-            (true, TransportKind::Grpc, ..) => Some(("raw tonic", raw::grpc(load).await?)),
-            _ => None,
-        };
-        if let Some((name, measured)) = raw {
-            let raw_row = Row::new(
-                name,
-                kind.as_str(),
-                "-",
-                &measured,
-                cpu.since(),
-                options.rate,
-            );
+            (true, TransportKind::Grpc, ..) => {
+                raws.push(("raw tonic", raw::grpc(load).await?, cpu.since()));
+            }
+            _ => {}
+        }
+        for (name, measured, cpu) in raws {
+            let raw_row = Row::new(name, kind.as_str(), "-", &measured, cpu, options.rate);
+            // The last baseline of a transport is the like-for-like one.
             for row in &mut rows {
                 row.compare_with(&raw_row);
             }

@@ -87,17 +87,40 @@ async fn read(
     (latency, last)
 }
 
-/// redis-rs alone: pipelined PUBLISH of each batch, one SUBSCRIBE reader.
-pub async fn redis(url: &str, load: Load) -> Result<Measured, BenchError> {
+/// What a raw Redis publisher does per message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisDurability {
+    /// `PUBLISH` alone: fire and forget.
+    Publish,
+    /// The durability of switchyard's confirmed route done by hand: per
+    /// gateway of a batch one `XADD` of its messages to its stream (capped
+    /// like the transport's replay streams) and one `PEXPIRE`, then one
+    /// `PUBLISH` per message, all in one pipeline.
+    Stream,
+}
+
+/// redis-rs alone: pipelined publishes of each batch, message i to channel
+/// i mod `load.targets` (the switchyard rows' round robin over gateways),
+/// every channel read by one subscriber connection (as switchyard's
+/// gateways of one process share one).
+pub async fn redis(
+    url: &str,
+    load: Load,
+    durability: RedisDurability,
+) -> Result<Measured, BenchError> {
     let err = failed("redis");
     let client = redis::Client::open(url).map_err(|e| err(e.to_string()))?;
-    let channel = format!("sy-bench-raw-{}", ulid::Ulid::new());
+    let run = ulid::Ulid::new();
+    let channels: Vec<String> = (0..load.targets.max(1))
+        .map(|i| format!("sy-bench-raw-{run}-{i}"))
+        .collect();
+    let streams: Vec<String> = channels.iter().map(|c| format!("{c}:stream")).collect();
     let mut pubsub = client
         .get_async_pubsub()
         .await
         .map_err(|e| err(e.to_string()))?;
     pubsub
-        .subscribe(&channel)
+        .subscribe(&channels)
         .await
         .map_err(|e| err(e.to_string()))?;
     let publisher = client
@@ -112,15 +135,44 @@ pub async fn redis(url: &str, load: Load) -> Result<Measured, BenchError> {
         read(n, payloads).await
     });
     let schedule = Schedule::new(load.rate, load.batch, Stop::Count(n));
+    let next = std::sync::atomic::AtomicUsize::new(0);
     let start = Instant::now();
     let sent = run_senders(schedule, load.senders, |stamps| {
         // The multiplexed connection pipelines every sender's batch.
         let mut publisher = publisher.clone();
-        let (channel, err) = (&channel, &err);
+        let first = next.fetch_add(stamps.len(), std::sync::atomic::Ordering::Relaxed);
+        let (channels, streams, err) = (&channels, &streams, &err);
         async move {
+            // Grouped by target, as the router groups a batch by gateway.
+            let mut by_target: Vec<(usize, Vec<u8>)> = stamps
+                .into_iter()
+                .enumerate()
+                .map(|(i, stamp)| ((first + i) % channels.len(), stamped(load.size, stamp)))
+                .collect();
+            by_target.sort_by_key(|(target, _)| *target);
             let mut pipe = redis::pipe();
-            for stamp in stamps {
-                pipe.publish(channel, stamped(load.size, stamp)).ignore();
+            for run in by_target.chunk_by(|a, b| a.0 == b.0) {
+                let target = run[0].0;
+                if durability == RedisDurability::Stream {
+                    let xadd = pipe
+                        .cmd("XADD")
+                        .arg(&streams[target])
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(100_000)
+                        .arg("*");
+                    for (_, payload) in run {
+                        xadd.arg("e").arg(payload);
+                    }
+                    xadd.ignore();
+                    pipe.cmd("PEXPIRE")
+                        .arg(&streams[target])
+                        .arg(30_000)
+                        .ignore();
+                }
+                for (_, payload) in run {
+                    pipe.publish(&channels[target], payload).ignore();
+                }
             }
             pipe.query_async::<()>(&mut publisher)
                 .await
@@ -129,6 +181,14 @@ pub async fn redis(url: &str, load: Load) -> Result<Measured, BenchError> {
     })
     .await?;
     let (latency, last) = reader.await.map_err(|e| err(e.to_string()))?;
+    if durability == RedisDurability::Stream {
+        let mut conn = publisher.clone();
+        // Err: the streams expire within 30 s anyway.
+        let _ = redis::cmd("DEL")
+            .arg(&streams)
+            .query_async::<()>(&mut conn)
+            .await;
+    }
     Ok(Measured::new(sent, latency, last - start))
 }
 

@@ -22,6 +22,9 @@ pub struct Load {
     pub rate: u64,
     /// Batches in flight at once (see [`BenchOptions::senders`]).
     pub senders: usize,
+    /// Receivers the messages are spread over, round robin (see
+    /// [`BenchOptions::targets`]); 1 for fan-out runs.
+    pub targets: usize,
 }
 
 /// Deliveries at one receiving gateway, against its share of the messages.

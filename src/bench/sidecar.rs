@@ -57,15 +57,17 @@ impl Gateway {
     }
 
     async fn connect(id: String, sidecar: SocketAddr) -> Result<Self, BenchError> {
-        let channel = Endpoint::from_shared(format!("http://{sidecar}"))
-            .map_err(|e| failed(&id, "connect", e.to_string()))?
-            .connect()
-            .await
-            .map_err(|e| failed(&id, "connect", format!("to {sidecar}: {e}")))?;
-        Ok(Self {
+        let channel = channel(&id, sidecar).await?;
+        Ok(Self::on(id, channel))
+    }
+
+    /// A gateway whose calls go over `channel` (one HTTP/2 connection,
+    /// which tonic lets several clients share).
+    fn on(id: String, channel: Channel) -> Self {
+        Self {
             id,
             client: GatewayClient::new(channel),
-        })
+        }
     }
 
     /// Attaches in `region` (the sidecar registers its own address for
@@ -102,6 +104,15 @@ impl Gateway {
             .map_err(|s| failed(&self.id, "Join", s.message().into()))?;
         Ok(())
     }
+}
+
+/// One HTTP/2 connection to `sidecar`, opened for gateway `id`.
+async fn channel(id: &str, sidecar: SocketAddr) -> Result<Channel, BenchError> {
+    Endpoint::from_shared(format!("http://{sidecar}"))
+        .map_err(|e| failed(id, "connect", e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| failed(id, "connect", format!("to {sidecar}: {e}")))
 }
 
 fn failed(gateway: &str, call: &'static str, reason: String) -> BenchError {
@@ -214,11 +225,13 @@ fn latencies(stream: Attachment) -> BoxStream<'static, Duration> {
 /// Starts two sidecars on `settings` (already routed over one transport)
 /// and attaches the gateways of `layout` from the load generator's thread
 /// (a tonic channel runs its connection on the runtime that opened it): the
-/// sender to the first sidecar, every receiver to the second.
+/// sender to the first sidecar, every receiver to the second (each over a
+/// connection of its own, or with `shared_connection` all over one).
 pub(crate) async fn ends(
     settings: &Settings,
     layout: Layout,
     generator: &Generator,
+    shared_connection: bool,
 ) -> Result<Ends, BenchError> {
     let backends = Backends::from_settings(settings).await?;
     let sidecars = [
@@ -234,8 +247,15 @@ pub(crate) async fn ends(
             let attached = gateway.attach("eu", layout.sender_user().as_str()).await?;
             let mut receivers = Vec::new();
             let mut clients = Vec::new();
+            let shared = match shared_connection {
+                true => Some(channel("receivers", addrs[1]).await?),
+                false => None,
+            };
             for (id, user) in layout.receivers() {
-                let mut receiver = Gateway::connect(id, addrs[1]).await?;
+                let mut receiver = match &shared {
+                    Some(channel) => Gateway::on(id, channel.clone()),
+                    None => Gateway::connect(id, addrs[1]).await?,
+                };
                 let stream = receiver.attach(layout.to_region, &user).await?;
                 if let Some(group) = layout.group() {
                     receiver.join(&user, group.as_str()).await?;

@@ -288,6 +288,11 @@ pub(crate) struct BenchArgs {
     /// Send loops at once, each with a batch in flight (the rate is the total).
     #[arg(long, default_value_t = 1)]
     pub(crate) senders: usize,
+    /// Sidecar path: the receiving gateways share one HTTP/2 connection to
+    /// their sidecar (a cheap stand-in for gateway processes with a
+    /// connection each; writes and acks then carry several gateways).
+    #[arg(long)]
+    pub(crate) shared_connection: bool,
     /// Send exactly this many messages per path instead of for --duration
     /// (a fixed workload, e.g. under callgrind).
     #[arg(long)]

@@ -151,6 +151,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 transports: args.transports,
                 raw: args.raw,
                 paths: args.paths,
+                shared_connection: args.shared_connection,
             };
             let report = bench::run(settings, options).await?;
             println!(
