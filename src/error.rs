@@ -41,7 +41,9 @@ pub enum SendError {
     /// The envelope itself is invalid; nothing was sent.
     #[error(transparent)]
     Invalid(#[from] EnvelopeError),
-    /// A group message names a group that does not exist.
+    /// A store the send reads before publishing (blocks, presence, group
+    /// membership) failed: nothing was published, and the caller still
+    /// owns the message and may retry it.
     #[error("message {id}: {source}")]
     Store {
         /// The message.

@@ -47,7 +47,8 @@
 //! - [`redis_conn`]: the one Redis connection (standalone, cluster or
 //!   Sentinel, [`redis_conn::sentinel`]: finds the master by service name,
 //!   follows failovers, waits for replicas) every Redis store and the Redis
-//!   transport share, and the change channel caches listen on.
+//!   transport share, and the change channel caches listen on; every
+//!   subscription of a process rides one push connection per deployment.
 //! - [`regions`]: one Redis per region; presence replicated between
 //!   regions over Kafka; messages that landed on stale presence routed
 //!   again where they landed.

@@ -210,8 +210,9 @@ const fn metric(name: &'static str, kind: Kind, help: &'static str) -> Metric {
 }
 
 /// Every metric switchyard emits, with its HELP text: [`prometheus`]
-/// describes each, so no series goes out without one, and
-/// `tests/telemetry_docs.rs` checks each is documented.
+/// describes each, so no series goes out without one, and the unit test
+/// `every_metric_is_documented_in_the_sidecar_guide` checks each is
+/// documented.
 pub const CATALOG: &[Metric] = &[
     metric(BUILD_INFO, Kind::Gauge, "Always 1; the version label says which switchyard runs."),
     metric(MESSAGES, Kind::Counter, "Messages by route, transport (via) and outcome."),

@@ -72,25 +72,30 @@ fn graph(
     let mut edges = BTreeMap::new();
     for (module, code) in modules {
         let mut uses: BTreeMap<Vec<String>, String> = BTreeMap::new();
-        for line in code.lines() {
-            let mut targets: Vec<Vec<String>> = Vec::new();
-            for found in path.captures_iter(line) {
-                let mut base: Vec<String> = match &found[1] {
-                    "crate" => Vec::new(),
-                    _ => module[..module.len() - 1].to_vec(),
-                };
-                if let Some(rest) = found.get(2) {
-                    base.extend(rest.as_str().split("::").map(str::to_owned));
-                }
-                match found.get(3) {
-                    Some(group) => targets.extend(group.as_str().split(',').map(|item| {
+        // Over the whole source, not line by line: a `use` group may span
+        // several lines (`use super::{\n    Ack,\n    Incoming,\n};`).
+        for found in path.captures_iter(code) {
+            let statement = found[0].split_whitespace().collect::<Vec<_>>().join(" ");
+            let mut base: Vec<String> = match &found[1] {
+                "crate" => Vec::new(),
+                _ => module[..module.len() - 1].to_vec(),
+            };
+            if let Some(rest) = found.get(2) {
+                base.extend(rest.as_str().split("::").map(str::to_owned));
+            }
+            let targets: Vec<Vec<String>> = match found.get(3) {
+                Some(group) => group
+                    .as_str()
+                    .split(',')
+                    .filter(|item| !item.trim().is_empty())
+                    .map(|item| {
                         let mut path = base.clone();
                         path.extend(item.trim().split("::").next().map(str::to_owned));
                         path
-                    })),
-                    None => targets.push(base),
-                }
-            }
+                    })
+                    .collect(),
+                None => vec![base],
+            };
             for target in targets {
                 let Some(target) = resolve(modules, &target) else {
                     continue;
@@ -99,7 +104,7 @@ fn graph(
                 if target.starts_with(module) {
                     continue;
                 }
-                uses.entry(target).or_insert_with(|| line.trim().to_owned());
+                uses.entry(target).or_insert_with(|| statement.clone());
             }
         }
         edges.insert(module.clone(), uses);
@@ -171,4 +176,12 @@ fn the_check_sees_a_use_of_a_parent_from_a_sibling() {
     assert!(plan.contains_key(&vec!["backends".to_owned()]), "{plan:?}");
     let batch = &edges[&vec!["router".to_owned(), "batch".to_owned()]];
     assert!(batch.contains_key(&vec!["router".to_owned()]), "{batch:?}");
+    // A `use` group over several lines counts too: transport/redis/mod.rs
+    // takes `Capabilities` from its parent only in one.
+    let redis = &edges[&vec!["transport".to_owned(), "redis".to_owned()]];
+    let parent = redis.get(&vec!["transport".to_owned()]);
+    assert!(
+        parent.is_some_and(|statement| statement.contains("Capabilities")),
+        "{redis:?}"
+    );
 }

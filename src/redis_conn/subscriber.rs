@@ -60,6 +60,27 @@ pub(crate) struct Subscriber {
     conn: OnceCell<Conn>,
     sinks: Arc<Sinks>,
     next_id: AtomicU64,
+    /// Per channel, held while subscribing and while unsubscribing, so an
+    /// `UNSUBSCRIBE` of a gateway that left cannot land after its
+    /// successor's `SUBSCRIBE` (and cut the successor off).
+    changing: Arc<Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Our own `UNSUBSCRIBE`s not yet confirmed, per channel: their
+    /// confirmation may reach the push handler after a successor's sink is
+    /// in place, and is not the server dropping the successor.
+    ours: Arc<Ours>,
+}
+
+/// Unconfirmed unsubscribes per channel.
+type Ours = Mutex<HashMap<Vec<u8>, u32>>;
+
+impl Subscriber {
+    fn change_lock(&self, channel: &[u8]) -> Arc<tokio::sync::Mutex<()>> {
+        self.changing
+            .lock()
+            .entry(channel.to_vec())
+            .or_default()
+            .clone()
+    }
 }
 
 impl Subscriber {
@@ -73,12 +94,17 @@ impl Subscriber {
     ) -> Result<Follower, ConnectError> {
         let mut conn = self
             .conn
-            .get_or_try_init(|| open(config, Some(demultiplexer(self.sinks.clone()))))
+            .get_or_try_init(|| {
+                let handler = demultiplexer(self.sinks.clone(), self.ours.clone());
+                open(config, Some(handler))
+            })
             .await?
             .clone();
         let (tx, pushes) = mpsc::channel(queue.max(1));
         let lagging = Arc::<Mutex<Option<Instant>>>::default();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let change = self.change_lock(channel.as_bytes());
+        let _changing = change.lock().await;
         // Registered before SUBSCRIBE: nothing published after the
         // subscription is confirmed can miss the queue.
         self.sinks
@@ -112,7 +138,7 @@ impl Subscriber {
 
 /// The push handler of the shared connection: each message to the queues
 /// of its channel, a dropped connection to every queue.
-fn demultiplexer(sinks: Arc<Sinks>) -> super::PushSender {
+fn demultiplexer(sinks: Arc<Sinks>, ours: Arc<Ours>) -> super::PushSender {
     Arc::new(move |push: PushInfo| {
         let mut data = push.data.into_iter();
         let channel = match data.next() {
@@ -134,6 +160,8 @@ fn demultiplexer(sinks: Arc<Sinks>) -> super::PushSender {
             // lagging connection cut off by the server's
             // `client-output-buffer-limit pubsub` looks the same).
             PushKind::Disconnection => {
+                // No confirmation comes for what was in flight.
+                ours.lock().clear();
                 for sink in sinks.read().values().flatten() {
                     sink.offer(Push::Lost(PushKind::Disconnection));
                 }
@@ -142,7 +170,7 @@ fn demultiplexer(sinks: Arc<Sinks>) -> super::PushSender {
             // own unsubscribe of a channel nobody follows any more finds
             // no sink.
             kind @ (PushKind::SUnsubscribe | PushKind::Unsubscribe) => {
-                if let Some(channel) = channel {
+                if let Some(channel) = channel.filter(|c| !confirms_ours(&ours, c)) {
                     for sink in sinks.read().get(&channel).into_iter().flatten() {
                         sink.offer(Push::Lost(kind.clone()));
                     }
@@ -152,6 +180,22 @@ fn demultiplexer(sinks: Arc<Sinks>) -> super::PushSender {
         }
         Ok(())
     })
+}
+
+/// Whether an unsubscribe push for `channel` confirms one of ours (and
+/// counts it off).
+fn confirms_ours(ours: &Ours, channel: &[u8]) -> bool {
+    let mut ours = ours.lock();
+    match ours.get_mut(channel) {
+        Some(pending) => {
+            *pending -= 1;
+            if *pending == 0 {
+                ours.remove(channel);
+            }
+            true
+        }
+        None => false,
+    }
 }
 
 /// One subscription on the shared connection, and what it has yet to
@@ -243,18 +287,29 @@ impl Drop for Follower {
         };
         // Outside a runtime (a process exiting) the connection goes too.
         if let (true, Ok(runtime)) = (last, tokio::runtime::Handle::try_current()) {
-            let (mut conn, channel, sinks) = (
+            let (mut conn, channel, subscriber) = (
                 self.conn.clone(),
                 std::mem::take(&mut self.channel),
-                self.subscriber.sinks.clone(),
+                self.subscriber.clone(),
             );
             runtime.spawn(async move {
-                // A successor may have subscribed meanwhile: keep it.
-                if sinks.read().contains_key(channel.as_bytes()) {
-                    return;
+                let key = channel.as_bytes();
+                let change = subscriber.change_lock(key);
+                let changing = change.lock().await;
+                // A successor subscribed meanwhile: the channel stays.
+                if !subscriber.sinks.read().contains_key(key) {
+                    *subscriber.ours.lock().entry(key.to_vec()).or_default() += 1;
+                    if let Err(err) = conn.unsubscribe(&channel).await {
+                        // No confirmation will come for it.
+                        confirms_ours(&subscriber.ours, key);
+                        tracing::debug!(%channel, %err, "unsubscribe failed");
+                    }
                 }
-                if let Err(err) = conn.unsubscribe(&channel).await {
-                    tracing::debug!(%channel, %err, "unsubscribe failed");
+                drop(changing);
+                let mut changing = subscriber.changing.lock();
+                // Only the map and this task hold it: nobody is changing it.
+                if Arc::strong_count(&change) <= 2 {
+                    changing.remove(key);
                 }
             });
         }

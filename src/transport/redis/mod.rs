@@ -39,7 +39,7 @@ mod replay;
 pub(crate) mod resume;
 
 use replay::{replay_until_done, stream_end, From};
-use resume::{keep_written, unframe, PlaceAck, SharedProgress, PUBLISH_SCRIPT};
+use resume::{unframe, PlaceAck, Positions, SharedProgress, PUBLISH_SCRIPT};
 
 use super::{
     Ack, Acknowledge, Capabilities, Dependencies, Health, HealthCell, Incoming, Outgoing,
@@ -106,6 +106,8 @@ pub struct RedisTransport {
     /// resume position a last time: a successor in this process waits for
     /// it, then reads where it left off.
     members: Mutex<HashMap<GatewayId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Where each subscription resumes, written for all of them together.
+    positions: Arc<Positions>,
 }
 
 impl RedisTransport {
@@ -119,6 +121,7 @@ impl RedisTransport {
                 reason: e.reason,
             })?;
         Ok(Self {
+            positions: Positions::start(redis.clone(), config.replay_window),
             redis,
             config: config.clone(),
             health: std::sync::Arc::new(HealthCell::new(KIND)),
@@ -450,10 +453,8 @@ impl Transport for RedisTransport {
                     me.clone(),
                 ));
             }
-            tokio::spawn(keep_written(
-                self.redis.clone(),
+            tokio::spawn(self.positions.clone().keep(
                 resume_key,
-                window,
                 progress.clone(),
                 on_close,
                 (membership, written),

@@ -12,26 +12,26 @@
 //! holds it (`replay_window`, `replay_max`); duplicates after such a restart
 //! are bounded by one batch plus what was unacked, and carry the same ids.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::{oneshot, Notify, OwnedMutexGuard};
+use tokio::sync::{oneshot, OwnedMutexGuard};
 
 use super::{Acknowledge, TransportError};
 use crate::redis_conn::RedisHandle;
 use crate::topology::GatewayId;
 
-/// Shortest time between two writes of a moved resume position. A crash
-/// loses at most this much progress: a few more duplicates on restart,
-/// never a loss. Writes follow acks as they come, coalesced. Each
-/// subscribed gateway writes up to 1/spacing times a second, so a process
-/// hosting many gateways pays it per gateway: at 5 ms and 100 busy
-/// gateways that was 20,000 SETs a second, more than a fifth of the
-/// process's instructions per message (callgrind, docs/BENCHMARKS.md).
+/// How often the moved resume positions are written. A crash loses at most
+/// this much progress: a few more duplicates on restart, never a loss.
+/// Each subscribed gateway's position is written up to 1/spacing times a
+/// second: at 5 ms and 100 busy gateways that was 20,000 SETs a second,
+/// more than a fifth of the process's instructions per message
+/// (callgrind, docs/BENCHMARKS.md).
 const WRITE_SPACING: Duration = Duration::from_millis(50);
 
 /// The Lua script of a confirmed publish to one or more gateways: per
@@ -171,19 +171,31 @@ impl Progress {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct SharedProgress {
     progress: Arc<Mutex<Progress>>,
-    /// Wakes the writer when the resume position may have moved.
-    moved: Arc<Notify>,
 }
 
 impl SharedProgress {
     pub(crate) fn received(&self, place: Place) {
         self.progress.lock().received(place);
-        self.moved.notify_one();
     }
 
     fn acked(&self, entry: (u64, u64)) {
         self.progress.lock().acked(entry);
-        self.moved.notify_one();
+    }
+
+    /// The resume position, if it moved since last taken (or `always`).
+    fn take_moved(&self, always: bool) -> Option<String> {
+        let mut state = self.progress.lock();
+        let dirty = std::mem::take(&mut state.dirty);
+        if dirty || always {
+            state.resume_from()
+        } else {
+            None
+        }
+    }
+
+    /// Written in vain: to be written again with the next.
+    fn not_written(&self) {
+        self.progress.lock().dirty = true;
     }
 
     pub(crate) fn received_up_to(&self) -> Option<String> {
@@ -205,53 +217,106 @@ impl Acknowledge for PlaceAck {
     }
 }
 
-/// Writes the resume position whenever it moved (at most every
-/// [`WRITE_SPACING`]), and a last time when the subscription is dropped
-/// (`closed` fires). `done` (the gateway's membership, and the settle
-/// signal) is held until that last write is done, so a successor
-/// subscription in this process reads where this one left off.
-pub(crate) async fn keep_written(
+/// The resume positions of every subscription of one transport, written
+/// together: every [`WRITE_SPACING`] one pipeline with a `SET` for each
+/// position that moved. A process hosting 1,000 gateways used to write
+/// them with a task, a timer and a round trip each (0.47 `SET`s per
+/// message at 1,000 targets).
+pub(crate) struct Positions {
     redis: RedisHandle,
-    key: String,
     ttl: Duration,
-    progress: SharedProgress,
-    mut closed: oneshot::Receiver<()>,
-    done: (Option<OwnedMutexGuard<()>>, oneshot::Sender<()>),
-    gateway: GatewayId,
-) {
-    let _done = done;
-    loop {
-        let last = tokio::select! {
-            _ = progress.moved.notified() => false,
-            _ = &mut closed => true,
-        };
-        let position = {
-            let mut state = progress.progress.lock();
-            let dirty = std::mem::take(&mut state.dirty);
-            if dirty || last {
-                state.resume_from()
-            } else {
-                None
-            }
-        };
-        if let Some(position) = position {
-            let written: Result<(), redis::RedisError> = redis::cmd("SET")
-                .arg(&key)
-                .arg(&position)
-                .arg("PX")
-                .arg(ttl.as_millis() as u64)
-                .query_async(&mut redis.conn())
-                .await;
-            if let Err(err) = written {
-                // Tried again on the next move: the position only moves forward.
-                progress.progress.lock().dirty = true;
-                tracing::debug!(%gateway, %err, "cannot write the Redis resume position");
-            }
-        }
-        if last {
+    kept: Mutex<HashMap<u64, (String, SharedProgress)>>,
+    next: AtomicU64,
+    /// Held while writing, so a subscription's last write cannot be
+    /// overtaken by an older position still in flight.
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl Positions {
+    /// Starts the writer, which ends once the positions are dropped.
+    pub(crate) fn start(redis: RedisHandle, ttl: Duration) -> Arc<Self> {
+        let positions = Arc::new(Self {
+            redis,
+            ttl,
+            kept: Mutex::default(),
+            next: AtomicU64::new(0),
+            writing: tokio::sync::Mutex::new(()),
+        });
+        tokio::spawn(write_moved(Arc::downgrade(&positions)));
+        positions
+    }
+
+    /// Keeps `progress` written to `key` until the subscription is dropped
+    /// (`closed` fires), then writes it a last time. `done` (the gateway's
+    /// membership, and the settle signal) is held until that last write is
+    /// done, so a successor subscription in this process reads where this
+    /// one left off.
+    pub(crate) async fn keep(
+        self: Arc<Self>,
+        key: String,
+        progress: SharedProgress,
+        closed: oneshot::Receiver<()>,
+        done: (Option<OwnedMutexGuard<()>>, oneshot::Sender<()>),
+        gateway: GatewayId,
+    ) {
+        let _done = done;
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.kept.lock().insert(id, (key.clone(), progress.clone()));
+        // Err: the sender went with the subscription, which also means closed.
+        let _ = closed.await;
+        self.kept.lock().remove(&id);
+        let Some(position) = progress.take_moved(true) else {
             return;
+        };
+        let _writing = self.writing.lock().await;
+        let mut pipe = redis::pipe();
+        self.set(&mut pipe, &key, &position);
+        if let Err(err) = pipe.query_async::<()>(&mut self.redis.conn()).await {
+            tracing::debug!(%gateway, %err, "cannot write the Redis resume position");
         }
+    }
+
+    fn set(&self, pipe: &mut redis::Pipeline, key: &str, position: &str) {
+        pipe.cmd("SET")
+            .arg(key)
+            .arg(position)
+            .arg("PX")
+            .arg(self.ttl.as_millis() as u64)
+            .ignore();
+    }
+}
+
+/// Every [`WRITE_SPACING`], writes the positions that moved in one pipeline.
+async fn write_moved(positions: Weak<Positions>) {
+    loop {
         tokio::time::sleep(WRITE_SPACING).await;
+        let Some(positions) = positions.upgrade() else {
+            return;
+        };
+        let moved: Vec<(String, SharedProgress, String)> = positions
+            .kept
+            .lock()
+            .values()
+            .filter_map(|(key, progress)| {
+                let position = progress.take_moved(false)?;
+                Some((key.clone(), progress.clone(), position))
+            })
+            .collect();
+        if moved.is_empty() {
+            continue;
+        }
+        let _writing = positions.writing.lock().await;
+        let mut pipe = redis::pipe();
+        for (key, _, position) in &moved {
+            positions.set(&mut pipe, key, position);
+        }
+        if let Err(err) = pipe.query_async::<()>(&mut positions.redis.conn()).await {
+            // Tried again on the next tick: a position only moves forward.
+            for (_, progress, _) in &moved {
+                progress.not_written();
+            }
+            tracing::debug!(%err, positions = moved.len(), "cannot write the Redis resume positions");
+        }
     }
 }
 
