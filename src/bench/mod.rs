@@ -223,21 +223,21 @@ pub enum BenchError {
 /// CPU spent during one load: the whole process's, and the load
 /// generator's threads' part of it.
 #[derive(Debug, Clone, Copy)]
-struct Cpu {
+pub(crate) struct Cpu {
     total: Duration,
     generator: Duration,
 }
 
 impl Cpu {
     /// Both clocks now; [`Cpu::since`] gives the difference.
-    fn now() -> Self {
+    pub(crate) fn now() -> Self {
         Self {
             total: process::cpu_time(),
             generator: generator::Generator::cpu_time(),
         }
     }
 
-    fn since(self) -> Self {
+    pub(crate) fn since(self) -> Self {
         let now = Self::now();
         Self {
             total: now.total.saturating_sub(self.total),
@@ -377,12 +377,13 @@ pub async fn run(settings: Settings, options: BenchOptions) -> Result<BenchRepor
             if sent == 0 {
                 sent = measured.sent;
             }
+            let whole = cpu.since();
             rows.push(Row::new(
                 path.row_name(),
                 kind.as_str(),
                 route,
                 &measured,
-                cpu.since(),
+                measured.cpu.unwrap_or(whole),
                 options.rate,
             ));
         }

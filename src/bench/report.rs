@@ -55,6 +55,9 @@ pub struct Measured {
     /// Distinct target gateways per `send_batch`, from the router's reports
     /// (switchyard paths only).
     pub gateways_per_batch: Option<f64>,
+    /// CPU over the measured window, warm-up and fleet building left out
+    /// (switchyard paths; the raw loops are timed whole).
+    pub(crate) cpu: Option<Cpu>,
 }
 
 impl Measured {
@@ -71,6 +74,7 @@ impl Measured {
             rss_mib: Vec::new(),
             receivers: vec![receiver],
             gateways_per_batch: None,
+            cpu: None,
         }
     }
 

@@ -63,12 +63,15 @@ pub(crate) struct Subscriber {
     /// Per channel, held while subscribing and while unsubscribing, so an
     /// `UNSUBSCRIBE` of a gateway that left cannot land after its
     /// successor's `SUBSCRIBE` (and cut the successor off).
-    changing: Arc<Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>>,
+    changing: Arc<ChangeLocks>,
     /// Our own `UNSUBSCRIBE`s not yet confirmed, per channel: their
     /// confirmation may reach the push handler after a successor's sink is
     /// in place, and is not the server dropping the successor.
     ours: Arc<Ours>,
 }
+
+/// A lock per channel whose subscription is being made or ended.
+type ChangeLocks = Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>;
 
 /// Unconfirmed unsubscribes per channel.
 type Ours = Mutex<HashMap<Vec<u8>, u32>>;
