@@ -204,12 +204,15 @@ impl Settings {
         Policy::new(&self.routing, self.canary.as_ref(), &enabled)
     }
 
-    /// That policy, live and watched for auto-rollback: what a process
-    /// (library router, demo fleet, sidecar) starts with.
+    /// That policy, live: what a process (library router, demo fleet,
+    /// sidecar) starts with. Not yet watched for auto-rollback; the process
+    /// that runs it calls [`LivePolicy::watch`] (a settings accessor spawns
+    /// nothing, so it works outside a runtime and in tests that check by
+    /// hand).
     pub fn live_policy(&self) -> Result<std::sync::Arc<LivePolicy>, ConfigError> {
-        let live = LivePolicy::new(self.policy().map_err(ConfigError::Invalid)?);
-        live.watch();
-        Ok(live)
+        Ok(LivePolicy::new(
+            self.policy().map_err(ConfigError::Invalid)?,
+        ))
     }
 
     /// Every problem with these settings, or `Ok`.

@@ -199,6 +199,7 @@ pub async fn run(
     let mut rng = StdRng::seed_from_u64(options.seed);
     let backends = Backends::from_settings(&settings).await?;
     let live = settings.live_policy()?;
+    live.watch();
     // Unique per run, so runs against shared backends (Redis) don't mix.
     let run_id = MessageId::new().to_string().to_lowercase();
 

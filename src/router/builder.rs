@@ -46,7 +46,9 @@ impl RouterBuilder {
     }
 
     /// Shares a live policy (several gateways in one process follow one
-    /// canary). Without it the router builds its own from the settings.
+    /// canary); whoever made it watches it ([`LivePolicy::watch`]).
+    /// Without it the router builds its own from the settings and watches
+    /// that.
     pub fn policy(mut self, policy: Arc<LivePolicy>) -> Self {
         self.policy = Some(policy);
         self
@@ -61,7 +63,11 @@ impl RouterBuilder {
         settings.validate()?;
         let policy = match self.policy {
             Some(policy) => policy,
-            None => settings.live_policy()?,
+            None => {
+                let policy = settings.live_policy()?;
+                policy.watch();
+                policy
+            }
         };
         let backends = match self.backends {
             Some(backends) => backends,

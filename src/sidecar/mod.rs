@@ -247,6 +247,7 @@ impl Sidecar {
         };
 
         let policy = settings.live_policy().map_err(BuildError::Config)?;
+        policy.watch();
         // From start-up, not from the first Attach: a canary transport that
         // is down rolls back (`max_down`) even before a gateway attaches.
         policy.observe(&backends.transports);

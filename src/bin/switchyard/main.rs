@@ -249,11 +249,7 @@ async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let envelope = Envelope::new(args.from.as_str(), from.id.clone(), destination, Vec::new());
     // A fresh policy: the quality verdicts of a running sidecar are in its
     // metrics and `switchyard admin state`, not in this process.
-    let policy = switchyard::policy::live::LivePolicy::new(
-        settings
-            .policy()
-            .map_err(switchyard::config::ConfigError::Invalid)?,
-    );
+    let policy = settings.live_policy()?;
     let max_payload = settings.limits.max_payload_bytes;
     print!(
         "{}",
