@@ -487,11 +487,17 @@ async fn fan_out(t: Arc<dyn Transport>, n: usize) {
     let gateways: Vec<GatewayId> = (0..n).map(|_| gateway()).collect();
     let sent: Vec<Envelope> = (0..20).map(|i| envelope(i, 64)).collect();
     let want: HashSet<MessageId> = ids(&sent).into_iter().collect();
-    // Every gateway reads (and acks) at once, as gateways do: one read
-    // after another would leave messages unacked past the ack wait.
-    let mut readers = Vec::new();
+    let mut subscriptions = Vec::new();
     for gw in &gateways {
-        let mut sub = t.subscribe(gw).await.expect("subscribe");
+        subscriptions.push(t.subscribe(gw).await.expect("subscribe"));
+    }
+    // Every gateway reads (and acks) at once, as gateways do: one read
+    // after another would leave messages unacked past the ack wait. Each
+    // starts its patience once all are subscribed, so ten subscribes in a
+    // row (a topic and a group join each, on Kafka) do not eat the first
+    // gateway's.
+    let mut readers = Vec::new();
+    for mut sub in subscriptions {
         let want = want.clone();
         readers.push(tokio::spawn(async move {
             let mut got = receive_all(&mut sub, &want).await;

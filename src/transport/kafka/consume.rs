@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use tokio::sync::OwnedMutexGuard;
+use tokio::sync::{watch, OwnedMutexGuard};
 
 use super::config::{client_config, millis, WithOverrides};
 use super::group_consumer::GroupConsumer;
@@ -20,6 +20,10 @@ use super::{HealthContext, KafkaTransport, KIND};
 use crate::topology::GatewayId;
 use crate::transport::pipeline::spawn_subscription;
 use crate::transport::{Acknowledge, Incoming, Subscription, TransportError};
+
+/// How long a new consumer waits for its assignment before asking for
+/// the cluster's metadata again.
+const ASSIGNMENT_LOOK: Duration = Duration::from_millis(500);
 
 impl KafkaTransport {
     /// Joins the gateway's consumer group on its topic.
@@ -33,8 +37,9 @@ impl KafkaTransport {
         self.ensure_topic(&topic).await.map_err(subscribe_err)?;
         let group = format!("{}{}", self.config.group_prefix, me);
         let membership = self.wait_for_predecessor(&group).await;
+        let (assigned, mut on_assigned) = watch::channel(false);
         let consumer = self
-            .consumer(me, &group)
+            .consumer(me, &group, assigned)
             .map_err(|e| subscribe_err(format!("consumer for group {group}: {e}")))?;
         consumer
             .subscribe(&[&topic])
@@ -44,56 +49,100 @@ impl KafkaTransport {
         let close_limit = self.config.session_timeout;
         let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
         let health = self.health.clone();
-        Ok(spawn_subscription(
-            self.config.queue,
-            move |tx| async move {
-                loop {
-                    let incoming = tokio::select! {
-                        _ = tx.closed() => break,
-                        received = consumer.recv() => match received {
-                            Ok(record) => {
-                                let (topic, partition, offset) =
-                                    (record.topic(), record.partition(), record.offset());
-                                tracker.lock().received(topic, partition, offset);
-                                Incoming {
-                                    bytes: Bytes::copy_from_slice(
-                                        record.payload().unwrap_or_default(),
-                                    ),
-                                    ack: Some(Box::new(OffsetAck {
-                                        consumer: consumer.clone(),
-                                        tracker: tracker.clone(),
-                                        topic: topic.to_owned(),
-                                        partition,
-                                        offset,
-                                    })),
-                                }
+        let asker = consumer.clone();
+        let subscription = spawn_subscription(self.config.queue, move |tx| async move {
+            loop {
+                let incoming = tokio::select! {
+                    _ = tx.closed() => break,
+                    received = consumer.recv() => match received {
+                        Ok(record) => {
+                            let (topic, partition, offset) =
+                                (record.topic(), record.partition(), record.offset());
+                            tracker.lock().received(topic, partition, offset);
+                            Incoming {
+                                bytes: Bytes::copy_from_slice(
+                                    record.payload().unwrap_or_default(),
+                                ),
+                                ack: Some(Box::new(OffsetAck {
+                                    consumer: consumer.clone(),
+                                    tracker: tracker.clone(),
+                                    topic: topic.to_owned(),
+                                    partition,
+                                    offset,
+                                })),
                             }
-                            Err(e) => {
-                                tracing::debug!(transport = %KIND, %group, %e, "consume error");
-                                // Errors repeat while the broker is away: don't spin.
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                                continue;
-                            }
-                        },
-                    };
-                    health.up();
-                    if tx.send(incoming).await.is_err() {
-                        break;
-                    }
+                        }
+                        Err(e) => {
+                            tracing::debug!(transport = %KIND, %group, %e, "consume error");
+                            // Errors repeat while the broker is away: don't spin.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                };
+                health.up();
+                if tx.send(incoming).await.is_err() {
+                    break;
                 }
-                // The membership is held until the consumer has committed
-                // and left, or for as long as the broker would keep it.
-                drop(consumer);
-                if tokio::time::timeout(close_limit, closed).await.is_err() {
+            }
+            // The membership is held until the consumer has committed
+            // and left, or for as long as the broker would keep it.
+            drop(consumer);
+            if tokio::time::timeout(close_limit, closed).await.is_err() {
+                tracing::warn!(
+                    transport = %KIND, %group, ?close_limit,
+                    "the consumer did not close in time (brokers unreachable?); \
+                     the broker ends its membership after session_timeout"
+                );
+            }
+            drop(membership);
+        });
+        self.wait_for_assignment(&asker, &mut on_assigned, me).await;
+        Ok(subscription)
+    }
+
+    /// Waits, at most `connect_timeout`, until the group has assigned the
+    /// new consumer its topic, so a gateway's first delivery does not wait
+    /// on librdkafka's metadata refresh: a consumer whose just-created
+    /// topic had not reached the broker it asked is assigned nothing, and
+    /// looks again only at `metadata_refresh` (10 s). A request for every
+    /// topic's metadata makes the group look at once (a request naming one
+    /// topic does not update the group's view). Past the limit (brokers
+    /// away) the subscription is returned unassigned: it starts reading,
+    /// from the committed offset, once the group assigns it.
+    async fn wait_for_assignment(
+        &self,
+        consumer: &Arc<GroupConsumer<HealthContext>>,
+        assigned: &mut watch::Receiver<bool>,
+        me: &GatewayId,
+    ) {
+        let limit = self.config.connect_timeout;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let look_again = (tokio::time::Instant::now() + ASSIGNMENT_LOOK).min(deadline);
+            // Assigned, or the consumer is gone (the subscription ended).
+            let settled = tokio::time::timeout_at(look_again, assigned.wait_for(|a| *a))
+                .await
+                .is_ok();
+            match settled {
+                true => return,
+                false if tokio::time::Instant::now() >= deadline => {
                     tracing::warn!(
-                        transport = %KIND, %group, ?close_limit,
-                        "the consumer did not close in time (brokers unreachable?); \
-                         the broker ends its membership after session_timeout"
+                        transport = %KIND, gateway = %me, ?limit,
+                        "the consumer group has not assigned the topic yet; \
+                         the subscription starts reading once it does"
                     );
+                    return;
                 }
-                drop(membership);
-            },
-        ))
+                false => {
+                    let consumer = consumer.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        consumer.fetch_metadata(None, ASSIGNMENT_LOOK).map(drop)
+                    })
+                    .await;
+                }
+            }
+        }
     }
 
     /// Waits until the previous subscription of this consumer group in this
@@ -124,6 +173,7 @@ impl KafkaTransport {
         &self,
         me: &GatewayId,
         group: &str,
+        assigned: watch::Sender<bool>,
     ) -> Result<StreamConsumer<HealthContext>, KafkaError> {
         client_config(&self.config)
             .set("group.id", group)
@@ -140,7 +190,11 @@ impl KafkaTransport {
             .set("session.timeout.ms", millis(self.config.session_timeout))
             .set("enable.partition.eof", "false")
             .with_overrides(&self.config)
-            .create_with_context(HealthContext(self.health.clone(), Some(me.clone())))
+            .create_with_context(HealthContext {
+                health: self.health.clone(),
+                gateway: Some(me.clone()),
+                assigned: Some(Arc::new(assigned)),
+            })
     }
 }
 

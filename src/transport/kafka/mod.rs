@@ -31,10 +31,11 @@ use parking_lot::Mutex;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::ConsumerContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
+use tokio::sync::watch;
 
 use super::pipeline::confirm_all;
 use super::{
@@ -55,9 +56,26 @@ pub use config::{Compression, KafkaConfig, KafkaTopicsConfig};
 const KIND: TransportKind = TransportKind::Kafka;
 
 /// librdkafka callbacks, turned into the transport's health and, for a
-/// gateway's consumer (the second field), its consumer lag gauge.
+/// gateway's consumer, its consumer lag gauge and whether the group has
+/// assigned it its topic yet.
 #[derive(Clone)]
-struct HealthContext(Arc<HealthCell>, Option<GatewayId>);
+struct HealthContext {
+    health: Arc<HealthCell>,
+    /// The gateway whose consumer this is (none for the producer and admin).
+    gateway: Option<GatewayId>,
+    /// Set once a rebalance assigned the consumer partitions.
+    assigned: Option<Arc<watch::Sender<bool>>>,
+}
+
+impl HealthContext {
+    fn client(health: &Arc<HealthCell>) -> Self {
+        Self {
+            health: health.clone(),
+            gateway: None,
+            assigned: None,
+        }
+    }
+}
 
 impl ClientContext for HealthContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
@@ -73,9 +91,9 @@ impl ClientContext for HealthContext {
         // Statistics arrive every second: the only signal that a broker is
         // back when no message has flowed since it went away.
         if statistics.brokers.values().any(|b| b.state == "UP") {
-            self.0.up();
+            self.health.up();
         }
-        if let Some(gateway) = &self.1 {
+        if let Some(gateway) = &self.gateway {
             // -1: not known yet (no committed offset or high watermark).
             let lag = statistics
                 .topics
@@ -92,13 +110,22 @@ impl ClientContext for HealthContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         match error.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::AllBrokersDown) => self.0.down(reason),
+            Some(RDKafkaErrorCode::AllBrokersDown) => self.health.down(reason),
             _ => tracing::debug!(transport = %KIND, %error, reason, "librdkafka error"),
         }
     }
 }
 
-impl ConsumerContext for HealthContext {}
+impl ConsumerContext for HealthContext {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Some(assigned), Rebalance::Assign(partitions)) = (&self.assigned, rebalance) {
+            // An empty assignment: the group did not see the topic yet.
+            if partitions.count() > 0 {
+                assigned.send_replace(true);
+            }
+        }
+    }
+}
 
 /// Kafka, one topic and one consumer group per gateway.
 pub struct KafkaTransport {
@@ -127,7 +154,7 @@ impl KafkaTransport {
             reason,
         };
         let health = Arc::new(HealthCell::new(KIND));
-        let context = HealthContext(health.clone(), None);
+        let context = HealthContext::client(&health);
         let producer = producer(config, &health)
             .map_err(|e| connect_err(format!("bad producer settings: {e}")))?;
         let admin: AdminClient<HealthContext> = client_config(config)
@@ -237,7 +264,7 @@ fn producer(
         .set("message.max.bytes", config.max_message_bytes.to_string())
         .set("message.timeout.ms", millis(config.delivery_timeout))
         .with_overrides(config)
-        .create_with_context(HealthContext(health.clone(), None))
+        .create_with_context(HealthContext::client(health))
 }
 
 #[async_trait]
