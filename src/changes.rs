@@ -49,7 +49,7 @@ pub fn local<K: Clone>() -> broadcast::Sender<Changed<K>> {
 ///
 /// quick_cache rather than moka: a million cached users is an ordinary
 /// deployment, and moka's per-entry bookkeeping (about 300 B) was more than
-/// the entry itself (docs/BENCHMARKS.md). quick_cache has no TTL, so each
+/// the entry itself (docs/bench/HISTORY.md). quick_cache has no TTL, so each
 /// entry carries the millisecond it was loaded and a stale one reads as a
 /// miss.
 ///

@@ -168,7 +168,7 @@ pub fn prometheus() -> Result<PrometheusHandle, RecorderError> {
             // Histogram samples wait in the recorder until a render or an
             // upkeep folds them into buckets: without this, a process nobody
             // scrapes grew by every delivery's latency sample (about 1.6
-            // MiB/s at 100k msg/s, docs/BENCHMARKS.md). A thread, not a
+            // MiB/s at 100k msg/s, docs/bench/HISTORY.md). A thread, not a
             // task: this may be called outside a runtime.
             let upkeep = handle.clone();
             std::thread::Builder::new()
@@ -456,7 +456,7 @@ pub fn kafka_producer_rebuilt() {
 /// Hit and miss counters of one cache, resolved on first use instead of
 /// per lookup: a labelled `counter!` is a registry lookup, and caches are
 /// asked once per message (about 4 % of the router's CPU,
-/// docs/BENCHMARKS.md). On first use, not at construction, so a recorder
+/// docs/bench/HISTORY.md). On first use, not at construction, so a recorder
 /// installed after the cache was built (the sidecar builds its backends
 /// first) is the one counted in.
 pub(crate) struct LookupCounters {

@@ -14,7 +14,7 @@ impl Envelope {
     /// Written field by field into one buffer of the exact size: going
     /// through [`proto::Envelope`] would copy every id into a `String` and
     /// the payload twice (a fifth of the router's instructions per message,
-    /// docs/BENCHMARKS.md). The bytes are those prost writes for
+    /// docs/bench/HISTORY.md). The bytes are those prost writes for
     /// [`Self::to_wire`] (proto3: default scalars left out).
     pub fn encode(&self) -> Bytes {
         let id = self.id.to_bytes();

@@ -9,7 +9,7 @@
 //!   and reads varints a byte at a time, and through tonic's `BytesMut`
 //!   buffers each byte was a capacity-checked `put_slice` (a `memcpy` call)
 //!   or `advance`: the sidecar path's largest cost under callgrind
-//!   (docs/BENCHMARKS.md). `bytes` fields configured as `Bytes` (payloads)
+//!   (docs/bench/HISTORY.md). `bytes` fields configured as `Bytes` (payloads)
 //!   decode as slices of the request, without a copy.
 
 use std::marker::PhantomData;

@@ -26,7 +26,7 @@ use settings::check_config;
 
 // The router allocates a few small buffers per message on several threads;
 // glibc's allocator took about a fifth of the CPU of a Redis route
-// (docs/BENCHMARKS.md). The library leaves the choice to the gateway.
+// (docs/bench/HISTORY.md). The library leaves the choice to the gateway.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

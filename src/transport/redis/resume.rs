@@ -28,10 +28,10 @@ use crate::topology::GatewayId;
 
 /// How often the moved resume positions are written. A crash loses at most
 /// this much progress: a few more duplicates on restart, never a loss.
-/// Each subscribed gateway's position is written up to 1/spacing times a
-/// second: at 5 ms and 100 busy gateways that was 20,000 SETs a second,
-/// more than a fifth of the process's instructions per message
-/// (callgrind, docs/BENCHMARKS.md).
+/// The positions of all of a process's subscriptions go in one pipeline per
+/// tick: one SET per gateway per tick was, at 5 ms and 100 busy gateways,
+/// 20,000 SETs a second and more than a fifth of the process's
+/// instructions per message (callgrind, docs/bench/HISTORY.md).
 const WRITE_SPACING: Duration = Duration::from_millis(50);
 
 /// The Lua script of a confirmed publish to one or more gateways: per
