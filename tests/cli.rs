@@ -355,6 +355,58 @@ fn bench_spreads_targets_over_gateways_and_counts_each() {
 }
 
 #[test]
+fn bench_chat_workload_counts_every_gateways_share_of_users_and_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = switchyard(
+        &[
+            "bench",
+            "--transports",
+            "memory",
+            "--paths",
+            "library,sidecar",
+            "--workload",
+            "chat",
+            "--raw=false",
+            "--targets",
+            "20",
+            "--messages",
+            "2000",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["options"]["workload"], "chat");
+    for row in report["rows"].as_array().unwrap() {
+        let receivers: Vec<(u64, u64)> = row["receivers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["delivered"].as_u64().unwrap(),
+                    r["expected"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        // Each gateway got exactly what the mix sent it, and it is skewed:
+        // the most popular user's gateway gets more than the least's.
+        assert!(receivers.iter().all(|(got, due)| got == due), "{row}");
+        let dues: Vec<u64> = receivers.iter().map(|(_, due)| *due).collect();
+        assert!(dues[0] > 2 * dues[19], "{dues:?}");
+        // Groups deliver to several gateways: more deliveries than messages.
+        assert_eq!(row["sent"], 2000, "{row}");
+        assert!(row["expected"].as_u64().unwrap() > 2000, "{row}");
+        assert_eq!(row["delivered"], row["expected"], "{row}");
+    }
+}
+
+#[test]
 fn bench_refuses_gateway_counts_out_of_range_naming_the_flag() {
     for (args, expected) in [
         (
@@ -369,6 +421,14 @@ fn bench_refuses_gateway_counts_out_of_range_naming_the_flag() {
         (
             &["--fanout", "3", "--targets", "3"],
             "--targets: spreads 1:1 messages",
+        ),
+        (
+            &["--workload", "chat", "--targets", "3"],
+            "--workload: the raw clients have no chat mix",
+        ),
+        (
+            &["--workload", "chat", "--raw=false", "--fanout", "3"],
+            "--workload: chat spreads its own groups",
         ),
     ] {
         let mut all = vec!["bench", "--duration", "1s"];

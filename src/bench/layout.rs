@@ -1,15 +1,17 @@
 //! The fleet one measured path drives: one sending gateway and N receiving
 //! gateways, each hosting one user, and the messages sent. How messages
 //! reach the receivers is the run's [`Spread`]: every message to a group
-//! with a member on each gateway (`--fanout`), or each message to one user,
-//! round robin over the gateways (`--targets`). Every path builds it the
-//! same way; only who hosts the gateways (routers here, or sidecars)
+//! with a member on each gateway (`--fanout`), each message to one user,
+//! round robin over the gateways (`--targets`), or a chat mix of Zipf-popular
+//! users and groups of mixed sizes (`--workload chat`). Every path builds it
+//! the same way; only who hosts the gateways (routers here, or sidecars)
 //! differs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
+use super::chat::{Chat, Pick};
 use crate::envelope::{Destination, Envelope, MessageId};
 use crate::topology::{GatewayId, GroupId, UserId};
 
@@ -22,13 +24,16 @@ pub(crate) enum Spread {
     /// Message i to user i mod N, each on its own gateway: one delivery per
     /// message, and a batch splits into up to N per-gateway publishes.
     Users(usize),
+    /// The chat mix over N gateways ([`Chat`]), after a warm-up round of
+    /// one message per user.
+    Chat(usize),
 }
 
 impl Spread {
     /// Receiving gateways.
     pub(crate) fn gateways(self) -> usize {
         match self {
-            Spread::Group(n) | Spread::Users(n) => n.max(1),
+            Spread::Group(n) | Spread::Users(n) | Spread::Chat(n) => n.max(1),
         }
     }
 
@@ -37,7 +42,7 @@ impl Spread {
     pub(crate) fn round(self) -> usize {
         match self {
             Spread::Group(_) => 1,
-            Spread::Users(n) => n.max(1),
+            Spread::Users(n) | Spread::Chat(n) => n.max(1),
         }
     }
 
@@ -45,12 +50,11 @@ impl Spread {
     /// sent after one [`Self::round`].
     pub(crate) fn expected(self, sent: u64) -> Vec<u64> {
         let n = self.gateways() as u64;
-        (0..n)
-            .map(|j| match self {
-                Spread::Group(_) => sent,
-                Spread::Users(_) => sent / n + u64::from(j < sent % n),
-            })
-            .collect()
+        match self {
+            Spread::Group(_) => vec![sent; n as usize],
+            Spread::Users(_) => (0..n).map(|j| sent / n + u64::from(j < sent % n)).collect(),
+            Spread::Chat(_) => Chat::new(n as usize).expected(n, n + sent),
+        }
     }
 }
 
@@ -69,6 +73,8 @@ pub(crate) struct Layout {
     sender_user: UserId,
     /// The group, or each receiving user in gateway order.
     destinations: Vec<Destination>,
+    /// The chat mix and its groups, in a chat run.
+    chat: Option<(Chat, Vec<Destination>)>,
     /// Index of the next message, which picks its destination.
     next: AtomicU64,
 }
@@ -85,7 +91,18 @@ impl Layout {
                 .map(|i| Destination::User(format!("bench-{run}-u{i}").into()))
                 .collect(),
         };
+        let chat = match spread {
+            Spread::Chat(n) => {
+                let chat = Chat::new(n);
+                let groups = (0..chat.groups())
+                    .map(|g| Destination::Group(GroupId::new(format!("bench-{run}-g{g}"))))
+                    .collect();
+                Some((chat, groups))
+            }
+            _ => None,
+        };
         Self {
+            chat,
             sender: format!("bench-{run}-a").into(),
             sender_user: format!("bench-{run}-s").into(),
             destinations,
@@ -122,23 +139,45 @@ impl Layout {
         })
     }
 
-    /// The group of all receiving users, in a fan-out run.
-    pub(crate) fn group(&self) -> Option<&GroupId> {
-        match self.destinations.first() {
-            Some(Destination::Group(group)) => Some(group),
-            _ => None,
+    /// The groups receiving user `k` joins: the one group of a fan-out
+    /// run, the chat groups it is in, or none.
+    pub(crate) fn groups_of(&self, k: usize) -> Vec<GroupId> {
+        let as_group = |d: &Destination| match d {
+            Destination::Group(group) => Some(group.clone()),
+            Destination::User(_) => None,
+        };
+        match &self.chat {
+            Some((chat, groups)) => chat
+                .groups_of(k)
+                .filter_map(|g| as_group(&groups[g]))
+                .collect(),
+            None => self
+                .destinations
+                .first()
+                .and_then(as_group)
+                .into_iter()
+                .collect(),
         }
     }
 
     /// The next message, created at `stamp` (the schedule's intended send
-    /// time): to the group, or to the next user in turn. Send loops share
-    /// the counter, so the users' shares differ by one at most.
+    /// time): to the group, to the next user in turn, or, in a chat run
+    /// past the warm-up round, where the chat mix sends message i. Send
+    /// loops share the counter, so the users' shares differ by one at most.
     pub(crate) fn message(&self, stamp: i64) -> Envelope {
         let i = self.next.fetch_add(1, Ordering::Relaxed) as usize;
+        let round = self.destinations.len();
+        let to = match &self.chat {
+            Some((chat, groups)) if i >= round => match chat.pick(i as u64) {
+                Pick::User(k) => &self.destinations[k],
+                Pick::Group(g) => &groups[g],
+            },
+            _ => &self.destinations[i % round],
+        };
         let mut e = Envelope::new(
             self.sender_user.clone(),
             self.sender.clone(),
-            self.destinations[i % self.destinations.len()].clone(),
+            to.clone(),
             self.payload.clone(),
         );
         e.created_at_micros = stamp;
@@ -167,17 +206,44 @@ mod tests {
             assert_eq!(user, &users[i % 3]);
         }
         assert_eq!(spread.expected(7), [3, 2, 2]);
-        assert!(layout.group().is_none());
+        assert!(layout.groups_of(0).is_empty());
     }
 
     #[test]
     fn fanout_sends_every_message_to_one_group() {
         let layout = Layout::new("same_region", Spread::Group(4), 16);
-        assert!(layout.group().is_some());
+        assert_eq!(layout.groups_of(3).len(), 1);
         assert_eq!(layout.receivers().count(), 4);
         assert_eq!(layout.spread().round(), 1);
         assert_eq!(layout.spread().expected(5), [5, 5, 5, 5]);
         let single = Layout::new("same_region", Spread::Group(1), 16);
-        assert!(single.group().is_none(), "fan-out 1 is one user");
+        assert!(single.groups_of(0).is_empty(), "fan-out 1 is one user");
+    }
+
+    #[test]
+    fn a_chat_run_warms_every_user_then_sends_what_it_expects() {
+        let layout = Layout::new("same_region", Spread::Chat(10), 16);
+        let spread = layout.spread();
+        let users: Vec<String> = layout.receivers().map(|(_, user)| user).collect();
+        let mut due = vec![0u64; 10];
+        for i in 0..spread.round() + 500 {
+            let members: Vec<usize> = match layout.message(0).destination {
+                Destination::User(user) => {
+                    vec![users
+                        .iter()
+                        .position(|u| u == user.as_str())
+                        .expect("a receiver")]
+                }
+                Destination::Group(group) => (0..10)
+                    .filter(|k| layout.groups_of(*k).contains(&group))
+                    .collect(),
+            };
+            if i < spread.round() {
+                assert_eq!(members, [i], "warm-up: one message per user in turn");
+            } else {
+                members.iter().for_each(|k| due[*k] += 1);
+            }
+        }
+        assert_eq!(spread.expected(500), due);
     }
 }

@@ -130,11 +130,11 @@ pub(crate) async fn ends(
     let (router, inbox) = build(layout.sender().clone(), "eu").await?;
     let mut receivers = Vec::new();
     let mut inboxes = Vec::new();
-    for (gateway, user) in layout.receivers() {
+    for (k, (gateway, user)) in layout.receivers().enumerate() {
         let (receiver, inbox) = build(gateway.into(), layout.to_region).await?;
         receiver.connect(user.as_str(), "d0").await?;
-        if let Some(group) = layout.group() {
-            receiver.join(group.clone(), user.as_str()).await?;
+        for group in layout.groups_of(k) {
+            receiver.join(group, user.as_str()).await?;
         }
         receivers.push(receiver);
         inboxes.push(latencies(inbox));

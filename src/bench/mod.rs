@@ -24,6 +24,7 @@
 //! loop the timestamp is the *intended* send time, so a router that falls
 //! behind is charged for the wait (no coordinated omission).
 
+mod chat;
 mod drive;
 mod generator;
 mod layout;
@@ -58,6 +59,18 @@ use layout::{Layout, Spread};
 /// client and a sidecar session) with its own inbox and subscription in
 /// this one process.
 pub const MAX_GATEWAYS: usize = 1000;
+
+/// What the messages of a `--targets` run look like.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// Message i to user i mod N: every gateway gets the same share.
+    #[default]
+    Uniform,
+    /// Chat: 80 % 1:1 to Zipf-popular users (exponent 1), 20 % to groups of
+    /// 2 to 100 members (capped at N), one user per gateway.
+    Chat,
+}
 
 /// Where the bench's gateways run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -110,6 +123,8 @@ pub struct BenchOptions {
     /// each user on its own gateway, so each batch splits into up to N
     /// per-gateway publishes. Above 1 only with `fanout` 1.
     pub targets: usize,
+    /// How the messages spread over the `targets` gateways.
+    pub workload: Workload,
     /// Sending time per transport.
     #[serde(with = "humantime_serde")]
     pub duration: Duration,
@@ -142,6 +157,7 @@ impl Default for BenchOptions {
             rate: 0,
             fanout: 1,
             targets: 1,
+            workload: Workload::Uniform,
             duration: Duration::from_secs(10),
             messages: None,
             senders: 1,
@@ -272,10 +288,21 @@ impl BenchOptions {
                 });
             }
         }
-        match (self.fanout, self.targets) {
-            (fanout, 1) => Ok(Spread::Group(fanout)),
-            (1, targets) => Ok(Spread::Users(targets)),
-            (fanout, _) => Err(BenchError::Option {
+        match (self.fanout, self.targets, self.workload) {
+            (1, _, Workload::Chat) if self.raw => Err(BenchError::Option {
+                flag: "--workload",
+                reason: "the raw clients have no chat mix to compare with: add --raw=false".into(),
+            }),
+            (1, targets, Workload::Chat) => Ok(Spread::Chat(targets)),
+            (fanout, _, Workload::Chat) => Err(BenchError::Option {
+                flag: "--workload",
+                reason: format!(
+                    "chat spreads its own groups over --targets gateways, so it needs --fanout 1 (got --fanout {fanout})"
+                ),
+            }),
+            (fanout, 1, Workload::Uniform) => Ok(Spread::Group(fanout)),
+            (1, targets, Workload::Uniform) => Ok(Spread::Users(targets)),
+            (fanout, _, Workload::Uniform) => Err(BenchError::Option {
                 flag: "--targets",
                 reason: format!(
                     "spreads 1:1 messages over gateways, so it needs --fanout 1 (got --fanout {fanout})"

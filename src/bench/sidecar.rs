@@ -251,13 +251,13 @@ pub(crate) async fn ends(
                 true => Some(channel("receivers", addrs[1]).await?),
                 false => None,
             };
-            for (id, user) in layout.receivers() {
+            for (k, (id, user)) in layout.receivers().enumerate() {
                 let mut receiver = match &shared {
                     Some(channel) => Gateway::on(id, channel.clone()),
                     None => Gateway::connect(id, addrs[1]).await?,
                 };
                 let stream = receiver.attach(layout.to_region, &user).await?;
-                if let Some(group) = layout.group() {
+                for group in layout.groups_of(k) {
                     receiver.join(&user, group.as_str()).await?;
                 }
                 receivers.push(latencies(stream));

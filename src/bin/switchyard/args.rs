@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use switchyard::bench::PathKind;
+use switchyard::bench::{PathKind, Workload};
 use switchyard::transport::TransportKind;
 use switchyard::Settings;
 
@@ -279,6 +279,10 @@ pub(crate) struct BenchArgs {
     /// publishes (1 to 1000; only with --fanout 1).
     #[arg(long, default_value_t = 1)]
     pub(crate) targets: usize,
+    /// How --targets messages spread: uniform (round robin) or chat (Zipf-
+    /// popular users and groups of mixed sizes; deliveries per message vary).
+    #[arg(long, value_enum, default_value_t = Workload::Uniform)]
+    pub(crate) workload: Workload,
     /// Sending time per transport, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = humantime_serde::re::humantime::parse_duration)]
     pub(crate) duration: std::time::Duration,

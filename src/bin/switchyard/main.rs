@@ -144,6 +144,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 rate: args.rate,
                 fanout: args.fanout,
                 targets: args.targets,
+                workload: args.workload,
                 duration: args.duration,
                 messages: args.messages,
                 senders: args.senders,
