@@ -1,7 +1,7 @@
 //! The scaling plot of docs/BENCHMARKS.md ("Scaling (issue 14)"): delivered
 //! msg/s, p99 and the router's CPU per delivery against the number of
-//! receiving gateways, one line per (`--targets` or `--fanout`, transport),
-//! read from `switchyard bench --json` files; and, when given, bytes per
+//! receiving gateways, one line per (`--targets` or `--fanout`, workload,
+//! transport, path), read from `switchyard bench --json` files; and, when given, bytes per
 //! cached presence entry against the entries (from
 //! `examples/presence_cache_memory.rs`). Repeated runs of one point are
 //! drawn as dots, the line goes through their mean.
@@ -49,13 +49,23 @@ fn main() -> Result<(), Error> {
         let rows = report["rows"]
             .as_array()
             .ok_or_else(|| format!("{value}: no rows"))?;
-        for row in rows.iter().filter(|r| r["path"] == "switchyard") {
+        // Files from before `--workload` are uniform.
+        let workload = match report["options"]["workload"].as_str() {
+            Some("chat") => " chat",
+            _ => "",
+        };
+        let switchyard = |r: &&serde_json::Value| r["path"] == "switchyard" || r["path"] == "sidecar";
+        for row in rows.iter().filter(switchyard) {
             let number = |key: &str| {
                 row[key]
                     .as_f64()
                     .ok_or_else(|| format!("{value}: a row has no {key}"))
             };
-            let name = format!("{axis} {}", row["transport"].as_str().unwrap_or("?"));
+            let name = format!(
+                "{axis}{workload} {} {}",
+                row["transport"].as_str().unwrap_or("?"),
+                row["path"].as_str().unwrap_or("?")
+            );
             series.entry(name).or_default().push((
                 gateways,
                 number("delivered_per_sec")?,
