@@ -54,7 +54,8 @@ fn main() -> Result<(), Error> {
             Some("chat") => " chat",
             _ => "",
         };
-        let switchyard = |r: &&serde_json::Value| r["path"] == "switchyard" || r["path"] == "sidecar";
+        let switchyard =
+            |r: &&serde_json::Value| r["path"] == "switchyard" || r["path"] == "sidecar";
         for row in rows.iter().filter(switchyard) {
             let number = |key: &str| {
                 row[key]
