@@ -47,7 +47,9 @@ cargo clippy --all-targets --features etcd -- -D warnings
 for features in "" redis kafka nats grpc etcd regions; do
   cargo clippy --lib --no-default-features --features "$features" -- -D warnings
 done
-phase "fmt and clippy"
+# Every intra-doc link resolves and no public doc points at a private item.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib --features etcd
+phase "fmt, clippy and docs"
 # Benches are built by clippy above and measured by `cargo bench`, not run here.
 # A test that hangs is a failure with its name on the screen (cargo prints
 # "has been running for over 60 seconds"), not a CI run that never ends.

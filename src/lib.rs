@@ -75,7 +75,7 @@
 //!   Peer APIs, auth, live config, `/metrics`, `/healthz`, `/readyz`) and
 //!   the client of `switchyard canary`.
 //! - [`demo`]: the in-process fleet behind `switchyard demo`.
-//! - [`bench`]: the load generator behind `switchyard bench`, with the
+//! - [`bench`](mod@bench): the load generator behind `switchyard bench`, with the
 //!   raw-client baselines it is compared with.
 //!
 //! No module uses one that uses it back (`tests/architecture.rs`). Cargo

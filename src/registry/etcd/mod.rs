@@ -10,7 +10,7 @@
 //!   only if absent, of the one node that cleans up after that registration
 //!   ended (its sessions and group counts). `deregister` claims its own
 //!   registration, so a gateway that leaves is not cleaned up after (as on
-//!   Redis). Claims sit on a lease of their own and go after [`CLAIM_TTL`].
+//!   Redis). Claims sit on a lease of their own and go after `CLAIM_TTL` (10 minutes).
 //!
 //! Each node keeps a view of every registration: one range read, then a
 //! watch from the revision after it. `get`, `list` and so the ring are

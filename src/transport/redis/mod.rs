@@ -367,7 +367,7 @@ impl Transport for RedisTransport {
     }
 
     /// One pipeline, and for confirmed messages one script call per
-    /// [`SCRIPT_CHUNK`] messages, for every target together. A cluster
+    /// 1,000 messages (Lua unpacks at most ~8,000 values), for every target together. A cluster
     /// keeps a pipeline (and a script) within one slot, and each gateway's
     /// keys are a slot of their own, so there each gateway gets its own
     /// pipeline, all sent at once over the nodes' multiplexed connections.
