@@ -9,7 +9,9 @@
 //!
 //! - [`schedule`]: the send timeline (open loop at a rate, or closed loop).
 //! - `layout`: the fleet's ids and messages, the same on every path, and
-//!   how the messages spread over the receivers (a group, or round robin).
+//!   how the messages spread over the receivers (a group, round robin, or
+//!   the chat mix).
+//! - `chat`: the chat workload's mix of Zipf-popular users and groups.
 //! - `drive`: the measurement loop every path shares.
 //! - `generator`: the load generator's own thread, whose CPU is counted
 //!   apart from switchyard's.
