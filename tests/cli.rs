@@ -19,6 +19,34 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Runs `switchyard bench ARGS --json F`, asserts it succeeded, and returns
+/// the report it wrote.
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let mut all = vec!["bench"];
+    all.extend(args);
+    all.extend(["--json", json.to_str().unwrap()]);
+    let out = switchyard(&all, &[]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+}
+
+/// Each receiving gateway's (delivered, expected) of one report row.
+fn receivers(row: &serde_json::Value) -> Vec<(u64, u64)> {
+    row["receivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["delivered"].as_u64().unwrap(),
+                r["expected"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn check_config_accepts_the_shipped_configs() {
     // deploy/k8s's ConfigMap: tests/sidecar_deploy.rs. The deploy configs
@@ -301,30 +329,18 @@ fn bench_runs_on_the_memory_default_and_writes_json_and_svg() {
 
 #[test]
 fn bench_spreads_targets_over_gateways_and_counts_each() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("bench.json");
-    let out = switchyard(
-        &[
-            "bench",
-            "--transports",
-            "memory",
-            "--paths",
-            "library,sidecar",
-            "--targets",
-            "3",
-            "--messages",
-            "1000",
-            "--batch",
-            "30",
-            "--json",
-            json.to_str().unwrap(),
-        ],
-        &[],
-    );
-    let text = stdout(&out);
-    assert!(out.status.success(), "{text}{}", stderr(&out));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = bench_json(&[
+        "--transports",
+        "memory",
+        "--paths",
+        "library,sidecar",
+        "--targets",
+        "3",
+        "--messages",
+        "1000",
+        "--batch",
+        "30",
+    ]);
     assert_eq!(report["options"]["targets"], 3);
     let rows = report["rows"].as_array().unwrap();
     assert_eq!(
@@ -337,18 +353,11 @@ fn bench_spreads_targets_over_gateways_and_counts_each() {
         assert_eq!(row["sent"], 1000, "{row}");
         assert_eq!(row["expected"], 1000, "{row}");
         assert_eq!(row["delivered"], 1000, "{row}");
-        let receivers: Vec<(u64, u64)> = row["receivers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r["delivered"].as_u64().unwrap(),
-                    r["expected"].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        assert_eq!(receivers, [(334, 334), (333, 333), (333, 333)], "{row}");
+        assert_eq!(
+            receivers(row),
+            [(334, 334), (333, 333), (333, 333)],
+            "{row}"
+        );
         // Each batch of 30 went to all three gateways.
         assert_eq!(row["gateways_per_batch"], 3.0, "{row}");
     }
@@ -356,44 +365,22 @@ fn bench_spreads_targets_over_gateways_and_counts_each() {
 
 #[test]
 fn bench_chat_workload_counts_every_gateways_share_of_users_and_groups() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("bench.json");
-    let out = switchyard(
-        &[
-            "bench",
-            "--transports",
-            "memory",
-            "--paths",
-            "library,sidecar",
-            "--workload",
-            "chat",
-            "--raw=false",
-            "--targets",
-            "20",
-            "--messages",
-            "2000",
-            "--json",
-            json.to_str().unwrap(),
-        ],
-        &[],
-    );
-    let text = stdout(&out);
-    assert!(out.status.success(), "{text}{}", stderr(&out));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = bench_json(&[
+        "--transports",
+        "memory",
+        "--paths",
+        "library,sidecar",
+        "--workload",
+        "chat",
+        "--raw=false",
+        "--targets",
+        "20",
+        "--messages",
+        "2000",
+    ]);
     assert_eq!(report["options"]["workload"], "chat");
     for row in report["rows"].as_array().unwrap() {
-        let receivers: Vec<(u64, u64)> = row["receivers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r["delivered"].as_u64().unwrap(),
-                    r["expected"].as_u64().unwrap(),
-                )
-            })
-            .collect();
+        let receivers = receivers(row);
         // Each gateway got exactly what the mix sent it, and it is skewed:
         // the most popular user's gateway gets more than the least's.
         assert!(receivers.iter().all(|(got, due)| got == due), "{row}");
@@ -445,28 +432,16 @@ fn bench_refuses_gateway_counts_out_of_range_naming_the_flag() {
 
 #[test]
 fn bench_drives_direct_links_and_the_sidecar_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("bench.json");
-    let out = switchyard(
-        &[
-            "bench",
-            "--transports",
-            "memory,grpc",
-            "--paths",
-            "library,sidecar",
-            "--duration",
-            "1s",
-            "--rate",
-            "1000",
-            "--json",
-            json.to_str().unwrap(),
-        ],
-        &[],
-    );
-    let text = stdout(&out);
-    assert!(out.status.success(), "{text}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = bench_json(&[
+        "--transports",
+        "memory,grpc",
+        "--paths",
+        "library,sidecar",
+        "--duration",
+        "1s",
+        "--rate",
+        "1000",
+    ]);
     let rows = report["rows"].as_array().unwrap();
     let found: Vec<(&str, &str)> = rows
         .iter()

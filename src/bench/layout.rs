@@ -74,7 +74,7 @@ pub(crate) struct Layout {
     /// The group, or each receiving user in gateway order.
     destinations: Vec<Destination>,
     /// The chat mix and its groups, in a chat run.
-    chat: Option<(Chat, Vec<Destination>)>,
+    chat: Option<(Chat, Vec<GroupId>)>,
     /// Index of the next message, which picks its destination.
     next: AtomicU64,
 }
@@ -95,7 +95,7 @@ impl Layout {
             Spread::Chat(n) => {
                 let chat = Chat::new(n);
                 let groups = (0..chat.groups())
-                    .map(|g| Destination::Group(GroupId::new(format!("bench-{run}-g{g}"))))
+                    .map(|g| GroupId::new(format!("bench-{run}-g{g}")))
                     .collect();
                 Some((chat, groups))
             }
@@ -142,21 +142,10 @@ impl Layout {
     /// The groups receiving user `k` joins: the one group of a fan-out
     /// run, the chat groups it is in, or none.
     pub(crate) fn groups_of(&self, k: usize) -> Vec<GroupId> {
-        let as_group = |d: &Destination| match d {
-            Destination::Group(group) => Some(group.clone()),
-            Destination::User(_) => None,
-        };
-        match &self.chat {
-            Some((chat, groups)) => chat
-                .groups_of(k)
-                .filter_map(|g| as_group(&groups[g]))
-                .collect(),
-            None => self
-                .destinations
-                .first()
-                .and_then(as_group)
-                .into_iter()
-                .collect(),
+        match (&self.chat, self.destinations.first()) {
+            (Some((chat, groups)), _) => chat.groups_of(k).map(|g| groups[g].clone()).collect(),
+            (None, Some(Destination::Group(group))) => vec![group.clone()],
+            (None, _) => Vec::new(),
         }
     }
 
@@ -169,15 +158,15 @@ impl Layout {
         let round = self.destinations.len();
         let to = match &self.chat {
             Some((chat, groups)) if i >= round => match chat.pick(i as u64) {
-                Pick::User(k) => &self.destinations[k],
-                Pick::Group(g) => &groups[g],
+                Pick::User(k) => self.destinations[k].clone(),
+                Pick::Group(g) => Destination::Group(groups[g].clone()),
             },
-            _ => &self.destinations[i % round],
+            _ => self.destinations[i % round].clone(),
         };
         let mut e = Envelope::new(
             self.sender_user.clone(),
             self.sender.clone(),
-            to.clone(),
+            to,
             self.payload.clone(),
         );
         e.created_at_micros = stamp;

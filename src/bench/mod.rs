@@ -406,13 +406,12 @@ pub async fn run(settings: Settings, options: BenchOptions) -> Result<BenchRepor
             if sent == 0 {
                 sent = measured.sent;
             }
-            let whole = cpu.since();
             rows.push(Row::new(
                 path.row_name(),
                 kind.as_str(),
                 route,
                 &measured,
-                measured.cpu.unwrap_or(whole),
+                measured.cpu.unwrap_or_else(|| cpu.since()),
                 options.rate,
             ));
         }

@@ -124,24 +124,22 @@ impl KafkaTransport {
             let settled = tokio::time::timeout_at(look_again, assigned.wait_for(|a| *a))
                 .await
                 .is_ok();
-            match settled {
-                true => return,
-                false if tokio::time::Instant::now() >= deadline => {
-                    tracing::warn!(
-                        transport = %KIND, gateway = %me, ?limit,
-                        "the consumer group has not assigned the topic yet; \
-                         the subscription starts reading once it does"
-                    );
-                    return;
-                }
-                false => {
-                    let consumer = consumer.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        consumer.fetch_metadata(None, ASSIGNMENT_LOOK).map(drop)
-                    })
-                    .await;
-                }
+            if settled {
+                return;
             }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    transport = %KIND, gateway = %me, ?limit,
+                    "the consumer group has not assigned the topic yet; \
+                     the subscription starts reading once it does"
+                );
+                return;
+            }
+            let consumer = consumer.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                consumer.fetch_metadata(None, ASSIGNMENT_LOOK).map(drop)
+            })
+            .await;
         }
     }
 
@@ -193,7 +191,7 @@ impl KafkaTransport {
             .create_with_context(HealthContext {
                 health: self.health.clone(),
                 gateway: Some(me.clone()),
-                assigned: Some(Arc::new(assigned)),
+                assigned: Some(assigned),
             })
     }
 }

@@ -64,7 +64,7 @@ struct HealthContext {
     /// The gateway whose consumer this is (none for the producer and admin).
     gateway: Option<GatewayId>,
     /// Set once a rebalance assigned the consumer partitions.
-    assigned: Option<Arc<watch::Sender<bool>>>,
+    assigned: Option<watch::Sender<bool>>,
 }
 
 impl HealthContext {
