@@ -427,10 +427,27 @@ async fn a_demoted_sentinel_master_is_left_for_the_promoted_one() {
     // Every connection of the handle, and the subscription, follow the
     // sentinels' switch at once (their `+switch-master` event), not when the
     // sentinels get round to reconfiguring the old master (~10 s later,
-    // which is when it drops its clients).
+    // which is when it drops its clients). Nobody reads the subscription
+    // meanwhile: it moves by itself. The promoted master is asked directly,
+    // since the handle's connections count the old master's subscriber
+    // until they move too.
     let started = Instant::now();
+    let promoted = deployment.master().await;
+    let mut direct = redis::Client::open(format!(
+        "redis://127.0.0.1:{}",
+        deployment.base + promoted - 1
+    ))
+    .unwrap()
+    .get_multiplexed_async_connection()
+    .await
+    .unwrap();
     let moved = redis_support::eventually(Duration::from_secs(5), || async {
-        let mut ok = true;
+        let mut ok = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg("after")
+            .query_async::<i64>(&mut direct.clone())
+            .await
+            .is_ok_and(|receivers| receivers == 1);
         for _ in 0..redis.connections {
             ok &= redis::cmd("PUBLISH")
                 .arg(&channel)

@@ -16,6 +16,7 @@
 //! hold it, and the sentinels promote the replica with the most data, so a
 //! confirmed write survives the failover.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -112,6 +113,11 @@ struct Follower {
     client: tokio::sync::Mutex<(SentinelClient, Option<Instant>)>,
     master: ArcSwap<Master>,
     push: Option<PushSender>,
+    /// The channels subscribed through this connection, made again on each
+    /// master it moves to. Held while they are, so an unsubscribe cannot
+    /// land before a resubscribe of its channel (which would leave the new
+    /// master counting a reader nobody is).
+    channels: tokio::sync::Mutex<HashSet<String>>,
     /// Dropped with the follower: ends its `+switch-master` watch.
     _watching: oneshot::Sender<()>,
 }
@@ -177,6 +183,7 @@ impl SentinelConn {
                 generation: 0,
             }),
             push,
+            channels: tokio::sync::Mutex::default(),
             _watching: watching,
         });
         tokio::spawn(watch(Arc::downgrade(&follower), stop));
@@ -192,6 +199,9 @@ impl SentinelConn {
     pub(crate) async fn subscribe(&mut self, channel: &str) -> RedisResult<()> {
         let generation = self.0.master.load().generation;
         self.0.relocate(generation, false).await;
+        // Recorded before the master is read: a move after this makes it
+        // again on the new master, a move before is read here.
+        self.0.channels.lock().await.insert(channel.to_owned());
         let (master, mut conn) = self.current();
         let result = conn.subscribe(channel).await;
         if let Err(err) = &result {
@@ -203,6 +213,8 @@ impl SentinelConn {
     /// Ends a subscription on the current master (one on a master left
     /// behind went with its connection).
     pub(crate) async fn unsubscribe(&mut self, channel: &str) -> RedisResult<()> {
+        let mut channels = self.0.channels.lock().await;
+        channels.remove(channel);
         let (_, mut conn) = self.current();
         conn.unsubscribe(channel).await
     }
@@ -325,19 +337,39 @@ impl Follower {
                     conn,
                     generation: current.generation + 1,
                 }));
-                // The subscriptions are on the old master's connection:
-                // reported as dropped, they are made again on this one
-                // (and the gap re-read). Nobody reading is fine.
+                // The subscriptions are on the old master's connection,
+                // which keeps them until the sentinels demote it (~10 s):
+                // reported as dropped first (each reader re-reads the gap),
+                // then made again here at once, reader or not, so the new
+                // master counts them from now on.
                 if let Some(push) = &self.push {
                     let _ = push(PushInfo {
                         kind: PushKind::Disconnection,
                         data: Vec::new(),
                     });
+                    self.resubscribe().await;
                 }
             }
             Err(e) => {
                 tracing::debug!(service = %self.sentinel.service, %address, %e, "cannot connect to the new master yet")
             }
+        }
+    }
+}
+
+impl Follower {
+    /// Makes every channel of this connection again on the current master,
+    /// in one SUBSCRIBE. If that fails, each reader makes its own after
+    /// the drop it was told of.
+    async fn resubscribe(&self) {
+        let channels = self.channels.lock().await;
+        if channels.is_empty() {
+            return;
+        }
+        let mut conn = self.master.load().conn.clone();
+        let all: Vec<&String> = channels.iter().collect();
+        if let Err(e) = conn.subscribe(all).await {
+            tracing::debug!(service = %self.sentinel.service, channels = channels.len(), %e, "resubscribe on the new master failed");
         }
     }
 }
