@@ -165,16 +165,16 @@ impl RedisTransport {
 }
 
 impl RedisTransport {
-    /// Publishes every target's batch in one pipeline on `conn`: per
-    /// message, its receiver count decides (0 fails that gateway with
-    /// [`TransportError::NoSubscriber`]).
+    /// Publishes every target's batch in one pipeline on `conn`: a
+    /// receiver count of 0 for any of a target's messages fails that
+    /// gateway with [`TransportError::NoSubscriber`].
     async fn publish_on(
         &self,
         mut conn: Conn,
         targets: &[Outgoing<'_>],
         ack: Ack,
     ) -> Vec<Result<(), TransportError>> {
-        let pipe = self.pipeline(&conn, targets, ack);
+        let (pipe, owners) = self.pipeline(&conn, targets, ack);
         let mut result: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(&mut conn).await;
         if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
         {
@@ -202,57 +202,74 @@ impl RedisTransport {
             }
         };
         self.health.up();
-        let messages: usize = targets.iter().map(|t| t.batch.len()).sum();
-        let mut at = 0;
+        if receivers.len() != owners.len() {
+            let reason = format!(
+                "Redis answered {} receiver counts for {} publishes",
+                receivers.len(),
+                owners.len()
+            );
+            return targets
+                .iter()
+                .map(|t| Err(publish_failed(t.to, reason.clone())))
+                .collect();
+        }
+        let mut unread = vec![false; targets.len()];
+        for (count, &owner) in receivers.iter().zip(&owners) {
+            unread[owner] |= *count == 0;
+        }
+        // PUBLISH answers with its receiver count at any priority: a
+        // low-priority message nobody receives fails (and falls back) at no
+        // extra cost instead of vanishing.
         targets
             .iter()
-            .map(|t| {
-                let counts = receivers.get(at..at + t.batch.len());
-                at += t.batch.len();
-                match counts {
-                    // PUBLISH answers with its receiver count at any
-                    // priority: a low-priority message nobody receives fails
-                    // (and falls back) at no extra cost instead of vanishing.
-                    Some(counts) if counts.contains(&0) => Err(TransportError::NoSubscriber {
-                        transport: KIND,
-                        gateway: t.to.clone(),
-                    }),
-                    Some(_) => Ok(()),
-                    None => Err(publish_failed(
-                        t.to,
-                        format!(
-                            "Redis answered {} receiver counts for {messages} messages",
-                            receivers.len()
-                        ),
-                    )),
-                }
+            .zip(unread)
+            .map(|(t, unread)| match unread {
+                true => Err(TransportError::NoSubscriber {
+                    transport: KIND,
+                    gateway: t.to.clone(),
+                }),
+                false => Ok(()),
             })
             .collect()
     }
 
-    /// The commands publishing `targets`: confirmed messages through the
-    /// replay script (see `resume`), each call carrying up to
-    /// [`SCRIPT_CHUNK`] messages of one or more gateways; fire-and-forget
-    /// ones as plain (S)PUBLISH.
-    fn pipeline(&self, conn: &Conn, targets: &[Outgoing<'_>], ack: Ack) -> redis::Pipeline {
+    /// The commands publishing `targets`, and for each receiver count they
+    /// answer with, the index of the target it counts: confirmed messages
+    /// through the replay script (see `resume`; one count per gateway in
+    /// a call), each call carrying up to [`SCRIPT_CHUNK`] messages of one
+    /// or more gateways; fire-and-forget ones as plain (S)PUBLISH, one
+    /// count each.
+    fn pipeline(
+        &self,
+        conn: &Conn,
+        targets: &[Outgoing<'_>],
+        ack: Ack,
+    ) -> (redis::Pipeline, Vec<usize>) {
         let mut pipe = redis::pipe();
+        let mut owners = Vec::new();
         if ack != Ack::Confirmed || !self.replays() {
             let mut channel = String::new();
-            for target in targets {
+            for (owner, target) in targets.iter().enumerate() {
                 self.gateway_key(&mut channel, target.to, "");
                 for bytes in target.batch {
                     pipe.cmd(conn.publish_command())
                         .arg(&channel)
                         .arg(bytes.as_ref());
+                    owners.push(owner);
                 }
             }
-            return pipe;
+            return (pipe, owners);
         }
         // Each gateway's batch in chunks of at most SCRIPT_CHUNK, packed in
         // order into calls of at most SCRIPT_CHUNK messages.
-        let pieces: Vec<(&GatewayId, &[Bytes])> = targets
+        let pieces: Vec<(usize, &GatewayId, &[Bytes])> = targets
             .iter()
-            .flat_map(|t| t.batch.chunks(SCRIPT_CHUNK).map(move |chunk| (t.to, chunk)))
+            .enumerate()
+            .flat_map(|(owner, t)| {
+                t.batch
+                    .chunks(SCRIPT_CHUNK)
+                    .map(move |chunk| (owner, t.to, chunk))
+            })
             .collect();
         let mut key = String::new();
         let mut from = 0;
@@ -260,9 +277,9 @@ impl RedisTransport {
             let mut until = from;
             let mut messages = 0;
             while until < pieces.len()
-                && (until == from || messages + pieces[until].1.len() <= SCRIPT_CHUNK)
+                && (until == from || messages + pieces[until].2.len() <= SCRIPT_CHUNK)
             {
-                messages += pieces[until].1.len();
+                messages += pieces[until].2.len();
                 until += 1;
             }
             let call = &pieces[from..until];
@@ -270,7 +287,7 @@ impl RedisTransport {
                 .cmd("EVALSHA")
                 .arg(self.publish_script.get_hash())
                 .arg(call.len());
-            for (to, _) in call {
+            for (_, to, _) in call {
                 self.gateway_key(&mut key, to, ":replay");
                 invocation.arg(&key);
             }
@@ -278,16 +295,17 @@ impl RedisTransport {
                 .arg(self.config.replay_window.as_millis() as u64)
                 .arg(conn.publish_command())
                 .arg(self.config.replay_max);
-            for (to, chunk) in call {
+            for (owner, to, chunk) in call {
                 self.gateway_key(&mut key, to, "");
                 invocation.arg(&key).arg(chunk.len());
                 for bytes in *chunk {
                     invocation.arg(bytes.as_ref());
                 }
+                owners.push(*owner);
             }
             from = until;
         }
-        pipe
+        (pipe, owners)
     }
 }
 
@@ -300,7 +318,7 @@ fn publish_failed(to: &GatewayId, reason: String) -> TransportError {
 }
 
 /// Flattens the publish replies (one integer per plain publish, one array
-/// of integers per script call) into one receiver count per message.
+/// of integers per script call) into their receiver counts, in order.
 fn receiver_counts(replies: &[redis::Value]) -> redis::RedisResult<Vec<i64>> {
     let mut counts = Vec::with_capacity(replies.len());
     let mut push = |value: &redis::Value| -> redis::RedisResult<()> {

@@ -39,28 +39,40 @@ const WRITE_SPACING: Duration = Duration::from_millis(50);
 /// as `\0{entry id}:{index}:{count}\0{bytes}`. `KEYS[g]` is gateway g's
 /// replay stream; `ARGV` is the window in ms, the publish command, the
 /// stream's cap in messages, then per gateway its channel, its count n and
-/// its n envelopes. Returns the receiver count of each publish, in order.
+/// its n envelopes. Returns each gateway's receiver count, in order (the
+/// same for all its messages: nothing subscribes while a script runs).
 /// One call carries a whole batch however many gateways it spreads over
 /// (on a cluster, where a script stays in one slot, one call per gateway).
+/// A gateway with one message, the usual case when a batch spreads over
+/// many, skips the field table and `unpack` (a quarter of the script's
+/// time per gateway there: docs/bench/HISTORY.md, 2026-12-07).
 pub(crate) const PUBLISH_SCRIPT: &str = r"
 local window, publish, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local call = redis.call
 local at = 4
 local receivers = {}
 for g = 1, #KEYS do
   local channel, n = ARGV[at], tonumber(ARGV[at + 1])
   at = at + 2
-  local fields = {}
-  for i = 1, n do
-    fields[2 * i - 1] = 'e'
-    fields[2 * i] = ARGV[at + i - 1]
+  local id
+  if n == 1 then
+    id = call('XADD', KEYS[g], 'MAXLEN', '~', cap, '*', 'e', ARGV[at])
+  else
+    local fields = {}
+    for i = 1, n do
+      fields[2 * i - 1] = 'e'
+      fields[2 * i] = ARGV[at + i - 1]
+    end
+    local maxlen = math.max(1, math.floor(cap / n))
+    id = call('XADD', KEYS[g], 'MAXLEN', '~', maxlen, '*', unpack(fields))
   end
-  local maxlen = math.max(1, math.floor(cap / n))
-  local id = redis.call('XADD', KEYS[g], 'MAXLEN', '~', maxlen, '*', unpack(fields))
-  redis.call('PEXPIRE', KEYS[g], window)
+  call('PEXPIRE', KEYS[g], window)
+  local head, tail = '\0' .. id .. ':', ':' .. n .. '\0'
+  local count
   for i = 1, n do
-    local frame = '\0' .. id .. ':' .. (i - 1) .. ':' .. n .. '\0' .. ARGV[at + i - 1]
-    receivers[#receivers + 1] = redis.call(publish, channel, frame)
+    count = call(publish, channel, head .. (i - 1) .. tail .. ARGV[at + i - 1])
   end
+  receivers[g] = count
   at = at + n
 end
 return receivers
