@@ -44,8 +44,9 @@ const WRITE_SPACING: Duration = Duration::from_millis(50);
 /// One call carries a whole batch however many gateways it spreads over
 /// (on a cluster, where a script stays in one slot, one call per gateway).
 /// A gateway with one message, the usual case when a batch spreads over
-/// many, skips the field table and `unpack` (a quarter of the script's
-/// time per gateway there: docs/bench/HISTORY.md, 2026-12-07).
+/// many, skips the field table and `unpack` (with the one count per
+/// gateway, 8 % of the script's time there: docs/bench/HISTORY.md,
+/// "Publish script, 2026-12-07").
 pub(crate) const PUBLISH_SCRIPT: &str = r"
 local window, publish, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local call = redis.call
