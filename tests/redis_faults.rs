@@ -433,7 +433,7 @@ async fn a_demoted_sentinel_master_is_left_for_the_promoted_one() {
     // until they move too.
     let started = Instant::now();
     let promoted = deployment.master().await;
-    let mut direct = redis::Client::open(format!(
+    let direct = redis::Client::open(format!(
         "redis://127.0.0.1:{}",
         deployment.base + promoted - 1
     ))
