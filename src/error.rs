@@ -1,31 +1,34 @@
 //! The errors the library returns. Each names what failed and with which input.
 
+use crate::cause::{Cause, Report};
 use crate::envelope::{EnvelopeError, MessageId};
 use crate::topology::{GroupId, IdError};
 use crate::transport::TransportError;
 
 /// A state store (presence, groups, offline, blocks, registry) failed.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The backend cannot be reached.
-    #[error("{store} store: cannot reach {address}: {reason}")]
+    #[error("{store} store: cannot reach {address}")]
     Unavailable {
         /// Which store (presence, groups, ...).
         store: &'static str,
         /// The backend address.
         address: String,
         /// Why.
-        reason: String,
+        #[source]
+        reason: Cause,
     },
     /// The backend answered with an error or with data we cannot read.
-    #[error("{store} store: {operation} failed: {reason}")]
+    #[error("{store} store: {operation} failed")]
     Backend {
         /// Which store.
         store: &'static str,
         /// What we asked for.
         operation: String,
         /// Why it failed.
-        reason: String,
+        #[source]
+        reason: Cause,
     },
     /// The group has no members (it was never joined, or everyone left).
     #[error("unknown group {0:?}")]
@@ -36,7 +39,7 @@ pub enum StoreError {
 }
 
 /// Why the router refused or could not route a message.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SendError {
     /// The envelope itself is invalid; nothing was sent.
     #[error(transparent)]
@@ -44,7 +47,7 @@ pub enum SendError {
     /// A store the send reads before publishing (blocks, presence, group
     /// membership) failed: nothing was published, and the caller still
     /// owns the message and may retry it.
-    #[error("message {id}: {source}")]
+    #[error("message {id} not sent")]
     Store {
         /// The message.
         id: MessageId,
@@ -53,7 +56,7 @@ pub enum SendError {
     },
     /// Every transport failed and so did the offline store: the caller still
     /// owns the message and must retry it.
-    #[error("message {id} could not be delivered nor stored offline: {offline}; transports: {}", Joined(.transports))]
+    #[error("message {id} could not be delivered nor stored offline: {}; transports: {}", Report(.offline), Joined(.transports))]
     Undeliverable {
         /// The message.
         id: MessageId,
@@ -65,7 +68,7 @@ pub enum SendError {
 }
 
 /// Why nothing took a run of messages to one target gateway.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     /// The route's decision named no transport.
     #[error("no transport configured for this route")]
@@ -89,16 +92,17 @@ impl PublishError {
     }
 }
 
-/// Displays a list joined with "; ".
+/// Displays a list of errors, each with its causes, joined with "; ": a
+/// list has no one `source` to hold them.
 struct Joined<'a, T>(&'a [T]);
 
-impl<T: std::fmt::Display> std::fmt::Display for Joined<'_, T> {
+impl<T: std::error::Error + 'static> std::fmt::Display for Joined<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for (i, item) in self.0.iter().enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
-            write!(f, "{item}")?;
+            write!(f, "{}", Report(item))?;
         }
         Ok(())
     }

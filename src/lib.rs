@@ -70,6 +70,8 @@
 //! - [`inbox`]: the receive path, a file per step: `merge` (subscribe),
 //!   `feed` (dedupe, deliver), `ack`, and `replay` of offline messages.
 //! - [`dedupe`]: the bounded window of seen message ids.
+//! - [`cause`]: the underlying error every library error keeps as its
+//!   `source`, and [`cause::Report`], which prints the whole chain.
 //! - [`telemetry`]: metric names and the Prometheus recorder.
 //! - [`sidecar`]: the gRPC server of `switchyard serve` (Gateway, Admin and
 //!   Peer APIs, auth, live config, `/metrics`, `/healthz`, `/readyz`) and
@@ -89,6 +91,7 @@ pub mod backends;
 #[cfg(feature = "cli")]
 pub mod bench;
 pub mod blocks;
+pub mod cause;
 pub(crate) mod changes;
 pub mod config;
 pub mod dedupe;

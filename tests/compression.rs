@@ -173,7 +173,11 @@ async fn end_to_end(kind: TransportKind, codec: Codec) {
                 report.outcome
             )
         };
-        assert_eq!(targets[0].result, Ok(Via::Transport(kind)));
+        assert_eq!(
+            targets[0].result.as_ref().ok(),
+            Some(&Via::Transport(kind)),
+            "{targets:?}"
+        );
         assert!(targets[0].confirmed, "{kind}/{codec:?}: {i} confirmed");
         sent.insert(envelope.id, envelope);
     }

@@ -30,7 +30,11 @@ async fn two_routers_in_one_region_talk_over_redis(deployment: Deployment) {
         else {
             panic!("message {i} not routed: {:?}", report.outcome);
         };
-        assert_eq!(targets[0].result, Ok(Via::Transport(TransportKind::Redis)));
+        assert_eq!(
+            targets[0].result.as_ref().ok(),
+            Some(&Via::Transport(TransportKind::Redis)),
+            "{targets:?}"
+        );
         assert!(
             targets[0].confirmed,
             "a subscriber was counted at every priority"

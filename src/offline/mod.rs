@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::cause::Cause;
 use crate::envelope::{Envelope, MessageId};
 use crate::error::StoreError;
 use crate::topology::{GatewayId, UserId};
@@ -180,7 +181,8 @@ impl Acknowledge for OfflineAck {
             .map(drop)
             .map_err(|e| TransportError::OfflineAck {
                 user: self.user.clone(),
-                reason: format!("remove message {}: {e}", self.id),
+                id: self.id,
+                reason: Cause::new(e),
             })
     }
 }

@@ -25,6 +25,7 @@ use redis::{AsyncCommands, Script};
 use tokio::sync::broadcast;
 
 use super::{PresenceStore, Session};
+use crate::cause::Cause;
 use crate::changes::Changed;
 use crate::error::StoreError;
 use crate::redis_conn::{backend, RedisChanges, RedisHandle};
@@ -204,7 +205,7 @@ pub(crate) fn decode(user: &UserId, device: &str, value: &str) -> Result<Session
     let bad = || StoreError::Backend {
         store: STORE,
         operation: format!("read session {user}/{device}"),
-        reason: format!("malformed value {value:?}"),
+        reason: Cause::from_message(format!("malformed value {value:?}")),
     };
     let mut parts = value.split('\x1f').skip(1);
     let (Some(gateway), Some(region), Some(since)) = (parts.next(), parts.next(), parts.next())

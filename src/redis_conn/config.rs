@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::sentinel::SentinelConfig;
+use crate::cause::Cause;
 
 /// How to reach Redis: `[store] kind = "redis"` and
 /// `[transports.redis.connection]`.
@@ -114,17 +115,19 @@ impl RedisConfig {
 }
 
 /// Redis could not be reached or refused us.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-#[error("cannot connect to Redis at {address}: {reason}")]
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot connect to Redis at {address}")]
 pub struct ConnectError {
     /// The URL(s) tried.
     pub address: String,
     /// Why it failed.
-    pub reason: String,
+    #[source]
+    pub reason: Cause,
 }
 
 impl ConnectError {
-    /// As the error of the store that needed the connection.
+    /// As the error of the store that needed the connection (its cause
+    /// moves over: the store's error names the same address).
     pub fn for_store(self, store: &'static str) -> crate::error::StoreError {
         crate::error::StoreError::Unavailable {
             store,

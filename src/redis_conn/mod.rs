@@ -31,6 +31,7 @@ mod config;
 pub mod sentinel;
 mod subscriber;
 
+use crate::cause::Cause;
 use crate::error::StoreError;
 pub use changes::RedisChanges;
 pub use config::{ConnectError, RedisConfig};
@@ -46,7 +47,7 @@ pub(crate) fn backend(
     move |e| StoreError::Backend {
         store,
         operation,
-        reason: e.to_string(),
+        reason: Cause::new(e),
     }
 }
 
@@ -163,7 +164,7 @@ impl RedisHandle {
             let _: String = redis::cmd("PING")
                 .query_async(&mut conn)
                 .await
-                .map_err(|e| connect_error(&config, e))?;
+                .map_err(|e| connect_error(&config, Cause::new(e)))?;
             conns.push(conn);
         }
         Ok(Self {
@@ -226,10 +227,10 @@ impl RedisHandle {
     }
 }
 
-fn connect_error(config: &RedisConfig, err: impl std::fmt::Display) -> ConnectError {
+fn connect_error(config: &RedisConfig, reason: Cause) -> ConnectError {
     ConnectError {
         address: config.address(),
-        reason: err.to_string(),
+        reason,
     }
 }
 
@@ -252,9 +253,9 @@ pub(crate) type PushSender =
 /// messages, disconnections) sent there and subscriptions restored on
 /// reconnect.
 async fn open(config: &RedisConfig, push: Option<PushSender>) -> Result<Conn, ConnectError> {
-    let err = |e: &dyn std::fmt::Display| connect_error(config, e);
-    let username = env_secret(&config.username_env).map_err(|e| err(&e))?;
-    let password = env_secret(&config.password_env).map_err(|e| err(&e))?;
+    let err = |e: Cause| connect_error(config, e);
+    let username = env_secret(&config.username_env).map_err(|e| err(Cause::from_message(e)))?;
+    let password = env_secret(&config.password_env).map_err(|e| err(Cause::from_message(e)))?;
     let tls = match &config.sentinel {
         Some(sentinel) => sentinel
             .nodes
@@ -274,7 +275,10 @@ async fn open(config: &RedisConfig, push: Option<PushSender>) -> Result<Conn, Co
     }
     let mut infos = Vec::new();
     for url in config.seeds() {
-        let info = url.as_str().into_connection_info().map_err(|e| err(&e))?;
+        let info = url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| err(Cause::new(e)))?;
         let mut redis = info
             .redis_settings()
             .clone()
@@ -295,15 +299,17 @@ async fn open(config: &RedisConfig, push: Option<PushSender>) -> Result<Conn, Co
         if let Some(push) = push {
             builder = builder.push_sender(move |info| push(info));
         }
-        let client = builder.build().map_err(|e| err(&e))?;
+        let client = builder.build().map_err(|e| err(Cause::new(e)))?;
         let conn = tokio::time::timeout(config.connect_timeout * 2, client.get_async_connection())
             .await
-            .map_err(|_| err(&"timed out"))?
-            .map_err(|e| err(&e))?;
+            .map_err(|_| err(Cause::from_message("timed out")))?
+            .map_err(|e| err(Cause::new(e)))?;
         Ok(Conn::Cluster(conn))
     } else {
-        let client = redis::Client::open(infos.remove(0)).map_err(|e| err(&e))?;
-        let conn = manager(client, config, push).await.map_err(|e| err(&e))?;
+        let client = redis::Client::open(infos.remove(0)).map_err(|e| err(Cause::new(e)))?;
+        let conn = manager(client, config, push)
+            .await
+            .map_err(|e| err(Cause::new(e)))?;
         Ok(Conn::Single(conn))
     }
 }

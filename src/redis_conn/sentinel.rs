@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::{manager, ConnectError, PushSender, RedisConfig};
+use crate::cause::Cause;
 
 /// `[store.sentinel]` or `[transports.redis.connection.sentinel]`: find the
 /// master through Redis Sentinel instead of `url`.
@@ -142,9 +143,9 @@ impl SentinelConn {
         password: Option<String>,
         push: Option<PushSender>,
     ) -> Result<Self, ConnectError> {
-        let err = |e: &dyn std::fmt::Display| ConnectError {
+        let err = |e: Cause| ConnectError {
             address: sentinel.address(),
-            reason: e.to_string(),
+            reason: e,
         };
         let mut redis = RedisConnectionInfo::default().set_protocol(ProtocolVersion::RESP3);
         if let Some(user) = &username {
@@ -167,10 +168,10 @@ impl SentinelConn {
             Some(node),
             SentinelServerType::Master,
         )
-        .map_err(|e| err(&e))?;
+        .map_err(|e| err(Cause::new(e)))?;
         let (address, conn) = locate(config, &mut client, push.clone())
             .await
-            .map_err(|e| err(&e))?;
+            .map_err(|e| err(Cause::new(e)))?;
         tracing::info!(service = %sentinel.service, master = %address, "Redis Sentinel names the master");
         let (watching, stop) = oneshot::channel();
         let follower = Arc::new(Follower {

@@ -23,6 +23,7 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, OnceCell};
 
 use super::{connect_error, open, Conn, ConnectError, Pushed, RedisConfig};
+use crate::cause::Cause;
 use crate::telemetry;
 
 /// What the shared connection hands one follower.
@@ -134,7 +135,7 @@ impl Subscriber {
         // On error the follower is dropped, which unregisters it.
         conn.subscribe(&follower.channel)
             .await
-            .map_err(|e| connect_error(config, e))?;
+            .map_err(|e| connect_error(config, Cause::new(e)))?;
         Ok(follower)
     }
 }

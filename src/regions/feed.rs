@@ -29,6 +29,7 @@ use super::marks::{send_marked, Marks};
 use super::replica::Replica;
 use super::snapshot::{RemoteSession, Snapshot};
 use super::RegionsConfig;
+use crate::cause::Cause;
 use crate::envelope::now_micros;
 use crate::telemetry;
 use crate::topology::{Region, UserId};
@@ -72,7 +73,7 @@ impl Kafka {
         kafka: &KafkaConfig,
         regions: &RegionsConfig,
     ) -> Result<Self, TransportError> {
-        let connect_err = |reason: String| TransportError::Connect {
+        let connect_err = |reason: Cause| TransportError::Connect {
             transport: TransportKind::Kafka,
             address: kafka.brokers.clone(),
             reason,
@@ -83,11 +84,11 @@ impl Kafka {
             .set("message.timeout.ms", millis(kafka.delivery_timeout))
             .with_overrides(kafka)
             .create()
-            .map_err(|e| connect_err(format!("bad producer settings: {e}")))?;
+            .map_err(|e| connect_err(Cause::context("bad producer settings", e)))?;
         let admin: AdminClient<DefaultClientContext> = client_config(kafka)
             .with_overrides(kafka)
             .create()
-            .map_err(|e| connect_err(format!("bad admin settings: {e}")))?;
+            .map_err(|e| connect_err(Cause::context("bad admin settings", e)))?;
         let groups = groups_topic(regions);
         let topics: Vec<NewTopic> = [regions.topic.as_str(), groups.as_str()]
             .into_iter()
@@ -107,17 +108,25 @@ impl Kafka {
         )
         .await
         .map_err(|_| {
-            connect_err(format!(
+            connect_err(Cause::from_message(format!(
                 "no broker answered within {:?}",
                 kafka.connect_timeout
-            ))
+            )))
         })?
-        .map_err(|e| connect_err(format!("create topics {}, {groups}: {e}", regions.topic)))?;
+        .map_err(|e| {
+            connect_err(Cause::context(
+                format!("create topics {}, {groups}", regions.topic),
+                e,
+            ))
+        })?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((name, code)) => {
-                    return Err(connect_err(format!("create topic {name}: {code}")))
+                    return Err(connect_err(Cause::context(
+                        format!("create topic {name}"),
+                        code,
+                    )))
                 }
             }
         }
@@ -157,14 +166,14 @@ impl Kafka {
             .map_err(|e| TransportError::Connect {
                 transport: TransportKind::Kafka,
                 address: config.brokers.clone(),
-                reason: format!("bad consumer settings for group {group}: {e}"),
+                reason: Cause::context(format!("bad consumer settings for group {group}"), e),
             })?;
         consumer
             .subscribe(&[topic])
             .map_err(|e| TransportError::Connect {
                 transport: TransportKind::Kafka,
                 address: config.brokers.clone(),
-                reason: format!("subscribe to {topic}: {e}"),
+                reason: Cause::context(format!("subscribe to {topic}"), e),
             })?;
         // The task owning it is aborted to stop: it closes off the runtime.
         Ok(GroupConsumer::new(consumer).0)

@@ -19,6 +19,7 @@ use std::time::Duration;
 use redis::Script;
 
 use super::snapshot::{RemoteSession, Snapshot};
+use crate::cause::Cause;
 use crate::error::StoreError;
 use crate::presence::redis::PRELUDE;
 use crate::presence::Session;
@@ -99,7 +100,7 @@ impl Replica {
         let bad = || StoreError::Backend {
             store: STORE,
             operation: format!("snapshot {user}"),
-            reason: "the script returned no version".into(),
+            reason: Cause::from_message("the script returned no version"),
         };
         if reply.is_empty() {
             return Err(bad());
@@ -119,7 +120,7 @@ impl Replica {
         let json = serde_json::to_string(&snapshot.sessions).map_err(|e| StoreError::Backend {
             store: STORE,
             operation: format!("encode sessions of {user}"),
-            reason: e.to_string(),
+            reason: Cause::new(e),
         })?;
         let (applied, old): (i64, String) = self
             .apply
@@ -198,6 +199,6 @@ fn backend(operation: String) -> impl FnOnce(redis::RedisError) -> StoreError {
     move |e| StoreError::Backend {
         store: STORE,
         operation,
-        reason: e.to_string(),
+        reason: Cause::new(e),
     }
 }

@@ -58,7 +58,7 @@ pub(crate) fn decode(id: &GatewayId, value: &str) -> Result<GatewayInfo, StoreEr
         .ok_or_else(|| StoreError::Backend {
             store: STORE,
             operation: format!("read gateway {id}"),
-            reason: format!("malformed value {value:?}"),
+            reason: crate::cause::Cause::from_message(format!("malformed value {value:?}")),
         })?;
     Ok(GatewayInfo {
         id: id.clone(),
@@ -204,7 +204,9 @@ impl Separate {
             RegistryConfig::Etcd(config) => Err(StoreError::Unavailable {
                 store: "registry",
                 address: config.endpoints.join(","),
-                reason: "this binary was built without the `etcd` feature".into(),
+                reason: crate::cause::Cause::from_message(
+                    "this binary was built without the `etcd` feature",
+                ),
             }),
         }
     }

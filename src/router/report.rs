@@ -10,7 +10,7 @@ use crate::topology::GatewayId;
 use crate::transport::TransportKind;
 
 /// What happened to one message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SendReport {
     /// The message.
     pub id: MessageId,
@@ -19,7 +19,7 @@ pub struct SendReport {
 }
 
 /// The fate of one message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Outcome {
     /// The recipient has blocked the sender; nothing was sent.
     Blocked,
@@ -37,7 +37,7 @@ pub enum Outcome {
 }
 
 /// The fate of one message at one target gateway.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct TargetReport {
     /// The target gateway.
     pub gateway: GatewayId,

@@ -30,6 +30,7 @@ use super::{
     Ack, Acknowledge, Capabilities, Dependencies, Health, Incoming, Subscription, Transport,
     TransportError, TransportFactory, TransportKind,
 };
+use crate::cause::{Cause, Report};
 use crate::proto::{peer_client::PeerClient, PeerBatch};
 use crate::registry::Registry;
 use crate::telemetry;
@@ -84,7 +85,7 @@ enum LinkState {
     Open(Arc<Link>),
     Failed {
         until: Instant,
-        reason: String,
+        reason: Cause,
         /// Failures in a row of this peer.
         failures: u32,
     },
@@ -178,30 +179,33 @@ impl GrpcTransport {
                 done.await.map_err(|_| TransportError::Publish {
                     transport: TransportKind::Grpc,
                     gateway: gateway.clone(),
-                    reason: "the gateway went away before acking".into(),
+                    reason: Cause::from_message("the gateway went away before acking"),
                 })?;
             }
             Ok(())
         })
     }
 
-    fn publish_error(to: &GatewayId, reason: impl Into<String>) -> TransportError {
+    fn publish_error(to: &GatewayId, reason: Cause) -> TransportError {
         TransportError::Publish {
             transport: TransportKind::Grpc,
             gateway: to.clone(),
-            reason: reason.into(),
+            reason,
         }
     }
 
     /// The open link to `address`, opening one unless a recent failure says
     /// to fall back instead.
-    async fn link(&self, address: &str) -> Result<Arc<Link>, String> {
+    async fn link(&self, address: &str) -> Result<Arc<Link>, Cause> {
         match self.links.lock().get(address) {
             Some(LinkState::Open(link)) if !link.closed.load(Ordering::Acquire) => {
                 return Ok(link.clone())
             }
             Some(LinkState::Failed { until, reason, .. }) if Instant::now() < *until => {
-                return Err(format!("link to {address} is down: {reason}"));
+                return Err(Cause::context(
+                    format!("link to {address} is down"),
+                    reason.clone(),
+                ));
             }
             _ => {}
         }
@@ -219,12 +223,12 @@ impl GrpcTransport {
             }
             Err(reason) => {
                 self.fail(address, &reason);
-                Err(format!("link to {address} is down: {reason}"))
+                Err(Cause::context(format!("link to {address} is down"), reason))
             }
         }
     }
 
-    fn fail(&self, address: &str, reason: &str) {
+    fn fail(&self, address: &str, reason: &Cause) {
         metrics::counter!(telemetry::PEER_LINK_FAILURES).increment(1);
         let now = Instant::now();
         let mut links = self.links.lock();
@@ -232,18 +236,18 @@ impl GrpcTransport {
             Some(LinkState::Failed { failures, .. }) => failures + 1,
             _ => 1,
         };
-        tracing::warn!(%address, %reason, failures, "direct link failed; falling back to the route's transport");
+        tracing::warn!(%address, reason = %Report(reason), failures, "direct link failed; falling back to the route's transport");
         links.insert(
             address.to_owned(),
             LinkState::Failed {
                 until: now + self.config.retry_after,
-                reason: reason.to_owned(),
+                reason: reason.clone(),
                 failures,
             },
         );
         let mut all = self.failures.lock();
         all.in_a_row += 1;
-        all.latest = Some((now, format!("{address}: {reason}")));
+        all.latest = Some((now, format!("{address}: {}", Report(reason))));
         // The gauge stays 0 from here until a link opens again (health()
         // lets the policy probe again after `retry_after`).
         if all.in_a_row == DOWN_AFTER {
@@ -251,33 +255,40 @@ impl GrpcTransport {
         }
     }
 
-    async fn open(&self, address: &str) -> Result<Link, String> {
+    async fn open(&self, address: &str) -> Result<Link, Cause> {
         let tls = self.tls.lock().clone();
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
-            .map_err(|e| format!("bad peer address: {e}"))?
+            .map_err(|e| Cause::context("bad peer address", e))?
             .connect_timeout(self.config.connect_timeout);
         if let Some(tls) = tls {
             endpoint = endpoint
                 .tls_config(tls)
-                .map_err(|e| format!("TLS setup failed: {e}"))?;
+                .map_err(|e| Cause::context("TLS setup failed", e))?;
         }
         let channel = tokio::time::timeout(self.config.connect_timeout, endpoint.connect())
             .await
-            .map_err(|_| format!("connect timed out after {:?}", self.config.connect_timeout))?
-            .map_err(|e| format!("connect failed: {e}"))?;
+            .map_err(|_| {
+                Cause::from_message(format!(
+                    "connect timed out after {:?}",
+                    self.config.connect_timeout
+                ))
+            })?
+            .map_err(|e| Cause::context("connect failed", e))?;
         let (batches, rx) = mpsc::channel(self.config.queue);
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         if let Some(token) = self.token.lock().as_deref() {
             let value = format!("Bearer {token}")
                 .parse()
-                .map_err(|_| "sidecar.peer_token is not valid header text".to_string())?;
+                .map_err(|_| Cause::from_message("sidecar.peer_token is not valid header text"))?;
             request.metadata_mut().insert("authorization", value);
         }
         let mut acks = PeerClient::new(channel)
             .link(request)
             .await
-            .map_err(|status| format!("peer refused the link: {}", status.message()))?
+            .map_err(|status| {
+                Cause::from_message(format!("peer refused the link: {}", status.message()))
+            })?
             .into_inner();
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
@@ -354,10 +365,15 @@ impl Transport for GrpcTransport {
             .registry
             .get(to)
             .await
-            .map_err(|e| Self::publish_error(to, format!("registry lookup failed: {e}")))?
-            .ok_or_else(|| Self::publish_error(to, "gateway is not registered"))?;
+            .map_err(|e| Self::publish_error(to, Cause::context("registry lookup failed", e)))?
+            .ok_or_else(|| {
+                Self::publish_error(to, Cause::from_message("gateway is not registered"))
+            })?;
         if info.address.is_empty() {
-            return Err(Self::publish_error(to, "gateway has no peer address"));
+            return Err(Self::publish_error(
+                to,
+                Cause::from_message("gateway has no peer address"),
+            ));
         }
         let link = self
             .link(&info.address)
@@ -376,10 +392,10 @@ impl Transport for GrpcTransport {
         };
         if link.batches.send(batch).await.is_err() {
             link.pending.lock().remove(&seq);
-            self.fail(&info.address, "link closed");
+            self.fail(&info.address, &Cause::from_message("link closed"));
             return Err(Self::publish_error(
                 to,
-                format!("link to {} closed", info.address),
+                Cause::from_message(format!("link to {} closed", info.address)),
             ));
         }
         let Some(reply) = reply else { return Ok(()) };
@@ -387,7 +403,9 @@ impl Transport for GrpcTransport {
             Ok(result) => result,
             Err(_) => Err("link closed before the ack".to_string()),
         };
+        // The peer's reply, or why the link ended: text from the other side.
         result.map_err(|reason| {
+            let reason = Cause::from_message(reason);
             if link.closed.load(Ordering::Acquire) {
                 self.fail(&info.address, &reason);
             }

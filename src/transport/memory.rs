@@ -16,6 +16,7 @@ use super::{
     Ack, Capabilities, Dependencies, Health, Incoming, Outgoing, Subscription, Transport,
     TransportError, TransportFactory, TransportKind,
 };
+use crate::cause::Cause;
 use crate::topology::GatewayId;
 
 /// `[transports.memory]` settings.
@@ -106,7 +107,10 @@ impl MemoryTransport {
                         mpsc::error::TrySendError::Full(_) => TransportError::Publish {
                             transport: TransportKind::Memory,
                             gateway: to.clone(),
-                            reason: format!("queue full ({} messages)", self.queue),
+                            reason: Cause::from_message(format!(
+                                "queue full ({} messages)",
+                                self.queue
+                            )),
                         },
                     })?;
                 }

@@ -29,6 +29,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use parking_lot::Mutex;
 
+use crate::cause::Cause;
 use crate::telemetry;
 
 use crate::topology::GatewayId;
@@ -68,17 +69,18 @@ pub enum Ack {
 }
 
 /// What went wrong on a transport, and where.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TransportError {
     /// The transport cannot reach its backend.
-    #[error("{transport}: cannot connect to {address}: {reason}")]
+    #[error("{transport}: cannot connect to {address}")]
     Connect {
         /// The transport.
         transport: TransportKind,
         /// The address it tried.
         address: String,
         /// Why it failed.
-        reason: String,
+        #[source]
+        reason: Cause,
     },
     /// The message was accepted but nobody is subscribed to read it, and the
     /// transport keeps nothing (a publish that would be lost).
@@ -90,14 +92,15 @@ pub enum TransportError {
         gateway: GatewayId,
     },
     /// A publish failed.
-    #[error("{transport}: publish to gateway {gateway} failed: {reason}")]
+    #[error("{transport}: publish to gateway {gateway} failed")]
     Publish {
         /// The transport.
         transport: TransportKind,
         /// The target gateway.
         gateway: GatewayId,
         /// Why it failed.
-        reason: String,
+        #[source]
+        reason: Cause,
     },
     /// The transport did not confirm a publish in time.
     #[error("{transport}: publish to gateway {gateway} not confirmed within {after:?}")]
@@ -110,31 +113,36 @@ pub enum TransportError {
         after: std::time::Duration,
     },
     /// Subscribing to a gateway's address failed.
-    #[error("{transport}: subscribe for gateway {gateway} failed: {reason}")]
+    #[error("{transport}: subscribe for gateway {gateway} failed")]
     Subscribe {
         /// The transport.
         transport: TransportKind,
         /// The subscribing gateway.
         gateway: GatewayId,
         /// Why it failed.
-        reason: String,
+        #[source]
+        reason: Cause,
     },
     /// Acknowledging a received message failed (it will be redelivered).
-    #[error("{transport}: ack failed: {reason}")]
+    #[error("{transport}: ack failed")]
     Ack {
         /// The transport.
         transport: TransportKind,
         /// Why it failed.
-        reason: String,
+        #[source]
+        reason: Cause,
     },
     /// Removing an offline message the gateway acked failed (it will be
     /// replayed again on the user's next connect).
-    #[error("offline store: removing an acked message of user {user} failed: {reason}")]
+    #[error("offline store: removing acked message {id} of user {user} failed")]
     OfflineAck {
         /// The user whose queue it is.
         user: crate::topology::UserId,
+        /// The message.
+        id: crate::envelope::MessageId,
         /// Why it failed.
-        reason: String,
+        #[source]
+        reason: Cause,
     },
     /// Policy named a transport that is not enabled in config.
     #[error("transport {0} is not enabled in config (add a [transports.{0}] section)")]

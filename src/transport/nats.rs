@@ -31,6 +31,7 @@ use super::{
     Ack, Acknowledge, Capabilities, Dependencies, Health, HealthCell, Incoming, Outgoing,
     Subscription, Transport, TransportError, TransportFactory, TransportKind,
 };
+use crate::cause::Cause;
 use crate::config::problem::Problem;
 use crate::envelope::{Envelope, MessageId};
 use crate::topology::GatewayId;
@@ -140,7 +141,7 @@ impl NatsTransport {
     /// [`TransportError::Connect`] naming the URL if the server does not
     /// answer or has no JetStream.
     pub async fn connect(config: &NatsConfig) -> Result<Self, TransportError> {
-        let connect_err = |reason: String| TransportError::Connect {
+        let connect_err = |reason: Cause| TransportError::Connect {
             transport: KIND,
             address: config.url.clone(),
             reason,
@@ -163,13 +164,13 @@ impl NatsTransport {
             options = options
                 .credentials_file(file)
                 .await
-                .map_err(|e| connect_err(format!("credentials file {file}: {e}")))?;
+                .map_err(|e| connect_err(Cause::context(format!("credentials file {file}"), e)))?;
         }
         let servers: Vec<&str> = config.url.split(',').map(str::trim).collect();
         let client = options
             .connect(servers.as_slice())
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(|e| connect_err(Cause::new(e)))?;
         let jetstream = async_nats::jetstream::ContextBuilder::new()
             .timeout(config.request_timeout)
             .max_ack_inflight(config.max_in_flight)
@@ -203,12 +204,12 @@ impl NatsTransport {
         }
     }
 
-    async fn ensure_stream(&self) -> Result<async_nats::jetstream::stream::Stream, String> {
+    async fn ensure_stream(&self) -> Result<async_nats::jetstream::stream::Stream, Cause> {
         let stream = self
             .jetstream
             .get_or_create_stream(self.stream_config())
             .await
-            .map_err(|e| format!("stream {}: {e}", self.config.stream))?;
+            .map_err(|e| Cause::context(format!("stream {}", self.config.stream), e))?;
         let replicas = stream.cached_info().config.num_replicas;
         if replicas != self.config.replicas {
             // Changing replicas moves data between servers: an operator's
@@ -221,14 +222,14 @@ impl NatsTransport {
 
     /// The subject and consumer name of a gateway, or an error naming the
     /// id if NATS cannot use it as a subject token.
-    fn names(&self, gateway: &GatewayId) -> Result<(String, String), String> {
+    fn names(&self, gateway: &GatewayId) -> Result<(String, String), Cause> {
         let id = gateway.as_str();
         let legal = |c: char| c.is_ascii_graphic() && !matches!(c, '.' | '*' | '>' | '/' | '\\');
         if id.is_empty() || !id.chars().all(legal) {
-            return Err(format!(
+            return Err(Cause::from_message(format!(
                 "gateway id {id:?} cannot be a NATS subject token or consumer name \
                  (printable ASCII without . * > / \\)"
-            ));
+            )));
         }
         Ok((
             format!("{}.{id}", self.config.subject_prefix),
@@ -265,7 +266,7 @@ impl Acknowledge for MessageAck {
     async fn ack(self: Box<Self>) -> Result<(), TransportError> {
         self.0.ack().await.map_err(|e| TransportError::Ack {
             transport: KIND,
-            reason: e.to_string(),
+            reason: Cause::from(e),
         })
     }
 }
@@ -323,7 +324,7 @@ impl Transport for NatsTransport {
         let mut results = Vec::with_capacity(targets.len());
         let mut confirmations = Vec::new();
         for (i, target) in targets.iter().enumerate() {
-            let publish_err = |reason: String| TransportError::Publish {
+            let publish_err = |reason: Cause| TransportError::Publish {
                 transport: KIND,
                 gateway: target.to.clone(),
                 reason,
@@ -340,8 +341,10 @@ impl Transport for NatsTransport {
                 let id = match Envelope::peek_id(bytes) {
                     Ok(id) => id,
                     Err(e) => {
-                        results[i] =
-                            Err(publish_err(format!("no message id for Nats-Msg-Id: {e}")));
+                        results[i] = Err(publish_err(Cause::context(
+                            "no message id for Nats-Msg-Id",
+                            e,
+                        )));
                         break;
                     }
                 };
@@ -352,15 +355,17 @@ impl Transport for NatsTransport {
                     Ok(confirmation) => {
                         let subject = subject.clone();
                         confirmations.push((i, async move {
-                            confirmation
-                                .await
-                                .map(drop)
-                                .map_err(|e| publish_err(format!("ack from {subject}: {e}")))
+                            confirmation.await.map(drop).map_err(|e| {
+                                publish_err(Cause::context(format!("ack from {subject}"), e))
+                            })
                         }));
                     }
                     Err(e) => {
                         // The rest of this gateway's batch waits: nothing overtakes it.
-                        results[i] = Err(publish_err(format!("publish to {subject}: {e}")));
+                        results[i] = Err(publish_err(Cause::context(
+                            format!("publish to {subject}"),
+                            e,
+                        )));
                         break;
                     }
                 }
@@ -373,7 +378,7 @@ impl Transport for NatsTransport {
     }
 
     async fn subscribe(&self, me: &GatewayId) -> Result<Subscription, TransportError> {
-        let subscribe_err = |reason: String| TransportError::Subscribe {
+        let subscribe_err = |reason: Cause| TransportError::Subscribe {
             transport: KIND,
             gateway: me.clone(),
             reason,
@@ -385,13 +390,13 @@ impl Transport for NatsTransport {
         let consumer: pull::Stream = stream
             .get_or_create_consumer::<pull::Config>(&durable, consumer_config.clone())
             .await
-            .map_err(|e| subscribe_err(format!("consumer {durable}: {e}")))?
+            .map_err(|e| subscribe_err(Cause::context(format!("consumer {durable}"), e)))?
             .stream()
             .max_messages_per_batch(self.config.pull_batch)
             .heartbeat(Duration::from_secs(5))
             .messages()
             .await
-            .map_err(|e| subscribe_err(format!("pull from {durable}: {e}")))?;
+            .map_err(|e| subscribe_err(Cause::context(format!("pull from {durable}"), e)))?;
         let jetstream = self.jetstream.clone();
         let stream_config = self.stream_config();
         let pull_batch = self.config.pull_batch;

@@ -34,6 +34,7 @@ mod watch;
 use watch::{follow, load, Follower};
 
 use super::{decode, encode, EtcdConfig, Registry, STORE};
+use crate::cause::Cause;
 use crate::error::StoreError;
 use crate::groups::Directory;
 use crate::topology::{GatewayId, GatewayInfo};
@@ -174,7 +175,7 @@ fn failed(operation: String) -> impl FnOnce(etcd_client::Error) -> StoreError {
     move |e| StoreError::Backend {
         store: STORE,
         operation,
-        reason: e.to_string(),
+        reason: Cause::new(e),
     }
 }
 
@@ -184,7 +185,7 @@ impl EtcdRegistry {
         let unavailable = |e: etcd_client::Error| StoreError::Unavailable {
             store: STORE,
             address: config.endpoints.join(","),
-            reason: e.to_string(),
+            reason: Cause::new(e),
         };
         let options = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)

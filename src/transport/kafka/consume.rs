@@ -17,6 +17,7 @@ use tokio::sync::{watch, OwnedMutexGuard};
 use super::config::{client_config, millis, WithOverrides};
 use super::group_consumer::GroupConsumer;
 use super::{HealthContext, KafkaTransport, KIND};
+use crate::cause::Cause;
 use crate::topology::GatewayId;
 use crate::transport::pipeline::spawn_subscription;
 use crate::transport::{Acknowledge, Incoming, Subscription, TransportError};
@@ -28,7 +29,7 @@ const ASSIGNMENT_LOOK: Duration = Duration::from_millis(500);
 impl KafkaTransport {
     /// Joins the gateway's consumer group on its topic.
     pub(super) async fn open(&self, me: &GatewayId) -> Result<Subscription, TransportError> {
-        let subscribe_err = |reason: String| TransportError::Subscribe {
+        let subscribe_err = |reason: Cause| TransportError::Subscribe {
             transport: KIND,
             gateway: me.clone(),
             reason,
@@ -40,10 +41,10 @@ impl KafkaTransport {
         let (assigned, mut on_assigned) = watch::channel(false);
         let consumer = self
             .consumer(me, &group, assigned)
-            .map_err(|e| subscribe_err(format!("consumer for group {group}: {e}")))?;
-        consumer
-            .subscribe(&[&topic])
-            .map_err(|e| subscribe_err(format!("subscribe {group} to {topic}: {e}")))?;
+            .map_err(|e| subscribe_err(Cause::context(format!("consumer for group {group}"), e)))?;
+        consumer.subscribe(&[&topic]).map_err(|e| {
+            subscribe_err(Cause::context(format!("subscribe {group} to {topic}"), e))
+        })?;
         let (consumer, closed) = GroupConsumer::new(consumer);
         let consumer = Arc::new(consumer);
         let close_limit = self.config.session_timeout;
@@ -267,9 +268,12 @@ impl Acknowledge for OffsetAck {
             .store_offset(&self.topic, self.partition, offset)
             .map_err(|e| TransportError::Ack {
                 transport: KIND,
-                reason: format!(
-                    "store offset {offset} of {}[{}] (acked {}): {e}",
-                    self.topic, self.partition, self.offset
+                reason: Cause::context(
+                    format!(
+                        "store offset {offset} of {}[{}] (acked {})",
+                        self.topic, self.partition, self.offset
+                    ),
+                    e,
                 ),
             })
     }

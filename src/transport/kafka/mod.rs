@@ -42,6 +42,7 @@ use super::{
     Ack, Capabilities, Dependencies, Health, HealthCell, Outgoing, Subscription, Transport,
     TransportError, TransportFactory, TransportKind,
 };
+use crate::cause::Cause;
 use crate::config::problem::Problem;
 use crate::telemetry;
 use crate::topology::GatewayId;
@@ -148,7 +149,7 @@ impl KafkaTransport {
     /// Connects to the brokers; fails with [`TransportError::Connect`]
     /// naming them if none answers within `connect_timeout`.
     pub async fn connect(config: &KafkaConfig) -> Result<Self, TransportError> {
-        let connect_err = |reason: String| TransportError::Connect {
+        let connect_err = |reason: Cause| TransportError::Connect {
             transport: KIND,
             address: config.brokers.clone(),
             reason,
@@ -156,19 +157,24 @@ impl KafkaTransport {
         let health = Arc::new(HealthCell::new(KIND));
         let context = HealthContext::client(&health);
         let producer = producer(config, &health)
-            .map_err(|e| connect_err(format!("bad producer settings: {e}")))?;
+            .map_err(|e| connect_err(Cause::context("bad producer settings", e)))?;
         let admin: AdminClient<HealthContext> = client_config(config)
             .with_overrides(config)
             .create_with_context(context)
-            .map_err(|e| connect_err(format!("bad admin settings: {e}")))?;
+            .map_err(|e| connect_err(Cause::context("bad admin settings", e)))?;
         // librdkafka connects lazily and retries forever: ask for metadata
         // so a broker that is down at start-up is a clear error, not a hang.
         let probe = producer.clone();
         let timeout = config.connect_timeout;
         tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, timeout).map(drop))
             .await
-            .map_err(|e| connect_err(format!("metadata probe panicked: {e}")))?
-            .map_err(|e| connect_err(format!("no broker answered within {timeout:?}: {e}")))?;
+            .map_err(|e| connect_err(Cause::context("metadata probe panicked", e)))?
+            .map_err(|e| {
+                connect_err(Cause::context(
+                    format!("no broker answered within {timeout:?}"),
+                    e,
+                ))
+            })?;
         health.up();
         Ok(Self {
             config: config.clone(),
@@ -182,16 +188,15 @@ impl KafkaTransport {
 
     /// The producer to publish with: the current one, or a new one in its
     /// place if librdkafka declared it fatal (it then fails every send).
-    fn live_producer(&self) -> Result<Arc<FutureProducer<HealthContext>>, String> {
+    fn live_producer(&self) -> Result<Arc<FutureProducer<HealthContext>>, Cause> {
         let current = self.producer.load_full();
         let Some((code, reason)) = current.client().fatal_error() else {
             return Ok(current);
         };
         tracing::warn!(transport = %KIND, %code, reason, "producer is fatal; replacing it");
-        let fresh = Arc::new(
-            producer(&self.config, &self.health)
-                .map_err(|e| format!("replace fatal producer ({code}: {reason}): {e}"))?,
-        );
+        let fresh = Arc::new(producer(&self.config, &self.health).map_err(|e| {
+            Cause::context(format!("replace fatal producer ({code}: {reason})"), e)
+        })?);
         // Concurrent publishers that saw the same fatal producer: one swap
         // wins, the others use the winner's producer and drop their own.
         let previous = self.producer.compare_and_swap(&current, fresh.clone());
@@ -205,20 +210,20 @@ impl KafkaTransport {
 
     /// The topic of a gateway, or an error naming the id if Kafka cannot
     /// name a topic after it.
-    fn topic(&self, gateway: &GatewayId) -> Result<String, String> {
+    fn topic(&self, gateway: &GatewayId) -> Result<String, Cause> {
         let topic = format!("{}{}", self.config.topic_prefix, gateway);
         let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
         if topic.len() > 249 || !topic.chars().all(legal) {
-            return Err(format!(
+            return Err(Cause::from_message(format!(
                 "topic {topic:?} for gateway {gateway:?} is not a legal Kafka topic name \
                  (at most 249 of [a-zA-Z0-9._-])"
-            ));
+            )));
         }
         Ok(topic)
     }
 
     /// Creates `topic` unless it is known to exist or creation is off.
-    async fn ensure_topic(&self, topic: &str) -> Result<(), String> {
+    async fn ensure_topic(&self, topic: &str) -> Result<(), Cause> {
         let topics = &self.config.topics;
         if !topics.create || self.ensured.lock().contains(topic) {
             return Ok(());
@@ -235,11 +240,13 @@ impl KafkaTransport {
             .admin
             .create_topics([&new], &options)
             .await
-            .map_err(|e| format!("create topic {topic}: {e}"))?;
+            .map_err(|e| Cause::context(format!("create topic {topic}"), e))?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => return Err(format!("create topic {name}: {code}")),
+                Err((name, code)) => {
+                    return Err(Cause::context(format!("create topic {name}"), code))
+                }
             }
         }
         self.ensured.lock().insert(topic.to_owned());
@@ -286,7 +293,7 @@ impl TransportFactory for KafkaConfig {
     }
 }
 
-fn publish_err(to: &GatewayId, reason: String) -> TransportError {
+fn publish_err(to: &GatewayId, reason: Cause) -> TransportError {
     TransportError::Publish {
         transport: KIND,
         gateway: to.clone(),
@@ -373,17 +380,24 @@ impl Transport for KafkaTransport {
                                 // broker that restarted empty): check it again
                                 // next time.
                                 self.ensured.lock().remove(topic);
-                                Err(publish_err(target.to, format!("delivery to {topic}: {e}")))
+                                Err(publish_err(
+                                    target.to,
+                                    Cause::context(format!("delivery to {topic}"), e),
+                                ))
                             }
                             Err(_) => Err(publish_err(
                                 target.to,
-                                format!("delivery to {topic}: producer shut down"),
+                                Cause::from_message(format!(
+                                    "delivery to {topic}: producer shut down"
+                                )),
                             )),
                         }
                     })),
                     Err((e, _)) => {
-                        results[i] =
-                            Err(publish_err(target.to, format!("enqueue to {topic}: {e}")));
+                        results[i] = Err(publish_err(
+                            target.to,
+                            Cause::context(format!("enqueue to {topic}"), e),
+                        ));
                         break;
                     }
                 }

@@ -45,6 +45,7 @@ use super::{
     Ack, Acknowledge, Capabilities, Dependencies, Health, HealthCell, Incoming, Outgoing,
     Subscription, Transport, TransportError, TransportFactory, TransportKind,
 };
+use crate::cause::Cause;
 use crate::config::problem::Problem;
 use crate::redis_conn::{Conn, Pushed, RedisConfig, RedisHandle};
 use crate::topology::GatewayId;
@@ -117,8 +118,8 @@ impl RedisTransport {
             .await
             .map_err(|e| TransportError::Connect {
                 transport: KIND,
-                address: e.address,
-                reason: e.reason,
+                address: e.address.clone(),
+                reason: Cause::new(e),
             })?;
         Ok(Self {
             positions: Positions::start(redis.clone(), config.replay_window),
@@ -194,7 +195,7 @@ impl RedisTransport {
                 if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
                     self.health.down(&err);
                 }
-                let reason = err.to_string();
+                let reason = Cause::new(err);
                 return targets
                     .iter()
                     .map(|t| Err(publish_failed(t.to, reason.clone())))
@@ -203,11 +204,11 @@ impl RedisTransport {
         };
         self.health.up();
         if receivers.len() != owners.len() {
-            let reason = format!(
+            let reason = Cause::from_message(format!(
                 "Redis answered {} receiver counts for {} publishes",
                 receivers.len(),
                 owners.len()
-            );
+            ));
             return targets
                 .iter()
                 .map(|t| Err(publish_failed(t.to, reason.clone())))
@@ -309,7 +310,7 @@ impl RedisTransport {
     }
 }
 
-fn publish_failed(to: &GatewayId, reason: String) -> TransportError {
+fn publish_failed(to: &GatewayId, reason: Cause) -> TransportError {
     TransportError::Publish {
         transport: KIND,
         gateway: to.clone(),
@@ -409,7 +410,7 @@ impl Transport for RedisTransport {
     }
 
     async fn subscribe(&self, me: &GatewayId) -> Result<Subscription, TransportError> {
-        let subscribe_err = |reason: String| TransportError::Subscribe {
+        let subscribe_err = |reason: Cause| TransportError::Subscribe {
             transport: KIND,
             gateway: me.clone(),
             reason,
@@ -418,7 +419,7 @@ impl Transport for RedisTransport {
             .redis
             .subscribe(self.channel(me), "transport", self.config.queue)
             .await
-            .map_err(|e| subscribe_err(e.to_string()))?;
+            .map_err(|e| subscribe_err(Cause::new(e)))?;
         let progress = SharedProgress::default();
         let window = self.config.replay_window;
         let replay_key = self.replay_key(me);
@@ -442,15 +443,15 @@ impl Transport for RedisTransport {
                 .conn()
                 .get(&resume_key)
                 .await
-                .map_err(|e| subscribe_err(format!("read {resume_key}: {e}")))?;
+                .map_err(|e| subscribe_err(Cause::context(format!("read {resume_key}"), e)))?;
             tracing::debug!(gateway = %me, ?left_off, "where this gateway's last subscription left off");
             if left_off.is_none() {
                 // A first subscription starts at the end of the stream, and
                 // says so before it reads anything: a successor after a
                 // crash then knows where this one began.
-                let start = stream_end(&self.redis, &replay_key)
-                    .await
-                    .map_err(|e| subscribe_err(format!("read the end of {replay_key}: {e}")))?;
+                let start = stream_end(&self.redis, &replay_key).await.map_err(|e| {
+                    subscribe_err(Cause::context(format!("read the end of {replay_key}"), e))
+                })?;
                 redis::cmd("SET")
                     .arg(&resume_key)
                     .arg(&start)
@@ -458,7 +459,7 @@ impl Transport for RedisTransport {
                     .arg(window.as_millis() as u64)
                     .query_async::<()>(&mut self.redis.conn())
                     .await
-                    .map_err(|e| subscribe_err(format!("write {resume_key}: {e}")))?;
+                    .map_err(|e| subscribe_err(Cause::context(format!("write {resume_key}"), e)))?;
             }
             if let Some(place) = left_off {
                 tokio::spawn(replay_until_done(
