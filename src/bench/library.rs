@@ -15,6 +15,7 @@ use super::drive::{Ends, Handled, Sender, ACK_EVERY};
 use super::layout::Layout;
 use super::BenchError;
 use crate::backends::Backends;
+use crate::cause::Report;
 use crate::config::Settings;
 use crate::inbox::Inbox;
 use crate::router::{KeepAlive, Outcome, Router};
@@ -65,7 +66,7 @@ impl Sender for Library {
                                 gateways.extend(targets.iter().map(|t| &t.gateway));
                             }
                         }
-                        Err(err) => handled.refused.add(|| err.to_string()),
+                        Err(err) => handled.refused.add(|| Report(err).to_string()),
                     }
                 }
                 handled.gateways = gateways.len() as u64;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::cause::Report;
 use crate::envelope::{now_micros, Envelope};
 use crate::inbox::{Inbox, Via};
 use crate::policy::Policy;
@@ -64,7 +65,7 @@ pub(super) async fn send_phase(
                 for result in router.send_batch(chunk).await {
                     match result {
                         Ok(r) => tally.count(r.outcome),
-                        Err(err) => errors.push(err.to_string()),
+                        Err(err) => errors.push(Report(&err).to_string()),
                     }
                 }
                 on_sent(n);

@@ -3,6 +3,7 @@
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cause::Report;
 use crate::transport::Acknowledge;
 
 /// Work for the acking task.
@@ -18,7 +19,7 @@ pub(super) async fn send_acks(mut acks: mpsc::UnboundedReceiver<Acking>) {
         match acking {
             Acking::Ack(ack) => {
                 if let Err(err) = ack.ack().await {
-                    tracing::warn!(%err, "transport ack failed; the message may be redelivered (and deduped)");
+                    tracing::warn!(err = %Report(&err), "transport ack failed; the message may be redelivered (and deduped)");
                 }
             }
             Acking::Barrier(passed) => {

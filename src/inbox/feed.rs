@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures::stream::StreamExt;
 use futures::FutureExt;
 
+use crate::cause::Report;
 use crate::dedupe::DedupeWindow;
 use crate::envelope::{now_micros, Envelope, EnvelopeError};
 use crate::telemetry;
@@ -181,7 +182,7 @@ pub(super) fn reject(via: Via, err: &EnvelopeError) {
         EnvelopeError::Compression { .. } => "compression",
         _ => "malformed",
     };
-    tracing::warn!(%via, %err, "inbox rejected a message");
+    tracing::warn!(%via, err = %Report(err), "inbox rejected a message");
     metrics::counter!(telemetry::INBOX_REJECTED, "via" => via.as_str(), "reason" => reason)
         .increment(1);
 }

@@ -25,7 +25,7 @@ use redis::{AsyncCommands, Script};
 use tokio::sync::broadcast;
 
 use super::{PresenceStore, Session};
-use crate::cause::Cause;
+use crate::cause::{Cause, Report};
 use crate::changes::Changed;
 use crate::error::StoreError;
 use crate::redis_conn::{backend, RedisChanges, RedisHandle};
@@ -231,7 +231,7 @@ pub(crate) fn decode_pairs(user: &UserId, pairs: Vec<String>) -> Vec<Session> {
             Ok(session) => Some(session),
             Err(err) => {
                 metrics::counter!(telemetry::STORE_MALFORMED, "store" => STORE).increment(1);
-                tracing::warn!(%err, "skipping a session that cannot be read");
+                tracing::warn!(err = %Report(&err), "skipping a session that cannot be read");
                 None
             }
         })

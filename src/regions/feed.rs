@@ -29,7 +29,7 @@ use super::marks::{send_marked, Marks};
 use super::replica::Replica;
 use super::snapshot::{RemoteSession, Snapshot};
 use super::RegionsConfig;
-use crate::cause::Cause;
+use crate::cause::{Cause, Report};
 use crate::envelope::now_micros;
 use crate::telemetry;
 use crate::topology::{Region, UserId};
@@ -211,7 +211,10 @@ async fn send(
     topic: &str,
     user: &UserId,
 ) -> Result<(), String> {
-    let (version, sessions) = replica.snapshot(user).await.map_err(|e| e.to_string())?;
+    let (version, sessions) = replica
+        .snapshot(user)
+        .await
+        .map_err(|e| Report(&e).to_string())?;
     let snapshot = Snapshot {
         region: region.clone(),
         user: user.clone(),
@@ -346,7 +349,7 @@ async fn apply(replica: &Replica, applied: &OnApplied, snapshot: Snapshot) {
         match replica.apply(&snapshot).await {
             Ok(before) => break before,
             Err(err) => {
-                tracing::warn!(%err, "presence snapshot not applied; retrying");
+                tracing::warn!(err = %Report(&err), "presence snapshot not applied; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }

@@ -21,6 +21,7 @@ use super::marks::send_marked;
 use super::member::{Marks, Member, Membership};
 use super::presence::RegionalPresence;
 use super::RegionsConfig;
+use crate::cause::Report;
 use crate::groups::GroupStore;
 use crate::presence::PresenceStore;
 use crate::telemetry;
@@ -59,7 +60,7 @@ async fn send(
     let last = groups
         .last_write(&member.group, &member.user)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Report(&e).to_string())?;
     let Some(membership) = last else {
         return Ok(());
     };
@@ -99,7 +100,7 @@ async fn apply(groups: &RegionalGroups, presence: &RegionalPresence, membership:
         match groups.apply(membership).await {
             Ok(changed) => break changed,
             Err(err) => {
-                tracing::warn!(%err, "group membership not applied; retrying");
+                tracing::warn!(err = %Report(&err), "group membership not applied; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -114,7 +115,7 @@ async fn apply(groups: &RegionalGroups, presence: &RegionalPresence, membership:
     let sessions = match presence.locate(user).await {
         Ok(sessions) => sessions,
         Err(err) => {
-            tracing::warn!(%err, %user, %group, "member's gateways not counted");
+            tracing::warn!(err = %Report(&err), %user, %group, "member's gateways not counted");
             return;
         }
     };
@@ -122,7 +123,7 @@ async fn apply(groups: &RegionalGroups, presence: &RegionalPresence, membership:
     let delta = if membership.member { 1 } else { -1 };
     for gateway in gateways {
         if let Err(err) = groups.adjust(group, &gateway, delta).await {
-            tracing::warn!(%err, %user, %group, %gateway, "group distribution not adjusted");
+            tracing::warn!(err = %Report(&err), %user, %group, %gateway, "group distribution not adjusted");
         }
     }
 }

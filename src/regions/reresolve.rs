@@ -29,6 +29,7 @@ use parking_lot::Mutex;
 use super::feed::OnApplied;
 use super::presence::RegionalPresence;
 use super::snapshot::{RemoteSession, Snapshot};
+use crate::cause::Report;
 use crate::envelope::{Destination, Envelope};
 use crate::groups::Directory;
 use crate::offline::OfflineStore;
@@ -130,7 +131,9 @@ pub(super) fn sweep(
                             hand_over(&offline, &forwarder, &user, limit).await;
                         }
                     }
-                    Err(err) => tracing::warn!(%err, %gateway, "flagged offline messages not read"),
+                    Err(err) => {
+                        tracing::warn!(err = %Report(&err), %gateway, "flagged offline messages not read")
+                    }
                 }
             }
         }
@@ -216,7 +219,7 @@ impl Guard {
             match self.offline.append(&user, &envelope).await {
                 Ok(()) => Resent::Offline,
                 Err(err) => {
-                    tracing::warn!(%err, id = %envelope.id, "misrouted message not stored offline");
+                    tracing::warn!(err = %Report(&err), id = %envelope.id, "misrouted message not stored offline");
                     Resent::Failed
                 }
             }
@@ -236,7 +239,7 @@ impl Guard {
         }
         if let Some(ack) = incoming.ack {
             if let Err(err) = ack.ack().await {
-                tracing::debug!(%err, "ack of a re-routed message failed");
+                tracing::debug!(err = %Report(&err), "ack of a re-routed message failed");
             }
         }
         None
@@ -288,7 +291,7 @@ pub(super) fn on_applied(
                 return; // a re-sync: caches, counts and queues are right
             }
             if let Err(err) = presence.changed(user).await {
-                tracing::warn!(%err, %user, "replicated change not announced; caches catch up at their TTL");
+                tracing::warn!(err = %Report(&err), %user, "replicated change not announced; caches catch up at their TTL");
             }
             for (gateway, delta) in new
                 .difference(&old)
@@ -296,7 +299,7 @@ pub(super) fn on_applied(
                 .chain(old.difference(&new).map(|g| (g, -1)))
             {
                 if let Err(err) = directory.adjust_all(user, gateway, delta).await {
-                    tracing::warn!(%err, %user, %gateway, "group distribution not adjusted");
+                    tracing::warn!(err = %Report(&err), %user, %gateway, "group distribution not adjusted");
                 }
             }
             if !snapshot.sessions.is_empty() {
@@ -329,7 +332,7 @@ async fn hand_over(
     let stored = match offline.read(user, limit).await {
         Ok(stored) => stored,
         Err(err) => {
-            tracing::warn!(%err, %user, "offline messages not handed over");
+            tracing::warn!(err = %Report(&err), %user, "offline messages not handed over");
             return;
         }
     };
@@ -340,7 +343,7 @@ async fn hand_over(
             .increment(1);
         if outcome == Resent::Forwarded {
             if let Err(err) = offline.ack(user, &[id]).await {
-                tracing::warn!(%err, %user, %id, "handed-over message not removed; it may come twice");
+                tracing::warn!(err = %Report(&err), %user, %id, "handed-over message not removed; it may come twice");
             }
         }
     }

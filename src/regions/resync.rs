@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 
 use super::presence::RegionalPresence;
 use super::reresolve::Guard;
+use crate::cause::Report;
 use crate::presence::PresenceStore;
 use crate::telemetry;
 use crate::topology::GatewayId;
@@ -83,7 +84,9 @@ async fn pass(hosted: &Hosted, presence: &RegionalPresence, every: Duration) {
     for gateway in &gateways {
         match presence.hosted_users(gateway).await {
             Ok(n) => total += n,
-            Err(err) => tracing::warn!(%err, %gateway, "presence re-sync: users not counted"),
+            Err(err) => {
+                tracing::warn!(err = %Report(&err), %gateway, "presence re-sync: users not counted")
+            }
         }
     }
     let per_user = every.div_f64(total.max(1) as f64);
@@ -94,7 +97,7 @@ async fn pass(hosted: &Hosted, presence: &RegionalPresence, every: Duration) {
             let (next, users) = match replica.users_on(gateway, cursor, PAGE).await {
                 Ok(page) => page,
                 Err(err) => {
-                    tracing::warn!(%err, %gateway, "presence re-sync: gateway skipped this time");
+                    tracing::warn!(err = %Report(&err), %gateway, "presence re-sync: gateway skipped this time");
                     break;
                 }
             };

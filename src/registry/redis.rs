@@ -20,6 +20,7 @@ use redis::AsyncCommands;
 use tokio::task::JoinHandle;
 
 use super::Registry;
+use crate::cause::Report;
 use crate::error::StoreError;
 use crate::groups::Directory;
 use crate::redis_conn::{backend, RedisHandle};
@@ -93,7 +94,7 @@ impl RedisRegistry {
                 let dead = match registry.reap().await {
                     Ok(dead) => dead,
                     Err(err) => {
-                        tracing::warn!(%err, "cannot look for dead gateways");
+                        tracing::warn!(err = %Report(&err), "cannot look for dead gateways");
                         continue;
                     }
                 };
@@ -102,7 +103,9 @@ impl RedisRegistry {
                         Ok(sessions) => {
                             tracing::warn!(%gateway, sessions, "gateway expired: sessions removed")
                         }
-                        Err(err) => tracing::error!(%gateway, %err, "cannot clean up dead gateway"),
+                        Err(err) => {
+                            tracing::error!(%gateway, err = %Report(&err), "cannot clean up dead gateway")
+                        }
                     }
                 }
             }

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::cause::Report;
 use crate::envelope::Priority;
 use crate::error::PublishError;
 use crate::inbox::{Handed, Via};
@@ -238,7 +239,7 @@ impl Router {
                 match result {
                     Ok(confirmed) => taken[i] = Some((Via::Transport(kind), confirmed)),
                     Err(err) => {
-                        tracing::warn!(transport = %kind, gateway = %targets[i].to, %err, "publish failed, trying the next transport");
+                        tracing::warn!(transport = %kind, gateway = %targets[i].to, err = %Report(&err), "publish failed, trying the next transport");
                         errors[i].push(err);
                         failed.push(i);
                     }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 
 use futures::future::BoxFuture;
 
+use crate::cause::Report;
 use crate::envelope::Envelope;
 use crate::regions::{Resend, Resent};
 
@@ -34,7 +35,7 @@ impl Resend for WeakRouter {
                     _ => Resent::Failed,
                 },
                 Err(err) => {
-                    tracing::warn!(%err, "misrouted message could not be sent on");
+                    tracing::warn!(err = %Report(&err), "misrouted message could not be sent on");
                     Resent::Failed
                 }
             })

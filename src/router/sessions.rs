@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cause::Report;
 use crate::envelope::now_micros;
 use crate::error::StoreError;
 use crate::inbox::replay::replay;
@@ -128,7 +129,7 @@ impl Router {
             let router = router.clone();
             async move {
                 if let Err(err) = router.heartbeat().await {
-                    tracing::warn!(gateway = %router.gateway().id, %err, "heartbeat failed");
+                    tracing::warn!(gateway = %router.gateway().id, err = %Report(&err), "heartbeat failed");
                 }
             }
         })

@@ -11,6 +11,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use metrics::Histogram;
 use tower::{Layer, ServiceBuilder};
 
+use crate::cause::Report;
 use crate::config::DeliveryConfig;
 use crate::envelope::Priority;
 use crate::policy::live::LivePolicy;
@@ -218,7 +219,7 @@ impl<P: Publisher> Publisher for Retry<P> {
             };
             for &i in &failed {
                 if let Err(err) = &results[i] {
-                    tracing::debug!(transport = %kind, gateway = %publish.targets[i].to, %err, ?delay, "publish failed, retrying");
+                    tracing::debug!(transport = %kind, gateway = %publish.targets[i].to, err = %Report(err), ?delay, "publish failed, retrying");
                 }
             }
             metrics::counter!(telemetry::PUBLISH_RETRIES, "transport" => kind.as_str())

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::Shared;
+use crate::cause::Report;
 use crate::inbox::Inbox;
 use crate::presence::PresenceStore;
 use crate::proto;
@@ -106,7 +107,7 @@ pub(crate) async fn attached(shared: &Shared) -> Vec<proto::AttachedGateway> {
         let id = GatewayId::from(gateway.gateway_id.as_str());
         match shared.backends.presence.hosted_users(&id).await {
             Ok(count) => gateway.online_users = count,
-            Err(err) => tracing::debug!(%err, "online count unavailable"),
+            Err(err) => tracing::debug!(err = %Report(&err), "online count unavailable"),
         }
     }
     list.sort_by(|a, b| a.gateway_id.cmp(&b.gateway_id));

@@ -14,6 +14,7 @@ use tonic::{Request, Status};
 use super::secrets::read_secret;
 use super::user_auth::UserTokens;
 use super::{Shared, SidecarConfig, SidecarError};
+use crate::cause::Report;
 use crate::router::Router;
 use crate::topology::{GatewayId, IdKind, UserId};
 
@@ -201,7 +202,7 @@ pub(super) async fn hosted(router: &Router, user: &UserId) -> Result<(), Status>
         .presence
         .locate_shared(user)
         .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
+        .map_err(|e| Status::unavailable(Report(&e).to_string()))?;
     if sessions.iter().any(|s| &s.gateway == me) {
         Ok(())
     } else {

@@ -4,6 +4,7 @@
 use tonic::Status;
 
 use crate::backends::Backends;
+use crate::cause::Report;
 use crate::envelope::MessageId;
 use crate::error::StoreError;
 use crate::offline::{dead_letters, Letters};
@@ -16,7 +17,7 @@ const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 10_000;
 
 fn unavailable(err: StoreError) -> Status {
-    Status::unavailable(err.to_string())
+    Status::unavailable(Report(&err).to_string())
 }
 
 fn user(user: &str) -> Result<UserId, Status> {

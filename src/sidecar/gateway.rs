@@ -14,6 +14,7 @@ use super::fields::{id, text};
 use super::send::send_all;
 use super::stream::{pump, STREAM_QUEUE};
 use super::{presence, Shared};
+use crate::cause::Report;
 use crate::envelope::{Envelope, MessageId};
 use crate::proto::{self, gateway_server::Gateway};
 use crate::router::Router;
@@ -68,7 +69,7 @@ impl GatewayService {
             Membership::Join => router.join(group, user).await,
             Membership::Leave => router.leave(group, user).await,
         }
-        .map_err(|e| Status::unavailable(e.to_string()))?;
+        .map_err(|e| Status::unavailable(Report(&e).to_string()))?;
         Ok(Response::new(proto::GroupResponse {}))
     }
 }
@@ -130,7 +131,10 @@ impl Gateway for GatewayService {
                     // on every transport, so the inbox and what it holds
                     // stay; only the router's view of the gateway changes.
                     attached.router = attached.router.moved(info).await.map_err(|e| {
-                        Status::unavailable(format!("cannot re-register gateway {gateway:?}: {e}"))
+                        Status::unavailable(format!(
+                            "cannot re-register gateway {gateway:?}: {}",
+                            Report(&e)
+                        ))
                     })?;
                 }
                 attached.inbox.clone()
@@ -144,7 +148,10 @@ impl Gateway for GatewayService {
                     .build()
                     .await
                     .map_err(|e| {
-                        Status::unavailable(format!("cannot attach gateway {gateway:?}: {e}"))
+                        Status::unavailable(format!(
+                            "cannot attach gateway {gateway:?}: {}",
+                            Report(&e)
+                        ))
                     })?;
                 let slot = Parked::new(inbox);
                 gateways.insert(
@@ -214,7 +221,7 @@ impl Gateway for GatewayService {
         let replayed = router
             .connect(user, device)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| Status::unavailable(Report(&e).to_string()))?;
         Ok(Response::new(proto::OnlineResponse {
             replayed: replayed as u64,
         }))
@@ -234,7 +241,7 @@ impl Gateway for GatewayService {
             .presence
             .locate_shared(&user)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| Status::unavailable(Report(&e).to_string()))?;
         if sessions
             .iter()
             .any(|s| s.device.as_str() == device && &s.gateway != me)
@@ -246,7 +253,7 @@ impl Gateway for GatewayService {
         router
             .disconnect(user, device)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| Status::unavailable(Report(&e).to_string()))?;
         Ok(Response::new(proto::OfflineResponse {}))
     }
 
@@ -258,7 +265,7 @@ impl Gateway for GatewayService {
         router
             .heartbeat()
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| Status::unavailable(Report(&e).to_string()))?;
         Ok(Response::new(proto::HeartbeatResponse {}))
     }
 
@@ -294,7 +301,7 @@ impl Gateway for GatewayService {
             .offline
             .read(&user, limit)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| Status::unavailable(Report(&e).to_string()))?;
         Ok(Response::new(proto::FetchOfflineResponse {
             envelopes: envelopes.iter().map(Envelope::to_wire).collect(),
         }))
@@ -319,7 +326,7 @@ impl Gateway for GatewayService {
             .offline
             .ack(&user, &ids)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| Status::unavailable(Report(&e).to_string()))?;
         Ok(Response::new(proto::AckOfflineResponse {
             removed: removed as u64,
         }))

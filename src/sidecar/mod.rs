@@ -62,6 +62,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::backends::Backends;
 use crate::backends::BuildError;
+use crate::cause::Report;
 use crate::config::Settings;
 use crate::policy::live::LivePolicy;
 use crate::proto::{
@@ -425,7 +426,7 @@ impl Sidecar {
             self.shared.gateways.lock().await.drain().collect();
         for (gateway, attached) in gateways {
             if let Err(err) = self.shared.backends.registry.deregister(&gateway).await {
-                tracing::warn!(%gateway, %err, "could not deregister gateway");
+                tracing::warn!(%gateway, err = %Report(&err), "could not deregister gateway");
             }
             // Send the acks of what the gateway acked and let the transports
             // settle (offsets committed, resume position written); what was

@@ -13,6 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Shared;
+use crate::cause::Report;
 use crate::proto::{self, peer_server::Peer};
 use crate::topology::GatewayId;
 
@@ -88,7 +89,10 @@ impl Peer for PeerService {
                     }
                     () = &mut give_up => break,
                     Some((seq, result)) = waiting.next() => {
-                        let error = result.err().map(|e| e.to_string()).unwrap_or_default();
+                        let error = result
+                            .err()
+                            .map(|e| Report(&e).to_string())
+                            .unwrap_or_default();
                         if acks.send(Ok(proto::PeerAck { seq, error })).await.is_err() {
                             break;
                         }

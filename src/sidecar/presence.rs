@@ -11,6 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Response, Status, Streaming};
 
 use super::fields::id;
+use crate::cause::Report;
 use crate::error::StoreError;
 use crate::presence::watch::{Change, PresenceEvent, PresenceWatch, WatchError};
 use crate::presence::{PresenceStore, Session};
@@ -28,7 +29,7 @@ const MAX_PAGE: usize = 1000;
 const WATCH_QUEUE: usize = 64;
 
 fn unavailable(err: StoreError) -> Status {
-    Status::unavailable(err.to_string())
+    Status::unavailable(Report(&err).to_string())
 }
 
 fn users(field: &'static str, ids: &[String]) -> Result<Vec<UserId>, Status> {

@@ -5,6 +5,7 @@
 use tonic::Status;
 
 use super::auth::hosted;
+use crate::cause::Report;
 use crate::envelope::{Envelope, MessageId};
 use crate::error::{SendError, StoreError};
 use crate::offline::OfflineReason;
@@ -85,7 +86,7 @@ pub(super) fn outcome(id: MessageId, result: Result<SendReport, SendError>) -> p
             R::Routed(routed)
         }
         Err(SendError::Invalid(err)) => R::Rejected(proto::Rejected {
-            reason: err.to_string(),
+            reason: Report(&err).to_string(),
         }),
         // Nobody to deliver to: retrying will not help until someone joins.
         Err(
@@ -94,11 +95,11 @@ pub(super) fn outcome(id: MessageId, result: Result<SendReport, SendError>) -> p
                 ..
             },
         ) => R::Rejected(proto::Rejected {
-            reason: err.to_string(),
+            reason: Report(&err).to_string(),
         }),
         Err(err @ (SendError::Store { .. } | SendError::Undeliverable { .. })) => {
             R::Failed(proto::Failed {
-                reason: err.to_string(),
+                reason: Report(&err).to_string(),
             })
         }
     };

@@ -7,6 +7,7 @@ use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions};
 use parking_lot::RwLock;
 
 use super::{claim_txn, decode, failed, Keys, View, CLAIM_TTL, RETRY};
+use crate::cause::Report;
 use crate::error::StoreError;
 use crate::groups::Directory;
 use crate::topology::{GatewayId, GatewayInfo};
@@ -40,7 +41,7 @@ fn registration(keys: &Keys, kv: &KeyValue) -> Option<GatewayInfo> {
     let id = keys.id(kv.key())?;
     let decoded = std::str::from_utf8(kv.value())
         .map_err(|e| e.to_string())
-        .and_then(|value| decode(&id, value).map_err(|e| e.to_string()));
+        .and_then(|value| decode(&id, value).map_err(|e| Report(&e).to_string()));
     match decoded {
         Ok(info) => Some(info),
         Err(err) => {
@@ -161,10 +162,12 @@ impl Follower {
                         tracing::warn!(gateway = %id, sessions, "gateway lease expired: sessions removed")
                     }
                     Err(err) => {
-                        tracing::error!(gateway = %id, %err, "cannot clean up dead gateway")
+                        tracing::error!(gateway = %id, err = %Report(&err), "cannot clean up dead gateway")
                     }
                 },
-                Err(err) => tracing::warn!(gateway = %id, %err, "cannot claim dead gateway"),
+                Err(err) => {
+                    tracing::warn!(gateway = %id, err = %Report(&err), "cannot claim dead gateway")
+                }
             }
         });
     }
