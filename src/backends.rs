@@ -237,6 +237,6 @@ pub enum BuildError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The gateway's id or region breaks the identifier rules.
-    #[error("gateway: {0}")]
+    #[error("invalid gateway")]
     Gateway(#[from] IdError),
 }

@@ -320,7 +320,8 @@ mod tests {
     #[test]
     fn unknown_keys_are_rejected_by_name() {
         let err = Settings::from_toml("[routing]\ncross_regoin = \"memory\"").unwrap_err();
-        assert!(err.to_string().contains("cross_regoin"), "{err}");
+        let text = crate::cause::Report(&err).to_string();
+        assert!(text.contains("cross_regoin"), "{text}");
     }
 
     #[test]

@@ -333,11 +333,11 @@ async fn bad_input_gets_a_typed_error_and_the_rest_of_the_batch_goes_through() {
     assert!(
         matches!(
             &results[1],
-            Err(SendError::Invalid(err)) if *err == EnvelopeError::PayloadTooLarge {
-                id: oversized.id,
-                size: 1024 * 1024 + 1,
-                limit: 1024 * 1024
-            }
+            Err(SendError::Invalid(EnvelopeError::PayloadTooLarge {
+                id,
+                size: 1_048_577,
+                limit: 1_048_576,
+            })) if *id == oversized.id
         ),
         "{:?}",
         results[1]
@@ -345,8 +345,8 @@ async fn bad_input_gets_a_typed_error_and_the_rest_of_the_batch_goes_through() {
     assert!(
         matches!(
             &results[2],
-            Err(SendError::Invalid(err))
-                if *err == EnvelopeError::MissingRecipient { id: nobody.id }
+            Err(SendError::Invalid(EnvelopeError::MissingRecipient { id }))
+                if *id == nobody.id
         ),
         "{:?}",
         results[2]

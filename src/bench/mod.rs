@@ -186,7 +186,7 @@ pub enum BenchError {
     Store(#[from] StoreError),
     /// A sidecar of the sidecar path (or the Peer API of direct links)
     /// could not start.
-    #[error("bench sidecar: {0}")]
+    #[error("bench sidecar could not start")]
     Sidecar(#[from] SidecarError),
     /// The metrics recorder could not be installed.
     #[error(transparent)]

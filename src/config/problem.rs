@@ -23,7 +23,7 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file or environment could not be read or parsed.
-    #[error("cannot load config: {0}")]
+    #[error("cannot load config")]
     Load(#[from] config::ConfigError),
     /// Parsed, but invalid; every problem is listed.
     #[error("invalid config:\n  {}", .0.iter().map(Problem::to_string).collect::<Vec<_>>().join("\n  "))]

@@ -17,6 +17,8 @@ use std::cell::RefCell;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::cause::Cause;
+
 /// The largest inner envelope a receiver decompresses: the top of
 /// `limits.max_payload_bytes`' range (64 MiB) plus room for ids and fields.
 pub const MAX_INNER: usize = 65 * 1024 * 1024;
@@ -75,7 +77,7 @@ impl Default for CompressionConfig {
 }
 
 /// A compressed body that does not open.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CompressionError {
     /// Field 11 names no codec this version knows.
     #[error("unknown compression codec {0}")]
@@ -90,12 +92,13 @@ pub enum CompressionError {
         size: Option<u64>,
     },
     /// The codec refused the body.
-    #[error("{codec} body does not decompress: {reason}")]
+    #[error("{codec} body does not decompress")]
     Corrupt {
         /// The codec.
         codec: &'static str,
         /// What the codec said.
-        reason: String,
+        #[source]
+        reason: Cause,
     },
 }
 
@@ -172,7 +175,7 @@ pub(super) fn unpack(wire: u64, body: &[u8]) -> Result<Vec<u8>, CompressionError
             lz4_flex::block::decompress_size_prepended(body).map_err(|e| {
                 CompressionError::Corrupt {
                     codec,
-                    reason: e.to_string(),
+                    reason: Cause::new(e),
                 }
             })
         }
@@ -181,7 +184,7 @@ pub(super) fn unpack(wire: u64, body: &[u8]) -> Result<Vec<u8>, CompressionError
             let size = zstd::zstd_safe::get_frame_content_size(body).map_err(|_| {
                 CompressionError::Corrupt {
                     codec,
-                    reason: "not a zstd frame".into(),
+                    reason: Cause::from_message("not a zstd frame"),
                 }
             })?;
             let size = match size {
@@ -190,7 +193,7 @@ pub(super) fn unpack(wire: u64, body: &[u8]) -> Result<Vec<u8>, CompressionError
             };
             let corrupt = |e: std::io::Error| CompressionError::Corrupt {
                 codec,
-                reason: e.to_string(),
+                reason: Cause::new(e),
             };
             ZSTD_IN.with(|cell| {
                 let mut slot = cell.borrow_mut();

@@ -4,7 +4,7 @@ use super::{compression, MessageId, MAX_CLOCK_SKEW};
 use crate::topology::IdError;
 
 /// What is wrong with an envelope, named precisely enough to fix it.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EnvelopeError {
     /// No recipient user or group.
     #[error("envelope {id} has no recipient (set a user or a group)")]
@@ -21,7 +21,7 @@ pub enum EnvelopeError {
         field: &'static str,
     },
     /// An identifier breaks its rule (see [`crate::topology`]).
-    #[error("envelope {id}: {source}")]
+    #[error("envelope {id}: bad identifier")]
     BadId {
         /// The message id.
         id: MessageId,
@@ -69,7 +69,7 @@ pub enum EnvelopeError {
     #[error("malformed envelope bytes: {0}")]
     Malformed(String),
     /// A compressed envelope whose body does not open.
-    #[error("envelope {id}: {source}")]
+    #[error("envelope {id}: compressed body does not open")]
     Compression {
         /// The message id (from the outer envelope).
         id: MessageId,

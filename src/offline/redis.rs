@@ -22,6 +22,7 @@ use bytes::Bytes;
 use redis::{AsyncCommands, Script};
 
 use super::{DeadLetter, DeadLetterReason, Letters, OfflineConfig, OfflineStore};
+use crate::cause::Report;
 use crate::envelope::{now_micros, Envelope, MessageId};
 use crate::error::StoreError;
 use crate::redis_conn::{backend, RedisHandle};
@@ -293,7 +294,7 @@ impl OfflineStore for RedisOffline {
             let decoded = field(&fields, "e")
                 .ok_or_else(|| "no envelope field".to_owned())
                 .and_then(|e| {
-                    Envelope::decode(Bytes::copy_from_slice(e)).map_err(|e| e.to_string())
+                    Envelope::decode(Bytes::copy_from_slice(e)).map_err(|e| Report(&e).to_string())
                 });
             match decoded {
                 Ok(envelope) => envelopes.push(envelope),

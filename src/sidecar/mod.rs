@@ -62,7 +62,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::backends::Backends;
 use crate::backends::BuildError;
-use crate::cause::Report;
+use crate::cause::{Cause, Report};
 use crate::config::Settings;
 use crate::policy::live::LivePolicy;
 use crate::proto::{
@@ -80,7 +80,7 @@ pub enum SidecarError {
     #[error(transparent)]
     Build(#[from] BuildError),
     /// A listen address could not be bound.
-    #[error("cannot listen on {key} = {address}: {source}")]
+    #[error("cannot listen on {key} = {address}")]
     Bind {
         /// The config key.
         key: &'static str,
@@ -90,51 +90,56 @@ pub enum SidecarError {
         source: std::io::Error,
     },
     /// A secret could not be read (its value is never shown).
-    #[error("{key}: cannot read the secret from {from}: {reason}")]
+    #[error("{key}: cannot read the secret from {from}")]
     Secret {
         /// The config key.
         key: String,
         /// `env NAME` or `file PATH`.
         from: String,
         /// Why.
-        reason: String,
+        #[source]
+        reason: Cause,
     },
     /// A TLS file could not be read or used.
-    #[error("{key} = {path}: {reason}")]
+    #[error("{key} = {path}: cannot use it for TLS")]
     Tls {
         /// The config key.
         key: String,
         /// The file.
         path: PathBuf,
         /// Why.
-        reason: String,
+        #[source]
+        reason: Cause,
     },
     /// The metrics recorder could not be installed.
     #[error(transparent)]
     Recorder(#[from] RecorderError),
     /// The encoded proto descriptors could not be read.
-    #[error("cannot read the proto descriptors for {what}: {reason}")]
+    #[error("cannot read the proto descriptors for {what}")]
     Descriptors {
         /// Which service needed them.
         what: &'static str,
         /// Why.
-        reason: String,
+        #[source]
+        reason: prost::DecodeError,
     },
     /// The gRPC server failed.
-    #[error("gRPC server on {address}: {reason}")]
+    #[error("gRPC server on {address} failed")]
     Server {
         /// The listen address.
         address: SocketAddr,
         /// Why.
-        reason: String,
+        #[source]
+        reason: Cause,
     },
     /// Watching the config file failed.
-    #[error("cannot watch config file {path}: {reason}")]
+    #[error("cannot watch config file {path}")]
     Watch {
         /// The file.
         path: PathBuf,
         /// Why.
-        reason: String,
+        #[source]
+        reason: notify::Error,
     },
 }
 
@@ -281,15 +286,16 @@ impl Sidecar {
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
         ];
-        let reflection =
-            reflection::Reflection::new(&descriptors).map_err(|e| SidecarError::Descriptors {
+        let reflection = reflection::Reflection::new(&descriptors).map_err(|reason| {
+            SidecarError::Descriptors {
                 what: "gRPC reflection",
-                reason: e.to_string(),
-            })?;
+                reason,
+            }
+        })?;
         let rpc_metrics = rpc_metrics::RpcMetricsLayer::new(&descriptors).map_err(|e| {
             SidecarError::Descriptors {
                 what: "per-RPC metrics",
-                reason: e.to_string(),
+                reason: e,
             }
         })?;
         let mut server = tonic::transport::Server::builder().layer(rpc_metrics);
@@ -299,7 +305,7 @@ impl Sidecar {
                 .map_err(|e| SidecarError::Tls {
                     key: "sidecar.tls".into(),
                     path: PathBuf::new(),
-                    reason: e.to_string(),
+                    reason: Cause::new(e),
                 })?;
         }
         let router = server
@@ -333,7 +339,7 @@ impl Sidecar {
                 .await
                 .map_err(|e| SidecarError::Server {
                     address: grpc_addr,
-                    reason: e.to_string(),
+                    reason: Cause::new(e),
                 })
         });
         let (http_stop, http_stopping) = watch::channel(false);
@@ -412,7 +418,7 @@ impl Sidecar {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(SidecarError::Server {
                 address: self.grpc_addr,
-                reason: join.to_string(),
+                reason: Cause::new(join),
             }),
             Err(_) => {
                 tracing::warn!(

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::auth::Tokens;
 use super::{Shared, SidecarError};
+use crate::cause::Report;
 use crate::config::{ConfigError, Problem, Settings};
 use crate::telemetry;
 
@@ -64,7 +65,7 @@ async fn apply(shared: &Shared) -> ReloadReport {
         Err(err @ ConfigError::Load(_)) => {
             return refused(vec![Problem {
                 key: String::new(),
-                reason: err.to_string(),
+                reason: Report(&err).to_string(),
             }])
         }
     };
@@ -77,13 +78,13 @@ async fn apply(shared: &Shared) -> ReloadReport {
         Err(SidecarError::Secret { key, from, reason }) => {
             return refused(vec![Problem {
                 key,
-                reason: format!("cannot read the secret from {from}: {reason}"),
+                reason: format!("cannot read the secret from {from}: {}", Report(&reason)),
             }])
         }
         Err(err) => {
             return refused(vec![Problem {
                 key: "sidecar".into(),
-                reason: err.to_string(),
+                reason: Report(&err).to_string(),
             }])
         }
     };
@@ -151,9 +152,9 @@ pub(crate) fn watch_file(
     shared: Arc<Shared>,
     path: PathBuf,
 ) -> Result<notify::RecommendedWatcher, SidecarError> {
-    let watch_error = |e: notify::Error| SidecarError::Watch {
+    let watch_error = |reason: notify::Error| SidecarError::Watch {
         path: path.clone(),
-        reason: e.to_string(),
+        reason,
     };
     let name = path.file_name().map(|n| n.to_owned());
     let dir = match path.parent() {

@@ -30,7 +30,7 @@ pub(crate) fn prepare(
         )));
     }
     let id = wire.id.clone();
-    Ok(Envelope::from_wire(wire).map_err(|e| (id, e.to_string())))
+    Ok(Envelope::from_wire(wire).map_err(|e| (id, Report(&e).to_string())))
 }
 
 pub(super) fn route(route: Route) -> proto::Route {

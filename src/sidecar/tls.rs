@@ -7,6 +7,7 @@ use std::path::Path;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use super::SidecarError;
+use crate::cause::Cause;
 
 pub use crate::config::sidecar::TlsConfig;
 
@@ -22,7 +23,7 @@ fn read(key: &str, path: &Path) -> Result<Vec<u8>, SidecarError> {
     std::fs::read(path).map_err(|e| SidecarError::Tls {
         key: key.to_owned(),
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason: Cause::new(e),
     })
 }
 

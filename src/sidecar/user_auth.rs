@@ -10,6 +10,7 @@ use tonic::Status;
 
 use super::secrets::read_secret;
 use super::SidecarError;
+use crate::cause::Cause;
 
 pub use crate::config::sidecar::{UserTokenAlgorithm, UserTokensConfig};
 
@@ -31,7 +32,7 @@ impl UserTokens {
     pub(crate) fn load(config: &UserTokensConfig) -> Result<Self, SidecarError> {
         const KEY: &str = "sidecar.user_tokens.key";
         let secret = read_secret(KEY, &config.key)?;
-        let bad_key = |reason: String| SidecarError::Secret {
+        let bad_key = |reason: Cause| SidecarError::Secret {
             key: KEY.into(),
             from: "its source".into(),
             reason,
@@ -39,12 +40,12 @@ impl UserTokens {
         let (key, algorithm) = match config.algorithm {
             UserTokenAlgorithm::HS256 => (
                 DecodingKey::from_secret(secret.as_bytes())
-                    .map_err(|e| bad_key(format!("not a usable HMAC secret: {e}")))?,
+                    .map_err(|e| bad_key(Cause::context("not a usable HMAC secret", e)))?,
                 Algorithm::HS256,
             ),
             UserTokenAlgorithm::RS256 => (
                 DecodingKey::from_rsa_pem(secret.as_bytes())
-                    .map_err(|e| bad_key(format!("not an RSA public key in PEM: {e}")))?,
+                    .map_err(|e| bad_key(Cause::context("not an RSA public key in PEM", e)))?,
                 Algorithm::RS256,
             ),
         };

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use switchyard::cause::Report;
 use switchyard::config::Problem;
 use switchyard::sidecar::SidecarError;
 use switchyard::Settings;
@@ -33,15 +34,15 @@ fn secret_problem(err: SidecarError) -> Problem {
     match err {
         SidecarError::Secret { key, from, reason } => Problem {
             key,
-            reason: format!("cannot read the secret from {from}: {reason}"),
+            reason: format!("cannot read the secret from {from}: {}", Report(&reason)),
         },
         SidecarError::Tls { key, path, reason } => Problem {
             key,
-            reason: format!("{}: {reason}", path.display()),
+            reason: format!("{}: {}", path.display(), Report(&reason)),
         },
         other => Problem {
             key: "sidecar".into(),
-            reason: other.to_string(),
+            reason: Report(&other).to_string(),
         },
     }
 }
