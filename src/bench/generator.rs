@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use super::schedule::LOADGEN_THREAD;
 use super::{process, BenchError};
+use crate::cause::Cause;
 
 /// A running load-generator thread; stopped when dropped.
 pub(crate) struct Generator {
@@ -48,7 +49,7 @@ impl Generator {
             Ok(output) => Ok(output),
             // A panic in the bench's own code: carry it to the caller.
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            Err(err) => Err(BenchError::Generator(err.to_string())),
+            Err(err) => Err(BenchError::Generator(Cause::new(err))),
         }
     }
 

@@ -50,6 +50,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::backends::BuildError;
+use crate::cause::Cause;
 use crate::config::{ConfigError, Settings};
 use crate::error::StoreError;
 use crate::sidecar::{SidecarConfig, SidecarError};
@@ -192,14 +193,15 @@ pub enum BenchError {
     #[error(transparent)]
     Recorder(#[from] RecorderError),
     /// A gateway's call to its sidecar failed while setting up.
-    #[error("gateway {gateway}: {call} failed: {reason}")]
+    #[error("gateway {gateway}: {call} failed")]
     Gateway {
         /// The gateway id.
         gateway: String,
         /// The RPC (or `connect`).
         call: &'static str,
         /// Why.
-        reason: String,
+        #[source]
+        reason: Cause,
     },
     /// A transport was asked for that the bench cannot drive here.
     #[error("transport {transport}: {reason}")]
@@ -210,16 +212,17 @@ pub enum BenchError {
         reason: String,
     },
     /// A raw-client baseline failed.
-    #[error("raw {client} baseline: {reason}")]
+    #[error("raw {client} baseline failed")]
     Raw {
         /// The client library.
         client: &'static str,
         /// What failed.
-        reason: String,
+        #[source]
+        reason: Cause,
     },
     /// The load generator's thread could not start, or stopped mid-run.
-    #[error("bench load generator: {0}")]
-    Generator(String),
+    #[error("bench load generator failed")]
+    Generator(#[source] Cause),
     /// An option is out of range, or options conflict.
     #[error("{flag}: {reason}")]
     Option {
@@ -229,12 +232,13 @@ pub enum BenchError {
         reason: String,
     },
     /// The result could not be written.
-    #[error("writing {path}: {reason}")]
+    #[error("cannot write {path}")]
     Output {
         /// The file.
         path: String,
         /// What failed.
-        reason: String,
+        #[source]
+        reason: Cause,
     },
 }
 
@@ -376,7 +380,7 @@ pub async fn run(settings: Settings, options: BenchOptions) -> Result<BenchRepor
         rows: Vec::new(),
     };
     let generator =
-        generator::Generator::start().map_err(|e| BenchError::Generator(e.to_string()))?;
+        generator::Generator::start().map_err(|e| BenchError::Generator(Cause::new(e)))?;
     let paths = if options.paths.is_empty() {
         vec![PathKind::Library]
     } else {

@@ -7,16 +7,17 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use super::{BenchError, BenchReport};
+use crate::cause::Cause;
 
 const PERCENTILES: [&str; 4] = ["p50", "p90", "p99", "p99.9"];
 
 /// Writes the plot of `report` to `path`.
 pub fn write_svg(report: &BenchReport, path: &Path) -> Result<(), BenchError> {
-    let output = |reason: String| BenchError::Output {
+    let output = |reason: Cause| BenchError::Output {
         path: path.display().to_string(),
         reason,
     };
-    draw(report, path).map_err(|e| output(e.to_string()))
+    draw(report, path).map_err(|e| output(Cause::from(e)))
 }
 
 fn label(row: &super::Row) -> String {
@@ -27,7 +28,7 @@ fn label(row: &super::Row) -> String {
     }
 }
 
-fn draw(report: &BenchReport, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+fn draw(report: &BenchReport, path: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(640);

@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::schedule::{run_senders, Schedule, Stop};
 use super::{new_histogram, BenchError, Load, Measured};
+use crate::cause::Cause;
 use crate::envelope::now_micros;
 use crate::proto::peer_client::PeerClient;
 use crate::proto::peer_server::{Peer, PeerServer};
@@ -35,7 +36,7 @@ use crate::transport::nats::{NatsConfig, Storage};
 /// How long a raw reader waits for the next message before it gives up.
 const IDLE: Duration = Duration::from_secs(10);
 
-fn failed(client: &'static str) -> impl Fn(String) -> BenchError {
+fn failed(client: &'static str) -> impl Fn(Cause) -> BenchError {
     move |reason| BenchError::Raw { client, reason }
 }
 
@@ -109,7 +110,7 @@ pub async fn redis(
     durability: RedisDurability,
 ) -> Result<Measured, BenchError> {
     let err = failed("redis");
-    let client = redis::Client::open(url).map_err(|e| err(e.to_string()))?;
+    let client = redis::Client::open(url).map_err(|e| err(Cause::new(e)))?;
     let run = ulid::Ulid::new();
     let channels: Vec<String> = (0..load.targets.max(1))
         .map(|i| format!("sy-bench-raw-{run}-{i}"))
@@ -118,15 +119,15 @@ pub async fn redis(
     let mut pubsub = client
         .get_async_pubsub()
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(Cause::new(e)))?;
     pubsub
         .subscribe(&channels)
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(Cause::new(e)))?;
     let publisher = client
         .get_multiplexed_async_connection()
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(Cause::new(e)))?;
     let n = load.count;
     let reader = tokio::spawn(async move {
         let payloads = pubsub
@@ -176,11 +177,11 @@ pub async fn redis(
             }
             pipe.query_async::<()>(&mut publisher)
                 .await
-                .map_err(|e| err(e.to_string()))
+                .map_err(|e| err(Cause::new(e)))
         }
     })
     .await?;
-    let (latency, last) = reader.await.map_err(|e| err(e.to_string()))?;
+    let (latency, last) = reader.await.map_err(|e| err(Cause::new(e)))?;
     if durability == RedisDurability::Stream {
         let mut conn = publisher.clone();
         // Err: the streams expire within 30 s anyway.
@@ -199,7 +200,7 @@ pub async fn kafka(config: &KafkaConfig, load: Load) -> Result<Measured, BenchEr
     let mut common = ClientConfig::new();
     common.set("bootstrap.servers", &config.brokers);
     let admin: AdminClient<DefaultClientContext> =
-        common.create().map_err(|e| err(e.to_string()))?;
+        common.create().map_err(|e| err(Cause::new(e)))?;
     // The same partitions and replication as the transport's topics, so
     // both sides of the comparison wait for the same in-sync replicas.
     let new = NewTopic::new(
@@ -210,13 +211,13 @@ pub async fn kafka(config: &KafkaConfig, load: Load) -> Result<Measured, BenchEr
     admin
         .create_topics([&new], &AdminOptions::new())
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(Cause::new(e)))?;
     let producer: FutureProducer = common
         .clone()
         .set("enable.idempotence", "true")
         .set("linger.ms", config.linger.as_millis().to_string())
         .create()
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(Cause::new(e)))?;
     let consumer: StreamConsumer = common
         .clone()
         .set("group.id", format!("sy-bench-{topic}"))
@@ -226,10 +227,10 @@ pub async fn kafka(config: &KafkaConfig, load: Load) -> Result<Measured, BenchEr
             config.fetch_wait_max.as_millis().to_string(),
         )
         .create()
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(Cause::new(e)))?;
     consumer
         .subscribe(&[&topic])
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(Cause::new(e)))?;
     // Warm-up: the consumer has joined its group before the clock starts.
     let warm = stamped(load.size, now_micros());
     producer
@@ -238,8 +239,8 @@ pub async fn kafka(config: &KafkaConfig, load: Load) -> Result<Measured, BenchEr
             Duration::from_secs(5),
         )
         .await
-        .map_err(|(e, _)| err(e.to_string()))?;
-    consumer.recv().await.map_err(|e| err(e.to_string()))?;
+        .map_err(|(e, _)| err(Cause::new(e)))?;
+    consumer.recv().await.map_err(|e| err(Cause::new(e)))?;
     let n = load.count;
     let reader = tokio::spawn(async move {
         // A consumer error (e.g. a rebalance notice) is not a message.
@@ -264,19 +265,19 @@ pub async fn kafka(config: &KafkaConfig, load: Load) -> Result<Measured, BenchEr
                 acks.push(
                     producer
                         .send_result(record)
-                        .map_err(|(e, _)| err(e.to_string()))?,
+                        .map_err(|(e, _)| err(Cause::new(e)))?,
                 );
             }
             for ack in acks {
                 ack.await
-                    .map_err(|e| err(e.to_string()))?
-                    .map_err(|(e, _)| err(e.to_string()))?;
+                    .map_err(|e| err(Cause::new(e)))?
+                    .map_err(|(e, _)| err(Cause::new(e)))?;
             }
             Ok::<(), BenchError>(())
         }
     })
     .await?;
-    let (latency, last) = reader.await.map_err(|e| err(e.to_string()))?;
+    let (latency, last) = reader.await.map_err(|e| err(Cause::new(e)))?;
     Ok(Measured::new(sent, latency, last - start))
 }
 
@@ -286,7 +287,7 @@ pub async fn nats(config: &NatsConfig, load: Load) -> Result<Measured, BenchErro
     let err = failed("async-nats");
     let client = async_nats::connect(config.url.as_str())
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(Cause::new(e)))?;
     let jetstream = async_nats::jetstream::new(client);
     let stream = jetstream
         .get_or_create_stream(StreamConfig {
@@ -300,7 +301,7 @@ pub async fn nats(config: &NatsConfig, load: Load) -> Result<Measured, BenchErro
             ..Default::default()
         })
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(Cause::new(e)))?;
     let run = ulid::Ulid::new();
     let subject = format!("sybenchraw.{run}");
     let durable = format!("sybenchraw-{run}");
@@ -315,12 +316,12 @@ pub async fn nats(config: &NatsConfig, load: Load) -> Result<Measured, BenchErro
             },
         )
         .await
-        .map_err(|e| err(e.to_string()))?
+        .map_err(|e| err(Cause::new(e)))?
         .stream()
         .max_messages_per_batch(256)
         .messages()
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(Cause::new(e)))?;
     let n = load.count;
     let reader = tokio::spawn(async move {
         let payloads = messages.filter_map(|message| async move {
@@ -345,17 +346,17 @@ pub async fn nats(config: &NatsConfig, load: Load) -> Result<Measured, BenchErro
                     jetstream
                         .send_publish(subject.clone(), publish)
                         .await
-                        .map_err(|e| err(e.to_string()))?,
+                        .map_err(|e| err(Cause::new(e)))?,
                 );
             }
             for ack in acks {
-                ack.await.map_err(|e| err(e.to_string()))?;
+                ack.await.map_err(|e| err(Cause::new(e)))?;
             }
             Ok::<(), BenchError>(())
         }
     })
     .await?;
-    let (latency, last) = reader.await.map_err(|e| err(e.to_string()))?;
+    let (latency, last) = reader.await.map_err(|e| err(Cause::new(e)))?;
     // Best effort: the raw stream's consumer is not needed after the run.
     let _ = stream.delete_consumer(&durable).await;
     Ok(Measured::new(sent, latency, last - start))
@@ -413,8 +414,8 @@ pub async fn grpc(load: Load) -> Result<Measured, BenchError> {
     let err = failed("tonic");
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
-        .map_err(|e| err(format!("bind 127.0.0.1:0: {e}")))?;
-    let address = listener.local_addr().map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(Cause::context("bind 127.0.0.1:0", e)))?;
+    let address = listener.local_addr().map_err(|e| err(Cause::new(e)))?;
     // The transport's per-gateway queue, so backpressure starts as early.
     let (payloads, arrived) = mpsc::channel(GrpcConfig::default().queue);
     // The server drains and stops when `_stop` drops, at the end of the run.
@@ -431,15 +432,15 @@ pub async fn grpc(load: Load) -> Result<Measured, BenchError> {
             ),
     );
     let channel = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| err(e.to_string()))?
+        .map_err(|e| err(Cause::new(e)))?
         .connect()
         .await
-        .map_err(|e| err(format!("connect to {address}: {e}")))?;
+        .map_err(|e| err(Cause::context(format!("connect to {address}"), e)))?;
     let (batches, outgoing) = mpsc::channel(1);
     let mut acks = PeerClient::new(channel)
         .link(ReceiverStream::new(outgoing))
         .await
-        .map_err(|s| err(format!("Link: {}", s.message())))?
+        .map_err(|s| err(Cause::from_message(format!("Link: {}", s.message()))))?
         .into_inner();
     let n = load.count;
     let reader = tokio::spawn(read(n, ReceiverStream::new(arrived)));
@@ -457,16 +458,16 @@ pub async fn grpc(load: Load) -> Result<Measured, BenchError> {
         batches
             .send(batch)
             .await
-            .map_err(|_| err("the link closed".into()))?;
+            .map_err(|_| err(Cause::from_message("the link closed")))?;
         let ack = acks
             .message()
             .await
-            .map_err(|s| err(format!("link broke: {}", s.message())))?
-            .ok_or_else(|| err("the server closed the link".into()))?;
+            .map_err(|s| err(Cause::from_message(format!("link broke: {}", s.message()))))?
+            .ok_or_else(|| err(Cause::from_message("the server closed the link")))?;
         if !ack.error.is_empty() {
-            return Err(err(ack.error));
+            return Err(err(Cause::from_message(ack.error)));
         }
     }
-    let (latency, last) = reader.await.map_err(|e| err(e.to_string()))?;
+    let (latency, last) = reader.await.map_err(|e| err(Cause::new(e)))?;
     Ok(Measured::new(schedule.sent(), latency, last - start))
 }

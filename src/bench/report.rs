@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::{process, BenchError, BenchOptions, Cpu};
+use crate::cause::Cause;
 
 /// The same message count, size, batch and rate for the raw client.
 #[derive(Debug, Clone, Copy)]
@@ -266,13 +267,13 @@ impl BenchReport {
 
     /// Writes the report as JSON.
     pub fn write_json(&self, path: &std::path::Path) -> Result<(), BenchError> {
-        let output = |reason: String| BenchError::Output {
+        let output = |reason: Cause| BenchError::Output {
             path: path.display().to_string(),
             reason,
         };
-        let file = std::fs::File::create(path).map_err(|e| output(e.to_string()))?;
+        let file = std::fs::File::create(path).map_err(|e| output(Cause::new(e)))?;
         serde_json::to_writer_pretty(std::io::BufWriter::new(file), self)
-            .map_err(|e| output(e.to_string()))
+            .map_err(|e| output(Cause::new(e)))
     }
 }
 

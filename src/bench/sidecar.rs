@@ -20,6 +20,7 @@ use super::generator::Generator;
 use super::layout::Layout;
 use super::BenchError;
 use crate::backends::Backends;
+use crate::cause::Cause;
 use crate::config::Settings;
 use crate::proto::{self, gateway_client::GatewayClient, send_outcome::Result as Outcome};
 use crate::router::KeepAlive;
@@ -80,7 +81,7 @@ impl Gateway {
         };
         let stream = Attachment::open(&mut self.client, request)
             .await
-            .map_err(|s| failed(&self.id, "Attach", s.message().into()))?;
+            .map_err(|s| failed(&self.id, "Attach", Cause::from_message(s.message())))?;
         self.client
             .online(proto::OnlineRequest {
                 gateway_id: self.id.clone(),
@@ -89,7 +90,7 @@ impl Gateway {
                 ..Default::default()
             })
             .await
-            .map_err(|s| failed(&self.id, "Online", s.message().into()))?;
+            .map_err(|s| failed(&self.id, "Online", Cause::from_message(s.message())))?;
         Ok(stream)
     }
 
@@ -101,7 +102,7 @@ impl Gateway {
                 group: group.into(),
             })
             .await
-            .map_err(|s| failed(&self.id, "Join", s.message().into()))?;
+            .map_err(|s| failed(&self.id, "Join", Cause::from_message(s.message())))?;
         Ok(())
     }
 }
@@ -109,13 +110,13 @@ impl Gateway {
 /// One HTTP/2 connection to `sidecar`, opened for gateway `id`.
 async fn channel(id: &str, sidecar: SocketAddr) -> Result<Channel, BenchError> {
     Endpoint::from_shared(format!("http://{sidecar}"))
-        .map_err(|e| failed(id, "connect", e.to_string()))?
+        .map_err(|e| failed(id, "connect", Cause::new(e)))?
         .connect()
         .await
-        .map_err(|e| failed(id, "connect", format!("to {sidecar}: {e}")))
+        .map_err(|e| failed(id, "connect", Cause::context(format!("to {sidecar}"), e)))
 }
 
-fn failed(gateway: &str, call: &'static str, reason: String) -> BenchError {
+fn failed(gateway: &str, call: &'static str, reason: Cause) -> BenchError {
     BenchError::Gateway {
         gateway: gateway.into(),
         call,
