@@ -12,6 +12,7 @@ use tonic::service::Interceptor;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
+use crate::cause::Cause;
 use crate::proto::{self, admin_client::AdminClient};
 
 /// What the operator asks of the canary.
@@ -62,12 +63,13 @@ pub enum DeadLetterCommand {
 #[derive(Debug, thiserror::Error)]
 pub enum AdminCtlError {
     /// The address is not a valid URI.
-    #[error("invalid admin address {addr:?}: {reason}")]
+    #[error("invalid admin address {addr:?}")]
     Address {
         /// The address given.
         addr: String,
         /// Why it is invalid.
-        reason: String,
+        #[source]
+        reason: Cause,
     },
     /// The sidecar could not be reached.
     #[error("cannot connect to the admin API at {addr}")]
@@ -78,12 +80,13 @@ pub enum AdminCtlError {
         source: tonic::transport::Error,
     },
     /// The token variable is unset or not a valid header value.
-    #[error("admin token from ${env}: {reason}")]
+    #[error("admin token from ${env} is not usable")]
     Token {
         /// The environment variable named by `--token-env`.
         env: String,
         /// What is wrong with it.
-        reason: String,
+        #[source]
+        reason: Cause,
     },
     /// `dead-letters show` named a letter the user does not have.
     #[error("user {user} has no dead letter {id}")]
@@ -140,12 +143,12 @@ impl AdminCtl {
             .map(|env| {
                 let token = std::env::var(env).map_err(|e| AdminCtlError::Token {
                     env: env.into(),
-                    reason: e.to_string(),
+                    reason: Cause::new(e),
                 })?;
                 MetadataValue::try_from(format!("Bearer {token}")).map_err(|e| {
                     AdminCtlError::Token {
                         env: env.into(),
-                        reason: e.to_string(),
+                        reason: Cause::new(e),
                     }
                 })
             })
@@ -153,7 +156,7 @@ impl AdminCtl {
         let uri = admin_uri(addr);
         let endpoint = Channel::from_shared(uri.clone()).map_err(|e| AdminCtlError::Address {
             addr: addr.into(),
-            reason: e.to_string(),
+            reason: Cause::new(e),
         })?;
         let channel = endpoint
             .connect()
