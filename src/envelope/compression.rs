@@ -298,10 +298,10 @@ mod tests {
         );
         let mut unknown = Vec::new();
         crate::envelope::codec::put_compressed(&mut unknown, &id, 9, b"xyz");
-        assert!(Envelope::decode(Bytes::from(unknown))
-            .unwrap_err()
-            .to_string()
-            .contains("unknown compression codec 9"));
+        let err = Envelope::decode(Bytes::from(unknown)).unwrap_err();
+        // The envelope names the message; its source, the codec.
+        let text = crate::cause::Report(&err).to_string();
+        assert!(text.contains("unknown compression codec 9"), "{text}");
     }
 
     #[test]
