@@ -371,7 +371,8 @@ fn broker_settings_reject_unknown_keys() {
     for (section, key) in [("kafka", "brokres"), ("nats", "ack_wiat")] {
         let err =
             Settings::from_toml(&format!("[transports.{section}]\n{key} = \"x\"\n")).unwrap_err();
-        assert!(err.to_string().contains(key), "{err}");
+        let text = switchyard::cause::Report(&err).to_string();
+        assert!(text.contains(key), "{text}");
     }
 }
 

@@ -8,6 +8,7 @@ mod redis_support;
 use std::time::Duration;
 
 use redis_support::{eventually, node, redis_config, router, settings, Deployment};
+use switchyard::cause::Report;
 
 #[test]
 fn the_shipped_redis_config_loads_and_bad_keys_are_named() {
@@ -25,8 +26,9 @@ fn the_shipped_redis_config_loads_and_bad_keys_are_named() {
         "{err}"
     );
     let err = switchyard::Settings::from_toml("[store]\nkind = \"redis\"\nulr = \"redis://x\"\n")
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    // The key is in the cause: the error says the config did not load.
+    let err = Report(&err).to_string();
     assert!(err.contains("ulr"), "{err}");
 }
 
@@ -101,8 +103,8 @@ async fn a_missing_credential_variable_is_named() {
     let err = switchyard::Backends::from_settings(&settings(&redis))
         .await
         .err()
-        .expect("the variable is not set")
-        .to_string();
+        .expect("the variable is not set");
+    let err = Report(&err).to_string();
     assert!(
         err.contains("SWITCHYARD_TEST_UNSET_PASSWORD is not set"),
         "{err}"

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
+use switchyard::cause::Report;
 use switchyard::proto;
 use switchyard::sidecar::{SecretSource, Sidecar};
 use tonic::metadata::MetadataValue;
@@ -323,9 +324,11 @@ async fn the_grpc_transport_names_what_failed() {
         .publish(&GatewayId::from("nowhere"), &batch, Ack::Confirmed)
         .await
         .unwrap_err();
+    // What failed and with which gateway; why is its source.
+    assert_eq!(err.to_string(), "grpc: publish to gateway nowhere failed");
     assert_eq!(
-        err.to_string(),
-        "grpc: publish to gateway nowhere failed: gateway is not registered"
+        std::error::Error::source(&err).map(|cause| cause.to_string()),
+        Some("gateway is not registered".to_owned())
     );
 
     // Registered at a live sidecar, but nobody subscribed there: the peer's ack says so.
@@ -336,10 +339,10 @@ async fn the_grpc_transport_names_what_failed() {
         .publish(&ghost.id, &batch, Ack::Confirmed)
         .await
         .unwrap_err();
+    let text = Report(&err).to_string();
     assert!(
-        err.to_string()
-            .contains("nobody is subscribed to the address of gateway ghost"),
-        "{err}"
+        text.contains("nobody is subscribed to the address of gateway ghost"),
+        "{text}"
     );
 
     // Subscribed: delivered in order, bytes untouched, and confirmed once

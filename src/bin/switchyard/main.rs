@@ -210,8 +210,9 @@ where
     Ok(ExitCode::SUCCESS)
 }
 
-/// `error: ...` and then each cause on its own line, skipping causes whose
-/// text the line before already carries (many errors print their source).
+/// `error: ...` and then each cause on its own line (the library's errors
+/// leave their cause to `source()`), skipping a cause whose text the line
+/// before already carries (some client libraries' errors print their source).
 fn print_error(err: &anyhow::Error) {
     let mut last = err.to_string();
     eprintln!("error: {last}");
