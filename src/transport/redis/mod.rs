@@ -118,8 +118,8 @@ impl RedisTransport {
             .await
             .map_err(|e| TransportError::Connect {
                 transport: KIND,
-                address: e.address.clone(),
-                reason: Cause::new(e),
+                address: e.address,
+                reason: e.reason,
             })?;
         Ok(Self {
             positions: Positions::start(redis.clone(), config.replay_window),
