@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use rand::{Rng, RngCore};
+use switchyard::cause::Report;
 use switchyard::dedupe::DedupeWindow;
 use switchyard::policy::live::LivePolicy;
 use switchyard::policy::{Policy, RoutingConfig};
@@ -422,36 +423,38 @@ pub async fn close_under_load(t: Arc<dyn Transport>) {
         .map(|p| {
             let (t, gw) = (t.clone(), gw.clone());
             tokio::spawn(async move {
-                let mut confirmed = Vec::new();
+                let (mut confirmed, mut refused) = (Vec::new(), None);
                 for chunk in 0..30 {
                     let batch: Vec<Envelope> = (0..10)
                         .map(|i| envelope(p * 1000 + chunk * 10 + i, 256))
                         .collect();
-                    if t.publish(&gw, &encode(&batch), Ack::Confirmed)
-                        .await
-                        .is_ok()
-                    {
-                        confirmed.extend(ids(&batch));
+                    match t.publish(&gw, &encode(&batch), Ack::Confirmed).await {
+                        Ok(()) => confirmed.extend(ids(&batch)),
+                        Err(err) => {
+                            refused.get_or_insert_with(|| Report(&err).to_string());
+                        }
                     }
                 }
-                confirmed
+                (confirmed, refused)
             })
         })
         .collect();
     let mut arrivals = receive(&mut sub, 100, true).await;
     drop(sub);
-    let mut confirmed = HashSet::new();
+    let (mut confirmed, mut refused) = (HashSet::new(), None);
     for p in publishers {
         let done = tokio::time::timeout(PATIENCE, p)
             .await
             .expect("publisher hung after the close");
-        confirmed.extend(done.expect("publisher panicked"));
+        let (ids, first_refusal) = done.expect("publisher panicked");
+        confirmed.extend(ids);
+        refused = refused.or(first_refusal);
     }
     if t.capabilities().durable {
         assert_eq!(
             confirmed.len(),
             600,
-            "{}: a durable transport refused publishes",
+            "{}: a durable transport refused publishes (first: {refused:?})",
             t.kind()
         );
         let mut sub = t.subscribe(&gw).await.expect("subscribe again");
