@@ -8,7 +8,9 @@
 //! failover. A transport with neither (memory, gRPC links: no broker) gets
 //! no restart case.
 //!
-//! Needs the servers of `scripts/services/*.sh start` (NATS JetStream on
+//! The memory and gRPC transports need nothing. The others are built with
+//! their test tier (`--features it-redis`, `it-kafka`, `it-nats`) and need
+//! the servers of `scripts/services/*.sh start` (NATS JetStream on
 //! 127.0.0.1:4222 and its three-node cluster on 22400-22402, the three-node
 //! Apache Kafka cluster on 127.0.0.1:9092-9094, Redis, Redis Cluster and
 //! Redis Sentinel on 22100-22112);
@@ -17,8 +19,10 @@
 
 #[path = "conformance/cases.rs"]
 mod cases;
+#[cfg(feature = "it-redis")]
 #[path = "redis_support/mod.rs"]
 mod redis_support;
+#[cfg(any(feature = "it-redis", feature = "it-kafka", feature = "it-nats"))]
 #[path = "support/mod.rs"]
 mod support;
 
@@ -31,24 +35,39 @@ mod factories {
     use switchyard::sidecar::Sidecar;
     use switchyard::topology::{GatewayId, GatewayInfo};
     use switchyard::transport::grpc::{GrpcConfig, GrpcTransport};
+    #[cfg(feature = "it-kafka")]
     use switchyard::transport::kafka::KafkaTransport;
     use switchyard::transport::memory::{MemoryConfig, MemoryTransport};
+    #[cfg(feature = "it-nats")]
     use switchyard::transport::nats::{NatsTransport, Storage};
     use switchyard::transport::Transport;
     use switchyard::{Backends, Settings};
 
+    #[cfg(any(feature = "it-kafka", feature = "it-nats"))]
     use crate::cases::Restartable;
+    #[cfg(feature = "it-redis")]
     use crate::redis_support::{redis_config, Deployment};
-    use crate::support::{self, PrivateBroker, PrivateKafka};
+    #[cfg(any(feature = "it-redis", feature = "it-kafka", feature = "it-nats"))]
+    use crate::support;
+    #[cfg(feature = "it-nats")]
+    use crate::support::PrivateBroker;
+    #[cfg(feature = "it-kafka")]
+    use crate::support::PrivateKafka;
+    #[cfg(feature = "it-redis")]
     use switchyard::redis_conn::sentinel::SentinelConfig;
+    #[cfg(feature = "it-redis")]
     use switchyard::transport::redis::{RedisTransport, RedisTransportConfig};
 
     pub async fn memory() -> Arc<dyn Transport> {
         Arc::new(MemoryTransport::new(&MemoryConfig::default()))
     }
 
-    pub use support::{kafka, nats};
+    #[cfg(feature = "it-kafka")]
+    pub use support::kafka;
+    #[cfg(feature = "it-nats")]
+    pub use support::nats;
 
+    #[cfg(feature = "it-redis")]
     async fn redis_on(deployment: Deployment) -> Arc<dyn Transport> {
         let config = RedisTransportConfig {
             connection: redis_config(deployment),
@@ -61,17 +80,20 @@ mod factories {
     }
 
     /// Redis Pub/Sub on the standalone Redis (127.0.0.1:6379).
+    #[cfg(feature = "it-redis")]
     pub async fn redis() -> Arc<dyn Transport> {
         redis_on(Deployment::Standalone).await
     }
 
     /// Sharded Pub/Sub on the Redis Cluster (127.0.0.1:7000-7005).
+    #[cfg(feature = "it-redis")]
     pub async fn redis_cluster() -> Arc<dyn Transport> {
         redis_on(Deployment::Cluster).await
     }
 
     /// Pub/Sub on the master the shared sentinels name, each request
     /// waiting for a replica.
+    #[cfg(feature = "it-redis")]
     pub async fn redis_sentinel() -> Arc<dyn Transport> {
         let mut connection = redis_config(Deployment::Standalone);
         connection.sentinel = Some(Box::new(SentinelConfig {
@@ -90,6 +112,7 @@ mod factories {
 
     /// JetStream on the shared three-node cluster, stream and consumers at
     /// replicas 3.
+    #[cfg(feature = "it-nats")]
     pub async fn nats_cluster() -> Arc<dyn Transport> {
         let mut config = support::nats_config(support::NATS_CLUSTER);
         config.replicas = 3;
@@ -153,11 +176,13 @@ mod factories {
         transport
     }
 
+    #[cfg(feature = "it-nats")]
     struct Private {
         broker: PrivateBroker,
         transport: Arc<dyn Transport>,
     }
 
+    #[cfg(feature = "it-nats")]
     #[async_trait::async_trait(?Send)]
     impl Restartable for Private {
         fn transport(&self) -> Arc<dyn Transport> {
@@ -181,6 +206,7 @@ mod factories {
 
     /// A private `nats-server -js` with file storage, so the stream and the
     /// consumer survive the restart as they would in production.
+    #[cfg(feature = "it-nats")]
     pub async fn nats_private() -> Box<dyn Restartable> {
         let broker = PrivateBroker::nats().await;
         let mut config = support::nats_config(&broker.address());
@@ -197,6 +223,7 @@ mod factories {
     /// A private three-node cluster (base port 21000): the case kills
     /// every node, so the shared cluster other tests use is not touched.
     /// Topics, committed offsets and producer ids survive, as on any Kafka.
+    #[cfg(feature = "it-kafka")]
     pub async fn kafka_private() -> Box<dyn Restartable> {
         let cluster = PrivateKafka::start(21000).await;
         let transport = KafkaTransport::connect(&support::kafka_config(&cluster.brokers()))
@@ -208,11 +235,13 @@ mod factories {
         })
     }
 
+    #[cfg(feature = "it-kafka")]
     struct PrivateCluster {
         cluster: PrivateKafka,
         transport: Arc<dyn Transport>,
     }
 
+    #[cfg(feature = "it-kafka")]
     #[async_trait::async_trait(?Send)]
     impl Restartable for PrivateCluster {
         fn transport(&self) -> Arc<dyn Transport> {
@@ -292,18 +321,21 @@ conformance!(
     connect = crate::factories::memory,
     claims = [ordered]
 );
+#[cfg(feature = "it-kafka")]
 conformance!(
     kafka,
     connect = crate::factories::kafka,
     claims = [durable, ordered, redelivers],
     private_broker = crate::factories::kafka_private
 );
+#[cfg(feature = "it-nats")]
 conformance!(
     nats,
     connect = crate::factories::nats,
     claims = [durable, ordered, redelivers],
     private_broker = crate::factories::nats_private
 );
+#[cfg(feature = "it-redis")]
 conformance!(
     redis,
     connect = crate::factories::redis,
@@ -314,17 +346,20 @@ conformance!(
     connect = crate::factories::grpc,
     claims = [ordered, direct]
 );
+#[cfg(feature = "it-redis")]
 conformance!(
     redis_cluster,
     connect = crate::factories::redis_cluster,
     claims = [ordered, redelivers]
 );
+#[cfg(feature = "it-redis")]
 conformance!(
     redis_sentinel,
     connect = crate::factories::redis_sentinel,
     claims = [ordered, redelivers],
     failover = "tests/redis_faults.rs"
 );
+#[cfg(feature = "it-nats")]
 conformance!(
     nats_cluster,
     connect = crate::factories::nats_cluster,

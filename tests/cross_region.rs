@@ -3,28 +3,32 @@
 //! JetStream by changing one config key; and the Kafka broker dying
 //! mid-stream without losing a message.
 //!
-//! Needs the servers of `scripts/services/*.sh start`; the fault test runs
-//! a private three-node Kafka cluster, which it stops whole.
+//! The traffic tests (`--features it-kafka,it-nats`) need the servers of
+//! `scripts/services/*.sh start`; the fault test runs a private three-node
+//! Kafka cluster, which it stops whole. The config checks need nothing.
 
 #[path = "support/mod.rs"]
 mod support;
 
-use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use switchyard::inbox::Via;
-use switchyard::transport::{Health, TransportKind};
-use switchyard::{
-    Backends, Destination, Envelope, GatewayInfo, Inbox, MessageId, Outcome, Priority, Router,
-    Settings,
+use switchyard::{Backends, Settings};
+#[cfg(all(feature = "it-kafka", feature = "it-nats"))]
+use {
+    parking_lot::Mutex,
+    std::collections::HashSet,
+    std::sync::{Arc, OnceLock},
+    switchyard::inbox::Via,
+    switchyard::transport::{Health, TransportKind},
+    switchyard::{Destination, Envelope, GatewayInfo, Inbox, MessageId, Outcome, Priority, Router},
 };
 
 /// How long a gateway waits for its messages before the test fails.
+#[cfg(all(feature = "it-kafka", feature = "it-nats"))]
 const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Settings for the fleet: memory same-region, `cross_region` between regions.
+#[cfg(all(feature = "it-kafka", feature = "it-nats"))]
 fn settings(kafka_brokers: &str, cross_region: &str, fallbacks: &[&str]) -> Settings {
     let mut settings = Settings::default();
     settings.transports.kafka = Some(support::kafka_config(kafka_brokers));
@@ -36,6 +40,7 @@ fn settings(kafka_brokers: &str, cross_region: &str, fallbacks: &[&str]) -> Sett
 }
 
 /// One gateway of the fleet with one connected user.
+#[cfg(all(feature = "it-kafka", feature = "it-nats"))]
 struct Gateway {
     router: Router,
     inbox: Inbox,
@@ -44,6 +49,7 @@ struct Gateway {
 
 /// Three gateways: two in `eu`, one in `us`, sharing one set of backends
 /// (the presence store is what lets them find each other).
+#[cfg(all(feature = "it-kafka", feature = "it-nats"))]
 async fn fleet(settings: &Settings) -> (Gateway, Gateway, Gateway) {
     let backends = Backends::from_settings(settings).await.expect("backends");
     let run = ulid::Ulid::new();
@@ -75,6 +81,7 @@ async fn fleet(settings: &Settings) -> (Gateway, Gateway, Gateway) {
 
 /// Sends `n` messages from `from` to `to`'s user; returns their ids and the
 /// transport each went over.
+#[cfg(all(feature = "it-kafka", feature = "it-nats"))]
 async fn send(
     from: &Gateway,
     to: &Gateway,
@@ -103,6 +110,7 @@ async fn send(
 
 /// Reads `to`'s inbox until every id arrived, then a little longer to catch
 /// duplicates; returns (delivered count, transports seen).
+#[cfg(all(feature = "it-kafka", feature = "it-nats"))]
 async fn drain(to: &mut Gateway, ids: &HashSet<MessageId>) -> (usize, HashSet<Via>) {
     let mut missing = ids.clone();
     let mut delivered = 0;
@@ -134,6 +142,7 @@ async fn drain(to: &mut Gateway, ids: &HashSet<MessageId>) -> (usize, HashSet<Vi
     (delivered, vias)
 }
 
+#[cfg(all(feature = "it-kafka", feature = "it-nats"))]
 async fn cross_region_over(kind: TransportKind) {
     let (eu1, mut eu2, mut us) = fleet(&settings(support::KAFKA, kind.as_str(), &[])).await;
     const N: usize = 50;
@@ -166,11 +175,13 @@ async fn cross_region_over(kind: TransportKind) {
     );
 }
 
+#[cfg(all(feature = "it-kafka", feature = "it-nats"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_region_goes_over_kafka() {
     cross_region_over(TransportKind::Kafka).await;
 }
 
+#[cfg(all(feature = "it-kafka", feature = "it-nats"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_region_goes_over_nats_by_config_alone() {
     cross_region_over(TransportKind::Nats).await;
@@ -186,6 +197,7 @@ fn the_local_demo_config_is_valid() {
 }
 
 /// Records every value set on the `switchyard_transport_up` gauge.
+#[cfg(all(feature = "it-kafka", feature = "it-nats"))]
 mod up_gauge {
     use super::*;
     use metrics::{
@@ -249,6 +261,7 @@ mod up_gauge {
 /// Kafka dies mid-stream: high-priority messages fall back to NATS (or the
 /// offline store), nothing is lost or duplicated, the gauge shows Kafka
 /// down, and once the broker is back cross-region traffic returns to Kafka.
+#[cfg(all(feature = "it-kafka", feature = "it-nats"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_outage_falls_back_and_recovers() {
     let gauge = up_gauge::log();
@@ -378,6 +391,7 @@ fn broker_settings_reject_unknown_keys() {
 
 /// Fire-and-forget publishing is bounded: past `max_in_flight` a publish
 /// fails at once (so the router falls back) instead of queueing without end.
+#[cfg(all(feature = "it-kafka", feature = "it-nats"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fire_and_forget_is_bounded() {
     use switchyard::transport::kafka::KafkaTransport;

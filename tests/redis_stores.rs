@@ -1,14 +1,19 @@
 //! What only the Redis stores have: the shipped Redis and Sentinel
 //! configs, connection errors, passwords and TLS. The stores' behaviour is
 //! in the conformance suite (tests/stores.rs), run on Redis standalone and
-//! cluster.
+//! cluster. The config and error checks need no server; the rest
+//! (`--features it-redis`) a Redis, its sentinels or a private
+//! `redis-server`.
 
 mod redis_support;
 
-use std::time::Duration;
-
-use redis_support::{eventually, node, redis_config, router, settings, Deployment};
+use redis_support::{redis_config, settings, Deployment};
 use switchyard::cause::Report;
+#[cfg(feature = "it-redis")]
+use {
+    redis_support::{eventually, node, router},
+    std::time::Duration,
+};
 
 #[test]
 fn the_shipped_redis_config_loads_and_bad_keys_are_named() {
@@ -34,6 +39,7 @@ fn the_shipped_redis_config_loads_and_bad_keys_are_named() {
 
 /// `config/sentinel.toml` against `scripts/services/redis-sentinel.sh`:
 /// stores and Pub/Sub find the master through the sentinels.
+#[cfg(feature = "it-redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_sentinel_config_routes_through_the_sentinels_master() {
     let mut settings =
@@ -112,11 +118,13 @@ async fn a_missing_credential_variable_is_named() {
 }
 
 /// A private password-protected Redis on a free port, killed on drop.
+#[cfg(feature = "it-redis")]
 struct PrivateRedis {
     port: u16,
     server: std::process::Child,
 }
 
+#[cfg(feature = "it-redis")]
 impl PrivateRedis {
     fn start(password: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -140,6 +148,7 @@ impl PrivateRedis {
     }
 }
 
+#[cfg(feature = "it-redis")]
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         let _ = self.server.kill();
@@ -147,6 +156,7 @@ impl Drop for PrivateRedis {
     }
 }
 
+#[cfg(feature = "it-redis")]
 #[tokio::test]
 async fn the_password_comes_from_the_named_environment_variable() {
     let private = PrivateRedis::start("s3cret");
@@ -186,6 +196,7 @@ async fn the_password_comes_from_the_named_environment_variable() {
 /// No TLS Redis here: a `rediss://` URL against the plain-text server must
 /// fail the TLS handshake with a clear error (not panic for want of a
 /// crypto provider, not fall back to plain text).
+#[cfg(feature = "it-redis")]
 #[tokio::test]
 async fn a_rediss_url_speaks_tls() {
     let mut redis = redis_config(Deployment::Standalone);

@@ -4,7 +4,9 @@
 //! Dockerfile copies, the k8s pod gives each container only its own
 //! tokens, probes point at the telemetry endpoint, compose waits for
 //! healthy services, the Prometheus config and alert rules pass `promtool`,
-//! and the local fleet starts and stops.
+//! and the local fleet starts and stops. The `promtool` check is in the
+//! `it-tools` test tier, the fleet (on the Redis and Kafka of
+//! `scripts/services/`) in `it-redis` plus `it-kafka`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -454,6 +456,7 @@ fn the_dockerfile_is_multi_stage_and_runs_as_non_root() {
 }
 
 /// `promtool` (Debian package `prometheus`; scripts/test.sh installs it).
+#[cfg(feature = "it-tools")]
 fn promtool(args: &[&Path], check: &str) {
     let output = Command::new("promtool")
         .args(["check", check])
@@ -468,12 +471,14 @@ fn promtool(args: &[&Path], check: &str) {
     );
 }
 
+#[cfg(feature = "it-tools")]
 #[test]
 fn promtool_accepts_the_prometheus_config_and_the_alert_rules() {
     promtool(&[&deploy().join("prometheus/prometheus.yml")], "config");
     promtool(&[&deploy().join("prometheus/alerts.yml")], "rules");
 }
 
+#[cfg(all(feature = "it-redis", feature = "it-kafka"))]
 #[test]
 fn the_local_fleet_starts_ready_and_stops() {
     let root = env!("CARGO_MANIFEST_DIR");

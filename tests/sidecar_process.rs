@@ -1,15 +1,26 @@
 //! `switchyard serve` as a real process: env overrides of the listen
 //! addresses, SIGHUP reload (a bad file is refused, the old config stays),
 //! a graceful exit on SIGTERM, and `/metrics` before the first message
-//! under every shipped config.
+//! under every shipped config. The shipped configs and the CLI's `state`,
+//! `canary` and `presence` reach the Redis, Kafka and NATS of
+//! `scripts/services/` (test tiers `it-redis`, `it-kafka`, `it-nats`; the
+//! `/metrics` check also `it-tools`, for `promtool`); the rest runs on the
+//! embedded default.
 
 mod common;
 mod process;
 
+#[cfg(feature = "it-redis")]
 use std::path::Path;
 
 use process::Served;
 use switchyard::proto;
+#[cfg(all(
+    feature = "it-redis",
+    feature = "it-kafka",
+    feature = "it-nats",
+    feature = "it-tools"
+))]
 use switchyard::Settings;
 
 // Multi-threaded: the test thread blocks reading the child's log, and the
@@ -47,6 +58,12 @@ async fn serve_reloads_on_sighup_and_drains_on_sigterm() {
 /// Every config the repository ships that can run on this machine: the
 /// container configs with their host names pointed at the local services
 /// and their secret files written to `secrets`.
+#[cfg(all(
+    feature = "it-redis",
+    feature = "it-kafka",
+    feature = "it-nats",
+    feature = "it-tools"
+))]
 fn shipped_configs(secrets: &Path) -> Vec<(String, String)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut configs = Vec::new();
@@ -83,6 +100,12 @@ fn shipped_configs(secrets: &Path) -> Vec<(String, String)> {
 /// `text` with container host names replaced by the local services and
 /// `/run/secrets/switchyard` by `secrets`, where each secret it names is
 /// written.
+#[cfg(all(
+    feature = "it-redis",
+    feature = "it-kafka",
+    feature = "it-nats",
+    feature = "it-tools"
+))]
 fn local(text: &str, secrets: &Path) -> String {
     let mut text = text
         .replace("redis://redis:6379", "redis://127.0.0.1:6379")
@@ -105,6 +128,12 @@ fn local(text: &str, secrets: &Path) -> String {
     text
 }
 
+#[cfg(all(
+    feature = "it-redis",
+    feature = "it-kafka",
+    feature = "it-nats",
+    feature = "it-tools"
+))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_before_the_first_message_pass_promtool_under_every_shipped_config() {
     let dir = tempfile::tempdir().unwrap();
@@ -199,6 +228,7 @@ async fn on_sigterm_readyz_answers_503_for_the_grace_while_new_calls_are_still_s
 }
 
 /// The `switchyard` command with `env`, as an operator runs it.
+#[cfg(feature = "it-redis")]
 fn switchyard(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
     command.args(args).env_remove("SWITCHYARD_CONFIG");
@@ -208,6 +238,7 @@ fn switchyard(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     command.output().expect("the binary runs")
 }
 
+#[cfg(feature = "it-redis")]
 fn text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -237,6 +268,7 @@ async fn json_logs_parse_line_by_line_and_text_logs_carry_no_colour_codes() {
     assert!(served.wait().success());
 }
 
+#[cfg(all(feature = "it-redis", feature = "it-kafka", feature = "it-nats"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_and_canary_act_on_several_sidecars_given_as_host_port() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -274,6 +306,7 @@ async fn state_and_canary_act_on_several_sidecars_given_as_host_port() {
     }
 }
 
+#[cfg(feature = "it-redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_reads_the_shared_store() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -1,9 +1,11 @@
 //! What a careless or hostile gateway can send, against a real sidecar over
 //! gRPC: forged peer batches, gateway-chosen peer addresses, identifiers
 //! that would poison shared state, oversized or undecodable requests,
-//! claimed users, and configs that would crash the sidecar.
+//! claimed users, and configs that would crash the sidecar. One case, an
+//! undecodable presence entry, needs Redis (`--features it-redis`).
 
 mod common;
+#[cfg(feature = "it-redis")]
 mod redis_support;
 
 use std::collections::BTreeMap;
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use jsonwebtoken::{EncodingKey, Header};
+#[cfg(feature = "it-redis")]
 use redis_support::Deployment;
 use switchyard::config::ConfigError;
 use switchyard::proto::{self, peer_client::PeerClient};
@@ -199,6 +202,7 @@ async fn identifiers_are_checked_where_they_enter() {
     }
 }
 
+#[cfg(feature = "it-redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_presence_entry_does_not_make_its_user_unreachable() {
     let redis = redis_support::redis_config(Deployment::Standalone);

@@ -7,27 +7,40 @@
 //! group a backend does not provide (the memory registry never expires a
 //! gateway, so `registry_expiry`) is not listed, so no test exists for it.
 //!
-//! Needs the servers of `scripts/services/*.sh start`: Redis on
-//! 127.0.0.1:6379, the Redis Cluster on 7000-7005 and, built with
-//! `--features etcd`, etcd on 127.0.0.1:2379 (`SWITCHYARD_TEST_ETCD`).
+//! The memory backend needs nothing. Built with `--features it-redis`, the
+//! Redis backends run on Redis at 127.0.0.1:6379 and the Redis Cluster on
+//! 7000-7005; with `--features it-etcd`, the etcd registry on etcd at
+//! 127.0.0.1:2379 (`SWITCHYARD_TEST_ETCD`); both of
+//! `scripts/services/*.sh start`.
 //!
 //! [`Deployment`]: cases::Deployment
 
 #[path = "stores/cases.rs"]
 mod cases;
+#[cfg(feature = "it-redis")]
 #[path = "redis_support/mod.rs"]
 mod redis_support;
+// Loaded once: with Redis, as part of redis_support.
+#[cfg(feature = "it-redis")]
+use redis_support::wait;
+#[cfg(not(feature = "it-redis"))]
+#[path = "wait/mod.rs"]
+mod wait;
 
 /// The backends under test, each as router nodes sharing one deployment.
 mod deployments {
+    #[cfg(any(feature = "it-redis", feature = "it-etcd"))]
     use std::time::Duration;
 
+    #[cfg(feature = "it-redis")]
     use switchyard::config::StoreConfig;
+    #[cfg(feature = "it-redis")]
     use switchyard::redis_conn::RedisConfig;
     use switchyard::{Backends, Settings};
     use tokio::sync::OnceCell;
 
     use crate::cases::Deployment;
+    #[cfg(feature = "it-redis")]
     use crate::redis_support::{self, redis_config};
 
     /// The embedded default: every node of a process shares one
@@ -45,6 +58,7 @@ mod deployments {
             Settings::default()
         }
 
+        #[cfg(any(feature = "it-redis", feature = "it-etcd"))]
         fn set_gateway_ttl(&self, _: &mut Settings, _: Duration) {
             unreachable!("the memory registry has no TTL (no registry_expiry cases)")
         }
@@ -61,16 +75,20 @@ mod deployments {
 
     /// Every store on one Redis deployment under a key prefix of its own;
     /// each node is another connection.
+    #[cfg(feature = "it-redis")]
     pub struct Redis(RedisConfig);
 
+    #[cfg(feature = "it-redis")]
     pub fn redis() -> Redis {
         Redis(redis_config(redis_support::Deployment::Standalone))
     }
 
+    #[cfg(feature = "it-redis")]
     pub fn redis_cluster() -> Redis {
         Redis(redis_config(redis_support::Deployment::Cluster))
     }
 
+    #[cfg(feature = "it-redis")]
     #[async_trait::async_trait]
     impl Deployment for Redis {
         fn settings(&self) -> Settings {
@@ -90,10 +108,10 @@ mod deployments {
 
     /// The registry on etcd under a key prefix of its own, the other
     /// stores in each node's memory (only registry cases run here).
-    #[cfg(feature = "etcd")]
+    #[cfg(feature = "it-etcd")]
     pub struct Etcd(switchyard::registry::EtcdConfig);
 
-    #[cfg(feature = "etcd")]
+    #[cfg(feature = "it-etcd")]
     pub fn etcd() -> Etcd {
         Etcd(switchyard::registry::EtcdConfig {
             endpoints: vec![std::env::var("SWITCHYARD_TEST_ETCD")
@@ -103,7 +121,7 @@ mod deployments {
         })
     }
 
-    #[cfg(feature = "etcd")]
+    #[cfg(feature = "it-etcd")]
     #[async_trait::async_trait]
     impl Deployment for Etcd {
         fn settings(&self) -> Settings {
@@ -182,15 +200,17 @@ stores!(
     crate::deployments::memory,
     [presence, groups, blocks, offline, registry]
 );
+#[cfg(feature = "it-redis")]
 stores!(
     redis,
     crate::deployments::redis,
     [presence, groups, blocks, offline, registry, registry_expiry]
 );
+#[cfg(feature = "it-redis")]
 stores!(
     redis_cluster,
     crate::deployments::redis_cluster,
     [presence, groups, blocks, offline, registry, registry_expiry]
 );
-#[cfg(feature = "etcd")]
+#[cfg(feature = "it-etcd")]
 stores!(etcd, crate::deployments::etcd, [registry, registry_expiry]);

@@ -15,7 +15,9 @@ use switchyard::cause::Report;
 use switchyard::dedupe::DedupeWindow;
 use switchyard::policy::live::LivePolicy;
 use switchyard::policy::{Policy, RoutingConfig};
-use switchyard::transport::{Ack, Capabilities, Health, Subscription, Transport, Transports};
+#[cfg(any(feature = "it-kafka", feature = "it-nats"))]
+use switchyard::transport::Health;
+use switchyard::transport::{Ack, Capabilities, Subscription, Transport, Transports};
 use switchyard::{
     Backends, Destination, Envelope, GatewayId, GatewayInfo, MessageId, Outcome, Priority, Router,
     Settings,
@@ -334,6 +336,7 @@ pub async fn isolation(t: Arc<dyn Transport>) {
 
 /// A durable transport loses nothing when its subscriber goes away and
 /// comes back: messages sent meanwhile, and those received but not acked.
+#[cfg(any(feature = "it-kafka", feature = "it-nats"))]
 pub async fn resubscribe(t: Arc<dyn Transport>) {
     needs(&*t, t.capabilities().durable, "durability");
     let gw = gateway();
@@ -371,6 +374,7 @@ pub async fn resubscribe(t: Arc<dyn Transport>) {
 }
 
 /// Unacked messages come again to the next subscriber; acked ones do not.
+#[cfg(any(feature = "it-redis", feature = "it-kafka", feature = "it-nats"))]
 pub async fn redelivery(t: Arc<dyn Transport>) {
     needs(&*t, t.capabilities().redelivers, "redelivery");
     let gw = gateway();
@@ -745,6 +749,7 @@ where
 }
 
 /// A broker a test can stop and start again, with a transport connected to it.
+#[cfg(any(feature = "it-kafka", feature = "it-nats"))]
 #[async_trait::async_trait(?Send)]
 pub trait Restartable {
     /// The transport under test.
@@ -761,6 +766,7 @@ pub trait Restartable {
 /// The broker dies mid-stream: publishes fail (so the router falls back),
 /// health goes down, and after the restart the same transport and the same
 /// subscription carry messages again, none lost once confirmed.
+#[cfg(any(feature = "it-kafka", feature = "it-nats"))]
 pub async fn broker_restart(mut broker: Box<dyn Restartable>) {
     let t = broker.transport();
     let gw = gateway();
@@ -847,6 +853,7 @@ pub async fn broker_restart(mut broker: Box<dyn Restartable>) {
 /// Runs a case on a runtime of its own and fails if that runtime does not
 /// shut down soon after: a transport that closes on a runtime thread and
 /// waits there for a broker that is gone would hang a gateway's exit.
+#[cfg(any(feature = "it-kafka", feature = "it-nats"))]
 pub fn and_shut_down(case: impl std::future::Future<Output = ()>) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -13,6 +13,11 @@ use switchyard::transport::redis::RedisTransportConfig;
 use switchyard::transport::TransportsConfig;
 use switchyard::{Backends, Destination, Envelope, MessageId, Priority, Router, Settings};
 
+#[path = "../wait/mod.rs"]
+pub mod wait;
+#[allow(unused_imports)] // as the rest: each test binary uses part of it
+pub use wait::eventually;
+
 /// Which Redis a test case runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deployment {
@@ -106,22 +111,6 @@ pub async fn raw(redis: &RedisConfig) -> RedisHandle {
     RedisHandle::connect(redis)
         .await
         .expect("raw Redis connection")
-}
-
-/// Polls `check` every 50 ms until it returns true or `within` passes.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 /// Message `i` from alice on gw-a to bob.

@@ -4,6 +4,7 @@
 //! routers.
 
 use std::collections::BTreeMap;
+#[cfg(any(feature = "it-redis", feature = "it-etcd"))]
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use switchyard::{
     SendReport, Settings, UserId,
 };
 
-use crate::redis_support::eventually;
+use crate::wait::eventually;
 
 /// Router nodes over one deployment of a backend.
 #[async_trait::async_trait]
@@ -26,6 +27,7 @@ pub trait Deployment: Send + Sync {
     /// names no other test uses.
     fn settings(&self) -> Settings;
     /// How long a gateway that stopped heart-beating stays registered.
+    #[cfg(any(feature = "it-redis", feature = "it-etcd"))]
     fn set_gateway_ttl(&self, settings: &mut Settings, ttl: Duration);
     /// One router node's backends; another call is another node sharing
     /// the same state (where the backend is shared at all).
@@ -569,6 +571,7 @@ async fn ring_ids(registry: &dyn Registry) -> Vec<String> {
 /// gw-a stops heart-beating: it leaves the ring once its TTL ran out (not
 /// before, while gw-b beats on), its users are no longer located there and
 /// the groups stop counting them; when it comes back it re-joins at once.
+#[cfg(any(feature = "it-redis", feature = "it-etcd"))]
 pub async fn an_expired_gateway_loses_its_sessions_and_its_ring_share(d: &dyn Deployment) {
     // 2 s: etcd grants no lease shorter (its minimum follows the election
     // timeout), and Redis keeps the same pace.

@@ -418,7 +418,8 @@ impl Transport for KafkaTransport {
     }
 }
 
-#[cfg(test)]
+// Needs Kafka: run with the `it-kafka` test tier (scripts/test.sh).
+#[cfg(all(test, feature = "it-kafka"))]
 mod tests {
     use std::time::Duration;
 
