@@ -3,8 +3,10 @@
 # the integration tests talk to (Redis, Redis Cluster, NATS JetStream, a
 # three-node Apache Kafka cluster, etcd, Toxiproxy, and the two region
 # network namespaces of tests/wan_netns.rs: every scripts/services/*.sh),
-# then runs fmt, clippy and every test, with every optional backend
-# compiled in (`--features etcd`).
+# then runs fmt, clippy and every test: every optional backend compiled in
+# and every test tier on (`--all-features`: `etcd` and the `it-*` features
+# of Cargo.toml; plain `cargo test` runs only the tests that need none of
+# these services).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shopt -s nullglob
@@ -42,6 +44,8 @@ phase "installs"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo clippy --all-targets --features etcd -- -D warnings
+# The tests that only the test tiers compile.
+cargo clippy --all-targets --all-features -- -D warnings
 # The library builds with any one backend, or none (memory only): an
 # embedding gateway links only what it enables (Cargo.toml [features]).
 for features in "" redis kafka nats grpc etcd regions; do
@@ -54,5 +58,5 @@ phase "fmt, clippy and docs"
 # A test that hangs is a failure with its name on the screen (cargo prints
 # "has been running for over 60 seconds"), not a CI run that never ends.
 timeout --kill-after=30s "${SWITCHYARD_TEST_TIMEOUT:-45m}" \
-  cargo test --features etcd --no-fail-fast -- --test-threads 4
+  cargo test --all-features --no-fail-fast -- --test-threads 4
 phase "tests"

@@ -10,6 +10,9 @@
 //! the gateway, and duplicates are allowed only after a fault, bounded by
 //! the unacked window plus one batch.
 
+// Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
+#![cfg(all(feature = "it-redis", feature = "it-kafka", feature = "it-nats"))]
+
 mod common;
 #[path = "support/mod.rs"]
 mod support;

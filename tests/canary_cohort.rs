@@ -16,6 +16,9 @@
 //!   scripts/services/redis.sh start
 //!   cargo test --test canary_cohort
 
+// Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
+#![cfg(all(feature = "it-redis", feature = "it-nats"))]
+
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};

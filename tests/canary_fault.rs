@@ -20,6 +20,9 @@
 //!   scripts/services/redis.sh start
 //!   cargo test --test canary_fault
 
+// Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
+#![cfg(all(feature = "it-redis", feature = "it-kafka"))]
+
 mod canary_support;
 mod common;
 #[path = "support/mod.rs"]

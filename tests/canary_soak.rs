@@ -25,6 +25,9 @@
 //!   for s in redis kafka; do scripts/services/$s.sh start; done
 //!   cargo test --test canary_soak
 
+// Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
+#![cfg(all(feature = "it-redis", feature = "it-kafka"))]
+
 mod canary_support;
 mod common;
 #[path = "support/mod.rs"]

@@ -4,6 +4,9 @@
 //! compress exchange 256 B, 4 KiB and 64 KiB chat messages with none lost,
 //! none doubled, every byte intact.
 
+// Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
+#![cfg(all(feature = "it-redis", feature = "it-kafka", feature = "it-nats"))]
+
 #[path = "support/mod.rs"]
 mod support;
 

@@ -5,6 +5,9 @@
 //! CLI, replayed into the normal path (the gateway's Attach stream, every
 //! one once), and purged; the counts show in `/metrics`.
 
+// Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
+#![cfg(feature = "it-redis")]
+
 mod common;
 mod redis_support;
 

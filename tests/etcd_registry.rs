@@ -4,6 +4,8 @@
 //! (`scripts/services/etcd.sh install` puts it on the PATH), killed on drop,
 //! and keeps presence on the Redis at 127.0.0.1:6379.
 
+// Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
+#![cfg(all(feature = "it-etcd", feature = "it-redis"))]
 #![cfg(feature = "etcd")]
 
 #[path = "redis_support/mod.rs"]

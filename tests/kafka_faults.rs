@@ -12,6 +12,9 @@
 //!   scripts/services/kafka.sh start
 //!   cargo test --test kafka_faults -- --nocapture
 
+// Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
+#![cfg(all(feature = "it-kafka", feature = "it-redis"))]
+
 mod common;
 #[path = "support/mod.rs"]
 mod support;

@@ -12,6 +12,9 @@
 //!   scripts/services/redis.sh start && scripts/services/nats.sh start
 //!   cargo test --test nats_fanout
 
+// Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
+#![cfg(all(feature = "it-nats", feature = "it-redis"))]
+
 mod redis_support;
 mod support;
 

@@ -2,6 +2,9 @@
 //! sharing real Redis (standalone and cluster): who is online, watching
 //! friends come and go, and a group's members as its gateways fan out.
 
+// Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
+#![cfg(feature = "it-redis")]
+
 mod common;
 mod redis_support;
 

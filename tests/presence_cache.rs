@@ -8,6 +8,9 @@
 //! Needs `scripts/services/redis.sh start` (127.0.0.1:6379) and
 //! `scripts/services/redis-cluster.sh start` (7000-7005).
 
+// Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
+#![cfg(feature = "it-redis")]
+
 mod redis_support;
 
 use std::sync::Arc;

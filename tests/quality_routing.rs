@@ -16,6 +16,9 @@
 //!   scripts/services/{kafka,toxiproxy}.sh start
 //!   cargo test --test quality_routing -- --nocapture
 
+// Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
+#![cfg(all(feature = "it-redis", feature = "it-kafka", feature = "it-toxiproxy"))]
+
 #[path = "support/mod.rs"]
 mod support;
 #[path = "regions_support/toxiproxy.rs"]

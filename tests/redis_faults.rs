@@ -24,6 +24,9 @@
 //!
 //!   cargo test --test redis_faults -- --nocapture --test-threads 1
 
+// Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
+#![cfg(feature = "it-redis")]
+
 mod redis_support;
 mod support;
 

@@ -2,6 +2,9 @@
 //! a real Redis, standalone and cluster (sharded pub/sub). Faults are in
 //! `redis_faults.rs`.
 
+// Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
+#![cfg(feature = "it-redis")]
+
 mod redis_support;
 
 use std::time::Duration;

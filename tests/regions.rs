@@ -6,6 +6,9 @@
 //! Needs the shared Kafka cluster of `scripts/services/kafka.sh start`; each
 //! test runs its own two `redis-server`s, which it stops.
 
+// Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
+#![cfg(all(feature = "it-redis", feature = "it-kafka"))]
+
 #[path = "regions_support/mod.rs"]
 mod regions_support;
 #[path = "support/mod.rs"]

@@ -6,6 +6,9 @@
 //!
 //! Needs `scripts/services/{redis,kafka}.sh start`.
 
+// Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
+#![cfg(all(feature = "it-redis", feature = "it-kafka", feature = "it-tools"))]
+
 mod common;
 
 use std::time::Duration;

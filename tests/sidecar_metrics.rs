@@ -1,6 +1,9 @@
 //! The metrics scrape after traffic. Alone in its test binary: the
 //! Prometheus recorder is process-wide, so counts here are exact.
 
+// Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
+#![cfg(feature = "it-tools")]
+
 mod common;
 
 use std::time::Duration;

@@ -4,6 +4,9 @@
 //! Needs `pip install -r examples/python/requirements.txt`; fails, naming
 //! that command, when the packages are missing.
 
+// Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
+#![cfg(feature = "it-tools")]
+
 mod common;
 
 #[tokio::test]

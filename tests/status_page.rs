@@ -2,6 +2,9 @@
 //! `chromium`; scripts/test.sh installs it) loads it from a running sidecar,
 //! and the figures it shows match Admin `State` and the traffic sent.
 
+// Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
+#![cfg(feature = "it-tools")]
+
 mod common;
 
 use std::process::Command;

@@ -11,6 +11,9 @@
 //! runs it). Set `SWITCHYARD_WAN_REPORT=dir` to write the figures
 //! (`wan.json`) and their plot (`wan.svg`) there (docs/BENCHMARKS.md).
 
+// Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
+#![cfg(all(feature = "it-redis", feature = "it-kafka", feature = "it-toxiproxy"))]
+
 #[path = "regions_support/mod.rs"]
 mod regions_support;
 #[path = "support/mod.rs"]

@@ -19,6 +19,14 @@
 //! Set `SWITCHYARD_WAN_REPORT=dir` to write the figures
 //! (`wan-netns.json`) there (docs/BENCHMARKS.md).
 
+// Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
+#![cfg(all(
+    feature = "it-redis",
+    feature = "it-kafka",
+    feature = "it-toxiproxy",
+    feature = "it-netns"
+))]
+
 mod common;
 #[path = "netns_support/mod.rs"]
 mod netns_support;
