@@ -3,7 +3,7 @@
 //! acked, and a close that never holds up a runtime thread.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -50,7 +50,7 @@ impl KafkaTransport {
         let close_limit = self.config.session_timeout;
         let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
         let health = self.health.clone();
-        let asker = consumer.clone();
+        let asker = Arc::downgrade(&consumer);
         let subscription = spawn_subscription(self.config.queue, move |tx| async move {
             loop {
                 let incoming = tokio::select! {
@@ -98,7 +98,14 @@ impl KafkaTransport {
             }
             drop(membership);
         });
-        self.wait_for_assignment(&asker, &mut on_assigned, me).await;
+        if !self.wait_for_assignment(&asker, &mut on_assigned, me).await {
+            // Keep asking in the background: left to librdkafka, the next
+            // look is at `metadata_refresh`, and a gateway's first delivery
+            // would wait for it.
+            tokio::spawn(
+                async move { while !look_for_assignment(&asker, &mut on_assigned).await {} },
+            );
+        }
         Ok(subscription)
     }
 
@@ -106,42 +113,28 @@ impl KafkaTransport {
     /// new consumer its topic, so a gateway's first delivery does not wait
     /// on librdkafka's metadata refresh: a consumer whose just-created
     /// topic had not reached the broker it asked is assigned nothing, and
-    /// looks again only at `metadata_refresh` (10 s). A request for every
-    /// topic's metadata makes the group look at once (a request naming one
-    /// topic does not update the group's view). Past the limit (brokers
-    /// away) the subscription is returned unassigned: it starts reading,
-    /// from the committed offset, once the group assigns it.
+    /// looks again only at `metadata_refresh` (10 s). `false` past the
+    /// limit (brokers away): the subscription is returned unassigned and
+    /// starts reading, from the committed offset, once the group assigns it.
     async fn wait_for_assignment(
         &self,
-        consumer: &Arc<GroupConsumer<HealthContext>>,
+        consumer: &Weak<GroupConsumer<HealthContext>>,
         assigned: &mut watch::Receiver<bool>,
         me: &GatewayId,
-    ) {
+    ) -> bool {
         let limit = self.config.connect_timeout;
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let look_again = (tokio::time::Instant::now() + ASSIGNMENT_LOOK).min(deadline);
-            // Assigned, or the consumer is gone (the subscription ended).
-            let settled = tokio::time::timeout_at(look_again, assigned.wait_for(|a| *a))
-                .await
-                .is_ok();
-            if settled {
-                return;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(
-                    transport = %KIND, gateway = %me, ?limit,
-                    "the consumer group has not assigned the topic yet; \
-                     the subscription starts reading once it does"
-                );
-                return;
-            }
-            let consumer = consumer.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                consumer.fetch_metadata(None, ASSIGNMENT_LOOK).map(drop)
-            })
-            .await;
+        let waited = tokio::time::timeout(limit, async {
+            while !look_for_assignment(consumer, assigned).await {}
+        })
+        .await;
+        if waited.is_err() {
+            tracing::warn!(
+                transport = %KIND, gateway = %me, ?limit,
+                "the consumer group has not assigned the topic yet; \
+                 the subscription starts reading once it does"
+            );
         }
+        waited.is_ok()
     }
 
     /// Waits until the previous subscription of this consumer group in this
@@ -195,6 +188,32 @@ impl KafkaTransport {
                 assigned: Some(assigned),
             })
     }
+}
+
+/// Waits up to [`ASSIGNMENT_LOOK`] for the assignment (or the consumer's
+/// end); if neither came, asks for every topic's metadata, which makes the
+/// group look again at once (a request naming one topic does not update
+/// the group's view). `true` once settled.
+async fn look_for_assignment(
+    consumer: &Weak<GroupConsumer<HealthContext>>,
+    assigned: &mut watch::Receiver<bool>,
+) -> bool {
+    // Assigned, or the consumer is gone (the subscription ended).
+    if tokio::time::timeout(ASSIGNMENT_LOOK, assigned.wait_for(|a| *a))
+        .await
+        .is_ok()
+    {
+        return true;
+    }
+    // Held only while asking: the subscription's end must drop the consumer.
+    let Some(consumer) = consumer.upgrade() else {
+        return true;
+    };
+    let _ = tokio::task::spawn_blocking(move || {
+        consumer.fetch_metadata(None, ASSIGNMENT_LOOK).map(drop)
+    })
+    .await;
+    false
 }
 
 /// One subscription's received and acked offsets per partition, so only
