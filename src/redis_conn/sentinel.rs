@@ -356,9 +356,7 @@ impl Follower {
             }
         }
     }
-}
 
-impl Follower {
     /// Makes every channel of this connection again on the current master,
     /// in one SUBSCRIBE. If that fails, each reader makes its own after
     /// the drop it was told of.

@@ -175,6 +175,12 @@ impl RedisTransport {
         targets: &[Outgoing<'_>],
         ack: Ack,
     ) -> Vec<Result<(), TransportError>> {
+        let all_failed = |reason: Cause| -> Vec<Result<(), TransportError>> {
+            targets
+                .iter()
+                .map(|t| Err(publish_failed(t.to, reason.clone())))
+                .collect()
+        };
         let (pipe, owners) = self.pipeline(&conn, targets, ack);
         let mut result: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(&mut conn).await;
         if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
@@ -195,24 +201,16 @@ impl RedisTransport {
                 if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
                     self.health.down(&err);
                 }
-                let reason = Cause::new(err);
-                return targets
-                    .iter()
-                    .map(|t| Err(publish_failed(t.to, reason.clone())))
-                    .collect();
+                return all_failed(Cause::new(err));
             }
         };
         self.health.up();
         if receivers.len() != owners.len() {
-            let reason = Cause::from_message(format!(
+            return all_failed(Cause::from_message(format!(
                 "Redis answered {} receiver counts for {} publishes",
                 receivers.len(),
                 owners.len()
-            ));
-            return targets
-                .iter()
-                .map(|t| Err(publish_failed(t.to, reason.clone())))
-                .collect();
+            )));
         }
         let mut unread = vec![false; targets.len()];
         for (count, &owner) in receivers.iter().zip(&owners) {
@@ -224,12 +222,15 @@ impl RedisTransport {
         targets
             .iter()
             .zip(unread)
-            .map(|(t, unread)| match unread {
-                true => Err(TransportError::NoSubscriber {
-                    transport: KIND,
-                    gateway: t.to.clone(),
-                }),
-                false => Ok(()),
+            .map(|(t, unread)| {
+                if unread {
+                    Err(TransportError::NoSubscriber {
+                        transport: KIND,
+                        gateway: t.to.clone(),
+                    })
+                } else {
+                    Ok(())
+                }
             })
             .collect()
     }
