@@ -74,29 +74,25 @@
 //!   `source`, and [`cause::Report`], which prints the whole chain.
 //! - [`telemetry`]: metric names and the Prometheus recorder.
 //! - [`sidecar`]: the gRPC server of `switchyard serve` (Gateway, Admin and
-//!   Peer APIs, auth, live config, `/metrics`, `/healthz`, `/readyz`) and
-//!   the client of `switchyard canary`.
-//! - [`demo`]: the in-process fleet behind `switchyard demo`.
-//! - [`bench`](mod@bench): the load generator behind `switchyard bench`, with the
-//!   raw-client baselines it is compared with.
+//!   Peer APIs, auth, live config, `/metrics`, `/healthz`, `/readyz`).
 //!
 //! No module uses one that uses it back (`tests/architecture.rs`). Cargo
 //! features `redis`, `kafka`, `nats`, `grpc` (sidecar and direct links) and
-//! `cli` (bench, demo, the binary) are on by default; without them the
-//! library routes over the in-process memory transport and stores.
+//! `regions` are on by default; without them the library routes over the
+//! in-process memory transport and stores.
+//!
+//! The `switchyard` binary, its bench and its demo are another crate,
+//! `switchyard-cli` (cli/ in the repository), built on this one's public
+//! API only.
 
 #![deny(missing_docs, unsafe_code)]
 
 pub mod backends;
-#[cfg(feature = "cli")]
-pub mod bench;
 pub mod blocks;
 pub mod cause;
 pub(crate) mod changes;
 pub mod config;
 pub mod dedupe;
-#[cfg(feature = "cli")]
-pub mod demo;
 pub mod envelope;
 pub mod error;
 #[cfg(all(fuzzing, feature = "grpc"))]

@@ -20,7 +20,7 @@ pub struct KeepAlive(tokio::task::JoinHandle<()>);
 
 impl KeepAlive {
     /// Runs `beat` now and then every `every` until dropped.
-    pub(crate) fn spawn<F, Fut>(every: Duration, mut beat: F) -> Self
+    pub fn spawn<F, Fut>(every: Duration, mut beat: F) -> Self
     where
         F: FnMut() -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send,

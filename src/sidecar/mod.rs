@@ -12,7 +12,6 @@
 //! - [`auth`]: bearer tokens per gateway, for admin and for peers; a
 //!   gateway acts only for users it hosts. `secrets` reads the tokens.
 //! - [`user_auth`]: optional user tokens (JWT) that `Online` must carry.
-//! - [`admin_ctl`]: the CLI's client for the Admin API (state, canary).
 //! - [`client`]: the gateway's half of an Attach stream, for Rust callers.
 //! - [`reload`]: live config (admin RPC, file watch, SIGHUP).
 //! - [`tls`]: TLS and mutual TLS for the server and for direct links.
@@ -24,7 +23,6 @@
 //! Beside them the server runs the standard gRPC health service.
 
 pub mod admin;
-pub mod admin_ctl;
 mod attached;
 pub mod auth;
 pub mod client;

@@ -6,7 +6,7 @@
 #![allow(dead_code)] // each test crate uses a different part of this module
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -524,11 +524,14 @@ impl ServiceScript {
             None => Command::new("bash"),
         };
         command
-            .arg(format!(
-                "{}/scripts/services/{}",
-                env!("CARGO_MANIFEST_DIR"),
-                self.script
-            ))
+            .arg(
+                // The repository root, from the library's tests or cli/'s.
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .ancestors()
+                    .map(|dir| dir.join("scripts/services").join(self.script))
+                    .find(|script| script.is_file())
+                    .expect("scripts/services/ above this crate"),
+            )
             .args(self.prefix)
             .args(args)
             .env(format!("{}_BASE_PORT", self.var), self.base.to_string())
