@@ -2,11 +2,12 @@
 # The whole test suite, on a fresh machine: installs and starts the services
 # the integration tests talk to (Redis, Redis Cluster, NATS JetStream, a
 # three-node Apache Kafka cluster, etcd, Toxiproxy, and the two region
-# network namespaces of tests/wan_netns.rs: every scripts/services/*.sh),
+# network namespaces of cli/tests/wan_netns.rs: every scripts/services/*.sh),
 # then runs fmt, clippy and every test: every optional backend compiled in
 # and every test tier on (`--all-features`: `etcd` and the `it-*` features
-# of Cargo.toml; plain `cargo test` runs only the tests that need none of
-# these services).
+# of Cargo.toml and cli/Cargo.toml; plain `cargo test` runs only the tests
+# that need none of these services). Every cargo command takes both crates
+# of the workspace (the library and cli/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shopt -s nullglob
@@ -23,7 +24,7 @@ done
 phase "services"
 
 # promtool checks the Prometheus config, the alert rules and a /metrics
-# scrape per shipped config (tests/sidecar_deploy.rs, tests/sidecar_process.rs,
+# scrape per shipped config (cli/tests/sidecar_deploy.rs, cli/tests/sidecar_process.rs,
 # tests/sidecar_metrics.rs); headless Chromium loads the status page
 # (tests/status_page.rs); the etcd registry's client compiles etcd's protos
 # with protoc. All are Debian packages.
@@ -42,21 +43,21 @@ python3 -m pip install --quiet -r examples/python/requirements.txt
 phase "installs"
 
 cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
-cargo clippy --all-targets --features etcd -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --features etcd -- -D warnings
 # The tests that only the test tiers compile.
-cargo clippy --all-targets --all-features -- -D warnings
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 # The library builds with any one backend, or none (memory only): an
 # embedding gateway links only what it enables (Cargo.toml [features]).
 for features in "" redis kafka nats grpc etcd regions; do
-  cargo clippy --lib --no-default-features --features "$features" -- -D warnings
+  cargo clippy -p switchyard --lib --no-default-features --features "$features" -- -D warnings
 done
 # Every intra-doc link resolves and no public doc points at a private item.
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib --features etcd
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --lib --features etcd
 phase "fmt, clippy and docs"
 # Benches are built by clippy above and measured by `cargo bench`, not run here.
 # A test that hangs is a failure with its name on the screen (cargo prints
 # "has been running for over 60 seconds"), not a CI run that never ends.
 timeout --kill-after=30s "${SWITCHYARD_TEST_TIMEOUT:-45m}" \
-  cargo test --all-features --no-fail-fast -- --test-threads 4
+  cargo test --workspace --all-features --no-fail-fast -- --test-threads 4
 phase "tests"

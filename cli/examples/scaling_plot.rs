@@ -3,7 +3,7 @@
 //! receiving gateways, one line per (`--targets` or `--fanout`, workload,
 //! transport, path), read from `switchyard bench --json` files; and, when given, bytes per
 //! cached presence entry against the entries (from
-//! `examples/presence_cache_memory.rs`). Repeated runs of one point are
+//! `cli/examples/presence_cache_memory.rs`). Repeated runs of one point are
 //! drawn as dots, the line goes through their mean.
 //!
 //!   cargo run --release --example scaling_plot -- docs/bench/scaling.svg \

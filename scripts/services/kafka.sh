@@ -25,7 +25,7 @@
 # proxy, while the first listener stays direct for the local one.
 # KAFKA_WAN_HOST (default 127.0.0.1) is the address that listener binds and
 # KAFKA_WAN_ADVERTISED_HOST (default 127.0.0.1) the host it advertises: in
-# tests/wan_netns.rs the cluster runs in namespace sy-us, binds WAN on its
+# cli/tests/wan_netns.rs the cluster runs in namespace sy-us, binds WAN on its
 # veth (10.77.1.2) and advertises the proxy eu reaches (10.77.2.1).
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -20,7 +20,7 @@ pub fn settings() -> Settings {
     let mut settings = Settings::default();
     settings.sidecar.listen = "127.0.0.1:0".parse().unwrap();
     settings.telemetry.listen = "127.0.0.1:0".parse().unwrap();
-    // In-process tests stop at once; tests/sidecar_process.rs tests the grace.
+    // In-process tests stop at once; cli/tests/sidecar_process.rs tests the grace.
     settings.sidecar.readiness_grace = Duration::ZERO;
     settings
 }

@@ -64,7 +64,7 @@ impl Link {
     }
 
     /// Creates the proxy (replacing a leftover of the same name). The
-    /// addresses may be any the root namespace has: tests/wan_netns.rs
+    /// addresses may be any the root namespace has: cli/tests/wan_netns.rs
     /// listens on a region namespace's veth peer.
     pub fn between(
         name: &str,

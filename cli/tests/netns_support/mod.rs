@@ -1,4 +1,4 @@
-//! Regions in network namespaces, for tests/wan_netns.rs: the two
+//! Regions in network namespaces, for cli/tests/wan_netns.rs: the two
 //! namespaces of `scripts/services/netns.sh`, this run's ports in them,
 //! a `redis-server` per region started inside its namespace, and a probe
 //! of what a namespace can connect to (the isolation the test asserts).
@@ -89,7 +89,7 @@ impl Namespace {
     }
 }
 
-/// Slots of this test's block (29000-29999, tests/wan_netns.rs): slot k
+/// Slots of this test's block (29000-29999, cli/tests/wan_netns.rs): slot k
 /// has Kafka clients on 29000+3k.. (controllers +100, WAN listeners +200,
 /// proxies +300, as kafka.sh lays them out) and Redis on 29400+k.
 const SLOTS: u16 = 33;
