@@ -128,7 +128,7 @@ fn hot_pair_sketch(c: &mut Criterion) {
     // A full sketch: more distinct pairs than its capacity, so updates evict.
     let pairs = HotPairs::new(
         HotPairsConfig::default(),
-        Some(switchyard::transport::TransportKind::Grpc),
+        Some(switchyard::transport::TransportKind::GRPC),
     );
     let gateways: Vec<GatewayId> = (0..512)
         .map(|i| GatewayId::new(format!("gw-{i}")))

@@ -62,9 +62,11 @@ struct Stores {
 }
 
 impl Backends {
-    /// Builds the backends `settings` select. Must run inside a Tokio runtime.
+    /// Builds the backends `settings` select. Must run inside a Tokio
+    /// runtime. Checks every setting but `[routing]` and `[canary]`, which
+    /// the router builder checks against the transports it is given too.
     pub async fn from_settings(settings: &Settings) -> Result<Self, BuildError> {
-        settings.validate()?;
+        settings.validate_backends()?;
         #[cfg(feature = "regions")]
         let settings = &crate::config::regions::localize(settings);
         #[cfg(feature = "regions")]

@@ -19,7 +19,7 @@ use crate::presence::PresenceConfig;
 use crate::redis_conn::RedisConfig;
 use crate::registry::RegistryConfig;
 use crate::telemetry::TelemetryConfig;
-use crate::transport::TransportsConfig;
+use crate::transport::{TransportKind, TransportsConfig};
 
 mod check;
 pub mod problem;
@@ -167,18 +167,30 @@ impl Settings {
     /// Loads defaults, then `file` if given, then `SWITCHYARD__*` environment
     /// overrides, and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with(file, &[])
+    }
+
+    /// [`Settings::load`], where `[routing]` and `[canary]` may also name
+    /// the `added` transports (see [`Settings::policy_with`]).
+    pub fn load_with(file: Option<&Path>, added: &[TransportKind]) -> Result<Self, ConfigError> {
         let settings: Settings = sources(file).build()?.try_deserialize()?;
-        settings.validate()?;
+        settings.validate_with(added)?;
         Ok(settings)
     }
 
     /// Parses TOML text (no environment), and validates it.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_toml_with(text, &[])
+    }
+
+    /// [`Settings::from_toml`], where `[routing]` and `[canary]` may also
+    /// name the `added` transports (see [`Settings::policy_with`]).
+    pub fn from_toml_with(text: &str, added: &[TransportKind]) -> Result<Self, ConfigError> {
         let settings: Settings = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .build()?
             .try_deserialize()?;
-        settings.validate()?;
+        settings.validate_with(added)?;
         Ok(settings)
     }
 
@@ -200,7 +212,20 @@ impl Settings {
     /// The routing policy `[routing]` and `[canary]` describe, or every
     /// problem with them: unknown or disabled transports, a bad canary.
     pub fn policy(&self) -> Result<Policy, Vec<Problem>> {
-        let enabled = self.transports.enabled();
+        self.policy_with(&[])
+    }
+
+    /// The same over the enabled transports and `added`, the kinds of the
+    /// transports an embedding crate adds to its routers
+    /// ([`crate::RouterBuilder::transport`]), which `[routing]` and
+    /// `[canary]` may then name.
+    pub fn policy_with(&self, added: &[TransportKind]) -> Result<Policy, Vec<Problem>> {
+        let mut enabled = self.transports.enabled();
+        for &kind in added {
+            if !enabled.contains(&kind) {
+                enabled.push(kind);
+            }
+        }
         Policy::new(&self.routing, self.canary.as_ref(), &enabled)
     }
 
@@ -210,15 +235,43 @@ impl Settings {
     /// nothing, so it works outside a runtime and in tests that check by
     /// hand).
     pub fn live_policy(&self) -> Result<std::sync::Arc<LivePolicy>, ConfigError> {
+        self.live_policy_with(&[])
+    }
+
+    /// [`Settings::live_policy`] over the enabled transports and `added`
+    /// (see [`Settings::policy_with`]).
+    pub fn live_policy_with(
+        &self,
+        added: &[TransportKind],
+    ) -> Result<std::sync::Arc<LivePolicy>, ConfigError> {
         Ok(LivePolicy::new(
-            self.policy().map_err(ConfigError::Invalid)?,
+            self.policy_with(added).map_err(ConfigError::Invalid)?,
         ))
     }
 
     /// Every problem with these settings, or `Ok`.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_with(&[])
+    }
+
+    /// [`Settings::validate`], with `added` transports that `[routing]` and
+    /// `[canary]` may name (see [`Settings::policy_with`]).
+    pub fn validate_with(&self, added: &[TransportKind]) -> Result<(), ConfigError> {
+        self.check(Some(added))
+    }
+
+    /// Every problem but those of the policy: what the backends need
+    /// ([`crate::Backends::from_settings`]), which may be shared by routers
+    /// that add transports of their own for `[routing]` to name.
+    pub(crate) fn validate_backends(&self) -> Result<(), ConfigError> {
+        self.check(None)
+    }
+
+    /// Every problem, with the policy's over the enabled transports and
+    /// `added` (none checked without).
+    fn check(&self, policy_over: Option<&[TransportKind]>) -> Result<(), ConfigError> {
         let mut problems = bounds::check(self).problems;
-        if let Err(policy) = self.policy() {
+        if let Some(Err(policy)) = policy_over.map(|added| self.policy_with(added)) {
             problems.extend(policy);
         }
         let mut problem = |key: &str, reason: &str| {

@@ -59,9 +59,11 @@
 //! - [`policy`]: the route decision and transport order per target gateway;
 //!   the canary, its live share and auto-rollback, and the handover that
 //!   keeps per-pair order when a gateway's transport changes.
-//! - [`transport`]: the [`transport::Transport`] trait, the catalog every
-//!   transport is listed in once (kinds, config sections, construction),
-//!   and the backends, one file and one cargo feature each; `transport::compress`,
+//! - [`transport`]: the [`transport::Transport`] trait, its open
+//!   [`TransportKind`] (built-in, or named by an embedding crate that adds
+//!   its own with [`RouterBuilder::transport`]), the catalog every built-in
+//!   transport is listed in once (config sections, construction), and the
+//!   backends, one file and one cargo feature each; `transport::compress`,
 //!   the envelope compression layer.
 //! - [`router`]: the send path, a file per step: `plan` (validate, block,
 //!   locate, decide), `batch`, `publish`, `stack` (timeout, retry, canary

@@ -204,7 +204,7 @@ fn ids(reports: &[SendReport]) -> BTreeSet<MessageId> {
 /// Waits until the private NATS server's absence shows in the transport's health.
 async fn nats_down(fleet: &Fleet) {
     let transports = &fleet.a.backends().transports;
-    let nats = transports.get(TransportKind::Nats).expect("nats enabled");
+    let nats = transports.get(TransportKind::NATS).expect("nats enabled");
     let deadline = Instant::now() + PATIENCE;
     while nats.health() == Health::Up {
         assert!(
@@ -272,7 +272,7 @@ async fn only_the_cohort_counts_towards_a_rollback() {
     for report in &cohort {
         let t = target(report);
         assert!(
-            matches!(t.result, Ok(Via::Transport(TransportKind::Redis))),
+            matches!(t.result, Ok(Via::Transport(TransportKind::REDIS))),
             "{t:?}"
         );
         assert!(t.confirmed && t.mirrored.is_none(), "{t:?}");
@@ -307,11 +307,11 @@ async fn a_dual_send_does_not_wait_for_a_mirror_that_is_down() {
     for report in &up {
         let t = target(report);
         assert!(
-            matches!(t.result, Ok(Via::Transport(TransportKind::Redis))),
+            matches!(t.result, Ok(Via::Transport(TransportKind::REDIS))),
             "{t:?}"
         );
         assert!(t.confirmed, "{t:?}");
-        assert_eq!(t.mirrored, Some(TransportKind::Nats), "{t:?}");
+        assert_eq!(t.mirrored, Some(TransportKind::NATS), "{t:?}");
     }
     assert_eq!(
         fleet.account("eu-b", &ids(&up)).await,
@@ -338,7 +338,7 @@ async fn a_dual_send_does_not_wait_for_a_mirror_that_is_down() {
     for report in &down {
         let t = target(report);
         assert!(
-            matches!(t.result, Ok(Via::Transport(TransportKind::Redis))),
+            matches!(t.result, Ok(Via::Transport(TransportKind::REDIS))),
             "{t:?}"
         );
         assert!(t.confirmed, "{t:?}");

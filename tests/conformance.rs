@@ -8,7 +8,11 @@
 //! failover. A transport with neither (memory, gRPC links: no broker) gets
 //! no restart case.
 //!
-//! The memory and gRPC transports need nothing. The others are built with
+//! A transport from outside the library goes through the same suite:
+//! `relay` (tests/conformance/relay.rs) is defined in this test crate, on
+//! the public API alone, as an embedding gateway would define its own.
+//!
+//! The memory, relay and gRPC transports need nothing. The others are built with
 //! their test tier (`--features it-redis`, `it-kafka`, `it-nats`) and need
 //! the servers of `scripts/services/*.sh start` (NATS JetStream on
 //! 127.0.0.1:4222 and its three-node cluster on 22400-22402, the three-node
@@ -19,6 +23,8 @@
 
 #[path = "conformance/cases.rs"]
 mod cases;
+#[path = "conformance/relay.rs"]
+mod embedded;
 #[cfg(feature = "it-redis")]
 #[path = "redis_support/mod.rs"]
 mod redis_support;
@@ -60,6 +66,11 @@ mod factories {
 
     pub async fn memory() -> Arc<dyn Transport> {
         Arc::new(MemoryTransport::new(&MemoryConfig::default()))
+    }
+
+    /// A transport of the test crate's own, as an embedding crate adds one.
+    pub async fn relay() -> Arc<dyn Transport> {
+        Arc::new(crate::embedded::Relay::new())
     }
 
     #[cfg(feature = "it-kafka")]
@@ -321,6 +332,8 @@ conformance!(
     connect = crate::factories::memory,
     claims = [ordered]
 );
+// Not switchyard's: defined in this test crate (tests/conformance/relay.rs).
+conformance!(relay, connect = crate::factories::relay, claims = [ordered]);
 #[cfg(feature = "it-kafka")]
 conformance!(
     kafka,

@@ -151,7 +151,7 @@ async fn cross_region_over(kind: TransportKind) {
     assert!(
         same_via
             .iter()
-            .all(|v| *v == Some(Via::Transport(TransportKind::Memory))),
+            .all(|v| *v == Some(Via::Transport(TransportKind::MEMORY))),
         "{same_via:?}"
     );
     assert!(
@@ -160,7 +160,7 @@ async fn cross_region_over(kind: TransportKind) {
     );
     assert_eq!(
         drain(&mut eu2, &same).await,
-        (N, HashSet::from([Via::Transport(TransportKind::Memory)]))
+        (N, HashSet::from([Via::Transport(TransportKind::MEMORY)]))
     );
     assert_eq!(
         drain(&mut us, &cross).await,
@@ -178,13 +178,13 @@ async fn cross_region_over(kind: TransportKind) {
 #[cfg(all(feature = "it-kafka", feature = "it-nats"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_region_goes_over_kafka() {
-    cross_region_over(TransportKind::Kafka).await;
+    cross_region_over(TransportKind::KAFKA).await;
 }
 
 #[cfg(all(feature = "it-kafka", feature = "it-nats"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_region_goes_over_nats_by_config_alone() {
-    cross_region_over(TransportKind::Nats).await;
+    cross_region_over(TransportKind::NATS).await;
 }
 
 #[test]
@@ -279,14 +279,14 @@ async fn kafka_outage_falls_back_and_recovers() {
         .router
         .backends()
         .transports
-        .get(TransportKind::Kafka)
+        .get(TransportKind::KAFKA)
         .expect("kafka")
         .clone();
 
     let (before, vias) = send(&eu1, &us, 20, Priority::High).await;
     assert!(
         vias.iter()
-            .all(|v| *v == Some(Via::Transport(TransportKind::Kafka))),
+            .all(|v| *v == Some(Via::Transport(TransportKind::KAFKA))),
         "{vias:?}"
     );
     drain(&mut us, &before).await;
@@ -295,7 +295,7 @@ async fn kafka_outage_falls_back_and_recovers() {
     let (during, vias) = send(&eu1, &us, 20, Priority::High).await;
     assert!(
         vias.iter()
-            .all(|v| *v != Some(Via::Transport(TransportKind::Kafka))),
+            .all(|v| *v != Some(Via::Transport(TransportKind::KAFKA))),
         "a message claims Kafka confirmed it while the broker was down: {vias:?}"
     );
     assert!(
@@ -334,7 +334,7 @@ async fn kafka_outage_falls_back_and_recovers() {
         drain(&mut us, &after).await;
         if vias
             .iter()
-            .all(|v| *v == Some(Via::Transport(TransportKind::Kafka)))
+            .all(|v| *v == Some(Via::Transport(TransportKind::KAFKA)))
         {
             break;
         }

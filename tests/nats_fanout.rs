@@ -95,7 +95,7 @@ async fn each_gateway_gets_every_message_once(sender: Settings, receiver: Settin
             for t in targets {
                 assert_eq!(
                     t.result.as_ref().ok(),
-                    Some(&Via::Transport(TransportKind::Nats)),
+                    Some(&Via::Transport(TransportKind::NATS)),
                     "{t:?}"
                 );
                 assert!(t.confirmed, "{t:?}");
@@ -177,7 +177,7 @@ async fn low_priority_over_nats_is_delivered_not_confirmed() {
         };
         assert_eq!(
             targets[0].result.as_ref().ok(),
-            Some(&Via::Transport(TransportKind::Nats)),
+            Some(&Via::Transport(TransportKind::NATS)),
             "{targets:?}"
         );
         assert!(!targets[0].confirmed, "{targets:?}");

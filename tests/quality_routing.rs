@@ -149,7 +149,7 @@ async fn a_slow_or_paused_redis_moves_the_route_to_kafka_and_back() {
     let redis_health = || {
         backends
             .transports
-            .get(TransportKind::Redis)
+            .get(TransportKind::REDIS)
             .expect("redis enabled")
             .health()
     };
@@ -178,13 +178,13 @@ async fn a_slow_or_paused_redis_moves_the_route_to_kafka_and_back() {
     let degraded = |q: Option<&RouteQuality>| q.is_some_and(|q| q.degraded.is_some());
     // Back, and the messages after it go over Redis again.
     let back = |q: Option<&RouteQuality>, kind| {
-        q.is_some_and(|q| q.degraded.is_none()) && kind == TransportKind::Redis
+        q.is_some_and(|q| q.degraded.is_none()) && kind == TransportKind::REDIS
     };
 
     // 1. Healthy: Redis.
     for _ in 0..50 {
         let (id, kind) = send(&sender).await;
-        assert_eq!(kind, TransportKind::Redis, "healthy Redis is the route");
+        assert_eq!(kind, TransportKind::REDIS, "healthy Redis is the route");
         sent.confirmed.push((id, kind));
     }
 
@@ -193,7 +193,7 @@ async fn a_slow_or_paused_redis_moves_the_route_to_kafka_and_back() {
     let moved = send_until!("slow redis left", |q: Option<&RouteQuality>, _| degraded(q));
     let q = quality(&sender).expect("a verdict");
     let (to, _, why) = q.degraded.clone().expect("degraded");
-    assert_eq!(to, TransportKind::Kafka);
+    assert_eq!(to, TransportKind::KAFKA);
     assert!(why.starts_with("p99"), "left for its p99: {why}");
     assert_eq!(
         redis_health(),
@@ -206,7 +206,7 @@ async fn a_slow_or_paused_redis_moves_the_route_to_kafka_and_back() {
         let started = Instant::now();
         let (id, kind) = send(&sender).await;
         sent.confirmed.push((id, kind));
-        if kind == TransportKind::Kafka && started.elapsed() < MAX_P99 {
+        if kind == TransportKind::KAFKA && started.elapsed() < MAX_P99 {
             over_kafka += 1;
         }
     }
@@ -266,8 +266,8 @@ async fn a_slow_or_paused_redis_moves_the_route_to_kafka_and_back() {
     println!(
         "{} confirmed ({} over redis, {} over kafka), {} delivered, {} lost, {} seen twice",
         sent.confirmed.len(),
-        by_kind(TransportKind::Redis),
-        by_kind(TransportKind::Kafka),
+        by_kind(TransportKind::REDIS),
+        by_kind(TransportKind::KAFKA),
         seen.len(),
         missing.len(),
         twice.len()

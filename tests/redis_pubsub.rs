@@ -35,7 +35,7 @@ async fn two_routers_in_one_region_talk_over_redis(deployment: Deployment) {
         };
         assert_eq!(
             targets[0].result.as_ref().ok(),
-            Some(&Via::Transport(TransportKind::Redis)),
+            Some(&Via::Transport(TransportKind::REDIS)),
             "{targets:?}"
         );
         assert!(
@@ -50,7 +50,7 @@ async fn two_routers_in_one_region_talk_over_redis(deployment: Deployment) {
             .expect("inbox open");
         inbox.ack(delivery.seq);
         assert_eq!(delivery.envelope.payload, format!("m{i}"), "in order");
-        assert_eq!(delivery.via, Via::Transport(TransportKind::Redis));
+        assert_eq!(delivery.via, Via::Transport(TransportKind::REDIS));
     }
 }
 
@@ -302,5 +302,5 @@ async fn gateways_of_one_process_share_a_subscription_connection_and_leave_alone
             break delivery;
         }
     };
-    assert_eq!(delivery.via, Via::Transport(TransportKind::Redis));
+    assert_eq!(delivery.via, Via::Transport(TransportKind::REDIS));
 }

@@ -45,17 +45,17 @@ async fn a_user_online_in_one_region_is_reached_from_the_other() {
 
     let cross = send(&eu1, &alice, 50, Priority::High).await;
     let same = send(&eu1, &bob, 50, Priority::High).await;
-    assert!(cross.all_via(TransportKind::Kafka), "{:?}", cross.vias);
-    assert!(same.all_via(TransportKind::Redis), "{:?}", same.vias);
+    assert!(cross.all_via(TransportKind::KAFKA), "{:?}", cross.vias);
+    assert!(same.all_via(TransportKind::REDIS), "{:?}", same.vias);
     let got = drain(&mut us1, &cross.confirmed, Duration::from_secs(30)).await;
     assert_eq!(
         got.vias,
-        HashSet::from([Via::Transport(TransportKind::Kafka)])
+        HashSet::from([Via::Transport(TransportKind::KAFKA)])
     );
     let got = drain(&mut eu2, &same.confirmed, Duration::from_secs(30)).await;
     assert_eq!(
         got.vias,
-        HashSet::from([Via::Transport(TransportKind::Redis)])
+        HashSet::from([Via::Transport(TransportKind::REDIS)])
     );
     // The US Redis never saw an EU gateway: same-region state stays home.
     assert!(
@@ -89,7 +89,7 @@ async fn a_message_on_stale_presence_is_routed_again_where_it_lands() {
         .router
         .backends()
         .transports
-        .get(TransportKind::Kafka)
+        .get(TransportKind::KAFKA)
         .unwrap()
         .clone();
     let mut ids = HashSet::new();
@@ -155,7 +155,7 @@ async fn offline_messages_follow_the_user_to_another_region() {
     let got = drain(&mut us1, &stored.confirmed, Duration::from_secs(30)).await;
     assert_eq!(
         got.vias,
-        HashSet::from([Via::Transport(TransportKind::Kafka)])
+        HashSet::from([Via::Transport(TransportKind::KAFKA)])
     );
 }
 
@@ -247,7 +247,7 @@ async fn a_lost_snapshot_is_repaired_by_the_resync() {
 
     let sent = send(&eu1, &hana, 30, Priority::High).await;
     assert_eq!(sent.confirmed.len(), 30, "{sent:?}");
-    assert!(sent.all_via(TransportKind::Kafka), "{:?}", sent.vias);
+    assert!(sent.all_via(TransportKind::KAFKA), "{:?}", sent.vias);
     drain(&mut us1, &sent.confirmed, Duration::from_secs(30)).await;
 }
 
@@ -357,7 +357,7 @@ async fn a_join_in_one_region_lets_the_other_reach_the_member() {
     let got = drain(&mut eu1, &ids, Duration::from_secs(30)).await;
     assert_eq!(
         got.vias,
-        HashSet::from([Via::Transport(TransportKind::Kafka)])
+        HashSet::from([Via::Transport(TransportKind::KAFKA)])
     );
     drain(&mut us1, &ids, Duration::from_secs(30)).await;
 

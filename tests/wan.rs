@@ -117,7 +117,7 @@ async fn two_regions_over_a_simulated_wan() {
         );
     }
     let sent = regions_support::send(&us1, &bob, 200, Priority::High).await;
-    assert!(sent.all_via(TransportKind::Kafka), "{:?}", sent.vias);
+    assert!(sent.all_via(TransportKind::KAFKA), "{:?}", sent.vias);
     report.us_to_eu.extend(
         drain(&mut eu2, &sent.confirmed, Duration::from_secs(60))
             .await
@@ -141,7 +141,7 @@ async fn two_regions_over_a_simulated_wan() {
     println!("link cut for {:?}", restored - cut_start);
     // Same-region traffic never needed the WAN: all of it went over the
     // region's Redis, confirmed, while the links were down.
-    assert!(same_eu.all_via(TransportKind::Redis), "{:?}", same_eu.vias);
+    assert!(same_eu.all_via(TransportKind::REDIS), "{:?}", same_eu.vias);
     assert_eq!(same_eu.unconfirmed + same_eu.offline, 0);
     for sent in [&cross_eu, &cross_us] {
         assert_eq!(sent.unconfirmed, 0, "a send neither confirmed nor stored");

@@ -46,7 +46,7 @@ fn config(kind: TransportKind, codec: Codec) -> Result<TransportsConfig> {
         ..TransportsConfig::default()
     };
     match kind {
-        TransportKind::Redis => {
+        TransportKind::REDIS => {
             config.redis = Some(RedisTransportConfig {
                 connection: RedisConfig {
                     key_prefix: format!("sy-bench-{}", ulid::Ulid::new()),
@@ -56,7 +56,7 @@ fn config(kind: TransportKind, codec: Codec) -> Result<TransportsConfig> {
                 ..RedisTransportConfig::default()
             })
         }
-        TransportKind::Kafka => {
+        TransportKind::KAFKA => {
             let mut kafka = KafkaConfig {
                 brokers: "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094".into(),
                 max_message_bytes: 2 * 1024 * 1024,

@@ -43,7 +43,7 @@ fn transports(kind: TransportKind, codec: Codec) -> TransportsConfig {
         ..TransportsConfig::default()
     };
     match kind {
-        TransportKind::Redis => {
+        TransportKind::REDIS => {
             config.redis = Some(RedisTransportConfig {
                 connection: RedisConfig {
                     key_prefix: format!("sy-test-{}", ulid::Ulid::new()),
@@ -53,12 +53,12 @@ fn transports(kind: TransportKind, codec: Codec) -> TransportsConfig {
                 ..RedisTransportConfig::default()
             })
         }
-        TransportKind::Kafka => {
+        TransportKind::KAFKA => {
             let mut kafka = support::kafka_config(support::KAFKA);
             kafka.envelope_compression = envelope_compression;
             config.kafka = Some(kafka);
         }
-        TransportKind::Nats => {
+        TransportKind::NATS => {
             let mut nats = support::nats_config(support::NATS);
             nats.envelope_compression = envelope_compression;
             config.nats = Some(nats);
@@ -219,10 +219,10 @@ macro_rules! cases {
 }
 
 cases! {
-    redis_lz4: Redis, Lz4;
-    redis_zstd: Redis, Zstd;
-    kafka_lz4: Kafka, Lz4;
-    kafka_zstd: Kafka, Zstd;
-    nats_lz4: Nats, Lz4;
-    nats_zstd: Nats, Zstd;
+    redis_lz4: REDIS, Lz4;
+    redis_zstd: REDIS, Zstd;
+    kafka_lz4: KAFKA, Lz4;
+    kafka_zstd: KAFKA, Zstd;
+    nats_lz4: NATS, Lz4;
+    nats_zstd: NATS, Zstd;
 }

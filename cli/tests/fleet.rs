@@ -99,7 +99,7 @@ async fn a_message_crosses_regions_exactly_once_and_in_order() {
             [(
                 "us-1".into(),
                 Route::CrossRegion,
-                Ok(Via::Transport(TransportKind::Memory))
+                Ok(Via::Transport(TransportKind::MEMORY))
             )]
         );
         sent.push(report.id);
@@ -371,7 +371,7 @@ async fn bad_input_gets_a_typed_error_and_the_rest_of_the_batch_goes_through() {
 #[tokio::test]
 async fn malformed_bytes_on_a_subscription_are_dropped_and_the_stream_goes_on() {
     let (backends, mut gw) = fleet(&[("eu-1", "eu")]).await;
-    let memory = backends.transports.get(TransportKind::Memory).unwrap();
+    let memory = backends.transports.get(TransportKind::MEMORY).unwrap();
     let good = message("alice", "eu-2", to("bob"), "ok");
     let batch = [Bytes::from_static(b"\x0a\xff garbage"), good.encode()];
     memory

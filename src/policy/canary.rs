@@ -166,8 +166,8 @@ mod tests {
 
     fn canary(share: u8) -> Canary {
         Canary {
-            from: TransportKind::Redis,
-            to: TransportKind::Kafka,
+            from: TransportKind::REDIS,
+            to: TransportKind::KAFKA,
             share,
             unit: CanaryUnit::Gateway,
             mode: CanaryMode::Dual,

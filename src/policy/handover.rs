@@ -67,7 +67,6 @@ impl Handover {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use TransportKind::*;
 
     #[test]
     fn a_change_waits_for_the_old_transport_to_go_quiet() {
@@ -76,19 +75,35 @@ mod tests {
         let quiet = Duration::from_millis(500);
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        assert_eq!(h.steer(&gw, Kafka, quiet, t0), ms(0), "first publish");
         assert_eq!(
-            h.steer(&gw, Kafka, quiet, t0 + ms(100)),
+            h.steer(&gw, TransportKind::KAFKA, quiet, t0),
+            ms(0),
+            "first publish"
+        );
+        assert_eq!(
+            h.steer(&gw, TransportKind::KAFKA, quiet, t0 + ms(100)),
             ms(0),
             "same transport"
         );
         // Switched back 200 ms after the last Kafka publish: wait the rest.
-        assert_eq!(h.steer(&gw, Redis, quiet, t0 + ms(300)), ms(300));
+        assert_eq!(
+            h.steer(&gw, TransportKind::REDIS, quiet, t0 + ms(300)),
+            ms(300)
+        );
         // Later Redis publishes go at once; another gateway is independent.
-        assert_eq!(h.steer(&gw, Redis, quiet, t0 + ms(900)), ms(0));
-        assert_eq!(h.steer(&"gw-3".into(), Redis, quiet, t0 + ms(900)), ms(0));
+        assert_eq!(
+            h.steer(&gw, TransportKind::REDIS, quiet, t0 + ms(900)),
+            ms(0)
+        );
+        assert_eq!(
+            h.steer(&"gw-3".into(), TransportKind::REDIS, quiet, t0 + ms(900)),
+            ms(0)
+        );
         // A change after a quiet spell costs nothing.
-        assert_eq!(h.steer(&gw, Kafka, quiet, t0 + ms(2000)), ms(0));
+        assert_eq!(
+            h.steer(&gw, TransportKind::KAFKA, quiet, t0 + ms(2000)),
+            ms(0)
+        );
     }
 
     #[test]
@@ -97,9 +112,19 @@ mod tests {
         let quiet = Duration::from_millis(500);
         let t0 = Instant::now();
         for i in 0..PRUNE_ABOVE {
-            h.steer(&GatewayId::new(format!("gw-{i}")), Redis, quiet, t0);
+            h.steer(
+                &GatewayId::new(format!("gw-{i}")),
+                TransportKind::REDIS,
+                quiet,
+                t0,
+            );
         }
-        h.steer(&"late".into(), Redis, quiet, t0 + Duration::from_secs(1));
+        h.steer(
+            &"late".into(),
+            TransportKind::REDIS,
+            quiet,
+            t0 + Duration::from_secs(1),
+        );
         assert_eq!(h.last.lock().by_gateway.len(), 1);
     }
 }

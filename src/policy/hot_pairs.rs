@@ -343,7 +343,7 @@ mod tests {
             window: Duration::from_secs(1),
             capacity: 8,
         };
-        let hot = HotPairs::new(config, Some(TransportKind::Grpc));
+        let hot = HotPairs::new(config, Some(TransportKind::GRPC));
         let (a, b) = (GatewayId::from("a"), GatewayId::from("b"));
         // 9 messages in one second: below 10/s.
         let seen: Vec<bool> = (0..10).map(|_| hot.observe(&a, &b)).collect();

@@ -330,10 +330,10 @@ mod tests {
     #[test]
     fn a_failing_canary_is_rolled_back_with_the_reason() {
         let live = live(30, true);
-        live.record_publish(TransportKind::Kafka, true, 95, None);
-        live.record_publish(TransportKind::Kafka, false, 4, None);
+        live.record_publish(TransportKind::KAFKA, true, 95, None);
+        live.record_publish(TransportKind::KAFKA, false, 4, None);
         assert_eq!(live.check(), None, "99 samples: too few to judge");
-        live.record_publish(TransportKind::Kafka, false, 1, None);
+        live.record_publish(TransportKind::KAFKA, false, 1, None);
         let rollback = live.check().expect("5% errors > 1%");
         assert_eq!(rollback.from_share, 30);
         assert!(
@@ -350,9 +350,9 @@ mod tests {
         let live = live(10, true);
         for _ in 0..200 {
             let slow = Some(Duration::from_millis(500));
-            live.record_publish(TransportKind::Redis, true, 1, slow);
+            live.record_publish(TransportKind::REDIS, true, 1, slow);
             live.record_publish(
-                TransportKind::Kafka,
+                TransportKind::KAFKA,
                 true,
                 1,
                 Some(Duration::from_millis(2)),
@@ -360,7 +360,7 @@ mod tests {
         }
         assert_eq!(live.check(), None, "only the baseline is slow");
         live.record_publish(
-            TransportKind::Kafka,
+            TransportKind::KAFKA,
             true,
             10,
             Some(Duration::from_millis(80)),
@@ -372,7 +372,7 @@ mod tests {
     #[test]
     fn rollback_can_be_turned_off() {
         let live = live(50, false);
-        live.record_publish(TransportKind::Kafka, false, 1000, None);
+        live.record_publish(TransportKind::KAFKA, false, 1000, None);
         assert_eq!(live.check(), None);
         assert_eq!(live.load().canary.as_ref().map(|c| c.share), Some(50));
     }

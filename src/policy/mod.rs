@@ -84,20 +84,28 @@ pub struct Decision {
     pub reason: &'static str,
 }
 
-/// Parses a transport name that must be enabled, or records why not.
+/// Finds a transport name among the enabled ones (built-in, or added by
+/// the embedding crate), or records why not.
 fn parse_enabled(
     problems: &mut Vec<Problem>,
     enabled: &[TransportKind],
     key: String,
     name: &str,
 ) -> Option<TransportKind> {
+    if let Some(&kind) = enabled.iter().find(|k| k.as_str() == name) {
+        return Some(kind);
+    }
     let reason = match TransportKind::parse(name) {
-        Some(kind) if enabled.contains(&kind) => return Some(kind),
         Some(_) => format!("transport {name:?} is not enabled (add a [transports.{name}] section)"),
-        None => format!(
-            "unknown transport {name:?} (known: {})",
-            TransportKind::known()
-        ),
+        None => {
+            let added = enabled.iter().filter(|k| !k.is_builtin());
+            let known: Vec<&str> = TransportKind::ALL
+                .iter()
+                .chain(added)
+                .map(|k| k.as_str())
+                .collect();
+            format!("unknown transport {name:?} (known: {})", known.join(", "))
+        }
     };
     problems.push(Problem { key, reason });
     None
@@ -387,7 +395,6 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use TransportKind::*;
 
     fn all_up(quality: &Quality) -> Conditions<'_> {
         Conditions {
@@ -419,7 +426,7 @@ mod tests {
     fn decisions_follow_the_routing_table() {
         let me = GatewayInfo::new("gw-1", "eu");
         let all_up = |_| true;
-        let redis_down = |k| k != Redis;
+        let redis_down = |k| k != TransportKind::REDIS;
         // (fallbacks, target gateway, its region, health, route, transports)
         type Case<'a> = (
             &'a [&'a str],
@@ -431,15 +438,29 @@ mod tests {
         );
         let cases: &[Case] = &[
             (&[], "gw-1", "eu", &all_up, Route::Local, &[]),
-            (&[], "gw-2", "eu", &all_up, Route::SameRegion, &[Redis]),
-            (&[], "gw-9", "us", &all_up, Route::CrossRegion, &[Kafka]),
+            (
+                &[],
+                "gw-2",
+                "eu",
+                &all_up,
+                Route::SameRegion,
+                &[TransportKind::REDIS],
+            ),
+            (
+                &[],
+                "gw-9",
+                "us",
+                &all_up,
+                Route::CrossRegion,
+                &[TransportKind::KAFKA],
+            ),
             (
                 &["nats"],
                 "gw-2",
                 "eu",
                 &all_up,
                 Route::SameRegion,
-                &[Redis, Nats],
+                &[TransportKind::REDIS, TransportKind::NATS],
             ),
             (
                 &["kafka", "nats"],
@@ -447,7 +468,7 @@ mod tests {
                 "us",
                 &all_up,
                 Route::CrossRegion,
-                &[Kafka, Nats],
+                &[TransportKind::KAFKA, TransportKind::NATS],
             ),
             (
                 &["nats"],
@@ -455,9 +476,16 @@ mod tests {
                 "eu",
                 &redis_down,
                 Route::SameRegion,
-                &[Nats, Redis],
+                &[TransportKind::NATS, TransportKind::REDIS],
             ),
-            (&[], "gw-2", "eu", &redis_down, Route::SameRegion, &[Redis]),
+            (
+                &[],
+                "gw-2",
+                "eu",
+                &redis_down,
+                Route::SameRegion,
+                &[TransportKind::REDIS],
+            ),
         ];
         for (fallbacks, to, region, is_up, route, transports) in cases {
             let d = policy(fallbacks).decide(
@@ -488,8 +516,14 @@ mod tests {
             .map(|i| GatewayId::new(format!("target-{i}")))
             .collect();
         for (mode, expect) in [
-            ("dual", (vec![Redis], Some(Kafka))),
-            ("switch", (vec![Kafka, Redis], None)),
+            (
+                "dual",
+                (vec![TransportKind::REDIS], Some(TransportKind::KAFKA)),
+            ),
+            (
+                "switch",
+                (vec![TransportKind::KAFKA, TransportKind::REDIS], None),
+            ),
         ] {
             let p = from_toml(&format!(
                 "{base}[canary]\nfrom = \"redis\"\nto = \"kafka\"\nshare = 30\nmode = \"{mode}\"\n"
@@ -507,13 +541,19 @@ mod tests {
                     assert!(d.cohort, "{mode} {gw}");
                     moved += 1;
                 } else {
-                    assert_eq!((d.transports.to_vec(), d.mirror), (vec![Redis], None));
+                    assert_eq!(
+                        (d.transports.to_vec(), d.mirror),
+                        (vec![TransportKind::REDIS], None)
+                    );
                     assert!(!d.cohort, "{mode} {gw}");
                 }
                 // Cross-region traffic is on kafka already: the canary leaves
                 // it alone, and it is not the canary's cohort.
                 let d = p.decide(&me, gw, &"us".into(), None, all_up(&quality));
-                assert_eq!((d.transports.to_vec(), d.mirror), (vec![Kafka], None));
+                assert_eq!(
+                    (d.transports.to_vec(), d.mirror),
+                    (vec![TransportKind::KAFKA], None)
+                );
                 assert!(!d.cohort, "{mode} {gw} cross region");
             }
             assert!((90..150).contains(&moved), "about 30% of 400: {moved}");

@@ -340,13 +340,12 @@ fn judge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use TransportKind::*;
 
     fn rule() -> QualityRule {
         QualityRule {
             route: Route::SameRegion,
-            prefer: Redis,
-            otherwise: Kafka,
+            prefer: TransportKind::REDIS,
+            otherwise: TransportKind::KAFKA,
             limits: QualityRuleConfig {
                 otherwise: "kafka".into(),
                 max_p99: Duration::from_millis(50),
@@ -368,7 +367,7 @@ mod tests {
             n,
             confirmed_in: result.ok(),
         };
-        q.record(Redis, &eu, Duration::from_secs(5), sample);
+        q.record(TransportKind::REDIS, &eu, Duration::from_secs(5), sample);
     }
 
     #[test]
@@ -386,7 +385,7 @@ mod tests {
         assert_eq!(q.steer(&r, &eu, t0 + s(2)), Steer::Otherwise);
         let view = &q.routes(std::slice::from_ref(&r), t0 + s(2))[0];
         let (to, _, why) = view.degraded.as_ref().expect("degraded");
-        assert_eq!(*to, Kafka);
+        assert_eq!(*to, TransportKind::KAFKA);
         assert!(why.starts_with("p99"), "{why}");
         // One probe per second, the rest on the other transport.
         assert_eq!(q.steer(&r, &eu, t0 + s(3)), Steer::Probe);
@@ -442,7 +441,7 @@ mod tests {
             n: 50,
             confirmed_in: None,
         };
-        q.record(Redis, &us, Duration::from_secs(5), failed);
+        q.record(TransportKind::REDIS, &us, Duration::from_secs(5), failed);
         assert_eq!(q.steer(&r, &us, t0), Steer::Otherwise);
         assert_eq!(q.steer(&r, &eu, t0), Steer::Prefer);
     }

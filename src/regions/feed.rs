@@ -74,7 +74,7 @@ impl Kafka {
         regions: &RegionsConfig,
     ) -> Result<Self, TransportError> {
         let connect_err = |reason: Cause| TransportError::Connect {
-            transport: TransportKind::Kafka,
+            transport: TransportKind::KAFKA,
             address: kafka.brokers.clone(),
             reason,
         };
@@ -164,14 +164,14 @@ impl Kafka {
             .with_overrides(config)
             .create()
             .map_err(|e| TransportError::Connect {
-                transport: TransportKind::Kafka,
+                transport: TransportKind::KAFKA,
                 address: config.brokers.clone(),
                 reason: Cause::context(format!("bad consumer settings for group {group}"), e),
             })?;
         consumer
             .subscribe(&[topic])
             .map_err(|e| TransportError::Connect {
-                transport: TransportKind::Kafka,
+                transport: TransportKind::KAFKA,
                 address: config.brokers.clone(),
                 reason: Cause::context(format!("subscribe to {topic}"), e),
             })?;

@@ -11,6 +11,7 @@ use crate::inbox::{self, Inbox};
 use crate::policy::handover::Handover;
 use crate::policy::live::LivePolicy;
 use crate::topology::{check, GatewayInfo, IdKind};
+use crate::transport::{Transport, TransportKind};
 
 use super::stack::Stacks;
 use super::{Inner, Router};
@@ -21,6 +22,7 @@ pub struct RouterBuilder {
     settings: Settings,
     backends: Option<Backends>,
     policy: Option<Arc<LivePolicy>>,
+    added: Vec<Arc<dyn Transport>>,
 }
 
 impl RouterBuilder {
@@ -30,6 +32,7 @@ impl RouterBuilder {
             settings: Settings::default(),
             backends: None,
             policy: None,
+            added: Vec::new(),
         }
     }
 
@@ -54,25 +57,41 @@ impl RouterBuilder {
         self
     }
 
+    /// Adds a transport of the embedding crate's own, beside those the
+    /// settings enable: the router subscribes to this gateway's address on
+    /// it, and `[routing]` and `[canary]` may name it by its kind
+    /// ([`TransportKind::named`](crate::TransportKind::named)), e.g.
+    /// `routing.same_region = "sqs"`. It is held to the same contract as
+    /// the built-in ones (`tests/conformance.rs` runs the suite on one).
+    /// Routers that share backends each take the same transport.
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.added.push(transport);
+        self
+    }
+
     /// Connects the backends, subscribes to this gateway's address on every
     /// enabled transport and registers the gateway.
     pub async fn build(self) -> Result<(Router, Inbox), BuildError> {
         check("gateway_id", IdKind::Name, self.gateway.id.as_str())?;
         check("region", IdKind::Name, self.gateway.region.as_str())?;
         let settings = self.settings;
-        settings.validate()?;
+        let added: Vec<TransportKind> = self.added.iter().map(|t| t.kind()).collect();
+        settings.validate_with(&added)?;
         let policy = match self.policy {
             Some(policy) => policy,
             None => {
-                let policy = settings.live_policy()?;
+                let policy = settings.live_policy_with(&added)?;
                 policy.watch();
                 policy
             }
         };
-        let backends = match self.backends {
+        let mut backends = match self.backends {
             Some(backends) => backends,
             None => Backends::from_settings(&settings).await?,
         };
+        for transport in self.added {
+            backends.transports.insert(transport);
+        }
         let mut subscriptions = Vec::new();
         #[cfg(feature = "regions")]
         let guard = backends.region_guard(&self.gateway)?;

@@ -374,7 +374,7 @@ mod tests {
 
     impl Publisher for Arc<Flaky> {
         fn kind(&self) -> TransportKind {
-            TransportKind::Memory
+            TransportKind::MEMORY
         }
 
         async fn publish(&self, publish: Publish<'_>) -> Published {
@@ -389,7 +389,7 @@ mod tests {
                     *tried += 1;
                     if *tried <= self.fail {
                         return Err(TransportError::Publish {
-                            transport: TransportKind::Memory,
+                            transport: TransportKind::MEMORY,
                             gateway: target.to.clone(),
                             reason: Cause::from_message("flaky"),
                         });
@@ -501,7 +501,7 @@ mod tests {
             matches!(
                 &results[..],
                 [Err(TransportError::Timeout {
-                    transport: TransportKind::Memory,
+                    transport: TransportKind::MEMORY,
                     gateway,
                     after,
                 })] if *gateway == to && *after == Duration::from_millis(50)

@@ -1,17 +1,20 @@
-//! The one list of transports. Each entry names its [`TransportKind`]
-//! variant, its config name, its module's config type and whether it is on
-//! by default; the kind, [`TransportKind::ALL`], the names, the
-//! `[transports.*]` sections, `enabled()`, validation and construction are
-//! all generated from it. A transport is its file, one entry here and one
-//! [`TransportFactory`] impl on its config: leave any out and the crate
-//! does not compile.
+//! The one list of built-in transports. Each entry names its
+//! [`TransportKind`] constant, its config name, its module's config type and
+//! whether it is on by default; the constants, [`TransportKind::ALL`], the
+//! names, the `[transports.*]` sections, `enabled()`, validation and
+//! construction are all generated from it. A built-in transport is its
+//! file, one entry here and one [`TransportFactory`] impl on its config:
+//! leave any out and the crate does not compile. A transport of an
+//! embedding crate is added to a router instead
+//! ([`crate::RouterBuilder::transport`]).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{Transport, TransportError};
+use super::kind::Repr;
+use super::{Transport, TransportError, TransportKind};
 use crate::config::problem::Problem;
 use crate::registry::Registry;
 
@@ -45,23 +48,25 @@ macro_rules! transports {
         $kind:ident => $name:ident: $module:ident::$config:ident, default = $on:literal
         $(, feature = $feature:literal)?;
     )+) => {
-        /// Every transport switchyard knows, whether or not it is enabled.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum TransportKind {
-            $($(#[$doc])* $(#[cfg(feature = $feature)])? $kind,)+
+        /// The built-in kinds, in catalog order: each one's rank.
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+        enum Builtin {
+            $($(#[cfg(feature = $feature)])? $kind,)+
         }
 
         impl TransportKind {
-            /// All kinds, in the order they are listed in errors.
-            pub const ALL: &[TransportKind] = &[$($(#[cfg(feature = $feature)])? TransportKind::$kind),+];
+            $(
+                $(#[$doc])*
+                $(#[cfg(feature = $feature)])?
+                pub const $kind: TransportKind = TransportKind(Repr::Builtin {
+                    rank: Builtin::$kind as u8,
+                    name: stringify!($name),
+                });
+            )+
 
-            /// The name used in config, metrics and logs.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($(#[cfg(feature = $feature)])? TransportKind::$kind => stringify!($name),)+
-                }
-            }
+            /// All built-in kinds compiled in, in the order they are listed
+            /// in errors.
+            pub const ALL: &[TransportKind] = &[$($(#[cfg(feature = $feature)])? TransportKind::$kind),+];
         }
 
         /// Per-transport settings; a transport is enabled by having a
@@ -115,15 +120,15 @@ macro_rules! transports {
 
 transports! {
     /// In-process channels: single-node deployments and the embedded default.
-    Memory => memory: memory::MemoryConfig, default = true;
+    MEMORY => memory: memory::MemoryConfig, default = true;
     /// Redis Pub/Sub (sharded on a cluster).
-    Redis => redis: redis::RedisTransportConfig, default = false, feature = "redis";
+    REDIS => redis: redis::RedisTransportConfig, default = false, feature = "redis";
     /// Kafka topics.
-    Kafka => kafka: kafka::KafkaConfig, default = false, feature = "kafka";
+    KAFKA => kafka: kafka::KafkaConfig, default = false, feature = "kafka";
     /// NATS JetStream.
-    Nats => nats: nats::NatsConfig, default = false, feature = "nats";
+    NATS => nats: nats::NatsConfig, default = false, feature = "nats";
     /// Direct gRPC links between sidecars (hot pairs).
-    Grpc => grpc: grpc::GrpcConfig, default = false, feature = "grpc";
+    GRPC => grpc: grpc::GrpcConfig, default = false, feature = "grpc";
 }
 
 impl TransportsConfig {
@@ -166,7 +171,7 @@ mod tests {
         assert_eq!(all.enabled(), TransportKind::ALL);
         assert_eq!(
             TransportsConfig::default().enabled(),
-            [TransportKind::Memory]
+            [TransportKind::MEMORY]
         );
     }
 

@@ -115,7 +115,7 @@ pub struct GrpcTransport {
 impl GrpcTransport {
     /// A transport that finds peers' addresses in `registry`.
     pub fn new(config: &GrpcConfig, registry: Arc<dyn Registry>) -> Self {
-        super::record_up(TransportKind::Grpc, true);
+        super::record_up(TransportKind::GRPC, true);
         Self {
             config: GrpcConfig {
                 queue: config.queue.max(1),
@@ -151,7 +151,7 @@ impl GrpcTransport {
         envelopes: Vec<Bytes>,
     ) -> Result<impl std::future::Future<Output = Result<(), TransportError>>, TransportError> {
         let no_subscriber = || TransportError::NoSubscriber {
-            transport: TransportKind::Grpc,
+            transport: TransportKind::GRPC,
             gateway: to.clone(),
         };
         let queue = self
@@ -177,7 +177,7 @@ impl GrpcTransport {
             for done in acked {
                 // Err: the inbox dropped it unacked (the gateway went away).
                 done.await.map_err(|_| TransportError::Publish {
-                    transport: TransportKind::Grpc,
+                    transport: TransportKind::GRPC,
                     gateway: gateway.clone(),
                     reason: Cause::from_message("the gateway went away before acking"),
                 })?;
@@ -188,7 +188,7 @@ impl GrpcTransport {
 
     fn publish_error(to: &GatewayId, reason: Cause) -> TransportError {
         TransportError::Publish {
-            transport: TransportKind::Grpc,
+            transport: TransportKind::GRPC,
             gateway: to.clone(),
             reason,
         }
@@ -214,7 +214,7 @@ impl GrpcTransport {
                 let link = Arc::new(link);
                 let failed = std::mem::take(&mut *self.failures.lock());
                 if failed.in_a_row >= DOWN_AFTER {
-                    super::record_up(TransportKind::Grpc, true);
+                    super::record_up(TransportKind::GRPC, true);
                 }
                 self.links
                     .lock()
@@ -251,7 +251,7 @@ impl GrpcTransport {
         // The gauge stays 0 from here until a link opens again (health()
         // lets the policy probe again after `retry_after`).
         if all.in_a_row == DOWN_AFTER {
-            super::record_up(TransportKind::Grpc, false);
+            super::record_up(TransportKind::GRPC, false);
         }
     }
 
@@ -343,7 +343,7 @@ impl TransportFactory for GrpcConfig {
 #[async_trait]
 impl Transport for GrpcTransport {
     fn kind(&self) -> TransportKind {
-        TransportKind::Grpc
+        TransportKind::GRPC
     }
 
     fn capabilities(&self) -> Capabilities {

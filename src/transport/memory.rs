@@ -52,7 +52,7 @@ impl MemoryTransport {
     pub fn new(config: &MemoryConfig) -> Self {
         // In process, so never down; reported like every transport's health
         // so a dashboard of `switchyard_transport_up` misses none.
-        super::record_up(TransportKind::Memory, true);
+        super::record_up(TransportKind::MEMORY, true);
         Self {
             queue: config.queue.max(1),
             inboxes: Arc::default(),
@@ -105,7 +105,7 @@ impl MemoryTransport {
                     sender.try_send(incoming(bytes)).map_err(|e| match e {
                         mpsc::error::TrySendError::Closed(_) => Self::no_subscriber(to),
                         mpsc::error::TrySendError::Full(_) => TransportError::Publish {
-                            transport: TransportKind::Memory,
+                            transport: TransportKind::MEMORY,
                             gateway: to.clone(),
                             reason: Cause::from_message(format!(
                                 "queue full ({} messages)",
@@ -121,7 +121,7 @@ impl MemoryTransport {
 
     fn no_subscriber(to: &GatewayId) -> TransportError {
         TransportError::NoSubscriber {
-            transport: TransportKind::Memory,
+            transport: TransportKind::MEMORY,
             gateway: to.clone(),
         }
     }
@@ -130,7 +130,7 @@ impl MemoryTransport {
 #[async_trait]
 impl Transport for MemoryTransport {
     fn kind(&self) -> TransportKind {
-        TransportKind::Memory
+        TransportKind::MEMORY
     }
 
     fn capabilities(&self) -> Capabilities {

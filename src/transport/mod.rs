@@ -11,6 +11,7 @@ pub mod compress;
 pub mod grpc;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+mod kind;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -33,29 +34,8 @@ use crate::cause::Cause;
 use crate::telemetry;
 
 use crate::topology::GatewayId;
-pub use catalog::{Dependencies, TransportFactory, TransportKind, TransportsConfig};
-
-impl TransportKind {
-    /// Parses a config name; `None` for an unknown one.
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|k| k.as_str() == name)
-    }
-
-    /// The known names, comma separated, for error messages.
-    pub fn known() -> String {
-        Self::ALL
-            .iter()
-            .map(|k| k.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-impl fmt::Display for TransportKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use catalog::{Dependencies, TransportFactory, TransportsConfig};
+pub use kind::{KindError, TransportKind};
 
 /// Whether a publish waits for the transport to confirm it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

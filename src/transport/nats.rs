@@ -36,7 +36,7 @@ use crate::config::problem::Problem;
 use crate::envelope::{Envelope, MessageId};
 use crate::topology::GatewayId;
 
-const KIND: TransportKind = TransportKind::Nats;
+const KIND: TransportKind = TransportKind::NATS;
 
 /// Where the stream keeps messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]

@@ -113,7 +113,7 @@ pub(crate) async fn ends(
 ) -> Result<Ends, BenchError> {
     let backends = Backends::from_settings(settings).await?;
     let peer = match kind {
-        TransportKind::Grpc => Some(super::sidecar::start(settings, backends.clone()).await?),
+        TransportKind::GRPC => Some(super::sidecar::start(settings, backends.clone()).await?),
         _ => None,
     };
     let address = peer

@@ -273,8 +273,8 @@ impl Cpu {
 /// (the bench starts the sidecar they link to).
 fn drivable(settings: &Settings) -> Vec<TransportKind> {
     let mut kinds = settings.transports.enabled();
-    if !kinds.contains(&TransportKind::Grpc) {
-        kinds.push(TransportKind::Grpc);
+    if !kinds.contains(&TransportKind::GRPC) {
+        kinds.push(TransportKind::GRPC);
     }
     kinds
 }
@@ -330,7 +330,7 @@ fn settings_for(base: &Settings, kind: TransportKind) -> Settings {
     settings.routing.fallbacks.clear();
     settings.canary = None;
     settings.transports.grpc = match kind {
-        TransportKind::Grpc => Some(base.transports.grpc.clone().unwrap_or_default()),
+        TransportKind::GRPC => Some(base.transports.grpc.clone().unwrap_or_default()),
         _ => None,
     };
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -388,7 +388,7 @@ pub async fn run(settings: Settings, options: BenchOptions) -> Result<BenchRepor
     };
     for kind in kinds {
         let route = match kind {
-            TransportKind::Kafka | TransportKind::Nats => "cross_region",
+            TransportKind::KAFKA | TransportKind::NATS => "cross_region",
             _ => "same_region",
         };
         let routed = settings_for(&settings, kind);
@@ -435,7 +435,7 @@ pub async fn run(settings: Settings, options: BenchOptions) -> Result<BenchRepor
         let mut raws = Vec::new();
         match (options.raw, kind, &t.redis, &t.kafka, &t.nats) {
             (false, ..) => {}
-            (true, TransportKind::Redis, Some(r), ..) => {
+            (true, TransportKind::REDIS, Some(r), ..) => {
                 let url = &r.connection.url;
                 let plain = raw::redis(url, load, raw::RedisDurability::Publish).await?;
                 raws.push(("raw redis-rs", plain, cpu.since()));
@@ -443,13 +443,13 @@ pub async fn run(settings: Settings, options: BenchOptions) -> Result<BenchRepor
                 let durable = raw::redis(url, load, raw::RedisDurability::Stream).await?;
                 raws.push(("raw redis-rs xadd", durable, cpu.since()));
             }
-            (true, TransportKind::Kafka, _, Some(k), _) => {
+            (true, TransportKind::KAFKA, _, Some(k), _) => {
                 raws.push(("raw rdkafka", raw::kafka(k, load).await?, cpu.since()));
             }
-            (true, TransportKind::Nats, .., Some(n)) => {
+            (true, TransportKind::NATS, .., Some(n)) => {
                 raws.push(("raw async-nats", raw::nats(n, load).await?, cpu.since()));
             }
-            (true, TransportKind::Grpc, ..) => {
+            (true, TransportKind::GRPC, ..) => {
                 raws.push(("raw tonic", raw::grpc(load).await?, cpu.since()));
             }
             _ => {}

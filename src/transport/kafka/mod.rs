@@ -54,7 +54,7 @@ pub(crate) mod group_consumer;
 pub(crate) use config::{client_config, millis, WithOverrides};
 pub use config::{Compression, KafkaConfig, KafkaTopicsConfig};
 
-const KIND: TransportKind = TransportKind::Kafka;
+const KIND: TransportKind = TransportKind::KAFKA;
 
 /// librdkafka callbacks, turned into the transport's health and, for a
 /// gateway's consumer, its consumer lag gauge and whether the group has

@@ -50,7 +50,7 @@ use crate::config::problem::Problem;
 use crate::redis_conn::{Conn, Pushed, RedisConfig, RedisHandle};
 use crate::topology::GatewayId;
 
-const KIND: TransportKind = TransportKind::Redis;
+const KIND: TransportKind = TransportKind::REDIS;
 /// Margin before a drop from which the replay stream is re-read, for
 /// messages published just before it that were still in flight.
 const REPLAY_MARGIN: Duration = Duration::from_secs(1);
