@@ -23,6 +23,7 @@ use crate::transport::{TransportKind, TransportsConfig};
 
 mod check;
 pub mod problem;
+pub mod range;
 #[cfg(feature = "regions")]
 pub mod regions;
 mod show;
@@ -108,6 +109,18 @@ pub enum StoreConfig {
     /// Redis or Redis Cluster, shared by every router node of a deployment.
     #[cfg(feature = "redis")]
     Redis(RedisConfig),
+}
+
+impl range::Bounded for StoreConfig {
+    // Memory has no numeric setting; without `redis` nothing reads these.
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    fn bounds(&self, b: &mut range::Bounds, section: &str) {
+        match self {
+            StoreConfig::Memory => {}
+            #[cfg(feature = "redis")]
+            StoreConfig::Redis(redis) => redis.bounds(b, section),
+        }
+    }
 }
 
 impl StoreConfig {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::redis_conn::RedisConfig;
 use crate::topology::{check, IdKind};
 
+use super::range::{Bounded, Bounds, DAY, HOUR, MINUTE, MS, SECOND};
 use super::{Problem, Settings, StoreConfig};
 
 /// `[regions]`: this node's region and how presence replicates between
@@ -55,6 +56,36 @@ impl Default for RegionsConfig {
             tombstone_ttl: Duration::from_secs(3600),
             sweep_interval: Duration::from_secs(2),
             resync_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Bounded for RegionsConfig {
+    fn bounds(&self, b: &mut Bounds, section: &str) {
+        b.count(section, "partitions", self.partitions, 1, 10_000);
+        b.time(
+            section,
+            "tombstone_ttl",
+            self.tombstone_ttl,
+            MINUTE,
+            30 * DAY,
+        );
+        b.time(
+            section,
+            "sweep_interval",
+            self.sweep_interval,
+            10 * MS,
+            HOUR,
+        );
+        b.time_or_off(
+            section,
+            "resync_interval",
+            self.resync_interval,
+            SECOND,
+            DAY,
+        );
+        for (region, redis) in &self.redis {
+            redis.bounds(b, &format!("{section}.redis.{region}"));
         }
     }
 }

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::cause::Cause;
+use crate::config::range::{Bounded, Bounds, MIB};
 
 /// The largest inner envelope a receiver decompresses: the top of
 /// `limits.max_payload_bytes`' range (64 MiB) plus room for ids and fields.
@@ -73,6 +74,14 @@ impl Default for CompressionConfig {
             min_bytes: 1024,
             level: 3,
         }
+    }
+}
+
+impl Bounded for CompressionConfig {
+    fn bounds(&self, b: &mut Bounds, section: &str) {
+        b.count(section, "min_bytes", self.min_bytes, 0, 64 * MIB);
+        // zstd's own range; negative (faster) levels are not offered.
+        b.count(section, "level", self.level, 1, 22);
     }
 }
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::sentinel::SentinelConfig;
 use crate::cause::Cause;
+use crate::config::range::{Bounded, Bounds, DAY, MINUTE, MS, SECOND};
 
 /// How to reach Redis: `[store] kind = "redis"` and
 /// `[transports.redis.connection]`.
@@ -57,6 +58,26 @@ impl Default for RedisConfig {
             response_timeout: Duration::from_secs(3),
             key_prefix: "sy".into(),
             gateway_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Bounded for RedisConfig {
+    fn bounds(&self, b: &mut Bounds, section: &str) {
+        b.count(section, "connections", self.connections, 1, 1024);
+        b.time(section, "connect_timeout", self.connect_timeout, MS, MINUTE);
+        b.time(
+            section,
+            "response_timeout",
+            self.response_timeout,
+            MS,
+            10 * MINUTE,
+        );
+        b.time(section, "gateway_ttl", self.gateway_ttl, SECOND, DAY);
+        if let Some(sentinel) = &self.sentinel {
+            let section = format!("{section}.sentinel");
+            b.count(&section, "wait_replicas", sentinel.wait_replicas, 0, 16);
+            b.time(&section, "wait_timeout", sentinel.wait_timeout, MS, MINUTE);
         }
     }
 }

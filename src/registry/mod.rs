@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::config::problem::Problem;
+use crate::config::range::{Bounded, Bounds, HOUR, MINUTE, MS, SECOND};
 use crate::error::StoreError;
 use crate::topology::{GatewayId, GatewayInfo};
 
@@ -112,6 +113,18 @@ impl Default for EtcdConfig {
     }
 }
 
+impl Bounded for RegistryConfig {
+    fn bounds(&self, b: &mut Bounds, section: &str) {
+        let RegistryConfig::Etcd(etcd) = self else {
+            return;
+        };
+        // etcd grants no lease shorter than about 2 s (1.5 election timeouts).
+        b.time(section, "lease_ttl", etcd.lease_ttl, 2 * SECOND, HOUR);
+        b.time(section, "connect_timeout", etcd.connect_timeout, MS, MINUTE);
+        b.time(section, "request_timeout", etcd.request_timeout, MS, MINUTE);
+    }
+}
+
 impl RegistryConfig {
     /// How long a silent gateway stays registered, when this registry sets
     /// it (the store's registry has its own, `store.gateway_ttl`).
@@ -122,8 +135,8 @@ impl RegistryConfig {
         }
     }
 
-    /// What is wrong with these settings, each with its key (ranges are
-    /// checked in `config/bounds.rs`).
+    /// What is wrong with these settings, each with its key (ranges: its
+    /// [`Bounded`] impl).
     pub fn problems(&self) -> Vec<Problem> {
         let RegistryConfig::Etcd(etcd) = self else {
             return Vec::new();

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::kind::Repr;
 use super::{Transport, TransportError, TransportKind};
 use crate::config::problem::Problem;
+use crate::config::range::{Bounded, Bounds};
 use crate::registry::Registry;
 
 /// What a transport may need from the rest of the node when it is built.
@@ -29,9 +30,10 @@ pub struct Dependencies {
 }
 
 /// Builds one transport from its config section; implemented by each
-/// transport's config type.
+/// transport's config type, which also knows its fields' ranges
+/// ([`Bounded`]).
 #[async_trait]
-pub trait TransportFactory: Send + Sync {
+pub trait TransportFactory: Bounded + Send + Sync {
     /// Connects the transport.
     async fn build(&self, deps: &Dependencies) -> Result<Arc<dyn Transport>, TransportError>;
 
@@ -129,6 +131,14 @@ transports! {
     NATS => nats: nats::NatsConfig, default = false, feature = "nats";
     /// Direct gRPC links between sidecars (hot pairs).
     GRPC => grpc: grpc::GrpcConfig, default = false, feature = "grpc";
+}
+
+impl Bounded for TransportsConfig {
+    fn bounds(&self, b: &mut Bounds, section: &str) {
+        for (kind, config) in self.sections() {
+            config.bounds(b, &format!("{section}.{kind}"));
+        }
+    }
 }
 
 impl TransportsConfig {

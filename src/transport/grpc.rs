@@ -31,6 +31,7 @@ use super::{
     TransportError, TransportFactory, TransportKind,
 };
 use crate::cause::{Cause, Report};
+use crate::config::range::{Bounded, Bounds, HOUR, MAX_QUEUE, MINUTE, MS};
 use crate::proto::{peer_client::PeerClient, PeerBatch};
 use crate::registry::Registry;
 use crate::telemetry;
@@ -62,6 +63,16 @@ impl Default for GrpcConfig {
             queue: 4096,
             envelope_compression: Default::default(),
         }
+    }
+}
+
+impl Bounded for GrpcConfig {
+    fn bounds(&self, b: &mut Bounds, section: &str) {
+        b.time(section, "connect_timeout", self.connect_timeout, MS, MINUTE);
+        b.time(section, "retry_after", self.retry_after, MS, HOUR);
+        b.count(section, "queue", self.queue, 1, MAX_QUEUE);
+        let compression = format!("{section}.envelope_compression");
+        self.envelope_compression.bounds(b, &compression);
     }
 }
 

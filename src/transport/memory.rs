@@ -17,6 +17,7 @@ use super::{
     TransportError, TransportFactory, TransportKind,
 };
 use crate::cause::Cause;
+use crate::config::range::{Bounded, Bounds, MAX_QUEUE};
 use crate::topology::GatewayId;
 
 /// `[transports.memory]` settings.
@@ -31,6 +32,12 @@ pub struct MemoryConfig {
 impl Default for MemoryConfig {
     fn default() -> Self {
         Self { queue: 65_536 }
+    }
+}
+
+impl Bounded for MemoryConfig {
+    fn bounds(&self, b: &mut Bounds, section: &str) {
+        b.count(section, "queue", self.queue, 1, MAX_QUEUE);
     }
 }
 

@@ -33,6 +33,7 @@ use super::{
 };
 use crate::cause::Cause;
 use crate::config::problem::Problem;
+use crate::config::range::{Bounded, Bounds, DAY, HOUR, MAX_QUEUE, MINUTE, MS, SECOND};
 use crate::envelope::{Envelope, MessageId};
 use crate::topology::GatewayId;
 
@@ -126,6 +127,25 @@ impl Default for NatsConfig {
             queue: 1024,
             envelope_compression: Default::default(),
         }
+    }
+}
+
+impl Bounded for NatsConfig {
+    fn bounds(&self, b: &mut Bounds, section: &str) {
+        let s = section;
+        b.time(s, "max_age", self.max_age, SECOND, 365 * DAY);
+        b.count_or_unlimited(s, "max_bytes", self.max_bytes, 1, i128::from(i64::MAX));
+        b.count(s, "replicas", self.replicas, 1, 5);
+        b.time(s, "duplicate_window", self.duplicate_window, SECOND, DAY);
+        b.time(s, "ack_wait", self.ack_wait, SECOND, HOUR);
+        b.count_or_unlimited(s, "max_ack_pending", self.max_ack_pending, 1, MAX_QUEUE);
+        b.count(s, "max_in_flight", self.max_in_flight, 1, MAX_QUEUE);
+        b.count(s, "pull_batch", self.pull_batch, 1, 100_000);
+        b.time(s, "request_timeout", self.request_timeout, MS, 10 * MINUTE);
+        b.time(s, "connect_timeout", self.connect_timeout, MS, MINUTE);
+        b.count(s, "queue", self.queue, 1, MAX_QUEUE);
+        self.envelope_compression
+            .bounds(b, &format!("{s}.envelope_compression"));
     }
 }
 

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::config::range::{Bounded, Bounds, HOUR, MAX_QUEUE, MIB, MINUTE, MS, SECOND};
 use rdkafka::config::ClientConfig;
 use serde::{Deserialize, Serialize};
 
@@ -148,6 +149,46 @@ impl Default for KafkaConfig {
             topics: KafkaTopicsConfig::default(),
             properties: BTreeMap::new(),
         }
+    }
+}
+
+impl Bounded for KafkaConfig {
+    fn bounds(&self, b: &mut Bounds, section: &str) {
+        let s = section;
+        b.time(s, "linger", self.linger, Duration::ZERO, 10 * SECOND);
+        b.count(s, "batch_size", self.batch_size, 1, 1_000_000_000);
+        b.count(s, "max_in_flight", self.max_in_flight, 1, 10 * MAX_QUEUE);
+        b.count(
+            s,
+            "max_message_bytes",
+            self.max_message_bytes,
+            1024,
+            1024 * MIB,
+        );
+        b.time(s, "delivery_timeout", self.delivery_timeout, MS, HOUR);
+        b.time(
+            s,
+            "fetch_wait_max",
+            self.fetch_wait_max,
+            Duration::ZERO,
+            10 * SECOND,
+        );
+        b.time(s, "commit_interval", self.commit_interval, MS, MINUTE);
+        b.time(s, "metadata_refresh", self.metadata_refresh, SECOND, HOUR);
+        b.time(
+            s,
+            "session_timeout",
+            self.session_timeout,
+            SECOND,
+            30 * MINUTE,
+        );
+        b.time(s, "connect_timeout", self.connect_timeout, MS, MINUTE);
+        b.count(s, "queue", self.queue, 1, MAX_QUEUE);
+        b.count(s, "topics.partitions", self.topics.partitions, 1, 10_000);
+        let replication = self.topics.replication.into();
+        b.count_or_unlimited(s, "topics.replication", replication, 1, 100);
+        self.envelope_compression
+            .bounds(b, &format!("{s}.envelope_compression"));
     }
 }
 

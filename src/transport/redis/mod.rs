@@ -47,6 +47,7 @@ use super::{
 };
 use crate::cause::Cause;
 use crate::config::problem::Problem;
+use crate::config::range::{Bounded, Bounds, DAY, MAX_QUEUE, SECOND};
 use crate::redis_conn::{Conn, Pushed, RedisConfig, RedisHandle};
 use crate::topology::GatewayId;
 
@@ -94,6 +95,17 @@ impl Default for RedisTransportConfig {
             queue: 65_536,
             envelope_compression: Default::default(),
         }
+    }
+}
+
+impl Bounded for RedisTransportConfig {
+    fn bounds(&self, b: &mut Bounds, section: &str) {
+        self.connection.bounds(b, &format!("{section}.connection"));
+        b.time(section, "replay_window", self.replay_window, SECOND, DAY);
+        b.count(section, "replay_max", self.replay_max, 1, 10 * MAX_QUEUE);
+        b.count(section, "queue", self.queue, 1, MAX_QUEUE);
+        let compression = format!("{section}.envelope_compression");
+        self.envelope_compression.bounds(b, &compression);
     }
 }
 
