@@ -1,30 +1,32 @@
 //! Every backend a router uses, built once at start-up from [`Settings`].
 //! Routers in one process (the demo fleet, a sidecar serving several
 //! gateways) share one `Backends`.
+//!
+//! - `stores`: the state stores of one `[store]` backend, and the factory
+//!   each backend implements (memory here, `redis` in its own file).
+
+#[cfg(feature = "redis")]
+mod redis;
+mod stores;
 
 use std::sync::Arc;
 #[cfg(feature = "grpc")]
 use std::sync::OnceLock;
 
-use crate::blocks::{cache::CachedBlocks, memory::MemoryBlocks, BlockList};
+use crate::blocks::{cache::CachedBlocks, BlockList};
 use crate::config::ConfigError;
-use crate::config::{Settings, StoreConfig};
+use crate::config::Settings;
 use crate::error::StoreError;
-use crate::groups::{memory::MemoryGroups, Directory, GroupStore};
-use crate::offline::{memory::MemoryOffline, OfflineStore};
+use crate::groups::Directory;
+use crate::offline::OfflineStore;
 use crate::policy::hot_pairs::HotPairs;
 use crate::presence::cache::CachedPresence;
-use crate::presence::{memory::MemoryPresence, PresenceStore};
-use crate::registry::{cache::CachedRegistry, memory::MemoryRegistry, Reaper, Registry, Separate};
+use crate::registry::{cache::CachedRegistry, Registry, Separate};
 use crate::topology::IdError;
 #[cfg(feature = "grpc")]
 use crate::transport::grpc::GrpcTransport;
 use crate::transport::{Dependencies, TransportError, Transports};
-#[cfg(feature = "redis")]
-use crate::{
-    blocks::redis::RedisBlocks, groups::redis::RedisGroups, offline::redis::RedisOffline,
-    presence::redis::RedisPresence, redis_conn::RedisHandle, registry::redis::RedisRegistry,
-};
+use stores::Stores;
 
 /// The state stores and transports of a router node.
 #[derive(Clone)]
@@ -52,15 +54,6 @@ pub struct Backends {
     pub regions: Option<Arc<crate::regions::Regions>>,
 }
 
-/// The state stores one `[store]` backend provides.
-struct Stores {
-    presence: Arc<dyn PresenceStore>,
-    groups: Arc<dyn GroupStore>,
-    blocks: Arc<dyn BlockList>,
-    offline: Arc<dyn OfflineStore>,
-    registry: Arc<dyn Registry>,
-}
-
 impl Backends {
     /// Builds the backends `settings` select. Must run inside a Tokio
     /// runtime. Checks every setting but `[routing]` and `[canary]`, which
@@ -69,35 +62,16 @@ impl Backends {
         settings.validate_backends()?;
         #[cfg(feature = "regions")]
         let settings = &crate::config::regions::localize(settings);
-        #[cfg(feature = "regions")]
-        let mut regions = None;
-        let (stores, mut reaper): (Stores, Option<Reaper>) = match &settings.store {
-            StoreConfig::Memory => (
-                Stores {
-                    presence: Arc::new(MemoryPresence::new(settings.presence.session_ttl)),
-                    groups: Arc::new(MemoryGroups::default()),
-                    blocks: Arc::new(MemoryBlocks::default()),
-                    offline: Arc::new(MemoryOffline::new(settings.offline.clone())),
-                    registry: Arc::new(MemoryRegistry::default()),
-                },
-                None,
-            ),
-            #[cfg(all(feature = "redis", not(feature = "regions")))]
-            StoreConfig::Redis(config) => redis_stores(config, settings).await?,
-            #[cfg(feature = "regions")]
-            StoreConfig::Redis(config) => {
-                let (stores, reaper, replication) = redis_stores(config, settings).await?;
-                regions = replication;
-                (stores, reaper)
-            }
-        };
         let Stores {
             presence,
             groups,
             blocks,
             offline,
             mut registry,
-        } = stores;
+            mut reaper,
+            #[cfg(feature = "regions")]
+            regions,
+        } = stores::factory(&settings.store).build(settings).await?;
         // `[registry]` may name a registry of its own (etcd), which then
         // cleans up after the gateways it expires.
         if let Some(separate) = Separate::connect(&settings.registry).await? {
@@ -171,60 +145,6 @@ impl Backends {
         Ok(Some(regions.guard(&me.id, presence, offline)))
     }
 }
-
-/// The stores on Redis (standalone, Cluster or Sentinel), and the reaper of
-/// the gateways its registry expires; with `[regions]`, presence is the
-/// region's (local and replicated) and its replication comes along.
-#[cfg(feature = "redis")]
-async fn redis_stores(
-    config: &crate::redis_conn::RedisConfig,
-    settings: &Settings,
-) -> Result<RedisStores, BuildError> {
-    let redis = RedisHandle::connect(config)
-        .await
-        .map_err(|e| e.for_store("redis"))?;
-    let registry = Arc::new(RedisRegistry::new(redis.clone(), config.gateway_ttl));
-    let (expiring, every) = (registry.clone(), config.gateway_ttl / 2);
-    let reaper: Reaper = Box::new(move |directory| {
-        // Runs for the life of the process, like the registry.
-        drop(expiring.watch(directory.clone(), every));
-    });
-    let ttl = settings.presence.session_ttl;
-    let presence = Arc::new(RedisPresence::new(redis.clone(), ttl).await?);
-    #[cfg(feature = "regions")]
-    let (presence, groups, regions): (Arc<dyn PresenceStore>, Arc<dyn GroupStore>, _) =
-        match &settings.regions {
-            Some(regions) => {
-                let Some(kafka) = &settings.transports.kafka else {
-                    return Err(ConfigError::Invalid(regions.problems(settings)).into());
-                };
-                let running =
-                    crate::regions::Regions::connect(regions, kafka, redis.clone(), presence)
-                        .await?;
-                let groups: Arc<dyn GroupStore> = running.groups();
-                (running.presence(), groups, Some(Arc::new(running)))
-            }
-            None => (presence, Arc::new(RedisGroups::new(redis.clone())), None),
-        };
-    #[cfg(not(feature = "regions"))]
-    let groups = Arc::new(RedisGroups::new(redis.clone()));
-    let stores = Stores {
-        presence,
-        groups,
-        blocks: Arc::new(RedisBlocks::new(redis.clone()).await?),
-        offline: Arc::new(RedisOffline::new(redis, settings.offline.clone())),
-        registry,
-    };
-    #[cfg(feature = "regions")]
-    return Ok((stores, Some(reaper), regions));
-    #[cfg(not(feature = "regions"))]
-    Ok((stores, Some(reaper)))
-}
-
-#[cfg(all(feature = "redis", not(feature = "regions")))]
-type RedisStores = (Stores, Option<Reaper>);
-#[cfg(feature = "regions")]
-type RedisStores = (Stores, Option<Reaper>, Option<Arc<crate::regions::Regions>>);
 
 /// Building a router or its backends failed.
 #[derive(Debug, thiserror::Error)]
