@@ -1,6 +1,6 @@
 //! A transport an embedding crate adds through the public API alone: the
-//! library has never heard of it. In-process, one unbounded queue per
-//! gateway address, so it needs no server; what it proves is that a
+//! library has never heard of it. In-process, one unbounded queue of
+//! batches per gateway address, so it needs no server; what it proves is that a
 //! transport from outside the crate goes through the same suite, policy,
 //! metrics and routers as the built-in ones.
 
@@ -22,7 +22,9 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 pub struct Relay {
     kind: TransportKind,
     health: HealthCell,
-    addresses: Mutex<HashMap<GatewayId, mpsc::UnboundedSender<Incoming>>>,
+    /// A batch is one item, so it lands whole or not at all: a publish
+    /// that fails delivered none of it (`close_under_load`).
+    addresses: Mutex<HashMap<GatewayId, mpsc::UnboundedSender<Vec<Incoming>>>>,
 }
 
 impl Relay {
@@ -65,14 +67,14 @@ impl Transport for Relay {
             .get(to)
             .cloned()
             .ok_or_else(nobody)?;
-        for bytes in batch {
-            let incoming = Incoming {
+        let batch = batch
+            .iter()
+            .map(|bytes| Incoming {
                 bytes: bytes.clone(),
                 ack: None,
-            };
-            sender.send(incoming).map_err(|_| nobody())?;
-        }
-        Ok(())
+            })
+            .collect();
+        sender.send(batch).map_err(|_| nobody())
     }
 
     async fn subscribe(&self, me: &GatewayId) -> Result<Subscription, TransportError> {
@@ -82,7 +84,8 @@ impl Transport for Relay {
             .lock()
             .expect("addresses lock")
             .insert(me.clone(), tx);
-        Ok(Subscription::new(UnboundedReceiverStream::new(rx).boxed()))
+        let messages = UnboundedReceiverStream::new(rx).flat_map(futures::stream::iter);
+        Ok(Subscription::new(messages.boxed()))
     }
 
     fn health(&self) -> Health {
