@@ -203,7 +203,7 @@ fn ids(reports: &[SendReport]) -> BTreeSet<MessageId> {
 
 /// Waits until the private NATS server's absence shows in the transport's health.
 async fn nats_down(fleet: &Fleet) {
-    let transports = &fleet.a.backends().transports;
+    let transports = &fleet.a.backends().transports();
     let nats = transports.get(TransportKind::NATS).expect("nats enabled");
     let deadline = Instant::now() + PATIENCE;
     while nats.health() == Health::Up {
@@ -243,7 +243,7 @@ async fn only_the_cohort_counts_towards_a_rollback() {
     let stored: BTreeSet<MessageId> = fleet
         .a
         .backends()
-        .offline
+        .offline()
         .read(&"carol".into(), 100)
         .await
         .expect("offline store")

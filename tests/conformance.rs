@@ -167,7 +167,7 @@ mod factories {
         settings.telemetry.listen = "127.0.0.1:0".parse().expect("an address");
         let config = GrpcConfig::default();
         settings.transports.grpc = Some(config.clone());
-        let mut backends = Backends::from_settings(&settings)
+        let backends = Backends::from_settings(&settings)
             .await
             .expect("memory backends");
         // The address is known once bound: the registry reads it then.
@@ -176,7 +176,7 @@ mod factories {
             &config,
             Arc::new(AllAt(address.clone())),
         ));
-        backends.peer_links = Some(transport.clone());
+        let backends = backends.with_peer_links(transport.clone());
         let sidecar = Sidecar::start_with_backends(settings, None, backends)
             .await
             .expect("a sidecar on 127.0.0.1:0");

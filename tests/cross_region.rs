@@ -278,7 +278,7 @@ async fn kafka_outage_falls_back_and_recovers() {
     let kafka = eu1
         .router
         .backends()
-        .transports
+        .transports()
         .get(TransportKind::KAFKA)
         .expect("kafka")
         .clone();

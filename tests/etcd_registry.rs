@@ -128,11 +128,11 @@ async fn the_watch_survives_an_etcd_restart() {
         GatewayInfo::new("gw-a", "eu"),
         GatewayInfo::new("gw-b", "eu"),
     );
-    a.registry.register(&gw_a).await.unwrap();
-    b.directory.online(session("u1", "gw-a")).await.unwrap();
+    a.registry().register(&gw_a).await.unwrap();
+    b.directory().online(session("u1", "gw-a")).await.unwrap();
     assert!(
         eventually(Duration::from_secs(3), || async {
-            b.registry.get(&gw_a.id).await.unwrap().is_some()
+            b.registry().get(&gw_a.id).await.unwrap().is_some()
         })
         .await,
         "node b does not see gw-a"
@@ -140,7 +140,7 @@ async fn the_watch_survives_an_etcd_restart() {
 
     etcd.kill();
     assert!(
-        a.registry.register(&gw_a).await.is_err(),
+        a.registry().register(&gw_a).await.is_err(),
         "a heartbeat succeeded with etcd down"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -149,21 +149,21 @@ async fn the_watch_survives_an_etcd_restart() {
     // Written after the restart: only a watch that came back sees it.
     assert!(
         eventually(Duration::from_secs(15), || async {
-            a.registry.register(&gw_b).await.is_ok()
+            a.registry().register(&gw_b).await.is_ok()
         })
         .await,
         "registering failed after etcd came back"
     );
     assert!(
         eventually(Duration::from_secs(10), || async {
-            b.registry.get(&gw_b.id).await.unwrap().is_some()
+            b.registry().get(&gw_b.id).await.unwrap().is_some()
         })
         .await,
         "node b's watch did not come back after the restart"
     );
     // gw-b beats on; gw-a beat last before the restart (etcd renews
     // leases on restart), so it goes one lease TTL later, on node b too.
-    let registry = a.registry.clone();
+    let registry = a.registry().clone();
     let beats = tokio::spawn(async move {
         loop {
             let _ = registry.register(&gw_b).await;
@@ -172,7 +172,7 @@ async fn the_watch_survives_an_etcd_restart() {
     });
     assert!(
         eventually(Duration::from_secs(10), || async {
-            let ring = b.registry.ring(16).await.unwrap();
+            let ring = b.registry().ring(16).await.unwrap();
             ring.gateways().map(|g| g.as_str()).collect::<Vec<_>>() == ["gw-b"]
         })
         .await,
@@ -180,7 +180,7 @@ async fn the_watch_survives_an_etcd_restart() {
     );
     assert!(
         eventually(Duration::from_secs(5), || async {
-            b.presence.locate(&"u1".into()).await.unwrap().is_empty()
+            b.presence().locate(&"u1".into()).await.unwrap().is_empty()
         })
         .await,
         "gw-a's session on node b was not removed"

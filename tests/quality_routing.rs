@@ -148,7 +148,7 @@ async fn a_slow_or_paused_redis_moves_the_route_to_kafka_and_back() {
     };
     let redis_health = || {
         backends
-            .transports
+            .transports()
             .get(TransportKind::REDIS)
             .expect("redis enabled")
             .health()

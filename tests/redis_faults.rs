@@ -376,7 +376,7 @@ async fn a_sentinel_master_killed_fails_over_and_no_high_priority_message_is_los
     // Presence written before the failover is read from the promoted
     // master by a node that never saw it.
     let fresh = redis_support::node(&settings(&redis)).await;
-    let sessions = fresh.presence.locate(&"bob".into()).await.unwrap();
+    let sessions = fresh.presence().locate(&"bob".into()).await.unwrap();
     assert_eq!(
         sessions.len(),
         1,

@@ -65,7 +65,7 @@ async fn a_publish_nobody_reads_goes_offline(deployment: Deployment) {
         region: "eu".into(),
         since_micros: 0,
     };
-    a.backends().directory.online(ghost).await.unwrap();
+    a.backends().directory().online(ghost).await.unwrap();
     // Low priority too: PUBLISH counts receivers at every priority, and a
     // low-priority message nobody received used to vanish, reported delivered.
     let priorities = [Priority::High, Priority::Normal, Priority::Low];
@@ -93,7 +93,7 @@ async fn a_publish_nobody_reads_goes_offline(deployment: Deployment) {
     }
     let stored: Vec<_> = a
         .backends()
-        .offline
+        .offline()
         .read(&"bob".into(), 10)
         .await
         .unwrap()

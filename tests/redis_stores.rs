@@ -182,12 +182,12 @@ async fn the_password_comes_from_the_named_environment_variable() {
     redis.password_env = Some("SWITCHYARD_TEST_PRIVATE_REDIS_PASSWORD".into());
     let backends = node(&settings(&redis)).await;
     backends
-        .blocks
+        .blocks()
         .block(&"bob".into(), &"mallory".into())
         .await
         .unwrap();
     assert!(backends
-        .blocks
+        .blocks()
         .is_blocked(&"bob".into(), &"mallory".into())
         .await
         .unwrap());

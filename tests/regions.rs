@@ -88,7 +88,7 @@ async fn a_message_on_stale_presence_is_routed_again_where_it_lands() {
     let kafka = us1
         .router
         .backends()
-        .transports
+        .transports()
         .get(TransportKind::KAFKA)
         .unwrap()
         .clone();
@@ -286,7 +286,7 @@ async fn a_late_snapshot_of_old_state_never_overwrites_a_newer_one() {
     // A snapshot taken after the late one was on the log lands after it
     // in the same partition: once eu has applied one, it has read both.
     let start = std::time::Instant::now();
-    let presence = &fleet.regions["eu"].backends.presence;
+    let presence = &fleet.regions["eu"].backends.presence();
     loop {
         let found = presence
             .locate_many_uncached(std::slice::from_ref(&ivy))
@@ -409,7 +409,7 @@ async fn a_late_join_loses_to_a_newer_leave() {
     // has it, it has read the late join too.
     let marker = write(false, leave_version + 1);
     fleet.produce_membership(&marker).await;
-    let groups = fleet.regions["us"].backends.directory.groups().clone();
+    let groups = fleet.regions["us"].backends.directory().groups().clone();
     let start = std::time::Instant::now();
     loop {
         let members = groups.members(&crew.as_str().into()).await.unwrap();

@@ -119,7 +119,7 @@ async fn fetch_and_ack_offline_for_a_hosted_user_only() {
     online(&mut a, "gw-a", "dave").await;
     let stored = Envelope::new("erin", "gw-x", Destination::User("dave".into()), "kept");
     backends
-        .offline
+        .offline()
         .append(&UserId::from("dave"), &stored)
         .await
         .unwrap();
@@ -360,7 +360,11 @@ async fn a_slow_gateway_gets_backpressure_and_nothing_is_lost() {
         delivered < 1000,
         "{delivered} messages buffered for a gateway that reads nothing"
     );
-    let waiting = backends.offline.depth(&UserId::from("bob")).await.unwrap();
+    let waiting = backends
+        .offline()
+        .depth(&UserId::from("bob"))
+        .await
+        .unwrap();
     assert_eq!(waiting, 3);
 
     // Everything accepted earlier is still delivered, in order.

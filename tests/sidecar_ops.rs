@@ -317,7 +317,7 @@ async fn the_grpc_transport_names_what_failed() {
 
     let settings = with_direct_links(1.0, 0.5, Duration::from_secs(1));
     let (backends, sidecars) = fleet(&settings, 1).await;
-    let links = backends.peer_links.clone().unwrap();
+    let links = backends.peer_links().cloned().unwrap();
     let batch = [bytes::Bytes::from_static(b"not even an envelope")];
 
     let err = links
@@ -334,7 +334,7 @@ async fn the_grpc_transport_names_what_failed() {
     // Registered at a live sidecar, but nobody subscribed there: the peer's ack says so.
     let mut ghost = GatewayInfo::new("ghost", "eu");
     ghost.address = sidecars[0].grpc_addr().to_string();
-    backends.registry.register(&ghost).await.unwrap();
+    backends.registry().register(&ghost).await.unwrap();
     let err = links
         .publish(&ghost.id, &batch, Ack::Confirmed)
         .await

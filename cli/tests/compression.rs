@@ -85,7 +85,7 @@ async fn on_the_wire(kind: TransportKind, codec: Codec) {
     let backends = switchyard::Backends::from_settings(&settings(kind, codec))
         .await
         .expect("transport");
-    let transport = backends.transports.get(kind).expect("enabled");
+    let transport = backends.transports().get(kind).expect("enabled");
     let me: switchyard::GatewayId = format!("gw-wire-{}", ulid::Ulid::new()).into();
     let mut subscription = transport.subscribe(&me).await.expect("subscribe");
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -46,7 +46,7 @@ async fn dead_letters_are_listed_replayed_and_purged(deployment: Deployment) {
 
     // Twelve messages whose delivery failed twice, and one unreadable entry.
     let bob = UserId::from("bob");
-    let offline = &backends.offline;
+    let offline = &backends.offline();
     let mut poisoned = Vec::new();
     for i in 0..POISONED {
         let envelope = Envelope::new(

@@ -229,7 +229,7 @@ async fn offline_messages_are_stored_and_replayed_in_order_on_connect() {
         );
         sent.push(report.id);
     }
-    assert_eq!(backends.offline.depth(&"bob".into()).await.unwrap(), 5);
+    assert_eq!(backends.offline().depth(&"bob".into()).await.unwrap(), 5);
 
     assert_eq!(gw[1].router.connect("bob", "phone").await.unwrap(), 5);
     let replayed = take(&mut gw[1].inbox, 5).await;
@@ -240,7 +240,7 @@ async fn offline_messages_are_stored_and_replayed_in_order_on_connect() {
     );
     // Removed from the store once the gateway acked (`take` acks each).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while backends.offline.depth(&"bob".into()).await.unwrap() > 0 {
+    while backends.offline().depth(&"bob".into()).await.unwrap() > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "acked offline messages are still stored"
@@ -254,7 +254,7 @@ async fn when_every_transport_fails_the_message_is_stored_offline() {
     let (backends, gw) = fleet(&[("eu-1", "eu")]).await;
     // bob's session points at a gateway that is not reading its address.
     backends
-        .directory
+        .directory()
         .online(Session {
             user: "bob".into(),
             device: "phone".into(),
@@ -288,7 +288,7 @@ async fn when_every_transport_fails_the_message_is_stored_offline() {
             "{err}"
         );
     }
-    assert_eq!(backends.offline.depth(&"bob".into()).await.unwrap(), 3);
+    assert_eq!(backends.offline().depth(&"bob".into()).await.unwrap(), 3);
 }
 
 #[tokio::test]
@@ -371,7 +371,7 @@ async fn bad_input_gets_a_typed_error_and_the_rest_of_the_batch_goes_through() {
 #[tokio::test]
 async fn malformed_bytes_on_a_subscription_are_dropped_and_the_stream_goes_on() {
     let (backends, mut gw) = fleet(&[("eu-1", "eu")]).await;
-    let memory = backends.transports.get(TransportKind::MEMORY).unwrap();
+    let memory = backends.transports().get(TransportKind::MEMORY).unwrap();
     let good = message("alice", "eu-2", to("bob"), "ok");
     let batch = [Bytes::from_static(b"\x0a\xff garbage"), good.encode()];
     memory

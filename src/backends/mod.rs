@@ -28,33 +28,87 @@ use crate::transport::grpc::GrpcTransport;
 use crate::transport::{Dependencies, TransportError, Transports};
 use stores::Stores;
 
-/// The state stores and transports of a router node.
+/// The state stores and transports of a router node. Opaque: built from
+/// settings, read through its accessors, shared by cloning.
 #[derive(Clone)]
 pub struct Backends {
     /// Sessions, behind the local cache.
-    pub presence: Arc<CachedPresence>,
+    pub(crate) presence: Arc<CachedPresence>,
     /// Presence and groups kept in step.
-    pub directory: Directory,
+    pub(crate) directory: Directory,
     /// Block lists, behind the local cache.
-    pub blocks: Arc<dyn BlockList>,
+    pub(crate) blocks: Arc<dyn BlockList>,
     /// Offline queues.
-    pub offline: Arc<dyn OfflineStore>,
+    pub(crate) offline: Arc<dyn OfflineStore>,
     /// Live gateways, behind a short local cache of look-ups.
-    pub registry: Arc<dyn Registry>,
+    pub(crate) registry: Arc<dyn Registry>,
     /// Enabled transports.
-    pub transports: Transports,
+    pub(crate) transports: Transports,
     /// The `grpc` transport when enabled; the sidecar's Peer API feeds its
     /// receiving half.
     #[cfg(feature = "grpc")]
-    pub peer_links: Option<Arc<GrpcTransport>>,
+    pub(crate) peer_links: Option<Arc<GrpcTransport>>,
     /// Hot-pair detection, shared by every router of the process.
-    pub hot_pairs: Arc<HotPairs>,
+    pub(crate) hot_pairs: Arc<HotPairs>,
     /// Presence replication between regions, with `[regions]`.
     #[cfg(feature = "regions")]
-    pub regions: Option<Arc<crate::regions::Regions>>,
+    pub(crate) regions: Option<Arc<crate::regions::Regions>>,
 }
 
 impl Backends {
+    /// Sessions, behind the local cache.
+    pub fn presence(&self) -> &Arc<CachedPresence> {
+        &self.presence
+    }
+
+    /// Presence and groups kept in step.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// Block lists, behind the local cache.
+    pub fn blocks(&self) -> &Arc<dyn BlockList> {
+        &self.blocks
+    }
+
+    /// Offline queues.
+    pub fn offline(&self) -> &Arc<dyn OfflineStore> {
+        &self.offline
+    }
+
+    /// Live gateways, behind a short local cache of look-ups.
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.registry
+    }
+
+    /// The transports, each once by kind.
+    pub fn transports(&self) -> &Transports {
+        &self.transports
+    }
+
+    /// The same backends over these transports instead (a gateway that
+    /// routes over a set of its own choosing; the conformance suite runs
+    /// routers over the one transport under test).
+    pub fn with_transports(mut self, transports: Transports) -> Self {
+        self.transports = transports;
+        self
+    }
+
+    /// The `grpc` transport when enabled: its receiving half is what the
+    /// sidecar's Peer API feeds.
+    #[cfg(feature = "grpc")]
+    pub fn peer_links(&self) -> Option<&Arc<GrpcTransport>> {
+        self.peer_links.as_ref()
+    }
+
+    /// The same backends with `links` as the receiving half of direct links
+    /// (a test whose links point back at its own sidecar).
+    #[cfg(feature = "grpc")]
+    pub fn with_peer_links(mut self, links: Arc<GrpcTransport>) -> Self {
+        self.peer_links = Some(links);
+        self
+    }
+
     /// Builds the backends `settings` select. Must run inside a Tokio
     /// runtime. Checks every setting but `[routing]` and `[canary]`, which
     /// the router builder checks against the transports it is given too.

@@ -579,12 +579,12 @@ pub async fn low_priority_to_nobody(t: Arc<dyn Transport>) {
 /// through the real inbox (and, on NATS, the server's own dedupe).
 pub async fn retried_publish_dedupe(t: Arc<dyn Transport>) {
     let me = GatewayInfo::new(gateway(), "test");
-    let mut backends = Backends::from_settings(&Settings::default())
+    let backends = Backends::from_settings(&Settings::default())
         .await
         .expect("backends");
     let mut transports = Transports::default();
     transports.insert(t.clone());
-    backends.transports = transports;
+    let backends = backends.with_transports(transports);
     let (_router, mut inbox) = Router::builder(me.clone())
         .backends(backends)
         .build()
@@ -644,12 +644,12 @@ pub async fn retried_publish_dedupe(t: Arc<dyn Transport>) {
 /// every one.
 async fn route_through_routers(t: Arc<dyn Transport>) {
     const MESSAGES: usize = 5;
-    let mut backends = Backends::from_settings(&Settings::default())
+    let backends = Backends::from_settings(&Settings::default())
         .await
         .expect("backends");
     let mut transports = Transports::default();
     transports.insert(t.clone());
-    backends.transports = transports;
+    let backends = backends.with_transports(transports);
     let name = t.kind().as_str().to_owned();
     let routing = RoutingConfig {
         same_region: name.clone(),

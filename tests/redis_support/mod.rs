@@ -205,7 +205,7 @@ pub async fn account(
         }
         let offline: BTreeSet<MessageId> = b
             .backends()
-            .offline
+            .offline()
             .read(&"bob".into(), 100_000)
             .await
             .map(|v| v.into_iter().map(|e| e.id).collect())

@@ -168,7 +168,7 @@ impl Fleet {
         within: Duration,
     ) -> Duration {
         let start = Instant::now();
-        let presence = &self.region(region).backends.presence;
+        let presence = &self.region(region).backends.presence();
         loop {
             let found = presence
                 .locate_many_uncached(std::slice::from_ref(user))
@@ -188,7 +188,7 @@ impl Fleet {
     /// Waits until `region`'s distribution of `group` counts `gateway`
     /// (applied just after the snapshot that put a member there).
     pub async fn wait_distribution(&self, region: &str, group: &str, gateway: &GatewayId) {
-        let groups = self.region(region).backends.directory.groups().clone();
+        let groups = self.region(region).backends.directory().groups().clone();
         let start = Instant::now();
         loop {
             let found = groups
@@ -288,7 +288,7 @@ impl Fleet {
 
     /// Waits until `region`'s members of `group` are `members`.
     pub async fn wait_members(&self, region: &str, group: &str, members: &[&UserId]) {
-        let groups = self.region(region).backends.directory.groups().clone();
+        let groups = self.region(region).backends.directory().groups().clone();
         let mut expected: Vec<UserId> = members.iter().map(|&u| u.clone()).collect();
         expected.sort();
         let start = Instant::now();

@@ -56,7 +56,7 @@ fn session(user: &str, device: &str, gateway: &str) -> Session {
 
 pub async fn presence_keeps_every_device_of_a_user(d: &dyn Deployment) {
     let backends = d.node(&d.settings()).await;
-    let presence = &backends.presence;
+    let presence = &backends.presence();
     assert!(presence
         .online(session("u1", "phone", "gw-a"))
         .await
@@ -107,7 +107,7 @@ pub async fn sessions_expire_without_heartbeat(d: &dyn Deployment) {
     settings.presence.session_ttl = Duration::from_millis(1500);
     settings.presence.cache_capacity = 0;
     let backends = d.node(&settings).await;
-    let presence = &backends.presence;
+    let presence = &backends.presence();
     presence.online(session("u1", "d", "gw-a")).await.unwrap();
     presence.online(session("u2", "d", "gw-b")).await.unwrap();
     for _ in 0..3 {
@@ -128,7 +128,7 @@ pub async fn sessions_expire_without_heartbeat(d: &dyn Deployment) {
 
 pub async fn a_dead_gateway_takes_its_sessions_with_it(d: &dyn Deployment) {
     let backends = d.node(&d.settings()).await;
-    let presence = &backends.presence;
+    let presence = &backends.presence();
     presence.online(session("u1", "d1", "gw-a")).await.unwrap();
     presence.online(session("u1", "d2", "gw-b")).await.unwrap();
     presence.online(session("u2", "d1", "gw-a")).await.unwrap();
@@ -154,24 +154,27 @@ pub async fn a_presence_change_invalidates_the_cache_of_every_node(d: &dyn Deplo
     let (a, b) = (d.node(&settings).await, d.node(&settings).await);
     let alice = UserId::from("alice");
     assert!(
-        b.presence.locate(&alice).await.unwrap().is_empty(),
+        b.presence().locate(&alice).await.unwrap().is_empty(),
         "cached: offline"
     );
-    a.directory
+    a.directory()
         .online(session("alice", "phone", "gw-a"))
         .await
         .unwrap();
     assert!(
         eventually(Duration::from_secs(5), || async {
-            b.presence.locate(&alice).await.unwrap().len() == 1
+            b.presence().locate(&alice).await.unwrap().len() == 1
         })
         .await,
         "node B still serves the stale cached lookup"
     );
-    a.directory.offline(&alice, &"phone".into()).await.unwrap();
+    a.directory()
+        .offline(&alice, &"phone".into())
+        .await
+        .unwrap();
     assert!(
         eventually(Duration::from_secs(5), || async {
-            b.presence.locate(&alice).await.unwrap().is_empty()
+            b.presence().locate(&alice).await.unwrap().is_empty()
         })
         .await
     );
@@ -179,7 +182,7 @@ pub async fn a_presence_change_invalidates_the_cache_of_every_node(d: &dyn Deplo
 
 pub async fn membership_and_per_gateway_counts(d: &dyn Deployment) {
     let backends = d.node(&d.settings()).await;
-    let groups = backends.directory.groups();
+    let groups = backends.directory().groups();
     let (room, alice, bob) = ("room".into(), UserId::from("alice"), UserId::from("bob"));
     assert!(matches!(
         groups.members(&room).await,
@@ -237,7 +240,7 @@ pub async fn a_group_message_is_published_once_per_gateway(d: &dyn Deployment) {
     }
     let distribution = sender
         .backends()
-        .directory
+        .directory()
         .groups()
         .distribution(&"room".into())
         .await
@@ -295,7 +298,7 @@ pub async fn a_blocked_sender_reaches_nobody(d: &dyn Deployment) {
     assert_eq!(
         router
             .backends()
-            .blocks
+            .blocks()
             .blocked_by(&"bob".into())
             .await
             .unwrap(),
@@ -310,7 +313,7 @@ pub async fn a_blocked_sender_reaches_nobody(d: &dyn Deployment) {
     assert_eq!(
         router
             .backends()
-            .offline
+            .offline()
             .depth(&"bob".into())
             .await
             .unwrap(),
@@ -325,25 +328,25 @@ pub async fn a_block_reaches_the_cache_of_every_node(d: &dyn Deployment) {
     let (a, b) = (d.node(&settings).await, d.node(&settings).await);
     let (bob, mallory) = (UserId::from("bob"), UserId::from("mallory"));
     assert!(
-        !b.blocks.is_blocked(&bob, &mallory).await.unwrap(),
+        !b.blocks().is_blocked(&bob, &mallory).await.unwrap(),
         "cached: bob blocks nobody"
     );
-    a.blocks.block(&bob, &mallory).await.unwrap();
+    a.blocks().block(&bob, &mallory).await.unwrap();
     assert!(
-        a.blocks.is_blocked(&bob, &mallory).await.unwrap(),
+        a.blocks().is_blocked(&bob, &mallory).await.unwrap(),
         "the node that blocked sees it at once"
     );
     assert!(
         eventually(Duration::from_secs(5), || async {
-            b.blocks.is_blocked(&bob, &mallory).await.unwrap()
+            b.blocks().is_blocked(&bob, &mallory).await.unwrap()
         })
         .await,
         "node B still lets mallory through from its cache"
     );
-    a.blocks.unblock(&bob, &mallory).await.unwrap();
+    a.blocks().unblock(&bob, &mallory).await.unwrap();
     assert!(
         eventually(Duration::from_secs(5), || async {
-            !b.blocks.is_blocked(&bob, &mallory).await.unwrap()
+            !b.blocks().is_blocked(&bob, &mallory).await.unwrap()
         })
         .await
     );
@@ -364,15 +367,15 @@ pub async fn offline_messages_replay_in_order_and_acks_remove_them(d: &dyn Deplo
         })
         .collect();
     for env in &sent {
-        backends.offline.append(&bob, env).await.unwrap();
+        backends.offline().append(&bob, env).await.unwrap();
     }
-    assert_eq!(backends.offline.depth(&bob).await.unwrap(), 300);
-    let first = backends.offline.read(&bob, 200).await.unwrap();
+    assert_eq!(backends.offline().depth(&bob).await.unwrap(), 300);
+    let first = backends.offline().read(&bob, 200).await.unwrap();
     assert_eq!(first, sent[..200].to_vec());
     let ids: Vec<_> = first.iter().map(|e| e.id).collect();
-    assert_eq!(backends.offline.ack(&bob, &ids).await.unwrap(), 200);
+    assert_eq!(backends.offline().ack(&bob, &ids).await.unwrap(), 200);
     assert_eq!(
-        backends.offline.read(&bob, 1000).await.unwrap(),
+        backends.offline().read(&bob, 1000).await.unwrap(),
         sent[200..].to_vec()
     );
 
@@ -387,7 +390,7 @@ pub async fn offline_messages_replay_in_order_and_acks_remove_them(d: &dyn Deplo
     // Each replayed message leaves the store once its delivery is acked.
     assert!(
         eventually(Duration::from_secs(5), || async {
-            backends.offline.depth(&bob).await.unwrap() == 0
+            backends.offline().depth(&bob).await.unwrap() == 0
         })
         .await,
         "acked offline messages are still stored"
@@ -406,23 +409,23 @@ pub async fn a_message_that_keeps_failing_is_dead_lettered(d: &dyn Deployment) {
         Envelope::new("alice", "gw-a", Destination::User(bob.clone()), "fine"),
         Envelope::new("alice", "gw-a", Destination::User(bob.clone()), "poison"),
     );
-    backends.offline.append(&bob, &poison).await.unwrap();
-    backends.offline.append(&bob, &ok).await.unwrap();
+    backends.offline().append(&bob, &poison).await.unwrap();
+    backends.offline().append(&bob, &ok).await.unwrap();
     for attempt in 1..=3 {
         let moved = backends
-            .offline
+            .offline()
             .delivery_failed(&bob, poison.id, "client crashed")
             .await
             .unwrap();
         assert_eq!(moved, attempt == 3, "attempt {attempt}");
     }
-    assert_eq!(backends.offline.depth(&bob).await.unwrap(), 1);
+    assert_eq!(backends.offline().depth(&bob).await.unwrap(), 1);
     assert_eq!(
-        backends.offline.read(&bob, 10).await.unwrap(),
+        backends.offline().read(&bob, 10).await.unwrap(),
         vec![ok.clone()]
     );
     assert_eq!(
-        backends.offline.dead_letters(&bob, 10).await.unwrap(),
+        backends.offline().dead_letters(&bob, 10).await.unwrap(),
         vec![(poison, "client crashed".to_owned())]
     );
 }
@@ -431,22 +434,31 @@ pub async fn users_flagged_for_a_gateway_are_taken_once(d: &dyn Deployment) {
     let backends = d.node(&d.settings()).await;
     let (gw, other) = (GatewayId::from("gw-f"), GatewayId::from("gw-g"));
     for user in ["bob", "carol", "bob"] {
-        backends.offline.flag(&gw, &user.into()).await.unwrap();
+        backends.offline().flag(&gw, &user.into()).await.unwrap();
     }
-    backends.offline.flag(&other, &"dave".into()).await.unwrap();
-    let mut taken = backends.offline.take_flagged(&gw).await.unwrap();
+    backends
+        .offline()
+        .flag(&other, &"dave".into())
+        .await
+        .unwrap();
+    let mut taken = backends.offline().take_flagged(&gw).await.unwrap();
     taken.sort();
     assert_eq!(taken, [UserId::from("bob"), UserId::from("carol")]);
-    assert!(backends.offline.take_flagged(&gw).await.unwrap().is_empty());
+    assert!(backends
+        .offline()
+        .take_flagged(&gw)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(
-        backends.offline.take_flagged(&other).await.unwrap(),
+        backends.offline().take_flagged(&other).await.unwrap(),
         [UserId::from("dave")]
     );
 }
 
 pub async fn a_registered_gateway_is_found_until_it_leaves(d: &dyn Deployment) {
     let backends = d.node(&d.settings()).await;
-    let registry = &backends.registry;
+    let registry = &backends.registry();
     let mut a = GatewayInfo::new("gw-a", "eu");
     a.address = "10.0.0.1:7000".into();
     let b = GatewayInfo::new("gw-b", "us");
@@ -474,21 +486,21 @@ pub async fn a_registration_reaches_every_node(d: &dyn Deployment) {
     let settings = d.settings();
     let (a, b) = (d.node(&settings).await, d.node(&settings).await);
     let gw = GatewayInfo::new("gw-a", "eu");
-    assert_eq!(b.registry.get(&gw.id).await.unwrap(), None);
-    a.registry.register(&gw).await.unwrap();
+    assert_eq!(b.registry().get(&gw.id).await.unwrap(), None);
+    a.registry().register(&gw).await.unwrap();
     assert!(
         eventually(Duration::from_secs(3), || async {
-            b.registry.get(&gw.id).await.unwrap().as_ref() == Some(&gw)
-                && ring_ids(&*b.registry).await == ["gw-a"]
+            b.registry().get(&gw.id).await.unwrap().as_ref() == Some(&gw)
+                && ring_ids(&**b.registry()).await == ["gw-a"]
         })
         .await,
         "node B does not know gw-a"
     );
-    a.registry.deregister(&gw.id).await.unwrap();
+    a.registry().deregister(&gw.id).await.unwrap();
     assert!(
         eventually(Duration::from_secs(3), || async {
-            b.registry.get(&gw.id).await.unwrap().is_none()
-                && ring_ids(&*b.registry).await.is_empty()
+            b.registry().get(&gw.id).await.unwrap().is_none()
+                && ring_ids(&**b.registry()).await.is_empty()
         })
         .await,
         "node B still knows gw-a after it left"
@@ -502,9 +514,9 @@ pub async fn the_ring_is_balanced_and_moves_only_the_changed_share(d: &dyn Deplo
     let backends = d.node(&d.settings()).await;
     for i in 0..10 {
         let gateway = GatewayInfo::new(format!("gw-{i:02}"), "eu");
-        backends.registry.register(&gateway).await.unwrap();
+        backends.registry().register(&gateway).await.unwrap();
     }
-    let ring = backends.registry.ring(DEFAULT_VNODES).await.unwrap();
+    let ring = backends.registry().ring(DEFAULT_VNODES).await.unwrap();
     let users: Vec<UserId> = (0..100_000)
         .map(|u| UserId::from(format!("user-{u}")))
         .collect();
@@ -531,8 +543,8 @@ pub async fn the_ring_is_balanced_and_moves_only_the_changed_share(d: &dyn Deplo
     );
 
     let joined = GatewayInfo::new("gw-10", "eu");
-    backends.registry.register(&joined).await.unwrap();
-    let after_join = assign(&backends.registry.ring(DEFAULT_VNODES).await.unwrap());
+    backends.registry().register(&joined).await.unwrap();
+    let after_join = assign(&backends.registry().ring(DEFAULT_VNODES).await.unwrap());
     let moved: Vec<usize> = (0..users.len())
         .filter(|&i| before[i] != after_join[i])
         .collect();
@@ -549,8 +561,12 @@ pub async fn the_ring_is_balanced_and_moves_only_the_changed_share(d: &dyn Deplo
     );
     assert!(moved.len() > users.len() / 11 * 3 / 4 && moved.len() < users.len() / 11 * 5 / 4);
 
-    backends.registry.deregister(&"gw-03".into()).await.unwrap();
-    let after_leave = assign(&backends.registry.ring(DEFAULT_VNODES).await.unwrap());
+    backends
+        .registry()
+        .deregister(&"gw-03".into())
+        .await
+        .unwrap();
+    let after_leave = assign(&backends.registry().ring(DEFAULT_VNODES).await.unwrap());
     let moved = (0..users.len())
         .filter(|&i| after_join[i] != after_leave[i])
         .count();
@@ -583,17 +599,17 @@ pub async fn an_expired_gateway_loses_its_sessions_and_its_ring_share(d: &dyn De
         GatewayInfo::new("gw-a", "eu"),
         GatewayInfo::new("gw-b", "eu"),
     );
-    backends.registry.register(&a).await.unwrap();
-    backends.registry.register(&b).await.unwrap();
+    backends.registry().register(&a).await.unwrap();
+    backends.registry().register(&b).await.unwrap();
     let silent_since = tokio::time::Instant::now();
-    let directory = &backends.directory;
+    let directory = &backends.directory();
     directory.online(session("u1", "d1", "gw-a")).await.unwrap();
     directory.online(session("u1", "d2", "gw-b")).await.unwrap();
     directory.join(&"g".into(), &"u1".into()).await.unwrap();
-    assert_eq!(ring_ids(&*backends.registry).await, ["gw-a", "gw-b"]);
+    assert_eq!(ring_ids(&**backends.registry()).await, ["gw-a", "gw-b"]);
 
     // gw-b keeps beating, gw-a stopped.
-    let registry: Arc<dyn Registry> = backends.registry.clone();
+    let registry: Arc<dyn Registry> = backends.registry().clone();
     let beats = tokio::spawn(async move {
         loop {
             registry.register(&b).await.unwrap();
@@ -601,7 +617,7 @@ pub async fn an_expired_gateway_loses_its_sessions_and_its_ring_share(d: &dyn De
         }
     });
     let left = eventually(ttl * 3, || async {
-        ring_ids(&*backends.registry).await == ["gw-b"]
+        ring_ids(&**backends.registry()).await == ["gw-b"]
     })
     .await;
     let after = silent_since.elapsed();
@@ -620,14 +636,14 @@ pub async fn an_expired_gateway_loses_its_sessions_and_its_ring_share(d: &dyn De
         "gw-a left only after {after:?}"
     );
     assert!(backends
-        .registry
+        .registry()
         .get(&"gw-a".into())
         .await
         .unwrap()
         .is_none());
     assert!(
         eventually(Duration::from_secs(3), || async {
-            backends.presence.locate(&"u1".into()).await.unwrap()
+            backends.presence().locate(&"u1".into()).await.unwrap()
                 == vec![session("u1", "d2", "gw-b")]
         })
         .await,
@@ -639,8 +655,8 @@ pub async fn an_expired_gateway_loses_its_sessions_and_its_ring_share(d: &dyn De
     );
 
     // A restarted gw-a registers again and is back on the ring at once.
-    backends.registry.register(&a).await.unwrap();
-    assert_eq!(ring_ids(&*backends.registry).await, ["gw-a", "gw-b"]);
-    assert_eq!(backends.registry.get(&a.id).await.unwrap(), Some(a));
+    backends.registry().register(&a).await.unwrap();
+    assert_eq!(ring_ids(&**backends.registry()).await, ["gw-a", "gw-b"]);
+    assert_eq!(backends.registry().get(&a.id).await.unwrap(), Some(a));
     beats.abort();
 }

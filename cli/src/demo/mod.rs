@@ -420,7 +420,7 @@ pub async fn run(
 
     // Compare what arrived with the model.
     let mut latencies: BTreeMap<(String, String), Histogram<u64>> = BTreeMap::new();
-    let offline_store = &backends.offline;
+    let offline_store = &backends.offline();
     for (g, state) in seen.iter().enumerate() {
         let state = state.lock();
         for (id, &count) in &state.counts {

@@ -110,7 +110,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let settings = config.load()?;
             let backends = switchyard::Backends::from_settings(&settings).await?;
             let sessions = backends
-                .presence
+                .presence()
                 .locate_shared(&user.as_str().into())
                 .await?;
             if sessions.is_empty() {
@@ -232,7 +232,7 @@ async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         Some(gateway) => GatewayInfo::new(gateway, args.region),
         None => {
             let sessions = backends
-                .presence
+                .presence()
                 .locate_shared(&args.from.as_str().into())
                 .await?;
             let Some(session) = sessions.first() else {
