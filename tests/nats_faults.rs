@@ -139,3 +139,60 @@ async fn a_node_killed_and_restarted_loses_no_confirmed_message() {
 async fn the_stream_leaders_node_killed_loses_no_confirmed_message() {
     kill_during_sends(LEADER_CASE_BASE, "stream leader", |leader| leader, false).await;
 }
+
+/// A stream with no leader answers a publish with "no responders" (what a
+/// clustered stream does while it elects one): the transport publishes
+/// again for a bounded time instead of refusing at once, and the message
+/// is stored once the stream answers. Here the stream is deleted under the
+/// transport and made again 400 ms later, on the shared NATS (4222).
+#[tokio::test]
+async fn a_publish_that_finds_no_stream_leader_is_tried_again_until_one_answers() {
+    use switchyard::transport::{Ack, Transport};
+    use switchyard::{Destination, Envelope, GatewayId};
+
+    let run = ulid::Ulid::new().to_string();
+    let mut config = support::nats_config(support::NATS);
+    config.stream = format!("SY_ELECT_{run}");
+    config.subject_prefix = format!("syelect.{}", run.to_lowercase());
+    let transport = NatsTransport::connect(&config).await.expect("NATS on 4222");
+    let client = async_nats::connect(support::NATS).await.expect("a raw client");
+    let jetstream = async_nats::jetstream::new(client);
+    let stream = jetstream
+        .get_stream(&config.stream)
+        .await
+        .expect("the transport made its stream");
+    let stream_config = stream.cached_info().config.clone();
+    jetstream
+        .delete_stream(&config.stream)
+        .await
+        .expect("delete the stream");
+
+    let gw = GatewayId::new("gw-elect");
+    let envelope = Envelope::new("alice", "gw-a", Destination::User("bob".into()), "hi");
+    let recreate = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        jetstream
+            .create_stream(stream_config)
+            .await
+            .expect("the stream again");
+    };
+    let started = std::time::Instant::now();
+    let batch = [envelope.encode()];
+    let (published, ()) = tokio::join!(
+        transport.publish(&gw, &batch, Ack::Confirmed),
+        recreate
+    );
+    published.expect("published once the stream answered");
+    let stored = jetstream
+        .get_stream(&config.stream)
+        .await
+        .expect("the stream")
+        .info()
+        .await
+        .expect("its info")
+        .state
+        .messages;
+    assert_eq!(stored, 1, "stored once");
+    println!("no responders: confirmed after {:?}", started.elapsed());
+    jetstream.delete_stream(&config.stream).await.expect("clean up");
+}

@@ -645,6 +645,9 @@ cross_region = "kafka"
     let mut eu = common::gateway(sender.grpc_addr()).await;
     let _eu_stream = common::attach(&mut eu, "gw-eu", "eu").await;
     common::online(&mut eu, "gw-eu", "alice").await;
+    // 400 sends confirmed over Kafka and two sidecar starts can outlast
+    // alice's session TTL on a loaded machine (it did once, at 60 s).
+    let _eu_alive = common::keep_alive(&eu, "gw-eu");
 
     let mut first = Serve::start(&config).await;
     let mut us = common::gateway(first.addr).await;

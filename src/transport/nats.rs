@@ -13,15 +13,17 @@
 //! Messages are acked only after the inbox accepted them; an unacked message
 //! is delivered again after `ack_wait`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::context::Context;
+use async_nats::jetstream::context::{Context, PublishErrorKind};
 use async_nats::jetstream::message::{Acker, PublishMessage};
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
 use async_nats::{ConnectOptions, Event};
 use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -224,6 +226,77 @@ impl NatsTransport {
         }
     }
 
+    /// One pass of [`Transport::publish_many`]; sets `electing[i]` when
+    /// target `i` failed for want of a stream leader ("no responders").
+    async fn publish_once(
+        &self,
+        targets: &[Outgoing<'_>],
+        ack: Ack,
+        electing: &[AtomicBool],
+    ) -> Vec<Result<(), TransportError>> {
+        let mut results = Vec::with_capacity(targets.len());
+        let mut confirmations = Vec::new();
+        for (i, target) in targets.iter().enumerate() {
+            let publish_err = |reason: Cause| TransportError::Publish {
+                transport: KIND,
+                gateway: target.to.clone(),
+                reason,
+            };
+            let subject = match self.names(target.to) {
+                Ok((subject, _)) => subject,
+                Err(reason) => {
+                    results.push(Err(publish_err(reason)));
+                    continue;
+                }
+            };
+            results.push(Ok(()));
+            for bytes in target.batch {
+                let id = match Envelope::peek_id(bytes) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        results[i] = Err(publish_err(Cause::context(
+                            "no message id for Nats-Msg-Id",
+                            e,
+                        )));
+                        break;
+                    }
+                };
+                let publish = PublishMessage::build()
+                    .payload(bytes.clone())
+                    .message_id(msg_id(id, target.to));
+                match self.jetstream.send_publish(subject.clone(), publish).await {
+                    Ok(confirmation) => {
+                        let subject = subject.clone();
+                        let electing = &electing[i];
+                        confirmations.push((i, async move {
+                            confirmation.await.map(drop).map_err(|e| {
+                                if e.kind() == PublishErrorKind::StreamNotFound {
+                                    electing.store(true, Ordering::Relaxed);
+                                }
+                                publish_err(Cause::context(format!("ack from {subject}"), e))
+                            })
+                        }));
+                    }
+                    Err(e) => {
+                        if e.kind() == PublishErrorKind::StreamNotFound {
+                            electing[i].store(true, Ordering::Relaxed);
+                        }
+                        // The rest of this gateway's batch waits: nothing overtakes it.
+                        results[i] = Err(publish_err(Cause::context(
+                            format!("publish to {subject}"),
+                            e,
+                        )));
+                        break;
+                    }
+                }
+            }
+        }
+        if ack == Ack::Confirmed {
+            confirm_all(&mut results, confirmations).await;
+        }
+        results
+    }
+
     async fn ensure_stream(&self) -> Result<async_nats::jetstream::stream::Stream, Cause> {
         let stream = self
             .jetstream
@@ -335,66 +408,43 @@ impl Transport for NatsTransport {
     }
 
     /// Every target's messages written to the connection, then every
-    /// JetStream ack awaited together.
+    /// JetStream ack awaited together. A target that got "no responders"
+    /// (no stream leader for its subject: a clustered stream electing one)
+    /// is published again after 250 ms, 500 ms and 1 s, as NATS's own
+    /// clients do; its `Nats-Msg-Id`s let the stream drop what it already
+    /// stored.
     async fn publish_many(
         &self,
         targets: &[Outgoing<'_>],
         ack: Ack,
     ) -> Vec<Result<(), TransportError>> {
-        let mut results = Vec::with_capacity(targets.len());
-        let mut confirmations = Vec::new();
-        for (i, target) in targets.iter().enumerate() {
-            let publish_err = |reason: Cause| TransportError::Publish {
-                transport: KIND,
-                gateway: target.to.clone(),
-                reason,
+        let electing: Vec<AtomicBool> = targets.iter().map(|_| AtomicBool::new(false)).collect();
+        let mut results = self.publish_once(targets, ack, &electing).await;
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(250))
+            .with_max_times(3)
+            .build();
+        loop {
+            let again: Vec<usize> = (0..targets.len())
+                .filter(|&i| results[i].is_err() && electing[i].swap(false, Ordering::Relaxed))
+                .collect();
+            let Some(delay) = (!again.is_empty()).then(|| delays.next()).flatten() else {
+                return results;
             };
-            let subject = match self.names(target.to) {
-                Ok((subject, _)) => subject,
-                Err(reason) => {
-                    results.push(Err(publish_err(reason)));
-                    continue;
-                }
-            };
-            results.push(Ok(()));
-            for bytes in target.batch {
-                let id = match Envelope::peek_id(bytes) {
-                    Ok(id) => id,
-                    Err(e) => {
-                        results[i] = Err(publish_err(Cause::context(
-                            "no message id for Nats-Msg-Id",
-                            e,
-                        )));
-                        break;
-                    }
-                };
-                let publish = PublishMessage::build()
-                    .payload(bytes.clone())
-                    .message_id(msg_id(id, target.to));
-                match self.jetstream.send_publish(subject.clone(), publish).await {
-                    Ok(confirmation) => {
-                        let subject = subject.clone();
-                        confirmations.push((i, async move {
-                            confirmation.await.map(drop).map_err(|e| {
-                                publish_err(Cause::context(format!("ack from {subject}"), e))
-                            })
-                        }));
-                    }
-                    Err(e) => {
-                        // The rest of this gateway's batch waits: nothing overtakes it.
-                        results[i] = Err(publish_err(Cause::context(
-                            format!("publish to {subject}"),
-                            e,
-                        )));
-                        break;
-                    }
-                }
+            tracing::debug!(
+                targets = again.len(),
+                ?delay,
+                "nats: no responders, publishing again"
+            );
+            tokio::time::sleep(delay).await;
+            let retried: Vec<Outgoing<'_>> = again.iter().map(|&i| targets[i]).collect();
+            let flags: Vec<AtomicBool> = again.iter().map(|_| AtomicBool::new(false)).collect();
+            let outcomes = self.publish_once(&retried, ack, &flags).await;
+            for ((i, result), flag) in again.into_iter().zip(outcomes).zip(flags) {
+                results[i] = result;
+                electing[i].store(flag.into_inner(), Ordering::Relaxed);
             }
         }
-        if ack == Ack::Confirmed {
-            confirm_all(&mut results, confirmations).await;
-        }
-        results
     }
 
     async fn subscribe(&self, me: &GatewayId) -> Result<Subscription, TransportError> {
