@@ -155,7 +155,9 @@ async fn a_publish_that_finds_no_stream_leader_is_tried_again_until_one_answers(
     config.stream = format!("SY_ELECT_{run}");
     config.subject_prefix = format!("syelect.{}", run.to_lowercase());
     let transport = NatsTransport::connect(&config).await.expect("NATS on 4222");
-    let client = async_nats::connect(support::NATS).await.expect("a raw client");
+    let client = async_nats::connect(support::NATS)
+        .await
+        .expect("a raw client");
     let jetstream = async_nats::jetstream::new(client);
     let stream = jetstream
         .get_stream(&config.stream)
@@ -178,10 +180,7 @@ async fn a_publish_that_finds_no_stream_leader_is_tried_again_until_one_answers(
     };
     let started = std::time::Instant::now();
     let batch = [envelope.encode()];
-    let (published, ()) = tokio::join!(
-        transport.publish(&gw, &batch, Ack::Confirmed),
-        recreate
-    );
+    let (published, ()) = tokio::join!(transport.publish(&gw, &batch, Ack::Confirmed), recreate);
     published.expect("published once the stream answered");
     let stored = jetstream
         .get_stream(&config.stream)
@@ -194,5 +193,8 @@ async fn a_publish_that_finds_no_stream_leader_is_tried_again_until_one_answers(
         .messages;
     assert_eq!(stored, 1, "stored once");
     println!("no responders: confirmed after {:?}", started.elapsed());
-    jetstream.delete_stream(&config.stream).await.expect("clean up");
+    jetstream
+        .delete_stream(&config.stream)
+        .await
+        .expect("clean up");
 }
