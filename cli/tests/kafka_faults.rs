@@ -647,7 +647,7 @@ cross_region = "kafka"
     common::online(&mut eu, "gw-eu", "alice").await;
     // 400 sends confirmed over Kafka and two sidecar starts can outlast
     // alice's session TTL on a loaded machine (it did once, at 60 s).
-    let _eu_alive = common::keep_alive(&eu, "gw-eu");
+    let _eu_alive = switchyard::sidecar::client::keep_alive(&eu, "gw-eu", Duration::from_secs(1));
 
     let mut first = Serve::start(&config).await;
     let mut us = common::gateway(first.addr).await;

@@ -1,6 +1,8 @@
 //! The gateway's half of an Attach stream, for Rust gateways that use a
 //! sidecar over gRPC (and for `switchyard bench` and the tests): attach,
-//! read deliveries, ack them.
+//! read deliveries, ack them, and heartbeat.
+
+use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -9,6 +11,25 @@ use tonic::transport::Channel;
 use tonic::{IntoRequest, Request, Status, Streaming};
 
 use crate::proto::{self, attach_message::Kind, gateway_client::GatewayClient};
+use crate::router::KeepAlive;
+
+/// Calls Heartbeat for `gateway` every `every` until the guard is dropped,
+/// as a gateway process does, so its registration and its users' sessions
+/// outlive their TTLs. A failed beat is logged; the next one tries again.
+pub fn keep_alive(client: &GatewayClient<Channel>, gateway: &str, every: Duration) -> KeepAlive {
+    let (client, gateway) = (client.clone(), gateway.to_owned());
+    KeepAlive::spawn(every, move || {
+        let (mut client, gateway_id) = (client.clone(), gateway.clone());
+        async move {
+            let beat = proto::HeartbeatRequest {
+                gateway_id: gateway_id.clone(),
+            };
+            if let Err(status) = client.heartbeat(beat).await {
+                tracing::warn!(gateway = %gateway_id, error = status.message(), "heartbeat failed");
+            }
+        }
+    })
+}
 
 /// An open Attach stream: deliveries in, acks out.
 pub struct Attachment {

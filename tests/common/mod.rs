@@ -189,24 +189,6 @@ pub async fn online(client: &mut GatewayClient<Channel>, gateway: &str, user: &s
         .replayed
 }
 
-/// Heartbeats `gateway` every second until dropped, as a gateway process
-/// does: a test that runs longer than `presence.session_ttl` (60 s) on a
-/// loaded machine keeps its users' sessions.
-pub fn keep_alive(client: &GatewayClient<Channel>, gateway: &str) -> switchyard::KeepAlive {
-    let (client, gateway) = (client.clone(), gateway.to_owned());
-    switchyard::KeepAlive::spawn(Duration::from_secs(1), move || {
-        let (mut client, gateway_id) = (client.clone(), gateway.clone());
-        async move {
-            if let Err(status) = client
-                .heartbeat(proto::HeartbeatRequest { gateway_id })
-                .await
-            {
-                eprintln!("heartbeat failed: {status}");
-            }
-        }
-    })
-}
-
 /// An envelope from `from` to user `to`, leaving id, gateway and time to the sidecar.
 pub fn message(from: &str, to: &str, payload: &str) -> proto::Envelope {
     proto::Envelope {

@@ -40,21 +40,9 @@ struct Gateway {
 }
 
 impl Gateway {
-    /// Calls Heartbeat every `every` until the guard is dropped, as a
-    /// gateway process does.
+    /// Calls Heartbeat every `every` until the guard is dropped.
     fn keep_alive(&self, every: Duration) -> KeepAlive {
-        let (id, client) = (self.id.clone(), self.client.clone());
-        KeepAlive::spawn(every, move || {
-            let (id, mut client) = (id.clone(), client.clone());
-            async move {
-                let beat = proto::HeartbeatRequest {
-                    gateway_id: id.clone(),
-                };
-                if let Err(status) = client.heartbeat(beat).await {
-                    tracing::warn!(gateway = %id, error = status.message(), "heartbeat failed");
-                }
-            }
-        })
+        switchyard::sidecar::client::keep_alive(&self.client, &self.id, every)
     }
 
     async fn connect(id: String, sidecar: SocketAddr) -> Result<Self, BenchError> {
