@@ -1,14 +1,14 @@
-//! The metrics scrape after traffic. Alone in its test binary: the
-//! Prometheus recorder is process-wide, so counts here are exact.
+//! The metrics scrape after traffic. Alone in its test binary, apart from
+//! `tests/it`: the Prometheus recorder is process-wide, so counts here are
+//! exact only with no other test in the process.
 
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(feature = "it-tools")]
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use testkit::sidecars::*;
 
 #[tokio::test]
 async fn metrics_health_and_readiness_after_traffic() {
