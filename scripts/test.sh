@@ -2,7 +2,7 @@
 # The whole test suite, on a fresh machine: installs and starts the services
 # the integration tests talk to (Redis, Redis Cluster, NATS JetStream, a
 # three-node Apache Kafka cluster, etcd, Toxiproxy, and the two region
-# network namespaces of cli/tests/wan_netns.rs: every scripts/services/*.sh),
+# network namespaces of cli/tests/it/wan_netns.rs: every scripts/services/*.sh),
 # then runs fmt, clippy and every test: every optional backend compiled in
 # and every test tier on (`--all-features`: `etcd` and the `it-*` features
 # of Cargo.toml and cli/Cargo.toml; plain `cargo test` runs only the tests
@@ -24,9 +24,9 @@ done
 phase "services"
 
 # promtool checks the Prometheus config, the alert rules and a /metrics
-# scrape per shipped config (cli/tests/sidecar_deploy.rs, cli/tests/sidecar_process.rs,
+# scrape per shipped config (cli/tests/it/sidecar_deploy.rs, cli/tests/it/sidecar_process.rs,
 # tests/sidecar_metrics.rs); headless Chromium loads the status page
-# (tests/status_page.rs); the etcd registry's client compiles etcd's protos
+# (tests/it/status_page.rs); the etcd registry's client compiles etcd's protos
 # with protoc. All are Debian packages.
 missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
@@ -37,7 +37,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# The non-Rust clients the suite runs (tests/sidecar_python.rs): the example
+# The non-Rust clients the suite runs (tests/it/sidecar_python.rs): the example
 # client and grpcio-reflection.
 python3 -m pip install --quiet -r examples/python/requirements.txt
 phase "installs"

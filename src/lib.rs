@@ -78,7 +78,7 @@
 //! - [`sidecar`]: the gRPC server of `switchyard serve` (Gateway, Admin and
 //!   Peer APIs, auth, live config, `/metrics`, `/healthz`, `/readyz`).
 //!
-//! No module uses one that uses it back (`tests/architecture.rs`). Cargo
+//! No module uses one that uses it back (`tests/it/architecture.rs`). Cargo
 //! features `redis`, `kafka`, `nats`, `grpc` (sidecar and direct links) and
 //! `regions` are on by default; without them the library routes over the
 //! in-process memory transport and stores.

@@ -5,7 +5,6 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(feature = "it-tools")]
 
-
 use std::time::Duration;
 
 use testkit::sidecars::*;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A single-member etcd v3 on 127.0.0.1:2379 (client) / 2380 (peer) for the
-# etcd registry tests (tests/stores.rs `etcd::*`, docs/ETCD.md).
+# etcd registry tests (tests/it/stores/mod.rs `etcd::*`, docs/ETCD.md).
 #   start: reuse an etcd that reports healthy there; otherwise install
 #          etcd-server if missing and start one (data under .services/etcd).
 #   stop:  stop only the etcd this script started (pid in .services/).

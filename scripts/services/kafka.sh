@@ -17,15 +17,15 @@
 # KAFKA_BASE_PORT (default 9092) and KAFKA_DATA (default .services/kafka)
 # place a second, private cluster: node N listens for clients on
 # BASE+N-1 and for controllers on BASE+100+N-1. Tests that kill nodes use
-# one of their own (tests/support/mod.rs, `PrivateKafka`); keep ports below
+# one of their own (testkit/src/servers.rs, `PrivateKafka`); keep ports below
 # 32768, out of the kernel's ephemeral range. KAFKA_WAN_BASE adds a second
 # listener per node on BASE+200+N-1 whose advertised address is
 # 127.0.0.1:KAFKA_WAN_BASE+N-1: a proxy there forwarding to it (the
-# simulated WAN of tests/wan.rs) keeps the clients of a remote region on the
+# simulated WAN of tests/it/wan.rs) keeps the clients of a remote region on the
 # proxy, while the first listener stays direct for the local one.
 # KAFKA_WAN_HOST (default 127.0.0.1) is the address that listener binds and
 # KAFKA_WAN_ADVERTISED_HOST (default 127.0.0.1) the host it advertises: in
-# cli/tests/wan_netns.rs the cluster runs in namespace sy-us, binds WAN on its
+# cli/tests/it/wan_netns.rs the cluster runs in namespace sy-us, binds WAN on its
 # veth (10.77.1.2) and advertises the proxy eu reaches (10.77.2.1).
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Two network namespaces, one per region, for the namespaced fleet of
-# cli/tests/wan_netns.rs: `sy-us` and `sy-eu`, each with `lo` up and a veth
+# cli/tests/it/wan_netns.rs: `sy-us` and `sy-eu`, each with `lo` up and a veth
 # pair to the root namespace on its own /30 (root side .1, namespace side
 # .2): us 10.77.1.0/30, eu 10.77.2.0/30. Neither namespace has a route
 # beyond its own /30 (no default route; forwarding is not switched on),

@@ -3,18 +3,27 @@
 # for the integration tests.
 #   start: reuse a healthy cluster on those ports; otherwise start the
 #          nodes (state under .services/redis-cluster/), create the cluster
-#          and wait until `cluster info` says ok.
+#          and wait until every master has a replica.
 #   stop:  kill the nodes this script started and remove their state.
+# Environment: REDIS_CLUSTER_BASE_PORT (default 7000; the cluster bus is
+# each port + 10000, so keep the base below 22768) and REDIS_CLUSTER_DATA
+# (default .services/redis-cluster), for private clusters such as the
+# fault tests' (testkit::servers::PrivateRedisCluster).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PORTS=(7000 7001 7002 7003 7004 7005)
-STATE=.services/redis-cluster
+BASE=${REDIS_CLUSTER_BASE_PORT:-7000}
+PORTS=()
+for n in 0 1 2 3 4 5; do PORTS+=($((BASE + n))); done
+STATE=${REDIS_CLUSTER_DATA:-$PWD/.services/redis-cluster}
 
 cli() { redis-cli -h 127.0.0.1 -p "$1" "${@:2}"; }
-# ok, and every master has its replica (replicas attach after `create`).
+# ok, every master has its replica (replicas attach after `create`), and
+# no node is marked failed.
 healthy() {
+  local nodes
   cli "${PORTS[0]}" cluster info 2>/dev/null | grep -q "cluster_state:ok" &&
-    [ "$(cli "${PORTS[0]}" cluster nodes 2>/dev/null | grep -c slave)" -eq 3 ]
+    nodes=$(cli "${PORTS[0]}" cluster nodes 2>/dev/null) &&
+    [ "$(grep -c slave <<<"$nodes")" -eq 3 ] && ! grep -q fail <<<"$nodes"
 }
 
 start_node() {
@@ -22,9 +31,9 @@ start_node() {
   mkdir -p "$dir"
   cli "$port" ping 2>/dev/null | grep -q PONG && return
   redis-server --daemonize yes --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
-    --cluster-config-file "$PWD/$dir/nodes.conf" --cluster-node-timeout 2000 \
-    --save "" --appendonly no --dir "$PWD/$dir" --pidfile "$PWD/$dir/redis.pid" \
-    --logfile "$PWD/$dir/redis.log"
+    --cluster-config-file "$dir/nodes.conf" --cluster-node-timeout 2000 \
+    --save "" --appendonly no --dir "$dir" --pidfile "$dir/redis.pid" \
+    --logfile "$dir/redis.log"
 }
 
 start() {
@@ -60,12 +69,11 @@ stop() {
     local pidfile=$STATE/$port/redis.pid
     [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
   done
-  # A node restarted by someone else (tests/redis_faults.rs restarts the
-  # master it shut down) may have another pid: any node still answering
-  # whose data dir is ours is ours too.
+  # A node restarted by someone else may have another pid: any node still
+  # answering whose data dir is ours is ours too.
   for port in "${PORTS[@]}"; do
     for _ in $(seq 1 50); do
-      [ "$(cli "$port" config get dir 2>/dev/null | sed -n 2p)" = "$PWD/$STATE/$port" ] || break
+      [ "$(cli "$port" config get dir 2>/dev/null | sed -n 2p)" = "$STATE/$port" ] || break
       cli "$port" shutdown nosave >/dev/null 2>&1 || true
       sleep 0.1
     done

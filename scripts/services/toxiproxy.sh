@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Toxiproxy, the simulated WAN of tests/wan.rs: a TCP proxy per
+# Toxiproxy, the simulated WAN of tests/it/wan.rs: a TCP proxy per
 # cross-region link, with latency and cuts set through its HTTP API
 # (127.0.0.1:27474; TOXIPROXY_PORT moves it). Proxies are created by the
 # tests themselves and deleted when they finish.

@@ -41,7 +41,7 @@ impl CachedPresence {
     }
 
     /// [`locate_shared`](Self::locate_shared), saying whether the cache
-    /// answered (benches/presence_zipf.rs, tests/presence_cache.rs).
+    /// answered (benches/presence_zipf.rs, tests/it/presence_cache.rs).
     pub async fn locate_traced(
         &self,
         user: &UserId,

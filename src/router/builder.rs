@@ -62,7 +62,7 @@ impl RouterBuilder {
     /// it, and `[routing]` and `[canary]` may name it by its kind
     /// ([`TransportKind::named`](crate::TransportKind::named)), e.g.
     /// `routing.same_region = "sqs"`. It is held to the same contract as
-    /// the built-in ones (`tests/conformance.rs` runs the suite on one).
+    /// the built-in ones (`tests/it/conformance/mod.rs` runs the suite on one).
     /// Routers that share backends each take the same transport.
     pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
         self.added.push(transport);

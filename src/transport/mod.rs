@@ -399,3 +399,31 @@ impl Transports {
         self.by_kind.values()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a dashboard of `switchyard_transport_up` shows follows what
+    /// the transport saw of its backend.
+    #[test]
+    fn the_up_gauge_follows_the_health_cell() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let gauge = || {
+            handle.render().lines().find_map(|line| {
+                line.strip_prefix("switchyard_transport_up{transport=\"memory\"} ")
+                    .map(str::to_owned)
+            })
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let cell = HealthCell::new(TransportKind::MEMORY);
+            assert_eq!(gauge().as_deref(), Some("1"));
+            cell.down("connection refused");
+            assert_eq!(gauge().as_deref(), Some("0"));
+            assert_eq!(cell.get(), Health::Down("connection refused".into()));
+            cell.up();
+            assert_eq!(gauge().as_deref(), Some("1"));
+        });
+    }
+}

@@ -4,7 +4,6 @@
 //! ledger that checks every message arrived exactly once or went offline,
 //! in per-pair order.
 
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

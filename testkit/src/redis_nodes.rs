@@ -2,7 +2,6 @@
 //! and the same-region transport at a real Redis (standalone or cluster)
 //! under a key prefix unique to the test, so tests run in parallel.
 
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 

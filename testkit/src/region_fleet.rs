@@ -1,8 +1,7 @@
-//! A fleet of regions for tests/regions.rs and tests/wan.rs: each region
+//! A fleet of regions for tests/it/regions.rs and tests/it/wan.rs: each region
 //! its own private `redis-server` (store and same-region Pub/Sub), Kafka
 //! between them (direct or through the simulated WAN), presence
 //! replicated on a topic of this run.
-
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -21,7 +20,6 @@ use switchyard::{
 };
 
 use crate::servers;
-
 
 /// One region of a fleet: its name and how it reaches Kafka.
 #[derive(Debug, Clone)]

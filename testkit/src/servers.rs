@@ -3,7 +3,6 @@
 //! test starts, kills and restarts itself (on a free loopback port), and
 //! private three-node Kafka clusters for tests that kill brokers.
 
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -417,6 +416,46 @@ impl PrivateSentinel {
 }
 
 impl Drop for PrivateSentinel {
+    fn drop(&mut self) {
+        let _ = self.script.command(&["stop"]).output();
+    }
+}
+
+/// A six-node Redis Cluster (three masters, three replicas) owned by one
+/// test, run by `scripts/services/redis-cluster.sh` with its data in a temp
+/// dir and its own ports, `base..base + 6` (the cluster bus on each + 10000,
+/// so `base` stays below 22768). For a test that shuts a node down: the
+/// shared cluster on 7000-7005 serves every other test of the process.
+/// Killed on drop.
+pub struct PrivateRedisCluster {
+    /// The port of the first node.
+    pub base: u16,
+    script: ServiceScript,
+}
+
+impl PrivateRedisCluster {
+    /// Starts the nodes, creates the cluster and waits until every master
+    /// has its replica.
+    pub async fn start(base: u16) -> Self {
+        let script = ServiceScript::new("redis-cluster.sh", &[], "REDIS_CLUSTER", base);
+        script.run(&["start"]).await;
+        Self { base, script }
+    }
+
+    /// The seed URL a cluster client starts from.
+    pub fn url(&self) -> String {
+        self.script.addresses("redis://", 0..1)
+    }
+
+    /// The URL of every node, masters and replicas.
+    pub fn node_urls(&self) -> Vec<String> {
+        (0..6)
+            .map(|n| self.script.addresses("redis://", n..n + 1))
+            .collect()
+    }
+}
+
+impl Drop for PrivateRedisCluster {
     fn drop(&mut self) {
         let _ = self.script.command(&["stop"]).output();
     }

@@ -1,7 +1,6 @@
 //! Helpers shared by the sidecar tests: sidecars on `127.0.0.1:0`, gateway
 //! clients, and a plain HTTP GET.
 
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,7 +18,7 @@ pub fn settings() -> Settings {
     let mut settings = Settings::default();
     settings.sidecar.listen = "127.0.0.1:0".parse().unwrap();
     settings.telemetry.listen = "127.0.0.1:0".parse().unwrap();
-    // In-process tests stop at once; cli/tests/sidecar_process.rs tests the grace.
+    // In-process tests stop at once; cli/tests/it/sidecar_process.rs tests the grace.
     settings.sidecar.readiness_grace = Duration::ZERO;
     settings
 }

@@ -2,7 +2,6 @@
 //! driven through its HTTP API. Each [`Link`] is one proxied TCP port with
 //! a latency each way; it can be cut and restored, and is deleted on drop.
 
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -63,7 +62,7 @@ impl Link {
     }
 
     /// Creates the proxy (replacing a leftover of the same name). The
-    /// addresses may be any the root namespace has: cli/tests/wan_netns.rs
+    /// addresses may be any the root namespace has: cli/tests/it/wan_netns.rs
     /// listens on a region namespace's veth peer.
     pub fn between(
         name: &str,

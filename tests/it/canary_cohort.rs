@@ -14,7 +14,7 @@
 //! once-a-second ticker, so what triggers a rollback is what the test did.
 //!
 //!   scripts/services/redis.sh start
-//!   cargo test --test canary_cohort
+//!   cargo test -p switchyard --features it-redis,it-nats --test it canary_cohort::
 
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(all(feature = "it-redis", feature = "it-nats"))]

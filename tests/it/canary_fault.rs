@@ -18,14 +18,14 @@
 //! (docs/OPERATIONS.md, "a canary broker that is down").
 //!
 //!   scripts/services/redis.sh start
-//!   cargo test --test canary_fault
+//!   cargo test -p switchyard --features it-redis,it-kafka --test it canary_fault::
 
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(all(feature = "it-redis", feature = "it-kafka"))]
 
 use testkit::canary_fleet;
-use testkit::sidecars;
 use testkit::servers;
+use testkit::sidecars;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

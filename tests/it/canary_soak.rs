@@ -23,14 +23,14 @@
 //! factor 3); three sidecars produce to each gateway's topic.
 //!
 //!   for s in redis kafka; do scripts/services/$s.sh start; done
-//!   cargo test --test canary_soak
+//!   cargo test -p switchyard --features it-redis,it-kafka --test it canary_soak::
 
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(all(feature = "it-redis", feature = "it-kafka"))]
 
 use testkit::canary_fleet;
-use testkit::sidecars;
 use testkit::servers;
+use testkit::sidecars;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,6 +1,6 @@
 //! A gateway that embeds the library adds a transport of its own with
 //! `RouterBuilder::transport`, names it in `[routing]`, and routes over it
-//! exactly like over a built-in one. Its conformance: tests/conformance.rs
+//! exactly like over a built-in one. Its conformance: tests/it/conformance/mod.rs
 //! (`relay`).
 
 use crate::conformance::embedded as relay;

@@ -1,6 +1,6 @@
 //! What only the etcd registry has: its watch surviving an etcd restart.
 //! (Its registry behaviour is in the store conformance suite,
-//! tests/stores.rs `etcd::*`.) Starts a private `etcd` on free ports
+//! tests/it/stores/mod.rs `etcd::*`.) Starts a private `etcd` on free ports
 //! (`scripts/services/etcd.sh install` puts it on the PATH), killed on drop,
 //! and keeps presence on the Redis at 127.0.0.1:6379.
 

@@ -11,8 +11,8 @@
 //! Only `tests/sidecar_metrics.rs` is apart: it counts exact values in the
 //! process-wide metrics recorder.
 //!
-//! Run one module with `cargo test --test it <module>::`, e.g.
-//! `cargo test --features it-redis --test it redis_pubsub::`.
+//! Run one module with `cargo test -p switchyard --test it <module>::`, e.g.
+//! `cargo test -p switchyard --features it-redis --test it redis_pubsub::`.
 
 mod architecture;
 mod canary_cohort;

@@ -10,7 +10,7 @@
 //! `scripts/services/nats.sh`.
 //!
 //!   scripts/services/redis.sh start && scripts/services/nats.sh start
-//!   cargo test --test nats_fanout
+//!   cargo test -p switchyard --features it-nats,it-redis --test it nats_fanout::
 
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(all(feature = "it-nats", feature = "it-redis"))]

@@ -18,7 +18,7 @@
 //! of its own); presence and the offline store are the shared Redis.
 //!
 //!   scripts/services/redis.sh start
-//!   cargo test --test nats_faults -- --nocapture
+//!   cargo test -p switchyard --features it-nats,it-redis --test it nats_faults:: -- --nocapture
 
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(all(feature = "it-nats", feature = "it-redis"))]

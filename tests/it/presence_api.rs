@@ -5,13 +5,13 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(feature = "it-redis")]
 
-use testkit::sidecars;
 use testkit::redis_nodes;
+use testkit::sidecars;
 
 use std::time::Duration;
 
-use sidecars::*;
 use redis_nodes::Deployment;
+use sidecars::*;
 use switchyard::proto::gateway_client::GatewayClient;
 use switchyard::proto::{self, PresenceChange};
 use tokio::sync::mpsc;

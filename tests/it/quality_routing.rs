@@ -14,7 +14,7 @@
 //! seen by the receiving gateway exactly once, whichever way it went.
 //!
 //!   scripts/services/{kafka,toxiproxy}.sh start
-//!   cargo test --test quality_routing -- --nocapture
+//!   cargo test -p switchyard --features it-redis,it-kafka,it-toxiproxy --test it quality_routing:: -- --nocapture
 
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(all(feature = "it-redis", feature = "it-kafka", feature = "it-toxiproxy"))]

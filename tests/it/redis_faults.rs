@@ -8,10 +8,7 @@
 //!   file) is killed and restarted: publishers reconnect, the subscriber
 //!   resubscribes and re-reads its gap.
 //! - The cluster master that owns the receiving gateway's channel is shut
-//!   down: its replica is promoted and sends continue. The node is restarted
-//!   afterwards (it rejoins as a replica) so later tests and runs find a
-//!   whole cluster; this needs the cluster started by
-//!   `scripts/services/redis-cluster.sh`, which also restores it.
+//!   down: its replica is promoted and sends continue.
 //!
 //! - The master of a Redis Sentinel deployment (a private one: one master,
 //!   two replicas, three sentinels) is killed with SIGKILL: the sentinels
@@ -19,10 +16,12 @@
 //!   back as a replica. Prints the time to recover (kept in docs/REDIS.md).
 //!   A manual failover (the master demoted, not killed) is followed too.
 //!
-//! The faults hit every client of the deployment, so these tests run one at
-//! a time and in their own binary.
+//! The faults hit every client of the deployment, so each test owns its
+//! Redis (a private `redis-server`, Redis Cluster or Sentinel deployment,
+//! on ports of its own: the shared ones serve the rest of the suite), and
+//! they run one at a time.
 //!
-//!   cargo test --test redis_faults -- --nocapture --test-threads 1
+//!   cargo test -p switchyard --features it-redis --test it redis_faults:: -- --nocapture
 
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(feature = "it-redis")]
@@ -44,22 +43,40 @@ use tokio::sync::Mutex;
 /// Held by each test: one fault at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
-testkit::on_both!(a_killed_subscriber_resubscribes_and_no_high_priority_message_is_lost);
+/// Base ports of the private Redis Clusters, one per test (the cluster
+/// bus on each port + 10000).
+const CLUSTER_BASE: u16 = 21100;
 
-/// Kills every pub/sub connection of the deployment (every node of a
-/// cluster); returns how many were killed.
-async fn kill_subscribers(redis: &RedisConfig) -> usize {
-    let nodes: Vec<String> = if redis.cluster {
-        (7000..=7005)
-            .map(|p| format!("redis://127.0.0.1:{p}"))
-            .collect()
-    } else {
-        vec![redis.url.clone()]
-    };
+mod a_killed_subscriber_resubscribes_and_no_high_priority_message_is_lost {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn standalone() {
+        let server = servers::PrivateBroker::redis().await;
+        let redis = RedisConfig {
+            url: server.address(),
+            ..redis_config(Deployment::Standalone)
+        };
+        killed_subscribers("standalone", redis, &[server.address()]).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster() {
+        let cluster = servers::PrivateRedisCluster::start(CLUSTER_BASE).await;
+        let redis = RedisConfig {
+            url: cluster.url(),
+            ..redis_config(Deployment::Cluster)
+        };
+        killed_subscribers("cluster", redis, &cluster.node_urls()).await;
+    }
+}
+
+/// Kills every pub/sub connection of `nodes`; returns how many were killed.
+async fn kill_subscribers(redis: &RedisConfig, nodes: &[String]) -> usize {
     let mut killed = 0;
     for url in nodes {
         let node = RedisConfig {
-            url,
+            url: url.clone(),
             cluster: false,
             connections: 1,
             ..redis.clone()
@@ -106,99 +123,6 @@ async fn master_of(redis: &RedisConfig, key: &str) -> u16 {
     panic!("no master serves slot {slot}");
 }
 
-/// The settings a node needs to come back as itself: its working directory,
-/// cluster config file and pid file (whichever checkout's script started
-/// it). Without the pid file, `redis-cluster.sh stop` could not find the
-/// restarted node and left it running after the suite.
-fn node_config(port: u16) -> Vec<(String, String)> {
-    [
-        "dir",
-        "cluster-config-file",
-        "cluster-node-timeout",
-        "logfile",
-        "pidfile",
-    ]
-    .into_iter()
-    .map(|key| {
-        let out = Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "CONFIG", "GET", key])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let value = text.lines().nth(1).unwrap_or_default().to_owned();
-        (key.to_owned(), value)
-    })
-    .collect()
-}
-
-/// Restarts the stopped node with its own state (so it rejoins as a
-/// replica of the promoted one) and waits until every master has a replica.
-fn restore_cluster(port: u16, config: &[(String, String)]) {
-    let mut args = vec![
-        "--daemonize".to_owned(),
-        "yes".to_owned(),
-        "--port".to_owned(),
-        port.to_string(),
-        "--bind".to_owned(),
-        "127.0.0.1".to_owned(),
-        "--cluster-enabled".to_owned(),
-        "yes".to_owned(),
-        "--save".to_owned(),
-        String::new(),
-        "--appendonly".to_owned(),
-        "no".to_owned(),
-    ];
-    for (key, value) in config {
-        args.push(format!("--{key}"));
-        args.push(value.clone());
-    }
-    let status = Command::new("redis-server").args(&args).status().unwrap();
-    assert!(status.success(), "could not restart node {port}");
-    let healthy = || {
-        let nodes = Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "CLUSTER", "NODES"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        nodes.lines().filter(|l| l.contains("slave")).count() == 3 && !nodes.contains("fail")
-    };
-    for _ in 0..300 {
-        if healthy() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("node {port} did not rejoin the cluster as a replica");
-}
-
-/// The running node's pid, its pid file, and the pid that file names.
-fn pids(port: u16) -> (String, String, String) {
-    let cli = |args: &[&str]| {
-        Command::new("redis-cli")
-            .args(["-p", &port.to_string()])
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    };
-    let running = cli(&["INFO", "server"])
-        .lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
-    let pidfile = cli(&["CONFIG", "GET", "pidfile"])
-        .lines()
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    let named = std::fs::read_to_string(&pidfile)
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
-    (running, pidfile, named)
-}
-
 /// Gateways `gw-a` and `gw-b` over `redis`, with timeouts short enough for
 /// a fault to be noticed within the test, and bob online on `gw-b`.
 async fn gateways_for_faults(mut redis: RedisConfig) -> (Router, Router, Inbox) {
@@ -215,11 +139,13 @@ async fn gateways_for_faults(mut redis: RedisConfig) -> (Router, Router, Inbox) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_dies_during_a_steady_send_and_no_high_priority_message_is_lost() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let redis = redis_config(Deployment::Cluster);
+    let cluster = servers::PrivateRedisCluster::start(CLUSTER_BASE + 20).await;
+    let redis = RedisConfig {
+        url: cluster.url(),
+        ..redis_config(Deployment::Cluster)
+    };
     let (a, b, mut inbox) = gateways_for_faults(redis.clone()).await;
     let victim = master_of(&redis, &format!("{}:gw:{{gw-b}}", redis.key_prefix)).await;
-    let victim_config = node_config(victim);
-    let (_, pidfile, _) = pids(victim);
 
     let started = Instant::now();
     let sent = steady_send(&a, 600, 100, async {
@@ -241,15 +167,6 @@ async fn a_master_dies_during_a_steady_send_and_no_high_priority_message_is_lost
         missing.len(),
         started.elapsed()
     );
-    restore_cluster(victim, &victim_config);
-    // `redis-cluster.sh stop` kills the pid in the node's own pid file: the
-    // restarted node must write its pid there, not to a default elsewhere.
-    let (running, restarted_pidfile, named) = pids(victim);
-    assert_eq!(
-        (restarted_pidfile.as_str(), named.as_str()),
-        (pidfile.as_str(), running.as_str()),
-        "node {victim} restarted without its pid file: redis-cluster.sh stop would leave it running"
-    );
     assert!(
         missing.is_empty(),
         "{} high-priority messages lost: {missing:?}",
@@ -257,22 +174,21 @@ async fn a_master_dies_during_a_steady_send_and_no_high_priority_message_is_lost
     );
 }
 
-async fn a_killed_subscriber_resubscribes_and_no_high_priority_message_is_lost(
-    deployment: Deployment,
-) {
+/// Kills every subscriber connection of `nodes` during a steady send to
+/// bob's gateway over `redis`.
+async fn killed_subscribers(what: &str, redis: RedisConfig, nodes: &[String]) {
     let _one = ONE_AT_A_TIME.lock().await;
-    let redis = redis_config(deployment);
     let settings = settings(&redis);
     let (a, _) = router(&settings, "gw-a").await;
     let (b, mut inbox) = router(&settings, "gw-b").await;
     b.connect("bob", "phone").await.unwrap();
     let sent = steady_send(&a, 400, 150, async {
-        let killed = kill_subscribers(&redis).await;
+        let killed = kill_subscribers(&redis, nodes).await;
         assert!(killed >= 1, "no subscriber connection was killed");
     })
     .await
     .ids;
-    nothing_lost_and_resubscribed(&format!("{deployment:?}"), &b, &mut inbox, &sent).await;
+    nothing_lost_and_resubscribed(what, &b, &mut inbox, &sent).await;
 }
 
 /// Every message of `sent` reached bob's inbox or the offline store, and

@@ -1,6 +1,6 @@
 //! What only the Redis stores have: the shipped Redis and Sentinel
 //! configs, connection errors, passwords and TLS. The stores' behaviour is
-//! in the conformance suite (tests/stores.rs), run on Redis standalone and
+//! in the conformance suite (tests/it/stores/mod.rs), run on Redis standalone and
 //! cluster. The config and error checks need no server; the rest
 //! (`--features it-redis`) a Redis, its sentinels or a private
 //! `redis-server`.
@@ -17,7 +17,8 @@ use {
 
 #[test]
 fn the_shipped_redis_config_loads_and_bad_keys_are_named() {
-    let settings = switchyard::Settings::from_toml(include_str!("../../config/redis.toml")).unwrap();
+    let settings =
+        switchyard::Settings::from_toml(include_str!("../../config/redis.toml")).unwrap();
     assert!(matches!(
         settings.store,
         switchyard::config::StoreConfig::Redis(_)

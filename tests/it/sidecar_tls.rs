@@ -6,8 +6,8 @@ use testkit::sidecars;
 use std::path::Path;
 use std::time::Duration;
 
-use sidecars::*;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use sidecars::*;
 use switchyard::proto::gateway_client::GatewayClient;
 use switchyard::proto::HeartbeatRequest;
 use switchyard::sidecar::tls::TlsConfig;

@@ -142,7 +142,7 @@ async fn the_status_page_shows_what_admin_state_says() {
     assert_eq!(sent, 3, "{routes:?}");
 
     // A screenshot renders. docs/status-page.png is this one:
-    // SWITCHYARD_STATUS_SCREENSHOT=$PWD/docs/status-page.png cargo test --test status_page
+    // SWITCHYARD_STATUS_SCREENSHOT=$PWD/docs/status-page.png cargo test -p switchyard --features it-tools --test it status_page::
     let dir = tempfile::tempdir().unwrap();
     let png = std::env::var_os("SWITCHYARD_STATUS_SCREENSHOT")
         .map(std::path::PathBuf::from)

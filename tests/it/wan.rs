@@ -20,10 +20,10 @@ use testkit::servers;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use testkit::toxiproxy::Link;
 use region_fleet::{drain, move_user, quantile_ms, Fleet, Gateway, RegionSpec, Sent};
 use switchyard::transport::TransportKind;
 use switchyard::{Destination, Envelope, Priority, UserId};
+use testkit::toxiproxy::Link;
 
 const KAFKA_BASE: u16 = 27092;
 const WAN_BASE: u16 = 27392;

@@ -13,8 +13,8 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(all(feature = "it-redis", feature = "it-kafka", feature = "it-nats"))]
 
-use testkit::sidecars;
 use testkit::servers;
+use testkit::sidecars;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -54,7 +54,7 @@ fn receivers(row: &serde_json::Value) -> Vec<(u64, u64)> {
 
 #[test]
 fn check_config_accepts_the_shipped_configs() {
-    // deploy/k8s's ConfigMap: cli/tests/sidecar_deploy.rs. The deploy configs
+    // deploy/k8s's ConfigMap: cli/tests/it/sidecar_deploy.rs. The deploy configs
     // name secrets that exist only in a deployment.
     for (dir, flags) in [
         ("config", &[][..]),

@@ -8,8 +8,8 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(feature = "it-redis")]
 
-use testkit::sidecars;
 use testkit::redis_nodes;
+use testkit::sidecars;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -10,13 +10,13 @@
 //! Measured figures are printed (`--nocapture`) and kept in docs/KAFKA.md.
 //!
 //!   scripts/services/kafka.sh start
-//!   cargo test --test kafka_faults -- --nocapture
+//!   cargo test -p switchyard-cli --features it-kafka,it-redis --test it kafka_faults:: -- --nocapture
 
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(all(feature = "it-kafka", feature = "it-redis"))]
 
-use testkit::sidecars;
 use testkit::servers;
+use testkit::sidecars;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};

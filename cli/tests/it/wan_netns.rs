@@ -22,8 +22,8 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(feature = "it-netns")]
 
-use testkit::sidecars;
 use testkit::region_fleet;
+use testkit::sidecars;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 /// commits the stored offsets and leaves the group, and librdkafka blocks
 /// in it until a coordinator answers: forever while the brokers hang
 /// without resetting connections, as behind a partition
-/// (confluentinc/librdkafka#4519; `tests/conformance.rs` broker_restart). The last owner, the subscription or a
+/// (confluentinc/librdkafka#4519; `tests/it/conformance/mod.rs` broker_restart). The last owner, the subscription or a
 /// late ack, hands it to a thread of its own; `closed` fires when it is
 /// done. A close stuck there never keeps the process from exiting, as a
 /// blocking task would keep the runtime from shutting down.

@@ -9,7 +9,7 @@
 //! no restart case.
 //!
 //! A transport from outside the library goes through the same suite:
-//! `relay` (tests/conformance/relay.rs) is defined in this test crate, on
+//! `relay` (tests/it/conformance/embedded.rs) is defined in this test crate, on
 //! the public API alone, as an embedding gateway would define its own.
 //!
 //! The memory, relay and gRPC transports need nothing. The others are built with
@@ -44,6 +44,10 @@ mod factories {
     #[cfg(any(feature = "it-kafka", feature = "it-nats"))]
     use crate::conformance::cases::Restartable;
     #[cfg(feature = "it-redis")]
+    use switchyard::redis_conn::sentinel::SentinelConfig;
+    #[cfg(feature = "it-redis")]
+    use switchyard::transport::redis::{RedisTransport, RedisTransportConfig};
+    #[cfg(feature = "it-redis")]
     use testkit::redis_nodes::{redis_config, Deployment};
     #[cfg(any(feature = "it-redis", feature = "it-kafka", feature = "it-nats"))]
     use testkit::servers;
@@ -51,10 +55,6 @@ mod factories {
     use testkit::servers::PrivateBroker;
     #[cfg(feature = "it-kafka")]
     use testkit::servers::PrivateKafka;
-    #[cfg(feature = "it-redis")]
-    use switchyard::redis_conn::sentinel::SentinelConfig;
-    #[cfg(feature = "it-redis")]
-    use switchyard::transport::redis::{RedisTransport, RedisTransportConfig};
 
     pub async fn memory() -> Arc<dyn Transport> {
         Arc::new(MemoryTransport::new(&MemoryConfig::default()))
@@ -307,7 +307,7 @@ macro_rules! conformance {
     (@claim ordered, $connect:path) => { conformance!(@cases $connect; order); };
     (@claim durable, $connect:path) => { conformance!(@cases $connect; resubscribe); };
     (@claim redelivers, $connect:path) => { conformance!(@cases $connect; redelivery); };
-    // What a direct link is for (hot pairs) is the router's: tests/sidecar_ops.rs.
+    // What a direct link is for (hot pairs) is the router's: tests/it/sidecar_ops.rs.
     (@claim direct, $connect:path) => {};
     (@cases $connect:path; $($case:ident),*) => {
         $(
@@ -324,8 +324,12 @@ conformance!(
     connect = crate::conformance::factories::memory,
     claims = [ordered]
 );
-// Not switchyard's: defined in this test crate (tests/conformance/relay.rs).
-conformance!(relay, connect = crate::conformance::factories::relay, claims = [ordered]);
+// Not switchyard's: defined in this test crate (tests/it/conformance/embedded.rs).
+conformance!(
+    relay,
+    connect = crate::conformance::factories::relay,
+    claims = [ordered]
+);
 #[cfg(feature = "it-kafka")]
 conformance!(
     kafka,
@@ -362,12 +366,12 @@ conformance!(
     redis_sentinel,
     connect = crate::conformance::factories::redis_sentinel,
     claims = [ordered, redelivers],
-    failover = "tests/redis_faults.rs"
+    failover = "tests/it/redis_faults.rs"
 );
 #[cfg(feature = "it-nats")]
 conformance!(
     nats_cluster,
     connect = crate::conformance::factories::nats_cluster,
     claims = [durable, ordered, redelivers],
-    failover = "tests/nats_faults.rs"
+    failover = "tests/it/nats_faults.rs"
 );

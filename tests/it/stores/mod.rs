@@ -203,4 +203,8 @@ stores!(
     [presence, groups, blocks, offline, registry, registry_expiry]
 );
 #[cfg(feature = "it-etcd")]
-stores!(etcd, crate::stores::deployments::etcd, [registry, registry_expiry]);
+stores!(
+    etcd,
+    crate::stores::deployments::etcd,
+    [registry, registry_expiry]
+);

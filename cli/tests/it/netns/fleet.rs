@@ -12,11 +12,11 @@ use switchyard::proto::{self, gateway_client::GatewayClient};
 use tonic::transport::Channel;
 
 use super::{Namespace, NsRedis, Ports, EU, US};
-use testkit::sidecars;
 use crate::process::Served;
 use testkit::region_fleet::{self, RegionSpec};
-use testkit::toxiproxy::Link;
 use testkit::servers::PrivateKafka;
+use testkit::sidecars;
+use testkit::toxiproxy::Link;
 
 /// Added each way on every EU<->US link.
 pub const ONE_WAY: Duration = Duration::from_millis(40);

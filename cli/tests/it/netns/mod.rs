@@ -1,4 +1,4 @@
-//! Regions in network namespaces, for cli/tests/wan_netns.rs: the two
+//! Regions in network namespaces, for cli/tests/it/wan_netns.rs: the two
 //! namespaces of `scripts/services/netns.sh`, this run's ports in them,
 //! a `redis-server` per region started inside its namespace, and a probe
 //! of what a namespace can connect to (the isolation the test asserts).
@@ -89,7 +89,7 @@ impl Namespace {
     }
 }
 
-/// Slots of this test's block (29000-29999, cli/tests/wan_netns.rs): slot k
+/// Slots of this test's block (29000-29999, cli/tests/it/wan_netns.rs): slot k
 /// has Kafka clients on 29000+3k.. (controllers +100, WAN listeners +200,
 /// proxies +300, as kafka.sh lays them out) and Redis on 29400+k.
 const SLOTS: u16 = 33;
@@ -158,7 +158,7 @@ impl NsRedis {
     /// Starts it and waits (20 s at most) until it accepts connections.
     pub fn start(ns: &'static Namespace, port: u16) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        // As tests/support's private Redis: every write in the append-only
+        // As testkit/src/servers.rs's private Redis: every write in the append-only
         // file before it is answered, as presence and offline queues run.
         let child = ns
             .command("redis-server")
