@@ -26,7 +26,7 @@ phase "services"
 # promtool checks the Prometheus config, the alert rules and a /metrics
 # scrape per shipped config (cli/tests/it/sidecar_deploy.rs, cli/tests/it/sidecar_process.rs,
 # tests/sidecar_metrics.rs); headless Chromium loads the status page
-# (tests/it/status_page.rs); the etcd registry's client compiles etcd's protos
+# (tests/status_page.rs); the etcd registry's client compiles etcd's protos
 # with protoc. All are Debian packages.
 missing=()
 command -v promtool >/dev/null || missing+=(prometheus)

@@ -8,8 +8,8 @@
 //! turns them all on. Every test shares the process with the others, so
 //! none may disturb a shared server: a test that kills, restarts or fails
 //! over a server starts its own (`testkit::servers`), on ports of its own.
-//! Only `tests/sidecar_metrics.rs` is apart: it counts exact values in the
-//! process-wide metrics recorder.
+//! Only `tests/sidecar_metrics.rs` and `tests/status_page.rs` are apart:
+//! each counts exact values in the process-wide metrics recorder.
 //!
 //! Run one module with `cargo test -p switchyard --test it <module>::`, e.g.
 //! `cargo test -p switchyard --features it-redis --test it redis_pubsub::`.
@@ -36,6 +36,5 @@ mod sidecar_api;
 mod sidecar_ops;
 mod sidecar_python;
 mod sidecar_tls;
-mod status_page;
 mod stores;
 mod wan;

@@ -516,7 +516,13 @@ impl Drop for Child {
 /// it acked, in order.
 fn spawn_subscriber(gateway: &GatewayId) -> (Child, std::sync::mpsc::Receiver<MessageId>) {
     let mut child = Command::new(std::env::current_exe().expect("this test binary"))
-        .args(["child_subscriber", "--exact", "--ignored", "--nocapture"])
+        // Its name in this binary: module, then function.
+        .args([
+            "kafka_faults::child_subscriber",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
         .env(CHILD_GATEWAY, gateway.as_str())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -1,6 +1,9 @@
 //! The `/status` page in a real browser: headless Chromium (Debian package
 //! `chromium`; scripts/test.sh installs it) loads it from a running sidecar,
-//! and the figures it shows match Admin `State` and the traffic sent.
+//! and the figures it shows match Admin `State` and the traffic sent. Alone
+//! in its test binary, apart from `tests/it`: the page shows the
+//! process-wide metrics recorder's counts, exact only with no other test in
+//! the process.
 
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(feature = "it-tools")]
@@ -142,7 +145,7 @@ async fn the_status_page_shows_what_admin_state_says() {
     assert_eq!(sent, 3, "{routes:?}");
 
     // A screenshot renders. docs/status-page.png is this one:
-    // SWITCHYARD_STATUS_SCREENSHOT=$PWD/docs/status-page.png cargo test -p switchyard --features it-tools --test it status_page::
+    // SWITCHYARD_STATUS_SCREENSHOT=$PWD/docs/status-page.png cargo test -p switchyard --features it-tools --test status_page
     let dir = tempfile::tempdir().unwrap();
     let png = std::env::var_os("SWITCHYARD_STATUS_SCREENSHOT")
         .map(std::path::PathBuf::from)
