@@ -146,6 +146,10 @@ pub struct DeliveryConfig {
     /// How long one publish may wait for its acknowledgement.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
+    /// Most publishes in flight on one transport (retries included); one
+    /// over is refused at once and falls back, instead of queueing behind
+    /// a broker that stalls. 0: no bound.
+    pub publishes_in_flight: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -154,6 +158,7 @@ impl Default for DeliveryConfig {
             retries: 3,
             retry_backoff: Duration::from_millis(20),
             publish_timeout: Duration::from_secs(5),
+            publishes_in_flight: 0,
         }
     }
 }

@@ -20,6 +20,9 @@ pub const DELIVERY_LATENCY: &str = "switchyard_delivery_latency_seconds";
 pub const TRANSPORT_UP: &str = "switchyard_transport_up";
 /// Publish attempts that failed and were retried, by transport.
 pub const PUBLISH_RETRIES: &str = "switchyard_publish_retries_total";
+/// Publishes refused at once because `delivery.publishes_in_flight` were
+/// already in flight on the transport, by transport.
+pub const PUBLISHES_SHED: &str = "switchyard_publishes_shed_total";
 /// Histogram: one publish to one transport, retries included.
 pub const PUBLISH_DURATION: &str = "switchyard_publish_duration_seconds";
 /// Presence lookups by cache result (`hit` or `miss`).
@@ -223,6 +226,11 @@ pub const CATALOG: &[Metric] = &[
     ),
     metric(TRANSPORT_UP, Kind::Gauge, "1 when a transport can reach its backend, 0 when not."),
     metric(PUBLISH_RETRIES, Kind::Counter, "Publish attempts retried, by transport."),
+    metric(
+        PUBLISHES_SHED,
+        Kind::Counter,
+        "Publishes refused at once, delivery.publishes_in_flight being in flight, by transport.",
+    ),
     metric(
         PUBLISH_DURATION,
         Kind::Histogram,

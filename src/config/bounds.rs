@@ -83,6 +83,13 @@ pub(super) fn check(s: &Settings) -> Bounds {
         MS,
         10 * MINUTE,
     );
+    b.count(
+        "delivery",
+        "publishes_in_flight",
+        d.publishes_in_flight,
+        0,
+        1_000_000,
+    );
 
     b.time(
         "sidecar",

@@ -18,7 +18,7 @@ use crate::topology::{GatewayId, Region};
 use crate::transport::{Outgoing, TransportError, TransportKind};
 
 use super::plan::Planned;
-use super::stack::{Publish, Publisher};
+use super::stack::{self, Publish};
 use super::Router;
 
 /// How the publish of one run went.
@@ -103,7 +103,7 @@ impl Router {
         // ends can finish in the background: its outcome still feeds the
         // watchdog, and a late copy is dropped by the receiver's dedupe.
         let mut mirroring = Box::pin({
-            let stack = self.inner.stacks.get(mirror).cloned();
+            let mirror_stack = self.inner.stacks.get(mirror).cloned();
             let owned: Vec<(GatewayId, Vec<Bytes>)> = targets
                 .iter()
                 .map(|t| (t.to.clone(), t.batch.to_vec()))
@@ -121,8 +121,8 @@ impl Router {
                     priority,
                     cohort: true,
                 };
-                let mirrored = match stack {
-                    Ok(stack) => stack.publish(publish).await,
+                let mirrored = match mirror_stack {
+                    Ok(mirror_stack) => stack::publish(&mirror_stack, publish).await,
                     Err(err) => vec![Err(err); targets.len()],
                 };
                 let (mut ok, mut failed) = (0, 0);
@@ -231,7 +231,7 @@ impl Router {
                 cohort: decision.cohort,
             };
             let results = match self.inner.stacks.get(kind) {
-                Ok(stack) => stack.publish(publish).await,
+                Ok(kind_stack) => stack::publish(kind_stack, publish).await,
                 Err(err) => vec![Err(err); these.len()],
             };
             let mut failed = Vec::new();

@@ -1,17 +1,30 @@
-//! What the router puts around each transport: a timeout per attempt,
-//! retries for high priority, canary feedback and publish metrics, each a
-//! [`tower::Layer`] around a [`Publisher`], stacked once per transport when
-//! the router is built. The router itself only asks a stack to publish.
+//! What the router puts around each transport, as tower middleware: a
+//! timeout per attempt, retries for high priority, a bound on the
+//! publishes in flight (tower's own `ConcurrencyLimit` and `LoadShed`: one
+//! over the bound is refused at once and falls back), canary feedback and
+//! publish metrics. Each transport's stack is one [`tower::Service`] of
+//! [`Publish`], built once when the router is built; the router itself
+//! only calls it.
+//!
+//! Every layer answers a publish with one result per target gateway and
+//! never fails a publish as a whole (`Error = Infallible`): the layers
+//! above count outcomes per gateway, and the router falls back per
+//! gateway. Tower's layers, whose errors are whole-call, sit inside
+//! [`Shed`], which turns their refusal into per-target errors.
 
-use std::future::Future;
+use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::future::BoxFuture;
 use metrics::Histogram;
-use tower::{Layer, ServiceBuilder};
+use tower::limit::ConcurrencyLimit;
+use tower::load_shed::LoadShed;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
-use crate::cause::Report;
+use crate::cause::{Cause, Report};
 use crate::config::DeliveryConfig;
 use crate::envelope::Priority;
 use crate::policy::live::LivePolicy;
@@ -36,44 +49,76 @@ pub(crate) struct Publish<'a> {
 /// that gateway's run was not taken.
 pub(crate) type Published = Vec<Result<bool, TransportError>>;
 
-/// Something that publishes to several gateways at once and says, per
-/// gateway, whether the publish was confirmed. Statically dispatched: a
-/// stack is one type.
-pub(crate) trait Publisher: Send + Sync + 'static {
-    /// The transport at the bottom of the stack.
-    fn kind(&self) -> TransportKind;
+/// What a layer's call returns: it may borrow the publish, not the layer.
+type Call<'a> = BoxFuture<'a, Result<Published, Infallible>>;
 
-    /// Publishes every target's run; one result per target.
-    fn publish(&self, publish: Publish<'_>) -> impl Future<Output = Published> + Send;
+/// A stack or any layer of one: answers every publish per target.
+pub(crate) trait PublishService:
+    for<'a> Service<Publish<'a>, Response = Published, Error = Infallible, Future = Call<'a>>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> PublishService for S where
+    S: for<'a> Service<Publish<'a>, Response = Published, Error = Infallible, Future = Call<'a>>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The ready service to call, leaving a fresh clone in its place (tower's
+/// rule: the instance `poll_ready` readied is the one called).
+fn take<S: Clone>(inner: &mut S) -> S {
+    let fresh = inner.clone();
+    std::mem::replace(inner, fresh)
+}
+
+/// Publishes through `stack`, waiting until it is ready.
+pub(crate) async fn publish<S: PublishService>(stack: &S, publish: Publish<'_>) -> Published {
+    let Ok(results) = stack.clone().oneshot(publish).await;
+    results
 }
 
 /// The bottom of every stack, the transport itself: low priority does not
 /// wait for the broker. (A named type, not `Arc<dyn Transport>` itself: a
 /// spawned stack's future must not carry the trait object's lifetime.)
+#[derive(Clone)]
 pub(crate) struct Bare(Arc<dyn Transport>);
 
-impl Publisher for Bare {
-    fn kind(&self) -> TransportKind {
-        self.0.kind()
+impl<'a> Service<Publish<'a>> for Bare {
+    type Response = Published;
+    type Error = Infallible;
+    type Future = Call<'a>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
-    async fn publish(&self, publish: Publish<'_>) -> Published {
-        let ack = match publish.priority {
-            Priority::Low => Ack::None,
-            Priority::Normal | Priority::High => Ack::Confirmed,
-        };
-        let confirms = self.0.confirms(ack);
-        let results = self.0.publish_many(publish.targets, ack).await;
-        results.into_iter().map(|r| r.map(|()| confirms)).collect()
+    fn call(&mut self, publish: Publish<'a>) -> Call<'a> {
+        let transport = self.0.clone();
+        Box::pin(async move {
+            let ack = match publish.priority {
+                Priority::Low => Ack::None,
+                Priority::Normal | Priority::High => Ack::Confirmed,
+            };
+            let confirms = transport.confirms(ack);
+            let results = transport.publish_many(publish.targets, ack).await;
+            Ok(results.into_iter().map(|r| r.map(|()| confirms)).collect())
+        })
     }
 }
 
 /// The stack the router publishes through.
-pub(crate) type Stack = Metered<Feedback<Retry<Timeout<Bare>>>>;
+pub(crate) type Stack = Metered<Feedback<Shed<LoadShed<ConcurrencyLimit<Retry<Timeout<Bare>>>>>>>;
 
 /// One stack per enabled transport.
 #[derive(Clone)]
-pub(crate) struct Stacks(Vec<(TransportKind, Arc<Stack>)>);
+pub(crate) struct Stacks(Vec<(TransportKind, Stack)>);
 
 impl Stacks {
     /// Stacks every transport with the router's delivery settings and policy.
@@ -84,18 +129,13 @@ impl Stacks {
     ) -> Self {
         let stacks = transports
             .iter()
-            .map(|t| {
-                (
-                    t.kind(),
-                    Arc::new(stack(t.clone(), delivery, policy.clone())),
-                )
-            })
+            .map(|t| (t.kind(), stack(t.clone(), delivery, policy.clone())))
             .collect();
         Self(stacks)
     }
 
     /// The stack of `kind`, if that transport is enabled.
-    pub(crate) fn get(&self, kind: TransportKind) -> Result<&Arc<Stack>, TransportError> {
+    pub(crate) fn get(&self, kind: TransportKind) -> Result<&Stack, TransportError> {
         self.0
             .iter()
             .find_map(|(k, stack)| (*k == kind).then_some(stack))
@@ -109,59 +149,84 @@ fn stack(
     delivery: &DeliveryConfig,
     policy: Arc<LivePolicy>,
 ) -> Stack {
+    let kind = transport.kind();
+    let limit = delivery.publishes_in_flight;
     ServiceBuilder::new()
-        .layer(MeteredLayer)
-        .layer(FeedbackLayer(policy))
+        .layer(MeteredLayer(kind))
+        .layer(FeedbackLayer { kind, policy })
+        .layer(ShedLayer { kind, limit })
+        .load_shed()
+        // No limit: as many as a semaphore counts.
+        .concurrency_limit(if limit == 0 {
+            tokio::sync::Semaphore::MAX_PERMITS
+        } else {
+            limit
+        })
         .layer(RetryLayer {
+            kind,
             retries: delivery.retries as usize,
             backoff: delivery.retry_backoff,
         })
-        .layer(TimeoutLayer(delivery.publish_timeout))
+        .layer(TimeoutLayer {
+            kind,
+            after: delivery.publish_timeout,
+        })
         .service(Bare(transport))
 }
 
 /// Fails an attempt the transport did not finish within the limit
 /// (`delivery.publish_timeout`) with [`TransportError::Timeout`].
-pub(crate) struct TimeoutLayer(pub Duration);
+pub(crate) struct TimeoutLayer {
+    pub kind: TransportKind,
+    pub after: Duration,
+}
 
 /// See [`TimeoutLayer`].
-pub(crate) struct Timeout<P> {
-    inner: P,
+#[derive(Clone)]
+pub(crate) struct Timeout<S> {
+    inner: S,
+    kind: TransportKind,
     after: Duration,
 }
 
-impl<P> Layer<P> for TimeoutLayer {
-    type Service = Timeout<P>;
-    fn layer(&self, inner: P) -> Timeout<P> {
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+    fn layer(&self, inner: S) -> Timeout<S> {
         Timeout {
             inner,
-            after: self.0,
+            kind: self.kind,
+            after: self.after,
         }
     }
 }
 
-impl<P: Publisher> Publisher for Timeout<P> {
-    fn kind(&self) -> TransportKind {
-        self.inner.kind()
+impl<'a, S: PublishService> Service<Publish<'a>> for Timeout<S> {
+    type Response = Published;
+    type Error = Infallible;
+    type Future = Call<'a>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
     }
 
     /// One limit for the whole publish: its targets share a round trip, so
     /// a publish that ran out fails every target (each then falls back).
-    async fn publish(&self, publish: Publish<'_>) -> Published {
-        match tokio::time::timeout(self.after, self.inner.publish(publish)).await {
-            Ok(results) => results,
-            Err(_) => publish
-                .targets
-                .iter()
-                .map(|target| {
+    fn call(&mut self, publish: Publish<'a>) -> Call<'a> {
+        let (transport, after) = (self.kind, self.after);
+        let attempt = take(&mut self.inner).call(publish);
+        Box::pin(async move {
+            let Ok(results) = tokio::time::timeout(after, attempt).await else {
+                let timed_out = publish.targets.iter().map(|target| {
                     Err(TransportError::Timeout {
-                        transport: self.kind(),
+                        transport,
                         gateway: target.to.clone(),
-                        after: self.after,
+                        after,
                     })
-                })
-                .collect(),
-        }
+                });
+                return Ok(timed_out.collect());
+            };
+            results
+        })
     }
 }
 
@@ -169,189 +234,302 @@ impl<P: Publisher> Publisher for Timeout<P> {
 /// (`delivery.retries`, `delivery.retry_backoff`); others get one attempt,
 /// and the router falls back to the next transport instead.
 pub(crate) struct RetryLayer {
+    pub kind: TransportKind,
     pub retries: usize,
     pub backoff: Duration,
 }
 
 /// See [`RetryLayer`].
-pub(crate) struct Retry<P> {
-    inner: P,
+#[derive(Clone)]
+pub(crate) struct Retry<S> {
+    inner: S,
+    kind: TransportKind,
     retries: usize,
     backoff: Duration,
 }
 
-impl<P> Layer<P> for RetryLayer {
-    type Service = Retry<P>;
-    fn layer(&self, inner: P) -> Retry<P> {
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+    fn layer(&self, inner: S) -> Retry<S> {
         Retry {
             inner,
+            kind: self.kind,
             retries: self.retries,
             backoff: self.backoff,
         }
     }
 }
 
-impl<P: Publisher> Publisher for Retry<P> {
-    fn kind(&self) -> TransportKind {
-        self.inner.kind()
+impl<'a, S: PublishService> Service<Publish<'a>> for Retry<S> {
+    type Response = Published;
+    type Error = Infallible;
+    type Future = Call<'a>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
     }
 
     /// Only the targets that failed are published again.
-    async fn publish(&self, publish: Publish<'_>) -> Published {
-        let mut results = self.inner.publish(publish).await;
-        if publish.priority != Priority::High || self.retries == 0 {
-            return results;
-        }
-        let kind = self.kind();
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(self.backoff)
-            .with_max_times(self.retries)
-            .build();
-        loop {
-            let failed: Vec<usize> = (0..results.len())
-                .filter(|&i| results[i].is_err())
-                .collect();
-            if failed.is_empty() {
-                return results;
+    fn call(&mut self, publish: Publish<'a>) -> Call<'a> {
+        let (kind, retries, backoff) = (self.kind, self.retries, self.backoff);
+        let mut inner = take(&mut self.inner);
+        Box::pin(async move {
+            let Ok(mut results) = inner.call(publish).await;
+            if publish.priority != Priority::High || retries == 0 {
+                return Ok(results);
             }
-            let Some(delay) = delays.next() else {
-                return results;
-            };
-            for &i in &failed {
-                if let Err(err) = &results[i] {
-                    tracing::debug!(transport = %kind, gateway = %publish.targets[i].to, err = %Report(err), ?delay, "publish failed, retrying");
+            let mut delays = ExponentialBuilder::default()
+                .with_min_delay(backoff)
+                .with_max_times(retries)
+                .build();
+            loop {
+                let failed: Vec<usize> = (0..results.len())
+                    .filter(|&i| results[i].is_err())
+                    .collect();
+                if failed.is_empty() {
+                    return Ok(results);
+                }
+                let Some(delay) = delays.next() else {
+                    return Ok(results);
+                };
+                for &i in &failed {
+                    if let Err(err) = &results[i] {
+                        tracing::debug!(transport = %kind, gateway = %publish.targets[i].to, err = %Report(err), ?delay, "publish failed, retrying");
+                    }
+                }
+                metrics::counter!(telemetry::PUBLISH_RETRIES, "transport" => kind.as_str())
+                    .increment(failed.len() as u64);
+                tokio::time::sleep(delay).await;
+                let targets: Vec<Outgoing<'_>> =
+                    failed.iter().map(|&i| publish.targets[i]).collect();
+                let regions: Vec<Region> =
+                    failed.iter().map(|&i| publish.regions[i].clone()).collect();
+                let again = Publish {
+                    targets: &targets,
+                    regions: &regions,
+                    ..publish
+                };
+                let Ok(ready) = inner.ready().await;
+                let Ok(more) = ready.call(again).await;
+                for (i, result) in failed.into_iter().zip(more) {
+                    results[i] = result;
                 }
             }
-            metrics::counter!(telemetry::PUBLISH_RETRIES, "transport" => kind.as_str())
-                .increment(failed.len() as u64);
-            tokio::time::sleep(delay).await;
-            let targets: Vec<Outgoing<'_>> = failed.iter().map(|&i| publish.targets[i]).collect();
-            let regions: Vec<Region> = failed.iter().map(|&i| publish.regions[i].clone()).collect();
-            let again = Publish {
-                targets: &targets,
-                regions: &regions,
-                ..publish
-            };
-            for (i, result) in failed.into_iter().zip(self.inner.publish(again).await) {
-                results[i] = result;
-            }
+        })
+    }
+}
+
+/// Bounds the publishes in flight on a transport
+/// (`delivery.publishes_in_flight`, 0 for no bound): sits on tower's
+/// `LoadShed` over `ConcurrencyLimit`, and answers a publish they refused
+/// with [`TransportError::Overloaded`] for every target, at once, so the
+/// router falls back instead of queueing behind a broker that stalls.
+pub(crate) struct ShedLayer {
+    pub kind: TransportKind,
+    pub limit: usize,
+}
+
+/// See [`ShedLayer`].
+#[derive(Clone)]
+pub(crate) struct Shed<S> {
+    inner: S,
+    kind: TransportKind,
+    limit: usize,
+}
+
+impl<S> Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+    fn layer(&self, inner: S) -> Shed<S> {
+        Shed {
+            inner,
+            kind: self.kind,
+            limit: self.limit,
         }
+    }
+}
+
+impl<'a, S: PublishService> Service<Publish<'a>> for Shed<LoadShed<ConcurrencyLimit<S>>> {
+    type Response = Published;
+    type Error = Infallible;
+    type Future = Call<'a>;
+
+    /// Always ready: `LoadShed` is, and refuses in the call instead.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx).map(|_| Ok(()))
+    }
+
+    fn call(&mut self, publish: Publish<'a>) -> Call<'a> {
+        let (transport, limit) = (self.kind, self.limit);
+        let call = take(&mut self.inner).call(publish);
+        Box::pin(async move {
+            let err = match call.await {
+                Ok(results) => return Ok(results),
+                Err(err) => err,
+            };
+            let shed = err.is::<tower::load_shed::error::Overloaded>();
+            let reason = Cause::from(err);
+            if shed {
+                metrics::counter!(telemetry::PUBLISHES_SHED, "transport" => transport.as_str())
+                    .increment(1);
+            }
+            let refused = publish.targets.iter().map(|target| {
+                let gateway = target.to.clone();
+                Err(if shed {
+                    TransportError::Overloaded {
+                        transport,
+                        gateway,
+                        limit,
+                    }
+                } else {
+                    TransportError::Publish {
+                        transport,
+                        gateway,
+                        reason: reason.clone(),
+                    }
+                })
+            });
+            Ok(refused.collect())
+        })
     }
 }
 
 /// Reports publishes (outcome, count, time to confirm, retries included)
 /// to the live policy: the canary cohort's to its watchdog, every one to
 /// the quality scores (which keep those of the transports a rule watches).
-pub(crate) struct FeedbackLayer(pub Arc<LivePolicy>);
+pub(crate) struct FeedbackLayer {
+    pub kind: TransportKind,
+    pub policy: Arc<LivePolicy>,
+}
 
 /// See [`FeedbackLayer`].
-pub(crate) struct Feedback<P> {
-    inner: P,
+#[derive(Clone)]
+pub(crate) struct Feedback<S> {
+    inner: S,
+    kind: TransportKind,
     policy: Arc<LivePolicy>,
 }
 
-impl<P> Layer<P> for FeedbackLayer {
-    type Service = Feedback<P>;
-    fn layer(&self, inner: P) -> Feedback<P> {
+impl<S> Layer<S> for FeedbackLayer {
+    type Service = Feedback<S>;
+    fn layer(&self, inner: S) -> Feedback<S> {
         Feedback {
             inner,
-            policy: self.0.clone(),
+            kind: self.kind,
+            policy: self.policy.clone(),
         }
     }
 }
 
-impl<P: Publisher> Publisher for Feedback<P> {
-    fn kind(&self) -> TransportKind {
-        self.inner.kind()
+impl<'a, S: PublishService> Service<Publish<'a>> for Feedback<S> {
+    type Response = Published;
+    type Error = Infallible;
+    type Future = Call<'a>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
     }
 
     /// One sample per region and outcome, counting its messages: a
     /// publish to a hundred gateways is not a hundred samples' work.
-    async fn publish(&self, publish: Publish<'_>) -> Published {
-        let started = Instant::now();
-        let results = self.inner.publish(publish).await;
-        let elapsed = started.elapsed();
-        let kind = self.kind();
-        let mut from = 0;
-        while from < results.len() {
-            let region = &publish.regions[from];
-            let end = (from..results.len())
-                .find(|&i| publish.regions[i] != *region)
-                .unwrap_or(results.len());
-            // [failed, unconfirmed, confirmed] messages of this region.
-            let mut counts = [0u64; 3];
-            for (result, target) in results[from..end].iter().zip(&publish.targets[from..end]) {
-                let slot = match result {
-                    Err(_) => 0,
-                    Ok(false) => 1,
-                    Ok(true) => 2,
-                };
-                counts[slot] += target.batch.len() as u64;
-            }
-            for (slot, n) in counts.into_iter().enumerate() {
-                if n == 0 {
-                    continue;
+    fn call(&mut self, publish: Publish<'a>) -> Call<'a> {
+        let (kind, policy) = (self.kind, self.policy.clone());
+        let call = take(&mut self.inner).call(publish);
+        Box::pin(async move {
+            let started = Instant::now();
+            let Ok(results) = call.await;
+            let elapsed = started.elapsed();
+            let mut from = 0;
+            while from < results.len() {
+                let region = &publish.regions[from];
+                let end = (from..results.len())
+                    .find(|&i| publish.regions[i] != *region)
+                    .unwrap_or(results.len());
+                // [failed, unconfirmed, confirmed] messages of this region.
+                let mut counts = [0u64; 3];
+                for (result, target) in results[from..end].iter().zip(&publish.targets[from..end]) {
+                    let slot = match result {
+                        Err(_) => 0,
+                        Ok(false) => 1,
+                        Ok(true) => 2,
+                    };
+                    counts[slot] += target.batch.len() as u64;
                 }
-                let (ok, confirmed_in) = (slot > 0, (slot == 2).then_some(elapsed));
-                if publish.cohort {
-                    self.policy.record_publish(kind, ok, n, confirmed_in);
+                for (slot, n) in counts.into_iter().enumerate() {
+                    if n == 0 {
+                        continue;
+                    }
+                    let (ok, confirmed_in) = (slot > 0, (slot == 2).then_some(elapsed));
+                    if publish.cohort {
+                        policy.record_publish(kind, ok, n, confirmed_in);
+                    }
+                    policy.record_quality(kind, region, ok, n, confirmed_in);
                 }
-                self.policy
-                    .record_quality(kind, region, ok, n, confirmed_in);
+                from = end;
             }
-            from = end;
-        }
-        results
+            Ok(results)
+        })
     }
 }
 
 /// Records each publish's duration, retries included, in
 /// `switchyard_publish_duration_seconds{transport, outcome}`.
-pub(crate) struct MeteredLayer;
+pub(crate) struct MeteredLayer(pub TransportKind);
 
 /// See [`MeteredLayer`].
-pub(crate) struct Metered<P> {
-    inner: P,
+#[derive(Clone)]
+pub(crate) struct Metered<S> {
+    inner: S,
+    kind: TransportKind,
     /// Resolved on first use, so a recorder installed after the router was
-    /// built (the sidecar builds first) is the one recording.
-    histograms: OnceLock<[Histogram; 2]>,
+    /// built (the sidecar builds first) is the one recording; shared by
+    /// the clones each call makes.
+    histograms: Arc<OnceLock<[Histogram; 2]>>,
 }
 
-impl<P> Layer<P> for MeteredLayer {
-    type Service = Metered<P>;
-    fn layer(&self, inner: P) -> Metered<P> {
+impl<S> Layer<S> for MeteredLayer {
+    type Service = Metered<S>;
+    fn layer(&self, inner: S) -> Metered<S> {
         Metered {
             inner,
-            histograms: OnceLock::new(),
+            kind: self.0,
+            histograms: Arc::default(),
         }
     }
 }
 
-impl<P: Publisher> Publisher for Metered<P> {
-    fn kind(&self) -> TransportKind {
-        self.inner.kind()
+impl<'a, S: PublishService> Service<Publish<'a>> for Metered<S> {
+    type Response = Published;
+    type Error = Infallible;
+    type Future = Call<'a>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
     }
 
     /// One observation per outcome the publish had (a publish to many
     /// gateways can have both).
-    async fn publish(&self, publish: Publish<'_>) -> Published {
-        let started = Instant::now();
-        let results = self.inner.publish(publish).await;
-        let [ok, failed] = self.histograms.get_or_init(|| {
-            let transport = self.kind().as_str();
-            [
-                metrics::histogram!(telemetry::PUBLISH_DURATION, "transport" => transport, "outcome" => "ok"),
-                metrics::histogram!(telemetry::PUBLISH_DURATION, "transport" => transport, "outcome" => "failed"),
-            ]
-        });
-        let seconds = started.elapsed().as_secs_f64();
-        if results.iter().any(Result::is_ok) {
-            ok.record(seconds);
-        }
-        if results.iter().any(Result::is_err) {
-            failed.record(seconds);
-        }
-        results
+    fn call(&mut self, publish: Publish<'a>) -> Call<'a> {
+        let (kind, histograms) = (self.kind, self.histograms.clone());
+        let call = take(&mut self.inner).call(publish);
+        Box::pin(async move {
+            let started = Instant::now();
+            let Ok(results) = call.await;
+            let [ok, failed] = histograms.get_or_init(|| {
+                let transport = kind.as_str();
+                [
+                    metrics::histogram!(telemetry::PUBLISH_DURATION, "transport" => transport, "outcome" => "ok"),
+                    metrics::histogram!(telemetry::PUBLISH_DURATION, "transport" => transport, "outcome" => "failed"),
+                ]
+            });
+            let seconds = started.elapsed().as_secs_f64();
+            if results.iter().any(Result::is_ok) {
+                ok.record(seconds);
+            }
+            if results.iter().any(Result::is_err) {
+                failed.record(seconds);
+            }
+            Ok(results)
+        })
     }
 }
 
@@ -360,34 +538,39 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::cause::Cause;
     use crate::topology::GatewayId;
 
     /// Fails its first `fail` attempts per target, then confirms; counts
     /// attempts per target.
-    struct Flaky {
+    #[derive(Clone)]
+    struct Flaky(Arc<Attempts>);
+
+    struct Attempts {
         fail: usize,
-        attempts: parking_lot::Mutex<std::collections::HashMap<GatewayId, usize>>,
+        per_target: parking_lot::Mutex<std::collections::HashMap<GatewayId, usize>>,
         calls: AtomicUsize,
         delay: Duration,
     }
 
-    impl Publisher for Arc<Flaky> {
-        fn kind(&self) -> TransportKind {
-            TransportKind::MEMORY
+    impl<'a> Service<Publish<'a>> for Flaky {
+        type Response = Published;
+        type Error = Infallible;
+        type Future = Call<'a>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
         }
 
-        async fn publish(&self, publish: Publish<'_>) -> Published {
-            tokio::time::sleep(self.delay).await;
-            self.calls.fetch_add(1, Ordering::Relaxed);
-            let mut attempts = self.attempts.lock();
-            publish
-                .targets
-                .iter()
-                .map(|target| {
+        fn call(&mut self, publish: Publish<'a>) -> Call<'a> {
+            let this = self.0.clone();
+            Box::pin(async move {
+                tokio::time::sleep(this.delay).await;
+                this.calls.fetch_add(1, Ordering::Relaxed);
+                let mut attempts = this.per_target.lock();
+                let results = publish.targets.iter().map(|target| {
                     let tried = attempts.entry(target.to.clone()).or_default();
                     *tried += 1;
-                    if *tried <= self.fail {
+                    if *tried <= this.fail {
                         return Err(TransportError::Publish {
                             transport: TransportKind::MEMORY,
                             gateway: target.to.clone(),
@@ -395,23 +578,44 @@ mod tests {
                         });
                     }
                     Ok(true)
-                })
-                .collect()
+                });
+                Ok(results.collect())
+            })
         }
     }
 
-    fn flaky(fail: usize, delay: Duration) -> Arc<Flaky> {
-        Arc::new(Flaky {
+    fn flaky(fail: usize, delay: Duration) -> Flaky {
+        Flaky(Arc::new(Attempts {
             fail,
-            attempts: Default::default(),
+            per_target: Default::default(),
             calls: AtomicUsize::new(0),
             delay,
-        })
+        }))
     }
 
-    fn publish<'a>(
-        targets: &'a [Outgoing<'a>],
-        regions: &'a [Region],
+    impl Flaky {
+        fn calls(&self) -> usize {
+            self.0.calls.load(Ordering::Relaxed)
+        }
+    }
+
+    fn retry(retries: usize) -> RetryLayer {
+        RetryLayer {
+            kind: TransportKind::MEMORY,
+            retries,
+            backoff: Duration::from_millis(10),
+        }
+    }
+
+    fn to(gateways: &[GatewayId]) -> (Vec<Outgoing<'_>>, Vec<Region>) {
+        gateways
+            .iter()
+            .map(|to| (Outgoing { to, batch: &[] }, Region::new("eu")))
+            .unzip()
+    }
+
+    fn request<'a>(
+        (targets, regions): &'a (Vec<Outgoing<'a>>, Vec<Region>),
         priority: Priority,
     ) -> Publish<'a> {
         Publish {
@@ -424,79 +628,57 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn high_priority_is_retried_and_normal_is_not() {
-        let (to, eu) = (GatewayId::new("gw-2"), Region::new("eu"));
-        let targets = [Outgoing {
-            to: &to,
-            batch: &[],
-        }];
-        let regions = [eu];
-        let retry = RetryLayer {
-            retries: 3,
-            backoff: Duration::from_millis(10),
-        };
+        let gateways = [GatewayId::new("gw-2")];
+        let targets = to(&gateways);
         let high = flaky(2, Duration::ZERO);
-        let stacked = retry.layer(high.clone());
-        let results = stacked
-            .publish(publish(&targets, &regions, Priority::High))
-            .await;
+        let results = publish(
+            &retry(3).layer(high.clone()),
+            request(&targets, Priority::High),
+        )
+        .await;
         assert!(matches!(results[..], [Ok(true)]), "{results:?}");
-        assert_eq!(high.calls.load(Ordering::Relaxed), 3);
+        assert_eq!(high.calls(), 3);
 
         let normal = flaky(2, Duration::ZERO);
-        let stacked = retry.layer(normal.clone());
-        assert!(stacked
-            .publish(publish(&targets, &regions, Priority::Normal))
-            .await[0]
-            .is_err());
-        assert_eq!(normal.calls.load(Ordering::Relaxed), 1);
+        let results = publish(
+            &retry(3).layer(normal.clone()),
+            request(&targets, Priority::Normal),
+        )
+        .await;
+        assert!(results[0].is_err());
+        assert_eq!(normal.calls(), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_retry_publishes_again_only_to_the_gateways_that_failed() {
-        let (ok, bad) = (GatewayId::new("gw-ok"), GatewayId::new("gw-bad"));
-        let targets = [
-            Outgoing {
-                to: &ok,
-                batch: &[],
-            },
-            Outgoing {
-                to: &bad,
-                batch: &[],
-            },
-        ];
-        let regions = [Region::new("eu"), Region::new("eu")];
+        let gateways = [GatewayId::new("gw-ok"), GatewayId::new("gw-bad")];
+        let targets = to(&gateways);
         // Every target fails its first two attempts, but gw-ok counts two
         // already: it is taken at once, gw-bad on its third attempt.
         let inner = flaky(2, Duration::ZERO);
-        inner.attempts.lock().insert(ok.clone(), 2);
-        let stacked = RetryLayer {
-            retries: 3,
-            backoff: Duration::from_millis(10),
-        }
-        .layer(inner.clone());
-        let results = stacked
-            .publish(publish(&targets, &regions, Priority::High))
-            .await;
+        inner.0.per_target.lock().insert(gateways[0].clone(), 2);
+        let results = publish(
+            &retry(3).layer(inner.clone()),
+            request(&targets, Priority::High),
+        )
+        .await;
         assert!(matches!(results[..], [Ok(true), Ok(true)]), "{results:?}");
-        let attempts = inner.attempts.lock();
-        assert_eq!(attempts[&ok], 3, "gw-ok published once");
-        assert_eq!(attempts[&bad], 3, "gw-bad published three times");
-        assert_eq!(inner.calls.load(Ordering::Relaxed), 3);
+        let attempts = inner.0.per_target.lock();
+        assert_eq!(attempts[&gateways[0]], 3, "gw-ok published once");
+        assert_eq!(attempts[&gateways[1]], 3, "gw-bad published three times");
+        assert_eq!(inner.calls(), 3);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_attempt_times_out_naming_the_gateway_and_limit() {
-        let (to, eu) = (GatewayId::new("gw-2"), Region::new("eu"));
-        let targets = [Outgoing {
-            to: &to,
-            batch: &[],
-        }];
-        let regions = [eu];
-        let stacked =
-            TimeoutLayer(Duration::from_millis(50)).layer(flaky(0, Duration::from_secs(1)));
-        let results = stacked
-            .publish(publish(&targets, &regions, Priority::Normal))
-            .await;
+        let gateways = [GatewayId::new("gw-2")];
+        let targets = to(&gateways);
+        let stacked = TimeoutLayer {
+            kind: TransportKind::MEMORY,
+            after: Duration::from_millis(50),
+        }
+        .layer(flaky(0, Duration::from_secs(1)));
+        let results = publish(&stacked, request(&targets, Priority::Normal)).await;
         assert!(
             matches!(
                 &results[..],
@@ -504,9 +686,54 @@ mod tests {
                     transport: TransportKind::MEMORY,
                     gateway,
                     after,
-                })] if *gateway == to && *after == Duration::from_millis(50)
+                })] if *gateway == gateways[0] && *after == Duration::from_millis(50)
             ),
             "{results:?}"
         );
+    }
+
+    /// `delivery.publishes_in_flight = 1`: while one publish waits on the
+    /// broker, the next is refused at once, naming the transport, the
+    /// gateway and the bound; once the first is done, publishes go again.
+    #[tokio::test(start_paused = true)]
+    async fn a_publish_over_the_in_flight_bound_is_refused_at_once() {
+        let gateways = [GatewayId::new("gw-2")];
+        let targets = to(&gateways);
+        let slow = flaky(0, Duration::from_secs(1));
+        let stacked = ServiceBuilder::new()
+            .layer(ShedLayer {
+                kind: TransportKind::MEMORY,
+                limit: 1,
+            })
+            .load_shed()
+            .concurrency_limit(1)
+            .service(slow.clone());
+
+        let first = publish(&stacked, request(&targets, Priority::Normal));
+        let second = async {
+            // Once the first holds the only slot.
+            tokio::task::yield_now().await;
+            let started = tokio::time::Instant::now();
+            let results = publish(&stacked, request(&targets, Priority::Normal)).await;
+            (results, started.elapsed())
+        };
+        let (first, (second, waited)) = tokio::join!(first, second);
+        assert!(matches!(first[..], [Ok(true)]), "{first:?}");
+        assert!(
+            matches!(
+                &second[..],
+                [Err(TransportError::Overloaded {
+                    transport: TransportKind::MEMORY,
+                    gateway,
+                    limit: 1,
+                })] if *gateway == gateways[0]
+            ),
+            "{second:?}"
+        );
+        assert_eq!(waited, Duration::ZERO, "the refusal waited");
+        assert_eq!(slow.calls(), 1, "the refused publish reached the broker");
+
+        let third = publish(&stacked, request(&targets, Priority::Normal)).await;
+        assert!(matches!(third[..], [Ok(true)]), "{third:?}");
     }
 }

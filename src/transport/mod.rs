@@ -92,6 +92,17 @@ pub enum TransportError {
         /// The configured `delivery.publish_timeout`.
         after: std::time::Duration,
     },
+    /// As many publishes as `delivery.publishes_in_flight` allows were
+    /// already in flight on the transport: this one was refused at once.
+    #[error("{transport}: {limit} publishes in flight already (delivery.publishes_in_flight); the one to gateway {gateway} was shed")]
+    Overloaded {
+        /// The transport.
+        transport: TransportKind,
+        /// The target gateway.
+        gateway: GatewayId,
+        /// The configured bound.
+        limit: usize,
+    },
     /// Subscribing to a gateway's address failed.
     #[error("{transport}: subscribe for gateway {gateway} failed")]
     Subscribe {
