@@ -114,7 +114,7 @@ impl<'a> Service<Publish<'a>> for Bare {
 }
 
 /// The stack the router publishes through.
-pub(crate) type Stack = Metered<Feedback<Shed<LoadShed<ConcurrencyLimit<Retry<Timeout<Bare>>>>>>>;
+pub(crate) type Stack = Metered<Feedback<Shed<Retry<Timeout<Bare>>>>>;
 
 /// One stack per enabled transport.
 #[derive(Clone)]
@@ -155,13 +155,6 @@ fn stack(
         .layer(MeteredLayer(kind))
         .layer(FeedbackLayer { kind, policy })
         .layer(ShedLayer { kind, limit })
-        .load_shed()
-        // No limit: as many as a semaphore counts.
-        .concurrency_limit(if limit == 0 {
-            tokio::sync::Semaphore::MAX_PERMITS
-        } else {
-            limit
-        })
         .layer(RetryLayer {
             kind,
             retries: delivery.retries as usize,
@@ -320,10 +313,11 @@ impl<'a, S: PublishService> Service<Publish<'a>> for Retry<S> {
 }
 
 /// Bounds the publishes in flight on a transport
-/// (`delivery.publishes_in_flight`, 0 for no bound): sits on tower's
-/// `LoadShed` over `ConcurrencyLimit`, and answers a publish they refused
-/// with [`TransportError::Overloaded`] for every target, at once, so the
-/// router falls back instead of queueing behind a broker that stalls.
+/// (`delivery.publishes_in_flight`): tower's `LoadShed` over
+/// `ConcurrencyLimit`, answering a publish they refused with
+/// [`TransportError::Overloaded`] for every target, at once, so the router
+/// falls back instead of queueing behind a broker that stalls. With no
+/// bound (0) it is its inner service alone: no semaphore, no extra call.
 pub(crate) struct ShedLayer {
     pub kind: TransportKind,
     pub limit: usize,
@@ -331,36 +325,48 @@ pub(crate) struct ShedLayer {
 
 /// See [`ShedLayer`].
 #[derive(Clone)]
-pub(crate) struct Shed<S> {
-    inner: S,
-    kind: TransportKind,
-    limit: usize,
+pub(crate) enum Shed<S> {
+    Unbounded(S),
+    Bounded {
+        inner: LoadShed<ConcurrencyLimit<S>>,
+        kind: TransportKind,
+        limit: usize,
+    },
 }
 
 impl<S> Layer<S> for ShedLayer {
     type Service = Shed<S>;
     fn layer(&self, inner: S) -> Shed<S> {
-        Shed {
-            inner,
+        if self.limit == 0 {
+            return Shed::Unbounded(inner);
+        }
+        Shed::Bounded {
+            inner: LoadShed::new(ConcurrencyLimit::new(inner, self.limit)),
             kind: self.kind,
             limit: self.limit,
         }
     }
 }
 
-impl<'a, S: PublishService> Service<Publish<'a>> for Shed<LoadShed<ConcurrencyLimit<S>>> {
+impl<'a, S: PublishService> Service<Publish<'a>> for Shed<S> {
     type Response = Published;
     type Error = Infallible;
     type Future = Call<'a>;
 
-    /// Always ready: `LoadShed` is, and refuses in the call instead.
+    /// Bounded, always ready: `LoadShed` is, and refuses in the call.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx).map(|_| Ok(()))
+        match self {
+            Shed::Unbounded(inner) => inner.poll_ready(cx),
+            Shed::Bounded { inner, .. } => inner.poll_ready(cx).map(|_| Ok(())),
+        }
     }
 
     fn call(&mut self, publish: Publish<'a>) -> Call<'a> {
-        let (transport, limit) = (self.kind, self.limit);
-        let call = take(&mut self.inner).call(publish);
+        let (inner, transport, limit) = match self {
+            Shed::Unbounded(inner) => return take(inner).call(publish),
+            Shed::Bounded { inner, kind, limit } => (inner, *kind, *limit),
+        };
+        let call = take(inner).call(publish);
         Box::pin(async move {
             let err = match call.await {
                 Ok(results) => return Ok(results),
@@ -700,14 +706,11 @@ mod tests {
         let gateways = [GatewayId::new("gw-2")];
         let targets = to(&gateways);
         let slow = flaky(0, Duration::from_secs(1));
-        let stacked = ServiceBuilder::new()
-            .layer(ShedLayer {
-                kind: TransportKind::MEMORY,
-                limit: 1,
-            })
-            .load_shed()
-            .concurrency_limit(1)
-            .service(slow.clone());
+        let stacked = ShedLayer {
+            kind: TransportKind::MEMORY,
+            limit: 1,
+        }
+        .layer(slow.clone());
 
         let first = publish(&stacked, request(&targets, Priority::Normal));
         let second = async {
