@@ -3,11 +3,13 @@
 # the integration tests talk to (Redis, Redis Cluster, NATS JetStream, a
 # three-node Apache Kafka cluster, etcd, Toxiproxy, and the two region
 # network namespaces of cli/tests/it/wan_netns.rs: every scripts/services/*.sh),
-# then runs fmt, clippy and every test: every optional backend compiled in
-# and every test tier on (`--all-features`: `etcd` and the `it-*` features
-# of Cargo.toml and cli/Cargo.toml; plain `cargo test` runs only the tests
-# that need none of these services). Every cargo command takes both crates
-# of the workspace (the library and cli/).
+# then the fast lane (fmt, clippy per feature set, `cargo doc -D warnings`,
+# a check on the rust-version toolchain, `cargo deny`) and every test:
+# every optional backend compiled in and every test tier on
+# (`--all-features`: `etcd` and the `it-*` features of Cargo.toml and
+# cli/Cargo.toml; plain `cargo test` runs only the tests that need none of
+# these services). Every cargo command takes the whole workspace (the
+# library, cli/ and testkit/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shopt -s nullglob
@@ -40,6 +42,9 @@ fi
 # The non-Rust clients the suite runs (tests/it/sidecar_python.rs): the example
 # client and grpcio-reflection.
 python3 -m pip install --quiet -r examples/python/requirements.txt
+# cargo deny checks licenses, bans and sources (deny.toml); pinned, built
+# from crates.io (about 2 min on 2 cores).
+command -v cargo-deny >/dev/null || cargo install --quiet --locked cargo-deny --version 0.20.2
 phase "installs"
 
 cargo fmt --all -- --check
@@ -54,7 +59,17 @@ for features in "" redis kafka nats grpc etcd regions; do
 done
 # Every intra-doc link resolves and no public doc points at a private item.
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --lib --features etcd
-phase "fmt, clippy and docs"
+# The oldest Rust the workspace says it builds with (rust-version in
+# Cargo.toml; deploy/Dockerfile's image is the same) still builds every
+# target, with the locked dependencies.
+msrv=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+rustup toolchain install "$msrv" --profile minimal >/dev/null ||
+  { echo "test.sh: cannot install Rust $msrv (rust-version) with rustup" >&2; exit 1; }
+cargo "+$msrv" check --workspace --all-targets --all-features --locked
+# Licenses, bans and sources of every dependency (deny.toml says why not
+# advisories). Duplicate versions are warnings; only refusals print.
+cargo deny --log-level error check bans licenses sources
+phase "fmt, clippy, docs, MSRV build and cargo deny"
 # Benches are built by clippy above and measured by `cargo bench`, not run here.
 # A test that hangs is a failure with its name on the screen (cargo prints
 # "has been running for over 60 seconds"), not a CI run that never ends.
