@@ -8,14 +8,13 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(feature = "it-tools")]
 
-use testkit::sidecars;
-
 use std::process::Command;
 use std::time::Duration;
 
 use sidecars::*;
 use switchyard::policy::canary::CanaryConfig;
 use switchyard::proto;
+use testkit::sidecars;
 
 /// Chromium's headless run with `args` and the page URL; its stdout.
 fn chromium(args: &[&str], url: &str) -> String {

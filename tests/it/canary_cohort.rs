@@ -19,8 +19,6 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(all(feature = "it-redis", feature = "it-nats"))]
 
-use testkit::servers;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +30,7 @@ use switchyard::{
     Backends, Destination, Envelope, GatewayInfo, Inbox, MessageId, Outcome, Router, SendReport,
     Settings, Via,
 };
+use testkit::servers;
 
 /// How long a test waits for messages, or for the watchdog, before failing.
 const PATIENCE: Duration = Duration::from_secs(30);

@@ -23,10 +23,6 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(all(feature = "it-redis", feature = "it-kafka"))]
 
-use testkit::canary_fleet;
-use testkit::servers;
-use testkit::sidecars;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,6 +31,9 @@ use std::time::{Duration, Instant};
 use canary_fleet::{gateway_in, user, Sent};
 use switchyard::proto;
 use switchyard::sidecar::Sidecar;
+use testkit::canary_fleet;
+use testkit::servers;
+use testkit::sidecars;
 
 const WINDOW: Duration = Duration::from_secs(3);
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(1);

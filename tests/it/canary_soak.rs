@@ -28,10 +28,6 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(all(feature = "it-redis", feature = "it-kafka"))]
 
-use testkit::canary_fleet;
-use testkit::servers;
-use testkit::sidecars;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,6 +37,9 @@ use canary_fleet::{gateway_in, group, user, Sent};
 use switchyard::policy::canary::bucket;
 use switchyard::proto;
 use switchyard::sidecar::Sidecar;
+use testkit::canary_fleet;
+use testkit::servers;
+use testkit::sidecars;
 
 const STEPS: [u32; 6] = [0, 10, 30, 50, 100, 0];
 /// How long traffic runs at each share: long enough for more than 50

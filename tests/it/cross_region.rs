@@ -7,11 +7,10 @@
 //! `scripts/services/*.sh start`; the fault test runs a private three-node
 //! Kafka cluster, which it stops whole. The config checks need nothing.
 
-use testkit::servers;
-
 use std::time::Duration;
 
 use switchyard::{Backends, Settings};
+use testkit::servers;
 #[cfg(all(feature = "it-kafka", feature = "it-nats"))]
 use {
     std::collections::HashSet,

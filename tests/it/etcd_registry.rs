@@ -8,8 +8,6 @@
 #![cfg(all(feature = "it-etcd", feature = "it-redis"))]
 #![cfg(feature = "etcd")]
 
-use testkit::redis_nodes;
-
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -17,6 +15,7 @@ use redis_nodes::eventually;
 use switchyard::presence::{PresenceStore, Session};
 use switchyard::registry::{EtcdConfig, RegistryConfig};
 use switchyard::{GatewayInfo, Settings};
+use testkit::redis_nodes;
 
 /// One etcd member on two free loopback ports, with its data in a
 /// temporary directory, so a restart keeps its leases and history.

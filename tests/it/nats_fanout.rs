@@ -15,9 +15,6 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(all(feature = "it-nats", feature = "it-redis"))]
 
-use testkit::redis_nodes;
-use testkit::servers;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -26,6 +23,8 @@ use switchyard::transport::TransportKind;
 use switchyard::{
     Destination, Envelope, GatewayInfo, Inbox, MessageId, Outcome, Router, Settings, Via,
 };
+use testkit::redis_nodes;
+use testkit::servers;
 
 /// How long a gateway may take to get every message before the test fails.
 const PATIENCE: Duration = Duration::from_secs(20);

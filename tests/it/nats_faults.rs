@@ -23,15 +23,14 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(all(feature = "it-nats", feature = "it-redis"))]
 
-use testkit::redis_nodes;
-use testkit::servers;
-
 use std::time::Duration;
 
 use redis_nodes::{account, redis_config, router, steady_send, Deployment};
 use servers::PrivateNatsCluster;
 use switchyard::transport::nats::{NatsConfig, NatsTransport, Storage};
 use switchyard::Settings;
+use testkit::redis_nodes;
+use testkit::servers;
 
 /// Private clusters' ports (node N on `+N-1`, routes `+9+N`, monitoring
 /// `+19+N`), in this engineer's fixed range.

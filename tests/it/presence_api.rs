@@ -5,15 +5,14 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(feature = "it-redis")]
 
-use testkit::redis_nodes;
-use testkit::sidecars;
-
 use std::time::Duration;
 
 use redis_nodes::Deployment;
 use sidecars::*;
 use switchyard::proto::gateway_client::GatewayClient;
 use switchyard::proto::{self, PresenceChange};
+use testkit::redis_nodes;
+use testkit::sidecars;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;

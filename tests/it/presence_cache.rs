@@ -11,8 +11,6 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(feature = "it-redis")]
 
-use testkit::redis_nodes;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +23,7 @@ use switchyard::presence::redis::RedisPresence;
 use switchyard::presence::{PresenceConfig, PresenceStore, Session};
 use switchyard::redis_conn::RedisConfig;
 use switchyard::UserId;
+use testkit::redis_nodes;
 
 /// A node's cached presence on the deployment `redis` names. The TTL is a
 /// minute, so only an event can evict an entry within the test.

@@ -19,9 +19,6 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(all(feature = "it-redis", feature = "it-kafka", feature = "it-toxiproxy"))]
 
-use testkit::servers;
-use testkit::toxiproxy;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +32,8 @@ use switchyard::transport::{Health, TransportKind};
 use switchyard::{
     Backends, Destination, Envelope, GatewayInfo, MessageId, Outcome, Priority, Router, Settings,
 };
+use testkit::servers;
+use testkit::toxiproxy;
 
 /// Toxiproxy's listen port in front of the private Redis (the features
 /// block of the test port plan).

@@ -26,9 +26,6 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(feature = "it-redis")]
 
-use testkit::redis_nodes;
-use testkit::servers;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -38,6 +35,8 @@ use switchyard::presence::PresenceStore;
 use switchyard::redis_conn::sentinel::SentinelConfig;
 use switchyard::redis_conn::RedisConfig;
 use switchyard::{Inbox, MessageId, Router};
+use testkit::redis_nodes;
+use testkit::servers;
 use tokio::sync::Mutex;
 
 /// Held by each test: one fault at a time.

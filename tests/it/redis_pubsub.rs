@@ -5,13 +5,12 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(feature = "it-redis")]
 
-use testkit::redis_nodes;
-
 use std::time::Duration;
 
 use redis_nodes::{redis_config, router, settings, to_bob, Deployment};
 use switchyard::transport::{TransportError, TransportKind};
 use switchyard::{Destination, Envelope, GatewayInfo, Outcome, Priority, Router, Via};
+use testkit::redis_nodes;
 
 testkit::on_both!(
     two_routers_in_one_region_talk_over_redis,

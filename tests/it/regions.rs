@@ -9,8 +9,6 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(all(feature = "it-redis", feature = "it-kafka"))]
 
-use testkit::region_fleet;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -21,6 +19,7 @@ use switchyard::regions::{Membership, Snapshot};
 use switchyard::transport::Ack;
 use switchyard::transport::TransportKind;
 use switchyard::{Destination, Envelope, Priority, Via};
+use testkit::region_fleet;
 
 /// A user online in `us` is found from `eu` through the replica alone, and
 /// messages reach them over Kafka; same-region messages go over the

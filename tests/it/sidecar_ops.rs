@@ -1,8 +1,6 @@
 //! Operating the sidecar: auth refusals, hot-pair promotion and demotion,
 //! direct-link failure and live reload.
 
-use testkit::sidecars;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -10,6 +8,7 @@ use sidecars::*;
 use switchyard::cause::Report;
 use switchyard::proto;
 use switchyard::sidecar::{SecretSource, Sidecar};
+use testkit::sidecars;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request};
 

@@ -1,8 +1,6 @@
 //! Mutual TLS: gateways and peer sidecars must present a certificate signed
 //! by the fleet CA; direct links between sidecars run over TLS too.
 
-use testkit::sidecars;
-
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,6 +10,7 @@ use switchyard::proto::gateway_client::GatewayClient;
 use switchyard::proto::HeartbeatRequest;
 use switchyard::sidecar::tls::TlsConfig;
 use switchyard::Settings;
+use testkit::sidecars;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 struct Pki {

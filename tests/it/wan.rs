@@ -14,15 +14,14 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(all(feature = "it-redis", feature = "it-kafka", feature = "it-toxiproxy"))]
 
-use testkit::region_fleet;
-use testkit::servers;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use region_fleet::{drain, move_user, quantile_ms, Fleet, Gateway, RegionSpec, Sent};
 use switchyard::transport::TransportKind;
 use switchyard::{Destination, Envelope, Priority, UserId};
+use testkit::region_fleet;
+use testkit::servers;
 use testkit::toxiproxy::Link;
 
 const KAFKA_BASE: u16 = 27092;

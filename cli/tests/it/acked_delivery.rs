@@ -13,9 +13,6 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(all(feature = "it-redis", feature = "it-kafka", feature = "it-nats"))]
 
-use testkit::servers;
-use testkit::sidecars;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -24,6 +21,8 @@ use std::time::Duration;
 use sidecars::Attachment;
 use switchyard::proto;
 use switchyard::{Destination, Envelope, GatewayInfo, MessageId, Outcome, Router, Settings};
+use testkit::servers;
+use testkit::sidecars;
 
 /// How long a case waits for everything to arrive.
 const PATIENCE: Duration = Duration::from_secs(60);

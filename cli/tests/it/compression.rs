@@ -7,8 +7,6 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(all(feature = "it-redis", feature = "it-kafka", feature = "it-nats"))]
 
-use testkit::servers;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -18,6 +16,7 @@ use switchyard::redis_conn::RedisConfig;
 use switchyard::transport::redis::RedisTransportConfig;
 use switchyard::transport::{Ack, TransportKind, TransportsConfig};
 use switchyard::{Destination, Envelope, GatewayInfo, MessageId, Outcome, Router, Settings, Via};
+use testkit::servers;
 
 const SIZES: [usize; 3] = [256, 4096, 65536];
 

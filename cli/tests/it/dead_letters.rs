@@ -8,9 +8,6 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(feature = "it-redis")]
 
-use testkit::redis_nodes;
-use testkit::sidecars;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -19,6 +16,8 @@ use switchyard::offline::OfflineConfig;
 use switchyard::proto;
 use switchyard::sidecar::Sidecar;
 use switchyard::{Destination, Envelope, UserId};
+use testkit::redis_nodes;
+use testkit::sidecars;
 
 testkit::on_both!(dead_letters_are_listed_replayed_and_purged);
 

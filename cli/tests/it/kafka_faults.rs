@@ -15,9 +15,6 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(all(feature = "it-kafka", feature = "it-redis"))]
 
-use testkit::servers;
-use testkit::sidecars;
-
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -33,6 +30,8 @@ use rdkafka::ClientConfig;
 use switchyard::transport::kafka::KafkaTransport;
 use switchyard::transport::{Ack, Subscription, Transport};
 use switchyard::{Destination, Envelope, GatewayId, MessageId};
+use testkit::servers;
+use testkit::sidecars;
 use tokio::time::Instant;
 
 use servers::PrivateKafka;

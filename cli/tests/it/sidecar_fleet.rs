@@ -9,13 +9,12 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(all(feature = "it-redis", feature = "it-kafka", feature = "it-tools"))]
 
-use testkit::sidecars;
-
 use std::time::Duration;
 
 use switchyard::proto;
 use switchyard::sidecar::Sidecar;
 use switchyard::Settings;
+use testkit::sidecars;
 
 /// The repository root: this crate is cli/ in it.
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");

@@ -4,10 +4,6 @@
 //! claimed users, and configs that would crash the sidecar. One case, an
 //! undecodable presence entry, needs Redis (`--features it-redis`).
 
-#[cfg(feature = "it-redis")]
-use testkit::redis_nodes;
-use testkit::sidecars;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -20,6 +16,9 @@ use switchyard::proto::{self, peer_client::PeerClient};
 use switchyard::sidecar::user_auth::{UserTokenAlgorithm, UserTokensConfig};
 use switchyard::sidecar::{SecretSource, Sidecar};
 use switchyard::Settings;
+#[cfg(feature = "it-redis")]
+use testkit::redis_nodes;
+use testkit::sidecars;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Status};

@@ -22,9 +22,6 @@
 // Only with its test tiers (Cargo.toml [features]); plain `cargo test` runs none of it.
 #![cfg(feature = "it-netns")]
 
-use testkit::region_fleet;
-use testkit::sidecars;
-
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -33,6 +30,8 @@ use crate::netns::count::{drain, drain_quiet, drain_within, Sent};
 use crate::netns::fleet::{Gw, NsFleet};
 use crate::netns::{Namespace, EU, US};
 use region_fleet::quantile_ms;
+use testkit::region_fleet;
+use testkit::sidecars;
 
 /// The whole test, bounded: a hang fails with this name, and everything
 /// it started is dropped (killed) with it.
