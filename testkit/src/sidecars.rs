@@ -231,6 +231,14 @@ pub async fn next(stream: &mut Deliveries) -> proto::Delivery {
         .expect("stream open")
 }
 
+/// The value of `series` (its name and labels as the scrape prints them,
+/// e.g. `switchyard_dead_letters_purged_total`) in a `/metrics` body.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// `GET path` over HTTP/1.0; returns (status code, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -14,7 +14,9 @@ use switchyard::config::ConfigError;
 use switchyard::transport::{
     Ack, Capabilities, Health, Subscription, Transport, TransportError, TransportKind,
 };
-use switchyard::{Destination, Envelope, GatewayId, GatewayInfo, Outcome, Router, Settings};
+use switchyard::{
+    Destination, Envelope, GatewayId, GatewayInfo, Inbox, MessageId, Outcome, Router, Settings,
+};
 
 const ROUTING: &str = r#"
 [routing]
@@ -22,24 +24,45 @@ same_region = "relay"
 cross_region = "relay"
 "#;
 
-#[tokio::test]
-async fn a_routing_that_names_an_added_transport_delivers_over_it_once() {
-    let relay: Arc<dyn Transport> = Arc::new(relay::Relay::new());
-    let settings = Settings::from_toml_with(ROUTING, &[relay.kind()]).expect("settings");
+/// Alice's gateway `gw-a` and bob's `gw-b` (bob online) on one set of
+/// memory backends, each router given the `added` transport.
+async fn alice_and_bob(settings: Settings, added: Arc<dyn Transport>) -> (Router, Router, Inbox) {
     let (sender, _) = Router::builder(GatewayInfo::new("gw-a", "eu"))
         .settings(settings.clone())
-        .transport(relay.clone())
+        .transport(added.clone())
         .build()
         .await
         .expect("router a");
-    let (receiver, mut inbox) = Router::builder(GatewayInfo::new("gw-b", "eu"))
+    let (receiver, inbox) = Router::builder(GatewayInfo::new("gw-b", "eu"))
         .settings(settings)
         .backends(sender.backends().clone())
-        .transport(relay)
+        .transport(added)
         .build()
         .await
         .expect("router b");
     receiver.connect("bob", "phone").await.expect("bob online");
+    (sender, receiver, inbox)
+}
+
+/// The ids of the next `n` deliveries, each acked, in arrival order.
+async fn receive(inbox: &mut Inbox, n: usize) -> Vec<MessageId> {
+    let mut received = Vec::with_capacity(n);
+    while received.len() < n {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+            .await
+            .expect("a delivery within 5 s")
+            .expect("the inbox is open");
+        inbox.ack(delivery.seq);
+        received.push(delivery.envelope.id);
+    }
+    received
+}
+
+#[tokio::test]
+async fn a_routing_that_names_an_added_transport_delivers_over_it_once() {
+    let relay: Arc<dyn Transport> = Arc::new(relay::Relay::new());
+    let settings = Settings::from_toml_with(ROUTING, &[relay.kind()]).expect("settings");
+    let (sender, _receiver, mut inbox) = alice_and_bob(settings, relay).await;
 
     let mut sent = Vec::new();
     for i in 0..20 {
@@ -63,15 +86,7 @@ async fn a_routing_that_names_an_added_transport_delivers_over_it_once() {
         let via = targets[0].result.as_ref().map(|via| via.as_str()).ok();
         assert_eq!(via, Some("relay"), "{report:?}");
     }
-    let mut received = Vec::new();
-    while received.len() < sent.len() {
-        let delivery = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
-            .await
-            .expect("a delivery within 5 s")
-            .expect("the inbox is open");
-        inbox.ack(delivery.seq);
-        received.push(delivery.envelope.id);
-    }
+    let received = receive(&mut inbox, sent.len()).await;
     assert_eq!(received, sent, "each once, in order");
     assert!(
         tokio::time::timeout(Duration::from_millis(200), inbox.recv())
@@ -160,20 +175,7 @@ publish_timeout = "3s"
 publishes_in_flight = 1
 "#;
     let settings = Settings::from_toml_with(config, &[stalled.kind()]).expect("settings");
-    let (sender, _) = Router::builder(GatewayInfo::new("gw-a", "eu"))
-        .settings(settings.clone())
-        .transport(stalled.clone())
-        .build()
-        .await
-        .expect("router a");
-    let (receiver, mut inbox) = Router::builder(GatewayInfo::new("gw-b", "eu"))
-        .settings(settings)
-        .backends(sender.backends().clone())
-        .transport(stalled)
-        .build()
-        .await
-        .expect("router b");
-    receiver.connect("bob", "phone").await.expect("bob online");
+    let (sender, _receiver, mut inbox) = alice_and_bob(settings, stalled).await;
 
     let message =
         |text: &'static str| Envelope::new("alice", "gw-a", Destination::User("bob".into()), text);
@@ -204,15 +206,7 @@ publishes_in_flight = 1
     let first = first.await.expect("the first send").expect("send");
     assert_eq!(via(&first).as_deref(), Some("memory"), "{first:?}");
 
-    let mut received = Vec::new();
-    while received.len() < 2 {
-        let delivery = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
-            .await
-            .expect("a delivery within 5 s")
-            .expect("the inbox is open");
-        inbox.ack(delivery.seq);
-        received.push(delivery.envelope.id);
-    }
+    let mut received = receive(&mut inbox, 2).await;
     received.sort();
     let mut expected = ids.to_vec();
     expected.sort();

@@ -181,9 +181,7 @@ async fn dead_letters_are_listed_replayed_and_purged(deployment: Deployment) {
         ("switchyard_dead_letters_purged_total", 1),
     ] {
         // Both deployments' cases share this process's recorder.
-        let value = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        let value = sidecars::sample(&metrics, series)
             .unwrap_or_else(|| panic!("{series} missing:\n{metrics}"));
         assert!(value >= at_least as f64, "{series} = {value}");
     }

@@ -327,13 +327,7 @@ async fn detached_gateways_are_forgotten_once_their_registration_expired() {
     let (_, metrics) = http_get(sidecar.telemetry_addr(), "/metrics").await;
     // At least these 20: the recorder is the process's, shared with the
     // other tests' sidecars.
-    let evicted = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("switchyard_sidecar_gateways_evicted_total ")?
-                .parse::<f64>()
-                .ok()
-        })
+    let evicted = sample(&metrics, "switchyard_sidecar_gateways_evicted_total")
         .unwrap_or_else(|| panic!("no evicted count in:\n{metrics}"));
     assert!(evicted >= 20.0, "{evicted} evicted:\n{metrics}");
     // A forgotten gateway attaches again as new.
