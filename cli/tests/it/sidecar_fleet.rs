@@ -58,12 +58,17 @@ fn settings(run: &str) -> Settings {
     .expect("test settings are valid")
 }
 
-/// The next delivery, failing after 20 s: Kafka's first record waits for
-/// the consumer group to settle.
-async fn next(stream: &mut sidecars::Deliveries) -> proto::Delivery {
-    tokio::time::timeout(Duration::from_secs(20), stream.next())
+/// How long a confirmed message may take to arrive. A gateway's first
+/// Kafka record waits for its topic's creation and its consumer group's
+/// join, which on a 2-core machine also running other brokers' JVMs has
+/// taken over 20 s; a delivery that works arrives in milliseconds.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The next delivery on `stream`, which should bring `what`.
+async fn next(stream: &mut sidecars::Deliveries, what: &str) -> proto::Delivery {
+    tokio::time::timeout(PATIENCE, stream.next())
         .await
-        .expect("a delivery within 20 s")
+        .unwrap_or_else(|_| panic!("{what}: confirmed, but not delivered within {PATIENCE:?}"))
         .expect("stream ok")
         .expect("stream open")
 }
@@ -114,7 +119,7 @@ async fn gateways_on_separate_sidecars_talk_over_redis_and_kafka() {
             assert_eq!(target.route(), route, "{target:?}");
             assert!(target.delivered, "{target:?}");
             assert_eq!(target.via, via, "{target:?}");
-            let delivery = next(stream).await;
+            let delivery = next(stream, &format!("{payload:?} over {via}")).await;
             assert_eq!(delivery.via, via);
             let envelope = delivery.envelope.expect("an envelope");
             assert_eq!(envelope.payload, payload.as_bytes(), "in order");
@@ -207,6 +212,16 @@ impl ScriptFleet {
 impl Drop for ScriptFleet {
     fn drop(&mut self) {
         self.run("stop");
+        // A failed test shows what each sidecar logged (the state dir goes).
+        if std::thread::panicking() {
+            for n in 1..=3 {
+                let log = self.state.path().join(format!("sidecar-{n}.log"));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("--- sidecar-{n}.log, last lines ---");
+                tail.iter().rev().for_each(|line| eprintln!("{line}"));
+            }
+        }
     }
 }
 
@@ -239,7 +254,7 @@ async fn the_script_fleet_routes_over_redis_and_kafka() {
         let target = &sidecars::routed(&outcome).targets[0];
         assert!(target.delivered, "{target:?}");
         assert_eq!(target.via, via, "{target:?}");
-        let delivery = next(stream).await;
+        let delivery = next(stream, &format!("{to:?} over {via}")).await;
         assert_eq!(delivery.via, via);
         assert_eq!(delivery.envelope.unwrap().payload, to.as_bytes());
     }
