@@ -10,8 +10,6 @@ mod redis;
 mod stores;
 
 use std::sync::Arc;
-#[cfg(feature = "grpc")]
-use std::sync::OnceLock;
 
 use crate::blocks::{cache::CachedBlocks, BlockList};
 use crate::config::ConfigError;
@@ -23,8 +21,6 @@ use crate::policy::hot_pairs::HotPairs;
 use crate::presence::cache::CachedPresence;
 use crate::registry::{cache::CachedRegistry, Registry, Separate};
 use crate::topology::IdError;
-#[cfg(feature = "grpc")]
-use crate::transport::grpc::GrpcTransport;
 use crate::transport::{Dependencies, TransportError, Transports};
 use stores::Stores;
 
@@ -44,10 +40,8 @@ pub struct Backends {
     pub(crate) registry: Arc<dyn Registry>,
     /// Enabled transports.
     pub(crate) transports: Transports,
-    /// The `grpc` transport when enabled; the sidecar's Peer API feeds its
-    /// receiving half.
-    #[cfg(feature = "grpc")]
-    pub(crate) peer_links: Option<Arc<GrpcTransport>>,
+    /// What the transports' factories left for the node, by type.
+    pub(crate) extensions: http::Extensions,
     /// Hot-pair detection, shared by every router of the process.
     pub(crate) hot_pairs: Arc<HotPairs>,
     /// Presence replication between regions, with `[regions]`.
@@ -94,18 +88,17 @@ impl Backends {
         self
     }
 
-    /// The `grpc` transport when enabled: its receiving half is what the
-    /// sidecar's Peer API feeds.
-    #[cfg(feature = "grpc")]
-    pub fn peer_links(&self) -> Option<&Arc<GrpcTransport>> {
-        self.peer_links.as_ref()
+    /// What a transport's factory left of type `T` for the parts of the
+    /// node that serve it (the `grpc` transport's `PeerLinks`, which the
+    /// sidecar's Peer API feeds), if that transport is enabled.
+    pub fn extension<T: Clone + Send + Sync + 'static>(&self) -> Option<&T> {
+        self.extensions.get()
     }
 
-    /// The same backends with `links` as the receiving half of direct links
-    /// (a test whose links point back at its own sidecar).
-    #[cfg(feature = "grpc")]
-    pub fn with_peer_links(mut self, links: Arc<GrpcTransport>) -> Self {
-        self.peer_links = Some(links);
+    /// The same backends with `value` as their extension of its type (a
+    /// test whose direct links point back at its own sidecar).
+    pub fn with_extension<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.extensions.insert(value);
         self
     }
 
@@ -137,12 +130,10 @@ impl Backends {
         let registry: Arc<dyn Registry> = Arc::new(CachedRegistry::new(registry));
         let deps = Dependencies {
             registry: registry.clone(),
-            #[cfg(feature = "grpc")]
-            peer_links: OnceLock::new(),
+            extensions: Default::default(),
         };
         let transports = settings.transports.build(&deps).await?;
-        #[cfg(feature = "grpc")]
-        let peer_links = deps.peer_links.into_inner();
+        let extensions = deps.extensions.into_inner();
         let direct = transports
             .iter()
             .find(|t| t.capabilities().direct)
@@ -164,8 +155,7 @@ impl Backends {
             offline,
             registry,
             transports,
-            #[cfg(feature = "grpc")]
-            peer_links,
+            extensions,
             hot_pairs,
             #[cfg(feature = "regions")]
             regions,

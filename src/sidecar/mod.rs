@@ -68,6 +68,7 @@ use crate::proto::{
 };
 use crate::telemetry::{self, RecorderError};
 use crate::topology::GatewayId;
+use crate::transport::grpc::PeerLinks;
 
 pub use crate::config::sidecar::{SecretSource, SidecarConfig};
 
@@ -216,7 +217,7 @@ impl Sidecar {
             .as_ref()
             .map(tls::Tls::load)
             .transpose()?;
-        if let Some(links) = &backends.peer_links {
+        if let Some(PeerLinks(links)) = backends.extension() {
             links.set_peer_token(tokens.peer.clone());
             links.set_tls(tls.as_ref().map(|t| t.client.clone()));
         }

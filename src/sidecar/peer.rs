@@ -16,6 +16,7 @@ use super::Shared;
 use crate::cause::Report;
 use crate::proto::{self, peer_server::Peer};
 use crate::topology::GatewayId;
+use crate::transport::grpc::PeerLinks;
 
 /// Acks buffered per link before the receiver stops reading batches.
 const ACK_QUEUE: usize = 256;
@@ -42,7 +43,8 @@ impl Peer for PeerService {
         &self,
         request: Request<Streaming<proto::PeerBatch>>,
     ) -> Result<Response<Self::LinkStream>, Status> {
-        let links = self.shared.backends.peer_links.clone().ok_or_else(|| {
+        let links = self.shared.backends.extension::<PeerLinks>().cloned();
+        let PeerLinks(links) = links.ok_or_else(|| {
             Status::failed_precondition("direct links are off here: no [transports.grpc] section")
         })?;
         let mut batches = request.into_inner();

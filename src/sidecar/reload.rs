@@ -17,6 +17,7 @@ use super::{Shared, SidecarError};
 use crate::cause::Report;
 use crate::config::{ConfigError, Problem, Settings};
 use crate::telemetry;
+use crate::transport::grpc::PeerLinks;
 
 /// Editors save in bursts (truncate, write, rename): one reload per burst.
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -104,7 +105,7 @@ async fn apply(shared: &Shared) -> ReloadReport {
         .backends
         .hot_pairs
         .configure(effective.routing.hot_pairs.clone());
-    if let Some(links) = &shared.backends.peer_links {
+    if let Some(PeerLinks(links)) = shared.backends.extension() {
         links.set_peer_token(tokens.peer.clone());
     }
     shared.auth.replace(tokens);

@@ -23,10 +23,11 @@ use crate::registry::Registry;
 pub struct Dependencies {
     /// Live gateways and their addresses (direct links look peers up).
     pub registry: Arc<dyn Registry>,
-    /// The receiving half of direct links, which the sidecar's Peer API
-    /// feeds; set by the `grpc` transport when it is enabled.
-    #[cfg(feature = "grpc")]
-    pub peer_links: std::sync::OnceLock<Arc<super::grpc::GrpcTransport>>,
+    /// What a factory leaves for the parts of the node that serve its
+    /// transport, keyed by type (the `grpc` transport leaves the receiving
+    /// half of direct links, which the sidecar's Peer API feeds); they
+    /// become the backends' extensions ([`crate::Backends::extension`]).
+    pub extensions: parking_lot::Mutex<http::Extensions>,
 }
 
 /// Builds one transport from its config section; implemented by each

@@ -336,18 +336,26 @@ impl GrpcTransport {
     }
 }
 
-/// Also leaves the receiving half in [`Dependencies::peer_links`], for the
-/// sidecar's Peer API.
+/// The receiving half of direct links, which the sidecar's Peer API feeds
+/// with what peers send: the transport itself, left by its factory in the
+/// backends' extensions ([`crate::Backends::extension`]).
+#[derive(Clone)]
+pub struct PeerLinks(pub Arc<GrpcTransport>);
+
+/// Also leaves the transport in [`Dependencies::extensions`] as
+/// [`PeerLinks`], once however often it is built.
 #[async_trait]
 impl TransportFactory for GrpcConfig {
     async fn build(&self, deps: &Dependencies) -> Result<Arc<dyn Transport>, TransportError> {
         let links = deps
-            .peer_links
-            .get_or_init(|| Arc::new(GrpcTransport::new(self, deps.registry.clone())));
-        Ok(super::compress::wrap(
-            links.clone(),
-            &self.envelope_compression,
-        ))
+            .extensions
+            .lock()
+            .get_or_insert_with(|| {
+                PeerLinks(Arc::new(GrpcTransport::new(self, deps.registry.clone())))
+            })
+            .0
+            .clone();
+        Ok(super::compress::wrap(links, &self.envelope_compression))
     }
 }
 

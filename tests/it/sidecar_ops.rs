@@ -311,12 +311,13 @@ async fn the_config_file_is_watched() {
 
 #[tokio::test]
 async fn the_grpc_transport_names_what_failed() {
+    use switchyard::transport::grpc::PeerLinks;
     use switchyard::transport::{Ack, Transport};
     use switchyard::{GatewayId, GatewayInfo};
 
     let settings = with_direct_links(1.0, 0.5, Duration::from_secs(1));
     let (backends, sidecars) = fleet(&settings, 1).await;
-    let links = backends.peer_links().cloned().unwrap();
+    let links = backends.extension::<PeerLinks>().cloned().unwrap().0;
     let batch = [bytes::Bytes::from_static(b"not even an envelope")];
 
     let err = links

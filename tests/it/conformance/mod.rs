@@ -32,7 +32,7 @@ mod factories {
     use switchyard::registry::Registry;
     use switchyard::sidecar::Sidecar;
     use switchyard::topology::{GatewayId, GatewayInfo};
-    use switchyard::transport::grpc::{GrpcConfig, GrpcTransport};
+    use switchyard::transport::grpc::{GrpcConfig, GrpcTransport, PeerLinks};
     #[cfg(feature = "it-kafka")]
     use switchyard::transport::kafka::KafkaTransport;
     use switchyard::transport::memory::{MemoryConfig, MemoryTransport};
@@ -168,7 +168,7 @@ mod factories {
             &config,
             Arc::new(AllAt(address.clone())),
         ));
-        let backends = backends.with_peer_links(transport.clone());
+        let backends = backends.with_extension(PeerLinks(transport.clone()));
         let sidecar = Sidecar::start_with_backends(settings, None, backends)
             .await
             .expect("a sidecar on 127.0.0.1:0");
