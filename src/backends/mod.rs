@@ -40,8 +40,9 @@ pub struct Backends {
     pub(crate) registry: Arc<dyn Registry>,
     /// Enabled transports.
     pub(crate) transports: Transports,
-    /// What the transports' factories left for the node, by type.
-    pub(crate) extensions: http::Extensions,
+    /// What the transports' factories left for the node, by type; shared,
+    /// so a clone of the backends stays a copy of pointers.
+    pub(crate) extensions: Arc<http::Extensions>,
     /// Hot-pair detection, shared by every router of the process.
     pub(crate) hot_pairs: Arc<HotPairs>,
     /// Presence replication between regions, with `[regions]`.
@@ -98,7 +99,7 @@ impl Backends {
     /// The same backends with `value` as their extension of its type (a
     /// test whose direct links point back at its own sidecar).
     pub fn with_extension<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
-        self.extensions.insert(value);
+        Arc::make_mut(&mut self.extensions).insert(value);
         self
     }
 
@@ -133,7 +134,7 @@ impl Backends {
             extensions: Default::default(),
         };
         let transports = settings.transports.build(&deps).await?;
-        let extensions = deps.extensions.into_inner();
+        let extensions = Arc::new(deps.extensions.into_inner());
         let direct = transports
             .iter()
             .find(|t| t.capabilities().direct)

@@ -43,10 +43,11 @@ impl Peer for PeerService {
         &self,
         request: Request<Streaming<proto::PeerBatch>>,
     ) -> Result<Response<Self::LinkStream>, Status> {
-        let links = self.shared.backends.extension::<PeerLinks>().cloned();
-        let PeerLinks(links) = links.ok_or_else(|| {
-            Status::failed_precondition("direct links are off here: no [transports.grpc] section")
-        })?;
+        let Some(PeerLinks(links)) = self.shared.backends.extension().cloned() else {
+            return Err(Status::failed_precondition(
+                "direct links are off here: no [transports.grpc] section",
+            ));
+        };
         let mut batches = request.into_inner();
         let mut stopping = self.shared.stopping.clone();
         // Draining, batches still waiting for their gateway's acks get as long
