@@ -92,7 +92,7 @@ impl Backends {
     /// What a transport's factory left of type `T` for the parts of the
     /// node that serve it (the `grpc` transport's `PeerLinks`, which the
     /// sidecar's Peer API feeds), if that transport is enabled.
-    pub fn extension<T: Clone + Send + Sync + 'static>(&self) -> Option<&T> {
+    pub fn extension<T: Send + Sync + 'static>(&self) -> Option<&T> {
         self.extensions.get()
     }
 
