@@ -131,7 +131,7 @@ fn hot_pair_sketch(c: &mut Criterion) {
         Some(switchyard::transport::TransportKind::GRPC),
     );
     let gateways: Vec<GatewayId> = (0..512)
-        .map(|i| GatewayId::new(format!("gw-{i}")))
+        .map(|i| GatewayId::try_from(format!("gw-{i}")).unwrap())
         .collect();
     let mut i = 0usize;
     c.bench_function("hot-pair sketch update (512 gateways)", |b| {

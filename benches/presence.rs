@@ -27,7 +27,7 @@ use switchyard::UserId;
 const FRIENDS: usize = 500;
 const WATCHED: usize = 100_000;
 
-fn session(user: &UserId, device: &str) -> Session {
+fn session(user: &UserId, device: &'static str) -> Session {
     Session {
         user: user.clone(),
         device: device.into(),
@@ -71,7 +71,9 @@ async fn run(name: &str, url: &str, cluster: bool, rounds: usize) -> Result<()> 
         ..RedisConfig::default()
     };
     let (a, b) = (node(&config).await?, node(&config).await?);
-    let friends: Vec<UserId> = (0..FRIENDS).map(|i| format!("friend-{i}").into()).collect();
+    let friends: Vec<UserId> = (0..FRIENDS)
+        .map(|i| format!("friend-{i}").parse().unwrap())
+        .collect();
     for (i, user) in friends.iter().enumerate() {
         if i % 3 == 0 {
             b.online(session(user, "phone")).await?;
@@ -104,7 +106,9 @@ async fn run(name: &str, url: &str, cluster: bool, rounds: usize) -> Result<()> 
     }
 
     let mut watch = PresenceWatch::new(a.clone(), FRIENDS + 10);
-    let watched: Vec<UserId> = (0..100).map(|i| format!("watched-{i}").into()).collect();
+    let watched: Vec<UserId> = (0..100)
+        .map(|i| format!("watched-{i}").parse().unwrap())
+        .collect();
     watch.add(&watched).await?;
     let mut h = Histogram::<u64>::new(3)?;
     for user in watched.iter().take(rounds.min(100)) {
@@ -122,7 +126,7 @@ async fn run(name: &str, url: &str, cluster: bool, rounds: usize) -> Result<()> 
     );
 
     let many: Vec<UserId> = (0..WATCHED)
-        .map(|i| format!("user-{i:06}").into())
+        .map(|i| format!("user-{i:06}").parse().unwrap())
         .collect();
     let before = rss_kib();
     let mut big = PresenceWatch::new(a.clone(), WATCHED);

@@ -69,14 +69,14 @@ fn starts_online(rank: u64) -> bool {
 }
 
 fn user(rank: u64) -> UserId {
-    format!("z{rank}").into()
+    format!("z{rank}").parse().unwrap()
 }
 
 fn session(rank: u64) -> Session {
     Session {
         user: user(rank),
         device: "phone".into(),
-        gateway: format!("gw-{}", rank % 8).into(),
+        gateway: format!("gw-{}", rank % 8).parse().unwrap(),
         region: "eu".into(),
         since_micros: 1,
     }

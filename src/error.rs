@@ -2,7 +2,7 @@
 
 use crate::cause::{Cause, Report};
 use crate::envelope::{EnvelopeError, MessageId};
-use crate::topology::{GroupId, IdError};
+use crate::topology::GroupId;
 use crate::transport::TransportError;
 
 /// A state store (presence, groups, offline, blocks, registry) failed.
@@ -33,9 +33,6 @@ pub enum StoreError {
     /// The group has no members (it was never joined, or everyone left).
     #[error("unknown group {0:?}")]
     UnknownGroup(GroupId),
-    /// An identifier breaks its rule; nothing was stored.
-    #[error(transparent)]
-    InvalidId(#[from] IdError),
 }
 
 /// Why the router refused or could not route a message.

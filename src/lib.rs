@@ -129,5 +129,5 @@ pub use policy::{Decision, Route};
 pub use router::{
     Explanation, KeepAlive, Outcome, Router, RouterBuilder, SendReport, TargetReport,
 };
-pub use topology::{DeviceId, GatewayId, GatewayInfo, GroupId, Region, UserId};
+pub use topology::{DeviceId, GatewayId, GatewayInfo, GroupId, IdError, Region, UserId};
 pub use transport::{TransportError, TransportKind};

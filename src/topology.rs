@@ -3,8 +3,11 @@
 //! gateway.
 //!
 //! Identifiers end up in Redis keys and values, NATS subjects, Kafka topic
-//! names and logs, so they are checked where they enter (the Gateway API,
-//! envelope decoding, the router's calls) by [`check`]:
+//! names and logs, so an identifier cannot be made without passing its
+//! rule: `parse(field, text)`, `TryFrom<String>`, `str::parse` and serde
+//! all check, and fail with an [`IdError`] naming the field. Only a
+//! `&'static str` converts with `From`, for literals in code, and a bad
+//! literal panics. The rules:
 //!
 //! | kind | bytes | characters |
 //! |---|---|---|
@@ -12,27 +15,44 @@
 //! | gateway, region | 1-64 | ASCII letters, digits, `-`, `_` |
 
 use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// Declares a cheap-to-clone string identifier.
+/// What the edges that take ids (gRPC fields, envelope decoding) make
+/// them with, whichever id a field holds.
+pub(crate) trait Id: Sized {
+    /// Checks `value`, which came in as the field `field`, and wraps it.
+    fn parse(field: &'static str, value: &str) -> Result<Self, IdError>;
+}
+
+/// Declares a cheap-to-clone string identifier held to the rule of
+/// `$kind`: every way of making one from text checks it, so an invalid id
+/// cannot exist past the edge it came in at.
 macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident, $kind:expr, $field:literal) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(transparent)]
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+        #[serde(try_from = "String")]
         pub struct $name(Arc<str>);
 
         impl $name {
-            /// Wraps a string as this identifier.
-            pub fn new(id: impl AsRef<str>) -> Self {
-                Self(Arc::from(id.as_ref()))
+            /// Checks `value`, which came in as the field `field`, and wraps it.
+            pub fn parse(field: &'static str, value: &str) -> Result<Self, IdError> {
+                check(field, $kind, value)?;
+                Ok(Self(Arc::from(value)))
             }
 
             /// The identifier as text.
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+        }
+
+        impl Id for $name {
+            fn parse(field: &'static str, value: &str) -> Result<Self, IdError> {
+                $name::parse(field, value)
             }
         }
 
@@ -48,15 +68,38 @@ macro_rules! id_type {
             }
         }
 
-        impl From<&str> for $name {
-            fn from(id: &str) -> Self {
-                Self::new(id)
+        /// For literals in code, like `http::HeaderName::from_static`:
+        /// panics if the literal breaks the rule. Text from input goes
+        /// through [`parse`](Self::parse), `try_from` or `str::parse`.
+        impl From<&'static str> for $name {
+            #[track_caller]
+            fn from(id: &'static str) -> Self {
+                match Self::parse($field, id) {
+                    Ok(id) => id,
+                    Err(err) => panic!("invalid literal: {err}"),
+                }
             }
         }
 
-        impl From<String> for $name {
-            fn from(id: String) -> Self {
-                Self(Arc::from(id))
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+
+            fn try_from(id: String) -> Result<Self, IdError> {
+                Self::parse($field, &id)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+
+            fn from_str(id: &str) -> Result<Self, IdError> {
+                Self::parse($field, id)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
             }
         }
     };
@@ -64,24 +107,43 @@ macro_rules! id_type {
 
 id_type!(
     /// A user of the chat platform.
-    UserId
+    UserId,
+    IdKind::Text,
+    "user"
 );
 id_type!(
     /// A group (room, channel) of users.
-    GroupId
+    GroupId,
+    IdKind::Text,
+    "group"
 );
 id_type!(
     /// A gateway process that holds user connections.
-    GatewayId
+    GatewayId,
+    IdKind::Name,
+    "gateway_id"
 );
 id_type!(
     /// A deployment region; crossing regions changes the route.
-    Region
+    Region,
+    IdKind::Name,
+    "region"
 );
 id_type!(
     /// One device (connection) of a user; a user may have several.
-    DeviceId
+    DeviceId,
+    IdKind::Text,
+    "device"
 );
+
+impl Region {
+    /// The region of a gateway the registry does not know (dying, or not
+    /// yet registered): equal to no valid region, so it takes the durable
+    /// cross-region route.
+    pub(crate) fn unregistered() -> Self {
+        Self(Arc::from(""))
+    }
+}
 
 /// Longest user, group or device id, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
@@ -91,7 +153,7 @@ pub const MAX_NAME_BYTES: usize = 64;
 
 /// Which identifier a value is, and so which rule it is held to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdKind {
+pub(crate) enum IdKind {
     /// A user, group or device id: free text without control characters.
     Text,
     /// A gateway id or region: a name that fits a topic or subject.
@@ -132,7 +194,7 @@ pub enum IdError {
 }
 
 /// Checks `value`, the request field `field`, against the rule of `kind`.
-pub fn check(field: &'static str, kind: IdKind, value: &str) -> Result<(), IdError> {
+pub(crate) fn check(field: &'static str, kind: IdKind, value: &str) -> Result<(), IdError> {
     let (max, allowed) = match kind {
         IdKind::Text => (MAX_ID_BYTES, "control characters are not allowed"),
         IdKind::Name => (
@@ -182,6 +244,23 @@ fn name_byte(b: u8) -> bool {
 /// Whether every byte of `value` passes `ok`, folded without an early exit.
 fn all_bytes(value: &str, ok: impl Fn(u8) -> bool) -> bool {
     value.bytes().fold(true, |all, b| all & ok(b))
+}
+
+/// An id as a store handed it back, checked like any other: one that
+/// breaks its rule (written by hand, or by another tool) is skipped,
+/// counted in `switchyard_store_malformed_total` and logged, so it can
+/// neither reach a key or subject nor make the rest of a read fail.
+#[cfg(any(feature = "redis", feature = "etcd"))]
+pub(crate) fn stored<T: FromStr<Err = IdError>>(store: &'static str, value: &str) -> Option<T> {
+    match value.parse() {
+        Ok(id) => Some(id),
+        Err(err) => {
+            metrics::counter!(crate::telemetry::STORE_MALFORMED, "store" => store).increment(1);
+            let err = crate::cause::Report(&err);
+            tracing::warn!(store, %err, "skipping a stored id that breaks its rule");
+            None
+        }
+    }
 }
 
 /// What the router knows about a gateway.
@@ -242,5 +321,56 @@ mod tests {
         for bad in ["eu\u{1f}x", "gw.1", "gw 1", "gw/1", "gw*"] {
             assert!(check("region", IdKind::Name, bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_id_is_made_only_by_passing_its_rule() {
+        assert_eq!(
+            UserId::parse("to", "bob").map(|u| u.to_string()),
+            Ok("bob".into())
+        );
+        assert_eq!(
+            GatewayId::parse("to_gateway", "gw.1"),
+            Err(IdError::BadCharacter {
+                field: "to_gateway",
+                found: '.',
+                at: 2,
+                allowed: "only ASCII letters, digits, `-` and `_` are allowed"
+            })
+        );
+        assert_eq!(
+            Region::try_from(String::new()),
+            Err(IdError::Empty { field: "region" })
+        );
+        assert_eq!(
+            "gw 1".parse::<GatewayId>().map_err(|e| e.to_string()),
+            Err("`gateway_id` has ' ' at byte 2: only ASCII letters, digits, `-` and `_` are allowed".into())
+        );
+    }
+
+    #[cfg(any(feature = "redis", feature = "etcd"))]
+    #[test]
+    fn what_a_store_hands_back_is_checked_and_skipped_if_bad() {
+        assert_eq!(stored::<UserId>("test", "bob\u{1}"), None);
+        assert_eq!(stored::<UserId>("test", "bob"), Some("bob".into()));
+    }
+
+    #[test]
+    fn serde_checks_what_it_reads_and_writes_plain_text() {
+        let json = r#"{"id":"gw-1","region":"eu","address":""}"#;
+        let info: GatewayInfo = serde_json::from_str(json).unwrap();
+        assert_eq!(info, GatewayInfo::new("gw-1", "eu"));
+        assert_eq!(serde_json::to_string(&info).unwrap(), json);
+        let err = serde_json::from_str::<GatewayInfo>(&json.replace("gw-1", "gw/1")).unwrap_err();
+        assert!(
+            err.to_string().contains("`gateway_id` has '/' at byte 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid literal: `region` is empty")]
+    fn a_bad_literal_in_code_fails_at_once() {
+        let _ = Region::from("");
     }
 }

@@ -85,7 +85,9 @@ async fn run(kind: TransportKind, codec: Codec, size: usize) -> Result<Figure> {
     settings.routing.cross_region = kind.as_str().into();
     let backends = switchyard::Backends::from_settings(&settings).await?;
     let transport = backends.transports().get(kind)?.clone();
-    let me: GatewayId = format!("bench-{}", ulid::Ulid::new().to_string().to_lowercase()).into();
+    let me: GatewayId = format!("bench-{}", ulid::Ulid::new().to_string().to_lowercase())
+        .parse()
+        .unwrap();
     let mut subscription = transport.subscribe(&me).await?;
     let n = count(size);
     // Distinct texts, built before the clock starts.

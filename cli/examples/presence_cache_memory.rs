@@ -27,14 +27,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let store = Arc::new(MemoryPresence::new(Duration::from_secs(3600)));
     let users: Vec<UserId> = (0..n)
-        .map(|i| UserId::new(format!("user-{i:08}")))
+        .map(|i| UserId::try_from(format!("user-{i:08}")).unwrap())
         .collect();
     for (i, user) in users.iter().enumerate() {
         store
             .online(Session {
                 user: user.clone(),
                 device: "phone".into(),
-                gateway: format!("gw-eu-{}", i % 100).as_str().into(),
+                gateway: format!("gw-eu-{}", i % 100).parse().unwrap(),
                 region: "eu".into(),
                 since_micros: 0,
             })

@@ -17,3 +17,10 @@
 pub mod admin_ctl;
 pub mod bench;
 pub mod demo;
+
+/// An id this binary makes up from a fresh run id and a counter: it keeps
+/// the identifier rules by construction, so a failure is a bug here, not
+/// bad input.
+pub(crate) fn made_id<T: TryFrom<String, Error = switchyard::IdError>>(id: String) -> T {
+    T::try_from(id).unwrap_or_else(|err| panic!("a made-up id breaks its rule: {err}"))
+}

@@ -20,7 +20,6 @@ use crate::offline::OfflineStore;
 use crate::policy::hot_pairs::HotPairs;
 use crate::presence::cache::CachedPresence;
 use crate::registry::{cache::CachedRegistry, Registry, Separate};
-use crate::topology::IdError;
 use crate::transport::{Dependencies, TransportError, Transports};
 use stores::Stores;
 
@@ -203,7 +202,4 @@ pub enum BuildError {
     /// A store could not start.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The gateway's id or region breaks the identifier rules.
-    #[error("invalid gateway")]
-    Gateway(#[from] IdError),
 }

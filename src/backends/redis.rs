@@ -39,12 +39,19 @@ impl StoreFactory for RedisConfig {
         let (presence, groups, regions): (Arc<dyn PresenceStore>, Arc<dyn GroupStore>, _) =
             match &settings.regions {
                 Some(regions) => {
-                    let Some(kafka) = &settings.transports.kafka else {
+                    let (Some(kafka), Ok(local)) =
+                        (&settings.transports.kafka, regions.local.parse())
+                    else {
                         return Err(ConfigError::Invalid(regions.problems(settings)).into());
                     };
-                    let running =
-                        crate::regions::Regions::connect(regions, kafka, redis.clone(), presence)
-                            .await?;
+                    let running = crate::regions::Regions::connect(
+                        regions,
+                        local,
+                        kafka,
+                        redis.clone(),
+                        presence,
+                    )
+                    .await?;
                     let groups: Arc<dyn GroupStore> = running.groups();
                     (running.presence(), groups, Some(Arc::new(running)))
                 }

@@ -11,7 +11,7 @@ use super::BlockList;
 use crate::changes::Changed;
 use crate::error::StoreError;
 use crate::redis_conn::{backend, RedisChanges, RedisHandle};
-use crate::topology::UserId;
+use crate::topology::{stored, UserId};
 
 const STORE: &str = "blocks";
 
@@ -70,7 +70,7 @@ impl BlockList for RedisBlocks {
             .smembers(self.key(user))
             .await
             .map_err(backend(STORE, format!("list whom {user} blocked")))?;
-        Ok(blocked.into_iter().map(UserId::from).collect())
+        Ok(blocked.iter().filter_map(|u| stored(STORE, u)).collect())
     }
 
     fn changes(&self) -> broadcast::Receiver<Changed<UserId>> {

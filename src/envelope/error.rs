@@ -20,7 +20,7 @@ pub enum EnvelopeError {
         /// The empty field's name.
         field: &'static str,
     },
-    /// An identifier breaks its rule (see [`crate::topology`]).
+    /// An identifier from the wire breaks its rule (see [`crate::topology`]).
     #[error("envelope {id}: bad identifier")]
     BadId {
         /// The message id.

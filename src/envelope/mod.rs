@@ -19,7 +19,7 @@ mod wire;
 
 pub use error::EnvelopeError;
 
-use crate::topology::{check, GatewayId, GroupId, IdError, IdKind, UserId};
+use crate::topology::{GatewayId, GroupId, UserId};
 
 /// Unique, time-ordered message id (a ULID). Receivers dedupe on it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -188,26 +188,10 @@ impl Envelope {
         self
     }
 
-    /// Checks what the router needs before it routes anything.
+    /// Checks what the router needs before it routes anything (the ids
+    /// were checked when they were made).
     pub fn validate(&self, max_payload: usize, now_micros: i64) -> Result<(), EnvelopeError> {
         let id = self.id;
-        let (to_field, to) = match &self.destination {
-            Destination::User(u) => ("user", u.as_str()),
-            Destination::Group(g) => ("group", g.as_str()),
-        };
-        if to.is_empty() {
-            return Err(EnvelopeError::MissingRecipient { id });
-        }
-        for (field, kind, value) in [
-            ("sender_user", IdKind::Text, self.sender.as_str()),
-            ("sender_gateway", IdKind::Name, self.sender_gateway.as_str()),
-            (to_field, IdKind::Text, to),
-        ] {
-            check(field, kind, value).map_err(|source| match source {
-                IdError::Empty { field } => EnvelopeError::EmptyField { id, field },
-                source => EnvelopeError::BadId { id, source },
-            })?;
-        }
         let size = self.size();
         if size > max_payload {
             return Err(EnvelopeError::PayloadTooLarge {
@@ -227,26 +211,10 @@ impl Envelope {
     }
 
     /// What a receiver checks of a message from the wire: it was validated
-    /// by its sender (possibly an older version, possibly with another
-    /// clock), so only what makes it undeliverable here is refused: no
-    /// sender or recipient, or its time to live ran out.
+    /// by its sender (possibly with another clock) and its ids by decoding,
+    /// so only what makes it undeliverable here is refused: its time to
+    /// live ran out.
     pub fn check_arrival(&self, now_micros: i64) -> Result<(), EnvelopeError> {
-        let id = self.id;
-        let to = match &self.destination {
-            Destination::User(u) => u.as_str(),
-            Destination::Group(g) => g.as_str(),
-        };
-        if to.is_empty() {
-            return Err(EnvelopeError::MissingRecipient { id });
-        }
-        for (field, value) in [
-            ("sender_user", self.sender.as_str()),
-            ("sender_gateway", self.sender_gateway.as_str()),
-        ] {
-            if value.is_empty() {
-                return Err(EnvelopeError::EmptyField { id, field });
-            }
-        }
         self.check_ttl(now_micros)
     }
 
@@ -299,20 +267,9 @@ mod tests {
     }
 
     #[test]
-    fn ids_headers_and_clocks_are_held_to_their_limits() {
+    fn headers_and_clocks_are_held_to_their_limits() {
         let now = now_micros();
-        let mut env = Envelope::new("eve\u{1f}x", "gw-1", Destination::User("bob".into()), "hi");
-        assert!(matches!(
-            env.validate(1024, now),
-            Err(EnvelopeError::BadId {
-                source: IdError::BadCharacter {
-                    field: "sender_user",
-                    ..
-                },
-                ..
-            })
-        ));
-        env.sender = "eve".into();
+        let mut env = Envelope::new("eve", "gw-1", Destination::User("bob".into()), "hi");
         env.headers.insert("big".into(), "x".repeat(2000));
         assert!(matches!(
             env.validate(1024, now),
@@ -341,23 +298,6 @@ mod tests {
                 env.id
             )
         );
-
-        let mut empty = sample();
-        empty.sender = "".into();
-        assert!(matches!(
-            empty.validate(1024, now),
-            Err(EnvelopeError::EmptyField {
-                field: "sender_user",
-                ..
-            })
-        ));
-
-        let mut nobody = sample();
-        nobody.destination = Destination::User("".into());
-        assert!(matches!(
-            nobody.validate(1024, now),
-            Err(EnvelopeError::MissingRecipient { .. })
-        ));
 
         let late = now + 31_000_000;
         assert!(matches!(

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::{codec, compression, Destination, Envelope, EnvelopeError, MessageId, Priority};
 use crate::proto;
+use crate::topology::{Id, IdError};
 
 impl Envelope {
     /// The wire bytes (protobuf), identical on every transport.
@@ -134,14 +135,16 @@ impl Envelope {
         let id = MessageId::from_slice(frame.id)?;
         let text = codec::text;
         let destination = match frame.destination {
-            Some((codec::USER, u)) => Destination::User(text("user", u)?.into()),
-            Some((_, g)) => Destination::Group(text("group", g)?.into()),
-            None => return Err(EnvelopeError::MissingRecipient { id }),
+            Some((_, b"")) | None => return Err(EnvelopeError::MissingRecipient { id }),
+            Some((codec::USER, u)) => Destination::User(id_field(id, "user", text("user", u)?)?),
+            Some((_, g)) => Destination::Group(id_field(id, "group", text("group", g)?)?),
         };
+        let sender = text("sender_user", frame.sender_user)?;
+        let sender_gateway = text("sender_gateway", frame.sender_gateway)?;
         Ok(Self {
             id,
-            sender: text("sender_user", frame.sender_user)?.into(),
-            sender_gateway: text("sender_gateway", frame.sender_gateway)?.into(),
+            sender: id_field(id, "sender_user", sender)?,
+            sender_gateway: id_field(id, "sender_gateway", sender_gateway)?,
             destination,
             payload: bytes.slice(frame.payload),
             priority: Self::priority_from_wire(frame.priority)?,
@@ -172,16 +175,17 @@ impl Envelope {
     /// Converts the generated protobuf type (as received over gRPC).
     pub fn from_wire(wire: proto::Envelope) -> Result<Self, EnvelopeError> {
         let id = MessageId::from_slice(&wire.id)?;
+        use proto::envelope::Destination as To;
         let destination = match wire.destination {
-            Some(proto::envelope::Destination::User(u)) => Destination::User(u.into()),
-            Some(proto::envelope::Destination::Group(g)) => Destination::Group(g.into()),
-            None => return Err(EnvelopeError::MissingRecipient { id }),
+            Some(To::User(u)) if !u.is_empty() => Destination::User(id_field(id, "user", &u)?),
+            Some(To::Group(g)) if !g.is_empty() => Destination::Group(id_field(id, "group", &g)?),
+            _ => return Err(EnvelopeError::MissingRecipient { id }),
         };
         let priority = Self::priority_from_wire(wire.priority)?;
         Ok(Self {
             id,
-            sender: wire.sender_user.into(),
-            sender_gateway: wire.sender_gateway.into(),
+            sender: id_field(id, "sender_user", &wire.sender_user)?,
+            sender_gateway: id_field(id, "sender_gateway", &wire.sender_gateway)?,
             destination,
             payload: wire.payload,
             priority,
@@ -190,6 +194,14 @@ impl Envelope {
             headers: wire.headers.into_iter().collect(),
         })
     }
+}
+
+/// An id field of envelope `id` from the wire, held to its rule.
+fn id_field<T: Id>(id: MessageId, field: &'static str, value: &str) -> Result<T, EnvelopeError> {
+    T::parse(field, value).map_err(|source| match source {
+        IdError::Empty { field } => EnvelopeError::EmptyField { id, field },
+        source => EnvelopeError::BadId { id, source },
+    })
 }
 
 #[cfg(test)]
@@ -218,9 +230,9 @@ mod tests {
         low.created_at_micros = -5;
         low.headers.insert(String::new(), "v".into());
         low.headers.insert("k".into(), String::new());
-        let empty_user = Envelope::new("a", "g", Destination::User("".into()), "");
+        let empty = Envelope::new("a", "g", Destination::User("u".into()), "");
         let group = Envelope::new("é", "gw-2", Destination::Group("g1".into()), vec![1; 200]);
-        for env in [sample(), low, empty_user, group] {
+        for env in [sample(), low, empty, group] {
             let ours = env.encode();
             let prost_bytes = env.to_wire().encode_to_vec();
             assert_eq!(
@@ -275,6 +287,73 @@ mod tests {
         let env = sample();
         assert_eq!(Envelope::peek_id(&env.encode()).unwrap(), env.id);
         assert!(Envelope::peek_id(b"\xff\xff garbage").is_err());
+    }
+
+    #[test]
+    fn ids_off_the_wire_are_held_to_their_rules() {
+        let good = sample().to_wire();
+        let decode = |wire: proto::Envelope| Envelope::decode(Bytes::from(wire.encode_to_vec()));
+        let bad_sender = proto::Envelope {
+            sender_user: "eve\u{1f}x".into(),
+            ..good.clone()
+        };
+        for err in [
+            decode(bad_sender.clone()).unwrap_err(),
+            Envelope::from_wire(bad_sender).unwrap_err(),
+        ] {
+            assert!(
+                matches!(
+                    &err,
+                    EnvelopeError::BadId {
+                        source: IdError::BadCharacter {
+                            field: "sender_user",
+                            at: 3,
+                            ..
+                        },
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+        }
+        let dotted_gateway = proto::Envelope {
+            sender_gateway: "gw.1".into(),
+            ..good.clone()
+        };
+        assert!(matches!(
+            decode(dotted_gateway).unwrap_err(),
+            EnvelopeError::BadId {
+                source: IdError::BadCharacter {
+                    field: "sender_gateway",
+                    ..
+                },
+                ..
+            }
+        ));
+        let no_sender = proto::Envelope {
+            sender_user: String::new(),
+            ..good.clone()
+        };
+        assert!(matches!(
+            Envelope::from_wire(no_sender).unwrap_err(),
+            EnvelopeError::EmptyField {
+                field: "sender_user",
+                ..
+            }
+        ));
+        let empty_recipient = proto::Envelope {
+            destination: Some(proto::envelope::Destination::User(String::new())),
+            ..good
+        };
+        for err in [
+            decode(empty_recipient.clone()).unwrap_err(),
+            Envelope::from_wire(empty_recipient).unwrap_err(),
+        ] {
+            assert!(
+                matches!(err, EnvelopeError::MissingRecipient { .. }),
+                "{err:?}"
+            );
+        }
     }
 
     #[test]

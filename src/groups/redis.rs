@@ -15,7 +15,7 @@ use redis::{AsyncCommands, Script};
 use super::GroupStore;
 use crate::error::StoreError;
 use crate::redis_conn::{backend, RedisHandle};
-use crate::topology::{GatewayId, GroupId, UserId};
+use crate::topology::{stored, GatewayId, GroupId, UserId};
 
 const STORE: &str = "groups";
 
@@ -113,7 +113,7 @@ impl GroupStore for RedisGroups {
         if members.is_empty() {
             return Err(StoreError::UnknownGroup(group.clone()));
         }
-        Ok(members.into_iter().map(UserId::from).collect())
+        Ok(members.iter().filter_map(|u| stored(STORE, u)).collect())
     }
 
     async fn groups_of(&self, user: &UserId) -> Result<Vec<GroupId>, StoreError> {
@@ -123,7 +123,7 @@ impl GroupStore for RedisGroups {
             .smembers(self.groups_of_key(user))
             .await
             .map_err(backend(STORE, format!("groups of {user}")))?;
-        Ok(groups.into_iter().map(GroupId::from).collect())
+        Ok(groups.iter().filter_map(|g| stored(STORE, g)).collect())
     }
 
     async fn adjust(
@@ -160,7 +160,7 @@ impl GroupStore for RedisGroups {
         }
         Ok(counts
             .into_iter()
-            .map(|(g, c)| (GatewayId::from(g), c))
+            .filter_map(|(g, c)| Some((stored(STORE, &g)?, c)))
             .collect())
     }
 }

@@ -27,7 +27,7 @@ use crate::envelope::{now_micros, Envelope, MessageId};
 use crate::error::StoreError;
 use crate::redis_conn::{backend, RedisHandle};
 use crate::telemetry;
-use crate::topology::{GatewayId, UserId};
+use crate::topology::{stored, GatewayId, UserId};
 
 const STORE: &str = "offline";
 
@@ -368,7 +368,7 @@ impl OfflineStore for RedisOffline {
                 STORE,
                 format!("take the users flagged for gateway {gateway}"),
             ))?;
-        Ok(users.into_iter().map(UserId::from).collect())
+        Ok(users.iter().filter_map(|u| stored(STORE, u)).collect())
     }
 
     async fn delivery_failed(
@@ -416,7 +416,7 @@ impl OfflineStore for RedisOffline {
             .await
             .map_err(backend(STORE, format!("read {index}")))?;
         let mut counted = Vec::with_capacity(users.len());
-        for user in users.into_iter().map(UserId::from) {
+        for user in users.iter().filter_map(|u| stored::<UserId>(STORE, u)) {
             let key = self.key(&user, Some("dlq"));
             let n: usize = self
                 .redis

@@ -113,7 +113,7 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..PRUNE_ABOVE {
             h.steer(
-                &GatewayId::new(format!("gw-{i}")),
+                &GatewayId::try_from(format!("gw-{i}")).unwrap(),
                 TransportKind::REDIS,
                 quiet,
                 t0,

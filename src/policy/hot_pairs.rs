@@ -319,7 +319,7 @@ impl SpaceSaving {
 mod tests {
     use super::*;
 
-    fn pair(a: &str, b: &str) -> Pair {
+    fn pair(a: &'static str, b: &'static str) -> Pair {
         (a.into(), b.into())
     }
 
@@ -328,7 +328,10 @@ mod tests {
         let mut sketch = SpaceSaving::new(4);
         for i in 0..1000 {
             sketch.add(&pair("hot", "b"));
-            sketch.add(&pair(&format!("cold-{i}"), "b"));
+            sketch.add(&(
+                GatewayId::try_from(format!("cold-{i}")).unwrap(),
+                "b".into(),
+            ));
         }
         assert!(sketch.counts.len() <= 4);
         // Heavy hitter's count is exact here: it is never the minimum.

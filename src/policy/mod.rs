@@ -430,8 +430,8 @@ mod tests {
         // (fallbacks, target gateway, its region, health, route, transports)
         type Case<'a> = (
             &'a [&'a str],
-            &'a str,
-            &'a str,
+            &'static str,
+            &'static str,
             &'a dyn Fn(TransportKind) -> bool,
             Route,
             &'a [TransportKind],
@@ -513,7 +513,7 @@ mod tests {
         let base = "[routing]\nsame_region = \"redis\"\ncross_region = \"kafka\"\n";
         let quality = Quality::default();
         let gateways: Vec<GatewayId> = (0..400)
-            .map(|i| GatewayId::new(format!("target-{i}")))
+            .map(|i| GatewayId::try_from(format!("target-{i}")).unwrap())
             .collect();
         for (mode, expect) in [
             (

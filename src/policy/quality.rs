@@ -360,7 +360,7 @@ mod tests {
 
     /// Publishes of a second on `kind`: `n` messages that took `latency`, or failed.
     fn second(q: &Quality, at: Instant, n: u64, result: Result<Duration, ()>) {
-        let eu = Region::new("eu");
+        let eu = Region::from("eu");
         let sample = Sample {
             at,
             ok: result.is_ok(),
@@ -372,7 +372,7 @@ mod tests {
 
     #[test]
     fn a_slow_transport_is_left_and_probed_and_taken_back_after_the_dwell() {
-        let (q, r, eu) = (Quality::default(), rule(), Region::new("eu"));
+        let (q, r, eu) = (Quality::default(), rule(), Region::from("eu"));
         let t0 = Instant::now();
         let s = Duration::from_secs;
         second(&q, t0, 1000, Ok(Duration::from_millis(2)));
@@ -409,7 +409,7 @@ mod tests {
 
     #[test]
     fn a_failure_during_the_dwell_starts_it_again() {
-        let (q, r, eu) = (Quality::default(), rule(), Region::new("eu"));
+        let (q, r, eu) = (Quality::default(), rule(), Region::from("eu"));
         let t0 = Instant::now();
         let s = Duration::from_secs;
         second(&q, t0, 20, Err(()));
@@ -433,7 +433,7 @@ mod tests {
     #[test]
     fn regions_are_judged_apart() {
         let (q, r) = (Quality::default(), rule());
-        let (eu, us) = (Region::new("eu"), Region::new("us"));
+        let (eu, us) = (Region::from("eu"), Region::from("us"));
         let t0 = Instant::now();
         let failed = Sample {
             at: t0,

@@ -30,7 +30,7 @@ use crate::changes::Changed;
 use crate::error::StoreError;
 use crate::redis_conn::{backend, RedisChanges, RedisHandle};
 use crate::telemetry;
-use crate::topology::{DeviceId, GatewayId, UserId};
+use crate::topology::{stored, DeviceId, GatewayId, UserId};
 
 const STORE: &str = "presence";
 /// Users refreshed or removed concurrently on a heartbeat or gateway death.
@@ -190,7 +190,8 @@ impl RedisPresence {
         self.changes.publish(user).await
     }
 
-    /// Users indexed on a gateway.
+    /// Users indexed on a gateway, as stored (see [`stored`] for the ones
+    /// that break the id rule).
     async fn users_on(&self, gateway: &GatewayId) -> Result<Vec<String>, StoreError> {
         self.redis
             .conn()
@@ -214,9 +215,9 @@ pub(crate) fn decode(user: &UserId, device: &str, value: &str) -> Result<Session
     };
     Ok(Session {
         user: user.clone(),
-        device: device.into(),
-        gateway: gateway.into(),
-        region: region.into(),
+        device: device.parse().map_err(|_| bad())?,
+        gateway: gateway.parse().map_err(|_| bad())?,
+        region: region.parse().map_err(|_| bad())?,
         since_micros: since.parse().map_err(|_| bad())?,
     })
 }
@@ -324,18 +325,23 @@ impl PresenceStore for RedisPresence {
     async fn refresh(&self, gateway: &GatewayId) -> Result<(), StoreError> {
         let users = self.users_on(gateway).await?;
         let gone: Vec<String> = stream::iter(users)
-            .map(|user| async move {
+            .map(|raw| async move {
+                // No session can sit under an id that breaks the rule:
+                // drop it from the index rather than skip it each beat.
+                let Some(user) = stored::<UserId>(STORE, &raw) else {
+                    return Ok(Some(raw));
+                };
                 let mut conn = self.redis.conn();
                 let n: i64 = self
                     .scripts
                     .refresh
-                    .key(self.user_key(&UserId::from(user.as_str())))
+                    .key(self.user_key(&user))
                     .arg(gateway.as_str())
                     .arg(self.ttl_ms())
                     .invoke_async(&mut conn)
                     .await
                     .map_err(backend(STORE, format!("refresh {user} on {gateway}")))?;
-                Ok::<_, StoreError>((n == 0).then_some(user))
+                Ok::<_, StoreError>((n == 0).then_some(raw))
             })
             .buffer_unordered(CONCURRENCY)
             .try_filter_map(|gone| async move { Ok(gone) })
@@ -354,9 +360,9 @@ impl PresenceStore for RedisPresence {
 
     async fn remove_gateway(&self, gateway: &GatewayId) -> Result<Vec<Session>, StoreError> {
         let users = self.users_on(gateway).await?;
+        let users: Vec<UserId> = users.iter().filter_map(|u| stored(STORE, u)).collect();
         let removed: Vec<Vec<Session>> = stream::iter(users)
             .map(|user| async move {
-                let user = UserId::from(user);
                 let pairs: Vec<String> = self
                     .scripts
                     .remove_gateway

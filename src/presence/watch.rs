@@ -250,7 +250,7 @@ mod tests {
     use crate::presence::memory::MemoryPresence;
     use crate::presence::PresenceConfig;
 
-    fn session(user: &str, device: &str) -> Session {
+    fn session(user: &'static str, device: &'static str) -> Session {
         Session {
             user: user.into(),
             device: device.into(),
@@ -319,7 +319,7 @@ mod tests {
         let err = watch
             .add(
                 &(0..10)
-                    .map(|i| UserId::from(format!("u{i}")))
+                    .map(|i| UserId::try_from(format!("u{i}")).unwrap())
                     .collect::<Vec<_>>(),
             )
             .await

@@ -7,7 +7,7 @@ use tokio::sync::broadcast;
 
 use crate::changes::Changed;
 use crate::error::StoreError;
-use crate::topology::UserId;
+use crate::topology::{stored, UserId};
 
 use super::{backend, Pushed, RedisHandle};
 
@@ -37,9 +37,13 @@ impl RedisChanges {
         tokio::spawn(async move {
             while let Some(event) = pushed.next().await {
                 let change = match event {
-                    Pushed::Message(user) => match std::str::from_utf8(&user) {
-                        Ok(user) => Changed::Key(UserId::from(user)),
-                        Err(_) => continue,
+                    // No cache holds an id that breaks the rule.
+                    Pushed::Message(user) => match std::str::from_utf8(&user)
+                        .ok()
+                        .and_then(|user| stored::<UserId>(store, user))
+                    {
+                        Some(user) => Changed::Key(user),
+                        None => continue,
                     },
                     // Events published from the drop until the resubscribe
                     // are lost: on the drop, what was cached before it may

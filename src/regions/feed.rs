@@ -64,6 +64,8 @@ impl Drop for Publisher {
 pub(super) struct Kafka {
     config: KafkaConfig,
     producer: FutureProducer,
+    /// This node's region, whose own records the consumers skip.
+    local: Region,
 }
 
 impl Kafka {
@@ -72,6 +74,7 @@ impl Kafka {
     pub(super) async fn connect(
         kafka: &KafkaConfig,
         regions: &RegionsConfig,
+        local: Region,
     ) -> Result<Self, TransportError> {
         let connect_err = |reason: Cause| TransportError::Connect {
             transport: TransportKind::KAFKA,
@@ -133,6 +136,7 @@ impl Kafka {
         Ok(Self {
             config: kafka.clone(),
             producer,
+            local,
         })
     }
 
@@ -309,7 +313,7 @@ where
     Fut: std::future::Future<Output = ()> + Send,
 {
     let consumer = kafka.consumer(regions, name, topic)?;
-    let local = Region::from(regions.local.as_str());
+    let local = kafka.local.clone();
     Ok(tokio::spawn(async move {
         loop {
             let message = match consumer.recv().await {

@@ -157,7 +157,7 @@ impl RegionalGroups {
             let mut parts = e.splitn(3, '|');
             let version = parts.next()?.parse().ok()?;
             let member = parts.next()? == "1";
-            Some((version, member, Region::from(parts.next()?)))
+            Some((version, member, parts.next()?.parse::<Region>().ok()?))
         });
         Ok(parsed.filter(|(_, _, region)| region == &self.region).map(
             |(version, member, region)| Membership {

@@ -63,15 +63,16 @@ pub struct Regions {
 }
 
 impl Regions {
-    /// Connects the presence feed and wraps the region's presence store.
+    /// Connects the presence feed and wraps the region's presence store;
+    /// `region` is `config.local`, checked.
     pub(crate) async fn connect(
         config: &RegionsConfig,
+        region: Region,
         kafka: &KafkaConfig,
         redis: RedisHandle,
         local: Arc<RedisPresence>,
     ) -> Result<Self, TransportError> {
-        let kafka = feed::Kafka::connect(kafka, config).await?;
-        let region = Region::from(config.local.as_str());
+        let kafka = feed::Kafka::connect(kafka, config, region.clone()).await?;
         let replica = Arc::new(replica::Replica::new(redis.clone(), config.tombstone_ttl));
         let publisher = feed::publish(
             &kafka,

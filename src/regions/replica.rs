@@ -25,7 +25,7 @@ use crate::presence::redis::PRELUDE;
 use crate::presence::Session;
 use crate::redis_conn::RedisHandle;
 use crate::telemetry;
-use crate::topology::{GatewayId, Region, UserId};
+use crate::topology::{stored, GatewayId, Region, UserId};
 
 const STORE: &str = "presence";
 
@@ -160,7 +160,10 @@ impl Replica {
             .query_async(&mut self.redis.conn())
             .await
             .map_err(backend(format!("list users on gateway {gateway}")))?;
-        Ok((next, users.into_iter().map(UserId::from).collect()))
+        Ok((
+            next,
+            users.iter().filter_map(|u| stored(STORE, u)).collect(),
+        ))
     }
 
     /// The user's sessions in every other region, as last replicated. An
@@ -181,7 +184,9 @@ impl Replica {
                 tracing::warn!(%user, %region, "skipping a replicated entry that cannot be read");
                 continue;
             };
-            let region = Region::from(region);
+            let Some(region) = stored::<Region>(STORE, &region) else {
+                continue;
+            };
             sessions.extend(remote.into_iter().map(|r| r.session(user, &region)));
         }
         Ok(sessions)

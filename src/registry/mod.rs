@@ -54,16 +54,15 @@ pub(crate) fn encode(gateway: &GatewayInfo) -> String {
 /// Reads [`encode`]'s value back; a malformed one names the gateway.
 #[cfg(any(feature = "redis", feature = "etcd"))]
 pub(crate) fn decode(id: &GatewayId, value: &str) -> Result<GatewayInfo, StoreError> {
-    let (region, address) = value
-        .split_once('\x1f')
-        .ok_or_else(|| StoreError::Backend {
-            store: STORE,
-            operation: format!("read gateway {id}"),
-            reason: crate::cause::Cause::from_message(format!("malformed value {value:?}")),
-        })?;
+    let bad = || StoreError::Backend {
+        store: STORE,
+        operation: format!("read gateway {id}"),
+        reason: crate::cause::Cause::from_message(format!("malformed value {value:?}")),
+    };
+    let (region, address) = value.split_once('\x1f').ok_or_else(bad)?;
     Ok(GatewayInfo {
         id: id.clone(),
-        region: region.into(),
+        region: region.parse().map_err(|_| bad())?,
         address: address.into(),
     })
 }

@@ -24,7 +24,7 @@ use crate::cause::Report;
 use crate::error::StoreError;
 use crate::groups::Directory;
 use crate::redis_conn::{backend, RedisHandle};
-use crate::topology::{GatewayId, GatewayInfo};
+use crate::topology::{stored, GatewayId, GatewayInfo};
 
 use super::STORE;
 
@@ -61,8 +61,16 @@ impl RedisRegistry {
     pub async fn reap(&self) -> Result<Vec<GatewayId>, StoreError> {
         let mut dead = Vec::new();
         for id in self.ids().await? {
-            let gateway = GatewayId::from(id.as_str());
             let mut conn = self.redis.conn();
+            // An id that breaks the rule was never registered by a node:
+            // take it out of the set, nobody's sessions to remove.
+            let Some(gateway) = stored::<GatewayId>(STORE, &id) else {
+                let _: i64 = conn
+                    .srem(self.set_key(), &id)
+                    .await
+                    .map_err(backend(STORE, format!("drop malformed gateway id {id:?}")))?;
+                continue;
+            };
             let alive: bool = conn
                 .exists(self.key(&gateway))
                 .await
@@ -154,8 +162,9 @@ impl Registry for RedisRegistry {
 
     async fn list(&self) -> Result<Vec<GatewayInfo>, StoreError> {
         let ids = self.ids().await?;
+        let ids: Vec<GatewayId> = ids.iter().filter_map(|id| stored(STORE, id)).collect();
         let mut live: Vec<GatewayInfo> = stream::iter(ids)
-            .map(|id| async move { self.get(&GatewayId::from(id)).await })
+            .map(|id| async move { self.get(&id).await })
             .buffer_unordered(64)
             .try_filter_map(|g| async move { Ok(g) })
             .try_collect()

@@ -88,7 +88,10 @@ mod tests {
 
     fn gateways(n: usize) -> Vec<GatewayInfo> {
         (0..n)
-            .map(|i| GatewayInfo::new(format!("gw-{i}"), if i % 2 == 0 { "eu" } else { "us" }))
+            .map(|i| {
+                let id = GatewayId::try_from(format!("gw-{i}")).unwrap();
+                GatewayInfo::new(id, if i % 2 == 0 { "eu" } else { "us" })
+            })
             .collect()
     }
 
@@ -98,7 +101,7 @@ mod tests {
         reversed.reverse();
         let (a, b) = (Ring::new(gateways(5), 50), Ring::new(reversed, 50));
         for u in 0..1000 {
-            let user = UserId::from(format!("u{u}"));
+            let user = UserId::try_from(format!("u{u}")).unwrap();
             assert_eq!(
                 a.assign(&user).map(|g| &g.id),
                 b.assign(&user).map(|g| &g.id)
@@ -110,7 +113,7 @@ mod tests {
     fn a_region_gets_only_its_own_gateways() {
         let ring = Ring::new(gateways(6), 50);
         for u in 0..1000 {
-            let user = UserId::from(format!("u{u}"));
+            let user = UserId::try_from(format!("u{u}")).unwrap();
             assert_eq!(
                 ring.assign_in(&user, &"us".into())
                     .map(|g| g.region.as_str()),

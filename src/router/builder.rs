@@ -10,7 +10,7 @@ use crate::config::Settings;
 use crate::inbox::{self, Inbox};
 use crate::policy::handover::Handover;
 use crate::policy::live::LivePolicy;
-use crate::topology::{check, GatewayInfo, IdKind};
+use crate::topology::GatewayInfo;
 use crate::transport::{Transport, TransportKind};
 
 use super::stack::Stacks;
@@ -72,8 +72,6 @@ impl RouterBuilder {
     /// Connects the backends, subscribes to this gateway's address on every
     /// enabled transport and registers the gateway.
     pub async fn build(self) -> Result<(Router, Inbox), BuildError> {
-        check("gateway_id", IdKind::Name, self.gateway.id.as_str())?;
-        check("region", IdKind::Name, self.gateway.region.as_str())?;
         let settings = self.settings;
         let added: Vec<TransportKind> = self.added.iter().map(|t| t.kind()).collect();
         settings.validate_with(&added)?;

@@ -38,7 +38,7 @@ use crate::policy::handover::Handover;
 use crate::policy::live::LivePolicy;
 use crate::presence::watch::PresenceWatch;
 use crate::presence::{PresenceStore, Session};
-use crate::topology::{check, GatewayInfo, GroupId, IdKind, UserId};
+use crate::topology::{GatewayInfo, GroupId, UserId};
 
 pub use builder::RouterBuilder;
 pub use explain::{explain, Explanation};
@@ -123,9 +123,6 @@ impl Router {
     /// online dots): cached where the cache holds them, the rest looked up
     /// concurrently.
     pub async fn presence(&self, users: &[UserId]) -> Result<Vec<Vec<Session>>, StoreError> {
-        for user in users {
-            check("users", IdKind::Text, user.as_str())?;
-        }
         self.inner.backends.presence.locate_many(users).await
     }
 
@@ -142,7 +139,6 @@ impl Router {
         user: impl Into<UserId>,
     ) -> Result<(), StoreError> {
         let (group, user) = (group.into(), user.into());
-        texts([("group", group.as_str()), ("user", user.as_str())])?;
         self.inner.backends.directory.join(&group, &user).await
     }
 
@@ -153,7 +149,6 @@ impl Router {
         user: impl Into<UserId>,
     ) -> Result<(), StoreError> {
         let (group, user) = (group.into(), user.into());
-        texts([("group", group.as_str()), ("user", user.as_str())])?;
         self.inner.backends.directory.leave(&group, &user).await
     }
 
@@ -164,7 +159,6 @@ impl Router {
         blocked: impl Into<UserId>,
     ) -> Result<(), StoreError> {
         let (user, blocked) = (user.into(), blocked.into());
-        texts([("user", user.as_str()), ("blocked", blocked.as_str())])?;
         self.inner.backends.blocks.block(&user, &blocked).await
     }
 
@@ -175,14 +169,6 @@ impl Router {
         blocked: impl Into<UserId>,
     ) -> Result<(), StoreError> {
         let (user, blocked) = (user.into(), blocked.into());
-        texts([("user", user.as_str()), ("blocked", blocked.as_str())])?;
         self.inner.backends.blocks.unblock(&user, &blocked).await
     }
-}
-
-/// Checks user, group or device ids of one call, naming the first bad field.
-fn texts(fields: [(&'static str, &str); 2]) -> Result<(), crate::topology::IdError> {
-    fields
-        .into_iter()
-        .try_for_each(|(field, value)| check(field, IdKind::Text, value))
 }

@@ -109,7 +109,7 @@ async fn regions_of(
         let region = match backends.registry.get(gateway).await? {
             Some(info) => info.region,
             // Not registered (dying?): any other region takes the durable route.
-            None => Region::new(""),
+            None => Region::unregistered(),
         };
         gateways.push((gateway.clone(), region));
     }

@@ -10,9 +10,9 @@ use crate::error::StoreError;
 use crate::inbox::replay::replay;
 use crate::presence::{PresenceStore, Session};
 use crate::telemetry;
-use crate::topology::{check, DeviceId, GatewayInfo, IdKind, UserId};
+use crate::topology::{DeviceId, GatewayInfo, UserId};
 
-use super::{texts, Inner, Router};
+use super::{Inner, Router};
 
 /// Heartbeats a gateway until dropped: see [`Router::keep_alive`].
 #[must_use = "the heartbeats stop when this is dropped"]
@@ -54,7 +54,6 @@ impl Router {
         device: impl Into<DeviceId>,
     ) -> Result<usize, StoreError> {
         let (user, device) = (user.into(), device.into());
-        texts([("user", user.as_str()), ("device", device.as_str())])?;
         let session = Session {
             user,
             device,
@@ -85,7 +84,6 @@ impl Router {
         device: impl Into<DeviceId>,
     ) -> Result<(), StoreError> {
         let (user, device) = (user.into(), device.into());
-        texts([("user", user.as_str()), ("device", device.as_str())])?;
         let directory = &self.inner.backends.directory;
         directory.offline(&user, &device).await.map(drop)
     }
@@ -95,7 +93,6 @@ impl Router {
     /// addresses depend only on the gateway id, so the inbox, and every
     /// delivery it holds, stays with the new router.
     pub async fn moved(&self, to: GatewayInfo) -> Result<Router, StoreError> {
-        check("region", IdKind::Name, to.region.as_str())?;
         self.inner.backends.registry.register(&to).await?;
         Ok(Router {
             inner: Arc::new(Inner::at(&self.inner, to)),

@@ -616,7 +616,7 @@ mod tests {
     fn to(gateways: &[GatewayId]) -> (Vec<Outgoing<'_>>, Vec<Region>) {
         gateways
             .iter()
-            .map(|to| (Outgoing { to, batch: &[] }, Region::new("eu")))
+            .map(|to| (Outgoing { to, batch: &[] }, Region::from("eu")))
             .unzip()
     }
 
@@ -634,7 +634,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn high_priority_is_retried_and_normal_is_not() {
-        let gateways = [GatewayId::new("gw-2")];
+        let gateways = [GatewayId::from("gw-2")];
         let targets = to(&gateways);
         let high = flaky(2, Duration::ZERO);
         let results = publish(
@@ -657,7 +657,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_retry_publishes_again_only_to_the_gateways_that_failed() {
-        let gateways = [GatewayId::new("gw-ok"), GatewayId::new("gw-bad")];
+        let gateways = [GatewayId::from("gw-ok"), GatewayId::from("gw-bad")];
         let targets = to(&gateways);
         // Every target fails its first two attempts, but gw-ok counts two
         // already: it is taken at once, gw-bad on its third attempt.
@@ -677,7 +677,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_attempt_times_out_naming_the_gateway_and_limit() {
-        let gateways = [GatewayId::new("gw-2")];
+        let gateways = [GatewayId::from("gw-2")];
         let targets = to(&gateways);
         let stacked = TimeoutLayer {
             kind: TransportKind::MEMORY,
@@ -703,7 +703,7 @@ mod tests {
     /// gateway and the bound; once the first is done, publishes go again.
     #[tokio::test(start_paused = true)]
     async fn a_publish_over_the_in_flight_bound_is_refused_at_once() {
-        let gateways = [GatewayId::new("gw-2")];
+        let gateways = [GatewayId::from("gw-2")];
         let targets = to(&gateways);
         let slow = flaky(0, Duration::from_secs(1));
         let stacked = ShedLayer {

@@ -13,7 +13,7 @@ use crate::presence::PresenceStore;
 use crate::proto;
 use crate::router::Router;
 use crate::telemetry;
-use crate::topology::GatewayId;
+use crate::topology::{GatewayId, GatewayInfo};
 
 /// A gateway attached to this sidecar.
 pub(crate) struct Attached {
@@ -87,28 +87,29 @@ pub(crate) async fn evict_idle(shared: &Shared, idle: Duration) -> usize {
 /// The gateways attached here, for the Admin API, with their online
 /// counts (0 when the presence store cannot be asked now).
 pub(crate) async fn attached(shared: &Shared) -> Vec<proto::AttachedGateway> {
-    let mut list: Vec<proto::AttachedGateway> = {
+    let attached: Vec<(GatewayInfo, bool)> = {
         let gateways = shared.gateways.lock().await;
         gateways
             .values()
-            .map(|a| {
-                let info = a.router.gateway();
-                proto::AttachedGateway {
-                    gateway_id: info.id.to_string(),
-                    region: info.region.to_string(),
-                    address: info.address.clone(),
-                    streaming: a.streaming(),
-                    online_users: 0,
-                }
-            })
+            .map(|a| (a.router.gateway().clone(), a.streaming()))
             .collect()
     };
-    for gateway in &mut list {
-        let id = GatewayId::from(gateway.gateway_id.as_str());
-        match shared.backends.presence.hosted_users(&id).await {
-            Ok(count) => gateway.online_users = count,
-            Err(err) => tracing::debug!(err = %Report(&err), "online count unavailable"),
-        }
+    let mut list = Vec::with_capacity(attached.len());
+    for (info, streaming) in attached {
+        let online_users = match shared.backends.presence.hosted_users(&info.id).await {
+            Ok(count) => count,
+            Err(err) => {
+                tracing::debug!(err = %Report(&err), "online count unavailable");
+                0
+            }
+        };
+        list.push(proto::AttachedGateway {
+            gateway_id: info.id.to_string(),
+            region: info.region.to_string(),
+            address: info.address,
+            streaming,
+            online_users,
+        });
     }
     list.sort_by(|a, b| a.gateway_id.cmp(&b.gateway_id));
     list

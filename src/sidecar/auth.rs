@@ -16,7 +16,7 @@ use super::user_auth::UserTokens;
 use super::{Shared, SidecarConfig, SidecarError};
 use crate::cause::Report;
 use crate::router::Router;
-use crate::topology::{GatewayId, IdKind, UserId};
+use crate::topology::{GatewayId, UserId};
 
 /// The resolved secrets.
 #[derive(Default)]
@@ -34,8 +34,14 @@ impl Tokens {
     pub fn resolve(config: &SidecarConfig) -> Result<Self, SidecarError> {
         let mut gateways = Vec::new();
         for (gateway, source) in &config.tokens {
+            let id = gateway
+                .parse::<GatewayId>()
+                .map_err(|err| SidecarError::TokenKey {
+                    key: format!("sidecar.tokens.{gateway}"),
+                    source: err,
+                })?;
             gateways.push((
-                GatewayId::from(gateway.as_str()),
+                id,
                 read_secret(&format!("sidecar.tokens.{gateway}"), source)?,
             ));
         }
@@ -185,12 +191,12 @@ fn check_secret<T>(request: &Request<T>, expected: Option<&str>, what: &str) -> 
 /// Checks that the call may act as `gateway`: its token is that gateway's
 /// (or no tokens are configured).
 pub fn authorize<T>(request: &Request<T>, gateway: &str) -> Result<GatewayId, Status> {
-    super::fields::id("gateway_id", IdKind::Name, gateway)?;
+    let gateway: GatewayId = super::fields::id("gateway_id", gateway)?;
     match request.extensions().get::<Caller>() {
-        Some(Caller(caller)) if caller.as_str() != gateway => Err(Status::permission_denied(
-            format!("the token of gateway {caller:?} cannot act as gateway {gateway:?}"),
-        )),
-        _ => Ok(GatewayId::from(gateway)),
+        Some(Caller(caller)) if *caller != gateway => Err(Status::permission_denied(format!(
+            "the token of gateway {caller:?} cannot act as gateway {gateway:?}"
+        ))),
+        _ => Ok(gateway),
     }
 }
 

@@ -9,7 +9,7 @@ use crate::envelope::MessageId;
 use crate::error::StoreError;
 use crate::offline::{dead_letters, Letters};
 use crate::proto;
-use crate::topology::{check, IdKind, UserId};
+use crate::topology::UserId;
 
 /// Letters listed when the request names no limit.
 const DEFAULT_LIMIT: u32 = 100;
@@ -21,8 +21,7 @@ fn unavailable(err: StoreError) -> Status {
 }
 
 fn user(user: &str) -> Result<UserId, Status> {
-    check("user", IdKind::Text, user).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    Ok(user.into())
+    super::fields::id("user", user)
 }
 
 /// The ids named, parsed; none means every letter.

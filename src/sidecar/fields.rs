@@ -1,18 +1,12 @@
-//! Identifier fields of gRPC requests, checked where they enter: a
+//! Identifier fields of gRPC requests, made where they enter: a
 //! violation is `INVALID_ARGUMENT` naming the field and the rule.
 
 use tonic::Status;
 
-use crate::topology::{check, IdKind};
+use crate::topology::Id;
 
-/// `value` if it keeps the identifier rules of `kind`, else
+/// `value`, the request field `field`, as the id it holds, else
 /// INVALID_ARGUMENT naming the field and the rule.
-pub(crate) fn id<'a>(field: &'static str, kind: IdKind, value: &'a str) -> Result<&'a str, Status> {
-    check(field, kind, value).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    Ok(value)
-}
-
-/// A user, group or device id of a request.
-pub(crate) fn text<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Status> {
-    id(field, IdKind::Text, value)
+pub(crate) fn id<T: Id>(field: &'static str, value: &str) -> Result<T, Status> {
+    T::parse(field, value).map_err(|e| Status::invalid_argument(e.to_string()))
 }

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::attached::{Attached, Parked};
 use super::auth::{authorize, hosted};
-use super::fields::{id, text};
+use super::fields::id;
 use super::send::send_all;
 use super::stream::{pump, STREAM_QUEUE};
 use super::{presence, Shared};
@@ -19,7 +19,7 @@ use crate::envelope::{Envelope, MessageId};
 use crate::proto::{self, gateway_server::Gateway};
 use crate::router::Router;
 use crate::telemetry;
-use crate::topology::{GatewayId, GatewayInfo, IdKind, UserId};
+use crate::topology::{DeviceId, GatewayId, GatewayInfo, GroupId, Region, UserId};
 
 /// Offline messages returned by FetchOffline when the request sets no limit.
 const DEFAULT_FETCH_LIMIT: usize = 100;
@@ -62,8 +62,8 @@ impl GatewayService {
     ) -> Result<Response<proto::GroupResponse>, Status> {
         let router = self.caller(&request, &request.get_ref().gateway_id).await?;
         let req = request.into_inner();
-        let user = UserId::from(text("user", &req.user)?);
-        let group = text("group", &req.group)?;
+        let user: UserId = id("user", &req.user)?;
+        let group: GroupId = id("group", &req.group)?;
         hosted(&router, &user).await?;
         match change {
             Membership::Join => router.join(group, user).await,
@@ -106,7 +106,7 @@ impl Gateway for GatewayService {
             &Request::from_parts(metadata, extensions, ()),
             &req.gateway_id,
         )?;
-        let region = id("region", IdKind::Name, &req.region)?;
+        let region: Region = id("region", &req.region)?;
         // Peers dial the registered address with the peer token, so only
         // the sidecar names it: a gateway-chosen address would receive it.
         if !req.address.is_empty() && req.address != self.shared.advertise {
@@ -117,7 +117,7 @@ impl Gateway for GatewayService {
         }
         let info = GatewayInfo {
             id: gateway.clone(),
-            region: region.into(),
+            region,
             address: self.shared.advertise.clone(),
         };
         if *self.shared.stopping.borrow() {
@@ -215,9 +215,11 @@ impl Gateway for GatewayService {
     ) -> Result<Response<proto::OnlineResponse>, Status> {
         let router = self.caller(&request, &request.get_ref().gateway_id).await?;
         let req = request.into_inner();
-        let user = text("user", &req.user)?;
-        let device = text("device", &req.device)?;
-        self.shared.auth.verify_user(&req.user_token, user)?;
+        let user: UserId = id("user", &req.user)?;
+        let device: DeviceId = id("device", &req.device)?;
+        self.shared
+            .auth
+            .verify_user(&req.user_token, user.as_str())?;
         let replayed = router
             .connect(user, device)
             .await
@@ -233,8 +235,8 @@ impl Gateway for GatewayService {
     ) -> Result<Response<proto::OfflineResponse>, Status> {
         let router = self.caller(&request, &request.get_ref().gateway_id).await?;
         let req = request.into_inner();
-        let user = UserId::from(text("user", &req.user)?);
-        let device = text("device", &req.device)?;
+        let user: UserId = id("user", &req.user)?;
+        let device: DeviceId = id("device", &req.device)?;
         let me = &router.gateway().id;
         let sessions = router
             .backends()
@@ -244,7 +246,7 @@ impl Gateway for GatewayService {
             .map_err(|e| Status::unavailable(Report(&e).to_string()))?;
         if sessions
             .iter()
-            .any(|s| s.device.as_str() == device && &s.gateway != me)
+            .any(|s| s.device == device && &s.gateway != me)
         {
             return Err(Status::permission_denied(format!(
                 "device {device:?} of user {user:?} is connected to another gateway"
@@ -289,7 +291,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<proto::FetchOfflineResponse>, Status> {
         let router = self.caller(&request, &request.get_ref().gateway_id).await?;
         let req = request.into_inner();
-        let user = UserId::from(text("user", &req.user)?);
+        let user: UserId = id("user", &req.user)?;
         hosted(&router, &user).await?;
         let limit = if req.limit == 0 {
             DEFAULT_FETCH_LIMIT
@@ -313,7 +315,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<proto::AckOfflineResponse>, Status> {
         let router = self.caller(&request, &request.get_ref().gateway_id).await?;
         let req = request.into_inner();
-        let user = UserId::from(text("user", &req.user)?);
+        let user: UserId = id("user", &req.user)?;
         hosted(&router, &user).await?;
         let ids = req
             .ids

@@ -67,7 +67,7 @@ use crate::proto::{
     admin_server::AdminServer, gateway_server::GatewayServer, peer_server::PeerServer,
 };
 use crate::telemetry::{self, RecorderError};
-use crate::topology::GatewayId;
+use crate::topology::{GatewayId, IdError};
 use crate::transport::grpc::PeerLinks;
 
 pub use crate::config::sidecar::{SecretSource, SidecarConfig};
@@ -98,6 +98,14 @@ pub enum SidecarError {
         /// Why.
         #[source]
         reason: Cause,
+    },
+    /// A `[sidecar.tokens]` key is not a gateway id.
+    #[error("{key}: not a gateway id")]
+    TokenKey {
+        /// The config key.
+        key: String,
+        /// Which rule it breaks.
+        source: IdError,
     },
     /// A TLS file could not be read or used.
     #[error("{key} = {path}: cannot use it for TLS")]

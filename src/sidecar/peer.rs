@@ -17,6 +17,7 @@ use crate::cause::Report;
 use crate::proto::{self, peer_server::Peer};
 use crate::topology::GatewayId;
 use crate::transport::grpc::PeerLinks;
+use crate::transport::TransportError;
 
 /// Acks buffered per link before the receiver stops reading batches.
 const ACK_QUEUE: usize = 256;
@@ -74,12 +75,16 @@ impl Peer for PeerService {
                                 continue;
                             }
                         };
-                        let to = GatewayId::from(batch.to_gateway);
                         let seq = batch.seq;
-                        let acked = links.accept(&to, batch.envelopes).await;
+                        let report = |e: TransportError| Report(&e).to_string();
+                        // A bad id refuses the batch; the sender falls back.
+                        let acked = match GatewayId::parse("to_gateway", &batch.to_gateway) {
+                            Ok(to) => links.accept(&to, batch.envelopes).await.map_err(report),
+                            Err(err) => Err(err.to_string()),
+                        };
                         waiting.push_back(async move {
                             let result = match acked {
-                                Ok(acked) => acked.await,
+                                Ok(acked) => acked.await.map_err(report),
                                 Err(err) => Err(err),
                             };
                             (seq, result)
@@ -92,10 +97,7 @@ impl Peer for PeerService {
                     }
                     () = &mut give_up => break,
                     Some((seq, result)) = waiting.next() => {
-                        let error = result
-                            .err()
-                            .map(|e| Report(&e).to_string())
-                            .unwrap_or_default();
+                        let error = result.err().unwrap_or_default();
                         if acks.send(Ok(proto::PeerAck { seq, error })).await.is_err() {
                             break;
                         }

@@ -17,7 +17,7 @@ use crate::presence::watch::{Change, PresenceEvent, PresenceWatch, WatchError};
 use crate::presence::{PresenceStore, Session};
 use crate::proto;
 use crate::router::Router;
-use crate::topology::{GroupId, IdKind, UserId};
+use crate::topology::{GroupId, UserId};
 
 /// Users per `Presence` call.
 const MAX_PRESENCE_USERS: usize = 1000;
@@ -33,9 +33,7 @@ fn unavailable(err: StoreError) -> Status {
 }
 
 fn users(field: &'static str, ids: &[String]) -> Result<Vec<UserId>, Status> {
-    ids.iter()
-        .map(|u| id(field, IdKind::Text, u).map(UserId::from))
-        .collect()
+    ids.iter().map(|u| id(field, u)).collect()
 }
 
 fn session_info(s: &Session) -> proto::SessionInfo {
@@ -101,7 +99,7 @@ async fn apply(
     watch.remove(&users("remove_users", &message.remove_users)?);
     let mut add = users("add_users", &message.add_users)?;
     for group in &message.add_groups {
-        let group = GroupId::from(id("add_groups", IdKind::Text, group)?);
+        let group: GroupId = id("add_groups", group)?;
         match router.backends().directory.groups().members(&group).await {
             Ok(members) => add.extend(members),
             Err(StoreError::UnknownGroup(_)) => {}
@@ -169,7 +167,7 @@ pub(crate) async fn group_members(
     router: &Router,
     request: proto::GroupMembersRequest,
 ) -> Result<Response<proto::GroupMembersResponse>, Status> {
-    let group = GroupId::from(id("group", IdKind::Text, &request.group)?);
+    let group: GroupId = id("group", &request.group)?;
     let limit = match request.limit as usize {
         0 => MAX_PAGE,
         n => n.min(MAX_PAGE),
@@ -185,11 +183,12 @@ pub(crate) async fn group_members(
     };
     let total = members.len() as u64;
     let sorted: BTreeSet<UserId> = members.into_iter().collect();
-    let after = UserId::from(request.after.as_str());
     let mut page = Vec::with_capacity(limit);
+    // The cursor is the last id of the page before ("" for the first): any
+    // text, compared as ids are ordered.
     let mut rest = sorted
         .into_iter()
-        .filter(|m| request.after.is_empty() || *m > after)
+        .filter(|m| m.as_str() > request.after.as_str())
         .peekable();
     let mut examined = None;
     let me = &router.gateway().id;
@@ -232,7 +231,7 @@ pub(crate) async fn user_groups(
     router: &Router,
     request: proto::UserGroupsRequest,
 ) -> Result<Response<proto::UserGroupsResponse>, Status> {
-    let user = UserId::from(id("user", IdKind::Text, &request.user)?);
+    let user: UserId = id("user", &request.user)?;
     let groups: BTreeSet<GroupId> = router
         .backends()
         .directory

@@ -495,7 +495,7 @@ mod tests {
         let transport = GrpcTransport::new(&config, registry.clone());
         let mut peers = Vec::new();
         for n in 0..DOWN_AFTER {
-            let mut info = GatewayInfo::new(format!("gw-{n}"), "eu");
+            let mut info = GatewayInfo::new(GatewayId::try_from(format!("gw-{n}")).unwrap(), "eu");
             info.address = dead_address();
             registry.register(&info).await.expect("register");
             peers.push(info.id);

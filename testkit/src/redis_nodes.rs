@@ -94,6 +94,7 @@ pub async fn node(settings: &Settings) -> Backends {
 /// A router for gateway `id` in region `eu` on its own node.
 pub async fn router(settings: &Settings, id: &str) -> (Router, switchyard::Inbox) {
     init_logs();
+    let id: switchyard::GatewayId = id.parse().expect("gateway id");
     Router::builder(switchyard::GatewayInfo::new(id, "eu"))
         .settings(settings.clone())
         .build()

@@ -15,8 +15,8 @@ use switchyard::regions::{Membership, Snapshot};
 use switchyard::transport::redis::RedisTransportConfig;
 use switchyard::transport::TransportKind;
 use switchyard::{
-    Backends, Destination, Envelope, GatewayId, GatewayInfo, Inbox, MessageId, Outcome, Priority,
-    Router, SendReport, Settings, UserId, Via,
+    Backends, Destination, Envelope, GatewayId, GatewayInfo, GroupId, Inbox, MessageId, Outcome,
+    Priority, Router, SendReport, Settings, UserId, Via,
 };
 
 use crate::servers;
@@ -120,7 +120,12 @@ impl Fleet {
 
     /// A name unique to this run.
     pub fn user(&self, name: &str) -> UserId {
-        UserId::from(format!("{name}-{}", self.run))
+        UserId::try_from(format!("{name}-{}", self.run)).expect("user id")
+    }
+
+    /// A group name unique to this run.
+    pub fn group(&self, name: &str) -> GroupId {
+        GroupId::try_from(format!("{name}-{}", self.run)).expect("group id")
     }
 
     /// A gateway `name` in `region`.
@@ -138,7 +143,10 @@ impl Fleet {
         name: &str,
     ) -> Result<Gateway, switchyard::backends::BuildError> {
         let r = self.region(region);
-        let info = GatewayInfo::new(format!("{name}-{}", self.run), &name[..2]);
+        let info = GatewayInfo::new(
+            GatewayId::try_from(format!("{name}-{}", self.run)).expect("gateway id"),
+            name[..2].parse::<switchyard::Region>().expect("region"),
+        );
         let (router, inbox) = Router::builder(info)
             .settings(r.settings.clone())
             .backends(r.backends.clone())
@@ -183,14 +191,11 @@ impl Fleet {
 
     /// Waits until `region`'s distribution of `group` counts `gateway`
     /// (applied just after the snapshot that put a member there).
-    pub async fn wait_distribution(&self, region: &str, group: &str, gateway: &GatewayId) {
+    pub async fn wait_distribution(&self, region: &str, group: &GroupId, gateway: &GatewayId) {
         let groups = self.region(region).backends.directory().groups().clone();
         let start = Instant::now();
         loop {
-            let found = groups
-                .distribution(&group.into())
-                .await
-                .expect("distribution");
+            let found = groups.distribution(group).await.expect("distribution");
             if found.iter().any(|(g, _)| g == gateway) {
                 return;
             }
@@ -283,13 +288,13 @@ impl Fleet {
     }
 
     /// Waits until `region`'s members of `group` are `members`.
-    pub async fn wait_members(&self, region: &str, group: &str, members: &[&UserId]) {
+    pub async fn wait_members(&self, region: &str, group: &GroupId, members: &[&UserId]) {
         let groups = self.region(region).backends.directory().groups().clone();
         let mut expected: Vec<UserId> = members.iter().map(|&u| u.clone()).collect();
         expected.sort();
         let start = Instant::now();
         loop {
-            let mut found = groups.members(&group.into()).await.unwrap_or_default();
+            let mut found = groups.members(group).await.unwrap_or_default();
             found.sort();
             if found == expected {
                 return;
@@ -387,7 +392,7 @@ pub async fn send(from: &Gateway, user: &UserId, n: usize, priority: Priority) -
         let envelope = Envelope::new(
             "sender",
             from.id().clone(),
-            Destination::User(user.as_str().into()),
+            Destination::User(user.clone()),
             format!("msg {i}"),
         )
         .with_priority(priority);
@@ -492,7 +497,7 @@ pub async fn move_user(
                 let envelope = Envelope::new(
                     "mover-friend",
                     router.gateway().id.clone(),
-                    Destination::User(user.as_str().into()),
+                    Destination::User(user.clone()),
                     format!("msg {i}"),
                 )
                 .with_priority(Priority::High);
@@ -503,9 +508,9 @@ pub async fn move_user(
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    old.router.disconnect(user.as_str(), "phone").await.unwrap();
+    old.router.disconnect(user.clone(), "phone").await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    new.router.connect(user.as_str(), "phone").await.unwrap();
+    new.router.connect(user.clone(), "phone").await.unwrap();
     let sent = sender.await.unwrap();
     assert_eq!(sent.unconfirmed, 0, "every send was confirmed or stored");
     let at_old = drain_quiet(old, Duration::from_secs(3)).await;

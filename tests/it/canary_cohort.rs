@@ -125,7 +125,7 @@ impl Fleet {
     }
 
     /// `n` messages from alice on eu-a to `user`, sent as one batch.
-    async fn send(&self, user: &str, n: usize) -> Vec<SendReport> {
+    async fn send(&self, user: &'static str, n: usize) -> Vec<SendReport> {
         let envelopes = (0..n)
             .map(|i| {
                 Envelope::new(

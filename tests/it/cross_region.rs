@@ -41,7 +41,7 @@ fn settings(kafka_brokers: &str, cross_region: &str, fallbacks: &[&str]) -> Sett
 struct Gateway {
     router: Router,
     inbox: Inbox,
-    user: String,
+    user: switchyard::UserId,
 }
 
 /// Three gateways: two in `eu`, one in `us`, sharing one set of backends
@@ -52,16 +52,19 @@ async fn fleet(settings: &Settings) -> (Gateway, Gateway, Gateway) {
     let run = ulid::Ulid::new();
     let mut gateways = Vec::new();
     for (name, region) in [("eu1", "eu"), ("eu2", "eu"), ("us1", "us")] {
-        let info = GatewayInfo::new(format!("{name}-{run}"), region);
+        let info = GatewayInfo::new(
+            switchyard::GatewayId::try_from(format!("{name}-{run}")).unwrap(),
+            region,
+        );
         let (router, inbox) = Router::builder(info)
             .settings(settings.clone())
             .backends(backends.clone())
             .build()
             .await
             .expect("router");
-        let user = format!("user-{name}-{run}");
+        let user = switchyard::UserId::try_from(format!("user-{name}-{run}")).unwrap();
         router
-            .connect(user.as_str(), "phone")
+            .connect(user.clone(), "phone")
             .await
             .expect("connect");
         gateways.push(Gateway {
@@ -89,9 +92,9 @@ async fn send(
     let mut vias = Vec::new();
     for i in 0..n {
         let env = Envelope::new(
-            from.user.as_str(),
+            from.user.clone(),
             from.router.gateway().id.clone(),
-            Destination::User(to.user.as_str().into()),
+            Destination::User(to.user.clone()),
             format!("msg {i}"),
         )
         .with_priority(priority);
@@ -242,7 +245,7 @@ async fn kafka_outage_falls_back_and_recovers() {
         // Every transport failed for some: they wait in the offline store,
         // replayed when the user's device (re)connects.
         us.router
-            .connect(us.user.as_str(), "phone")
+            .connect(us.user.clone(), "phone")
             .await
             .expect("reconnect");
     }
@@ -339,7 +342,7 @@ async fn fire_and_forget_is_bounded() {
         Arc::new(NatsTransport::connect(&nats).await.expect("nats")),
     ];
     for t in transports {
-        let to = switchyard::GatewayId::new(format!("bound{}", ulid::Ulid::new()));
+        let to = switchyard::GatewayId::try_from(format!("bound{}", ulid::Ulid::new())).unwrap();
         let batch: Vec<_> = (0..1000)
             .map(|i| {
                 Envelope::new("u", "g", Destination::User("v".into()), format!("{i}")).encode()

@@ -91,7 +91,7 @@ impl Drop for PrivateEtcd {
     }
 }
 
-fn session(user: &str, gateway: &str) -> Session {
+fn session(user: &'static str, gateway: &'static str) -> Session {
     Session {
         user: user.into(),
         device: "phone".into(),

@@ -21,7 +21,7 @@ use std::time::Duration;
 use redis_nodes::{redis_config, Deployment};
 use switchyard::transport::TransportKind;
 use switchyard::{
-    Destination, Envelope, GatewayInfo, Inbox, MessageId, Outcome, Router, Settings, Via,
+    Destination, Envelope, GatewayInfo, Inbox, MessageId, Outcome, Router, Settings, UserId, Via,
 };
 use testkit::redis_nodes;
 use testkit::servers;
@@ -52,11 +52,14 @@ fn settings(
 }
 
 async fn router(settings: &Settings, id: &str) -> (Router, Inbox) {
-    Router::builder(GatewayInfo::new(id, "eu"))
-        .settings(settings.clone())
-        .build()
-        .await
-        .expect("router over Redis and NATS")
+    Router::builder(GatewayInfo::new(
+        id.parse::<switchyard::GatewayId>().unwrap(),
+        "eu",
+    ))
+    .settings(settings.clone())
+    .build()
+    .await
+    .expect("router over Redis and NATS")
 }
 
 /// Gateway `g0` sends `N` messages to a group with one member on each of
@@ -69,8 +72,9 @@ async fn each_gateway_gets_every_message_once(sender: Settings, receiver: Settin
     let mut receivers = Vec::new();
     for (g, device) in [(1, "phone"), (2, "laptop")] {
         let (r, inbox) = router(&receiver, &format!("{run}-g{g}")).await;
-        r.connect(format!("member-{g}"), "phone").await.unwrap();
-        g0.join("team", format!("member-{g}")).await.unwrap();
+        let member: UserId = format!("member-{g}").parse().unwrap();
+        r.connect(member.clone(), "phone").await.unwrap();
+        g0.join("team", member).await.unwrap();
         r.connect("bob", device).await.unwrap();
         receivers.push((r, inbox));
     }

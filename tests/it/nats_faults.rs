@@ -168,7 +168,7 @@ async fn a_publish_that_finds_no_stream_leader_is_tried_again_until_one_answers(
         .await
         .expect("delete the stream");
 
-    let gw = GatewayId::new("gw-elect");
+    let gw = GatewayId::from("gw-elect");
     let envelope = Envelope::new("alice", "gw-a", Destination::User("bob".into()), "hi");
     let recreate = async {
         tokio::time::sleep(Duration::from_millis(400)).await;

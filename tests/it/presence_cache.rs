@@ -44,7 +44,7 @@ async fn node(
     CachedPresence::new(store, &config)
 }
 
-fn session(user: &str) -> Session {
+fn session(user: &'static str) -> Session {
     Session {
         user: user.into(),
         device: "phone".into(),

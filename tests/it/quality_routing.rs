@@ -89,19 +89,22 @@ async fn a_slow_or_paused_redis_moves_the_route_to_kafka_and_back() {
     let backends = Backends::from_settings(&settings).await.expect("backends");
     let mut routers = Vec::new();
     for name in ["a", "b"] {
-        let (router, inbox) = Router::builder(GatewayInfo::new(format!("q{name}-{run}"), "eu"))
-            .settings(settings.clone())
-            .backends(backends.clone())
-            .build()
-            .await
-            .expect("router");
+        let (router, inbox) = Router::builder(GatewayInfo::new(
+            switchyard::GatewayId::try_from(format!("q{name}-{run}")).unwrap(),
+            "eu",
+        ))
+        .settings(settings.clone())
+        .backends(backends.clone())
+        .build()
+        .await
+        .expect("router");
         routers.push((router, inbox));
     }
     let (receiver, mut inbox) = routers.pop().expect("b");
     let (sender, _sender_inbox) = routers.pop().expect("a");
-    let bob = format!("bob-{run}");
+    let bob: switchyard::UserId = format!("bob-{run}").parse().unwrap();
     receiver
-        .connect(bob.as_str(), "phone")
+        .connect(bob.clone(), "phone")
         .await
         .expect("connect");
 
@@ -122,7 +125,7 @@ async fn a_slow_or_paused_redis_moves_the_route_to_kafka_and_back() {
         let envelope = Envelope::new(
             "alice",
             sender.gateway().id.clone(),
-            Destination::User(bob.as_str().into()),
+            Destination::User(bob.clone()),
             "hi",
         )
         .with_priority(Priority::Normal);

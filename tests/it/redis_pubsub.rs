@@ -187,17 +187,20 @@ async fn gateways_of_one_process_share_a_subscription_connection_and_leave_alone
         .await
         .expect("backends over Redis");
     let build = |id: String| {
-        Router::builder(GatewayInfo::new(id, "eu"))
-            .settings(settings.clone())
-            .backends(backends.clone())
-            .build()
+        Router::builder(GatewayInfo::new(
+            switchyard::GatewayId::try_from(id).unwrap(),
+            "eu",
+        ))
+        .settings(settings.clone())
+        .backends(backends.clone())
+        .build()
     };
     let (sender, _) = build("gw-sender".into()).await.unwrap();
     let mut gateways = Vec::new();
     for i in 0..10 {
         let (router, inbox) = build(format!("gw-{i}")).await.unwrap();
         router
-            .connect(format!("u{i}").as_str(), "d0")
+            .connect(format!("u{i}").parse::<switchyard::UserId>().unwrap(), "d0")
             .await
             .unwrap();
         gateways.push(Some((router, inbox)));
@@ -206,7 +209,7 @@ async fn gateways_of_one_process_share_a_subscription_connection_and_leave_alone
         Envelope::new(
             "alice",
             "gw-sender",
-            Destination::User(format!("u{i}").as_str().into()),
+            Destination::User(format!("u{i}").parse().unwrap()),
             format!("m{n}"),
         )
         .with_priority(Priority::High)
@@ -231,7 +234,7 @@ async fn gateways_of_one_process_share_a_subscription_connection_and_leave_alone
         inbox.ack(delivery.seq);
         assert_eq!(
             delivery.envelope.destination,
-            Destination::User(format!("u{i}").as_str().into()),
+            Destination::User(format!("u{i}").parse().unwrap()),
             "gw-{i} got only its own user's message"
         );
     }

@@ -32,8 +32,8 @@ async fn a_user_online_in_one_region_is_reached_from_the_other() {
     let mut us1 = fleet.gateway("us", "us1").await;
     let alice = fleet.user("alice");
     let bob = fleet.user("bob");
-    us1.router.connect(alice.as_str(), "phone").await.unwrap();
-    eu2.router.connect(bob.as_str(), "phone").await.unwrap();
+    us1.router.connect(alice.clone(), "phone").await.unwrap();
+    eu2.router.connect(bob.clone(), "phone").await.unwrap();
     let lag = fleet
         .wait_located("eu", &alice, us1.id(), Duration::from_secs(20))
         .await;
@@ -76,7 +76,7 @@ async fn a_message_on_stale_presence_is_routed_again_where_it_lands() {
     let mut eu2 = fleet.gateway("eu", "eu2").await;
     let mut us1 = fleet.gateway("us", "us1").await;
     let dan = fleet.user("dan");
-    eu2.router.connect(dan.as_str(), "phone").await.unwrap();
+    eu2.router.connect(dan.clone(), "phone").await.unwrap();
     fleet
         .wait_located("us", &dan, eu2.id(), Duration::from_secs(20))
         .await;
@@ -94,7 +94,7 @@ async fn a_message_on_stale_presence_is_routed_again_where_it_lands() {
         let envelope = Envelope::new(
             "sender",
             "eu1",
-            Destination::User(dan.as_str().into()),
+            Destination::User(dan.clone()),
             format!("stale {i}"),
         );
         ids.insert(envelope.id);
@@ -125,7 +125,7 @@ async fn a_user_moving_between_regions_loses_nothing() {
     let mut eu2 = fleet.gateway("eu", "eu2").await;
     let mut us1 = fleet.gateway("us", "us1").await;
     let carol = fleet.user("carol");
-    us1.router.connect(carol.as_str(), "phone").await.unwrap();
+    us1.router.connect(carol.clone(), "phone").await.unwrap();
     fleet
         .wait_located("eu", &carol, us1.id(), Duration::from_secs(20))
         .await;
@@ -147,7 +147,7 @@ async fn offline_messages_follow_the_user_to_another_region() {
     let erin = fleet.user("erin");
     let stored = send(&eu1, &erin, 30, Priority::High).await;
     assert_eq!(stored.offline, 30, "erin is offline everywhere");
-    us1.router.connect(erin.as_str(), "laptop").await.unwrap();
+    us1.router.connect(erin.clone(), "laptop").await.unwrap();
     let got = drain(&mut us1, &stored.confirmed, Duration::from_secs(30)).await;
     assert_eq!(
         got.vias,
@@ -164,27 +164,19 @@ async fn a_group_spanning_regions_reaches_every_gateway_once() {
     let mut eu2 = fleet.gateway("eu", "eu2").await;
     let mut us1 = fleet.gateway("us", "us1").await;
     let (frank, grace) = (fleet.user("frank"), fleet.user("grace"));
-    let group = fleet.user("team");
+    let group = fleet.group("team");
     // Each joins in one region; membership replicates to the other.
-    eu1.router
-        .join(group.as_str(), frank.as_str())
-        .await
-        .unwrap();
-    us1.router
-        .join(group.as_str(), grace.as_str())
-        .await
-        .unwrap();
-    eu2.router.connect(frank.as_str(), "phone").await.unwrap();
-    us1.router.connect(grace.as_str(), "phone").await.unwrap();
-    fleet
-        .wait_distribution("eu", group.as_str(), us1.id())
-        .await;
+    eu1.router.join(group.clone(), frank.clone()).await.unwrap();
+    us1.router.join(group.clone(), grace.clone()).await.unwrap();
+    eu2.router.connect(frank.clone(), "phone").await.unwrap();
+    us1.router.connect(grace.clone(), "phone").await.unwrap();
+    fleet.wait_distribution("eu", &group, us1.id()).await;
     let mut ids = HashSet::new();
     for i in 0..20 {
         let envelope = Envelope::new(
-            frank.as_str(),
+            frank.clone(),
             eu1.id().clone(),
-            Destination::Group(group.as_str().into()),
+            Destination::Group(group.clone()),
             format!("hello {i}"),
         )
         .with_priority(Priority::High);
@@ -258,14 +250,14 @@ async fn a_late_snapshot_of_old_state_never_overwrites_a_newer_one() {
     let us1 = fleet.gateway("us", "us1").await;
     let us2 = fleet.gateway("us", "us2").await;
     let ivy = fleet.user("ivy");
-    us1.router.connect(ivy.as_str(), "phone").await.unwrap();
+    us1.router.connect(ivy.clone(), "phone").await.unwrap();
     fleet
         .wait_located("eu", &ivy, us1.id(), Duration::from_secs(20))
         .await;
     let (old_version, old_sessions) = fleet.replicated("eu", &ivy).await["us"].clone();
 
-    us1.router.disconnect(ivy.as_str(), "phone").await.unwrap();
-    us2.router.connect(ivy.as_str(), "phone").await.unwrap();
+    us1.router.disconnect(ivy.clone(), "phone").await.unwrap();
+    us2.router.connect(ivy.clone(), "phone").await.unwrap();
     fleet
         .wait_located("eu", &ivy, us2.id(), Duration::from_secs(20))
         .await;
@@ -305,7 +297,7 @@ async fn a_late_snapshot_of_old_state_never_overwrites_a_newer_one() {
 /// exactly `gateways`; returns their ids.
 async fn send_to_group(
     from: &region_fleet::Gateway,
-    group: &switchyard::UserId,
+    group: &switchyard::GroupId,
     n: usize,
     gateways: &[&switchyard::GatewayId],
 ) -> HashSet<switchyard::MessageId> {
@@ -316,7 +308,7 @@ async fn send_to_group(
         let envelope = Envelope::new(
             "sender",
             from.id().clone(),
-            Destination::Group(group.as_str().into()),
+            Destination::Group(group.clone()),
             format!("to the group {i}"),
         )
         .with_priority(Priority::High);
@@ -342,12 +334,12 @@ async fn a_join_in_one_region_lets_the_other_reach_the_member() {
     let mut eu1 = fleet.gateway("eu", "eu1").await;
     let mut us1 = fleet.gateway("us", "us1").await;
     let (kim, leo) = (fleet.user("kim"), fleet.user("leo"));
-    let team = fleet.user("team");
-    eu1.router.connect(kim.as_str(), "phone").await.unwrap();
-    us1.router.connect(leo.as_str(), "phone").await.unwrap();
-    eu1.router.join(team.as_str(), kim.as_str()).await.unwrap();
-    us1.router.join(team.as_str(), leo.as_str()).await.unwrap();
-    fleet.wait_distribution("us", team.as_str(), eu1.id()).await;
+    let team = fleet.group("team");
+    eu1.router.connect(kim.clone(), "phone").await.unwrap();
+    us1.router.connect(leo.clone(), "phone").await.unwrap();
+    eu1.router.join(team.clone(), kim.clone()).await.unwrap();
+    us1.router.join(team.clone(), leo.clone()).await.unwrap();
+    fleet.wait_distribution("us", &team, eu1.id()).await;
 
     let ids = send_to_group(&us1, &team, 30, &[eu1.id(), us1.id()]).await;
     let got = drain(&mut eu1, &ids, Duration::from_secs(30)).await;
@@ -357,9 +349,9 @@ async fn a_join_in_one_region_lets_the_other_reach_the_member() {
     );
     drain(&mut us1, &ids, Duration::from_secs(30)).await;
 
-    us1.router.leave(team.as_str(), kim.as_str()).await.unwrap();
-    fleet.wait_members("eu", team.as_str(), &[&leo]).await;
-    fleet.wait_members("us", team.as_str(), &[&leo]).await;
+    us1.router.leave(team.clone(), kim.clone()).await.unwrap();
+    fleet.wait_members("eu", &team, &[&leo]).await;
+    fleet.wait_members("us", &team, &[&leo]).await;
     let ids = send_to_group(&us1, &team, 10, &[us1.id()]).await;
     drain(&mut us1, &ids, Duration::from_secs(30)).await;
     let at_eu = drain_quiet(&mut eu1, Duration::from_millis(500)).await;
@@ -378,22 +370,22 @@ async fn a_late_join_loses_to_a_newer_leave() {
     let eu1 = fleet.gateway("eu", "eu1").await;
     let us1 = fleet.gateway("us", "us1").await;
     let (mia, ned) = (fleet.user("mia"), fleet.user("ned"));
-    let crew = fleet.user("crew");
-    us1.router.join(crew.as_str(), ned.as_str()).await.unwrap();
-    eu1.router.join(crew.as_str(), mia.as_str()).await.unwrap();
-    fleet.wait_members("us", crew.as_str(), &[&mia, &ned]).await;
+    let crew = fleet.group("crew");
+    us1.router.join(crew.clone(), ned.clone()).await.unwrap();
+    eu1.router.join(crew.clone(), mia.clone()).await.unwrap();
+    fleet.wait_members("us", &crew, &[&mia, &ned]).await;
     let versions = format!("sy:group:{{{crew}}}:versions");
     let joined = fleet.redis_hash("us", &versions).await[mia.as_str()].clone();
     let (join_version, _) = joined.split_once('|').unwrap();
 
-    us1.router.leave(crew.as_str(), mia.as_str()).await.unwrap();
-    fleet.wait_members("eu", crew.as_str(), &[&ned]).await;
+    us1.router.leave(crew.clone(), mia.clone()).await.unwrap();
+    fleet.wait_members("eu", &crew, &[&ned]).await;
     let left = fleet.redis_hash("us", &versions).await[mia.as_str()].clone();
     let (leave_version, _) = left.split_once('|').unwrap();
     let leave_version: u64 = leave_version.parse().unwrap();
     let write = |member, version| Membership {
         region: "eu".into(),
-        group: crew.as_str().into(),
+        group: crew.clone(),
         user: mia.clone(),
         member,
         version,
@@ -408,7 +400,7 @@ async fn a_late_join_loses_to_a_newer_leave() {
     let groups = fleet.regions["us"].backends.directory().groups().clone();
     let start = std::time::Instant::now();
     loop {
-        let members = groups.members(&crew.as_str().into()).await.unwrap();
+        let members = groups.members(&crew.clone()).await.unwrap();
         assert_eq!(members, std::slice::from_ref(&ned), "us's members of crew");
         let entry = fleet.redis_hash("us", &versions).await[mia.as_str()].clone();
         if entry == format!("{}|0|eu", marker.version) {

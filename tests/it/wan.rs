@@ -78,13 +78,13 @@ async fn two_regions_over_a_simulated_wan() {
     //    region's store until it lists the session.
     for i in 0..40 {
         let user = fleet.user(&format!("p-us-{i}"));
-        us1.router.connect(user.as_str(), "phone").await.unwrap();
+        us1.router.connect(user.clone(), "phone").await.unwrap();
         let lag = fleet
             .wait_located("eu", &user, us1.id(), Duration::from_secs(20))
             .await;
         report.lag_us_to_eu.push(lag);
         let user = fleet.user(&format!("p-eu-{i}"));
-        eu2.router.connect(user.as_str(), "phone").await.unwrap();
+        eu2.router.connect(user.clone(), "phone").await.unwrap();
         let lag = fleet
             .wait_located("us", &user, eu2.id(), Duration::from_secs(20))
             .await;
@@ -93,8 +93,8 @@ async fn two_regions_over_a_simulated_wan() {
 
     // 2. Delivery latency per route (creation to the receiving inbox).
     let (alice, bob) = (fleet.user("alice"), fleet.user("bob"));
-    us1.router.connect(alice.as_str(), "phone").await.unwrap();
-    eu2.router.connect(bob.as_str(), "phone").await.unwrap();
+    us1.router.connect(alice.clone(), "phone").await.unwrap();
+    eu2.router.connect(bob.clone(), "phone").await.unwrap();
     fleet
         .wait_located("eu", &alice, us1.id(), Duration::from_secs(20))
         .await;
@@ -174,7 +174,7 @@ async fn two_regions_over_a_simulated_wan() {
 
     // 4. A user moves from us to eu under the WAN delay.
     let carol = fleet.user("carol");
-    us1.router.connect(carol.as_str(), "phone").await.unwrap();
+    us1.router.connect(carol.clone(), "phone").await.unwrap();
     fleet
         .wait_located("eu", &carol, us1.id(), Duration::from_secs(20))
         .await;
@@ -195,7 +195,7 @@ async fn paced(from: &Gateway, user: &UserId, during: Duration) -> Sent {
         let envelope = Envelope::new(
             "pacer",
             from.id().clone(),
-            Destination::User(user.as_str().into()),
+            Destination::User(user.clone()),
             "during the cut",
         )
         .with_priority(Priority::High);

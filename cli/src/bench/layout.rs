@@ -15,6 +15,8 @@ use super::chat::{Chat, Pick};
 use switchyard::envelope::{Destination, Envelope, MessageId};
 use switchyard::topology::{GatewayId, GroupId, UserId};
 
+use crate::made_id;
+
 /// How a run's messages reach its receiving gateways.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Spread {
@@ -85,17 +87,17 @@ impl Layout {
         let run = MessageId::new().to_string().to_lowercase();
         let destinations = match spread {
             Spread::Group(n) if n > 1 => {
-                vec![Destination::Group(GroupId::new(format!("bench-{run}-g")))]
+                vec![Destination::Group(made_id(format!("bench-{run}-g")))]
             }
             _ => (0..spread.round())
-                .map(|i| Destination::User(format!("bench-{run}-u{i}").into()))
+                .map(|i| Destination::User(made_id(format!("bench-{run}-u{i}"))))
                 .collect(),
         };
         let chat = match spread {
             Spread::Chat(n) => {
                 let chat = Chat::new(n);
                 let groups = (0..chat.groups())
-                    .map(|g| GroupId::new(format!("bench-{run}-g{g}")))
+                    .map(|g| made_id(format!("bench-{run}-g{g}")))
                     .collect();
                 Some((chat, groups))
             }
@@ -103,8 +105,8 @@ impl Layout {
         };
         Self {
             chat,
-            sender: format!("bench-{run}-a").into(),
-            sender_user: format!("bench-{run}-s").into(),
+            sender: made_id(format!("bench-{run}-a")),
+            sender_user: made_id(format!("bench-{run}-s")),
             destinations,
             run,
             spread,
@@ -130,11 +132,11 @@ impl Layout {
     }
 
     /// Each receiving gateway and the user it hosts.
-    pub(crate) fn receivers(&self) -> impl Iterator<Item = (String, String)> + '_ {
+    pub(crate) fn receivers(&self) -> impl Iterator<Item = (GatewayId, UserId)> + '_ {
         (0..self.spread.gateways()).map(|i| {
             (
-                format!("bench-{}-b{i}", self.run),
-                format!("bench-{}-u{i}", self.run),
+                made_id(format!("bench-{}-b{i}", self.run)),
+                made_id(format!("bench-{}-u{i}", self.run)),
             )
         })
     }
@@ -186,7 +188,10 @@ mod tests {
             Destination::User(user) => user.to_string(),
             Destination::Group(group) => panic!("a group: {group}"),
         };
-        let users: Vec<String> = layout.receivers().map(|(_, user)| user).collect();
+        let users: Vec<String> = layout
+            .receivers()
+            .map(|(_, user)| user.to_string())
+            .collect();
         let sent: Vec<String> = (0..spread.round() + 7)
             .map(|_| to(layout.message(0)))
             .collect();
@@ -213,7 +218,10 @@ mod tests {
     fn a_chat_run_warms_every_user_then_sends_what_it_expects() {
         let layout = Layout::new("same_region", Spread::Chat(10), 16);
         let spread = layout.spread();
-        let users: Vec<String> = layout.receivers().map(|(_, user)| user).collect();
+        let users: Vec<String> = layout
+            .receivers()
+            .map(|(_, user)| user.to_string())
+            .collect();
         let mut due = vec![0u64; 10];
         for i in 0..spread.round() + 500 {
             let members: Vec<usize> = match layout.message(0).destination {

@@ -120,7 +120,7 @@ pub(crate) async fn ends(
         .as_ref()
         .map(|p| p.grpc_addr().to_string())
         .unwrap_or_default();
-    let build = |id, region: &str| {
+    let build = |id, region: &'static str| {
         let mut info = GatewayInfo::new(id, region);
         info.address = address.clone();
         Router::builder(info)
@@ -132,10 +132,10 @@ pub(crate) async fn ends(
     let mut receivers = Vec::new();
     let mut inboxes = Vec::new();
     for (k, (gateway, user)) in layout.receivers().enumerate() {
-        let (receiver, inbox) = build(gateway.into(), layout.to_region).await?;
-        receiver.connect(user.as_str(), "d0").await?;
+        let (receiver, inbox) = build(gateway, layout.to_region).await?;
+        receiver.connect(user.clone(), "d0").await?;
         for group in layout.groups_of(k) {
-            receiver.join(group, user.as_str()).await?;
+            receiver.join(group, user.clone()).await?;
         }
         receivers.push(receiver);
         inboxes.push(latencies(inbox));

@@ -242,12 +242,12 @@ pub(crate) async fn ends(
             };
             for (k, (id, user)) in layout.receivers().enumerate() {
                 let mut receiver = match &shared {
-                    Some(channel) => Gateway::on(id, channel.clone()),
-                    None => Gateway::connect(id, addrs[1]).await?,
+                    Some(channel) => Gateway::on(id.to_string(), channel.clone()),
+                    None => Gateway::connect(id.to_string(), addrs[1]).await?,
                 };
-                let stream = receiver.attach(layout.to_region, &user).await?;
+                let stream = receiver.attach(layout.to_region, user.as_str()).await?;
                 for group in layout.groups_of(k) {
-                    receiver.join(&user, group.as_str()).await?;
+                    receiver.join(user.as_str(), group.as_str()).await?;
                 }
                 receivers.push(latencies(stream));
                 clients.push(receiver);

@@ -205,13 +205,13 @@ pub async fn run(
 
     let mut gateways = Vec::new();
     for r in 0..options.regions {
-        let region = REGION_NAMES
+        let region: Region = REGION_NAMES
             .get(r)
-            .map_or_else(|| format!("region-{r}"), |n| n.to_string());
+            .map_or_else(|| crate::made_id(format!("region-{r}")), |&n| n.into());
         for g in 0..options.gateways_per_region {
             gateways.push(GatewayInfo::new(
-                format!("{run_id}-{region}-gw{g}"),
-                region.as_str(),
+                crate::made_id::<GatewayId>(format!("{run_id}-{region}-gw{g}")),
+                region.clone(),
             ));
         }
     }
@@ -254,7 +254,7 @@ pub async fn run(
     let n_gw = gateways.len();
     let mut users: Vec<User> = (0..options.users)
         .map(|i| User {
-            id: UserId::new(format!("{run_id}-u{i}")),
+            id: crate::made_id(format!("{run_id}-u{i}")),
             sessions: Vec::new(),
         })
         .collect();
@@ -277,7 +277,7 @@ pub async fn run(
                 .map(|_| rng.random_range(0..users.len()))
                 .collect();
             (
-                GroupId::new(format!("{run_id}-g{g}")),
+                crate::made_id::<GroupId>(format!("{run_id}-g{g}")),
                 members.into_iter().collect(),
             )
         })

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use switchyard::cause::Report;
 use switchyard::envelope::{now_micros, Envelope};
 use switchyard::inbox::{Inbox, Via};
-use switchyard::policy::Policy;
+use switchyard::policy::{Policy, Route};
 use switchyard::router::{Outcome, Router};
 use switchyard::topology::{GatewayId, GatewayInfo, Region};
 
@@ -150,15 +150,16 @@ pub(super) async fn receive(
     while let Some(delivery) = inbox.recv().await {
         inbox.ack(delivery.seq);
         let envelope = &delivery.envelope;
-        let from = region_of
-            .get(&envelope.sender_gateway)
-            .cloned()
-            .unwrap_or_else(|| Region::new(""));
-        let route = Policy::route(
-            &GatewayInfo::new(envelope.sender_gateway.clone(), from),
-            &me.id,
-            &me.region,
-        );
+        // Every sender is one of the demo's gateways; one that is not
+        // would be another region's as far as the route goes.
+        let route = match region_of.get(&envelope.sender_gateway) {
+            Some(from) => Policy::route(
+                &GatewayInfo::new(envelope.sender_gateway.clone(), from.clone()),
+                &me.id,
+                &me.region,
+            ),
+            None => Route::CrossRegion,
+        };
         let mut seen = seen.lock();
         *seen.counts.entry(envelope.id).or_default() += 1;
         if delivery.via != Via::Offline {

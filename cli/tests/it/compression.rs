@@ -84,7 +84,7 @@ async fn on_the_wire(kind: TransportKind, codec: Codec) {
         .await
         .expect("transport");
     let transport = backends.transports().get(kind).expect("enabled");
-    let me: switchyard::GatewayId = format!("gw-wire-{}", ulid::Ulid::new()).into();
+    let me: switchyard::GatewayId = format!("gw-wire-{}", ulid::Ulid::new()).parse().unwrap();
     let mut subscription = transport.subscribe(&me).await.expect("subscribe");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let sent: Vec<Envelope> = SIZES
@@ -146,10 +146,13 @@ async fn end_to_end(kind: TransportKind, codec: Codec) {
         .expect("backends");
     let run = ulid::Ulid::new();
     let build = |id: String| {
-        Router::builder(GatewayInfo::new(id, "eu"))
-            .settings(settings.clone())
-            .backends(backends.clone())
-            .build()
+        Router::builder(GatewayInfo::new(
+            switchyard::GatewayId::try_from(id).unwrap(),
+            "eu",
+        ))
+        .settings(settings.clone())
+        .backends(backends.clone())
+        .build()
     };
     let (a, _a_inbox) = build(format!("gw-a-{run}")).await.expect("router a");
     let (b, mut inbox) = build(format!("gw-b-{run}")).await.expect("router b");

@@ -11,7 +11,7 @@ use switchyard::presence::Session;
 use switchyard::transport::{Ack, TransportError, TransportKind};
 use switchyard::{
     Backends, Delivery, Destination, Envelope, GatewayInfo, Inbox, Outcome, Priority, Router,
-    SendError, Settings, StoreError, Via,
+    SendError, Settings, StoreError, UserId, Via,
 };
 use switchyard_cli::demo::{self, DemoOptions};
 
@@ -21,7 +21,7 @@ struct Gateway {
 }
 
 /// Gateways sharing one set of memory backends, as in one process.
-async fn fleet(gateways: &[(&str, &str)]) -> (Backends, Vec<Gateway>) {
+async fn fleet(gateways: &[(&'static str, &'static str)]) -> (Backends, Vec<Gateway>) {
     let settings = Settings::default();
     let backends = Backends::from_settings(&settings).await.unwrap();
     let mut fleet = Vec::new();
@@ -37,11 +37,11 @@ async fn fleet(gateways: &[(&str, &str)]) -> (Backends, Vec<Gateway>) {
     (backends, fleet)
 }
 
-fn message(from: &str, gateway: &str, to: Destination, text: &str) -> Envelope {
+fn message(from: &'static str, gateway: &'static str, to: Destination, text: &str) -> Envelope {
     Envelope::new(from, gateway, to, text.to_owned())
 }
 
-fn to(user: &str) -> Destination {
+fn to(user: &'static str) -> Destination {
     Destination::User(user.into())
 }
 
@@ -167,12 +167,9 @@ async fn a_group_message_is_published_once_per_gateway_not_per_member() {
     gw[0].router.connect("alice", "phone").await.unwrap();
     // 9 members on three gateways, one offline member.
     for i in 0..9 {
-        gw[i % 3]
-            .router
-            .connect(format!("m{i}"), "d")
-            .await
-            .unwrap();
-        gw[0].router.join("room", format!("m{i}")).await.unwrap();
+        let member = UserId::try_from(format!("m{i}")).unwrap();
+        gw[i % 3].router.connect(member.clone(), "d").await.unwrap();
+        gw[0].router.join("room", member).await.unwrap();
     }
     gw[0].router.join("room", "offline-member").await.unwrap();
 
@@ -190,7 +187,8 @@ async fn a_group_message_is_published_once_per_gateway_not_per_member() {
 
     // When the last members on us-1 leave, us-1 is no longer a target.
     for i in [2, 5, 8] {
-        gw[2].router.disconnect(format!("m{i}"), "d").await.unwrap();
+        let member = UserId::try_from(format!("m{i}")).unwrap();
+        gw[2].router.disconnect(member, "d").await.unwrap();
     }
     let report = gw[0]
         .router
@@ -319,12 +317,13 @@ async fn bad_input_gets_a_typed_error_and_the_rest_of_the_batch_goes_through() {
     let (_, mut gw) = fleet(&[("eu-1", "eu"), ("eu-2", "eu")]).await;
     gw[1].router.connect("bob", "phone").await.unwrap();
     let oversized = message("alice", "eu-1", to("bob"), &"x".repeat(1024 * 1024 + 1));
-    let nobody = message("alice", "eu-1", to(""), "hi");
+    let mut expired = message("alice", "eu-1", to("bob"), "hi").with_ttl(Duration::from_secs(1));
+    expired.created_at_micros -= 2_000_000;
     let no_group = message("alice", "eu-1", Destination::Group("nope".into()), "hi");
     let batch = vec![
         message("alice", "eu-1", to("bob"), "first"),
         oversized.clone(),
-        nobody.clone(),
+        expired.clone(),
         no_group.clone(),
         message("alice", "eu-1", to("bob"), "last"),
     ];
@@ -345,8 +344,7 @@ async fn bad_input_gets_a_typed_error_and_the_rest_of_the_batch_goes_through() {
     assert!(
         matches!(
             &results[2],
-            Err(SendError::Invalid(EnvelopeError::MissingRecipient { id }))
-                if *id == nobody.id
+            Err(SendError::Invalid(EnvelopeError::Expired { id, .. })) if *id == expired.id
         ),
         "{:?}",
         results[2]

@@ -42,7 +42,7 @@ const PATIENCE: Duration = Duration::from_secs(90);
 const BATCH: usize = 10;
 
 fn gateway(case: &str) -> GatewayId {
-    GatewayId::new(format!("{case}{}", ulid::Ulid::new()))
+    GatewayId::try_from(format!("{case}{}", ulid::Ulid::new())).unwrap()
 }
 
 fn envelopes(n: usize) -> Vec<Envelope> {
@@ -552,7 +552,7 @@ async fn child_subscriber() {
     let gateway = std::env::var(CHILD_GATEWAY).expect("run by the parent test");
     let t = transport(servers::KAFKA).await;
     let mut sub = t
-        .subscribe(&GatewayId::new(gateway))
+        .subscribe(&GatewayId::try_from(gateway).unwrap())
         .await
         .expect("subscribe");
     let mut out = std::io::stdout();

@@ -443,7 +443,7 @@ mod tests {
         let kafka = KafkaTransport::connect(&config)
             .await
             .expect("the cluster of scripts/services/kafka.sh start");
-        let to = GatewayId::new(format!("fatal{}", ulid::Ulid::new()));
+        let to = GatewayId::try_from(format!("fatal{}", ulid::Ulid::new())).unwrap();
         let batch =
             |n: u32| -> Vec<Bytes> { (0..n).map(|i| Bytes::from(format!("{i}"))).collect() };
         kafka

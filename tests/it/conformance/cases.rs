@@ -30,7 +30,7 @@ const QUIET: Duration = Duration::from_millis(2500);
 
 /// A gateway id no other test uses, so cases run in parallel on one broker.
 pub fn gateway() -> GatewayId {
-    GatewayId::new(format!("t{}", ulid::Ulid::new()))
+    GatewayId::try_from(format!("t{}", ulid::Ulid::new())).unwrap()
 }
 
 /// A real envelope with headers and a random payload of `size` bytes.
@@ -38,9 +38,9 @@ pub fn envelope(seq: usize, size: usize) -> Envelope {
     let mut payload = vec![0u8; size];
     rand::rng().fill_bytes(&mut payload);
     let destination = if seq.is_multiple_of(2) {
-        Destination::User(format!("user-{seq}").into())
+        Destination::User(format!("user-{seq}").parse().unwrap())
     } else {
-        Destination::Group(format!("group-{seq}").into())
+        Destination::Group(format!("group-{seq}").parse().unwrap())
     };
     let mut env = Envelope::new("sender", "gw-sender", destination, payload)
         .with_priority(if seq.is_multiple_of(3) {

@@ -36,7 +36,7 @@ pub trait Deployment: Send + Sync {
 
 /// A router for gateway `id` in region `eu` on a node of its own.
 async fn router(d: &dyn Deployment, settings: &Settings, id: &str) -> (Router, Inbox) {
-    Router::builder(GatewayInfo::new(id, "eu"))
+    Router::builder(GatewayInfo::new(id.parse::<GatewayId>().unwrap(), "eu"))
         .settings(settings.clone())
         .backends(d.node(settings).await)
         .build()
@@ -44,7 +44,7 @@ async fn router(d: &dyn Deployment, settings: &Settings, id: &str) -> (Router, I
         .expect("a router")
 }
 
-fn session(user: &str, device: &str, gateway: &str) -> Session {
+fn session(user: &'static str, device: &'static str, gateway: &'static str) -> Session {
     Session {
         user: user.into(),
         device: device.into(),
@@ -231,11 +231,12 @@ pub async fn a_group_message_is_published_once_per_gateway(d: &dyn Deployment) {
         let (router, inbox) = router(d, &settings, &format!("gw-{g}")).await;
         // 4 members per gateway, one of them on two devices there.
         for m in 0..4 {
-            let user = format!("m{g}-{m}");
-            router.connect(user.as_str(), "phone").await.unwrap();
-            sender.join("room", user.as_str()).await.unwrap();
+            let user: UserId = format!("m{g}-{m}").parse().unwrap();
+            router.connect(user.clone(), "phone").await.unwrap();
+            sender.join("room", user.clone()).await.unwrap();
         }
-        router.connect(format!("m{g}-0"), "laptop").await.unwrap();
+        let first: UserId = format!("m{g}-0").parse().unwrap();
+        router.connect(first, "laptop").await.unwrap();
         gateways.push((router, inbox));
     }
     let distribution = sender
@@ -304,7 +305,8 @@ pub async fn a_blocked_sender_reaches_nobody(d: &dyn Deployment) {
             .unwrap(),
         [UserId::from("mallory")]
     );
-    let to_bob = |from: &str| Envelope::new(from, "gw-a", Destination::User("bob".into()), "hi");
+    let to_bob =
+        |from: &'static str| Envelope::new(from, "gw-a", Destination::User("bob".into()), "hi");
     let blocked = |report: SendReport| matches!(report.outcome, Outcome::Blocked);
     assert!(blocked(router.send(to_bob("mallory")).await.unwrap()));
     assert!(!blocked(router.send(to_bob("alice")).await.unwrap()));
@@ -513,12 +515,12 @@ pub async fn a_registration_reaches_every_node(d: &dyn Deployment) {
 pub async fn the_ring_is_balanced_and_moves_only_the_changed_share(d: &dyn Deployment) {
     let backends = d.node(&d.settings()).await;
     for i in 0..10 {
-        let gateway = GatewayInfo::new(format!("gw-{i:02}"), "eu");
+        let gateway = GatewayInfo::new(GatewayId::try_from(format!("gw-{i:02}")).unwrap(), "eu");
         backends.registry().register(&gateway).await.unwrap();
     }
     let ring = backends.registry().ring(DEFAULT_VNODES).await.unwrap();
     let users: Vec<UserId> = (0..100_000)
-        .map(|u| UserId::from(format!("user-{u}")))
+        .map(|u| UserId::try_from(format!("user-{u}")).unwrap())
         .collect();
     let assign = |ring: &Ring| -> Vec<String> {
         users

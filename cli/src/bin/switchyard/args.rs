@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use switchyard::transport::TransportKind;
-use switchyard::Settings;
+use switchyard::{GatewayId, Region, Settings, UserId};
 use switchyard_cli::bench::{PathKind, Workload};
 
 use crate::settings::load_settings;
@@ -93,7 +93,7 @@ pub(crate) enum Command {
     #[command(after_help = "Example:\n  switchyard presence alice --config config/redis.toml")]
     Presence {
         /// The user id.
-        user: String,
+        user: UserId,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -336,14 +336,14 @@ pub(crate) struct ExplainArgs {
     pub(crate) config: ConfigArg,
     /// Sending user.
     #[arg(long)]
-    pub(crate) from: String,
+    pub(crate) from: UserId,
     /// Recipient: a user id, or `group:ID`.
     #[arg(long)]
     pub(crate) to: String,
     /// The sender's gateway (default: where presence finds the sender).
     #[arg(long)]
-    pub(crate) gateway: Option<String>,
-    /// The sender gateway's region, when --gateway is given.
-    #[arg(long, default_value = "")]
-    pub(crate) region: String,
+    pub(crate) gateway: Option<GatewayId>,
+    /// The sender gateway's region, with --gateway.
+    #[arg(long)]
+    pub(crate) region: Option<Region>,
 }

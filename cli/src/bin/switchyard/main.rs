@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::Parser;
-use switchyard::{router, Destination, Envelope, GatewayInfo};
+use switchyard::{router, Destination, Envelope, GatewayInfo, GroupId, UserId};
 use switchyard_cli::admin_ctl::AdminCtl;
 use switchyard_cli::bench::{self, BenchOptions};
 
@@ -109,10 +109,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Presence { user, config } => {
             let settings = config.load()?;
             let backends = switchyard::Backends::from_settings(&settings).await?;
-            let sessions = backends
-                .presence()
-                .locate_shared(&user.as_str().into())
-                .await?;
+            let sessions = backends.presence().locate_shared(&user).await?;
             if sessions.is_empty() {
                 println!("{user}: offline (no live session)");
             }
@@ -229,12 +226,14 @@ async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let settings = args.config.load()?;
     let backends = switchyard::Backends::from_settings(&settings).await?;
     let from = match args.gateway {
-        Some(gateway) => GatewayInfo::new(gateway, args.region),
+        Some(gateway) => {
+            let Some(region) = args.region else {
+                bail!("--gateway {gateway} needs --region: the route depends on it");
+            };
+            GatewayInfo::new(gateway, region)
+        }
         None => {
-            let sessions = backends
-                .presence()
-                .locate_shared(&args.from.as_str().into())
-                .await?;
+            let sessions = backends.presence().locate_shared(&args.from).await?;
             let Some(session) = sessions.first() else {
                 bail!(
                     "user {:?} has no live session; pass --gateway (and --region) to say where they send from",
@@ -245,10 +244,10 @@ async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let destination = match args.to.strip_prefix("group:") {
-        Some(group) => Destination::Group(group.into()),
-        None => Destination::User(args.to.as_str().into()),
+        Some(group) => Destination::Group(GroupId::parse("--to", group)?),
+        None => Destination::User(UserId::parse("--to", &args.to)?),
     };
-    let envelope = Envelope::new(args.from.as_str(), from.id.clone(), destination, Vec::new());
+    let envelope = Envelope::new(args.from, from.id.clone(), destination, Vec::new());
     // A fresh policy: the quality verdicts of a running sidecar are in its
     // metrics and `switchyard admin state`, not in this process.
     let policy = settings.live_policy()?;
