@@ -33,7 +33,9 @@
 //! - [`proto`]: the generated wire types and the gRPC codec (a request
 //!   that does not decode is `INVALID_ARGUMENT`).
 //! - [`topology`]: ids of users, groups, gateways, regions, and the rules
-//!   (length, characters) every id is checked against where it enters.
+//!   (length, characters) they hold to: an id is made only by parsing
+//!   (`parse`, `TryFrom`, serde), so an invalid one cannot exist.
+//!   `stored`: the ids a store hands back, skipped and counted if bad.
 //! - [`config`]: typed settings, layered file + environment, validated with
 //!   the key and reason of every problem, every number within its range.
 //! - [`backends`]: builds every store and transport once from config.
@@ -113,6 +115,8 @@ pub mod registry;
 pub mod router;
 #[cfg(feature = "grpc")]
 pub mod sidecar;
+#[cfg(any(feature = "redis", feature = "etcd"))]
+mod stored;
 pub mod telemetry;
 pub mod topology;
 pub mod transport;

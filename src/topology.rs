@@ -246,23 +246,6 @@ fn all_bytes(value: &str, ok: impl Fn(u8) -> bool) -> bool {
     value.bytes().fold(true, |all, b| all & ok(b))
 }
 
-/// An id as a store handed it back, checked like any other: one that
-/// breaks its rule (written by hand, or by another tool) is skipped,
-/// counted in `switchyard_store_malformed_total` and logged, so it can
-/// neither reach a key or subject nor make the rest of a read fail.
-#[cfg(any(feature = "redis", feature = "etcd"))]
-pub(crate) fn stored<T: FromStr<Err = IdError>>(store: &'static str, value: &str) -> Option<T> {
-    match value.parse() {
-        Ok(id) => Some(id),
-        Err(err) => {
-            metrics::counter!(crate::telemetry::STORE_MALFORMED, "store" => store).increment(1);
-            let err = crate::cause::Report(&err);
-            tracing::warn!(store, %err, "skipping a stored id that breaks its rule");
-            None
-        }
-    }
-}
-
 /// What the router knows about a gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayInfo {
@@ -346,13 +329,6 @@ mod tests {
             "gw 1".parse::<GatewayId>().map_err(|e| e.to_string()),
             Err("`gateway_id` has ' ' at byte 2: only ASCII letters, digits, `-` and `_` are allowed".into())
         );
-    }
-
-    #[cfg(any(feature = "redis", feature = "etcd"))]
-    #[test]
-    fn what_a_store_hands_back_is_checked_and_skipped_if_bad() {
-        assert_eq!(stored::<UserId>("test", "bob\u{1}"), None);
-        assert_eq!(stored::<UserId>("test", "bob"), Some("bob".into()));
     }
 
     #[test]

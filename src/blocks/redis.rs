@@ -11,7 +11,8 @@ use super::BlockList;
 use crate::changes::Changed;
 use crate::error::StoreError;
 use crate::redis_conn::{backend, RedisChanges, RedisHandle};
-use crate::topology::{stored, UserId};
+use crate::stored;
+use crate::topology::UserId;
 
 const STORE: &str = "blocks";
 
@@ -70,7 +71,10 @@ impl BlockList for RedisBlocks {
             .smembers(self.key(user))
             .await
             .map_err(backend(STORE, format!("list whom {user} blocked")))?;
-        Ok(blocked.iter().filter_map(|u| stored(STORE, u)).collect())
+        Ok(blocked
+            .iter()
+            .filter_map(|u| stored::id(STORE, u))
+            .collect())
     }
 
     fn changes(&self) -> broadcast::Receiver<Changed<UserId>> {

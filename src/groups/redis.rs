@@ -15,7 +15,8 @@ use redis::{AsyncCommands, Script};
 use super::GroupStore;
 use crate::error::StoreError;
 use crate::redis_conn::{backend, RedisHandle};
-use crate::topology::{stored, GatewayId, GroupId, UserId};
+use crate::stored;
+use crate::topology::{GatewayId, GroupId, UserId};
 
 const STORE: &str = "groups";
 
@@ -113,7 +114,10 @@ impl GroupStore for RedisGroups {
         if members.is_empty() {
             return Err(StoreError::UnknownGroup(group.clone()));
         }
-        Ok(members.iter().filter_map(|u| stored(STORE, u)).collect())
+        Ok(members
+            .iter()
+            .filter_map(|u| stored::id(STORE, u))
+            .collect())
     }
 
     async fn groups_of(&self, user: &UserId) -> Result<Vec<GroupId>, StoreError> {
@@ -123,7 +127,7 @@ impl GroupStore for RedisGroups {
             .smembers(self.groups_of_key(user))
             .await
             .map_err(backend(STORE, format!("groups of {user}")))?;
-        Ok(groups.iter().filter_map(|g| stored(STORE, g)).collect())
+        Ok(groups.iter().filter_map(|g| stored::id(STORE, g)).collect())
     }
 
     async fn adjust(
@@ -160,7 +164,7 @@ impl GroupStore for RedisGroups {
         }
         Ok(counts
             .into_iter()
-            .filter_map(|(g, c)| Some((stored(STORE, &g)?, c)))
+            .filter_map(|(g, c)| Some((stored::id(STORE, &g)?, c)))
             .collect())
     }
 }

@@ -26,8 +26,9 @@ use crate::cause::Report;
 use crate::envelope::{now_micros, Envelope, MessageId};
 use crate::error::StoreError;
 use crate::redis_conn::{backend, RedisHandle};
+use crate::stored;
 use crate::telemetry;
-use crate::topology::{stored, GatewayId, UserId};
+use crate::topology::{GatewayId, UserId};
 
 const STORE: &str = "offline";
 
@@ -368,7 +369,7 @@ impl OfflineStore for RedisOffline {
                 STORE,
                 format!("take the users flagged for gateway {gateway}"),
             ))?;
-        Ok(users.iter().filter_map(|u| stored(STORE, u)).collect())
+        Ok(users.iter().filter_map(|u| stored::id(STORE, u)).collect())
     }
 
     async fn delivery_failed(
@@ -416,7 +417,7 @@ impl OfflineStore for RedisOffline {
             .await
             .map_err(backend(STORE, format!("read {index}")))?;
         let mut counted = Vec::with_capacity(users.len());
-        for user in users.iter().filter_map(|u| stored::<UserId>(STORE, u)) {
+        for user in users.iter().filter_map(|u| stored::id::<UserId>(STORE, u)) {
             let key = self.key(&user, Some("dlq"));
             let n: usize = self
                 .redis

@@ -29,8 +29,9 @@ use crate::cause::{Cause, Report};
 use crate::changes::Changed;
 use crate::error::StoreError;
 use crate::redis_conn::{backend, RedisChanges, RedisHandle};
+use crate::stored;
 use crate::telemetry;
-use crate::topology::{stored, DeviceId, GatewayId, UserId};
+use crate::topology::{DeviceId, GatewayId, UserId};
 
 const STORE: &str = "presence";
 /// Users refreshed or removed concurrently on a heartbeat or gateway death.
@@ -190,7 +191,7 @@ impl RedisPresence {
         self.changes.publish(user).await
     }
 
-    /// Users indexed on a gateway, as stored (see [`stored`] for the ones
+    /// Users indexed on a gateway, as stored (see `crate::stored` for the ones
     /// that break the id rule).
     async fn users_on(&self, gateway: &GatewayId) -> Result<Vec<String>, StoreError> {
         self.redis
@@ -328,7 +329,7 @@ impl PresenceStore for RedisPresence {
             .map(|raw| async move {
                 // No session can sit under an id that breaks the rule:
                 // drop it from the index rather than skip it each beat.
-                let Some(user) = stored::<UserId>(STORE, &raw) else {
+                let Some(user) = stored::id::<UserId>(STORE, &raw) else {
                     return Ok(Some(raw));
                 };
                 let mut conn = self.redis.conn();
@@ -360,7 +361,7 @@ impl PresenceStore for RedisPresence {
 
     async fn remove_gateway(&self, gateway: &GatewayId) -> Result<Vec<Session>, StoreError> {
         let users = self.users_on(gateway).await?;
-        let users: Vec<UserId> = users.iter().filter_map(|u| stored(STORE, u)).collect();
+        let users: Vec<UserId> = users.iter().filter_map(|u| stored::id(STORE, u)).collect();
         let removed: Vec<Vec<Session>> = stream::iter(users)
             .map(|user| async move {
                 let pairs: Vec<String> = self

@@ -7,7 +7,8 @@ use tokio::sync::broadcast;
 
 use crate::changes::Changed;
 use crate::error::StoreError;
-use crate::topology::{stored, UserId};
+use crate::stored;
+use crate::topology::UserId;
 
 use super::{backend, Pushed, RedisHandle};
 
@@ -40,7 +41,7 @@ impl RedisChanges {
                     // No cache holds an id that breaks the rule.
                     Pushed::Message(user) => match std::str::from_utf8(&user)
                         .ok()
-                        .and_then(|user| stored::<UserId>(store, user))
+                        .and_then(|user| stored::id::<UserId>(store, user))
                     {
                         Some(user) => Changed::Key(user),
                         None => continue,

@@ -24,8 +24,9 @@ use crate::error::StoreError;
 use crate::presence::redis::PRELUDE;
 use crate::presence::Session;
 use crate::redis_conn::RedisHandle;
+use crate::stored;
 use crate::telemetry;
-use crate::topology::{stored, GatewayId, Region, UserId};
+use crate::topology::{GatewayId, Region, UserId};
 
 const STORE: &str = "presence";
 
@@ -162,7 +163,7 @@ impl Replica {
             .map_err(backend(format!("list users on gateway {gateway}")))?;
         Ok((
             next,
-            users.iter().filter_map(|u| stored(STORE, u)).collect(),
+            users.iter().filter_map(|u| stored::id(STORE, u)).collect(),
         ))
     }
 
@@ -184,7 +185,7 @@ impl Replica {
                 tracing::warn!(%user, %region, "skipping a replicated entry that cannot be read");
                 continue;
             };
-            let Some(region) = stored::<Region>(STORE, &region) else {
+            let Some(region) = stored::id::<Region>(STORE, &region) else {
                 continue;
             };
             sessions.extend(remote.into_iter().map(|r| r.session(user, &region)));

@@ -24,7 +24,8 @@ use crate::cause::Report;
 use crate::error::StoreError;
 use crate::groups::Directory;
 use crate::redis_conn::{backend, RedisHandle};
-use crate::topology::{stored, GatewayId, GatewayInfo};
+use crate::stored;
+use crate::topology::{GatewayId, GatewayInfo};
 
 use super::STORE;
 
@@ -64,7 +65,7 @@ impl RedisRegistry {
             let mut conn = self.redis.conn();
             // An id that breaks the rule was never registered by a node:
             // take it out of the set, nobody's sessions to remove.
-            let Some(gateway) = stored::<GatewayId>(STORE, &id) else {
+            let Some(gateway) = stored::id::<GatewayId>(STORE, &id) else {
                 let _: i64 = conn
                     .srem(self.set_key(), &id)
                     .await
@@ -162,7 +163,7 @@ impl Registry for RedisRegistry {
 
     async fn list(&self) -> Result<Vec<GatewayInfo>, StoreError> {
         let ids = self.ids().await?;
-        let ids: Vec<GatewayId> = ids.iter().filter_map(|id| stored(STORE, id)).collect();
+        let ids: Vec<GatewayId> = ids.iter().filter_map(|id| stored::id(STORE, id)).collect();
         let mut live: Vec<GatewayInfo> = stream::iter(ids)
             .map(|id| async move { self.get(&id).await })
             .buffer_unordered(64)

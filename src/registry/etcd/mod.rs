@@ -37,7 +37,8 @@ use super::{decode, encode, EtcdConfig, Registry, STORE};
 use crate::cause::Cause;
 use crate::error::StoreError;
 use crate::groups::Directory;
-use crate::topology::{stored, GatewayId, GatewayInfo};
+use crate::stored;
+use crate::topology::{GatewayId, GatewayInfo};
 
 /// Seconds a cleanup claim is kept: far longer than any node takes to see
 /// the registration's end, so no second node cleans up after it.
@@ -91,7 +92,7 @@ impl Keys {
     fn id(&self, key: &[u8]) -> Option<GatewayId> {
         let key = std::str::from_utf8(key).ok()?;
         let id = key.strip_prefix(&self.gateways())?;
-        stored(super::STORE, id)
+        stored::id(super::STORE, id)
     }
 }
 
