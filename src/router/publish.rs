@@ -98,11 +98,11 @@ mod tests {
     }
 
     impl Broker {
-        fn new(name: &str, delay: Duration, refuses: &[&str]) -> Arc<Self> {
+        fn new(name: &str, delay: Duration, refuses: &[&'static str]) -> Arc<Self> {
             Arc::new(Self {
                 kind: TransportKind::named(name).expect("a name"),
                 delay,
-                refuses: refuses.iter().map(|&g| GatewayId::new(g)).collect(),
+                refuses: refuses.iter().map(|&g| GatewayId::from(g)).collect(),
                 took: Mutex::default(),
             })
         }
@@ -182,14 +182,14 @@ mod tests {
     }
 
     /// One message to each of `gateways` through `routes`.
-    async fn send(routes: &Routes, gateways: &[&str], decision: &Decision) -> Vec<Sent> {
-        let ids: Vec<GatewayId> = gateways.iter().map(|&g| GatewayId::new(g)).collect();
+    async fn send(routes: &Routes, gateways: &[&'static str], decision: &Decision) -> Vec<Sent> {
+        let ids: Vec<GatewayId> = gateways.iter().map(|&g| GatewayId::from(g)).collect();
         let batch = [Bytes::from_static(b"m")];
         let targets: Vec<Outgoing<'_>> = ids
             .iter()
             .map(|to| Outgoing { to, batch: &batch })
             .collect();
-        let regions = vec![Region::new("eu"); ids.len()];
+        let regions = vec![Region::from("eu"); ids.len()];
         let routed = Routed {
             targets: &targets,
             regions: &regions,
@@ -219,7 +219,7 @@ mod tests {
         assert_eq!(via(&sent[0]), Some("primary"), "{sent:?}");
         assert_eq!(via(&sent[1]), Some("fallback"), "{sent:?}");
         assert!(sent.iter().all(|s| s.confirmed), "{sent:?}");
-        assert_eq!(fallback.took(), [GatewayId::new("gw-bad")]);
+        assert_eq!(fallback.took(), [GatewayId::from("gw-bad")]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -275,7 +275,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(
             canary.took(),
-            [GatewayId::new("gw-2")],
+            [GatewayId::from("gw-2")],
             "the mirror gave up"
         );
     }
