@@ -200,7 +200,12 @@ pub struct Ledger {
     pub expected_deliveries: usize,
     pub delivered: usize,
     pub stored_offline: usize,
+    /// Each confirmed delivery that did not arrive within the patience,
+    /// with the transport its send reported.
     pub missing: Vec<String>,
+    /// How many of `missing` arrived within a further patience: late (a
+    /// stalled consumer), not lost. Still a failure, told apart.
+    pub late: usize,
     pub duplicates: Vec<String>,
     pub unexpected: Vec<String>,
     pub out_of_order: Vec<String>,
@@ -239,11 +244,11 @@ pub async fn settle(
         .filter(|s| s.stored_offline)
         .map(|s| s.id.as_slice())
         .collect();
-    let mut want: HashMap<(&str, &[u8]), &Sent> = HashMap::new();
+    let mut want: HashMap<(&str, &[u8]), (&Sent, &proto::TargetOutcome)> = HashMap::new();
     for s in sent {
         for t in &s.targets {
             if t.delivered {
-                want.insert((t.gateway.as_str(), s.id.as_slice()), s);
+                want.insert((t.gateway.as_str(), s.id.as_slice()), (s, t));
             } else {
                 assert!(s.stored_offline, "undelivered target not stored: {s:?}");
             }
@@ -284,11 +289,34 @@ pub async fn settle(
                 ledger.duplicates.push(format!("{gateway}: {id:?} x{n}"));
             }
         }
-        for ((g, id), s) in &want {
+        for ((g, id), (s, t)) in &want {
             if g == gateway && !seen.contains_key(id) {
-                ledger.missing.push(format!("{gateway}: {}", s.payload));
+                ledger
+                    .missing
+                    .push(format!("{gateway}: {} via {}", s.payload, t.via));
             }
         }
+    }
+    if !ledger.missing.is_empty() {
+        // Tell patience from loss: what arrives now came late.
+        let missing: Vec<(&str, &[u8])> = want
+            .keys()
+            .filter(|(g, id)| {
+                received
+                    .get(*g)
+                    .is_none_or(|got| !got.lock().iter().any(|(i, _, _)| i.as_slice() == *id))
+            })
+            .copied()
+            .collect();
+        tokio::time::sleep(patience).await;
+        ledger.late = missing
+            .iter()
+            .filter(|(g, id)| {
+                received
+                    .get(*g)
+                    .is_some_and(|got| got.lock().iter().any(|(i, _, _)| i.as_slice() == *id))
+            })
+            .count();
     }
     ledger
 }
@@ -301,8 +329,9 @@ impl Ledger {
                 && self.duplicates.is_empty()
                 && self.unexpected.is_empty()
                 && self.out_of_order.is_empty(),
-            "missing {} {:?}\nduplicates {} {:?}\nunexpected {} {:?}\nout of order {} {:?}",
+            "missing {} ({} of them arrived later: late, not lost) {:?}\nduplicates {} {:?}\nunexpected {} {:?}\nout of order {} {:?}",
             self.missing.len(),
+            self.late,
             self.missing.iter().take(5).collect::<Vec<_>>(),
             self.duplicates.len(),
             self.duplicates.iter().take(5).collect::<Vec<_>>(),
