@@ -73,14 +73,14 @@ impl<'a, S: RouteService> Service<Routed<'a>> for AwaitHandover<S> {
                 tracing::debug!(gateways = routed.targets.len(), transport = %primary, ?wait, "transport changed: waiting for the old one to go quiet");
                 tokio::time::sleep(wait).await;
             }
-            let sent = inner.call(routed).await;
+            let Ok(sent) = inner.call(routed).await;
             let now = Instant::now();
             for (target, sent) in routed.targets.iter().zip(&sent) {
                 if let Ok(Via::Transport(kind)) = sent.result {
                     table.settled(target.to, kind, now);
                 }
             }
-            sent
+            Ok(sent)
         })
     }
 }

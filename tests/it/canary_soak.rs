@@ -298,7 +298,9 @@ async fn a_rollback_from_switch_keeps_per_pair_order() {
         (0..400).collect::<Vec<_>>(),
         "delivered in send order within 10 s; 20 s later {} of 400 had come, in this order: {:?}",
         last.len(),
-        last.iter().map(|(seq, via)| format!("{seq} via {via}")).collect::<Vec<_>>()
+        last.iter()
+            .map(|(seq, via)| format!("{seq} via {via}"))
+            .collect::<Vec<_>>()
     );
     sidecar.shutdown().await.expect("shutdown");
 }
