@@ -3,8 +3,7 @@
 //! a reload), a message on the new transport could overtake one still in
 //! flight on the old (Kafka is some 10-30 ms slower than Redis Pub/Sub). So
 //! the first publish on the new transport waits until the gateway has been
-//! quiet on the old one for `canary.handover`: no publish started there, nor
-//! confirmed (a loaded broker can take a while to confirm).
+//! quiet on the old one for `canary.handover`.
 //!
 //! Waiting once, rather than sticking to the old transport while traffic
 //! continues, means a busy gateway still switches (a rollback takes effect
@@ -65,19 +64,6 @@ impl Handover {
         table.by_gateway.insert(to.clone(), (primary, now + wait));
         wait
     }
-
-    /// A publish to `to` on `kind` was confirmed at `now`. If `kind` is
-    /// still the last transport to `to`, the quiet time runs from here: a
-    /// publish slow to confirm (a loaded broker) holds the next one on
-    /// another transport back for as long as it took, not only from its
-    /// start. A publish a fallback took leaves the table as it is.
-    pub fn settled(&self, to: &GatewayId, kind: TransportKind, now: Instant) {
-        if let Some((last, at)) = self.last.lock().by_gateway.get_mut(to) {
-            if *last == kind && *at < now {
-                *at = now;
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -118,31 +104,6 @@ mod tests {
         // A change after a quiet spell costs nothing.
         assert_eq!(
             h.steer(&gw, TransportKind::KAFKA, quiet, t0 + ms(2000)),
-            ms(0)
-        );
-    }
-
-    #[test]
-    fn the_quiet_time_runs_from_the_last_confirmation() {
-        let h = Handover::default();
-        let gw = GatewayId::from("gw-2");
-        let quiet = Duration::from_millis(500);
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        h.steer(&gw, TransportKind::KAFKA, quiet, t0);
-        // Kafka took 400 ms to confirm; a fallback's confirmation of the
-        // same gateway (Redis took what Kafka refused) changes nothing.
-        h.settled(&gw, TransportKind::KAFKA, t0 + ms(400));
-        h.settled(&gw, TransportKind::REDIS, t0 + ms(450));
-        assert_eq!(
-            h.steer(&gw, TransportKind::REDIS, quiet, t0 + ms(500)),
-            ms(400),
-            "500 ms from the confirmation at 400 ms"
-        );
-        // A late confirmation of the old transport does not undo the change.
-        h.settled(&gw, TransportKind::KAFKA, t0 + ms(950));
-        assert_eq!(
-            h.steer(&gw, TransportKind::REDIS, quiet, t0 + ms(960)),
             ms(0)
         );
     }

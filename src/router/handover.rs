@@ -1,7 +1,7 @@
 //! The top of the route stack: after a change of primary transport to a
 //! gateway, a publish first waits until that gateway has been quiet on the
-//! old one for `canary.handover`, counted from its last confirmed publish
-//! there (per-pair order; the table is [`crate::policy::handover::Handover`]).
+//! old one for `canary.handover` (per-pair order; the table is
+//! [`crate::policy::handover::Handover`]).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -9,7 +9,6 @@ use std::task::{Context, Poll};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::inbox::Via;
 use crate::policy::handover::Handover;
 use crate::policy::live::LivePolicy;
 
@@ -52,8 +51,7 @@ impl<'a, S: RouteService> Service<Routed<'a>> for AwaitHandover<S> {
     }
 
     /// One wait for all: the longest any target needs (they all changed
-    /// primary together, on the same policy change). Each run the primary
-    /// took restarts its gateway's quiet time when confirmed.
+    /// primary together, on the same policy change).
     fn call(&mut self, routed: Routed<'a>) -> Call<'a, Vec<Sent>> {
         let mut inner = take(&mut self.inner);
         let Some(&primary) = routed.decision.transports.first() else {
@@ -67,20 +65,13 @@ impl<'a, S: RouteService> Service<Routed<'a>> for AwaitHandover<S> {
             .map(|t| self.table.steer(t.to, primary, quiet, now))
             .max()
             .unwrap_or_default();
-        let table = self.table.clone();
+        if wait.is_zero() {
+            return inner.call(routed);
+        }
         Box::pin(async move {
-            if !wait.is_zero() {
-                tracing::debug!(gateways = routed.targets.len(), transport = %primary, ?wait, "transport changed: waiting for the old one to go quiet");
-                tokio::time::sleep(wait).await;
-            }
-            let Ok(sent) = inner.call(routed).await;
-            let now = Instant::now();
-            for (target, sent) in routed.targets.iter().zip(&sent) {
-                if let Ok(Via::Transport(kind)) = sent.result {
-                    table.settled(target.to, kind, now);
-                }
-            }
-            Ok(sent)
+            tracing::debug!(gateways = routed.targets.len(), transport = %primary, ?wait, "transport changed: waiting for the old one to go quiet");
+            tokio::time::sleep(wait).await;
+            inner.call(routed).await
         })
     }
 }
