@@ -3,10 +3,12 @@
 //! - [`plan`](self) (`plan.rs`): validate, block check, locate, decide;
 //! - `batch.rs`: one batch per target gateway, runs in order, concurrently
 //!   across gateways;
-//! - `publish.rs`: the local inbox, or the decision's transports in order
-//!   with the canary mirror and the handover wait;
-//! - `stack.rs`: what wraps each transport (timeout, retry, canary
-//!   feedback, metrics) as tower layers;
+//! - `publish.rs`: the local inbox, or the route stack, tower layers from
+//!   the top: the handover wait (`handover.rs`), the canary mirror
+//!   (`mirror.rs`), the decision's transports in order (`fallback.rs`);
+//! - `stack.rs`: what wraps each transport (timeout, retry, the bound on
+//!   publishes in flight, canary feedback, metrics) as tower layers;
+//!   `service.rs`, what both stacks take and answer;
 //! - `offline.rs`: the offline store for what nothing took, and the report
 //!   (`report.rs`).
 //!
@@ -17,12 +19,16 @@
 mod batch;
 mod builder;
 mod explain;
+mod fallback;
+mod handover;
+mod mirror;
 mod offline;
 mod plan;
 mod publish;
 mod report;
 #[cfg(feature = "regions")]
 mod resend;
+mod service;
 mod sessions;
 mod stack;
 
@@ -34,7 +40,6 @@ use crate::backends::Backends;
 use crate::envelope::Envelope;
 use crate::error::{SendError, StoreError};
 use crate::inbox::Handed;
-use crate::policy::handover::Handover;
 use crate::policy::live::LivePolicy;
 use crate::presence::watch::PresenceWatch;
 use crate::presence::{PresenceStore, Session};
@@ -61,15 +66,14 @@ struct Inner {
     replay_limit: usize,
     /// The inbox's in-process input: local and offline deliveries.
     local: mpsc::Sender<Handed>,
-    /// Last transport per target gateway, for order across a change.
-    handover: Handover,
-    /// Each enabled transport with its timeout, retry, feedback, metrics.
-    stacks: stack::Stacks,
+    /// The handover wait, the canary mirror and the fallback chain over
+    /// each enabled transport's stack (timeout, retry, feedback, metrics).
+    routes: publish::Routes,
 }
 
 impl Inner {
-    /// The same router state for the gateway `me` (moved), with its own
-    /// handover.
+    /// The same router state for the gateway `me` (moved); its route
+    /// stack, and so its handover table, is shared.
     fn at(from: &Inner, me: GatewayInfo) -> Self {
         Self {
             me,
@@ -78,8 +82,7 @@ impl Inner {
             max_payload: from.max_payload,
             replay_limit: from.replay_limit,
             local: from.local.clone(),
-            handover: Handover::default(),
-            stacks: from.stacks.clone(),
+            routes: from.routes.clone(),
         }
     }
 }
