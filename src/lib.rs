@@ -68,10 +68,9 @@
 //!   backends, one file and one cargo feature each; `transport::compress`,
 //!   the envelope compression layer.
 //! - [`router`]: the send path, a file per step: `plan` (validate, block,
-//!   locate, decide), `batch`, `publish` (the route stack, tower layers:
-//!   `handover` wait, canary `mirror`, `fallback` chain), `stack`
-//!   (timeout, retry, in-flight bound, canary feedback and metrics as
-//!   tower layers around each transport), `offline`, `report`.
+//!   locate, decide), `batch`, `publish`, `stack` (timeout, retry, canary
+//!   feedback and metrics as tower layers around each transport),
+//!   `offline`, `report`.
 //! - [`inbox`]: the receive path, a file per step: `merge` (subscribe),
 //!   `feed` (dedupe, deliver), `ack`, and `replay` of offline messages.
 //! - [`dedupe`]: the bounded window of seen message ids.

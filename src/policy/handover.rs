@@ -10,11 +10,9 @@
 //! within one handover) at the cost of one bounded pause per change.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-// Tokio's clock, the one the wait sleeps on (and a paused test advances).
-use tokio::time::Instant;
 
 use crate::topology::GatewayId;
 use crate::transport::TransportKind;

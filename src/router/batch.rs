@@ -19,8 +19,8 @@ use crate::topology::{GatewayId, Region};
 use crate::transport::Outgoing;
 
 use super::plan::{plan, Planned};
+use super::publish::Sent;
 use super::report::{SendReport, TargetReport};
-use super::service::{Routed, Sent};
 use super::Router;
 
 /// A (message, target) pair: `planned[message].targets[target]`.
@@ -167,13 +167,7 @@ impl Router {
                 regions.push(region.clone());
                 at += run.len();
             }
-            let routed = Routed {
-                targets: &outgoing,
-                regions: &regions,
-                priority,
-                decision,
-            };
-            self.publish(routed).await
+            self.publish(&outgoing, &regions, decision, priority).await
         };
         count(decision.route, &group.runs, &sent);
         sent

@@ -8,11 +8,11 @@ use tokio::sync::mpsc;
 use crate::backends::{Backends, BuildError};
 use crate::config::Settings;
 use crate::inbox::{self, Inbox};
+use crate::policy::handover::Handover;
 use crate::policy::live::LivePolicy;
 use crate::topology::GatewayInfo;
 use crate::transport::{Transport, TransportKind};
 
-use super::publish;
 use super::stack::Stacks;
 use super::{Inner, Router};
 
@@ -114,7 +114,6 @@ impl RouterBuilder {
         backends.registry.register(&self.gateway).await?;
         policy.observe(&backends.transports);
         let stacks = Stacks::new(&backends.transports, &settings.delivery, &policy);
-        let routes = publish::routes(stacks, &policy);
         let router = Router {
             inner: Arc::new(Inner {
                 me: self.gateway,
@@ -123,7 +122,8 @@ impl RouterBuilder {
                 max_payload: limits.max_payload_bytes,
                 replay_limit: settings.offline.max_per_user,
                 local,
-                routes,
+                handover: Handover::default(),
+                stacks,
             }),
         };
         #[cfg(feature = "regions")]

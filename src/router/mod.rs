@@ -3,12 +3,10 @@
 //! - [`plan`](self) (`plan.rs`): validate, block check, locate, decide;
 //! - `batch.rs`: one batch per target gateway, runs in order, concurrently
 //!   across gateways;
-//! - `publish.rs`: the local inbox, or the route stack, tower layers from
-//!   the top: the handover wait (`handover.rs`), the canary mirror
-//!   (`mirror.rs`), the decision's transports in order (`fallback.rs`);
-//! - `stack.rs`: what wraps each transport (timeout, retry, the bound on
-//!   publishes in flight, canary feedback, metrics) as tower layers;
-//!   `service.rs`, what both stacks take and answer;
+//! - `publish.rs`: the local inbox, or the decision's transports in order
+//!   with the canary mirror and the handover wait;
+//! - `stack.rs`: what wraps each transport (timeout, retry, canary
+//!   feedback, metrics) as tower layers;
 //! - `offline.rs`: the offline store for what nothing took, and the report
 //!   (`report.rs`).
 //!
@@ -19,16 +17,12 @@
 mod batch;
 mod builder;
 mod explain;
-mod fallback;
-mod handover;
-mod mirror;
 mod offline;
 mod plan;
 mod publish;
 mod report;
 #[cfg(feature = "regions")]
 mod resend;
-mod service;
 mod sessions;
 mod stack;
 
@@ -40,6 +34,7 @@ use crate::backends::Backends;
 use crate::envelope::Envelope;
 use crate::error::{SendError, StoreError};
 use crate::inbox::Handed;
+use crate::policy::handover::Handover;
 use crate::policy::live::LivePolicy;
 use crate::presence::watch::PresenceWatch;
 use crate::presence::{PresenceStore, Session};
@@ -66,14 +61,15 @@ struct Inner {
     replay_limit: usize,
     /// The inbox's in-process input: local and offline deliveries.
     local: mpsc::Sender<Handed>,
-    /// The handover wait, the canary mirror and the fallback chain over
-    /// each enabled transport's stack (timeout, retry, feedback, metrics).
-    routes: publish::Routes,
+    /// Last transport per target gateway, for order across a change.
+    handover: Handover,
+    /// Each enabled transport with its timeout, retry, feedback, metrics.
+    stacks: stack::Stacks,
 }
 
 impl Inner {
-    /// The same router state for the gateway `me` (moved); its route
-    /// stack, and so its handover table, is shared.
+    /// The same router state for the gateway `me` (moved), with its own
+    /// handover.
     fn at(from: &Inner, me: GatewayInfo) -> Self {
         Self {
             me,
@@ -82,7 +78,8 @@ impl Inner {
             max_payload: from.max_payload,
             replay_limit: from.replay_limit,
             local: from.local.clone(),
-            routes: from.routes.clone(),
+            handover: Handover::default(),
+            stacks: from.stacks.clone(),
         }
     }
 }

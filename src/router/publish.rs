@@ -1,44 +1,31 @@
 //! Publishing runs of messages that share a decision, one run per target
 //! gateway, all at once: this gateway's own inbox for the local route;
-//! otherwise the route stack, built once with the router, a tower service
-//! of [`Routed`] made of three layers, from the top:
-//!
-//! - `handover.rs`: after a change of primary, wait until the old
-//!   transport has gone quiet (per-pair order);
-//! - `mirror.rs`: the canary mirror alongside;
-//! - `fallback.rs`: the decision's transports in order, each through its
-//!   own stack (`stack.rs`), every target in one call.
+//! otherwise the decision's transports in order (each through its
+//! [`super::stack`], every target in one call), with the canary mirror
+//! alongside, after waiting out a handover when the primary changed.
 
-use std::sync::Arc;
+use std::time::Instant;
 
-use tower::ServiceBuilder;
+use bytes::Bytes;
 
+use crate::cause::Report;
+use crate::envelope::Priority;
 use crate::error::PublishError;
 use crate::inbox::{Handed, Via};
-use crate::policy::live::LivePolicy;
+use crate::policy::Decision;
+use crate::telemetry;
+use crate::topology::{GatewayId, Region};
+use crate::transport::{Outgoing, TransportError, TransportKind};
 
-use super::fallback::Fallback;
-use super::handover::{AwaitHandover, HandoverLayer};
-use super::mirror::{Mirror, MirrorLayer};
 use super::plan::Planned;
-use super::service::{Routed, Sent};
-use super::stack::Stacks;
+use super::stack::{self, Publish};
 use super::Router;
 
-/// The route stack the router publishes through.
-pub(super) type Routes = AwaitHandover<Mirror<Fallback>>;
-
-/// Stacks the route layers over every transport's stack.
-pub(super) fn routes(stacks: Stacks, policy: &Arc<LivePolicy>) -> Routes {
-    ServiceBuilder::new()
-        .layer(HandoverLayer {
-            policy: policy.clone(),
-        })
-        .layer(MirrorLayer {
-            stacks: stacks.clone(),
-            policy: policy.clone(),
-        })
-        .service(Fallback { stacks })
+/// How the publish of one run went.
+pub(super) struct Sent {
+    pub result: Result<Via, PublishError>,
+    pub confirmed: bool,
+    pub mirrored: Option<TransportKind>,
 }
 
 impl Router {
@@ -51,7 +38,11 @@ impl Router {
                 ack: None,
             };
             if self.inner.local.send(handed).await.is_err() {
-                return Sent::failed(PublishError::InboxClosed);
+                return Sent {
+                    result: Err(PublishError::InboxClosed),
+                    confirmed: false,
+                    mirrored: None,
+                };
             }
         }
         Sent {
@@ -61,250 +52,205 @@ impl Router {
         }
     }
 
-    /// Publishes every target's run through the route stack. One [`Sent`]
-    /// per target, in order.
-    pub(super) async fn publish(&self, routed: Routed<'_>) -> Vec<Sent> {
-        super::service::call(&self.inner.routes, routed).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use async_trait::async_trait;
-    use bytes::Bytes;
-    use parking_lot::Mutex;
-
-    use super::*;
-    use crate::cause::Cause;
-    use crate::config::DeliveryConfig;
-    use crate::envelope::Priority;
-    use crate::policy::{Decision, Policy, Route, RoutingConfig};
-    use crate::router::service::call;
-    use crate::topology::{GatewayId, Region};
-    use crate::transport::{
-        Ack, Capabilities, Health, Outgoing, Subscription, Transport, TransportError,
-        TransportKind, Transports,
-    };
-
-    /// A broker that takes a while, refuses the gateways it was told to,
-    /// and remembers every gateway it took a run for.
-    struct Broker {
-        kind: TransportKind,
-        delay: Duration,
-        refuses: Vec<GatewayId>,
-        took: Mutex<Vec<GatewayId>>,
-    }
-
-    impl Broker {
-        fn new(name: &str, delay: Duration, refuses: &[&'static str]) -> Arc<Self> {
-            Arc::new(Self {
-                kind: TransportKind::named(name).expect("a name"),
-                delay,
-                refuses: refuses.iter().map(|&g| GatewayId::from(g)).collect(),
-                took: Mutex::default(),
-            })
-        }
-
-        fn took(&self) -> Vec<GatewayId> {
-            self.took.lock().clone()
-        }
-    }
-
-    #[async_trait]
-    impl Transport for Broker {
-        fn kind(&self) -> TransportKind {
-            self.kind
-        }
-
-        fn capabilities(&self) -> Capabilities {
-            Capabilities {
-                durable: true,
-                ordered: true,
-                redelivers: false,
-                direct: false,
+    /// Tries the decision's transports in order (and its canary mirror
+    /// alongside) for every target at once; a target's run is out once
+    /// either path took it. After a change of primary it first waits out
+    /// the handover (per-pair order). One [`Sent`] per target, in order.
+    pub(super) async fn publish(
+        &self,
+        targets: &[Outgoing<'_>],
+        regions: &[Region],
+        decision: &Decision,
+        priority: Priority,
+    ) -> Vec<Sent> {
+        let policy = self.inner.policy.load();
+        let (quiet, mirror_wait) = (policy.handover, policy.mirror_wait);
+        drop(policy);
+        if let Some(&primary) = decision.transports.first() {
+            // One wait for all: the longest any target needs (they all
+            // changed primary together, on the same policy change).
+            let now = Instant::now();
+            let wait = targets
+                .iter()
+                .map(|t| self.inner.handover.steer(t.to, primary, quiet, now))
+                .max()
+                .unwrap_or_default();
+            if !wait.is_zero() {
+                tracing::debug!(gateways = targets.len(), transport = %primary, ?wait, "transport changed: waiting for the old one to go quiet");
+                tokio::time::sleep(wait).await;
             }
         }
-
-        async fn publish(&self, to: &GatewayId, _: &[Bytes], _: Ack) -> Result<(), TransportError> {
-            tokio::time::sleep(self.delay).await;
-            if self.refuses.contains(to) {
-                return Err(TransportError::Publish {
-                    transport: self.kind,
-                    gateway: to.clone(),
-                    reason: Cause::from_message("refused"),
-                });
-            }
-            self.took.lock().push(to.clone());
-            Ok(())
-        }
-
-        async fn subscribe(&self, _: &GatewayId) -> Result<Subscription, TransportError> {
-            Ok(Subscription::new(Box::pin(futures::stream::pending())))
-        }
-
-        fn health(&self) -> Health {
-            Health::Up
-        }
-
-        fn confirms(&self, _: Ack) -> bool {
-            true
-        }
-    }
-
-    /// The route stack over `brokers`, on the default policy (handover
-    /// 500 ms, mirror wait 100 ms).
-    fn route_stack(brokers: &[Arc<Broker>]) -> Routes {
-        let mut transports = Transports::default();
-        for broker in brokers {
-            transports.insert(broker.clone());
-        }
-        let kinds: Vec<TransportKind> = brokers.iter().map(|b| b.kind).collect();
-        let routing = RoutingConfig {
-            same_region: kinds[0].as_str().into(),
-            cross_region: kinds[0].as_str().into(),
-            ..RoutingConfig::default()
+        let chain = self.publish_chain(targets, regions, decision, priority);
+        let Some(mirror) = decision.mirror else {
+            return chain
+                .await
+                .into_iter()
+                .map(|primary| match primary {
+                    Ok((via, confirmed)) => Sent {
+                        result: Ok(via),
+                        confirmed,
+                        mirrored: None,
+                    },
+                    Err(err) => Sent {
+                        result: Err(err),
+                        confirmed: false,
+                        mirrored: None,
+                    },
+                })
+                .collect();
         };
-        let policy = LivePolicy::new(Policy::new(&routing, None, &kinds).expect("policy"));
-        let stacks = Stacks::new(&transports, &DeliveryConfig::default(), &policy);
-        routes(stacks, &policy)
-    }
-
-    fn decision(transports: &[&Arc<Broker>], mirror: Option<&Arc<Broker>>) -> Decision {
-        Decision {
-            route: Route::SameRegion,
-            transports: transports.iter().map(|b| b.kind).collect(),
-            mirror: mirror.map(|b| b.kind),
-            cohort: mirror.is_some(),
-            reason: "test",
-        }
-    }
-
-    /// One message to each of `gateways` through `routes`.
-    async fn send(routes: &Routes, gateways: &[&'static str], decision: &Decision) -> Vec<Sent> {
-        let ids: Vec<GatewayId> = gateways.iter().map(|&g| GatewayId::from(g)).collect();
-        let batch = [Bytes::from_static(b"m")];
-        let targets: Vec<Outgoing<'_>> = ids
-            .iter()
-            .map(|to| Outgoing { to, batch: &batch })
-            .collect();
-        let regions = vec![Region::from("eu"); ids.len()];
-        let routed = Routed {
-            targets: &targets,
-            regions: &regions,
-            priority: Priority::Normal,
-            decision,
-        };
-        call(routes, routed).await
-    }
-
-    fn via(sent: &Sent) -> Option<&'static str> {
-        sent.result.as_ref().ok().map(|via| via.as_str())
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn only_the_gateways_the_primary_refused_go_to_the_fallback() {
-        let primary = Broker::new("primary", Duration::ZERO, &["gw-bad"]);
-        let fallback = Broker::new("fallback", Duration::ZERO, &[]);
-        let routes = route_stack(&[primary.clone(), fallback.clone()]);
-
-        let sent = send(
-            &routes,
-            &["gw-ok", "gw-bad"],
-            &decision(&[&primary, &fallback], None),
-        )
-        .await;
-
-        assert_eq!(via(&sent[0]), Some("primary"), "{sent:?}");
-        assert_eq!(via(&sent[1]), Some("fallback"), "{sent:?}");
-        assert!(sent.iter().all(|s| s.confirmed), "{sent:?}");
-        assert_eq!(fallback.took(), [GatewayId::from("gw-bad")]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_run_no_transport_took_carries_each_ones_error_in_order() {
-        let primary = Broker::new("primary", Duration::ZERO, &["gw-2"]);
-        let fallback = Broker::new("fallback", Duration::ZERO, &["gw-2"]);
-        let routes = route_stack(&[primary.clone(), fallback.clone()]);
-
-        let sent = send(&routes, &["gw-2"], &decision(&[&primary, &fallback], None)).await;
-
-        let Err(PublishError::Failed(errors)) = &sent[0].result else {
-            panic!("taken: {sent:?}");
-        };
-        let tried: Vec<&str> = errors
-            .iter()
-            .map(|err| match err {
-                TransportError::Publish { transport, .. } => transport.as_str(),
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(tried, ["primary", "fallback"]);
-        assert!(!sent[0].confirmed);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_mirror_takes_what_the_primary_refused() {
-        let primary = Broker::new("primary", Duration::ZERO, &["gw-2"]);
-        let canary = Broker::new("canary", Duration::from_millis(5), &[]);
-        let routes = route_stack(&[primary.clone(), canary.clone()]);
-
-        let sent = send(&routes, &["gw-2"], &decision(&[&primary], Some(&canary))).await;
-
-        assert_eq!(via(&sent[0]), Some("canary"), "{sent:?}");
-        assert!(sent[0].confirmed);
-        assert_eq!(sent[0].mirrored, Some(canary.kind));
-    }
-
-    /// The primary took the run: a slow mirror holds the send for
-    /// `mirror_wait` only, then finishes in the background.
-    #[tokio::test(start_paused = true)]
-    async fn a_slow_mirror_holds_the_send_for_the_mirror_wait_then_finishes_alone() {
-        let primary = Broker::new("primary", Duration::ZERO, &[]);
-        let canary = Broker::new("canary", Duration::from_secs(1), &[]);
-        let routes = route_stack(&[primary.clone(), canary.clone()]);
-
-        let started = tokio::time::Instant::now();
-        let sent = send(&routes, &["gw-2"], &decision(&[&primary], Some(&canary))).await;
-
-        assert_eq!(started.elapsed(), Duration::from_millis(100));
-        assert_eq!(via(&sent[0]), Some("primary"), "{sent:?}");
-        assert_eq!(sent[0].mirrored, None, "reported mirrored before it was");
-        assert!(canary.took().is_empty());
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(
-            canary.took(),
-            [GatewayId::from("gw-2")],
-            "the mirror gave up"
-        );
-    }
-
-    /// After a change of primary, the first publish to a gateway waits
-    /// until the old transport has been quiet for `canary.handover`; one
-    /// that stays on its transport does not wait.
-    #[tokio::test(start_paused = true)]
-    async fn a_change_of_primary_waits_out_the_handover_once() {
-        let redis = Broker::new("old", Duration::ZERO, &[]);
-        let kafka = Broker::new("new", Duration::ZERO, &[]);
-        let routes = route_stack(&[redis.clone(), kafka.clone()]);
-        let timed = |decision: Decision| {
-            let routes = routes.clone();
+        // Owned, so that a mirror publish still unconfirmed when the wait
+        // ends can finish in the background: its outcome still feeds the
+        // watchdog, and a late copy is dropped by the receiver's dedupe.
+        let mut mirroring = Box::pin({
+            let mirror_stack = self.inner.stacks.get(mirror).cloned();
+            let owned: Vec<(GatewayId, Vec<Bytes>)> = targets
+                .iter()
+                .map(|t| (t.to.clone(), t.batch.to_vec()))
+                .collect();
+            let regions = regions.to_vec();
+            let route = decision.route.as_str();
             async move {
-                let started = tokio::time::Instant::now();
-                send(&routes, &["gw-2"], &decision).await;
-                started.elapsed()
+                let targets: Vec<Outgoing<'_>> = owned
+                    .iter()
+                    .map(|(to, batch)| Outgoing { to, batch })
+                    .collect();
+                let publish = Publish {
+                    targets: &targets,
+                    regions: &regions,
+                    priority,
+                    cohort: true,
+                };
+                let mirrored = match mirror_stack {
+                    Ok(mirror_stack) => stack::publish(&mirror_stack, publish).await,
+                    Err(err) => vec![Err(err); targets.len()],
+                };
+                let (mut ok, mut failed) = (0, 0);
+                for (result, target) in mirrored.iter().zip(&targets) {
+                    let n = target.batch.len() as u64;
+                    if result.is_ok() {
+                        ok += n;
+                    } else {
+                        failed += n;
+                    }
+                }
+                for (outcome, n) in [("mirrored", ok), ("failed", failed)] {
+                    if n > 0 {
+                        telemetry::messages(route, mirror.as_str(), outcome, n);
+                    }
+                }
+                mirrored
+            }
+        });
+        let mut chain = std::pin::pin!(chain);
+        let mut mirrored = None;
+        let primary = tokio::select! {
+            primary = &mut chain => primary,
+            done = &mut mirroring => {
+                mirrored = Some(done);
+                (&mut chain).await
             }
         };
+        let mirrored = match mirrored {
+            Some(done) => Some(done),
+            // The primary took them all: the mirror gets `mirror_wait`, not
+            // the whole publish timeout (a canary broker that is down would
+            // otherwise hold every cohort send for that long).
+            None if primary.iter().all(Result::is_ok) => {
+                tokio::time::timeout(mirror_wait, &mut mirroring).await.ok()
+            }
+            None => Some((&mut mirroring).await),
+        };
+        if mirrored.is_none() {
+            tracing::debug!(gateways = targets.len(), transport = %mirror, ?mirror_wait, "mirror publish not confirmed in time; finishing in the background");
+            tokio::spawn(mirroring);
+        }
+        let mut mirrored = mirrored.map(Vec::into_iter);
+        primary
+            .into_iter()
+            .map(|primary| {
+                let mirrored = mirrored.as_mut().and_then(Iterator::next);
+                let mirror_confirmed = matches!(mirrored, Some(Ok(true)));
+                let (result, confirmed) = match (primary, mirrored) {
+                    (Ok((via, confirmed)), _) => (Ok(via), confirmed || mirror_confirmed),
+                    (Err(_), Some(Ok(confirmed))) => (Ok(Via::Transport(mirror)), confirmed),
+                    (Err(primary), Some(Err(mirrored))) => {
+                        let mut errors = primary.transport_errors().to_vec();
+                        errors.push(mirrored);
+                        (Err(PublishError::Failed(errors)), false)
+                    }
+                    (Err(primary), None) => (Err(primary), false),
+                };
+                Sent {
+                    result,
+                    confirmed,
+                    mirrored: mirror_confirmed.then_some(mirror),
+                }
+            })
+            .collect()
+    }
 
-        assert_eq!(timed(decision(&[&redis], None)).await, Duration::ZERO);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let waited = timed(decision(&[&kafka], None)).await;
-        assert_eq!(
-            waited,
-            Duration::from_millis(300),
-            "quiet for 500 ms in all"
-        );
-        assert_eq!(timed(decision(&[&kafka], None)).await, Duration::ZERO);
+    /// Tries each transport of the decision in order, each with the
+    /// targets no earlier one took; per target, the transport that took
+    /// its run and whether it confirmed, or every transport's error.
+    async fn publish_chain(
+        &self,
+        targets: &[Outgoing<'_>],
+        regions: &[Region],
+        decision: &Decision,
+        priority: Priority,
+    ) -> Vec<Result<(Via, bool), PublishError>> {
+        if decision.transports.is_empty() {
+            return vec![Err(PublishError::NoTransport); targets.len()];
+        }
+        let mut taken: Vec<Option<(Via, bool)>> = vec![None; targets.len()];
+        let mut errors: Vec<Vec<TransportError>> = vec![Vec::new(); targets.len()];
+        // The targets no transport took yet, in order.
+        let mut left: Vec<usize> = (0..targets.len()).collect();
+        for &kind in &decision.transports {
+            if left.is_empty() {
+                break;
+            }
+            // All of them (the first transport, or every one failed): no copy.
+            let subset: (Vec<Outgoing<'_>>, Vec<Region>) = if left.len() == targets.len() {
+                Default::default()
+            } else {
+                left.iter()
+                    .map(|&i| (targets[i], regions[i].clone()))
+                    .unzip()
+            };
+            let (these, their_regions) = if left.len() == targets.len() {
+                (targets, regions)
+            } else {
+                (&subset.0[..], &subset.1[..])
+            };
+            let publish = Publish {
+                targets: these,
+                regions: their_regions,
+                priority,
+                cohort: decision.cohort,
+            };
+            let results = match self.inner.stacks.get(kind) {
+                Ok(kind_stack) => stack::publish(kind_stack, publish).await,
+                Err(err) => vec![Err(err); these.len()],
+            };
+            let mut failed = Vec::new();
+            for (i, result) in left.into_iter().zip(results) {
+                match result {
+                    Ok(confirmed) => taken[i] = Some((Via::Transport(kind), confirmed)),
+                    Err(err) => {
+                        tracing::warn!(transport = %kind, gateway = %targets[i].to, err = %Report(&err), "publish failed, trying the next transport");
+                        errors[i].push(err);
+                        failed.push(i);
+                    }
+                }
+            }
+            left = failed;
+        }
+        taken
+            .into_iter()
+            .zip(errors)
+            .map(|(taken, errors)| taken.ok_or(PublishError::Failed(errors)))
+            .collect()
     }
 }

@@ -6,8 +6,10 @@
 //! [`Publish`], built once when the router is built; the router itself
 //! only calls it.
 //!
-//! Every layer answers a publish with one result per target gateway
-//! (`service.rs`). Tower's layers, whose errors are whole-call, sit inside
+//! Every layer answers a publish with one result per target gateway and
+//! never fails a publish as a whole (`Error = Infallible`): the layers
+//! above count outcomes per gateway, and the router falls back per
+//! gateway. Tower's layers, whose errors are whole-call, sit inside
 //! [`Shed`], which turns their refusal into per-target errors.
 
 use std::convert::Infallible;
@@ -16,6 +18,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::future::BoxFuture;
 use metrics::Histogram;
 use tower::limit::ConcurrencyLimit;
 use tower::load_shed::LoadShed;
@@ -29,7 +32,57 @@ use crate::telemetry;
 use crate::topology::Region;
 use crate::transport::{Ack, Outgoing, Transport, TransportError, TransportKind, Transports};
 
-use super::service::{take, Call, Publish, PublishService, Published};
+/// One publish as the router asks it: runs of encoded envelopes of one
+/// priority, one run per target gateway, all on one transport.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Publish<'a> {
+    pub targets: &'a [Outgoing<'a>],
+    /// Each target's region, in `targets` order: what the quality scores
+    /// are kept per.
+    pub regions: &'a [Region],
+    pub priority: Priority,
+    /// Part of the canary cohort (or its mirror): feeds the watchdog.
+    pub cohort: bool,
+}
+
+/// Per target, in order: `Ok(confirmed)` ([`Transport::confirms`]) or why
+/// that gateway's run was not taken.
+pub(crate) type Published = Vec<Result<bool, TransportError>>;
+
+/// What a layer's call returns: it may borrow the publish, not the layer.
+type Call<'a> = BoxFuture<'a, Result<Published, Infallible>>;
+
+/// A stack or any layer of one: answers every publish per target.
+pub(crate) trait PublishService:
+    for<'a> Service<Publish<'a>, Response = Published, Error = Infallible, Future = Call<'a>>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> PublishService for S where
+    S: for<'a> Service<Publish<'a>, Response = Published, Error = Infallible, Future = Call<'a>>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The ready service to call, leaving a fresh clone in its place (tower's
+/// rule: the instance `poll_ready` readied is the one called).
+fn take<S: Clone>(inner: &mut S) -> S {
+    let fresh = inner.clone();
+    std::mem::replace(inner, fresh)
+}
+
+/// Publishes through `stack`, waiting until it is ready.
+pub(crate) async fn publish<S: PublishService>(stack: &S, publish: Publish<'_>) -> Published {
+    let Ok(results) = stack.clone().oneshot(publish).await;
+    results
+}
 
 /// The bottom of every stack, the transport itself: low priority does not
 /// wait for the broker. (A named type, not `Arc<dyn Transport>` itself: a
@@ -40,13 +93,13 @@ pub(crate) struct Bare(Arc<dyn Transport>);
 impl<'a> Service<Publish<'a>> for Bare {
     type Response = Published;
     type Error = Infallible;
-    type Future = Call<'a, Published>;
+    type Future = Call<'a>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, publish: Publish<'a>) -> Call<'a, Published> {
+    fn call(&mut self, publish: Publish<'a>) -> Call<'a> {
         let transport = self.0.clone();
         Box::pin(async move {
             let ack = match publish.priority {
@@ -63,9 +116,9 @@ impl<'a> Service<Publish<'a>> for Bare {
 /// The stack the router publishes through.
 pub(crate) type Stack = Metered<Feedback<Shed<Retry<Timeout<Bare>>>>>;
 
-/// One stack per enabled transport (shared by every clone).
+/// One stack per enabled transport.
 #[derive(Clone)]
-pub(crate) struct Stacks(Arc<[(TransportKind, Stack)]>);
+pub(crate) struct Stacks(Vec<(TransportKind, Stack)>);
 
 impl Stacks {
     /// Stacks every transport with the router's delivery settings and policy.
@@ -143,7 +196,7 @@ impl<S> Layer<S> for TimeoutLayer {
 impl<'a, S: PublishService> Service<Publish<'a>> for Timeout<S> {
     type Response = Published;
     type Error = Infallible;
-    type Future = Call<'a, Published>;
+    type Future = Call<'a>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -151,7 +204,7 @@ impl<'a, S: PublishService> Service<Publish<'a>> for Timeout<S> {
 
     /// One limit for the whole publish: its targets share a round trip, so
     /// a publish that ran out fails every target (each then falls back).
-    fn call(&mut self, publish: Publish<'a>) -> Call<'a, Published> {
+    fn call(&mut self, publish: Publish<'a>) -> Call<'a> {
         let (transport, after) = (self.kind, self.after);
         let attempt = take(&mut self.inner).call(publish);
         Box::pin(async move {
@@ -203,14 +256,14 @@ impl<S> Layer<S> for RetryLayer {
 impl<'a, S: PublishService> Service<Publish<'a>> for Retry<S> {
     type Response = Published;
     type Error = Infallible;
-    type Future = Call<'a, Published>;
+    type Future = Call<'a>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
     /// Only the targets that failed are published again.
-    fn call(&mut self, publish: Publish<'a>) -> Call<'a, Published> {
+    fn call(&mut self, publish: Publish<'a>) -> Call<'a> {
         let (kind, retries, backoff) = (self.kind, self.retries, self.backoff);
         let mut inner = take(&mut self.inner);
         Box::pin(async move {
@@ -298,7 +351,7 @@ impl<S> Layer<S> for ShedLayer {
 impl<'a, S: PublishService> Service<Publish<'a>> for Shed<S> {
     type Response = Published;
     type Error = Infallible;
-    type Future = Call<'a, Published>;
+    type Future = Call<'a>;
 
     /// Bounded, always ready: `LoadShed` is, and refuses in the call.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
@@ -308,7 +361,7 @@ impl<'a, S: PublishService> Service<Publish<'a>> for Shed<S> {
         }
     }
 
-    fn call(&mut self, publish: Publish<'a>) -> Call<'a, Published> {
+    fn call(&mut self, publish: Publish<'a>) -> Call<'a> {
         let (inner, transport, limit) = match self {
             Shed::Unbounded(inner) => return take(inner).call(publish),
             Shed::Bounded { inner, kind, limit } => (inner, *kind, *limit),
@@ -376,7 +429,7 @@ impl<S> Layer<S> for FeedbackLayer {
 impl<'a, S: PublishService> Service<Publish<'a>> for Feedback<S> {
     type Response = Published;
     type Error = Infallible;
-    type Future = Call<'a, Published>;
+    type Future = Call<'a>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -384,7 +437,7 @@ impl<'a, S: PublishService> Service<Publish<'a>> for Feedback<S> {
 
     /// One sample per region and outcome, counting its messages: a
     /// publish to a hundred gateways is not a hundred samples' work.
-    fn call(&mut self, publish: Publish<'a>) -> Call<'a, Published> {
+    fn call(&mut self, publish: Publish<'a>) -> Call<'a> {
         let (kind, policy) = (self.kind, self.policy.clone());
         let call = take(&mut self.inner).call(publish);
         Box::pin(async move {
@@ -453,7 +506,7 @@ impl<S> Layer<S> for MeteredLayer {
 impl<'a, S: PublishService> Service<Publish<'a>> for Metered<S> {
     type Response = Published;
     type Error = Infallible;
-    type Future = Call<'a, Published>;
+    type Future = Call<'a>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -461,7 +514,7 @@ impl<'a, S: PublishService> Service<Publish<'a>> for Metered<S> {
 
     /// One observation per outcome the publish had (a publish to many
     /// gateways can have both).
-    fn call(&mut self, publish: Publish<'a>) -> Call<'a, Published> {
+    fn call(&mut self, publish: Publish<'a>) -> Call<'a> {
         let (kind, histograms) = (self.kind, self.histograms.clone());
         let call = take(&mut self.inner).call(publish);
         Box::pin(async move {
@@ -491,7 +544,6 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::router::service::call;
     use crate::topology::GatewayId;
 
     /// Fails its first `fail` attempts per target, then confirms; counts
@@ -509,13 +561,13 @@ mod tests {
     impl<'a> Service<Publish<'a>> for Flaky {
         type Response = Published;
         type Error = Infallible;
-        type Future = Call<'a, Published>;
+        type Future = Call<'a>;
 
         fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
             Poll::Ready(Ok(()))
         }
 
-        fn call(&mut self, publish: Publish<'a>) -> Call<'a, Published> {
+        fn call(&mut self, publish: Publish<'a>) -> Call<'a> {
             let this = self.0.clone();
             Box::pin(async move {
                 tokio::time::sleep(this.delay).await;
@@ -585,7 +637,7 @@ mod tests {
         let gateways = [GatewayId::from("gw-2")];
         let targets = to(&gateways);
         let high = flaky(2, Duration::ZERO);
-        let results = call(
+        let results = publish(
             &retry(3).layer(high.clone()),
             request(&targets, Priority::High),
         )
@@ -594,7 +646,7 @@ mod tests {
         assert_eq!(high.calls(), 3);
 
         let normal = flaky(2, Duration::ZERO);
-        let results = call(
+        let results = publish(
             &retry(3).layer(normal.clone()),
             request(&targets, Priority::Normal),
         )
@@ -611,7 +663,7 @@ mod tests {
         // already: it is taken at once, gw-bad on its third attempt.
         let inner = flaky(2, Duration::ZERO);
         inner.0.per_target.lock().insert(gateways[0].clone(), 2);
-        let results = call(
+        let results = publish(
             &retry(3).layer(inner.clone()),
             request(&targets, Priority::High),
         )
@@ -632,7 +684,7 @@ mod tests {
             after: Duration::from_millis(50),
         }
         .layer(flaky(0, Duration::from_secs(1)));
-        let results = call(&stacked, request(&targets, Priority::Normal)).await;
+        let results = publish(&stacked, request(&targets, Priority::Normal)).await;
         assert!(
             matches!(
                 &results[..],
@@ -660,12 +712,12 @@ mod tests {
         }
         .layer(slow.clone());
 
-        let first = call(&stacked, request(&targets, Priority::Normal));
+        let first = publish(&stacked, request(&targets, Priority::Normal));
         let second = async {
             // Once the first holds the only slot.
             tokio::task::yield_now().await;
             let started = tokio::time::Instant::now();
-            let results = call(&stacked, request(&targets, Priority::Normal)).await;
+            let results = publish(&stacked, request(&targets, Priority::Normal)).await;
             (results, started.elapsed())
         };
         let (first, (second, waited)) = tokio::join!(first, second);
@@ -684,7 +736,7 @@ mod tests {
         assert_eq!(waited, Duration::ZERO, "the refusal waited");
         assert_eq!(slow.calls(), 1, "the refused publish reached the broker");
 
-        let third = call(&stacked, request(&targets, Priority::Normal)).await;
+        let third = publish(&stacked, request(&targets, Priority::Normal)).await;
         assert!(matches!(third[..], [Ok(true)]), "{third:?}");
     }
 }
